@@ -1,0 +1,362 @@
+//! Applies a compiled script to a data set, then the PS3.15 safety net, then the
+//! de-identification attributes. No I/O: a data set and pseudonyms go in, a data set comes out.
+
+use std::borrow::Cow;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+
+use crate::dicom::{pad_text, trim_padding, DataSet, Element, Tag, Value, VR};
+
+use super::profile::{self, is_free_text, is_registered_uid, tags};
+use super::pseudonym::Pseudonyms;
+use super::script::{Op, Script};
+use super::text;
+use super::transform::{round_age, shift_values, DateShift, Scrubber};
+
+/// Something wrong with the instance itself: it goes to quarantine, never to the archive.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum EngineError {
+    #[error("missing or empty {}", .0.join(", "))]
+    MissingAttributes(Vec<&'static str>),
+    #[error("{0} is not valid text in its character set")]
+    InvalidText(&'static str),
+}
+
+/// The values of the original instance the index and the walk need, read before anything changes.
+#[derive(Debug, Clone)]
+pub struct Original {
+    /// Stripped PatientID; empty when absent or blank.
+    pub patient_id: String,
+    pub patient_name: Option<String>,
+    pub sex: Option<String>,
+    pub birth_date: Option<String>,
+    pub study_uid: String,
+    pub series_uid: String,
+    pub sop_uid: String,
+    pub sop_class_uid: String,
+    pub accession: Option<String>,
+    pub study_date: Option<String>,
+    pub modality: Option<String>,
+    scrubber: Scrubber,
+}
+
+impl Original {
+    pub fn read(ds: &DataSet<'_>) -> Result<Original, EngineError> {
+        let uid = |tag| ds.text(tag).filter(|v| !v.is_empty()).map(str::to_string);
+        let (sop_class, sop, study, series) = (
+            uid(tags::SOP_CLASS_UID),
+            uid(tags::SOP_INSTANCE_UID),
+            uid(tags::STUDY_INSTANCE_UID),
+            uid(tags::SERIES_INSTANCE_UID),
+        );
+        let missing: Vec<&'static str> = [
+            ("SOPClassUID", sop_class.is_none()),
+            ("SOPInstanceUID", sop.is_none()),
+            ("StudyInstanceUID", study.is_none()),
+            ("SeriesInstanceUID", series.is_none()),
+        ]
+        .into_iter()
+        .filter_map(|(name, absent)| absent.then_some(name))
+        .collect();
+        if !missing.is_empty() {
+            return Err(EngineError::MissingAttributes(missing));
+        }
+        let charset = ds.text(tags::SPECIFIC_CHARACTER_SET).unwrap_or_default();
+        let decode = |tag, name| {
+            ds.bytes(tag)
+                .map(|raw| text::decode(charset, raw).map_err(|_| EngineError::InvalidText(name)))
+                .transpose()
+        };
+        let patient_name = decode(tags::PATIENT_NAME, "PatientName (0010,0010)")?;
+        let patient_id = decode(tags::PATIENT_ID, "PatientID (0010,0020)")?.unwrap_or_default();
+        let raw = |tag| ds.bytes(tag).unwrap_or_default();
+        let scrubber = Scrubber::new(
+            raw(tags::PATIENT_NAME),
+            &[raw(tags::PATIENT_ID), raw(tags::OTHER_PATIENT_IDS), raw(tags::ACCESSION_NUMBER)],
+        );
+        let plain = |tag| ds.text(tag).filter(|v| !v.is_empty()).map(str::to_string);
+        Ok(Original {
+            patient_id: patient_id.trim().to_string(),
+            patient_name,
+            sex: plain(tags::PATIENT_SEX),
+            birth_date: plain(tags::PATIENT_BIRTH_DATE),
+            study_uid: study.unwrap_or_default(),
+            series_uid: series.unwrap_or_default(),
+            sop_uid: sop.unwrap_or_default(),
+            sop_class_uid: sop_class.unwrap_or_default(),
+            accession: plain(tags::ACCESSION_NUMBER),
+            study_date: plain(tags::STUDY_DATE),
+            modality: plain(tags::MODALITY),
+            scrubber,
+        })
+    }
+}
+
+/// The pseudonyms of the instance's identifying keys.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Keys {
+    pub patient_id: String,
+    pub study_uid: String,
+    pub series_uid: String,
+    pub sop_uid: String,
+    pub accession: Option<String>,
+    /// `None` when the patient has no ID (RSNA's fixed 20000101 dates).
+    pub date_offset: Option<u32>,
+}
+
+/// What one instance's anonymization produced besides the data set.
+#[derive(Debug, Clone)]
+pub struct Report {
+    pub keys: Keys,
+    /// Every UID replaced in this instance, original first: the index keeps them.
+    pub uid_map: Vec<(String, String)>,
+    /// Tags the safety net had to change after the script kept them.
+    pub caught: Vec<Tag>,
+}
+
+/// Names written into the de-identification attributes.
+#[derive(Debug, Clone)]
+pub struct Labels {
+    pub project_name: String,
+    pub site_id: String,
+}
+
+pub struct Engine {
+    script: Script,
+    pseudonyms: Arc<dyn Pseudonyms>,
+    labels: Labels,
+    /// Tags the safety net has already reported, so each is logged once per process.
+    reported: Mutex<HashSet<Tag>>,
+}
+
+impl Engine {
+    pub fn new(script: Script, pseudonyms: Arc<dyn Pseudonyms>, labels: Labels) -> Engine {
+        Engine { script, pseudonyms, labels, reported: Mutex::new(HashSet::new()) }
+    }
+
+    pub fn pseudonyms(&self) -> &dyn Pseudonyms {
+        &*self.pseudonyms
+    }
+
+    /// The instance's keys once `anon_patient_id` is known (from the index or the keyed scheme).
+    pub fn keys(&self, original: &Original, anon_patient_id: &str) -> Keys {
+        let p = &*self.pseudonyms;
+        Keys {
+            patient_id: anon_patient_id.to_string(),
+            study_uid: p.uid(&original.study_uid),
+            series_uid: p.uid(&original.series_uid),
+            sop_uid: p.uid(&original.sop_uid),
+            accession: original.accession.as_deref().map(|a| p.accession(a.trim())),
+            date_offset: (!original.patient_id.is_empty()).then(|| p.date_offset(&original.patient_id)),
+        }
+    }
+
+    /// De-identify `ds` in place.
+    pub fn apply(&self, ds: &mut DataSet<'_>, original: &Original, anon_patient_id: &str) -> Report {
+        let keys = self.keys(original, anon_patient_id);
+        let mut walk = Walk {
+            engine: self,
+            original,
+            anon_patient_id,
+            shift: keys.date_offset.map_or(DateShift::Default, DateShift::Days),
+            uids: HashMap::new(),
+            caught: Vec::new(),
+            dates_changed: false,
+        };
+        walk.dataset(ds);
+        let Walk { uids, mut caught, dates_changed, .. } = walk;
+
+        if ds.get(tags::PATIENT_ID).is_none() && self.script.op(tags::PATIENT_ID).is_some() {
+            // RSNA adds a missing PatientID so that every output names its (default) patient.
+            ds.put_text(tags::PATIENT_ID, VR::LO, anon_patient_id);
+        }
+        if dates_changed {
+            ds.put_text(tags::LONGITUDINAL_TEMPORAL_INFORMATION_MODIFIED, VR::CS, "MODIFIED");
+        }
+        self.put_deidentification(ds);
+
+        caught.sort();
+        caught.dedup();
+        self.report_caught(&caught);
+        Report { keys, uid_map: uids.into_iter().collect(), caught }
+    }
+
+    fn put_deidentification(&self, ds: &mut DataSet<'_>) {
+        ds.put_text(tags::PATIENT_IDENTITY_REMOVED, VR::CS, "YES");
+        let method =
+            format!("{} {} script {}", env!("CARGO_PKG_NAME"), env!("CARGO_PKG_VERSION"), self.script.name);
+        ds.put_text(tags::DEIDENTIFICATION_METHOD, VR::LO, truncate(&method, 64));
+        let items = profile::METHOD_CODES
+            .iter()
+            .map(|(code, meaning)| {
+                let mut item = DataSet::default();
+                item.put_text(tags::CODE_VALUE, VR::SH, code);
+                item.put_text(tags::CODING_SCHEME_DESIGNATOR, VR::SH, "DCM");
+                item.put_text(tags::CODE_MEANING, VR::LO, meaning);
+                item
+            })
+            .collect();
+        ds.put(Element { tag: tags::DEIDENTIFICATION_METHOD_CODES, vr: VR::SQ, value: Value::Items(items) });
+        ds.put_text(tags::RSNA_CREATOR, VR::LO, "RSNA");
+        ds.put_text(tags::RSNA_SITE_ID, VR::SH, truncate(&self.labels.site_id, 16));
+        ds.put_text(tags::RSNA_PROJECT_NAME, VR::SH, truncate(&self.labels.project_name, 16));
+    }
+
+    fn report_caught(&self, caught: &[Tag]) {
+        let Ok(mut reported) = self.reported.lock() else { return };
+        for &tag in caught {
+            if reported.insert(tag) {
+                tracing::info!(tag = %format!("({:04X},{:04X})", tag.0, tag.1), "safety net changed a value the script kept (logged once per tag)");
+            }
+        }
+    }
+}
+
+/// Cut at a character boundary; SH and LO limits are in characters and our text is ASCII.
+fn truncate(s: &str, max: usize) -> &str {
+    match s.char_indices().nth(max) {
+        Some((i, _)) => &s[..i],
+        None => s,
+    }
+}
+
+struct Walk<'e> {
+    engine: &'e Engine,
+    original: &'e Original,
+    anon_patient_id: &'e str,
+    shift: DateShift,
+    uids: HashMap<String, String>,
+    caught: Vec<Tag>,
+    dates_changed: bool,
+}
+
+impl Walk<'_> {
+    fn dataset(&mut self, ds: &mut DataSet<'_>) {
+        ds.elements.retain_mut(|e| self.element(e));
+    }
+
+    /// Apply the rule for one element; `false` removes it.
+    fn element(&mut self, e: &mut Element<'_>) -> bool {
+        let tag = e.tag;
+        // Private groups, group lengths (stale once values change), file meta and padding always go.
+        if tag.0 % 2 == 1 || tag.1 == 0 || tag.0 == 0x0002 || tag == tags::ITEM_PADDING {
+            return false;
+        }
+        let Some(op) = self.engine.script.op(tag) else { return false };
+        if let Value::Items(items) = &mut e.value {
+            match op {
+                Op::Remove => return false,
+                Op::Empty => items.clear(),
+                _ => items.iter_mut().for_each(|item| self.dataset(item)),
+            }
+            return true;
+        }
+        match op {
+            Op::Remove => return false,
+            Op::Empty => e.value = Value::Bytes(Cow::Borrowed(&[])),
+            Op::Keep => self.safety_net(e),
+            Op::Uid => {
+                self.map_uids(e);
+            }
+            Op::PatientId => set(e, self.anon_patient_id),
+            Op::Accession => {
+                let raw = value_str(e);
+                if !raw.is_empty() {
+                    set(e, &self.engine.pseudonyms.accession(&raw));
+                }
+            }
+            Op::HashDate => {
+                self.shift_dates(e);
+            }
+            Op::Round(width) => {
+                let rounded = round_age(&value_str(e), *width).unwrap_or_default();
+                set(e, &rounded);
+            }
+            Op::Set(v) => set(e, v),
+        }
+        true
+    }
+
+    /// PS3.15 Basic Profile checks on a value the script kept.
+    fn safety_net(&mut self, e: &mut Element<'_>) {
+        let changed = match e.vr {
+            VR::UI => self.map_uids(e),
+            VR::PN if e.tag == tags::PATIENT_NAME => {
+                let changed = value_str(e) != self.anon_patient_id;
+                set(e, self.anon_patient_id);
+                changed
+            }
+            VR::PN => {
+                let changed = !value_str(e).is_empty();
+                e.value = Value::Bytes(Cow::Borrowed(&[]));
+                changed
+            }
+            VR::DA | VR::DT => self.shift_dates(e),
+            vr if is_free_text(vr) => match &e.value {
+                Value::Bytes(b) => match self.original.scrubber.scrub(b) {
+                    Some(clean) => {
+                        e.value = Value::Bytes(Cow::Owned(pad_text(e.vr, clean)));
+                        true
+                    }
+                    None => false,
+                },
+                _ => false,
+            },
+            _ => false,
+        };
+        if changed {
+            self.caught.push(e.tag);
+        }
+    }
+
+    /// Map every unregistered UID in the value; `true` if any changed.
+    fn map_uids(&mut self, e: &mut Element<'_>) -> bool {
+        let raw = value_str(e);
+        if raw.is_empty() || raw.split('\\').all(|u| is_registered_uid(u.trim())) {
+            return false;
+        }
+        let mapped: Vec<String> = raw
+            .split('\\')
+            .map(|u| {
+                let u = u.trim_matches(['\0', ' ']);
+                if u.is_empty() || is_registered_uid(u) {
+                    return u.to_string();
+                }
+                let pseudonyms = &self.engine.pseudonyms;
+                self.uids.entry(u.to_string()).or_insert_with(|| pseudonyms.uid(u)).clone()
+            })
+            .collect();
+        set(e, &mapped.join("\\"));
+        true
+    }
+
+    /// Shift a DA or DT value; an unparseable one is emptied. `true` if the value changed.
+    fn shift_dates(&mut self, e: &mut Element<'_>) -> bool {
+        let raw = value_str(e);
+        if raw.is_empty() {
+            return false;
+        }
+        let shifted = match e.vr {
+            VR::DA | VR::DT => shift_values(&raw, e.vr == VR::DT, self.shift).unwrap_or_default(),
+            _ => String::new(),
+        };
+        let changed = shifted != raw;
+        if changed {
+            self.dates_changed = true;
+            set(e, &shifted);
+        }
+        changed
+    }
+}
+
+/// The trimmed value as text; values we act on (UIDs, dates, ages, IDs) are ASCII.
+fn value_str(e: &Element<'_>) -> String {
+    match &e.value {
+        Value::Bytes(b) => String::from_utf8_lossy(trim_padding(b)).into_owned(),
+        _ => String::new(),
+    }
+}
+
+fn set(e: &mut Element<'_>, text: &str) {
+    e.value = Value::Bytes(Cow::Owned(pad_text(e.vr, text.as_bytes().to_vec())));
+}

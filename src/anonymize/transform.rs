@@ -1,0 +1,215 @@
+//! Value transforms the engine applies: date shifts, age rounding, free-text scrubbing.
+//! Pure functions over the raw value bytes.
+
+use chrono::{Duration, NaiveDate};
+
+/// RSNA's stand-in date when a patient has no ID to derive an offset from.
+pub const DEFAULT_DATE: &str = "20000101";
+
+/// How to move this instance's dates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DateShift {
+    /// Add this many days.
+    Days(u32),
+    /// No PatientID: every date becomes 20000101 (RSNA's rule).
+    Default,
+}
+
+/// Shift one DA value (`YYYYMMDD`). `None`: not a valid date, so the caller empties it.
+pub fn shift_date(value: &str, shift: DateShift) -> Option<String> {
+    let date = NaiveDate::parse_from_str(value, "%Y%m%d").ok().filter(|_| value.len() == 8)?;
+    Some(match shift {
+        DateShift::Default => DEFAULT_DATE.to_string(),
+        DateShift::Days(d) => (date + Duration::days(d as i64)).format("%Y%m%d").to_string(),
+    })
+}
+
+/// Shift the date part of a DT value and keep its time and offset (`YYYYMMDDHHMMSS.F&ZZXX`).
+pub fn shift_datetime(value: &str) -> impl Fn(DateShift) -> Option<String> + '_ {
+    move |shift| {
+        let date = value.get(..8)?;
+        Some(format!("{}{}", shift_date(date, shift)?, &value[8..]))
+    }
+}
+
+/// Shift every value of a multi-valued DA or DT. Empty stays empty; `None` if any value is invalid.
+pub fn shift_values(raw: &str, is_datetime: bool, shift: DateShift) -> Option<String> {
+    if raw.is_empty() {
+        return Some(String::new());
+    }
+    let shifted: Option<Vec<String>> = raw
+        .split('\\')
+        .map(|v| {
+            let v = v.trim();
+            if is_datetime {
+                shift_datetime(v)(shift)
+            } else {
+                shift_date(v, shift)
+            }
+        })
+        .collect();
+    shifted.map(|v| v.join("\\"))
+}
+
+/// Round an age string (`nnnU`) to a multiple of `width` units and write it as a valid AS
+/// (three digits and the unit). Python's round-half-even, as RSNA uses. `None`: not an age.
+pub fn round_age(value: &str, width: u32) -> Option<String> {
+    let unit = value.chars().last().filter(|c| matches!(c, 'D' | 'W' | 'M' | 'Y'))?;
+    let digits = &value[..value.len() - 1];
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let n: u64 = digits.parse().ok()?;
+    let w = width as u64;
+    let (q, r) = (n / w, n % w);
+    let q = match (2 * r).cmp(&w) {
+        std::cmp::Ordering::Greater => q + 1,
+        std::cmp::Ordering::Equal if q % 2 == 1 => q + 1,
+        _ => q,
+    };
+    Some(format!("{:03}{unit}", (q * w).min(999)))
+}
+
+/// Words that must not survive in kept free text: the patient's name parts and identifiers.
+#[derive(Debug, Default, Clone)]
+pub struct Scrubber {
+    /// Matched as whole words (a name part inside another word is left alone).
+    words: Vec<Vec<u8>>,
+    /// Matched anywhere: identifiers long enough not to occur by chance.
+    ids: Vec<Vec<u8>>,
+}
+
+/// Name parts shorter than this are too likely to be ordinary words or initials.
+const MIN_NAME_PART: usize = 2;
+/// Identifiers shorter than this are matched as words only; longer ones anywhere.
+const MIN_EMBEDDED_ID: usize = 5;
+
+impl Scrubber {
+    /// `name` is the raw PatientName (components split on `^`, groups on `=`), `ids` the raw IDs.
+    pub fn new(name: &[u8], ids: &[&[u8]]) -> Scrubber {
+        let mut s = Scrubber::default();
+        for part in name.split(|&b| matches!(b, b'^' | b'=' | b' ' | b',')) {
+            let part = crate::dicom::trim_padding(part);
+            if part.len() >= MIN_NAME_PART {
+                s.words.push(part.to_ascii_lowercase());
+            }
+        }
+        for id in ids {
+            let id = crate::dicom::trim_padding(id);
+            if id.len() >= MIN_EMBEDDED_ID {
+                s.ids.push(id.to_ascii_lowercase());
+            } else if id.len() >= 3 {
+                s.words.push(id.to_ascii_lowercase());
+            }
+        }
+        // Longest first, so "Smithson" is replaced before "Smith" could split it.
+        s.words.sort_by_key(|w| std::cmp::Reverse(w.len()));
+        s.ids.sort_by_key(|w| std::cmp::Reverse(w.len()));
+        s
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.words.is_empty() && self.ids.is_empty()
+    }
+
+    /// The text with each match replaced by asterisks (at most three, never longer than the
+    /// match, so the value still fits its VR). `None` when nothing matched.
+    pub fn scrub(&self, text: &[u8]) -> Option<Vec<u8>> {
+        let mut out: Option<Vec<u8>> = None;
+        for (needle, whole_word) in
+            self.ids.iter().map(|n| (n, false)).chain(self.words.iter().map(|n| (n, true)))
+        {
+            let current = out.as_deref().unwrap_or(text);
+            if let Some(replaced) = replace_all(current, needle, whole_word) {
+                out = Some(replaced);
+            }
+        }
+        out
+    }
+}
+
+fn replace_all(text: &[u8], needle: &[u8], whole_word: bool) -> Option<Vec<u8>> {
+    let n = needle.len();
+    if n == 0 || text.len() < n {
+        return None;
+    }
+    let mut out = Vec::with_capacity(text.len());
+    let mut i = 0;
+    let mut found = false;
+    while i < text.len() {
+        let hit = i + n <= text.len()
+            && text[i..i + n].eq_ignore_ascii_case(needle)
+            && (!whole_word
+                || ((i == 0 || !text[i - 1].is_ascii_alphanumeric())
+                    && (i + n == text.len() || !text[i + n].is_ascii_alphanumeric())));
+        if hit {
+            out.extend(std::iter::repeat_n(b'*', n.min(3)));
+            i += n;
+            found = true;
+        } else {
+            out.push(text[i]);
+            i += 1;
+        }
+    }
+    found.then_some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dates_shift_like_rsna() {
+        assert_eq!(shift_date("20220101", DateShift::Days(263)).as_deref(), Some("20220921"));
+        assert_eq!(shift_date("20220101", DateShift::Days(1322)).as_deref(), Some("20250815"));
+        assert_eq!(shift_date("19000101", DateShift::Days(3147)).as_deref(), Some("19080814"));
+        assert_eq!(shift_date("20220101", DateShift::Default).as_deref(), Some("20000101"));
+        assert_eq!(shift_date("2022011", DateShift::Days(1)), None);
+        assert_eq!(shift_date("20221301", DateShift::Days(1)), None);
+    }
+
+    #[test]
+    fn datetimes_keep_their_time() {
+        assert_eq!(
+            shift_values("20200229123000.5", true, DateShift::Days(1)).as_deref(),
+            Some("20200301123000.5")
+        );
+        assert_eq!(
+            shift_values("20200229123000+0100", true, DateShift::Default).as_deref(),
+            Some("20000101123000+0100")
+        );
+        assert_eq!(shift_values("", true, DateShift::Days(5)).as_deref(), Some(""));
+        assert_eq!(shift_values("2020", true, DateShift::Days(5)), None);
+        assert_eq!(
+            shift_values("20200101\\20200102", false, DateShift::Days(1)).as_deref(),
+            Some("20200102\\20200103")
+        );
+    }
+
+    #[test]
+    fn ages_round_to_valid_as_values() {
+        for (input, out) in [
+            ("000Y", "000Y"),
+            ("002Y", "000Y"),
+            ("003Y", "005Y"),
+            ("008Y", "010Y"),
+            ("045Y", "045Y"),
+            ("047Y", "045Y"),
+            ("090D", "090D"),
+            ("012M", "010M"),
+        ] {
+            assert_eq!(round_age(input, 5).as_deref(), Some(out), "{input}");
+        }
+        assert_eq!(round_age("45", 5), None);
+        assert_eq!(round_age("045Y", 10).as_deref(), Some("040Y"), "half to even, like Python");
+    }
+
+    #[test]
+    fn free_text_loses_the_name_and_keeps_its_meaning() {
+        let s = Scrubber::new(b"SMITH^ELIZABETH^^MRS", &[b"MRN12345", b"A1"]);
+        assert_eq!(s.scrub(b"CT CHEST for Elizabeth Smith").unwrap(), b"CT CHEST for *** ***");
+        assert_eq!(s.scrub(b"follow-up of mrn12345/2").unwrap(), b"follow-up of ***/2");
+        assert_eq!(s.scrub(b"Smithsonian protocol"), None, "name parts match whole words only");
+        assert_eq!(s.scrub(b"CT HEAD"), None);
+    }
+}

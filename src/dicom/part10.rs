@@ -1,0 +1,118 @@
+//! DICOM Part 10 files (PS3.10 §7.1): preamble, `DICM`, the file meta group, then the data set.
+
+use std::borrow::Cow;
+use std::io::{Read, Write};
+
+use dicom_core::{Tag, VR};
+
+use super::element::{pad_text, trim_padding, DataSet, Element, Value};
+use super::read::{read_dataset, read_prefix, ReadError};
+use super::syntax::{Encoding, TransferSyntax};
+use super::write::{write_dataset, WriteError};
+
+/// Our implementation class UID: a UUID-derived UID (PS3.5 §B.2), so it needs no registered root.
+pub const IMPLEMENTATION_CLASS_UID: &str = "2.25.130914155589001076100974887412066083568";
+/// At most 16 characters (SH).
+pub const IMPLEMENTATION_VERSION_NAME: &str = concat!("DAG_", env!("CARGO_PKG_VERSION"));
+
+/// The most a Deflated data set may inflate to, so a zip bomb cannot take the host down.
+const MAX_INFLATED: u64 = 4 << 30;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Part10Error {
+    #[error("not a DICOM Part 10 file (no DICM prefix)")]
+    NotDicom,
+    #[error("file meta information is unreadable: {0}")]
+    Meta(ReadError),
+    #[error("file meta information lacks {0}")]
+    MetaMissing(&'static str),
+    #[error("data set is unreadable: {0}")]
+    DataSet(#[from] ReadError),
+    #[error("deflated data set does not inflate: {0}")]
+    Inflate(std::io::Error),
+}
+
+/// What the file meta says about the data set that follows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileMeta {
+    pub transfer_syntax: TransferSyntax,
+    pub source_ae_title: Option<String>,
+}
+
+/// A parsed file: its meta and the data set bytes (inflated when the syntax is Deflated).
+pub struct Part10<'a> {
+    pub meta: FileMeta,
+    pub body: Cow<'a, [u8]>,
+}
+
+impl<'a> Part10<'a> {
+    /// Split a Part 10 file into meta and data set bytes.
+    pub fn parse(buf: &'a [u8]) -> Result<Part10<'a>, Part10Error> {
+        if buf.len() < 132 || &buf[128..132] != b"DICM" {
+            return Err(Part10Error::NotDicom);
+        }
+        let rest = &buf[132..];
+        let (meta, used) =
+            read_prefix(rest, Encoding::EXPLICIT_LE, |t| t.0 == 0x0002).map_err(Part10Error::Meta)?;
+        let ts = meta
+            .text(Tag(0x0002, 0x0010))
+            .filter(|t| !t.is_empty())
+            .ok_or(Part10Error::MetaMissing("TransferSyntaxUID (0002,0010)"))?;
+        let meta = FileMeta {
+            transfer_syntax: TransferSyntax::new(ts),
+            source_ae_title: meta.text(Tag(0x0002, 0x0016)).map(str::to_string),
+        };
+        let body = &rest[used..];
+        let body = if meta.transfer_syntax.is_deflated() {
+            let mut out = Vec::with_capacity(body.len() * 3);
+            flate2::read::DeflateDecoder::new(body)
+                .take(MAX_INFLATED)
+                .read_to_end(&mut out)
+                .map_err(Part10Error::Inflate)?;
+            Cow::Owned(out)
+        } else {
+            Cow::Borrowed(body)
+        };
+        Ok(Part10 { meta, body })
+    }
+
+    /// The data set, parsed with the file's transfer syntax.
+    pub fn dataset(&self) -> Result<DataSet<'_>, Part10Error> {
+        Ok(read_dataset(&self.body, self.meta.transfer_syntax.encoding())?)
+    }
+}
+
+/// Write `ds` as a Part 10 file. The media storage UIDs come from the data set itself, so they can
+/// never disagree with it (or carry an original UID the data set no longer has).
+pub fn write_part10(
+    ds: &DataSet<'_>,
+    ts: &TransferSyntax,
+    source_ae_title: Option<&str>,
+    out: &mut impl Write,
+) -> Result<(), WriteError> {
+    let ts = ts.for_output();
+    let text = |tag: Tag| trim_padding(ds.bytes(tag).unwrap_or_default()).to_vec();
+    let mut meta = DataSet::default();
+    let mut put = |tag: Tag, vr: VR, v: Vec<u8>| {
+        meta.elements.push(Element { tag, vr, value: Value::Bytes(Cow::Owned(pad_text(vr, v))) })
+    };
+    put(Tag(0x0002, 0x0001), VR::OB, vec![0, 1]);
+    put(Tag(0x0002, 0x0002), VR::UI, text(Tag(0x0008, 0x0016)));
+    put(Tag(0x0002, 0x0003), VR::UI, text(Tag(0x0008, 0x0018)));
+    put(Tag(0x0002, 0x0010), VR::UI, ts.uid.as_bytes().to_vec());
+    put(Tag(0x0002, 0x0012), VR::UI, IMPLEMENTATION_CLASS_UID.as_bytes().to_vec());
+    put(Tag(0x0002, 0x0013), VR::SH, IMPLEMENTATION_VERSION_NAME.as_bytes().to_vec());
+    if let Some(ae) = source_ae_title.filter(|a| !a.is_empty()) {
+        put(Tag(0x0002, 0x0016), VR::AE, ae.as_bytes().to_vec());
+    }
+    let mut meta_bytes = Vec::with_capacity(256);
+    write_dataset(&meta, Encoding::EXPLICIT_LE, &mut meta_bytes)?;
+
+    out.write_all(&[0u8; 128])?;
+    out.write_all(b"DICM")?;
+    // (0002,0000) FileMetaInformationGroupLength UL: the byte count of the rest of the group.
+    out.write_all(&[0x02, 0x00, 0x00, 0x00, b'U', b'L', 0x04, 0x00])?;
+    out.write_all(&(meta_bytes.len() as u32).to_le_bytes())?;
+    out.write_all(&meta_bytes)?;
+    write_dataset(ds, ts.encoding(), out)
+}
