@@ -2,4 +2,11 @@
 //! and uploads it to a research archive. See `../shared/design.md` for the data flow.
 
 pub mod anonymize;
+pub mod cli;
+pub mod config;
 pub mod dicom;
+pub mod index;
+pub mod observe;
+pub mod offline;
+pub mod pipeline;
+pub mod queue;

@@ -84,12 +84,7 @@ impl<'a> Part10<'a> {
 
 /// Write `ds` as a Part 10 file. The media storage UIDs come from the data set itself, so they can
 /// never disagree with it (or carry an original UID the data set no longer has).
-pub fn write_part10(
-    ds: &DataSet<'_>,
-    ts: &TransferSyntax,
-    source_ae_title: Option<&str>,
-    out: &mut impl Write,
-) -> Result<(), WriteError> {
+pub fn write_part10(ds: &DataSet<'_>, ts: &TransferSyntax, out: &mut impl Write) -> Result<(), WriteError> {
     let ts = ts.for_output();
     let text = |tag: Tag| trim_padding(ds.bytes(tag).unwrap_or_default()).to_vec();
     let mut meta = DataSet::default();
@@ -102,9 +97,6 @@ pub fn write_part10(
     put(Tag(0x0002, 0x0010), VR::UI, ts.uid.as_bytes().to_vec());
     put(Tag(0x0002, 0x0012), VR::UI, IMPLEMENTATION_CLASS_UID.as_bytes().to_vec());
     put(Tag(0x0002, 0x0013), VR::SH, IMPLEMENTATION_VERSION_NAME.as_bytes().to_vec());
-    if let Some(ae) = source_ae_title.filter(|a| !a.is_empty()) {
-        put(Tag(0x0002, 0x0016), VR::AE, ae.as_bytes().to_vec());
-    }
     let mut meta_bytes = Vec::with_capacity(256);
     write_dataset(&meta, Encoding::EXPLICIT_LE, &mut meta_bytes)?;
 

@@ -1,0 +1,264 @@
+//! The node's configuration: the only code that reads YAML or the environment.
+//!
+//! Unknown keys are errors, defaults sit next to their fields, and `validate` reports every
+//! problem at once, each naming its dotted key. Secrets are read from a file or an environment
+//! variable named here, never from the YAML itself.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::anonymize::{AccessionFormat, UnsupportedOps};
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub project: ProjectConfig,
+    #[serde(default)]
+    pub storage: StorageConfig,
+    #[serde(default)]
+    pub logging: LoggingConfig,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PseudonymMode {
+    /// RSNA DICOM Anonymizer 18.x: numbered patients, md5 UIDs (keeps an RSNA archive consistent).
+    #[default]
+    Rsna,
+    /// HMAC-SHA256 under `secret_file`/`secret_env`: stateless, needs no shared index.
+    Keyed,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProjectConfig {
+    /// Written into (0013,1003) and used in upload keys.
+    pub name: String,
+    /// Written into every pseudonym; cannot change once the index exists.
+    pub site_id: String,
+    #[serde(default = "default_uid_root")]
+    pub uid_root: String,
+    /// The anonymizer script, relative to the config file's directory's parent when relative.
+    #[serde(default = "default_script")]
+    pub script: PathBuf,
+    #[serde(default)]
+    pub pseudonyms: PseudonymMode,
+    #[serde(default)]
+    pub accession_format: AccessionFormat,
+    #[serde(default)]
+    pub unsupported_ops: UnsupportedOps,
+    /// File holding the project secret (keyed mode).
+    #[serde(default)]
+    pub secret_file: Option<PathBuf>,
+    /// Environment variable holding the project secret (keyed mode), if no file is given.
+    #[serde(default = "default_secret_env")]
+    pub secret_env: String,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct StorageConfig {
+    #[serde(default = "default_storage_dir")]
+    pub dir: PathBuf,
+    /// Refuse new instances (0xA700) when the disk has less free space than this.
+    #[serde(default = "default_min_free")]
+    pub min_free_bytes: u64,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoggingConfig {
+    #[serde(default = "default_level")]
+    pub level: String,
+    #[serde(default)]
+    pub format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+fn default_uid_root() -> String {
+    "1.2.826.0.1.3680043.10.474.2".into()
+}
+fn default_script() -> PathBuf {
+    "config/default-anonymizer.script".into()
+}
+fn default_secret_env() -> String {
+    "DICOM_ANON_PROJECT_SECRET".into()
+}
+fn default_storage_dir() -> PathBuf {
+    "./data".into()
+}
+fn default_min_free() -> u64 {
+    1 << 30
+}
+fn default_level() -> String {
+    "info".into()
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig { dir: default_storage_dir(), min_free_bytes: default_min_free() }
+    }
+}
+
+impl Default for LoggingConfig {
+    fn default() -> Self {
+        LoggingConfig { level: default_level(), format: LogFormat::default() }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read { path: String, source: std::io::Error },
+    #[error("{path}: {source}")]
+    Parse { path: String, source: serde_yaml::Error },
+    #[error("{path} has problems:\n  {}", problems.join("\n  "))]
+    Invalid { path: String, problems: Vec<String> },
+    #[error("project.pseudonyms is keyed but no secret was found: {0}")]
+    MissingSecret(String),
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.display().to_string(), source })?;
+        let config: Config = serde_yaml::from_str(&text)
+            .map_err(|source| ConfigError::Parse { path: path.display().to_string(), source })?;
+        let problems = config.validate();
+        if !problems.is_empty() {
+            return Err(ConfigError::Invalid { path: path.display().to_string(), problems });
+        }
+        Ok(config)
+    }
+
+    /// Every problem, each naming the dotted key. Nothing is clamped or replaced silently.
+    pub fn validate(&self) -> Vec<String> {
+        let mut p = Vec::new();
+        let project = &self.project;
+        if project.name.trim().is_empty() {
+            p.push("project.name: must not be empty".into());
+        } else if project.name.len() > 16
+            || project.name.contains(['\\', '/'])
+            || project.name.chars().any(char::is_control)
+        {
+            p.push(format!("project.name: {:?} must be at most 16 characters with no '\\', '/' or control characters (it is written as SH and used in upload keys)", project.name));
+        }
+        if project.site_id.is_empty()
+            || project.site_id.len() > 16
+            || !project.site_id.bytes().all(|b| b.is_ascii_digit() || b == b'.')
+            || project.site_id.starts_with('.')
+            || project.site_id.ends_with('.')
+        {
+            p.push(format!("project.site_id: {:?} must be 1 to 16 digits and dots, like \"972149\" (it becomes part of every UID)", project.site_id));
+        }
+        let root = project.uid_root.trim();
+        if root.is_empty()
+            || !root.bytes().all(|b| b.is_ascii_digit() || b == b'.')
+            || root.split('.').any(|c| c.is_empty() || (c.len() > 1 && c.starts_with('0')))
+        {
+            p.push(format!(
+                "project.uid_root: {:?} is not a valid UID root (digits separated by dots, no leading zeros)",
+                project.uid_root
+            ));
+        } else if root.len() + project.site_id.len() + 4 >= 64 - 10 {
+            p.push(format!("project.uid_root: {root:?} with site_id {:?} leaves fewer than 10 digits for pseudonym UIDs within 64 characters", project.site_id));
+        }
+        if self.logging.level.parse::<tracing_subscriber::filter::EnvFilter>().is_err() {
+            p.push(format!(
+                "logging.level: {:?} is not a level or filter (try info, debug, warn)",
+                self.logging.level
+            ));
+        }
+        p
+    }
+
+    /// The project secret for keyed pseudonyms: from `secret_file`, else from `secret_env`.
+    pub fn project_secret(&self) -> Result<Vec<u8>, ConfigError> {
+        let project = &self.project;
+        if let Some(file) = &project.secret_file {
+            let secret = std::fs::read(file).map_err(|e| {
+                ConfigError::MissingSecret(format!("project.secret_file {}: {e}", file.display()))
+            })?;
+            let secret = crate::dicom::trim_padding(&secret).to_vec();
+            if secret.len() < 16 {
+                return Err(ConfigError::MissingSecret(format!(
+                    "project.secret_file {} holds fewer than 16 bytes",
+                    file.display()
+                )));
+            }
+            return Ok(secret);
+        }
+        match std::env::var(&project.secret_env) {
+            Ok(s) if s.trim().len() >= 16 => Ok(s.trim().as_bytes().to_vec()),
+            Ok(_) => Err(ConfigError::MissingSecret(format!(
+                "${} holds fewer than 16 characters",
+                project.secret_env
+            ))),
+            Err(_) => Err(ConfigError::MissingSecret(format!(
+                "set project.secret_file, or put the secret in ${}",
+                project.secret_env
+            ))),
+        }
+    }
+
+    /// The effective configuration as YAML, for `check-config`. Holds no secret: only where
+    /// secrets come from.
+    pub fn to_yaml(&self) -> String {
+        serde_yaml::to_string(self).unwrap_or_default()
+    }
+
+    pub fn index_path(&self) -> PathBuf {
+        self.storage.dir.join("private").join("index.db")
+    }
+
+    pub fn quarantine_dir(&self) -> PathBuf {
+        self.storage.dir.join("private").join("quarantine")
+    }
+
+    pub fn public_dir(&self) -> PathBuf {
+        self.storage.dir.join("public")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(yaml: &str) -> Result<Config, String> {
+        serde_yaml::from_str::<Config>(yaml).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn unknown_keys_are_errors_that_name_the_key() {
+        let err = parse("project: { name: P, site_id: '1', colour: blue }").unwrap_err();
+        assert!(err.contains("colour"), "{err}");
+    }
+
+    #[test]
+    fn validation_reports_every_problem_with_its_key() {
+        let c =
+            parse("project: { name: '', site_id: 'abc', uid_root: '1.02.3' }\nlogging: { level: 'lots' }")
+                .unwrap();
+        let problems = c.validate().join("\n");
+        for key in ["project.name", "project.site_id", "project.uid_root", "logging.level"] {
+            assert!(problems.contains(key), "{key} missing from:\n{problems}");
+        }
+    }
+
+    #[test]
+    fn defaults_fill_a_minimal_project() {
+        let c = parse("project: { name: P, site_id: '972149' }").unwrap();
+        assert!(c.validate().is_empty(), "{:?}", c.validate());
+        assert_eq!(c.project.uid_root, "1.2.826.0.1.3680043.10.474.2");
+        assert_eq!(c.project.pseudonyms, PseudonymMode::Rsna);
+        assert_eq!(c.storage.min_free_bytes, 1 << 30);
+    }
+}

@@ -1,0 +1,74 @@
+//! The PHI lookup table as CSV, in RSNA's twelve columns, one row per study.
+
+use std::path::Path;
+
+use rusqlite::{Connection, OpenFlags};
+
+const HEADER: [&str; 12] = [
+    "ANON-PatientID",
+    "ANON-PatientName",
+    "PHI-PatientName",
+    "PHI-PatientID",
+    "DateOffset",
+    "PHI-StudyDate",
+    "ANON-AccNo",
+    "PHI-AccNo",
+    "ANON-StudyUID",
+    "PHI-StudyUID",
+    "Series",
+    "Instances",
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum ExportError {
+    #[error("PHI index {path}: {source}")]
+    Index { path: String, source: rusqlite::Error },
+    #[error("cannot write {path}: {source}")]
+    Csv { path: String, source: csv::Error },
+}
+
+/// Write the lookup table; returns the number of studies. Reads through its own read-only
+/// connection, so a running node keeps writing meanwhile (WAL).
+pub fn export_csv(index: &Path, out: &Path) -> Result<usize, ExportError> {
+    let db_err = |source| ExportError::Index { path: index.display().to_string(), source };
+    let csv_err = |source| ExportError::Csv { path: out.display().to_string(), source };
+    let conn = Connection::open_with_flags(index, OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(db_err)?;
+    let mut stmt = conn
+        .prepare(
+            "SELECT p.anon_patient_id, p.patient_name, p.patient_id, s.date_offset, s.study_date,
+                    s.anon_accession, s.accession, s.anon_study_uid, s.study_uid,
+                    (SELECT COUNT(*) FROM series se WHERE se.study_uid = s.study_uid),
+                    (SELECT COUNT(*) FROM instances i JOIN series se ON i.series_uid = se.series_uid
+                      WHERE se.study_uid = s.study_uid)
+             FROM studies s JOIN patients p ON p.patient_id = s.patient_id
+             ORDER BY p.anon_patient_id, s.study_uid",
+        )
+        .map_err(db_err)?;
+    let mut w = csv::Writer::from_path(out).map_err(csv_err)?;
+    w.write_record(HEADER).map_err(csv_err)?;
+    let mut rows = stmt.query([]).map_err(db_err)?;
+    let mut n = 0;
+    while let Some(r) = rows.next().map_err(db_err)? {
+        let text = |i| r.get::<_, Option<String>>(i).map(Option::unwrap_or_default);
+        let number = |i| r.get::<_, Option<i64>>(i).map(|v| v.map(|v| v.to_string()).unwrap_or_default());
+        let anon_id = text(0).map_err(db_err)?;
+        let record = [
+            anon_id.clone(),
+            anon_id,
+            text(1).map_err(db_err)?,
+            text(2).map_err(db_err)?,
+            number(3).map_err(db_err)?,
+            text(4).map_err(db_err)?,
+            text(5).map_err(db_err)?,
+            text(6).map_err(db_err)?,
+            text(7).map_err(db_err)?,
+            text(8).map_err(db_err)?,
+            number(9).map_err(db_err)?,
+            number(10).map_err(db_err)?,
+        ];
+        w.write_record(&record).map_err(csv_err)?;
+        n += 1;
+    }
+    w.flush().map_err(|e| csv_err(e.into()))?;
+    Ok(n)
+}

@@ -1,0 +1,60 @@
+//! The PHI index schema. Original values live only here (and in quarantine).
+
+pub const SCHEMA: &str = r#"
+PRAGMA journal_mode = WAL;
+PRAGMA synchronous = FULL;
+PRAGMA foreign_keys = ON;
+
+CREATE TABLE IF NOT EXISTS meta (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+
+CREATE TABLE IF NOT EXISTS patients (
+    patient_id      TEXT PRIMARY KEY,          -- stripped PHI PatientID; '' is the default patient
+    anon_patient_id TEXT NOT NULL UNIQUE,
+    patient_name    TEXT,
+    sex             TEXT,
+    birth_date      TEXT,
+    created_at      TEXT NOT NULL
+);
+
+CREATE TABLE IF NOT EXISTS studies (
+    study_uid      TEXT PRIMARY KEY,
+    anon_study_uid TEXT NOT NULL,
+    patient_id     TEXT NOT NULL REFERENCES patients(patient_id),
+    accession      TEXT,
+    anon_accession TEXT,
+    date_offset    INTEGER,                    -- NULL: no PatientID, dates became 20000101
+    study_date     TEXT,
+    source         TEXT NOT NULL
+);
+
+CREATE TABLE IF NOT EXISTS series (
+    series_uid      TEXT PRIMARY KEY,
+    anon_series_uid TEXT NOT NULL,
+    study_uid       TEXT NOT NULL REFERENCES studies(study_uid),
+    modality        TEXT
+);
+CREATE INDEX IF NOT EXISTS series_by_study ON series(study_uid);
+
+CREATE TABLE IF NOT EXISTS instances (
+    sop_uid       TEXT PRIMARY KEY,
+    anon_sop_uid  TEXT NOT NULL,
+    series_uid    TEXT NOT NULL REFERENCES series(series_uid),
+    sop_class_uid TEXT NOT NULL,
+    path          TEXT NOT NULL,               -- relative to the public directory
+    size          INTEGER NOT NULL,
+    state         TEXT NOT NULL DEFAULT 'queued',
+    stored_at     TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS instances_by_series ON instances(series_uid);
+CREATE INDEX IF NOT EXISTS instances_by_state ON instances(state, stored_at);
+
+-- Every UID replaced, at any depth. No UNIQUE on anon_uid: mappings are deterministic, and a UID
+-- first met nested in a sequence must not block the same UID arriving later as a study (RSNA bug).
+CREATE TABLE IF NOT EXISTS uid_map (
+    phi_uid  TEXT PRIMARY KEY,
+    anon_uid TEXT NOT NULL
+);
+"#;

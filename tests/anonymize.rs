@@ -1,0 +1,340 @@
+//! The offline `anonymize` command end to end: real files in, real binary, output checked with
+//! DCMTK's dcmdump and dicom3tools' dciodvfy.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::*;
+
+const SITE: &str = "99.99";
+const ROOT: &str = "1.2.826.0.1.3680043.10.474";
+
+/// A corpus covering every shape: syntaxes, multi-frame, fragments, character sets.
+fn corpus(dir: &Path) -> Vec<(Patient, Shape, PathBuf)> {
+    let shapes = [
+        ("ct-explicit.dcm", smith(), Shape::default()),
+        ("ct-implicit.dcm", smith(), Shape { transfer_syntax: IMPLICIT_LE, instance: 2, ..Shape::default() }),
+        (
+            "ct-bigendian.dcm",
+            smith(),
+            Shape { transfer_syntax: EXPLICIT_BE, instance: 3, ..Shape::default() },
+        ),
+        ("ct-multiframe.dcm", smith(), Shape { frames: 4, series: 2, ..Shape::default() }),
+        (
+            "ct-jpeg.dcm",
+            smith(),
+            Shape { transfer_syntax: JPEG_BASELINE, frames: 3, series: 3, ..Shape::default() },
+        ),
+        ("jp-utf8.dcm", yamada(), Shape::default()),
+        ("de-latin1.dcm", mueller(), Shape::default()),
+    ];
+    shapes
+        .into_iter()
+        .map(|(name, p, s)| {
+            let path = put(dir, name, &instance(&p, &s));
+            (p, s, path)
+        })
+        .collect()
+}
+
+fn phi_strings(p: &Patient) -> Vec<Vec<u8>> {
+    let mut v: Vec<Vec<u8>> = OTHER_PHI.iter().map(|s| s.as_bytes().to_vec()).collect();
+    v.push(p.id.as_bytes().to_vec());
+    v.push(p.birth_date.as_bytes().to_vec());
+    let raw_name = p.name_bytes.clone().unwrap_or_else(|| p.name.as_bytes().to_vec());
+    v.push(raw_name.clone());
+    for part in raw_name.split(|&b| b == b'^' || b == b'=') {
+        v.push(part.to_vec());
+        v.push(part.to_ascii_lowercase());
+    }
+    v
+}
+
+#[test]
+fn no_original_phi_survives_and_every_output_is_valid_dicom() {
+    let d = tempfile::tempdir().unwrap();
+    let inputs = corpus(&d.path().join("in"));
+    let config = config(d.path(), SITE, ROOT, &default_script(), "");
+    let out = d.path().join("out");
+    let run = anonymize(&config, &out, &[&d.path().join("in")]);
+    assert!(
+        run.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&run.stdout),
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let outputs = files_under(&out);
+    assert_eq!(outputs.len(), inputs.len(), "{outputs:?}");
+
+    for (patient, shape, input) in &inputs {
+        // Find this input's output through its pixel bytes, which must pass through unchanged.
+        let mut pixels = pixel_bytes(shape, 0);
+        if shape.transfer_syntax == EXPLICIT_BE {
+            pixels.chunks_mut(2).for_each(|w| w.swap(0, 1));
+        }
+        let probe = &pixels[..64];
+        assert!(contains(&std::fs::read(input).unwrap(), probe), "probe not in the input {input:?}");
+        let matching: Vec<&PathBuf> = outputs
+            .iter()
+            .filter(|o| {
+                let b = std::fs::read(o).unwrap();
+                contains(&b, probe) && o.to_string_lossy().contains(&format!("{SITE}-"))
+            })
+            .collect();
+        assert!(!matching.is_empty(), "pixel data of {input:?} not found unchanged in any output");
+        for output in matching {
+            let bytes = std::fs::read(output).unwrap();
+            for phi in phi_strings(patient) {
+                if phi.len() >= 3 {
+                    assert!(
+                        !contains(&bytes, &phi),
+                        "{:?} leaked into {output:?}",
+                        String::from_utf8_lossy(&phi)
+                    );
+                }
+            }
+            assert!(!contains(output.to_string_lossy().as_bytes(), b"1.2.999.777"), "original UID in path");
+            assert!(dcmdump_value(output, "SOPInstanceUID").is_some(), "dcmdump cannot read {output:?}");
+            let before = dciodvfy_errors(input);
+            let after = dciodvfy_errors(output);
+            let new: Vec<&String> = after.iter().filter(|e| !before.contains(e)).collect();
+            assert!(new.is_empty(), "dciodvfy errors in {output:?} that {input:?} did not have: {new:#?}");
+            assert_eq!(dcmdump_value(output, "PatientIdentityRemoved").as_deref(), Some("YES"));
+            assert_eq!(
+                dcmdump_value(output, "LongitudinalTemporalInformationModified").as_deref(),
+                Some("MODIFIED")
+            );
+            assert_eq!(dcmdump_value(output, "PatientAge").as_deref(), Some("045Y"));
+            assert_eq!(dcmdump_value(output, "CodeValue").as_deref(), Some("T-D3000"), "codes survive");
+        }
+    }
+    // Kept text keeps its character set: the Latin-1 file still says so.
+    let latin =
+        outputs.iter().find(|o| dcmdump_value(o, "SpecificCharacterSet").as_deref() == Some("ISO_IR 100"));
+    assert!(latin.is_some(), "SpecificCharacterSet ISO_IR 100 was not kept");
+}
+
+#[test]
+fn golden_values_match_rsna_anonymizer() {
+    let d = tempfile::tempdir().unwrap();
+    let p =
+        Patient { name: "DOE^JOHN", id: "12345", birth_date: "19700101", charset: None, name_bytes: None };
+    let shape = Shape { accession: "2", study_date: "20220101", ..Shape::default() };
+    let input = put(&d.path().join("in"), "a.dcm", &instance(&p, &shape));
+    let config = config(d.path(), SITE, ROOT, &rsna_script(), "  accession_format: rsna\n");
+    let out = d.path().join("out");
+    let run = anonymize(&config, &out, &[&input]);
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let outputs = files_under(&out);
+    assert_eq!(outputs.len(), 1);
+    let o = &outputs[0];
+    assert_eq!(dcmdump_value(o, "StudyDate").as_deref(), Some("20220921"));
+    assert_eq!(dcmdump_value(o, "AccessionNumber").as_deref(), Some("f7f69c29-67d4-4fd3"));
+    assert_eq!(dcmdump_value(o, "PatientID").as_deref(), Some("99.99-000001"));
+    assert_eq!(dcmdump_value(o, "PatientName").as_deref(), Some("99.99-000001"));
+    // UID pseudonyms are RSNA's: md5 of the original, under <root>.<site>.2.
+    let sop = dcmdump_value(o, "SOPInstanceUID").unwrap();
+    assert!(sop.starts_with("1.2.826.0.1.3680043.10.474.99.99.2."), "{sop}");
+    assert_eq!(o.file_name().unwrap().to_string_lossy(), format!("{sop}.dcm"));
+    assert_eq!(dcmdump_value(o, "MediaStorageSOPInstanceUID").as_deref(), Some(sop.as_str()));
+}
+
+#[test]
+fn pseudonyms_are_the_same_across_files_runs_and_restarts() {
+    let d = tempfile::tempdir().unwrap();
+    let config = config(d.path(), SITE, ROOT, &default_script(), "");
+    let a = put(&d.path().join("in1"), "a.dcm", &instance(&smith(), &Shape::default()));
+    let b =
+        put(&d.path().join("in2"), "b.dcm", &instance(&smith(), &Shape { instance: 2, ..Shape::default() }));
+    let c = put(&d.path().join("in3"), "c.dcm", &instance(&yamada(), &Shape::default()));
+    let out = d.path().join("out");
+    // Three separate processes: every run reopens the index.
+    for input in [&a, &b, &c] {
+        let run = anonymize(&config, &out, &[input]);
+        assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    }
+    let patients = |dir: &Path| -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| !n.starts_with('.'))
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(patients(&out), ["99.99-000001", "99.99-000002"]);
+    let smith_study: Vec<String> = patients(&out.join("99.99-000001"));
+    assert_eq!(smith_study.len(), 1, "both smith instances share one anonymized study");
+    assert_eq!(files_under(&out.join("99.99-000001")).len(), 2);
+
+    // A re-run of everything into a fresh output gives byte-identical files and no new patient.
+    let out2 = d.path().join("out2");
+    let run = anonymize(&config, &out2, &[&a, &b, &c]);
+    assert!(run.status.success());
+    let first: Vec<PathBuf> =
+        files_under(&out).iter().map(|p| p.strip_prefix(&out).unwrap().to_path_buf()).collect();
+    let second: Vec<PathBuf> =
+        files_under(&out2).iter().map(|p| p.strip_prefix(&out2).unwrap().to_path_buf()).collect();
+    assert_eq!(first, second);
+    for rel in &first {
+        assert_eq!(std::fs::read(out.join(rel)).unwrap(), std::fs::read(out2.join(rel)).unwrap(), "{rel:?}");
+    }
+}
+
+#[test]
+fn the_rsna_script_loads_and_runs() {
+    let d = tempfile::tempdir().unwrap();
+    let input = put(&d.path().join("in"), "a.dcm", &instance(&smith(), &Shape::default()));
+    let config = config(d.path(), SITE, ROOT, &rsna_script(), "");
+    let out = d.path().join("out");
+    let run = anonymize(&config, &out, &[&input]);
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let o = &files_under(&out)[0];
+    let bytes = std::fs::read(o).unwrap();
+    for phi in phi_strings(&smith()) {
+        assert!(!contains(&bytes, &phi), "{:?} leaked", String::from_utf8_lossy(&phi));
+    }
+    // RSNA's script keeps TargetFrameOfReferenceUID-like UIDs blank-op; our net maps them anyway:
+    // the nested FrameOfReferenceUID is mapped (it is @uid at any depth).
+    assert!(dcmdump_value(o, "StudyDescription").is_some_and(|s| s.starts_with("CT CHEST for")));
+}
+
+#[test]
+fn bad_input_is_quarantined_with_a_reason_and_the_rest_goes_through() {
+    let d = tempfile::tempdir().unwrap();
+    let input = d.path().join("in");
+    let good = put(&input, "good.dcm", &instance(&smith(), &Shape::default()));
+    let full = std::fs::read(&good).unwrap();
+    let text = put(&input, "notes.txt", b"this is not DICOM");
+    let empty = put(&input, "empty.dcm", b"");
+    let truncated = put(&input, "truncated.dcm", &full[..full.len() - 300]);
+    // A declared length of 0xFFFFFFF0 for an element near the end: must not be allocated.
+    let mut huge = full.clone();
+    let pos = huge.windows(4).position(|w| w == [0xE0, 0x7F, 0x10, 0x00]).unwrap();
+    huge[pos + 8..pos + 12].copy_from_slice(&0xFFFF_FFF0u32.to_le_bytes());
+    let huge = put(&input, "huge.dcm", &huge);
+    let bad_utf8 =
+        Patient { name_bytes: Some(b"SM\xffTH^J".to_vec()), charset: Some("ISO_IR 192"), ..smith() };
+    let bad_utf8 = put(&input, "badname.dcm", &instance(&bad_utf8, &Shape { study: 9, ..Shape::default() }));
+
+    let config = config(d.path(), SITE, ROOT, &default_script(), "");
+    let out = d.path().join("out");
+    let run = anonymize(&config, &out, &[&good, &text, &empty, &truncated, &huge, &bad_utf8]);
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert_eq!(run.status.code(), Some(1), "failures give a non-zero exit: {stdout}");
+    assert!(stdout.contains("anonymized 1 files"), "{stdout}");
+    let q = d.path().join("storage/private/quarantine");
+    let count = |reason: &str| {
+        files_under(&q.join(reason)).iter().filter(|p| p.extension().is_some_and(|e| e == "dcm")).count()
+    };
+    assert_eq!(count("Invalid_DICOM"), 2, "the text file and the empty file: {stdout}");
+    assert_eq!(count("DICOM_Read_Error"), 2, "truncated and huge length: {stdout}");
+    assert_eq!(count("Invalid_Text"), 1, "{stdout}");
+    let sidecar = std::fs::read_to_string(
+        files_under(&q.join("Invalid_Text")).into_iter().find(|p| p.extension().unwrap() == "json").unwrap(),
+    )
+    .unwrap();
+    assert!(sidecar.contains("PatientName"), "{sidecar}");
+
+    // Inside a folder walk, non-DICOM files are skipped rather than failed.
+    let out2 = d.path().join("out2");
+    let only = d.path().join("mixed");
+    put(&only, "a.dcm", &full);
+    put(&only, "README.txt", b"hello");
+    let run = anonymize(&config, &out2, &[&only]);
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stdout));
+    assert!(String::from_utf8_lossy(&run.stdout).contains("skipped 1 non-DICOM"));
+}
+
+#[test]
+fn index_export_writes_rsnas_twelve_columns() {
+    let d = tempfile::tempdir().unwrap();
+    let input = put(&d.path().join("in"), "a.dcm", &instance(&smith(), &Shape::default()));
+    let no_acc = put(
+        &d.path().join("in"),
+        "b.dcm",
+        &instance(&yamada(), &Shape { accession: "", ..Shape::default() }),
+    );
+    let config = config(d.path(), SITE, ROOT, &default_script(), "");
+    let out = d.path().join("out");
+    assert!(anonymize(&config, &out, &[&input, &no_acc]).status.success());
+    let csv = d.path().join("phi.csv");
+    let run =
+        binary().args(["index", "export", "--config"]).arg(&config).arg("--out").arg(&csv).output().unwrap();
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let text = std::fs::read_to_string(&csv).unwrap();
+    let mut lines = text.lines();
+    assert_eq!(
+        lines.next().unwrap(),
+        "ANON-PatientID,ANON-PatientName,PHI-PatientName,PHI-PatientID,DateOffset,PHI-StudyDate,ANON-AccNo,PHI-AccNo,ANON-StudyUID,PHI-StudyUID,Series,Instances"
+    );
+    let rows: Vec<Vec<String>> = lines.map(|l| l.split(',').map(str::to_string).collect()).collect();
+    assert_eq!(rows.len(), 2);
+    let smith = rows.iter().find(|r| r[3] == "MRN12345").unwrap();
+    assert_eq!(smith[2], "SMITH^ELIZABETH");
+    assert_eq!(smith[5], "20220101");
+    assert_eq!(smith[7], "ACC7654321");
+    assert_eq!(smith[6].len(), 16);
+    assert_eq!((smith[10].as_str(), smith[11].as_str()), ("1", "1"));
+    let yamada = rows.iter().find(|r| r[3] == "JP-556677").unwrap();
+    assert_eq!(yamada[2], "山田^太郎=やまだ^たろう", "UTF-8 names export as UTF-8");
+    assert_eq!((yamada[6].as_str(), yamada[7].as_str()), ("", ""), "no accession: empty cells");
+}
+
+#[test]
+fn keyed_mode_nodes_agree_without_sharing_an_index() {
+    let d = tempfile::tempdir().unwrap();
+    let input = put(&d.path().join("in"), "a.dcm", &instance(&smith(), &Shape::default()));
+    let secret = put(d.path(), "secret", b"a-project-secret-of-some-length\n");
+    let extra = format!("  pseudonyms: keyed\n  secret_file: {}\n", secret.display());
+    let mut trees = Vec::new();
+    for node in ["node1", "node2"] {
+        let dir = d.path().join(node);
+        let config = config(&dir, SITE, ROOT, &default_script(), &extra);
+        let out = dir.join("out");
+        let run = anonymize(&config, &out, &[&input]);
+        assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+        let files = files_under(&out);
+        assert_eq!(files.len(), 1);
+        trees.push((files[0].strip_prefix(&out).unwrap().to_path_buf(), std::fs::read(&files[0]).unwrap()));
+    }
+    assert_eq!(trees[0], trees[1]);
+    assert!(!trees[0].0.to_string_lossy().contains("000001"), "keyed ids are not numbered: {:?}", trees[0].0);
+
+    // Without the secret, keyed mode refuses to start and says what to set.
+    let dir = d.path().join("node3");
+    let config = config(
+        &dir,
+        SITE,
+        ROOT,
+        &default_script(),
+        "  pseudonyms: keyed\n  secret_env: NO_SUCH_SECRET_VAR\n",
+    );
+    let run = anonymize(&config, &dir.join("out"), &[&input]);
+    assert_eq!(run.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&run.stderr).contains("NO_SUCH_SECRET_VAR"));
+}
+
+#[test]
+fn unsupported_ctp_operations_are_refused_unless_configured_away() {
+    let d = tempfile::tempdir().unwrap();
+    let input = put(&d.path().join("in"), "a.dcm", &instance(&smith(), &Shape::default()));
+    let script = put(
+        d.path(),
+        "ctp.script",
+        b"<script>\n<e en=\"T\" t=\"00080016\" n=\"SOPClassUID\"></e>\n<e en=\"T\" t=\"00100020\" n=\"PatientID\">@hashptid(@SITEID,PatientID)</e>\n</script>\n",
+    );
+    let config1 = config(&d.path().join("a"), SITE, ROOT, &script, "");
+    let run = anonymize(&config1, &d.path().join("out1"), &[&input]);
+    let err = String::from_utf8_lossy(&run.stderr);
+    assert_eq!(run.status.code(), Some(2));
+    assert!(err.contains("line 3") && err.contains("@hashptid"), "{err}");
+    let config2 = config(&d.path().join("b"), SITE, ROOT, &script, "  unsupported_ops: remove\n");
+    let out = d.path().join("out2");
+    let run = anonymize(&config2, &out, &[&input]);
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let bytes = std::fs::read(&files_under(&out)[0]).unwrap();
+    assert!(!contains(&bytes, b"MRN12345"));
+}

@@ -1,0 +1,100 @@
+//! Shared test support: the corpus generator, real peers (DCMTK, dicom3tools) and runs of the
+//! real binary.
+#![allow(dead_code)]
+
+pub mod corpus;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+pub use corpus::*;
+
+/// A real peer tool, by full path. Missing is a loud failure, never a skip.
+pub fn tool(path: &str, package: &str) -> PathBuf {
+    let p = PathBuf::from(path);
+    assert!(p.exists(), "{path} is missing: install the Debian package {package} (.ci/run does)");
+    p
+}
+
+pub fn binary() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_dicom-anon-gateway"))
+}
+
+/// A config file for a test project in `dir`; `extra` is appended under `project:`.
+pub fn config(dir: &Path, site_id: &str, uid_root: &str, script: &Path, extra: &str) -> PathBuf {
+    let yaml = format!(
+        "project:\n  name: TEST_PROJECT\n  site_id: \"{site_id}\"\n  uid_root: \"{uid_root}\"\n  script: {}\n{extra}storage:\n  dir: {}\n  min_free_bytes: 0\nlogging:\n  level: warn\n",
+        script.display(),
+        dir.join("storage").display()
+    );
+    put(dir, "config.yaml", yaml.as_bytes())
+}
+
+pub fn default_script() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("config/default-anonymizer.script")
+}
+
+pub fn rsna_script() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/rsna-default-anonymizer.script")
+}
+
+pub fn anonymize(config: &Path, out: &Path, inputs: &[&Path]) -> Output {
+    let out = binary()
+        .arg("anonymize")
+        .arg("--config")
+        .arg(config)
+        .arg("--out")
+        .arg(out)
+        .args(inputs)
+        .output()
+        .unwrap();
+    out
+}
+
+/// Every regular file under `dir` (skipping the spool's temp directory).
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> =
+        walk(dir).into_iter().filter(|p| !p.components().any(|c| c.as_os_str() == ".tmp")).collect();
+    v.sort();
+    v
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.extend(walk(&p));
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+pub fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    !needle.is_empty() && haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// `dcmdump +P <tag>` of one attribute, e.g. "StudyDate"; the value between the brackets.
+pub fn dcmdump_value(file: &Path, key: &str) -> Option<String> {
+    let out = Command::new(tool("/usr/bin/dcmdump", "dcmtk")).args(["+P", key]).arg(file).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text.lines().next()?;
+    let start = line.find('[')? + 1;
+    let end = line[start..].find(']')? + start;
+    Some(line[start..end].to_string())
+}
+
+/// dciodvfy's error lines.
+pub fn dciodvfy_errors(file: &Path) -> Vec<String> {
+    let out = Command::new(tool("/usr/bin/dciodvfy", "dicom3tools")).arg(file).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
+    let mut errors: Vec<String> =
+        text.lines().filter(|l| l.starts_with("Error")).map(str::to_string).collect();
+    errors.sort();
+    errors.dedup();
+    errors
+}
