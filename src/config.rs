@@ -171,9 +171,12 @@ impl Config {
         } else if root.len() + project.site_id.len() + 4 >= 64 - 10 {
             p.push(format!("project.uid_root: {root:?} with site_id {:?} leaves fewer than 10 digits for pseudonym UIDs within 64 characters", project.site_id));
         }
-        if self.logging.level.parse::<tracing_subscriber::filter::EnvFilter>().is_err() {
+        let level = self.logging.level.as_str();
+        let plain_level = ["trace", "debug", "info", "warn", "error", "off"].contains(&level);
+        let directives = level.contains('=') && level.parse::<tracing_subscriber::filter::EnvFilter>().is_ok();
+        if !plain_level && !directives {
             p.push(format!(
-                "logging.level: {:?} is not a level or filter (try info, debug, warn)",
+                "logging.level: {:?} is not a level (trace, debug, info, warn, error, off) or a filter like info,dicom_anon_gateway=debug",
                 self.logging.level
             ));
         }
