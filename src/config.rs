@@ -173,7 +173,8 @@ impl Config {
         }
         let level = self.logging.level.as_str();
         let plain_level = ["trace", "debug", "info", "warn", "error", "off"].contains(&level);
-        let directives = level.contains('=') && level.parse::<tracing_subscriber::filter::EnvFilter>().is_ok();
+        let directives =
+            level.contains('=') && level.parse::<tracing_subscriber::filter::EnvFilter>().is_ok();
         if !plain_level && !directives {
             p.push(format!(
                 "logging.level: {:?} is not a level (trace, debug, info, warn, error, off) or a filter like info,dicom_anon_gateway=debug",

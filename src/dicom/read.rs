@@ -299,3 +299,70 @@ pub(crate) fn implicit_vr(tag: Tag) -> VR {
 pub fn dictionary_vr(tag: Tag) -> VR {
     implicit_vr(tag)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dicom::{write_dataset, Value};
+
+    fn explicit(tag: (u16, u16), vr: &[u8; 2], value: &[u8]) -> Vec<u8> {
+        let mut b = Vec::new();
+        b.extend(tag.0.to_le_bytes());
+        b.extend(tag.1.to_le_bytes());
+        b.extend(vr);
+        b.extend((value.len() as u16).to_le_bytes());
+        b.extend(value);
+        b
+    }
+
+    #[test]
+    fn a_round_trip_keeps_every_byte_of_defined_length_primitives() {
+        let mut buf = explicit((0x0008, 0x0005), b"CS", b"ISO_IR 100");
+        buf.extend(explicit((0x0010, 0x0010), b"PN", b"M\xdcLLER^J\xdcRGEN "));
+        buf.extend(explicit((0x0010, 0x0020), b"LO", b"ODD"));
+        let ds = read_dataset(&buf, Encoding::EXPLICIT_LE).unwrap();
+        let mut out = Vec::new();
+        write_dataset(&ds, Encoding::EXPLICIT_LE, &mut out).unwrap();
+        assert_eq!(out, buf);
+    }
+
+    #[test]
+    fn a_declared_length_beyond_the_buffer_is_an_error_not_an_allocation() {
+        let mut buf = explicit((0x0010, 0x0010), b"PN", b"DOE^J ");
+        buf.extend([0xE0, 0x7F, 0x10, 0x00, b'O', b'W', 0, 0, 0xF0, 0xFF, 0xFF, 0xFF, 1, 2]);
+        match read_dataset(&buf, Encoding::EXPLICIT_LE) {
+            Err(ReadError::Truncated { needed, .. }) => assert_eq!(needed, 0xFFFF_FFF0),
+            other => panic!("expected Truncated, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn hostile_nesting_stops_at_the_depth_limit() {
+        // SQ (undefined) > item (undefined) > SQ > item > ... without end.
+        let mut buf = Vec::new();
+        for _ in 0..200 {
+            buf.extend([0x08, 0x00, 0x40, 0x11, b'S', b'Q', 0, 0, 0xFF, 0xFF, 0xFF, 0xFF]);
+            buf.extend([0xFE, 0xFF, 0x00, 0xE0, 0xFF, 0xFF, 0xFF, 0xFF]);
+        }
+        assert_eq!(read_dataset(&buf, Encoding::EXPLICIT_LE), Err(ReadError::TooDeep));
+    }
+
+    #[test]
+    fn implicit_vr_takes_the_dictionary_vr_and_reads_nested_items() {
+        let mut buf = Vec::new();
+        // (0008,1140) SQ, undefined length, one item with (0008,1155) UI.
+        buf.extend([0x08, 0x00, 0x40, 0x11, 0xFF, 0xFF, 0xFF, 0xFF]);
+        buf.extend([0xFE, 0xFF, 0x00, 0xE0, 0xFF, 0xFF, 0xFF, 0xFF]);
+        buf.extend([0x08, 0x00, 0x55, 0x11, 4, 0, 0, 0]);
+        buf.extend(b"1.2\0");
+        buf.extend([0xFE, 0xFF, 0x0D, 0xE0, 0, 0, 0, 0]);
+        buf.extend([0xFE, 0xFF, 0xDD, 0xE0, 0, 0, 0, 0]);
+        let ds = read_dataset(&buf, Encoding::IMPLICIT_LE).unwrap();
+        let Value::Items(items) = &ds.elements[0].value else { panic!("not a sequence") };
+        assert_eq!(items[0].elements[0].vr, VR::UI);
+        assert_eq!(items[0].text(Tag(0x0008, 0x1155)), Some("1.2"));
+        let mut out = Vec::new();
+        write_dataset(&ds, Encoding::IMPLICIT_LE, &mut out).unwrap();
+        assert_eq!(out, buf, "undefined lengths are written as read");
+    }
+}
