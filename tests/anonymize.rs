@@ -26,6 +26,7 @@ fn corpus(dir: &Path) -> Vec<(Patient, Shape, PathBuf)> {
             smith(),
             Shape { transfer_syntax: JPEG_BASELINE, frames: 3, series: 3, ..Shape::default() },
         ),
+        ("ct-deflated.dcm", smith(), Shape { transfer_syntax: DEFLATED, instance: 4, ..Shape::default() }),
         ("jp-utf8.dcm", yamada(), Shape::default()),
         ("de-latin1.dcm", mueller(), Shape::default()),
     ];
@@ -74,7 +75,9 @@ fn no_original_phi_survives_and_every_output_is_valid_dicom() {
             pixels.chunks_mut(2).for_each(|w| w.swap(0, 1));
         }
         let probe = &pixels[..64];
-        assert!(contains(&std::fs::read(input).unwrap(), probe), "probe not in the input {input:?}");
+        if shape.transfer_syntax != DEFLATED {
+            assert!(contains(&std::fs::read(input).unwrap(), probe), "probe not in the input {input:?}");
+        }
         let matching: Vec<&PathBuf> = outputs
             .iter()
             .filter(|o| {

@@ -36,7 +36,6 @@ pub enum Part10Error {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FileMeta {
     pub transfer_syntax: TransferSyntax,
-    pub source_ae_title: Option<String>,
 }
 
 /// A parsed file: its meta and the data set bytes (inflated when the syntax is Deflated).
@@ -60,7 +59,6 @@ impl<'a> Part10<'a> {
             .ok_or(Part10Error::MetaMissing("TransferSyntaxUID (0002,0010)"))?;
         let meta = FileMeta {
             transfer_syntax: TransferSyntax::new(ts),
-            source_ae_title: meta.text(Tag(0x0002, 0x0016)).map(str::to_string),
         };
         let body = &rest[used..];
         let body = if meta.transfer_syntax.is_deflated() {

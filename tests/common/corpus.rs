@@ -14,6 +14,7 @@ pub const EXPLICIT_LE: &str = "1.2.840.10008.1.2.1";
 pub const IMPLICIT_LE: &str = "1.2.840.10008.1.2";
 pub const EXPLICIT_BE: &str = "1.2.840.10008.1.2.2";
 pub const JPEG_BASELINE: &str = "1.2.840.10008.1.2.4.50";
+pub const DEFLATED: &str = "1.2.840.10008.1.2.1.99";
 
 /// One synthetic patient with PHI everywhere a real one has it.
 #[derive(Clone)]
