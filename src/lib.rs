@@ -5,6 +5,7 @@ pub mod anonymize;
 pub mod cli;
 pub mod config;
 pub mod dicom;
+pub mod durability;
 pub mod index;
 pub mod observe;
 pub mod offline;

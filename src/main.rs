@@ -8,6 +8,7 @@ use clap::Parser;
 
 use dicom_anon_gateway::cli::{Cli, Command, IndexCommand};
 use dicom_anon_gateway::config::Config;
+use dicom_anon_gateway::durability::Durability;
 use dicom_anon_gateway::pipeline::Pipeline;
 use dicom_anon_gateway::{index, observe, offline};
 
@@ -26,11 +27,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Anonymize { config, out, inputs } => {
             let config = Config::load(&config)?;
             observe::init(&config.logging);
-            let pipeline = Pipeline::open(&config, &out, &offline::tmp_dir(&out))?;
+            let pipeline = Pipeline::open(&config, &out, Durability::AtEnd)?;
             let started = std::time::Instant::now();
             let summary = offline::run(&pipeline, &inputs);
+            pipeline.close()?;
             let secs = started.elapsed().as_secs_f64();
-            pipeline.close();
             println!(
                 "anonymized {} files ({:.1} MB) in {secs:.2} s ({:.0} files/s); quarantined {}; skipped {} non-DICOM",
                 summary.anonymized,

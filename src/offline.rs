@@ -1,7 +1,7 @@
 //! `anonymize`: files and folders from disk through the same pipeline as the node, on all cores.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Mutex;
 
 use indicatif::{ProgressBar, ProgressStyle};
@@ -114,9 +114,4 @@ fn collect(inputs: &[PathBuf]) -> Vec<Input> {
         }
     }
     files
-}
-
-/// The temp directory for a spool rooted at `out`: beside it on the same file system.
-pub fn tmp_dir(out: &Path) -> PathBuf {
-    out.join(".tmp")
 }

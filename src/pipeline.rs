@@ -7,6 +7,7 @@ use std::sync::Arc;
 use crate::anonymize::{Engine, EngineError, Keyed, Keys, Labels, Original, Pseudonyms, Rsna, Script};
 use crate::config::{Config, PseudonymMode};
 use crate::dicom::{write_part10, Part10, Part10Error, Tag};
+use crate::durability::Durability;
 use crate::index::{Capture, Index, IndexError, InstanceRecord, Owner};
 use crate::queue::{Quarantine, Reason, Spool, SpoolError};
 
@@ -70,8 +71,8 @@ pub enum SetupError {
 }
 
 impl Pipeline {
-    /// Build the engine, open the index and the spool rooted at `out` (temp files in `tmp`).
-    pub fn open(config: &Config, out: &Path, tmp: &Path) -> Result<Pipeline, SetupError> {
+    /// Build the engine, open the index and the spool rooted at `out`.
+    pub fn open(config: &Config, out: &Path, durability: Durability) -> Result<Pipeline, SetupError> {
         let project = &config.project;
         let script = Script::load(&project.script, project.unsupported_ops)?;
         let pseudonyms: Arc<dyn Pseudonyms> = match project.pseudonyms {
@@ -87,12 +88,12 @@ impl Pipeline {
         };
         let owner =
             Owner { site_id: project.site_id.clone(), default_patient_id: pseudonyms.default_patient_id() };
-        let index = Index::open(&config.index_path(), &owner)?;
+        let index = Index::open(&config.index_path(), &owner, durability)?;
         let labels = Labels { project_name: project.name.clone(), site_id: project.site_id.clone() };
         Ok(Pipeline {
             engine: Engine::new(script, pseudonyms, labels),
             index,
-            spool: Spool::open(out, tmp)?,
+            spool: Spool::open(out, durability)?,
             quarantine: Quarantine::new(&config.quarantine_dir()),
             keyed: project.pseudonyms == PseudonymMode::Keyed,
         })
@@ -156,7 +157,10 @@ impl Pipeline {
         Ok(Stored { keys, path, size, caught: report.caught })
     }
 
-    pub fn close(self) {
+    /// Make everything durable and stop the index writer.
+    pub fn close(self) -> Result<(), SpoolError> {
+        let flushed = self.spool.flush();
         self.index.close();
+        flushed
     }
 }

@@ -82,7 +82,8 @@ impl Script {
         let mut keep_groups = Vec::new();
         let mut problems = Vec::new();
         for node in doc.root_element().children().filter(|n| n.is_element()) {
-            let line = doc.text_pos_at(node.range().start).row;
+            // Finding a line scans the text from the start: only do it for a message.
+            let line = || doc.text_pos_at(node.range().start).row;
             if node.attribute("en") == Some("F") {
                 continue;
             }
@@ -90,18 +91,18 @@ impl Script {
             match node.tag_name().name() {
                 "e" => {
                     let Some(tag) = parse_tag(t) else {
-                        problems.push(format!("line {line}: t=\"{t}\" is not an 8-digit hex tag"));
+                        problems.push(format!("line {}: t=\"{t}\" is not an 8-digit hex tag", line()));
                         continue;
                     };
                     let op_text = node.text().unwrap_or_default().trim();
                     let op = match parse_op(op_text) {
                         Ok(op) => op,
                         Err(()) if unsupported == UnsupportedOps::Remove => {
-                            tracing::warn!(line, op = op_text, tag = %t, "unsupported script operation treated as @remove()");
+                            tracing::warn!(line = line(), op = op_text, tag = %t, "unsupported script operation treated as @remove()");
                             Op::Remove
                         }
                         Err(()) => {
-                            problems.push(format!("line {line}: {t}: unsupported operation {op_text:?} (set project.unsupported_ops: remove to treat it as @remove())"));
+                            problems.push(format!("line {}: {t}: unsupported operation {op_text:?} (set project.unsupported_ops: remove to treat it as @remove())", line()));
                             continue;
                         }
                     };
@@ -109,13 +110,13 @@ impl Script {
                 }
                 "k" => match u16::from_str_radix(t, 16) {
                     Ok(group) if t.len() == 4 => keep_groups.push(group),
-                    _ => problems.push(format!("line {line}: <k t=\"{t}\"> is not a 4-digit hex group")),
+                    _ => problems.push(format!("line {}: <k t=\"{t}\"> is not a 4-digit hex group", line())),
                 },
                 // <r> (private groups, curves, overlays, unspecified elements) only ever removes, and
                 // the whitelist already removes all of these; <p> parameters feed CTP functions we
                 // reject above.
                 "r" | "p" => {}
-                other => problems.push(format!("line {line}: unknown element <{other}>")),
+                other => problems.push(format!("line {}: unknown element <{other}>", line())),
             }
         }
         if !problems.is_empty() {

@@ -57,9 +57,7 @@ impl<'a> Part10<'a> {
             .text(Tag(0x0002, 0x0010))
             .filter(|t| !t.is_empty())
             .ok_or(Part10Error::MetaMissing("TransferSyntaxUID (0002,0010)"))?;
-        let meta = FileMeta {
-            transfer_syntax: TransferSyntax::new(ts),
-        };
+        let meta = FileMeta { transfer_syntax: TransferSyntax::new(ts) };
         let body = &rest[used..];
         let body = if meta.transfer_syntax.is_deflated() {
             let mut out = Vec::with_capacity(body.len() * 3);

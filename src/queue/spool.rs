@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::dicom::WriteError;
+use crate::durability::Durability;
 
 /// Big enough that a 0.5 MB instance takes a handful of write calls.
 const WRITE_BUFFER: usize = 256 * 1024;
@@ -21,18 +22,15 @@ pub enum SpoolError {
 
 pub struct Spool {
     root: PathBuf,
-    tmp: PathBuf,
     next: AtomicU64,
+    durability: Durability,
 }
 
 impl Spool {
-    /// `tmp` must be on the same file system as `root`, so that the final rename is atomic.
-    pub fn open(root: &Path, tmp: &Path) -> Result<Spool, SpoolError> {
-        for dir in [root, tmp] {
-            fs::create_dir_all(dir)
-                .map_err(|source| SpoolError::Io { path: dir.display().to_string(), source })?;
-        }
-        Ok(Spool { root: root.to_path_buf(), tmp: tmp.to_path_buf(), next: AtomicU64::new(0) })
+    pub fn open(root: &Path, durability: Durability) -> Result<Spool, SpoolError> {
+        fs::create_dir_all(root)
+            .map_err(|source| SpoolError::Io { path: root.display().to_string(), source })?;
+        Ok(Spool { root: root.to_path_buf(), next: AtomicU64::new(0), durability })
     }
 
     pub fn root(&self) -> &Path {
@@ -47,11 +45,17 @@ impl Spool {
         write: impl FnOnce(&mut BufWriter<File>) -> Result<(), WriteError>,
     ) -> Result<u64, SpoolError> {
         let n = self.next.fetch_add(1, Ordering::Relaxed);
-        let tmp = self.tmp.join(format!("{}-{n}.part", std::process::id()));
+        let dest = self.root.join(rel);
+        let dir = dest.parent().unwrap_or(&self.root).to_path_buf();
+        // The temp file sits beside its destination: a rename within one directory locks one
+        // directory, not two, and cannot cross file systems.
+        let tmp = dir.join(format!(".{}-{n}.part", std::process::id()));
         let io_err = |path: &Path| {
             let path = path.display().to_string();
             move |source| SpoolError::Io { path, source }
         };
+        let each = self.durability == Durability::EachCommit;
+        ensure_dir(&dir, each).map_err(io_err(&dir))?;
         let result = (|| {
             let file = File::create(&tmp).map_err(io_err(&tmp))?;
             let mut w = BufWriter::with_capacity(WRITE_BUFFER, file);
@@ -61,14 +65,15 @@ impl Spool {
             })?;
             w.flush().map_err(io_err(&tmp))?;
             let file = w.into_inner().map_err(|e| io_err(&tmp)(e.into_error()))?;
-            file.sync_all().map_err(io_err(&tmp))?;
+            if each {
+                file.sync_all().map_err(io_err(&tmp))?;
+            }
             let size = file.metadata().map_err(io_err(&tmp))?.len();
-            let dest = self.root.join(rel);
-            let dir = dest.parent().unwrap_or(&self.root);
-            ensure_dir(dir).map_err(io_err(dir))?;
             fs::rename(&tmp, &dest).map_err(io_err(&dest))?;
             // The rename is durable only once the directory entry is.
-            sync_dir(dir).map_err(io_err(dir))?;
+            if each {
+                sync_dir(&dir).map_err(io_err(&dir))?;
+            }
             Ok(size)
         })();
         if result.is_err() {
@@ -78,15 +83,37 @@ impl Spool {
     }
 }
 
-/// Create `dir` and missing parents, fsyncing each parent whose entries changed.
-fn ensure_dir(dir: &Path) -> io::Result<()> {
+impl Spool {
+    /// Make every commit durable (needed with `Durability::AtEnd`): one `syncfs` of the spool's
+    /// file system instead of an fsync per file.
+    pub fn flush(&self) -> Result<(), SpoolError> {
+        if self.durability == Durability::EachCommit {
+            return Ok(());
+        }
+        let dir = File::open(&self.root)
+            .map_err(|source| SpoolError::Io { path: self.root.display().to_string(), source })?;
+        // SAFETY: syncfs only reads the descriptor, which `dir` keeps open for the call.
+        let rc = unsafe { libc::syncfs(std::os::fd::AsRawFd::as_raw_fd(&dir)) };
+        if rc != 0 {
+            return Err(SpoolError::Io {
+                path: self.root.display().to_string(),
+                source: io::Error::last_os_error(),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Create `dir` and missing parents, fsyncing (when `sync`) each parent whose entries changed.
+fn ensure_dir(dir: &Path, sync: bool) -> io::Result<()> {
     if dir.is_dir() {
         return Ok(());
     }
     if let Some(parent) = dir.parent() {
-        ensure_dir(parent)?;
+        ensure_dir(parent, sync)?;
         match fs::create_dir(dir) {
-            Ok(()) => sync_dir(parent)?,
+            Ok(()) if sync => sync_dir(parent)?,
+            Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
             Err(e) => return Err(e),
         }
@@ -105,7 +132,7 @@ mod tests {
     #[test]
     fn commit_replaces_atomically_and_leaves_no_temp_files() {
         let d = tempfile::tempdir().unwrap();
-        let spool = Spool::open(&d.path().join("public"), &d.path().join("tmp")).unwrap();
+        let spool = Spool::open(&d.path().join("public"), Durability::EachCommit).unwrap();
         let rel = Path::new("p/s/e/i.dcm");
         assert_eq!(spool.commit(rel, |w| Ok(w.write_all(b"first")?)).unwrap(), 5);
         assert_eq!(spool.commit(rel, |w| Ok(w.write_all(b"second!")?)).unwrap(), 7);
@@ -113,6 +140,9 @@ mod tests {
         let failed = spool.commit(Path::new("x.dcm"), |_| Err(WriteError::Io(io::Error::other("boom"))));
         assert!(failed.is_err());
         assert!(!d.path().join("public/x.dcm").exists());
-        assert_eq!(fs::read_dir(d.path().join("tmp")).unwrap().count(), 0);
+        let leftovers: Vec<_> =
+            fs::read_dir(d.path().join("public")).unwrap().flatten().map(|e| e.file_name()).collect();
+        assert_eq!(leftovers, ["p"], "no temp file is left behind");
+        assert_eq!(fs::read_dir(d.path().join("public/p/s/e")).unwrap().count(), 1);
     }
 }

@@ -51,10 +51,9 @@ pub fn anonymize(config: &Path, out: &Path, inputs: &[&Path]) -> Output {
     out
 }
 
-/// Every regular file under `dir` (skipping the spool's temp directory).
+/// Every regular file under `dir`.
 pub fn files_under(dir: &Path) -> Vec<PathBuf> {
-    let mut v: Vec<PathBuf> =
-        walk(dir).into_iter().filter(|p| !p.components().any(|c| c.as_os_str() == ".tmp")).collect();
+    let mut v = walk(dir);
     v.sort();
     v
 }
