@@ -46,7 +46,7 @@ OVERRIDES = {
     "00081115": ("", "ReferencedSeriesSequence"),
     "00081140": ("", "ReferencedImageSequence"),
     "00081150": ("", "ReferencedSOPClassUID"),
-    "00081155": ("", "ReferencedSOPInstanceUID"),
+    "00081155": ("@uid", "ReferencedSOPInstanceUID (PS3.15 U)"),
     "00081160": ("", "ReferencedFrameNumber"),
     # Enhanced multi-frame objects cannot be read without their functional groups.
     "52009229": ("", "SharedFunctionalGroupsSequence"),

@@ -18,6 +18,11 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run the DICOM node: receive, anonymize, queue.
+    Serve {
+        #[arg(long, default_value = "config/default.yaml")]
+        config: PathBuf,
+    },
     /// Anonymize DICOM files and folders (recursively) into <out>/<patient>/<study>/<series>/<sop>.dcm,
     /// using the node's script, pseudonyms and PHI index.
     Anonymize {

@@ -15,6 +15,8 @@ use crate::anonymize::{AccessionFormat, UnsupportedOps};
 pub struct Config {
     pub project: ProjectConfig,
     #[serde(default)]
+    pub scp: ScpConfig,
+    #[serde(default)]
     pub storage: StorageConfig,
     #[serde(default)]
     pub logging: LoggingConfig,
@@ -54,6 +56,68 @@ pub struct ProjectConfig {
     /// Environment variable holding the project secret (keyed mode), if no file is given.
     #[serde(default = "default_secret_env")]
     pub secret_env: String,
+}
+
+/// The DICOM listener.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ScpConfig {
+    /// Our AE title: the called AE title of every association must equal it.
+    pub ae_title: String,
+    pub host: String,
+    /// 0 picks a free port (printed at start).
+    pub port: u16,
+    /// Calling AE titles allowed to associate; empty: any peer.
+    pub allowed_calling_ae_titles: Vec<String>,
+    /// Concurrent associations; the next one is rejected (transient, local limit exceeded).
+    pub max_associations: usize,
+    /// The largest PDU we accept and announce.
+    pub max_pdu_length: u32,
+    /// Larger instances are refused with 0xA700.
+    pub max_instance_bytes: u64,
+    pub timeouts: Timeouts,
+    /// Accepted values of Modality (0008,0060); empty: any.
+    pub modalities: Vec<String>,
+    /// Accepted SOP classes; empty: every standard storage SOP class.
+    pub storage_classes: Vec<String>,
+    /// Accepted transfer syntaxes; empty: every syntax we can parse (compressed pixel data passes
+    /// through untouched).
+    pub transfer_syntaxes: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Timeouts {
+    /// Association negotiation.
+    pub acse_s: u64,
+    /// The next PDU of a message that has started.
+    pub dimse_s: u64,
+    /// The next message on an open association.
+    pub idle_s: u64,
+}
+
+impl Default for ScpConfig {
+    fn default() -> Self {
+        ScpConfig {
+            ae_title: "ANONYMIZER".into(),
+            host: "0.0.0.0".into(),
+            port: 11112,
+            allowed_calling_ae_titles: Vec::new(),
+            max_associations: 32,
+            max_pdu_length: 65536,
+            max_instance_bytes: 4 << 30,
+            timeouts: Timeouts::default(),
+            modalities: Vec::new(),
+            storage_classes: Vec::new(),
+            transfer_syntaxes: Vec::new(),
+        }
+    }
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts { acse_s: 30, dimse_s: 60, idle_s: 120 }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -171,6 +235,7 @@ impl Config {
         } else if root.len() + project.site_id.len() + 4 >= 64 - 10 {
             p.push(format!("project.uid_root: {root:?} with site_id {:?} leaves fewer than 10 digits for pseudonym UIDs within 64 characters", project.site_id));
         }
+        p.extend(self.scp.validate());
         let level = self.logging.level.as_str();
         let plain_level = ["trace", "debug", "info", "warn", "error", "off"].contains(&level);
         let directives =
@@ -219,6 +284,10 @@ impl Config {
         serde_yaml::to_string(self).unwrap_or_default()
     }
 
+    pub fn tmp_dir(&self) -> PathBuf {
+        self.storage.dir.join("private").join("tmp")
+    }
+
     pub fn index_path(&self) -> PathBuf {
         self.storage.dir.join("private").join("index.db")
     }
@@ -230,6 +299,74 @@ impl Config {
     pub fn public_dir(&self) -> PathBuf {
         self.storage.dir.join("public")
     }
+}
+
+impl ScpConfig {
+    fn validate(&self) -> Vec<String> {
+        let mut p = Vec::new();
+        if !valid_ae_title(&self.ae_title) {
+            p.push(format!("scp.ae_title: {:?} must be 1 to 16 characters, not all spaces, with no '\\' or control characters", self.ae_title));
+        }
+        for (i, ae) in self.allowed_calling_ae_titles.iter().enumerate() {
+            if !valid_ae_title(ae) {
+                p.push(format!("scp.allowed_calling_ae_titles[{i}]: {ae:?} is not a valid AE title"));
+            }
+        }
+        if self.host.parse::<std::net::IpAddr>().is_err() {
+            p.push(format!(
+                "scp.host: {:?} is not an IP address (use 0.0.0.0 for every interface)",
+                self.host
+            ));
+        }
+        if self.max_associations == 0 {
+            p.push("scp.max_associations: must be at least 1".into());
+        }
+        if !(4096..=131_072).contains(&self.max_pdu_length) {
+            p.push(format!("scp.max_pdu_length: {} must be between 4096 and 131072", self.max_pdu_length));
+        }
+        if self.max_instance_bytes < 1024 {
+            p.push(format!(
+                "scp.max_instance_bytes: {} is too small for any instance",
+                self.max_instance_bytes
+            ));
+        }
+        for (key, v) in [
+            ("acse_s", self.timeouts.acse_s),
+            ("dimse_s", self.timeouts.dimse_s),
+            ("idle_s", self.timeouts.idle_s),
+        ] {
+            if v == 0 {
+                p.push(format!("scp.timeouts.{key}: must be at least 1 second"));
+            }
+        }
+        for (i, uid) in self.storage_classes.iter().enumerate() {
+            if !valid_uid(uid) {
+                p.push(format!("scp.storage_classes[{i}]: {uid:?} is not a UID"));
+            }
+        }
+        for (i, uid) in self.transfer_syntaxes.iter().enumerate() {
+            if !valid_uid(uid) {
+                p.push(format!("scp.transfer_syntaxes[{i}]: {uid:?} is not a UID"));
+            } else if !dicom_ul::association::server::is_supported(uid) {
+                p.push(format!(
+                    "scp.transfer_syntaxes[{i}]: {uid} is not a transfer syntax this node can read"
+                ));
+            }
+        }
+        p
+    }
+}
+
+fn valid_ae_title(ae: &str) -> bool {
+    !ae.trim().is_empty() && ae.len() <= 16 && !ae.contains('\\') && !ae.chars().any(char::is_control)
+}
+
+fn valid_uid(uid: &str) -> bool {
+    !uid.is_empty()
+        && uid.len() <= 64
+        && uid.split('.').all(|c| {
+            !c.is_empty() && c.bytes().all(|b| b.is_ascii_digit()) && (c.len() == 1 || !c.starts_with('0'))
+        })
 }
 
 #[cfg(test)]

@@ -11,3 +11,4 @@ pub mod observe;
 pub mod offline;
 pub mod pipeline;
 pub mod queue;
+pub mod scp;

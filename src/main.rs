@@ -1,7 +1,9 @@
 //! Entry point: parse the command line, load the configuration, run one subcommand, and turn its
 //! outcome into a message and an exit code.
 
+use std::io::Write;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Parser;
@@ -10,7 +12,7 @@ use dicom_anon_gateway::cli::{Cli, Command, IndexCommand};
 use dicom_anon_gateway::config::Config;
 use dicom_anon_gateway::durability::Durability;
 use dicom_anon_gateway::pipeline::Pipeline;
-use dicom_anon_gateway::{index, observe, offline};
+use dicom_anon_gateway::{index, observe, offline, scp};
 
 fn main() -> ExitCode {
     match run(Cli::parse()) {
@@ -24,6 +26,12 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
+        Command::Serve { config } => {
+            let config = Config::load(&config)?;
+            observe::init(&config.logging);
+            let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            runtime.block_on(serve(config))
+        }
         Command::Anonymize { config, out, inputs } => {
             let config = Config::load(&config)?;
             observe::init(&config.logging);
@@ -63,5 +71,60 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             print!("{}", config.to_yaml());
             Ok(ExitCode::SUCCESS)
         }
+    }
+}
+
+async fn serve(config: Config) -> anyhow::Result<ExitCode> {
+    let tmp = config.tmp_dir();
+    std::fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    // Spilled data sets of a previous run were never acknowledged: their senders still have them.
+    for stale in std::fs::read_dir(&tmp)?.flatten() {
+        let _ = std::fs::remove_file(stale.path());
+    }
+    let pipeline = Arc::new(Pipeline::open(&config, &config.public_dir(), Durability::EachCommit)?);
+    let swept = pipeline.sweep();
+    if swept > 0 {
+        tracing::info!(files = swept, "removed temp files an interrupted commit left in public/");
+    }
+    let node = Arc::new(scp::Node::new(
+        pipeline.clone(),
+        config.scp.clone(),
+        &tmp,
+        &config.storage.dir,
+        config.storage.min_free_bytes,
+    ));
+    let bind = (config.scp.host.as_str(), config.scp.port);
+    let listener = tokio::net::TcpListener::bind(bind)
+        .await
+        .with_context(|| format!("cannot listen on {}:{} (scp.host, scp.port)", bind.0, bind.1))?;
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, ae_title = %config.scp.ae_title, storage = %config.storage.dir.display(), "listening");
+    // Scripts and tests wait for this line to know the port.
+    println!("listening on {addr} as {}", config.scp.ae_title);
+    std::io::stdout().flush()?;
+
+    scp::serve(listener, node, shutdown_signal()).await;
+    match Arc::try_unwrap(pipeline) {
+        Ok(p) => p.close()?,
+        // An association outlived the grace period; its index writes are committed as they go.
+        Err(_) => tracing::warn!("associations still running at exit"),
+    }
+    tracing::info!("stopped");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
     }
 }

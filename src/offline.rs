@@ -87,7 +87,8 @@ fn one(pipeline: &Pipeline, input: &Input) -> Result<Option<u64>, (Reason, Failu
         }
         Err(InstanceError::Unreadable(Part10Error::NotDicom)) if !input.named => Ok(None),
         Err(e) => {
-            let reason = e.reason();
+            // Offline, an environment failure is recorded as a storage error.
+            let reason = e.reason().unwrap_or(Reason::StorageError);
             let detail = e.to_string();
             let quarantined = pipeline.quarantine().put(reason, &detail, &source, &bytes);
             if let Err(q) = &quarantined {

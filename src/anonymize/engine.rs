@@ -134,6 +134,11 @@ impl Engine {
         Engine { script, pseudonyms, labels, reported: Mutex::new(HashSet::new()) }
     }
 
+    /// Whether the script keeps `tag` (with its value) at the top level.
+    pub fn keeps(&self, tag: Tag) -> bool {
+        !matches!(self.script.op(tag), None | Some(Op::Remove) | Some(Op::Empty))
+    }
+
     pub fn pseudonyms(&self) -> &dyn Pseudonyms {
         &*self.pseudonyms
     }

@@ -11,14 +11,17 @@
 mod element;
 mod part10;
 mod read;
+mod split;
 mod syntax;
 mod write;
 
 pub use element::{pad_text, trim_padding, DataSet, Element, Value};
 pub use part10::{
-    write_part10, FileMeta, Part10, Part10Error, IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME,
+    inflate, write_meta, write_part10, FileMeta, Part10, Part10Error, IMPLEMENTATION_CLASS_UID,
+    IMPLEMENTATION_VERSION_NAME,
 };
 pub use read::{dictionary_vr, read_dataset, ReadError};
+pub use split::{locate_pixel_data, PixelSpan, SplitError};
 pub use syntax::{Encoding, TransferSyntax};
 pub use write::{write_dataset, WriteError};
 

@@ -60,12 +60,7 @@ impl<'a> Part10<'a> {
         let meta = FileMeta { transfer_syntax: TransferSyntax::new(ts) };
         let body = &rest[used..];
         let body = if meta.transfer_syntax.is_deflated() {
-            let mut out = Vec::with_capacity(body.len() * 3);
-            flate2::read::DeflateDecoder::new(body)
-                .take(MAX_INFLATED)
-                .read_to_end(&mut out)
-                .map_err(Part10Error::Inflate)?;
-            Cow::Owned(out)
+            Cow::Owned(inflate(body).map_err(Part10Error::Inflate)?)
         } else {
             Cow::Borrowed(body)
         };
@@ -81,18 +76,31 @@ impl<'a> Part10<'a> {
 /// Write `ds` as a Part 10 file. The media storage UIDs come from the data set itself, so they can
 /// never disagree with it (or carry an original UID the data set no longer has).
 pub fn write_part10(ds: &DataSet<'_>, ts: &TransferSyntax, out: &mut impl Write) -> Result<(), WriteError> {
+    let text =
+        |tag: Tag| String::from_utf8_lossy(trim_padding(ds.bytes(tag).unwrap_or_default())).into_owned();
     let ts = ts.for_output();
-    let text = |tag: Tag| trim_padding(ds.bytes(tag).unwrap_or_default()).to_vec();
+    write_meta(&text(Tag(0x0008, 0x0016)), &text(Tag(0x0008, 0x0018)), &ts, out)?;
+    write_dataset(ds, ts.encoding(), out)
+}
+
+/// Write the preamble, `DICM` and the file meta group for a data set in `ts` (written as is: the
+/// caller chooses whether to inflate).
+pub fn write_meta(
+    sop_class_uid: &str,
+    sop_instance_uid: &str,
+    ts: &TransferSyntax,
+    out: &mut impl Write,
+) -> Result<(), WriteError> {
     let mut meta = DataSet::default();
-    let mut put = |tag: Tag, vr: VR, v: Vec<u8>| {
-        meta.elements.push(Element { tag, vr, value: Value::Bytes(Cow::Owned(pad_text(vr, v))) })
+    let mut put = |tag: Tag, vr: VR, v: &[u8]| {
+        meta.elements.push(Element { tag, vr, value: Value::Bytes(Cow::Owned(pad_text(vr, v.to_vec()))) })
     };
-    put(Tag(0x0002, 0x0001), VR::OB, vec![0, 1]);
-    put(Tag(0x0002, 0x0002), VR::UI, text(Tag(0x0008, 0x0016)));
-    put(Tag(0x0002, 0x0003), VR::UI, text(Tag(0x0008, 0x0018)));
-    put(Tag(0x0002, 0x0010), VR::UI, ts.uid.as_bytes().to_vec());
-    put(Tag(0x0002, 0x0012), VR::UI, IMPLEMENTATION_CLASS_UID.as_bytes().to_vec());
-    put(Tag(0x0002, 0x0013), VR::SH, IMPLEMENTATION_VERSION_NAME.as_bytes().to_vec());
+    put(Tag(0x0002, 0x0001), VR::OB, &[0, 1]);
+    put(Tag(0x0002, 0x0002), VR::UI, sop_class_uid.as_bytes());
+    put(Tag(0x0002, 0x0003), VR::UI, sop_instance_uid.as_bytes());
+    put(Tag(0x0002, 0x0010), VR::UI, ts.uid.as_bytes());
+    put(Tag(0x0002, 0x0012), VR::UI, IMPLEMENTATION_CLASS_UID.as_bytes());
+    put(Tag(0x0002, 0x0013), VR::SH, IMPLEMENTATION_VERSION_NAME.as_bytes());
     let mut meta_bytes = Vec::with_capacity(256);
     write_dataset(&meta, Encoding::EXPLICIT_LE, &mut meta_bytes)?;
 
@@ -102,5 +110,12 @@ pub fn write_part10(ds: &DataSet<'_>, ts: &TransferSyntax, out: &mut impl Write)
     out.write_all(&[0x02, 0x00, 0x00, 0x00, b'U', b'L', 0x04, 0x00])?;
     out.write_all(&(meta_bytes.len() as u32).to_le_bytes())?;
     out.write_all(&meta_bytes)?;
-    write_dataset(ds, ts.encoding(), out)
+    Ok(())
+}
+
+/// Inflate a Deflated Explicit VR Little Endian data set (PS3.5 §A.5), at most 4 GiB of it.
+pub fn inflate(body: &[u8]) -> std::io::Result<Vec<u8>> {
+    let mut out = Vec::with_capacity(body.len() * 3);
+    flate2::read::DeflateDecoder::new(body).take(MAX_INFLATED).read_to_end(&mut out)?;
+    Ok(out)
 }

@@ -1,13 +1,13 @@
 //! Instances that cannot be archived, kept with the reason. Nothing is ever deleted for failing.
 //!
-//! `<dir>/<Reason>/<sha256 prefix>.dcm` holds the bytes as received (they carry PHI, which is why
+//! `<dir>/<Reason>/<time>-<pid>-<n>.dcm` holds the instance as received (they carry PHI, which is why
 //! this lives under `private/`), and a `.json` beside it says what went wrong, when and from where.
 
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use sha2::{Digest, Sha256};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Why an instance was quarantined; the names are RSNA's directory names where RSNA has one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -47,6 +47,7 @@ impl std::fmt::Display for Reason {
 
 pub struct Quarantine {
     dir: PathBuf,
+    next: AtomicU64,
 }
 
 #[derive(serde::Serialize)]
@@ -55,37 +56,47 @@ struct Sidecar<'a> {
     detail: &'a str,
     source: &'a str,
     time: String,
-    size: usize,
+    size: u64,
 }
 
 impl Quarantine {
     pub fn new(dir: &Path) -> Quarantine {
-        Quarantine { dir: dir.to_path_buf() }
+        Quarantine { dir: dir.to_path_buf(), next: AtomicU64::new(0) }
     }
 
-    /// Keep `bytes` with the reason; returns the stored file. Named by content hash, so the same
-    /// bad file sent twice is kept once.
+    /// Keep a file's bytes with the reason; returns the stored file.
     pub fn put(&self, reason: Reason, detail: &str, source: &str, bytes: &[u8]) -> std::io::Result<PathBuf> {
+        self.put_with(reason, detail, source, |f| f.write_all(bytes))
+    }
+
+    /// Keep what `write` writes with the reason; returns the stored file. Names are time and
+    /// sequence, so nothing already in quarantine is ever overwritten.
+    pub fn put_with(
+        &self,
+        reason: Reason,
+        detail: &str,
+        source: &str,
+        write: impl FnOnce(&mut fs::File) -> std::io::Result<()>,
+    ) -> std::io::Result<PathBuf> {
         let dir = self.dir.join(reason.dir_name());
         fs::create_dir_all(&dir)?;
-        let name = hex::encode(&Sha256::digest(bytes)[..8]);
+        let now = chrono::Utc::now();
+        let name = format!(
+            "{}-{}-{}",
+            now.format("%Y%m%dT%H%M%S%.6f"),
+            std::process::id(),
+            self.next.fetch_add(1, Ordering::Relaxed)
+        );
         let file = dir.join(format!("{name}.dcm"));
-        write_synced(&file, bytes)?;
-        let sidecar = Sidecar {
-            reason: reason.dir_name(),
-            detail,
-            source,
-            time: chrono::Utc::now().to_rfc3339(),
-            size: bytes.len(),
-        };
+        let mut f = fs::File::create(&file)?;
+        write(&mut f)?;
+        f.sync_all()?;
+        let size = f.metadata()?.len();
+        let sidecar = Sidecar { reason: reason.dir_name(), detail, source, time: now.to_rfc3339(), size };
         let json = serde_json::to_vec_pretty(&sidecar).map_err(std::io::Error::other)?;
-        write_synced(&dir.join(format!("{name}.json")), &json)?;
+        let mut j = fs::File::create(dir.join(format!("{name}.json")))?;
+        j.write_all(&json)?;
+        j.sync_all()?;
         Ok(file)
     }
-}
-
-fn write_synced(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let mut f = fs::File::create(path)?;
-    f.write_all(bytes)?;
-    f.sync_all()
 }

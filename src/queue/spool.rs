@@ -37,6 +37,16 @@ impl Spool {
         &self.root
     }
 
+    /// Remove temp files a crash left behind (never a committed file); returns how many.
+    pub fn sweep(&self) -> usize {
+        walkdir::WalkDir::new(&self.root)
+            .into_iter()
+            .filter_map(Result::ok)
+            .filter(|e| e.file_type().is_file() && is_temp(e.path()))
+            .filter(|e| fs::remove_file(e.path()).is_ok())
+            .count()
+    }
+
     /// Write `rel` (relative to the root) durably; a file already there is replaced atomically.
     /// Returns the size written.
     pub fn commit(
@@ -102,6 +112,10 @@ impl Spool {
         }
         Ok(())
     }
+}
+
+fn is_temp(path: &Path) -> bool {
+    path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with('.') && n.ends_with(".part"))
 }
 
 /// Create `dir` and missing parents, fsyncing (when `sync`) each parent whose entries changed.
