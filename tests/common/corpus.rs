@@ -10,6 +10,7 @@ use dicom_object::meta::FileMetaTableBuilder;
 use dicom_object::InMemDicomObject;
 
 pub const CT_IMAGE: &str = "1.2.840.10008.5.1.4.1.1.2";
+pub const MR_IMAGE: &str = "1.2.840.10008.5.1.4.1.1.4";
 pub const EXPLICIT_LE: &str = "1.2.840.10008.1.2.1";
 pub const IMPLICIT_LE: &str = "1.2.840.10008.1.2";
 pub const EXPLICIT_BE: &str = "1.2.840.10008.1.2.2";
@@ -68,6 +69,8 @@ pub struct Shape {
     pub instance: u32,
     pub accession: &'static str,
     pub study_date: &'static str,
+    /// "CT" or "MR": picks the SOP class too.
+    pub modality: &'static str,
 }
 
 impl Default for Shape {
@@ -81,6 +84,7 @@ impl Default for Shape {
             instance: 1,
             accession: "ACC7654321",
             study_date: "20220101",
+            modality: "CT",
         }
     }
 }
@@ -121,11 +125,24 @@ fn seq(tag: Tag, items: Vec<InMemDicomObject>) -> DataElement<InMemDicomObject> 
     DataElement::new(tag, VR::SQ, DataSetSequence::from(items))
 }
 
-/// A CT instance carrying PHI in every place the issue lists.
+pub fn sop_class(shape: &Shape) -> &'static str {
+    if shape.modality == "MR" {
+        MR_IMAGE
+    } else {
+        CT_IMAGE
+    }
+}
+
+/// The original SOP Instance UID of the instance `instance` makes.
+pub fn sop_uid(p: &Patient, shape: &Shape) -> String {
+    uid(3, p, shape, shape.series * 1000 + shape.instance)
+}
+
+/// A CT or MR instance carrying PHI in every place the issue lists.
 pub fn instance(p: &Patient, shape: &Shape) -> Vec<u8> {
     let study_uid = uid(1, p, shape, 0);
     let series_uid = uid(2, p, shape, shape.series);
-    let sop_uid = uid(3, p, shape, shape.series * 1000 + shape.instance);
+    let sop_uid = sop_uid(p, shape);
     let for_uid = uid(4, p, shape, 0);
     let mut o = InMemDicomObject::new_empty();
     if let Some(cs) = p.charset {
@@ -139,7 +156,7 @@ pub fn instance(p: &Patient, shape: &Shape) -> Vec<u8> {
         text(Tag(0x0008, 0x0008), VR::CS, "ORIGINAL\\PRIMARY\\AXIAL"),
         text(Tag(0x0008, 0x0012), VR::DA, shape.study_date),
         text(Tag(0x0008, 0x0013), VR::TM, "101010"),
-        text(Tag(0x0008, 0x0016), VR::UI, CT_IMAGE),
+        text(Tag(0x0008, 0x0016), VR::UI, sop_class(shape)),
         text(Tag(0x0008, 0x0018), VR::UI, &sop_uid),
         text(Tag(0x0008, 0x0020), VR::DA, shape.study_date),
         text(Tag(0x0008, 0x0021), VR::DA, shape.study_date),
@@ -151,7 +168,7 @@ pub fn instance(p: &Patient, shape: &Shape) -> Vec<u8> {
         text(Tag(0x0008, 0x0032), VR::TM, "101010"),
         text(Tag(0x0008, 0x0033), VR::TM, "101010"),
         text(Tag(0x0008, 0x0050), VR::SH, shape.accession),
-        text(Tag(0x0008, 0x0060), VR::CS, "CT"),
+        text(Tag(0x0008, 0x0060), VR::CS, shape.modality),
         text(Tag(0x0008, 0x0070), VR::LO, "ACME Medical"),
         text(Tag(0x0008, 0x0080), VR::LO, "Springfield General"),
         text(Tag(0x0008, 0x0081), VR::ST, "12 Elm Street, Springfield"),
@@ -239,7 +256,7 @@ pub fn instance(p: &Patient, shape: &Shape) -> Vec<u8> {
     o.put(pixel_data(shape));
     let meta = FileMetaTableBuilder::new()
         .transfer_syntax(shape.transfer_syntax)
-        .media_storage_sop_class_uid(CT_IMAGE)
+        .media_storage_sop_class_uid(sop_class(shape))
         .media_storage_sop_instance_uid(&sop_uid)
         .implementation_class_uid("1.2.999.1")
         .build()

@@ -3,6 +3,8 @@
 #![allow(dead_code)]
 
 pub mod corpus;
+pub mod node;
+pub mod rawscu;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

@@ -1,0 +1,53 @@
+//! A minimal C-STORE SCU over dicom-ul's client, for what DCMTK's tools refuse to send: a data set
+//! whose UIDs differ from its command, or bytes that do not parse.
+
+use dicom_core::{DataElement, PrimitiveValue, Tag, VR};
+use dicom_object::InMemDicomObject;
+use dicom_transfer_syntax_registry::entries::IMPLICIT_VR_LITTLE_ENDIAN;
+use dicom_ul::association::client::ClientAssociationOptions;
+use dicom_ul::pdu::{PDataValue, PDataValueType, Pdu};
+
+/// Send one C-STORE with the given command UIDs and raw data set bytes (Explicit VR LE); return
+/// the response status.
+pub fn store_raw(port: u16, called: &str, sop_class: &str, sop_instance: &str, data: &[u8]) -> u16 {
+    let mut scu = ClientAssociationOptions::new()
+        .calling_ae_title("RAWSCU")
+        .called_ae_title(called)
+        .with_presentation_context(sop_class, vec!["1.2.840.10008.1.2.1"])
+        .establish(("127.0.0.1", port))
+        .expect("association");
+    let pc = scu.presentation_contexts()[0].id;
+    let us = |tag: Tag, v: u16| DataElement::new(tag, VR::US, PrimitiveValue::from(v));
+    let ui = |tag: Tag, v: &str| DataElement::new(tag, VR::UI, PrimitiveValue::from(v));
+    let command = InMemDicomObject::command_from_element_iter([
+        ui(Tag(0x0000, 0x0002), sop_class),
+        us(Tag(0x0000, 0x0100), 0x0001),
+        us(Tag(0x0000, 0x0110), 1),
+        us(Tag(0x0000, 0x0700), 0),
+        us(Tag(0x0000, 0x0800), 0),
+        ui(Tag(0x0000, 0x1000), sop_instance),
+    ]);
+    let mut command_bytes = Vec::new();
+    command.write_dataset_with_ts(&mut command_bytes, &IMPLICIT_VR_LITTLE_ENDIAN.erased()).unwrap();
+    let pdv = |value_type, data: Vec<u8>| PDataValue {
+        presentation_context_id: pc,
+        value_type,
+        is_last: true,
+        data,
+    };
+    scu.send(&Pdu::PData { data: vec![pdv(PDataValueType::Command, command_bytes)] }).unwrap();
+    scu.send(&Pdu::PData { data: vec![pdv(PDataValueType::Data, data.to_vec())] }).unwrap();
+    let status = match scu.receive().unwrap() {
+        Pdu::PData { data } => {
+            let rsp = InMemDicomObject::read_dataset_with_ts(
+                &data[0].data[..],
+                &IMPLICIT_VR_LITTLE_ENDIAN.erased(),
+            )
+            .unwrap();
+            rsp.element(Tag(0x0000, 0x0900)).unwrap().to_int::<u16>().unwrap()
+        }
+        other => panic!("expected a C-STORE-RSP, got {other:?}"),
+    };
+    let _ = scu.release();
+    status
+}

@@ -1,0 +1,320 @@
+//! The node as a DICOM peer sees it: DCMTK's echoscu, storescu and dcmsend against the real
+//! binary on 127.0.0.1, outputs checked with dcmdump.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use common::node::*;
+use common::*;
+
+fn dcm_files(dir: &Path) -> Vec<PathBuf> {
+    files_under(dir).into_iter().filter(|p| p.extension().is_some_and(|e| e == "dcm")).collect()
+}
+
+/// storescu's words for a status, lower-cased without spaces ("Refused: OutOfResources").
+fn says(out: &std::process::Output, words: &str) -> bool {
+    let norm = |s: &str| s.to_lowercase().replace([' ', ':', '-'], "");
+    norm(&text(out)).contains(&norm(words))
+}
+
+fn phi_free(file: &Path, patient: &Patient) {
+    let bytes = std::fs::read(file).unwrap();
+    let mut phi: Vec<&[u8]> = OTHER_PHI.iter().map(|s| s.as_bytes()).collect();
+    phi.push(patient.id.as_bytes());
+    phi.push(patient.name.as_bytes());
+    phi.push(patient.birth_date.as_bytes());
+    for s in phi {
+        assert!(!contains(&bytes, s), "{:?} leaked into {file:?}", String::from_utf8_lossy(s));
+    }
+}
+
+#[test]
+fn echo_and_a_corpus_over_concurrent_associations_arrive_anonymized() {
+    let d = tempfile::tempdir().unwrap();
+    let node = Node::start(d.path(), "", "  min_free_bytes: 0\n");
+    let echo = echoscu(node.port, "TESTSCU", AE);
+    assert!(echo.status.success(), "{}", text(&echo));
+
+    // Four senders at once, each a different study mix: CT and MR, multi-frame, a large
+    // instance that spills to disk, three patients.
+    let patients = [smith(), yamada(), mueller()];
+    let mut batches: Vec<Vec<PathBuf>> = vec![Vec::new(); 4];
+    let mut expected = 0;
+    for (pi, p) in patients.iter().enumerate() {
+        for i in 0..6u32 {
+            let shape = Shape {
+                study: 1 + i % 2,
+                series: 1 + i % 3,
+                instance: i,
+                modality: if i % 2 == 0 { "CT" } else { "MR" },
+                frames: if i == 5 { 3 } else { 1 },
+                ..Shape::default()
+            };
+            let f = put(&d.path().join(format!("in{pi}")), &format!("{i}.dcm"), &instance(p, &shape));
+            batches[(pi * 6 + i as usize) % 4].push(f);
+            expected += 1;
+        }
+    }
+    let big_shape = Shape { rows: 1024, frames: 3, series: 9, ..Shape::default() };
+    let big = put(&d.path().join("big"), "big.dcm", &instance(&smith(), &big_shape));
+    batches[0].push(big.clone());
+    expected += 1;
+
+    let senders: Vec<_> = batches
+        .into_iter()
+        .map(|files| {
+            let port = node.port;
+            std::thread::spawn(move || storescu(port, &files))
+        })
+        .collect();
+    for s in senders {
+        let out = s.join().unwrap();
+        assert!(out.status.success(), "{}", text(&out));
+        assert!(!text(&out).contains("Store Failed"), "{}", text(&out));
+    }
+    // Compressed and deflated syntaxes go through dcmsend, which proposes each file's own syntax.
+    let jpeg = put(
+        &d.path().join("cx"),
+        "jpeg.dcm",
+        &instance(
+            &smith(),
+            &Shape { transfer_syntax: JPEG_BASELINE, frames: 2, series: 7, ..Shape::default() },
+        ),
+    );
+    let deflated = put(
+        &d.path().join("cx"),
+        "deflated.dcm",
+        &instance(&smith(), &Shape { transfer_syntax: DEFLATED, series: 8, ..Shape::default() }),
+    );
+    let sent = dcmsend(node.port, &[jpeg.clone(), deflated]);
+    assert!(sent.status.success(), "{}", text(&sent));
+    expected += 2;
+
+    let outputs = dcm_files(&node.public());
+    assert_eq!(outputs.len(), expected, "{outputs:#?}\n{}", node.log());
+    for o in &outputs {
+        assert!(
+            dcmdump_value(o, "SOPInstanceUID")
+                .is_some_and(|u| u.starts_with("1.2.826.0.1.3680043.10.474.99.99.2.")),
+            "{o:?}"
+        );
+        for p in &patients {
+            phi_free(o, p);
+        }
+    }
+    // The large instance's pixel data passed through the spill file unchanged.
+    let big_pixels = pixel_bytes(&big_shape, 2);
+    assert!(
+        outputs.iter().any(|o| contains(&std::fs::read(o).unwrap(), &big_pixels[..4096])),
+        "large instance's last frame not found intact"
+    );
+    // So did the JPEG fragments.
+    let jpeg_in = std::fs::read(&jpeg).unwrap();
+    let fragment = &jpeg_in[jpeg_in.len() - 120..jpeg_in.len() - 20];
+    assert!(outputs.iter().any(|o| contains(&std::fs::read(o).unwrap(), fragment)));
+    assert!(dcm_files(&d.path().join("storage/private/tmp")).is_empty(), "spill files are removed");
+    assert!(node.stop().success(), "SIGTERM gives a clean exit");
+}
+
+#[test]
+fn unknown_called_ae_and_calling_ae_outside_the_allow_list_are_rejected() {
+    let d = tempfile::tempdir().unwrap();
+    let node = Node::start(d.path(), "  allowed_calling_ae_titles: [FRIEND]\n", "  min_free_bytes: 0\n");
+    let wrong_called = echoscu(node.port, "FRIEND", "NOTME");
+    assert!(!wrong_called.status.success());
+    assert!(text(&wrong_called).contains("Called AE Title Not Recognized"), "{}", text(&wrong_called));
+    let stranger = echoscu(node.port, "STRANGER", AE);
+    assert!(!stranger.status.success());
+    assert!(text(&stranger).contains("Calling AE Title Not Recognized"), "{}", text(&stranger));
+    let friend = echoscu(node.port, "FRIEND", AE);
+    assert!(friend.status.success(), "{}", text(&friend));
+}
+
+#[test]
+fn unsupported_classes_oversize_instances_and_refused_modalities_fail_cleanly() {
+    let d = tempfile::tempdir().unwrap();
+    let scp = "  storage_classes: [\"1.2.840.10008.5.1.4.1.1.2\"]\n  max_instance_bytes: 20000\n  modalities: [CT]\n";
+    let node = Node::start(d.path(), scp, "  min_free_bytes: 0\n");
+    let mr = put(d.path(), "mr.dcm", &instance(&smith(), &Shape { modality: "MR", ..Shape::default() }));
+    let out = storescu(node.port, &[mr]);
+    assert!(text(&out).contains("No presentation context") || !out.status.success(), "{}", text(&out));
+
+    let large = put(d.path(), "large.dcm", &instance(&smith(), &Shape { rows: 128, ..Shape::default() }));
+    let out = storescu(node.port, &[large]);
+    assert!(says(&out, "Refused: Out of Resources"), "{}", text(&out));
+
+    // A CT whose Modality says MR (the SOP class is accepted, the modality is not).
+    let mut odd = instance(&smith(), &Shape { series: 4, ..Shape::default() });
+    let pos = odd.windows(6).position(|w| w == [0x08, 0x00, 0x60, 0x00, b'C', b'S']).unwrap();
+    odd[pos + 8..pos + 10].copy_from_slice(b"MR");
+    let odd = put(d.path(), "odd.dcm", &odd);
+    let out = storescu(node.port, &[odd]);
+    // 0x0124 (PS3.7 C.5 "Refused: Not authorized"); DCMTK prints it as an unknown failure status.
+    assert!(says(&out, "Status: 0x124") || says(&out, "Not Authorized"), "{}", text(&out));
+
+    assert!(dcm_files(&node.public()).is_empty(), "nothing refused was stored");
+    assert!(node.log().contains("Modality \"MR\" is not accepted"), "{}", node.log());
+    assert!(node.log().contains("larger than scp.max_instance_bytes"));
+}
+
+#[test]
+fn junk_and_cut_connections_leave_the_server_serving() {
+    let d = tempfile::tempdir().unwrap();
+    let mut node =
+        Node::start(d.path(), "  timeouts: { acse_s: 2, dimse_s: 2, idle_s: 2 }\n", "  min_free_bytes: 0\n");
+    let addr = format!("127.0.0.1:{}", node.port);
+    // Random bytes, then a close.
+    let mut s = TcpStream::connect(&addr).unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n\x00\xff\x13\x37").unwrap();
+    drop(s);
+    // An A-ASSOCIATE-RQ header announcing 1000 bytes, then 10 bytes, then a cut.
+    let mut s = TcpStream::connect(&addr).unwrap();
+    s.write_all(&[0x01, 0x00, 0x00, 0x00, 0x03, 0xE8]).unwrap();
+    s.write_all(&[0u8; 10]).unwrap();
+    drop(s);
+    // A connection that never speaks: the ACSE timeout closes it.
+    let silent = TcpStream::connect(&addr).unwrap();
+    let ok = echoscu(node.port, "TESTSCU", AE);
+    assert!(ok.status.success(), "{}", text(&ok));
+    // A cut in the middle of a data set: storescu killed while sending a large instance.
+    let big =
+        put(d.path(), "big.dcm", &instance(&smith(), &Shape { rows: 2048, frames: 16, ..Shape::default() }));
+    let mut sender = std::process::Command::new("/usr/bin/storescu")
+        .env("TCP_NODELAY", "1")
+        .args(["-aec", AE, "--max-send-pdu", "4096", "127.0.0.1", &node.port.to_string()])
+        .arg(&big)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    let _ = sender.kill();
+    let _ = sender.wait();
+    std::thread::sleep(Duration::from_millis(2500));
+    drop(silent);
+    assert!(node.is_running(), "the node died; log:\n{}", node.log());
+    let ok = echoscu(node.port, "TESTSCU", AE);
+    assert!(ok.status.success(), "{}", text(&ok));
+    assert!(dcm_files(&node.public()).is_empty(), "a cut instance is never stored; log:\n{}", node.log());
+    assert!(node.log().contains("connection closed"), "the transfer was cut: {}", node.log());
+    assert!(files_under(&d.path().join("storage/private/tmp")).is_empty(), "its spill file is removed");
+}
+
+#[test]
+fn the_association_over_the_limit_is_rejected_not_queued() {
+    let d = tempfile::tempdir().unwrap();
+    let node = Node::start(
+        d.path(),
+        "  max_associations: 1\n  timeouts: { acse_s: 10, dimse_s: 10, idle_s: 10 }\n",
+        "  min_free_bytes: 0\n",
+    );
+    // This connection holds the only permit while the node waits for its request.
+    let holder = TcpStream::connect(("127.0.0.1", node.port)).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let out = echoscu(node.port, "TESTSCU", AE);
+    assert!(!out.status.success());
+    assert!(text(&out).contains("Local Limit Exceeded"), "{}", text(&out));
+    drop(holder);
+    std::thread::sleep(Duration::from_millis(300));
+    let out = echoscu(node.port, "TESTSCU", AE);
+    assert!(out.status.success(), "the permit comes back: {}", text(&out));
+}
+
+#[test]
+fn a_full_disk_answers_a700_and_writes_nothing() {
+    let d = tempfile::tempdir().unwrap();
+    let node = Node::start(d.path(), "", "  min_free_bytes: 1000000000000000000\n");
+    let f = put(d.path(), "a.dcm", &instance(&smith(), &Shape::default()));
+    let out = storescu(node.port, &[f]);
+    assert!(says(&out, "Refused: Out of Resources"), "{}", text(&out));
+    assert!(dcm_files(&node.public()).is_empty());
+    assert!(files_under(&d.path().join("storage/private/tmp")).is_empty());
+    assert!(node.log().contains("storage.min_free_bytes"), "{}", node.log());
+}
+
+#[test]
+fn a_mismatched_or_unparseable_data_set_is_quarantined_with_a_status() {
+    let d = tempfile::tempdir().unwrap();
+    let node = Node::start(d.path(), "", "  min_free_bytes: 0\n");
+    let file = instance(&smith(), &Shape::default());
+    let body = dicom_anon_gateway::dicom::Part10::parse(&file).unwrap().body.into_owned();
+    let announced = sop_uid(&smith(), &Shape::default());
+    // The data set is not the instance the command announced.
+    assert_eq!(rawscu::store_raw(node.port, AE, CT_IMAGE, "1.2.3.999", &body), 0xA900);
+    // A data set cut short.
+    assert_eq!(rawscu::store_raw(node.port, AE, CT_IMAGE, &announced, &body[..body.len() / 2]), 0xC000);
+    // The same instance whole is fine.
+    assert_eq!(rawscu::store_raw(node.port, AE, CT_IMAGE, &announced, &body), 0x0000);
+    assert_eq!(dcm_files(&node.public()).len(), 1);
+    assert_eq!(dcm_files(&node.quarantine().join("Missing_Attributes")).len(), 1, "{}", node.log());
+    assert_eq!(dcm_files(&node.quarantine().join("DICOM_Read_Error")).len(), 1, "{}", node.log());
+    // A quarantined instance is a Part 10 file the offline command can read again.
+    let q = &dcm_files(&node.quarantine().join("Missing_Attributes"))[0];
+    assert_eq!(dcmdump_value(q, "SOPInstanceUID").as_deref(), Some(announced.as_str()));
+}
+
+#[test]
+fn a_crash_mid_transfer_loses_no_acknowledged_instance() {
+    let d = tempfile::tempdir().unwrap();
+    let mut node = Node::start(d.path(), "", "  min_free_bytes: 0\n");
+    let mut files = Vec::new();
+    for i in 0..300u32 {
+        let shape = Shape { rows: 128, instance: i, series: 1 + i % 4, ..Shape::default() };
+        files.push(put(&d.path().join("in"), &format!("{i:03}.dcm"), &instance(&smith(), &shape)));
+    }
+    let mut sender = std::process::Command::new(tool("/usr/bin/storescu", "dcmtk"))
+        .env("TCP_NODELAY", "1")
+        .args(["-v", "-aet", "TESTSCU", "-aec", AE, "127.0.0.1", &node.port.to_string()])
+        .args(&files)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // storescu -v logs to stderr: "Sending file: X" ... "Received Store Response (Success)".
+    let reader = BufReader::new(sender.stderr.take().unwrap());
+    let mut current: Option<PathBuf> = None;
+    let mut acknowledged = Vec::new();
+    for line in reader.lines() {
+        let line = line.unwrap();
+        if let Some(f) = line.strip_prefix("I: Sending file: ") {
+            current = Some(PathBuf::from(f.trim()));
+        } else if line.contains("Received Store Response (Success)") {
+            acknowledged.push(current.take().expect("a response follows a file"));
+            if acknowledged.len() == 60 {
+                node.kill9();
+                break;
+            }
+        }
+    }
+    let _ = sender.kill();
+    let _ = sender.wait();
+    assert_eq!(acknowledged.len(), 60, "storescu did not get far enough");
+
+    // Restart on the same storage: every acknowledged instance is there and valid.
+    let node = Node::start_with(d.path(), &node.config);
+    let rsna = dicom_anon_gateway::anonymize::Rsna::new(SITE, ROOT, Default::default()).unwrap();
+    use dicom_anon_gateway::anonymize::Pseudonyms;
+    let stored: Vec<PathBuf> = dcm_files(&node.public());
+    for f in &acknowledged {
+        let original = dcmdump_value(f, "SOPInstanceUID").unwrap();
+        let anon = rsna.uid(&original);
+        let out = stored.iter().find(|p| p.file_name().unwrap().to_string_lossy() == format!("{anon}.dcm"));
+        let out = out.unwrap_or_else(|| panic!("acknowledged {f:?} is missing after the crash"));
+        assert_eq!(
+            dcmdump_value(out, "SOPInstanceUID").as_deref(),
+            Some(anon.as_str()),
+            "{out:?} is not valid"
+        );
+    }
+    assert!(
+        !files_under(&node.public()).iter().any(|p| p.to_string_lossy().ends_with(".part")),
+        "temp files swept"
+    );
+    let echo = echoscu(node.port, "TESTSCU", AE);
+    assert!(echo.status.success());
+}
