@@ -1,6 +1,7 @@
 //! Writes a synthetic PHI-laden corpus for benchmarks and manual tests:
-//! `cargo run --release --example make-corpus -- DIR COUNT [ROWS] [PATIENTS]`
-//! (CT instances, explicit VR LE, ROWS×ROWS 16-bit, spread over PATIENTS patients and 5 series each).
+//! `cargo run --release --example make-corpus -- DIR COUNT [ROWS] [PATIENTS] [FRAMES]`
+//! (CT instances, explicit VR LE, ROWS×ROWS 16-bit, FRAMES frames, spread over PATIENTS patients
+//! and 5 series each).
 
 #[path = "../tests/common/corpus.rs"]
 mod corpus;
@@ -9,14 +10,21 @@ use corpus::{instance, put, smith, Shape};
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let usage = "usage: make-corpus DIR COUNT [ROWS] [PATIENTS]";
+    let usage = "usage: make-corpus DIR COUNT [ROWS] [PATIENTS] [FRAMES]";
     let dir = std::path::PathBuf::from(args.get(1).expect(usage));
     let count: u32 = args.get(2).expect(usage).parse().expect("COUNT is a number");
     let rows: u16 = args.get(3).map_or(512, |r| r.parse().expect("ROWS is a number"));
     let patients: u32 = args.get(4).map_or(1, |p| p.parse().expect("PATIENTS is a number"));
+    let frames: u32 = args.get(5).map_or(1, |f| f.parse().expect("FRAMES is a number"));
     for i in 0..count {
-        let shape =
-            Shape { rows, study: 1 + i % patients, series: 1 + i % 5, instance: i, ..Shape::default() };
+        let shape = Shape {
+            rows,
+            frames,
+            study: 1 + i % patients,
+            series: 1 + i % 5,
+            instance: i,
+            ..Shape::default()
+        };
         put(&dir, &format!("ct{i:05}.dcm"), &instance(&smith(), &shape));
     }
     println!("wrote {count} instances to {}", dir.display());

@@ -1,12 +1,129 @@
-//! When written data must reach stable storage.
+//! When written data reaches stable storage, and the group commit that gets it there.
+//!
+//! An fsync per file and per directory costs a journal commit each; with several associations
+//! in flight they queue behind one another. Instead, an instance's file is renamed into place and
+//! its index row committed to the page cache, and then the instance waits at a [`Barrier`]: one
+//! `syncfs` flushes everything written before it started, file data, directory entries and the
+//! SQLite WAL alike, for every instance waiting at that moment.
 
-/// The node acknowledges an instance only once it is durable, so it pays an fsync per commit. A
-/// batch run on files has nobody to acknowledge: a crash means re-running it, so it writes to the
-/// page cache and makes everything durable once, at the end.
+use std::fs::File;
+use std::io;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::sync::{Condvar, Mutex};
+
+/// The node acknowledges an instance only once it is durable. A batch run on files has nobody to
+/// acknowledge: a crash means re-running it, so it makes everything durable once, at the end.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Durability {
-    /// Each commit is on stable storage when it returns.
-    EachCommit,
-    /// Commits reach the page cache; closing the spool and the index makes them durable.
+    /// Each instance is on stable storage before it is reported stored.
+    EachInstance,
+    /// Everything is on stable storage when the run closes.
     AtEnd,
+}
+
+/// Group commit over `syncfs(2)`: `wait` returns once everything the caller wrote before calling
+/// it is on stable storage, sharing one flush with every caller that arrived meanwhile.
+pub struct Barrier {
+    /// One open directory per file system to flush.
+    file_systems: Vec<File>,
+    state: Mutex<Epochs>,
+    done: Condvar,
+}
+
+#[derive(Default)]
+struct Epochs {
+    /// Writes made before a flush of epoch `n` started are durable once `flushed >= n`.
+    next: u64,
+    flushed: u64,
+    flushing: bool,
+}
+
+impl Barrier {
+    /// A barrier over the file systems holding `dirs` (each counted once).
+    pub fn new(dirs: &[&Path]) -> io::Result<Barrier> {
+        let mut file_systems: Vec<File> = Vec::new();
+        let mut devices = Vec::new();
+        for dir in dirs {
+            let f = File::open(dir)?;
+            let dev = f.metadata()?.dev();
+            if !devices.contains(&dev) {
+                devices.push(dev);
+                file_systems.push(f);
+            }
+        }
+        Ok(Barrier {
+            file_systems,
+            state: Mutex::new(Epochs { next: 1, ..Epochs::default() }),
+            done: Condvar::new(),
+        })
+    }
+
+    /// Block until everything written before this call is durable.
+    pub fn wait(&self) -> io::Result<()> {
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        // A flush already running may have started before our writes: only the next one counts.
+        let mine = st.next;
+        loop {
+            if st.flushed >= mine {
+                return Ok(());
+            }
+            if st.flushing {
+                st = self.done.wait(st).unwrap_or_else(|p| p.into_inner());
+                continue;
+            }
+            st.flushing = true;
+            let epoch = st.next;
+            st.next += 1;
+            drop(st);
+            let result = self.flush();
+            st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+            st.flushing = false;
+            if result.is_ok() {
+                st.flushed = epoch;
+            }
+            self.done.notify_all();
+            // On failure every waiter retries as the next leader; the caller sees the error.
+            result?;
+        }
+    }
+
+    fn flush(&self) -> io::Result<()> {
+        for fs in &self.file_systems {
+            // SAFETY: syncfs only reads the descriptor, which `fs` keeps open for the call.
+            if unsafe { libc::syncfs(fs.as_raw_fd()) } != 0 {
+                return Err(io::Error::last_os_error());
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    #[test]
+    fn concurrent_waiters_share_flushes_and_all_return() {
+        let d = tempfile::tempdir().unwrap();
+        let barrier = Arc::new(Barrier::new(&[d.path(), d.path()]).unwrap());
+        assert_eq!(barrier.file_systems.len(), 1, "one file system, one flush");
+        let threads: Vec<_> = (0..16)
+            .map(|i| {
+                let (b, dir) = (barrier.clone(), d.path().to_path_buf());
+                std::thread::spawn(move || {
+                    std::fs::write(dir.join(format!("{i}")), b"x").unwrap();
+                    b.wait().unwrap();
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        let st = barrier.state.lock().unwrap();
+        assert!(st.flushed >= 1 && st.flushed < 16 + 1, "flushed epochs: {}", st.flushed);
+        assert!(!st.flushing);
+    }
 }

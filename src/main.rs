@@ -81,7 +81,7 @@ async fn serve(config: Config) -> anyhow::Result<ExitCode> {
     for stale in std::fs::read_dir(&tmp)?.flatten() {
         let _ = std::fs::remove_file(stale.path());
     }
-    let pipeline = Arc::new(Pipeline::open(&config, &config.public_dir(), Durability::EachCommit)?);
+    let pipeline = Arc::new(Pipeline::open(&config, &config.public_dir(), Durability::EachInstance)?);
     let swept = pipeline.sweep();
     if swept > 0 {
         tracing::info!(files = swept, "removed temp files an interrupted commit left in public/");

@@ -12,7 +12,7 @@ use crate::dicom::{
     inflate, locate_pixel_data, read_dataset, write_dataset, write_meta, write_part10, DataSet, Part10,
     Part10Error, ReadError, SplitError, Tag, TransferSyntax,
 };
-use crate::durability::Durability;
+use crate::durability::{Barrier, Durability};
 use crate::index::{Capture, Index, IndexError, InstanceRecord, Owner};
 use crate::queue::{Quarantine, Reason, Spool, SpoolError};
 
@@ -99,6 +99,8 @@ pub struct Pipeline {
     spool: Spool,
     quarantine: Quarantine,
     keyed: bool,
+    durability: Durability,
+    barrier: Barrier,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -113,6 +115,8 @@ pub enum SetupError {
     Index(#[from] IndexError),
     #[error(transparent)]
     Spool(#[from] SpoolError),
+    #[error("cannot open {path} to flush it: {source}")]
+    Barrier { path: String, source: io::Error },
 }
 
 impl Pipeline {
@@ -133,14 +137,20 @@ impl Pipeline {
         };
         let owner =
             Owner { site_id: project.site_id.clone(), default_patient_id: pseudonyms.default_patient_id() };
-        let index = Index::open(&config.index_path(), &owner, durability)?;
+        let index = Index::open(&config.index_path(), &owner)?;
+        let spool = Spool::open(out)?;
+        let index_dir = config.index_path().parent().map(Path::to_path_buf).unwrap_or_default();
+        let barrier = Barrier::new(&[out, &index_dir])
+            .map_err(|source| SetupError::Barrier { path: out.display().to_string(), source })?;
         let labels = Labels { project_name: project.name.clone(), site_id: project.site_id.clone() };
         Ok(Pipeline {
             engine: Engine::new(script, pseudonyms, labels),
             index,
-            spool: Spool::open(out, durability)?,
+            spool,
             quarantine: Quarantine::new(&config.quarantine_dir()),
             keyed: project.pseudonyms == PseudonymMode::Keyed,
+            durability,
+            barrier,
         })
     }
 
@@ -288,6 +298,14 @@ impl Pipeline {
             size,
             uid_map: report.uid_map,
         })?;
+        if self.durability == Durability::EachInstance {
+            // File, directory entry and index row are in the page cache; make them durable
+            // together with whatever other instances are waiting (group commit).
+            self.barrier.wait().map_err(|source| SpoolError::Io {
+                path: format!("{} (flushing to disk)", self.spool.root().display()),
+                source,
+            })?;
+        }
         Ok(Stored { keys, path, size, caught: report.caught })
     }
 
@@ -315,11 +333,14 @@ impl Pipeline {
         })
     }
 
-    /// Make everything durable and stop the index writer.
+    /// Stop the index writer and make everything durable.
     pub fn close(self) -> Result<(), SpoolError> {
-        let flushed = self.spool.flush();
-        self.index.close();
-        flushed
+        let Pipeline { index, barrier, spool, .. } = self;
+        index.close();
+        barrier.wait().map_err(|source| SpoolError::Io {
+            path: format!("{} (flushing to disk)", spool.root().display()),
+            source,
+        })
     }
 }
 

@@ -14,8 +14,6 @@ use std::thread::JoinHandle;
 
 use rusqlite::{params, Connection, OptionalExtension};
 
-use crate::durability::Durability;
-
 pub use export::export_csv;
 
 /// At most this many requests share one transaction.
@@ -93,7 +91,7 @@ pub struct Owner {
 }
 
 impl Index {
-    pub fn open(path: &Path, owner: &Owner, durability: Durability) -> Result<Index, IndexError> {
+    pub fn open(path: &Path, owner: &Owner) -> Result<Index, IndexError> {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)
                 .map_err(|source| IndexError::Dir { path: dir.display().to_string(), source })?;
@@ -101,13 +99,9 @@ impl Index {
         let mut conn = Connection::open(path)?;
         conn.busy_timeout(std::time::Duration::from_secs(30))?;
         conn.execute_batch(schema::SCHEMA)?;
-        // In WAL mode NORMAL still never corrupts; it only lets the last commits wait for the
-        // checkpoint that closing the index runs.
-        conn.pragma_update(
-            None,
-            "synchronous",
-            if durability == Durability::EachCommit { "FULL" } else { "NORMAL" },
-        )?;
+        // WAL with NORMAL never corrupts; a commit becomes durable when the WAL file reaches the
+        // disk, which the caller's durability barrier (syncfs) or closing the index ensures.
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
         init(&mut conn, path, owner)?;
         let (tx, rx) = mpsc::sync_channel::<Request>(1024);
         let site_id = owner.site_id.clone();

@@ -1,13 +1,13 @@
-//! Durable commit of anonymized files: write to a temp file, fsync, rename into place, fsync the
-//! directory. Only after `commit` returns may anyone be told the instance is safe.
+//! Atomic commit of anonymized files: write a temp file beside the destination, then rename it
+//! into place, so a reader (or the uploader) never sees a partial file. Making it durable is the
+//! caller's [`crate::durability::Barrier`]'s job.
 
 use std::fs::{self, File};
-use std::io::{self, BufWriter, Write};
+use std::io::{self, BufWriter};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::dicom::WriteError;
-use crate::durability::Durability;
 
 /// Big enough that a 0.5 MB instance takes a handful of write calls.
 const WRITE_BUFFER: usize = 256 * 1024;
@@ -23,14 +23,13 @@ pub enum SpoolError {
 pub struct Spool {
     root: PathBuf,
     next: AtomicU64,
-    durability: Durability,
 }
 
 impl Spool {
-    pub fn open(root: &Path, durability: Durability) -> Result<Spool, SpoolError> {
+    pub fn open(root: &Path) -> Result<Spool, SpoolError> {
         fs::create_dir_all(root)
             .map_err(|source| SpoolError::Io { path: root.display().to_string(), source })?;
-        Ok(Spool { root: root.to_path_buf(), next: AtomicU64::new(0), durability })
+        Ok(Spool { root: root.to_path_buf(), next: AtomicU64::new(0) })
     }
 
     pub fn root(&self) -> &Path {
@@ -47,8 +46,8 @@ impl Spool {
             .count()
     }
 
-    /// Write `rel` (relative to the root) durably; a file already there is replaced atomically.
-    /// Returns the size written.
+    /// Write `rel` (relative to the root); a file already there is replaced atomically. Returns
+    /// the size written.
     pub fn commit(
         &self,
         rel: &Path,
@@ -64,8 +63,7 @@ impl Spool {
             let path = path.display().to_string();
             move |source| SpoolError::Io { path, source }
         };
-        let each = self.durability == Durability::EachCommit;
-        ensure_dir(&dir, each).map_err(io_err(&dir))?;
+        fs::create_dir_all(&dir).map_err(io_err(&dir))?;
         let result = (|| {
             let file = File::create(&tmp).map_err(io_err(&tmp))?;
             let mut w = BufWriter::with_capacity(WRITE_BUFFER, file);
@@ -73,17 +71,9 @@ impl Spool {
                 WriteError::Io(source) => SpoolError::Io { path: tmp.display().to_string(), source },
                 other => SpoolError::Encode(other),
             })?;
-            w.flush().map_err(io_err(&tmp))?;
             let file = w.into_inner().map_err(|e| io_err(&tmp)(e.into_error()))?;
-            if each {
-                file.sync_all().map_err(io_err(&tmp))?;
-            }
             let size = file.metadata().map_err(io_err(&tmp))?.len();
             fs::rename(&tmp, &dest).map_err(io_err(&dest))?;
-            // The rename is durable only once the directory entry is.
-            if each {
-                sync_dir(&dir).map_err(io_err(&dir))?;
-            }
             Ok(size)
         })();
         if result.is_err() {
@@ -93,60 +83,19 @@ impl Spool {
     }
 }
 
-impl Spool {
-    /// Make every commit durable (needed with `Durability::AtEnd`): one `syncfs` of the spool's
-    /// file system instead of an fsync per file.
-    pub fn flush(&self) -> Result<(), SpoolError> {
-        if self.durability == Durability::EachCommit {
-            return Ok(());
-        }
-        let dir = File::open(&self.root)
-            .map_err(|source| SpoolError::Io { path: self.root.display().to_string(), source })?;
-        // SAFETY: syncfs only reads the descriptor, which `dir` keeps open for the call.
-        let rc = unsafe { libc::syncfs(std::os::fd::AsRawFd::as_raw_fd(&dir)) };
-        if rc != 0 {
-            return Err(SpoolError::Io {
-                path: self.root.display().to_string(),
-                source: io::Error::last_os_error(),
-            });
-        }
-        Ok(())
-    }
-}
-
 fn is_temp(path: &Path) -> bool {
     path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with('.') && n.ends_with(".part"))
-}
-
-/// Create `dir` and missing parents, fsyncing (when `sync`) each parent whose entries changed.
-fn ensure_dir(dir: &Path, sync: bool) -> io::Result<()> {
-    if dir.is_dir() {
-        return Ok(());
-    }
-    if let Some(parent) = dir.parent() {
-        ensure_dir(parent, sync)?;
-        match fs::create_dir(dir) {
-            Ok(()) if sync => sync_dir(parent)?,
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
-}
-
-fn sync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Write;
 
     #[test]
     fn commit_replaces_atomically_and_leaves_no_temp_files() {
         let d = tempfile::tempdir().unwrap();
-        let spool = Spool::open(&d.path().join("public"), Durability::EachCommit).unwrap();
+        let spool = Spool::open(&d.path().join("public")).unwrap();
         let rel = Path::new("p/s/e/i.dcm");
         assert_eq!(spool.commit(rel, |w| Ok(w.write_all(b"first")?)).unwrap(), 5);
         assert_eq!(spool.commit(rel, |w| Ok(w.write_all(b"second!")?)).unwrap(), 7);

@@ -1,0 +1,108 @@
+#!/usr/bin/env bash
+# Ingest throughput: DCMTK storescu sends the same corpus to (a) DCMTK storescp writing files, no
+# anonymization, no fsync, and (b) our node, anonymizing and committing durably, in the same run,
+# over 1 and 8 concurrent associations. Prints instances/s, the ratio ours/storescp and our peak RSS.
+#   scripts/bench-ingest.sh [COUNT] [ROWS]          (default 1000 CT, 512x512 16-bit)
+#   scripts/bench-ingest.sh --memory                (16 associations x one 512 MB multi-frame each)
+# Runs inside its own network namespace (only loopback), since storescp cannot bind to 127.0.0.1.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if [ -z "${BENCH_IN_NETNS:-}" ]; then
+    exec unshare -n env BENCH_IN_NETNS=1 bash -c 'ip link set lo up && exec "$0" "$@"' "$0" "$@"
+fi
+MEMORY=0
+if [ "${1:-}" = "--memory" ]; then MEMORY=1; shift; fi
+COUNT=${1:-1000}
+ROWS=${2:-512}
+WORK=$(mktemp -d /tmp/bench-ingest.XXXXXX)
+NODE_PID=""; SCP_PID=""
+cleanup() {
+    [ -n "$NODE_PID" ] && kill "$NODE_PID" 2>/dev/null || true
+    [ -n "$SCP_PID" ] && kill "$SCP_PID" 2>/dev/null || true
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+export TCP_NODELAY=1
+cargo build --release --quiet --bin dicom-anon-gateway --example make-corpus
+BIN=$PWD/target/release/dicom-anon-gateway
+
+if [ "$MEMORY" = 1 ]; then
+    # One 512 MB instance (16 frames of 4096x4096 16-bit); 16 senders each send it at once.
+    target/release/examples/make-corpus "$WORK/corpus" 1 4096 1 16 >/dev/null
+    SENDERS=16
+else
+    target/release/examples/make-corpus "$WORK/corpus" "$COUNT" "$ROWS" 10 >/dev/null
+fi
+FILES=("$WORK"/corpus/*.dcm)
+echo "corpus: ${#FILES[@]} files, $(du -sm "$WORK/corpus" | cut -f1) MB; $(nproc) cores"
+cat "${FILES[@]}" > /dev/null; sync
+
+now() { date +%s.%N; }
+# send PORT AE N: N storescu processes, the files dealt round robin (or all N send every file
+# in memory mode); prints the wall time.
+send() {
+    local port=$1 ae=$2 n=$3 pids=() t0 t1
+    t0=$(now)
+    for ((k = 0; k < n; k++)); do
+        local mine=()
+        if [ "$MEMORY" = 1 ]; then mine=("${FILES[@]}"); else
+            for ((j = k; j < ${#FILES[@]}; j += n)); do mine+=("${FILES[$j]}"); done
+        fi
+        /usr/bin/storescu -aec "$ae" --max-pdu 65536 127.0.0.1 "$port" "${mine[@]}" > "$WORK/send-$k.log" 2>&1 &
+        pids+=($!)
+    done
+    local failed=0
+    for p in "${pids[@]}"; do wait "$p" || failed=1; done
+    t1=$(now)
+    if [ $failed = 1 ] || grep -qi "failed\|error" "$WORK"/send-*.log; then echo "a sender failed:" >&2; cat "$WORK"/send-*.log >&2; exit 1; fi
+    echo "$t1 - $t0" | bc -l
+}
+
+start_node() {
+    rm -rf "$WORK/node"; mkdir -p "$WORK/node"
+    cat > "$WORK/node/config.yaml" <<YAML
+project: { name: BENCH, site_id: "972149", script: $PWD/config/default-anonymizer.script }
+scp: { ae_title: ANONYMIZER, host: 127.0.0.1, port: 0, max_pdu_length: 65536, max_instance_bytes: 1073741824 }
+storage: { dir: $WORK/node/storage, min_free_bytes: 0 }
+logging: { level: warn }
+YAML
+    "$BIN" serve --config "$WORK/node/config.yaml" > "$WORK/node/out" 2> "$WORK/node/log" &
+    NODE_PID=$!
+    until grep -q listening "$WORK/node/out" 2>/dev/null; do sleep 0.05; done
+    NODE_PORT=$(grep -o '127.0.0.1:[0-9]*' "$WORK/node/out" | cut -d: -f2)
+}
+stop_node() {
+    PEAK_KB=$(grep VmHWM /proc/"$NODE_PID"/status | awk '{print $2}')
+    kill "$NODE_PID"; wait "$NODE_PID" || true; NODE_PID=""
+}
+start_storescp() {
+    rm -rf "$WORK/scp"; mkdir -p "$WORK/scp"
+    /usr/bin/storescp --fork -aet STORESCP -od "$WORK/scp" --max-pdu 65536 11113 > "$WORK/scp.log" 2>&1 &
+    SCP_PID=$!
+    sleep 0.3
+}
+stop_storescp() { kill "$SCP_PID"; wait "$SCP_PID" 2>/dev/null || true; SCP_PID=""; }
+
+if [ "$MEMORY" = 1 ]; then
+    start_node
+    T=$(send "$NODE_PORT" ANONYMIZER "$SENDERS")
+    stop_node
+    printf 'memory: %d associations x %s MB instance in %.1f s; our peak RSS %d MB (goal < 256 MB)\n' \
+        "$SENDERS" "$(du -sm "${FILES[0]}" | cut -f1)" "$T" $((PEAK_KB / 1024))
+    exit 0
+fi
+
+for n in 1 8; do
+    start_storescp
+    TS=$(send 11113 STORESCP "$n")
+    stop_storescp
+    sync
+    start_node
+    TO=$(send "$NODE_PORT" ANONYMIZER "$n")
+    stop_node
+    STORED=$(find "$WORK/node/storage/public" -name '*.dcm' | wc -l)
+    [ "$STORED" -eq "${#FILES[@]}" ] || { echo "node stored $STORED of ${#FILES[@]}" >&2; tail "$WORK/node/log" >&2; exit 1; }
+    sync
+    printf '%d association(s): storescp %7.1f inst/s | ours (anonymized, fsync) %7.1f inst/s | ratio %.2f | our peak RSS %d MB\n' \
+        "$n" "$(echo "${#FILES[@]} / $TS" | bc -l)" "$(echo "${#FILES[@]} / $TO" | bc -l)" "$(echo "$TS / $TO" | bc -l)" $((PEAK_KB / 1024))
+done
