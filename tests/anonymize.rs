@@ -341,3 +341,22 @@ fn unsupported_ctp_operations_are_refused_unless_configured_away() {
     let bytes = std::fs::read(&files_under(&out)[0]).unwrap();
     assert!(!contains(&bytes, b"MRN12345"));
 }
+
+#[test]
+fn a_study_seen_under_two_patient_ids_is_an_integrity_conflict() {
+    let d = tempfile::tempdir().unwrap();
+    // Same digits, other order: the generator derives the same study UID for both.
+    let other = Patient { id: "MRN12354", ..smith() };
+    let a = put(&d.path().join("in"), "a.dcm", &instance(&smith(), &Shape::default()));
+    let b = put(&d.path().join("in"), "b.dcm", &instance(&other, &Shape { instance: 2, ..Shape::default() }));
+    let config = config(d.path(), SITE, ROOT, &default_script(), "");
+    let out = d.path().join("out");
+    assert!(anonymize(&config, &out, &[&a]).status.success());
+    let run = anonymize(&config, &out, &[&b]);
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert_eq!(run.status.code(), Some(1), "{stdout}");
+    assert!(stdout.contains("Capture_PHI_Error") && stdout.contains("another PatientID"), "{stdout}");
+    assert_eq!(files_under(&out).len(), 1, "the conflicting instance is not stored");
+    let q = d.path().join("storage/private/quarantine/Capture_PHI_Error");
+    assert_eq!(files_under(&q).iter().filter(|p| p.extension().unwrap() == "dcm").count(), 1);
+}

@@ -248,7 +248,8 @@ fn a_mismatched_or_unparseable_data_set_is_quarantined_with_a_status() {
     assert_eq!(rawscu::store_raw(node.port, AE, CT_IMAGE, "1.2.3.999", &body), 0xA900);
     // A data set cut short.
     assert_eq!(rawscu::store_raw(node.port, AE, CT_IMAGE, &announced, &body[..body.len() / 2]), 0xC000);
-    // The same instance whole is fine.
+    // The same instance whole is fine, and sent again it replaces its file.
+    assert_eq!(rawscu::store_raw(node.port, AE, CT_IMAGE, &announced, &body), 0x0000);
     assert_eq!(rawscu::store_raw(node.port, AE, CT_IMAGE, &announced, &body), 0x0000);
     assert_eq!(dcm_files(&node.public()).len(), 1);
     assert_eq!(dcm_files(&node.quarantine().join("Missing_Attributes")).len(), 1, "{}", node.log());
