@@ -40,8 +40,32 @@ pub enum Command {
         #[command(subcommand)]
         command: IndexCommand,
     },
+    /// Sign in to AWS as the uploader would and print the Cognito sub, identity id and expiry.
+    AwsLogin {
+        #[arg(long, default_value = "config/default.yaml")]
+        config: PathBuf,
+    },
+    /// The upload queue.
+    Queue {
+        #[command(subcommand)]
+        command: QueueCommand,
+    },
     /// Validate the configuration and print it as it takes effect (secrets are never printed).
     CheckConfig {
+        #[arg(long, default_value = "config/default.yaml")]
+        config: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum QueueCommand {
+    /// Counts per state, the oldest waiting instance, and failed items with their last error.
+    Status {
+        #[arg(long, default_value = "config/default.yaml")]
+        config: PathBuf,
+    },
+    /// Put failed items back in the queue for an immediate try.
+    Retry {
         #[arg(long, default_value = "config/default.yaml")]
         config: PathBuf,
     },

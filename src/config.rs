@@ -17,6 +17,8 @@ pub struct Config {
     #[serde(default)]
     pub scp: ScpConfig,
     #[serde(default)]
+    pub upload: UploadConfig,
+    #[serde(default)]
     pub storage: StorageConfig,
     #[serde(default)]
     pub logging: LoggingConfig,
@@ -120,6 +122,141 @@ impl Default for Timeouts {
     }
 }
 
+/// The background uploader (RSNA's field names where RSNA has them).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UploadConfig {
+    pub enabled: bool,
+    pub auth: UploadAuth,
+    pub region: String,
+    pub account_id: String,
+    pub user_pool_id: String,
+    pub app_client_id: String,
+    /// Environment variable or file holding the app client secret (only if the client has one).
+    pub client_secret_env: Option<String>,
+    pub client_secret_file: Option<PathBuf>,
+    pub identity_pool_id: String,
+    pub username: String,
+    pub password_env: Option<String>,
+    pub password_file: Option<PathBuf>,
+    /// Used only to answer NEW_PASSWORD_REQUIRED.
+    pub new_password_env: Option<String>,
+    pub new_password_file: Option<PathBuf>,
+    pub bucket: String,
+    pub prefix: String,
+    /// An S3-compatible store or a local emulator; also used for Cognito when set.
+    pub endpoint_url: Option<String>,
+    pub concurrency: usize,
+    pub multipart_threshold_bytes: u64,
+    pub delete_after_upload: bool,
+    /// Refresh credentials this long before they expire.
+    pub refresh_margin_s: u64,
+    /// On start, list the bucket under our prefix and count existing keys as uploaded.
+    pub reconcile_on_start: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum UploadAuth {
+    /// Cognito user pool sign-in, then identity-pool credentials.
+    #[default]
+    Cognito,
+    /// The AWS SDK's usual credentials (IAM role, environment, profile).
+    DefaultChain,
+}
+
+impl Default for UploadConfig {
+    fn default() -> Self {
+        UploadConfig {
+            enabled: false,
+            auth: UploadAuth::Cognito,
+            region: "us-east-1".into(),
+            account_id: String::new(),
+            user_pool_id: String::new(),
+            app_client_id: String::new(),
+            client_secret_env: None,
+            client_secret_file: None,
+            identity_pool_id: String::new(),
+            username: String::new(),
+            password_env: Some("COGNITO_PASSWORD".into()),
+            password_file: None,
+            new_password_env: None,
+            new_password_file: None,
+            bucket: String::new(),
+            prefix: "private".into(),
+            endpoint_url: None,
+            concurrency: 8,
+            multipart_threshold_bytes: 16 << 20,
+            delete_after_upload: false,
+            refresh_margin_s: 600,
+            reconcile_on_start: true,
+        }
+    }
+}
+
+impl UploadConfig {
+    fn validate(&self) -> Vec<String> {
+        let mut p = Vec::new();
+        if !self.enabled {
+            return p;
+        }
+        let mut need = |key: &str, v: &str| {
+            if v.trim().is_empty() {
+                p.push(format!("upload.{key}: must be set when upload.enabled is true"));
+            }
+        };
+        need("region", &self.region);
+        need("bucket", &self.bucket);
+        if self.auth == UploadAuth::Cognito {
+            need("user_pool_id", &self.user_pool_id);
+            need("app_client_id", &self.app_client_id);
+            need("identity_pool_id", &self.identity_pool_id);
+            need("username", &self.username);
+            need("account_id", &self.account_id);
+            if self.password_env.is_none() && self.password_file.is_none() {
+                p.push(
+                    "upload.password_env or upload.password_file: one must name where the password is".into(),
+                );
+            }
+        }
+        if self.concurrency == 0 || self.concurrency > 256 {
+            p.push(format!("upload.concurrency: {} must be between 1 and 256", self.concurrency));
+        }
+        if self.multipart_threshold_bytes < 5 << 20 {
+            p.push(format!(
+                "upload.multipart_threshold_bytes: {} is below S3's 5 MiB minimum part size",
+                self.multipart_threshold_bytes
+            ));
+        }
+        if self.prefix.contains("..") || self.prefix.starts_with('/') {
+            p.push(format!("upload.prefix: {:?} must be a relative key prefix", self.prefix));
+        }
+        if let Some(url) = &self.endpoint_url {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                p.push(format!("upload.endpoint_url: {url:?} must start with http:// or https://"));
+            }
+        }
+        p
+    }
+}
+
+/// A secret named in the configuration: from a file, else from an environment variable. Never
+/// logged; errors name where it was looked for, not what it is.
+pub fn read_secret(key: &str, env: Option<&str>, file: Option<&Path>) -> Result<Option<String>, ConfigError> {
+    if let Some(file) = file {
+        let text = std::fs::read_to_string(file)
+            .map_err(|e| ConfigError::MissingSecret(format!("{key}_file {}: {e}", file.display())))?;
+        return Ok(Some(text.trim_end_matches(['\n', '\r']).to_string()));
+    }
+    match env {
+        Some(var) => match std::env::var(var) {
+            Ok(v) if !v.is_empty() => Ok(Some(v)),
+            _ => Err(ConfigError::MissingSecret(format!("{key}_env names ${var}, which is not set"))),
+        },
+        None => Ok(None),
+    }
+}
+
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct StorageConfig {
@@ -186,7 +323,7 @@ pub enum ConfigError {
     Parse { path: String, source: serde_yaml::Error },
     #[error("{path} has problems:\n  {}", problems.join("\n  "))]
     Invalid { path: String, problems: Vec<String> },
-    #[error("project.pseudonyms is keyed but no secret was found: {0}")]
+    #[error("a secret is missing: {0}")]
     MissingSecret(String),
 }
 
@@ -236,6 +373,7 @@ impl Config {
             p.push(format!("project.uid_root: {root:?} with site_id {:?} leaves fewer than 10 digits for pseudonym UIDs within 64 characters", project.site_id));
         }
         p.extend(self.scp.validate());
+        p.extend(self.upload.validate());
         let level = self.logging.level.as_str();
         let plain_level = ["trace", "debug", "info", "warn", "error", "off"].contains(&level);
         let directives =

@@ -12,3 +12,4 @@ pub mod offline;
 pub mod pipeline;
 pub mod queue;
 pub mod scp;
+pub mod upload;

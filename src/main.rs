@@ -8,10 +8,12 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::Parser;
 
-use dicom_anon_gateway::cli::{Cli, Command, IndexCommand};
+use dicom_anon_gateway::cli::{Cli, Command, IndexCommand, QueueCommand};
 use dicom_anon_gateway::config::Config;
 use dicom_anon_gateway::durability::Durability;
+use dicom_anon_gateway::index::{Index, Owner};
 use dicom_anon_gateway::pipeline::Pipeline;
+use dicom_anon_gateway::upload::{Credentials, Target, Uploader};
 use dicom_anon_gateway::{index, observe, offline, scp};
 
 fn main() -> ExitCode {
@@ -66,6 +68,58 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("wrote {rows} studies to {}", out.display());
             Ok(ExitCode::SUCCESS)
         }
+        Command::AwsLogin { config } => {
+            let config = Config::load(&config)?;
+            observe::init(&config.logging);
+            let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            runtime.block_on(async {
+                let credentials = Credentials::new(&config.upload).await?;
+                match credentials.session().await? {
+                    Some(s) => {
+                        let expires = chrono::DateTime::<chrono::Utc>::from(s.expires);
+                        println!(
+                            "sub: {}\nidentity id: {}\ncredentials expire: {}",
+                            s.sub,
+                            s.identity_id,
+                            expires.to_rfc3339()
+                        );
+                    }
+                    None => {
+                        println!("using the AWS SDK's default credential chain (upload.auth: default-chain)")
+                    }
+                }
+                anyhow::Ok(ExitCode::SUCCESS)
+            })
+        }
+        Command::Queue { command } => {
+            let (config, retry) = match command {
+                QueueCommand::Status { config } => (config, false),
+                QueueCommand::Retry { config } => (config, true),
+            };
+            let config = Config::load(&config)?;
+            let index = Index::open(&config.index_path(), &Owner::for_site(&config.project.site_id))?;
+            if retry {
+                println!("{} failed instances queued again", index.retry_failed()?);
+                index.close();
+                return Ok(ExitCode::SUCCESS);
+            }
+            let status = index.queue_status()?;
+            index.close();
+            for (state, n) in &status.counts {
+                println!("{state:>10}: {n}");
+            }
+            if let Some(oldest) = &status.oldest_queued {
+                println!("oldest waiting since {oldest}");
+            }
+            for f in &status.failed {
+                let next = f.next_try.as_deref().unwrap_or("now");
+                println!(
+                    "failed {} (attempts {}, next try {next}): {}",
+                    f.anon_sop_uid, f.attempts, f.last_error
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::CheckConfig { config } => {
             let config = Config::load(&config)?;
             print!("{}", config.to_yaml());
@@ -103,7 +157,39 @@ async fn serve(config: Config) -> anyhow::Result<ExitCode> {
     println!("listening on {addr} as {}", config.scp.ae_title);
     std::io::stdout().flush()?;
 
+    let uploads = tokio_util::sync::CancellationToken::new();
+    let uploader = if config.upload.enabled {
+        let credentials = Arc::new(Credentials::new(&config.upload).await?);
+        let u = &config.upload;
+        let target = Target {
+            bucket: u.bucket.clone(),
+            prefix: u.prefix.clone(),
+            project: config.project.name.clone(),
+            multipart_threshold: u.multipart_threshold_bytes,
+        };
+        let uploader = Arc::new(Uploader::new(
+            pipeline.index().clone(),
+            config.public_dir(),
+            target,
+            credentials,
+            u.concurrency,
+            u.delete_after_upload,
+            u.reconcile_on_start,
+        ));
+        tracing::info!(bucket = %u.bucket, concurrency = u.concurrency, "uploader started");
+        Some(tokio::spawn(uploader.run(uploads.clone())))
+    } else {
+        None
+    };
+
     scp::serve(listener, node, shutdown_signal()).await;
+    uploads.cancel();
+    if let Some(task) = uploader {
+        // Puts in flight finish; the rest stays queued for the next start.
+        if tokio::time::timeout(std::time::Duration::from_secs(60), task).await.is_err() {
+            tracing::warn!("uploads still in flight after 60 s; they are queued again at the next start");
+        }
+    }
     match Arc::try_unwrap(pipeline) {
         Ok(p) => p.close()?,
         // An association outlived the grace period; its index writes are committed as they go.

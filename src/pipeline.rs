@@ -135,9 +135,7 @@ impl Pipeline {
                 project.accession_format,
             )?),
         };
-        let owner =
-            Owner { site_id: project.site_id.clone(), default_patient_id: pseudonyms.default_patient_id() };
-        let index = Index::open(&config.index_path(), &owner)?;
+        let index = Index::open(&config.index_path(), &Owner::for_site(&project.site_id))?;
         let spool = Spool::open(out)?;
         let index_dir = config.index_path().parent().map(Path::to_path_buf).unwrap_or_default();
         let barrier = Barrier::new(&[out, &index_dir])

@@ -5,6 +5,7 @@
 //! and answers each caller only after that transaction is durable.
 
 mod export;
+mod queue;
 mod schema;
 
 use std::path::{Path, PathBuf};
@@ -15,6 +16,7 @@ use std::thread::JoinHandle;
 use rusqlite::{params, Connection, OptionalExtension};
 
 pub use export::export_csv;
+pub use queue::{Pending, QueueStatus, StuckItem};
 
 /// At most this many requests share one transaction.
 const MAX_BATCH: usize = 512;
@@ -69,17 +71,18 @@ pub struct InstanceRecord {
     pub uid_map: Vec<(String, String)>,
 }
 
-enum Request {
-    Capture(Box<Capture>, mpsc::SyncSender<Result<String, IndexError>>),
-    Record(Box<InstanceRecord>, mpsc::SyncSender<Result<(), IndexError>>),
-}
+/// A unit of work for the writer: runs inside the batch transaction and says whether it
+/// succeeded; its reply goes out once the batch has committed (or failed to).
+type Job = Box<dyn FnOnce(&Connection) -> (bool, Reply) + Send>;
+type Reply = Box<dyn FnOnce(Option<&rusqlite::Error>) + Send>;
 
 /// A handle on the index; clone it freely.
 #[derive(Clone)]
 pub struct Index {
-    tx: mpsc::SyncSender<Request>,
+    tx: mpsc::SyncSender<Job>,
     writer: Arc<Mutex<Option<JoinHandle<()>>>>,
     path: PathBuf,
+    site_id: String,
 }
 
 /// Identity of the project the index belongs to, checked every time it opens.
@@ -88,6 +91,16 @@ pub struct Owner {
     pub site_id: String,
     /// The pseudonym of the patient with no PatientID.
     pub default_patient_id: String,
+}
+
+impl Owner {
+    /// The owner for a site: the default patient is `<site>-000000` in both pseudonym modes.
+    pub fn for_site(site_id: &str) -> Owner {
+        Owner {
+            site_id: site_id.to_string(),
+            default_patient_id: crate::anonymize::Rsna::numbered_patient_id(site_id, 0),
+        }
+    }
 }
 
 impl Index {
@@ -99,36 +112,62 @@ impl Index {
         let mut conn = Connection::open(path)?;
         conn.busy_timeout(std::time::Duration::from_secs(30))?;
         conn.execute_batch(schema::SCHEMA)?;
+        migrate(&conn)?;
         // WAL with NORMAL never corrupts; a commit becomes durable when the WAL file reaches the
         // disk, which the caller's durability barrier (syncfs) or closing the index ensures.
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         init(&mut conn, path, owner)?;
-        let (tx, rx) = mpsc::sync_channel::<Request>(1024);
-        let site_id = owner.site_id.clone();
+        let (tx, rx) = mpsc::sync_channel::<Job>(1024);
         let writer = std::thread::Builder::new()
             .name("phi-index".into())
-            .spawn(move || write_loop(conn, rx, &site_id))
+            .spawn(move || write_loop(conn, rx))
             .map_err(|source| IndexError::Dir { path: "phi-index thread".into(), source })?;
-        Ok(Index { tx, writer: Arc::new(Mutex::new(Some(writer))), path: path.to_path_buf() })
+        Ok(Index {
+            tx,
+            writer: Arc::new(Mutex::new(Some(writer))),
+            path: path.to_path_buf(),
+            site_id: owner.site_id.clone(),
+        })
     }
 
     pub fn path(&self) -> &Path {
         &self.path
     }
 
-    /// Record patient, study and series; return the patient's pseudonym. Fails with `Conflict` when
-    /// the instance contradicts earlier ones (a study under two patients, ...).
-    pub fn capture(&self, capture: Capture) -> Result<String, IndexError> {
+    /// Run `f` in the writer's next batch transaction and return its result once that batch is
+    /// committed. A failing `f` rolls back only its own changes.
+    pub fn call<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, IndexError> + Send + 'static,
+    ) -> Result<T, IndexError> {
         let (reply, answer) = mpsc::sync_channel(1);
-        self.tx.send(Request::Capture(Box::new(capture), reply)).map_err(|_| IndexError::Closed)?;
+        let job: Job = Box::new(move |conn| {
+            let result = f(conn);
+            let ok = result.is_ok();
+            let send: Reply = Box::new(move |commit_failure| {
+                let result = match commit_failure {
+                    None => result,
+                    Some(e) => Err(IndexError::Sqlite(clone_error(e))),
+                };
+                // A caller that gave up waiting has dropped its receiver; nothing to tell it.
+                let _ = reply.send(result);
+            });
+            (ok, send)
+        });
+        self.tx.send(job).map_err(|_| IndexError::Closed)?;
         answer.recv().map_err(|_| IndexError::Closed)?
     }
 
-    /// Record an instance whose file is durable (state `queued`), and the UIDs it mapped.
+    /// Record patient, study and series; return the patient's pseudonym. Fails with `Conflict` when
+    /// the instance contradicts earlier ones (a study under two patients, ...).
+    pub fn capture(&self, capture: Capture) -> Result<String, IndexError> {
+        let site_id = self.site_id.clone();
+        self.call(move |c| self::capture(c, &capture, &site_id))
+    }
+
+    /// Record an instance whose file is written (state `queued`), and the UIDs it mapped.
     pub fn record(&self, record: InstanceRecord) -> Result<(), IndexError> {
-        let (reply, answer) = mpsc::sync_channel(1);
-        self.tx.send(Request::Record(Box::new(record), reply)).map_err(|_| IndexError::Closed)?;
-        answer.recv().map_err(|_| IndexError::Closed)?
+        self.call(move |c| self::record(c, &record))
     }
 
     /// Stop the writer once every handle's pending requests are done. Other clones become unusable.
@@ -144,7 +183,19 @@ impl Index {
     }
 }
 
-fn now() -> String {
+/// Add columns that an index created by an earlier version lacks.
+fn migrate(conn: &Connection) -> Result<(), IndexError> {
+    let mut stmt = conn.prepare("SELECT name FROM pragma_table_info('instances')")?;
+    let have: Vec<String> = stmt.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?;
+    for (column, decl) in schema::ADDED_INSTANCE_COLUMNS {
+        if !have.iter().any(|c| c == column) {
+            conn.execute_batch(&format!("ALTER TABLE instances ADD COLUMN {column} {decl}"))?;
+        }
+    }
+    Ok(())
+}
+
+pub(crate) fn now() -> String {
     chrono::Utc::now().format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string()
 }
 
@@ -174,67 +225,39 @@ fn init(conn: &mut Connection, path: &Path, owner: &Owner) -> Result<(), IndexEr
     Ok(())
 }
 
-fn write_loop(mut conn: Connection, rx: mpsc::Receiver<Request>, site_id: &str) {
+fn write_loop(mut conn: Connection, rx: mpsc::Receiver<Job>) {
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
             match rx.try_recv() {
-                Ok(r) => batch.push(r),
+                Ok(job) => batch.push(job),
                 Err(_) => break,
             }
         }
-        run_batch(&mut conn, batch, site_id);
+        run_batch(&mut conn, batch);
     }
 }
 
-/// Run a batch in one transaction, each request in its own savepoint so one conflict does not undo
+/// Run a batch in one transaction, each job in its own savepoint so one failure does not undo
 /// the others; answer only after the commit.
-fn run_batch(conn: &mut Connection, batch: Vec<Request>, site_id: &str) {
-    let mut done = Vec::with_capacity(batch.len());
+fn run_batch(conn: &mut Connection, batch: Vec<Job>) {
+    let mut replies = Vec::with_capacity(batch.len());
     let outcome = (|| -> Result<(), rusqlite::Error> {
         let mut tx = conn.transaction()?;
-        for request in batch {
+        for job in batch {
             let sp = tx.savepoint()?;
-            let answer = match request {
-                Request::Capture(c, reply) => Done::Capture(reply, capture(&sp, &c, site_id)),
-                Request::Record(r, reply) => Done::Record(reply, record(&sp, &r)),
-            };
-            if answer.is_ok() {
+            let (ok, reply) = job(&sp);
+            if ok {
                 sp.commit()?;
             } else {
                 sp.finish()?;
             }
-            done.push(answer);
+            replies.push(reply);
         }
         tx.commit()
     })();
-    for answer in done {
-        answer.send(outcome.as_ref().err());
-    }
-}
-
-/// A request's result, waiting for the batch to commit.
-enum Done {
-    Capture(mpsc::SyncSender<Result<String, IndexError>>, Result<String, IndexError>),
-    Record(mpsc::SyncSender<Result<(), IndexError>>, Result<(), IndexError>),
-}
-
-impl Done {
-    fn is_ok(&self) -> bool {
-        match self {
-            Done::Capture(_, r) => r.is_ok(),
-            Done::Record(_, r) => r.is_ok(),
-        }
-    }
-
-    /// Answer the caller; a failed commit turns every answer into that failure. A caller that gave
-    /// up waiting has dropped its receiver, so a failed send needs no handling.
-    fn send(self, commit_failure: Option<&rusqlite::Error>) {
-        let fail = |e: &rusqlite::Error| IndexError::Sqlite(clone_error(e));
-        match self {
-            Done::Capture(reply, r) => drop(reply.send(commit_failure.map_or(r, |e| Err(fail(e))))),
-            Done::Record(reply, r) => drop(reply.send(commit_failure.map_or(r, |e| Err(fail(e))))),
-        }
+    for reply in replies {
+        reply(outcome.as_ref().err());
     }
 }
 
@@ -344,7 +367,8 @@ fn record(tx: &Connection, r: &InstanceRecord) -> Result<(), IndexError> {
         "INSERT INTO instances(sop_uid, anon_sop_uid, series_uid, sop_class_uid, path, size, state, stored_at)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'queued', ?7)
          ON CONFLICT(sop_uid) DO UPDATE SET path = excluded.path, size = excluded.size,
-             state = 'queued', stored_at = excluded.stored_at",
+             state = 'queued', stored_at = excluded.stored_at, attempts = 0, last_error = NULL,
+             next_try = NULL",
         params![r.sop_uid, r.anon_sop_uid, r.series_uid, r.sop_class_uid, r.path, r.size as i64, now()],
     )?;
     let mut map = tx.prepare_cached("INSERT OR IGNORE INTO uid_map(phi_uid, anon_uid) VALUES (?1, ?2)")?;

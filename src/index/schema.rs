@@ -1,5 +1,14 @@
 //! The PHI index schema. Original values live only here (and in quarantine).
 
+/// Columns added after the first release, with their declarations, for indexes created before.
+pub const ADDED_INSTANCE_COLUMNS: &[(&str, &str)] = &[
+    ("attempts", "INTEGER NOT NULL DEFAULT 0"),
+    ("last_error", "TEXT"),
+    ("next_try", "TEXT"),
+    ("etag", "TEXT"),
+    ("uploaded_at", "TEXT"),
+];
+
 pub const SCHEMA: &str = r#"
 PRAGMA journal_mode = WAL;
 PRAGMA foreign_keys = ON;
@@ -44,11 +53,18 @@ CREATE TABLE IF NOT EXISTS instances (
     sop_class_uid TEXT NOT NULL,
     path          TEXT NOT NULL,               -- relative to the public directory
     size          INTEGER NOT NULL,
-    state         TEXT NOT NULL DEFAULT 'queued',
-    stored_at     TEXT NOT NULL
+    state         TEXT NOT NULL DEFAULT 'queued',   -- queued, uploading, uploaded, failed
+    stored_at     TEXT NOT NULL,
+    attempts      INTEGER NOT NULL DEFAULT 0,
+    last_error    TEXT,
+    next_try      TEXT,                             -- failed: not before this time
+    etag          TEXT,
+    uploaded_at   TEXT
 );
 CREATE INDEX IF NOT EXISTS instances_by_series ON instances(series_uid);
 CREATE INDEX IF NOT EXISTS instances_by_state ON instances(state, stored_at);
+CREATE INDEX IF NOT EXISTS instances_by_anon ON instances(anon_sop_uid);
+CREATE INDEX IF NOT EXISTS instances_by_path ON instances(path);
 
 -- Every UID replaced, at any depth. No UNIQUE on anon_uid: mappings are deterministic, and a UID
 -- first met nested in a sequence must not block the same UID arriving later as a study (RSNA bug).

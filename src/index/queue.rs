@@ -1,0 +1,173 @@
+//! The upload queue lives in the `instances` table: `queued → uploading → uploaded`, or `failed`
+//! with the attempt count, the last error and when to try again.
+
+use chrono::{DateTime, Utc};
+use rusqlite::{params, Connection};
+
+use super::{now, Index, IndexError};
+
+/// An instance to upload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pending {
+    pub anon_sop_uid: String,
+    /// Relative to the public directory; also the object key's tail.
+    pub path: String,
+    pub size: u64,
+    /// Earlier attempts: a retried object may already be in the bucket.
+    pub attempts: u32,
+}
+
+/// What `queue status` prints.
+#[derive(Debug, Clone, Default)]
+pub struct QueueStatus {
+    pub counts: Vec<(String, u64)>,
+    pub oldest_queued: Option<String>,
+    pub failed: Vec<StuckItem>,
+}
+
+#[derive(Debug, Clone)]
+pub struct StuckItem {
+    pub anon_sop_uid: String,
+    pub attempts: u32,
+    pub last_error: String,
+    pub next_try: Option<String>,
+}
+
+fn time(t: DateTime<Utc>) -> String {
+    t.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string()
+}
+
+impl Index {
+    /// Take up to `limit` instances to upload, oldest first: queued ones, and failed ones whose
+    /// next try has come. They become `uploading`.
+    pub fn claim(&self, limit: usize) -> Result<Vec<Pending>, IndexError> {
+        self.call(move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT anon_sop_uid, path, size, attempts FROM instances
+                 WHERE state = 'queued' OR (state = 'failed' AND next_try <= ?1)
+                 ORDER BY stored_at LIMIT ?2",
+            )?;
+            let rows: Vec<Pending> = stmt
+                .query_map(params![now(), limit as i64], |r| {
+                    Ok(Pending {
+                        anon_sop_uid: r.get(0)?,
+                        path: r.get(1)?,
+                        size: r.get::<_, i64>(2)? as u64,
+                        attempts: r.get(3)?,
+                    })
+                })?
+                .collect::<Result<_, _>>()?;
+            let mut mark =
+                c.prepare_cached("UPDATE instances SET state = 'uploading' WHERE anon_sop_uid = ?1")?;
+            for p in &rows {
+                mark.execute([&p.anon_sop_uid])?;
+            }
+            Ok(rows)
+        })
+    }
+
+    pub fn mark_uploaded(&self, anon_sop_uid: &str, etag: Option<String>) -> Result<(), IndexError> {
+        let uid = anon_sop_uid.to_string();
+        self.call(move |c| {
+            c.execute(
+                "UPDATE instances SET state = 'uploaded', etag = ?2, uploaded_at = ?3, last_error = NULL,
+                 next_try = NULL WHERE anon_sop_uid = ?1",
+                params![uid, etag, now()],
+            )?;
+            Ok(())
+        })
+    }
+
+    /// Record a failed attempt; it is tried again at `next_try`.
+    pub fn mark_failed(
+        &self,
+        anon_sop_uid: &str,
+        error: &str,
+        next_try: DateTime<Utc>,
+    ) -> Result<(), IndexError> {
+        let (uid, error) = (anon_sop_uid.to_string(), error.to_string());
+        self.call(move |c| {
+            c.execute(
+                "UPDATE instances SET state = 'failed', attempts = attempts + 1, last_error = ?2, next_try = ?3
+                 WHERE anon_sop_uid = ?1",
+                params![uid, error, time(next_try)],
+            )?;
+            Ok(())
+        })
+    }
+
+    /// Give claimed instances back untouched (the uploader could not even start on them).
+    pub fn unclaim(&self, anon_sop_uids: Vec<String>) -> Result<(), IndexError> {
+        self.call(move |c| {
+            let mut stmt = c.prepare_cached(
+                "UPDATE instances SET state = 'queued' WHERE anon_sop_uid = ?1 AND state = 'uploading'",
+            )?;
+            for uid in &anon_sop_uids {
+                stmt.execute([uid])?;
+            }
+            Ok(())
+        })
+    }
+
+    /// After a restart nothing is uploading: what was is queued again. Returns how many.
+    pub fn requeue_interrupted(&self) -> Result<usize, IndexError> {
+        self.call(|c| Ok(c.execute("UPDATE instances SET state = 'queued' WHERE state = 'uploading'", [])?))
+    }
+
+    /// Put every failed instance back in the queue for an immediate try. Returns how many.
+    pub fn retry_failed(&self) -> Result<usize, IndexError> {
+        self.call(|c| {
+            Ok(c.execute(
+                "UPDATE instances SET state = 'queued', next_try = NULL WHERE state = 'failed'",
+                [],
+            )?)
+        })
+    }
+
+    /// Mark as uploaded the instances whose paths are already in the bucket (RSNA's rule: an
+    /// existing key counts as uploaded). Returns how many changed.
+    pub fn mark_present(&self, paths: Vec<String>) -> Result<usize, IndexError> {
+        self.call(move |c| {
+            let mut stmt = c.prepare_cached(
+                "UPDATE instances SET state = 'uploaded', uploaded_at = ?2 WHERE path = ?1 AND state <> 'uploaded'",
+            )?;
+            let at = now();
+            let mut n = 0;
+            for p in &paths {
+                n += stmt.execute(params![p, at])?;
+            }
+            Ok(n)
+        })
+    }
+
+    pub fn queue_status(&self) -> Result<QueueStatus, IndexError> {
+        self.call(status)
+    }
+}
+
+fn status(c: &Connection) -> Result<QueueStatus, IndexError> {
+    let mut s = QueueStatus::default();
+    let mut stmt = c.prepare("SELECT state, COUNT(*) FROM instances GROUP BY state ORDER BY state")?;
+    s.counts =
+        stmt.query_map([], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)))?.collect::<Result<_, _>>()?;
+    s.oldest_queued = c.query_row(
+        "SELECT MIN(stored_at) FROM instances WHERE state IN ('queued', 'failed', 'uploading')",
+        [],
+        |r| r.get(0),
+    )?;
+    let mut stmt = c.prepare(
+        "SELECT anon_sop_uid, attempts, COALESCE(last_error, ''), next_try FROM instances
+         WHERE state = 'failed' ORDER BY stored_at LIMIT 100",
+    )?;
+    s.failed = stmt
+        .query_map([], |r| {
+            Ok(StuckItem {
+                anon_sop_uid: r.get(0)?,
+                attempts: r.get(1)?,
+                last_error: r.get(2)?,
+                next_try: r.get(3)?,
+            })
+        })?
+        .collect::<Result<_, _>>()?;
+    Ok(s)
+}

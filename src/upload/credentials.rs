@@ -1,0 +1,126 @@
+//! The S3 client with current credentials: signed in once, cached, refreshed before expiry, one
+//! refresh at a time however many uploads wait for it.
+
+use std::time::{Duration, SystemTime};
+
+use tokio::sync::Mutex;
+
+use super::cognito::{AuthError, Cognito, Session};
+use crate::config::{UploadAuth, UploadConfig};
+
+/// An S3 client and the user directory (`sub`) its keys go under.
+#[derive(Clone)]
+pub struct Access {
+    pub client: aws_sdk_s3::Client,
+    /// `None` with the default credential chain: keys then have no user directory.
+    pub sub: Option<String>,
+}
+
+pub struct Credentials {
+    source: Source,
+    margin: Duration,
+    region: String,
+    endpoint_url: Option<String>,
+    /// Held across a refresh, so concurrent callers wait for the one refresh in progress.
+    cache: Mutex<Option<(Session, Access)>>,
+}
+
+enum Source {
+    Cognito(Box<Cognito>),
+    DefaultChain(Access),
+}
+
+impl Credentials {
+    pub async fn new(cfg: &UploadConfig) -> Result<Credentials, AuthError> {
+        let source = match cfg.auth {
+            UploadAuth::Cognito => Source::Cognito(Box::new(Cognito::new(cfg).await?)),
+            UploadAuth::DefaultChain => {
+                let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
+                    .region(aws_config::Region::new(cfg.region.clone()));
+                if let Some(url) = &cfg.endpoint_url {
+                    loader = loader.endpoint_url(url);
+                }
+                let shared = loader.load().await;
+                Source::DefaultChain(Access {
+                    client: s3_client(&shared, cfg.endpoint_url.is_some(), None),
+                    sub: None,
+                })
+            }
+        };
+        Ok(Credentials {
+            source,
+            margin: Duration::from_secs(cfg.refresh_margin_s),
+            region: cfg.region.clone(),
+            endpoint_url: cfg.endpoint_url.clone(),
+            cache: Mutex::new(None),
+        })
+    }
+
+    /// Sign-ins and refreshes so far (Cognito only).
+    pub fn counts(&self) -> (u64, u64) {
+        match &self.source {
+            Source::Cognito(c) => c.counts(),
+            Source::DefaultChain(_) => (0, 0),
+        }
+    }
+
+    /// The signed-in session (Cognito), signing in if needed; for `aws-login`.
+    pub async fn session(&self) -> Result<Option<Session>, AuthError> {
+        self.access().await?;
+        Ok(self.cache.lock().await.as_ref().map(|(s, _)| s.clone()))
+    }
+
+    /// A client whose credentials are good for at least the refresh margin.
+    pub async fn access(&self) -> Result<Access, AuthError> {
+        let cognito = match &self.source {
+            Source::DefaultChain(access) => return Ok(access.clone()),
+            Source::Cognito(c) => c,
+        };
+        let mut cache = self.cache.lock().await;
+        if let Some((session, access)) = cache.as_ref() {
+            if session.expires > SystemTime::now() + self.margin {
+                return Ok(access.clone());
+            }
+        }
+        let session = match cache.as_ref() {
+            Some((old, _)) => cognito.refresh(old).await?,
+            None => cognito.sign_in().await?,
+        };
+        let left = session.expires.duration_since(SystemTime::now()).unwrap_or_default();
+        tracing::info!(sub = %session.sub, valid_s = left.as_secs(), "AWS credentials obtained through Cognito");
+        let access = Access { client: self.cognito_client(&session).await, sub: Some(session.sub.clone()) };
+        *cache = Some((session, access.clone()));
+        Ok(access)
+    }
+
+    /// Forget the cached credentials (S3 said they expired or were refused).
+    pub async fn invalidate(&self) {
+        if let Some((session, _)) = self.cache.lock().await.as_mut() {
+            session.expires = SystemTime::UNIX_EPOCH;
+        }
+    }
+
+    async fn cognito_client(&self, session: &Session) -> aws_sdk_s3::Client {
+        let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .no_credentials()
+            .region(aws_config::Region::new(self.region.clone()));
+        if let Some(url) = &self.endpoint_url {
+            loader = loader.endpoint_url(url);
+        }
+        let shared = loader.load().await;
+        s3_client(&shared, self.endpoint_url.is_some(), Some(session.credentials.clone()))
+    }
+}
+
+/// S3 with path-style addressing for local endpoints (no `bucket.localhost` DNS look-ups).
+fn s3_client(
+    shared: &aws_config::SdkConfig,
+    local_endpoint: bool,
+    credentials: Option<aws_sdk_s3::config::Credentials>,
+) -> aws_sdk_s3::Client {
+    let mut b = aws_sdk_s3::config::Builder::from(shared).force_path_style(local_endpoint);
+    if let Some(c) = credentials {
+        b = b.credentials_provider(c);
+    }
+    aws_sdk_s3::Client::from_conf(b.build())
+}

@@ -1,0 +1,254 @@
+//! Putting one anonymized file into the bucket: a plain put or a multipart upload by size, always
+//! with a CRC32 checksum, and the check that skips an object already there.
+
+use std::path::Path;
+
+use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::types::{ChecksumAlgorithm, ChecksumMode, CompletedMultipartUpload, CompletedPart};
+use base64::Engine as _;
+use tokio::io::AsyncReadExt;
+
+/// Size of each part of a multipart upload (S3's minimum is 5 MiB).
+const PART_SIZE: usize = 8 << 20;
+
+/// Whose fault a failed put is.
+#[derive(Debug, thiserror::Error)]
+pub enum PutError {
+    /// The credentials expired or were refused: refresh them, then retry.
+    #[error("S3 refused the credentials: {0}")]
+    Auth(String),
+    /// Network, throttling, a 5xx, an unexpected answer: retry later.
+    #[error("S3: {0}")]
+    Retry(String),
+    /// The local file cannot be read.
+    #[error("cannot read {path}: {source}")]
+    Local { path: String, source: std::io::Error },
+}
+
+/// Where objects go: `<prefix>/<sub>/<project>/<patient>/<study>/<series>/<sop>.dcm` (RSNA's).
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub bucket: String,
+    pub prefix: String,
+    pub project: String,
+    pub multipart_threshold: u64,
+}
+
+impl Target {
+    /// The directory under which this node's objects live, ending in `/`.
+    pub fn base(&self, sub: Option<&str>) -> String {
+        let mut parts: Vec<&str> = Vec::new();
+        if !self.prefix.is_empty() {
+            parts.push(self.prefix.trim_end_matches('/'));
+        }
+        if let Some(sub) = sub {
+            parts.push(sub);
+        }
+        parts.push(&self.project);
+        format!("{}/", parts.join("/"))
+    }
+
+    pub fn key(&self, sub: Option<&str>, rel_path: &str) -> String {
+        format!("{}{}", self.base(sub), rel_path.replace('\\', "/"))
+    }
+
+    /// Upload `file` to `key`; returns the ETag.
+    pub async fn put(
+        &self,
+        client: &aws_sdk_s3::Client,
+        key: &str,
+        file: &Path,
+        size: u64,
+    ) -> Result<Option<String>, PutError> {
+        if size > self.multipart_threshold {
+            return self.put_multipart(client, key, file).await;
+        }
+        let body = ByteStream::from_path(file).await.map_err(|e| PutError::Local {
+            path: file.display().to_string(),
+            source: std::io::Error::other(e),
+        })?;
+        let out = client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .content_type("application/dicom")
+            .content_length(size as i64)
+            .checksum_algorithm(ChecksumAlgorithm::Crc32)
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| classify(&e))?;
+        Ok(out.e_tag().map(str::to_string))
+    }
+
+    async fn put_multipart(
+        &self,
+        client: &aws_sdk_s3::Client,
+        key: &str,
+        file: &Path,
+    ) -> Result<Option<String>, PutError> {
+        let created = client
+            .create_multipart_upload()
+            .bucket(&self.bucket)
+            .key(key)
+            .content_type("application/dicom")
+            .checksum_algorithm(ChecksumAlgorithm::Crc32)
+            .send()
+            .await
+            .map_err(|e| classify(&e))?;
+        let upload_id = created.upload_id().ok_or_else(|| PutError::Retry("no UploadId".into()))?.to_string();
+        match self.upload_parts(client, key, file, &upload_id).await {
+            Ok(etag) => Ok(etag),
+            Err(e) => {
+                // Leave no orphaned parts behind (they are billed until aborted).
+                let _ = client
+                    .abort_multipart_upload()
+                    .bucket(&self.bucket)
+                    .key(key)
+                    .upload_id(&upload_id)
+                    .send()
+                    .await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn upload_parts(
+        &self,
+        client: &aws_sdk_s3::Client,
+        key: &str,
+        file: &Path,
+        upload_id: &str,
+    ) -> Result<Option<String>, PutError> {
+        let local = |source| PutError::Local { path: file.display().to_string(), source };
+        let mut f = tokio::fs::File::open(file).await.map_err(local)?;
+        let mut parts = Vec::new();
+        for number in 1.. {
+            let mut buf = Vec::with_capacity(PART_SIZE);
+            (&mut f).take(PART_SIZE as u64).read_to_end(&mut buf).await.map_err(local)?;
+            if buf.is_empty() {
+                break;
+            }
+            let out = client
+                .upload_part()
+                .bucket(&self.bucket)
+                .key(key)
+                .upload_id(upload_id)
+                .part_number(number)
+                .checksum_algorithm(ChecksumAlgorithm::Crc32)
+                .body(ByteStream::from(buf))
+                .send()
+                .await
+                .map_err(|e| classify(&e))?;
+            parts.push(
+                CompletedPart::builder()
+                    .part_number(number)
+                    .set_e_tag(out.e_tag().map(str::to_string))
+                    .set_checksum_crc32(out.checksum_crc32().map(str::to_string))
+                    .build(),
+            );
+        }
+        let done = client
+            .complete_multipart_upload()
+            .bucket(&self.bucket)
+            .key(key)
+            .upload_id(upload_id)
+            .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(parts)).build())
+            .send()
+            .await
+            .map_err(|e| classify(&e))?;
+        Ok(done.e_tag().map(str::to_string))
+    }
+
+    /// Whether `key` already holds this file: same size, and the same CRC32 when S3 has one.
+    pub async fn already_there(
+        &self,
+        client: &aws_sdk_s3::Client,
+        key: &str,
+        file: &Path,
+        size: u64,
+    ) -> Result<Option<Option<String>>, PutError> {
+        let head = client
+            .head_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .checksum_mode(ChecksumMode::Enabled)
+            .send()
+            .await;
+        let head = match head {
+            Ok(h) => h,
+            Err(SdkError::ServiceError(e)) if e.raw().status().as_u16() == 404 => return Ok(None),
+            Err(e) => return Err(classify(&e)),
+        };
+        if head.content_length() != Some(size as i64) {
+            return Ok(None);
+        }
+        if let Some(remote) = head.checksum_crc32() {
+            let bytes = tokio::fs::read(file)
+                .await
+                .map_err(|source| PutError::Local { path: file.display().to_string(), source })?;
+            let local =
+                base64::engine::general_purpose::STANDARD.encode(crc32fast::hash(&bytes).to_be_bytes());
+            // A multipart object's checksum is a checksum of part checksums ("...-N"): size decides.
+            if !remote.contains('-') && remote != local {
+                return Ok(None);
+            }
+        }
+        Ok(Some(head.e_tag().map(str::to_string)))
+    }
+
+    /// Every key under `base`, relative to it (RSNA's rule: a key that exists counts as uploaded).
+    pub async fn list(&self, client: &aws_sdk_s3::Client, base: &str) -> Result<Vec<String>, PutError> {
+        let mut keys = Vec::new();
+        let mut pages = client.list_objects_v2().bucket(&self.bucket).prefix(base).into_paginator().send();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| classify(&e))?;
+            for o in page.contents() {
+                if let Some(rel) = o.key().and_then(|k| k.strip_prefix(base)) {
+                    keys.push(rel.to_string());
+                }
+            }
+        }
+        Ok(keys)
+    }
+}
+
+fn classify<E, R>(e: &SdkError<E, R>) -> PutError
+where
+    E: std::error::Error + ProvideErrorMetadata + 'static,
+    R: std::fmt::Debug + 'static,
+{
+    let what = aws_sdk_s3::error::DisplayErrorContext(e).to_string();
+    match e.code() {
+        Some(
+            "ExpiredToken"
+            | "InvalidAccessKeyId"
+            | "InvalidToken"
+            | "AccessDenied"
+            | "SignatureDoesNotMatch"
+            | "TokenRefreshRequired",
+        ) => PutError::Auth(what),
+        _ => PutError::Retry(what),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_follow_rsnas_layout() {
+        let t = Target {
+            bucket: "b".into(),
+            prefix: "private/".into(),
+            project: "TBI".into(),
+            multipart_threshold: 1,
+        };
+        assert_eq!(
+            t.key(Some("sub-1"), "99.99-000001/1.2/1.3/1.4.dcm"),
+            "private/sub-1/TBI/99.99-000001/1.2/1.3/1.4.dcm"
+        );
+        assert_eq!(t.base(None), "private/TBI/");
+    }
+}

@@ -1,0 +1,252 @@
+//! Drains the queue: oldest first, `concurrency` puts in flight, failures retried with capped
+//! exponential backoff and full jitter, never given up and never blocking the objects behind them.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use super::credentials::{Access, Credentials};
+use super::s3::{PutError, Target};
+use crate::index::{Index, IndexError, Pending};
+
+const BACKOFF_BASE: Duration = Duration::from_secs(1);
+const BACKOFF_CAP: Duration = Duration::from_secs(300);
+/// How often an idle uploader looks for new instances.
+const POLL: Duration = Duration::from_millis(250);
+
+/// Full jitter: a random wait between 0 and min(cap, base × 2^attempt).
+pub fn backoff(attempt: u32) -> Duration {
+    backoff_ceiling(attempt).mul_f64(fastrand::f64())
+}
+
+pub struct Uploader {
+    index: Index,
+    public: PathBuf,
+    target: Target,
+    credentials: Arc<Credentials>,
+    concurrency: usize,
+    delete_after_upload: bool,
+    reconcile_on_start: bool,
+}
+
+enum Outcome {
+    Uploaded { etag: Option<String>, skipped: bool },
+    Failed(PutError),
+}
+
+impl Uploader {
+    pub fn new(
+        index: Index,
+        public: PathBuf,
+        target: Target,
+        credentials: Arc<Credentials>,
+        concurrency: usize,
+        delete_after_upload: bool,
+        reconcile_on_start: bool,
+    ) -> Uploader {
+        Uploader { index, public, target, credentials, concurrency, delete_after_upload, reconcile_on_start }
+    }
+
+    /// Run until `stop`; then finish the puts in flight and leave the rest queued.
+    pub async fn run(self: Arc<Self>, stop: CancellationToken) {
+        match self.blocking(|i| i.requeue_interrupted()).await {
+            Ok(n) if n > 0 => info!(instances = n, "uploads interrupted by the last stop are queued again"),
+            Ok(_) => {}
+            Err(e) => warn!(error = %e, "cannot requeue interrupted uploads"),
+        }
+        let mut reconciled = !self.reconcile_on_start;
+        let mut inflight: JoinSet<(Pending, Outcome)> = JoinSet::new();
+        let mut auth_failures = 0u32;
+        let mut last_put_warning: Option<Instant> = None;
+        let mut put_failures = 0u32;
+        loop {
+            if stop.is_cancelled() {
+                break;
+            }
+            let room = self.concurrency.saturating_sub(inflight.len());
+            let claimed = if room > 0 { self.claim(room).await } else { Vec::new() };
+            if !claimed.is_empty() || !reconciled {
+                match self.credentials.access().await {
+                    Ok(access) => {
+                        if auth_failures > 0 {
+                            info!("signed in again; uploads resume");
+                        }
+                        auth_failures = 0;
+                        if !reconciled {
+                            reconciled = self.reconcile(&access).await;
+                        }
+                        for item in claimed {
+                            let (this, access) = (self.clone(), access.clone());
+                            inflight.spawn(async move {
+                                let outcome = this.upload(&access, &item).await;
+                                (item, outcome)
+                            });
+                        }
+                    }
+                    Err(e) => {
+                        // One line per backoff step: wrong password or no endpoint pauses uploads,
+                        // intake goes on, nothing is deleted.
+                        let wait = backoff(auth_failures).max(BACKOFF_BASE);
+                        auth_failures += 1;
+                        warn!(error = %e, retry_in_s = wait.as_secs_f32(), attempt = auth_failures, "uploads paused: cannot get AWS credentials");
+                        let uids = claimed.into_iter().map(|p| p.anon_sop_uid).collect();
+                        if let Err(e) = self.blocking(move |i| i.unclaim(uids)).await {
+                            warn!(error = %e, "cannot return claimed uploads to the queue");
+                        }
+                        tokio::select! {
+                            _ = stop.cancelled() => break,
+                            _ = tokio::time::sleep(wait) => continue,
+                        }
+                    }
+                }
+            }
+            let idle = inflight.is_empty() || (room > 0 && inflight.len() < self.concurrency);
+            tokio::select! {
+                Some(done) = inflight.join_next(), if !inflight.is_empty() => {
+                    if let Ok((item, outcome)) = done {
+                        self.settle(item, outcome, &mut put_failures, &mut last_put_warning).await;
+                    }
+                }
+                _ = tokio::time::sleep(POLL), if idle => {}
+                _ = stop.cancelled() => {}
+            }
+        }
+        while let Some(done) = inflight.join_next().await {
+            if let Ok((item, outcome)) = done {
+                self.settle(item, outcome, &mut put_failures, &mut last_put_warning).await;
+            }
+        }
+        let (sign_ins, refreshes) = self.credentials.counts();
+        info!(sign_ins, refreshes, "uploader stopped");
+    }
+
+    async fn claim(&self, n: usize) -> Vec<Pending> {
+        match self.blocking(move |i| i.claim(n)).await {
+            Ok(v) => v,
+            Err(e) => {
+                warn!(error = %e, "cannot read the upload queue");
+                Vec::new()
+            }
+        }
+    }
+
+    /// RSNA's rule on start: keys already under our prefix count as uploaded. `true` when done.
+    async fn reconcile(&self, access: &Access) -> bool {
+        let base = self.target.base(access.sub.as_deref());
+        match self.target.list(&access.client, &base).await {
+            Ok(keys) => match self.blocking(move |i| i.mark_present(keys)).await {
+                Ok(n) => {
+                    if n > 0 {
+                        info!(instances = n, "already in the bucket: marked uploaded");
+                    }
+                    true
+                }
+                Err(e) => {
+                    warn!(error = %e, "cannot record the bucket listing");
+                    false
+                }
+            },
+            Err(e) => {
+                warn!(error = %e, "cannot list the bucket; will try again");
+                false
+            }
+        }
+    }
+
+    async fn upload(&self, access: &Access, item: &Pending) -> Outcome {
+        let key = self.target.key(access.sub.as_deref(), &item.path);
+        let file = self.public.join(&item.path);
+        // Only an object tried before can already be there (a put whose answer was lost).
+        if item.attempts > 0 {
+            match self.target.already_there(&access.client, &key, &file, item.size).await {
+                Ok(Some(etag)) => return Outcome::Uploaded { etag, skipped: true },
+                Ok(None) => {}
+                Err(e) => return Outcome::Failed(e),
+            }
+        }
+        match self.target.put(&access.client, &key, &file, item.size).await {
+            Ok(etag) => Outcome::Uploaded { etag, skipped: false },
+            Err(e) => Outcome::Failed(e),
+        }
+    }
+
+    async fn settle(
+        &self,
+        item: Pending,
+        outcome: Outcome,
+        failures: &mut u32,
+        last_warning: &mut Option<Instant>,
+    ) {
+        match outcome {
+            Outcome::Uploaded { etag, skipped } => {
+                *failures = 0;
+                let uid = item.anon_sop_uid.clone();
+                if let Err(e) = self.blocking(move |i| i.mark_uploaded(&uid, etag)).await {
+                    warn!(sop = %item.anon_sop_uid, error = %e, "uploaded, but cannot record it; it will be checked again");
+                    return;
+                }
+                debug!(sop = %item.anon_sop_uid, size = item.size, skipped, "uploaded");
+                if self.delete_after_upload {
+                    // Only after the upload is recorded: a crash before this leaves a file, never a gap.
+                    if let Err(e) = tokio::fs::remove_file(self.public.join(&item.path)).await {
+                        warn!(sop = %item.anon_sop_uid, error = %e, "cannot delete the uploaded file");
+                    }
+                }
+            }
+            Outcome::Failed(e) => {
+                if matches!(e, PutError::Auth(_)) {
+                    self.credentials.invalidate().await;
+                }
+                *failures += 1;
+                let wait = backoff(item.attempts);
+                let step = backoff_ceiling(*failures);
+                if last_warning.is_none_or(|t| t.elapsed() >= step) {
+                    warn!(sop = %item.anon_sop_uid, attempt = item.attempts + 1, retry_in_s = wait.as_secs_f32(), error = %e, "upload failed; will retry");
+                    *last_warning = Some(Instant::now());
+                } else {
+                    debug!(sop = %item.anon_sop_uid, error = %e, "upload failed");
+                }
+                let next = chrono::Utc::now() + chrono::Duration::from_std(wait).unwrap_or_default();
+                let (uid, error) = (item.anon_sop_uid.clone(), e.to_string());
+                if let Err(e) = self.blocking(move |i| i.mark_failed(&uid, &error, next)).await {
+                    warn!(sop = %item.anon_sop_uid, error = %e, "cannot record a failed upload");
+                }
+            }
+        }
+    }
+
+    /// Index calls block on the writer thread: run them off the async workers.
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Index) -> Result<T, IndexError> + Send + 'static,
+    ) -> Result<T, IndexError> {
+        let index = self.index.clone();
+        tokio::task::spawn_blocking(move || f(&index)).await.unwrap_or(Err(IndexError::Closed))
+    }
+}
+
+fn backoff_ceiling(failures: u32) -> Duration {
+    BACKOFF_BASE.saturating_mul(1u32 << failures.min(20)).min(BACKOFF_CAP)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_is_jittered_under_a_doubling_cap() {
+        for attempt in 0..30 {
+            let ceiling = backoff_ceiling(attempt);
+            for _ in 0..50 {
+                assert!(backoff(attempt) <= ceiling);
+            }
+        }
+        assert_eq!(backoff_ceiling(0), Duration::from_secs(1));
+        assert_eq!(backoff_ceiling(3), Duration::from_secs(8));
+        assert_eq!(backoff_ceiling(40), Duration::from_secs(300));
+    }
+}
