@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs the whole test suite on a fresh Debian machine: installs the real peers the tests talk to
-# (DCMTK, dicom3tools), then runs cargo test. Tests never skip a missing peer: they fail loudly.
+# (DCMTK, dicom3tools, moto_server for Cognito and S3), then runs cargo test. Tests never skip a
+# missing peer: they fail loudly.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -14,6 +15,15 @@ if [ ${#missing[@]} -gt 0 ]; then
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends $(printf '%s\n' "${missing[@]}" | sort -u) >/dev/null
 fi
 
+if ! command -v moto_server >/dev/null 2>&1; then
+    echo "installing: moto[server]" >&2
+    python3 -m pip install --quiet 'moto[server]'
+    hash -r
+fi
+command -v moto_server >/dev/null || { echo "moto_server is not on PATH after installing moto[server]" >&2; exit 1; }
+
+# The AWS SDK must never probe the instance metadata service from a test.
+export AWS_EC2_METADATA_DISABLED=true
 # DCMTK leaves Nagle on unless told otherwise; small PDUs then stall for 40 ms each.
 export TCP_NODELAY=1
 cargo test --all-targets "$@"

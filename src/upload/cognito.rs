@@ -61,8 +61,11 @@ pub struct Cognito {
     client_id: String,
     client_secret: Option<String>,
     username: String,
-    /// Changes once NEW_PASSWORD_REQUIRED has been answered.
-    password: Mutex<String>,
+    /// Where the password is; read at every sign-in, so fixing a wrong one needs no restart.
+    password_env: Option<String>,
+    password_file: Option<std::path::PathBuf>,
+    /// The password set by answering NEW_PASSWORD_REQUIRED, until the operator stores it.
+    changed_password: Mutex<Option<String>>,
     new_password: Option<String>,
     account_id: String,
     identity_pool_id: String,
@@ -77,13 +80,6 @@ fn describe<E: std::error::Error + 'static>(e: &E) -> String {
 impl Cognito {
     /// Read the secrets the configuration names and build the (unsigned) Cognito clients.
     pub async fn new(cfg: &UploadConfig) -> Result<Cognito, AuthError> {
-        let password =
-            read_secret("upload.password", cfg.password_env.as_deref(), cfg.password_file.as_deref())?
-                .ok_or_else(|| {
-                    crate::config::ConfigError::MissingSecret(
-                        "upload.password_env or upload.password_file".into(),
-                    )
-                })?;
         let client_secret = read_secret(
             "upload.client_secret",
             cfg.client_secret_env.as_deref(),
@@ -104,7 +100,7 @@ impl Cognito {
             loader = loader.endpoint_url(url);
         }
         let shared = loader.load().await;
-        Ok(Cognito {
+        let cognito = Cognito {
             idp: aws_sdk_cognitoidentityprovider::Client::new(&shared),
             identity: aws_sdk_cognitoidentity::Client::new(&shared),
             region: cfg.region.clone(),
@@ -112,18 +108,35 @@ impl Cognito {
             client_id: cfg.app_client_id.clone(),
             client_secret,
             username: cfg.username.clone(),
-            password: Mutex::new(password),
+            password_env: cfg.password_env.clone(),
+            password_file: cfg.password_file.clone(),
+            changed_password: Mutex::new(None),
             new_password,
             account_id: cfg.account_id.clone(),
             identity_pool_id: cfg.identity_pool_id.clone(),
             sign_ins: AtomicU64::new(0),
             refreshes: AtomicU64::new(0),
-        })
+        };
+        // A password that cannot be found is a configuration error: say so at start.
+        cognito.password()?;
+        Ok(cognito)
     }
 
     /// Full sign-ins and refreshes so far (for logs and tests).
     pub fn counts(&self) -> (u64, u64) {
         (self.sign_ins.load(Ordering::Relaxed), self.refreshes.load(Ordering::Relaxed))
+    }
+
+    fn password(&self) -> Result<String, AuthError> {
+        if let Some(p) = self.changed_password.lock().unwrap_or_else(|p| p.into_inner()).clone() {
+            return Ok(p);
+        }
+        Ok(read_secret("upload.password", self.password_env.as_deref(), self.password_file.as_deref())?
+            .ok_or_else(|| {
+                crate::config::ConfigError::MissingSecret(
+                    "upload.password_env or upload.password_file".into(),
+                )
+            })?)
     }
 
     fn hash(&self) -> Option<String> {
@@ -134,7 +147,7 @@ impl Cognito {
     /// GetCredentialsForIdentity.
     pub async fn sign_in(&self) -> Result<Session, AuthError> {
         self.sign_ins.fetch_add(1, Ordering::Relaxed);
-        let password = self.password.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let password = self.password()?;
         let mut req = self
             .idp
             .initiate_auth()
@@ -195,7 +208,7 @@ impl Cognito {
             req = req.challenge_responses("SECRET_HASH", h);
         }
         let out = req.send().await.map_err(|e| classify(&e))?;
-        *self.password.lock().unwrap_or_else(|p| p.into_inner()) = new_password.clone();
+        *self.changed_password.lock().unwrap_or_else(|p| p.into_inner()) = Some(new_password.clone());
         tracing::warn!(
             user = %self.username,
             "Cognito password changed as NEW_PASSWORD_REQUIRED asked: store the new password where upload.password_env/_file points"

@@ -184,14 +184,15 @@ impl Target {
         if head.content_length() != Some(size as i64) {
             return Ok(None);
         }
-        if let Some(remote) = head.checksum_crc32() {
+        // A multipart object's checksum is one of part checksums, not of the file: size decides.
+        let whole_object = size <= self.multipart_threshold;
+        if let Some(remote) = head.checksum_crc32().filter(|_| whole_object) {
             let bytes = tokio::fs::read(file)
                 .await
                 .map_err(|source| PutError::Local { path: file.display().to_string(), source })?;
             let local =
                 base64::engine::general_purpose::STANDARD.encode(crc32fast::hash(&bytes).to_be_bytes());
-            // A multipart object's checksum is a checksum of part checksums ("...-N"): size decides.
-            if !remote.contains('-') && remote != local {
+            if remote != local {
                 return Ok(None);
             }
         }

@@ -23,24 +23,35 @@ impl Node {
     /// Start a node storing under `dir`; `scp` is extra YAML under `scp:` (indented two spaces),
     /// `storage` extra YAML under `storage:`.
     pub fn start(dir: &Path, scp: &str, storage: &str) -> Node {
+        Node::start_full(dir, scp, storage, "", &[])
+    }
+
+    /// As `start`, with more top-level YAML (`extra`) and environment variables for the node.
+    pub fn start_full(dir: &Path, scp: &str, storage: &str, extra: &str, env: &[(&str, &str)]) -> Node {
         let yaml = format!(
             "project:\n  name: TEST_PROJECT\n  site_id: \"{SITE}\"\n  uid_root: \"{ROOT}\"\n  script: {}\n\
              scp:\n  ae_title: {AE}\n  host: 127.0.0.1\n  port: 0\n{scp}\
-             storage:\n  dir: {}\n{storage}logging:\n  level: debug\n",
+             storage:\n  dir: {}\n{storage}{extra}logging:\n  level: debug\n",
             default_script().display(),
             dir.join("storage").display()
         );
         let config = put(dir, "node.yaml", yaml.as_bytes());
-        Node::start_with(dir, &config)
+        Node::start_env(dir, &config, env)
     }
 
     /// Start (or restart) with an existing config file.
     pub fn start_with(dir: &Path, config: &Path) -> Node {
+        Node::start_env(dir, config, &[])
+    }
+
+    pub fn start_env(dir: &Path, config: &Path, env: &[(&str, &str)]) -> Node {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("node.log")).unwrap();
         let mut child = binary()
             .arg("serve")
             .arg("--config")
             .arg(config)
+            .envs(env.iter().copied())
+            .env("AWS_EC2_METADATA_DISABLED", "true")
             .stdout(Stdio::piped())
             .stderr(log)
             .spawn()

@@ -1,0 +1,216 @@
+//! The uploader against a real emulator: moto_server for Cognito and S3, the real AWS SDK, the
+//! real node binary fed by DCMTK's storescu.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use common::moto::*;
+use common::node::*;
+use common::*;
+
+/// Instances for one patient; `big` adds one large enough to go multipart (over 5 MiB).
+fn corpus(dir: &Path, n: u32, big: bool) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = (0..n)
+        .map(|i| {
+            put(
+                dir,
+                &format!("{i}.dcm"),
+                &instance(&smith(), &Shape { rows: 64, instance: i, series: 1 + i % 2, ..Shape::default() }),
+            )
+        })
+        .collect();
+    if big {
+        files.push(put(
+            dir,
+            "big.dcm",
+            &instance(&smith(), &Shape { rows: 1024, frames: 4, series: 5, ..Shape::default() }),
+        ));
+    }
+    files
+}
+
+async fn wait_for_objects(url: &str, n: usize, node: &Node) -> Vec<(String, Vec<u8>, Option<String>)> {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let objects = objects(url).await;
+        if objects.len() >= n {
+            return objects;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} of {n} objects uploaded; node log:\n{}",
+            objects.len(),
+            node.log()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// Poll `queue status` until it says `expected`.
+async fn wait_for_queue(node: &Node, expected: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let status = binary().args(["queue", "status", "--config"]).arg(&node.config).output().unwrap();
+        let text = String::from_utf8_lossy(&status.stdout).into_owned();
+        if text.contains(expected) && !text.contains("failed:") && !text.contains("queued:") {
+            return;
+        }
+        assert!(Instant::now() < deadline, "queue never reached {expected:?}: {text}\n{}", node.log());
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+fn node_env(aws: &Aws) -> Vec<(&'static str, String)> {
+    vec![("TEST_COGNITO_CLIENT_SECRET", aws.client_secret.clone())]
+}
+
+fn start(dir: &Path, upload: &str, aws: &Aws) -> Node {
+    let env = node_env(aws);
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    Node::start_full(dir, "", "  min_free_bytes: 0\n", upload, &env)
+}
+
+/// Every uploaded object equals its local file, under RSNA's key layout, once.
+fn check_objects(objects: &[(String, Vec<u8>, Option<String>)], node: &Node, aws: &Aws, moto: &Moto) {
+    let local = files_under(&node.public());
+    assert_eq!(objects.len(), local.len());
+    for (key, body, content_type) in objects {
+        let rel = key
+            .strip_prefix(&format!("private/{}/TEST_PROJECT/", aws.sub))
+            .unwrap_or_else(|| panic!("key {key} is not under private/<sub>/TEST_PROJECT/"));
+        let file = node.public().join(rel);
+        assert_eq!(&std::fs::read(&file).unwrap(), body, "{key} differs from {file:?}");
+        assert_eq!(content_type.as_deref(), Some("application/dicom"));
+        for phi in ["MRN12345", "SMITH", "1.2.999.777"] {
+            assert!(!key.contains(phi), "PHI in key {key}");
+        }
+        let name = rel.rsplit('/').next().unwrap();
+        assert!(
+            moto.requests("PUT", name) <= 1 || moto.requests("POST", name) > 0,
+            "{key} was put more than once"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_uploads_every_instance_once_with_refreshes_and_multipart() {
+    let d = tempfile::tempdir().unwrap();
+    let moto = Moto::start(d.path());
+    let aws = setup(&moto.url()).await;
+    let password = put(d.path(), "password", PASSWORD.as_bytes());
+    // moto's credentials live 90 s: a 600 s margin makes every use refresh them.
+    let upload = upload_yaml(
+        &aws,
+        &moto.url(),
+        "site-user",
+        &password,
+        "  multipart_threshold_bytes: 5242880\n  refresh_margin_s: 600\n",
+    );
+    let node = start(d.path(), &upload, &aws);
+    let files = corpus(&d.path().join("in"), 12, true);
+    let out = storescu(node.port, &files);
+    assert!(out.status.success(), "{}", text(&out));
+    let objects = wait_for_objects(&moto.url(), files.len(), &node).await;
+    check_objects(&objects, &node, &aws, &moto);
+    assert!(moto.requests("POST", "?uploads") >= 1, "the large instance went multipart");
+    let log = node.log();
+    assert!(
+        log.matches("AWS credentials obtained through Cognito").count() >= 2,
+        "credentials were refreshed:\n{log}"
+    );
+    assert!(
+        !log.contains("token refresh failed"),
+        "REFRESH_TOKEN_AUTH (which moto checks SECRET_HASH on) worked:\n{log}"
+    );
+    assert!(!log.contains(PASSWORD) && !log.contains(&aws.client_secret), "a secret reached the log");
+
+    // Every instance ends `uploaded` in the queue (a multipart answer moto garbles is retried and
+    // found already there, not sent again).
+    wait_for_queue(&node, &format!("uploaded: {}", files.len())).await;
+    assert!(node.stop().success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_password_pauses_uploads_until_it_is_fixed() {
+    let d = tempfile::tempdir().unwrap();
+    let moto = Moto::start(d.path());
+    let aws = setup(&moto.url()).await;
+    let password = put(d.path(), "password", b"wrong-password");
+    let node = start(d.path(), &upload_yaml(&aws, &moto.url(), "site-user", &password, ""), &aws);
+    let files = corpus(&d.path().join("in"), 4, false);
+    let out = storescu(node.port, &files);
+    assert!(out.status.success(), "intake goes on while uploads are paused: {}", text(&out));
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(objects(&moto.url()).await.is_empty());
+    let log = node.log();
+    assert!(
+        log.contains("uploads paused: cannot get AWS credentials") && log.contains("NotAuthorizedException"),
+        "{log}"
+    );
+    assert!(log.matches("uploads paused").count() <= 4, "one line per backoff step, no storm:\n{log}");
+    assert_eq!(files_under(&node.public()).len(), files.len(), "files are kept");
+    // The operator fixes the password file; the next backoff step signs in.
+    std::fs::write(&password, PASSWORD).unwrap();
+    let objects = wait_for_objects(&moto.url(), files.len(), &node).await;
+    check_objects(&objects, &node, &aws, &moto);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn force_change_password_is_answered_only_with_a_configured_new_password() {
+    let d = tempfile::tempdir().unwrap();
+    let moto = Moto::start(d.path());
+    let aws = setup(&moto.url()).await;
+    let password = put(d.path(), "password", PASSWORD.as_bytes());
+    let login = |dir: &Path, extra: &str| {
+        let yaml = format!(
+            "project: {{ name: TEST_PROJECT, site_id: \"99.99\" }}\n{}",
+            upload_yaml(&aws, &moto.url(), "new-user", &password, extra)
+        );
+        let config = put(dir, "login.yaml", yaml.as_bytes());
+        binary()
+            .args(["aws-login", "--config"])
+            .arg(&config)
+            .env("TEST_COGNITO_CLIENT_SECRET", &aws.client_secret)
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .output()
+            .unwrap()
+    };
+    let without = login(&d.path().join("a"), "");
+    let err = String::from_utf8_lossy(&without.stderr);
+    assert!(!without.status.success());
+    assert!(err.contains("NEW_PASSWORD_REQUIRED") && err.contains("upload.new_password_env"), "{err}");
+    let new_password = put(d.path(), "new-password", NEW_PASSWORD.as_bytes());
+    let with = login(&d.path().join("b"), &format!("  new_password_file: {}\n", new_password.display()));
+    let out = String::from_utf8_lossy(&with.stdout);
+    assert!(with.status.success(), "{}{out}", String::from_utf8_lossy(&with.stderr));
+    assert!(out.contains("sub: ") && out.contains("identity id: "), "{out}");
+    assert!(!out.contains(NEW_PASSWORD) && !out.contains(PASSWORD));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outage_in_the_middle_of_a_drain_loses_and_repeats_nothing() {
+    let d = tempfile::tempdir().unwrap();
+    let moto = Moto::start(d.path());
+    let aws = setup(&moto.url()).await;
+    let proxy = Proxy::start(moto.port);
+    let password = put(d.path(), "password", PASSWORD.as_bytes());
+    let node = start(d.path(), &upload_yaml(&aws, &proxy.url(), "site-user", &password, ""), &aws);
+    let files = corpus(&d.path().join("in"), 40, false);
+    let sender = {
+        let (port, files) = (node.port, files.clone());
+        std::thread::spawn(move || storescu(port, &files))
+    };
+    // Cut the endpoint as soon as the first objects are in.
+    wait_for_objects(&moto.url(), 1, &node).await;
+    proxy.cut();
+    let out = sender.join().unwrap();
+    assert!(out.status.success(), "intake is unaffected by the outage: {}", text(&out));
+    let during = objects(&moto.url()).await.len();
+    assert!(during < files.len(), "the outage came too late to test anything");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    proxy.restore();
+    let objects = wait_for_objects(&moto.url(), files.len(), &node).await;
+    check_objects(&objects, &node, &aws, &moto);
+}
