@@ -214,3 +214,46 @@ async fn an_outage_in_the_middle_of_a_drain_loses_and_repeats_nothing() {
     let objects = wait_for_objects(&moto.url(), files.len(), &node).await;
     check_objects(&objects, &node, &aws, &moto);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uploaded_files_can_be_deleted_and_keys_already_in_the_bucket_are_not_sent_again() {
+    let d = tempfile::tempdir().unwrap();
+    let moto = Moto::start(d.path());
+    let aws = setup(&moto.url()).await;
+    let password = put(d.path(), "password", PASSWORD.as_bytes());
+    let files = corpus(&d.path().join("in"), 3, false);
+
+    // Node A uploads and then deletes its local copies.
+    let a_dir = d.path().join("a");
+    let a = start(
+        &a_dir,
+        &upload_yaml(&aws, &moto.url(), "site-user", &password, "  delete_after_upload: true\n"),
+        &aws,
+    );
+    assert!(storescu(a.port, &files).status.success());
+    wait_for_objects(&moto.url(), files.len(), &a).await;
+    wait_for_queue(&a, "uploaded: 3").await;
+    assert!(files_under(&a.public()).is_empty(), "uploaded files are deleted");
+    assert!(a.stop().success());
+
+    // Node B (same project, fresh storage) queues the same instances while uploads are off...
+    let b_dir = d.path().join("b");
+    let b = start(&b_dir, "", &aws);
+    assert!(storescu(b.port, &files).status.success());
+    let config = b.config.clone();
+    assert!(b.stop().success());
+    // ...then starts uploading: the listing finds every key already there, nothing is sent again.
+    let yaml = std::fs::read_to_string(&config).unwrap().replace(
+        "logging:",
+        &format!("{}logging:", upload_yaml(&aws, &moto.url(), "site-user", &password, "")),
+    );
+    std::fs::write(&config, yaml).unwrap();
+    let puts_before = moto.requests("PUT", "/research-archive/private/");
+    let env = node_env(&aws);
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let b = Node::start_env(&b_dir, &config, &env);
+    wait_for_queue(&b, "uploaded: 3").await;
+    assert_eq!(moto.requests("PUT", "/research-archive/private/"), puts_before, "no object was sent twice");
+    assert!(b.log().contains("already in the bucket: marked uploaded"), "{}", b.log());
+    assert_eq!(files_under(&b.public()).len(), 3, "without delete_after_upload, files stay");
+}

@@ -67,41 +67,33 @@ impl Uploader {
             if stop.is_cancelled() {
                 break;
             }
+            // The listing comes before any claim, so that nothing already there is sent again.
+            if !reconciled {
+                let Some(access) = self.access_or_pause(&mut auth_failures, &stop).await else { continue };
+                reconciled = self.reconcile(&access).await;
+                if !reconciled {
+                    tokio::select! {
+                        _ = stop.cancelled() => break,
+                        _ = tokio::time::sleep(backoff_ceiling(2)) => continue,
+                    }
+                }
+            }
             let room = self.concurrency.saturating_sub(inflight.len());
             let claimed = if room > 0 { self.claim(room).await } else { Vec::new() };
-            if !claimed.is_empty() || !reconciled {
-                match self.credentials.access().await {
-                    Ok(access) => {
-                        if auth_failures > 0 {
-                            info!("signed in again; uploads resume");
-                        }
-                        auth_failures = 0;
-                        if !reconciled {
-                            reconciled = self.reconcile(&access).await;
-                        }
-                        for item in claimed {
-                            let (this, access) = (self.clone(), access.clone());
-                            inflight.spawn(async move {
-                                let outcome = this.upload(&access, &item).await;
-                                (item, outcome)
-                            });
-                        }
+            if !claimed.is_empty() {
+                let Some(access) = self.access_or_pause(&mut auth_failures, &stop).await else {
+                    let uids = claimed.into_iter().map(|p| p.anon_sop_uid).collect();
+                    if let Err(e) = self.blocking(move |i| i.unclaim(uids)).await {
+                        warn!(error = %e, "cannot return claimed uploads to the queue");
                     }
-                    Err(e) => {
-                        // One line per backoff step: wrong password or no endpoint pauses uploads,
-                        // intake goes on, nothing is deleted.
-                        let wait = backoff(auth_failures).max(BACKOFF_BASE);
-                        auth_failures += 1;
-                        warn!(error = %e, retry_in_s = wait.as_secs_f32(), attempt = auth_failures, "uploads paused: cannot get AWS credentials");
-                        let uids = claimed.into_iter().map(|p| p.anon_sop_uid).collect();
-                        if let Err(e) = self.blocking(move |i| i.unclaim(uids)).await {
-                            warn!(error = %e, "cannot return claimed uploads to the queue");
-                        }
-                        tokio::select! {
-                            _ = stop.cancelled() => break,
-                            _ = tokio::time::sleep(wait) => continue,
-                        }
-                    }
+                    continue;
+                };
+                for item in claimed {
+                    let (this, access) = (self.clone(), access.clone());
+                    inflight.spawn(async move {
+                        let outcome = this.upload(&access, &item).await;
+                        (item, outcome)
+                    });
                 }
             }
             let idle = inflight.is_empty() || (room > 0 && inflight.len() < self.concurrency);
@@ -122,6 +114,30 @@ impl Uploader {
         }
         let (sign_ins, refreshes) = self.credentials.counts();
         info!(sign_ins, refreshes, "uploader stopped");
+    }
+
+    /// Credentials, or `None` after one log line and one backoff step: a wrong password or no
+    /// endpoint pauses uploads while intake goes on and nothing is deleted.
+    async fn access_or_pause(&self, failures: &mut u32, stop: &CancellationToken) -> Option<Access> {
+        match self.credentials.access().await {
+            Ok(access) => {
+                if *failures > 0 {
+                    info!("signed in again; uploads resume");
+                }
+                *failures = 0;
+                Some(access)
+            }
+            Err(e) => {
+                let wait = backoff(*failures).max(BACKOFF_BASE);
+                *failures += 1;
+                warn!(error = %e, retry_in_s = wait.as_secs_f32(), attempt = *failures, "uploads paused: cannot get AWS credentials");
+                tokio::select! {
+                    _ = stop.cancelled() => {}
+                    _ = tokio::time::sleep(wait) => {}
+                }
+                None
+            }
+        }
     }
 
     async fn claim(&self, n: usize) -> Vec<Pending> {
