@@ -167,15 +167,15 @@ async fn serve(config: Config) -> anyhow::Result<ExitCode> {
             project: config.project.name.clone(),
             multipart_threshold: u.multipart_threshold_bytes,
         };
-        let uploader = Arc::new(Uploader::new(
-            pipeline.index().clone(),
-            config.public_dir(),
+        let uploader = Arc::new(Uploader {
+            index: pipeline.index().clone(),
+            public: config.public_dir(),
             target,
             credentials,
-            u.concurrency,
-            u.delete_after_upload,
-            u.reconcile_on_start,
-        ));
+            concurrency: u.concurrency,
+            delete_after_upload: u.delete_after_upload,
+            reconcile_on_start: u.reconcile_on_start,
+        });
         tracing::info!(bucket = %u.bucket, concurrency = u.concurrency, "uploader started");
         Some(tokio::spawn(uploader.run(uploads.clone())))
     } else {

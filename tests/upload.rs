@@ -62,6 +62,15 @@ async fn wait_for_queue(node: &Node, expected: &str) {
     }
 }
 
+/// A temp dir, moto set up with pool, users and bucket, and a password file holding `password`.
+async fn world(password: &str) -> (tempfile::TempDir, Moto, Aws, PathBuf) {
+    let d = tempfile::tempdir().unwrap();
+    let moto = Moto::start(d.path());
+    let aws = setup(&moto.url()).await;
+    let file = put(d.path(), "password", password.as_bytes());
+    (d, moto, aws, file)
+}
+
 fn node_env(aws: &Aws) -> Vec<(&'static str, String)> {
     vec![("TEST_COGNITO_CLIENT_SECRET", aws.client_secret.clone())]
 }
@@ -96,10 +105,7 @@ fn check_objects(objects: &[(String, Vec<u8>, Option<String>)], node: &Node, aws
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_drain_uploads_every_instance_once_with_refreshes_and_multipart() {
-    let d = tempfile::tempdir().unwrap();
-    let moto = Moto::start(d.path());
-    let aws = setup(&moto.url()).await;
-    let password = put(d.path(), "password", PASSWORD.as_bytes());
+    let (d, moto, aws, password) = world(PASSWORD).await;
     // moto's credentials live 90 s: a 600 s margin makes every use refresh them.
     let upload = upload_yaml(
         &aws,
@@ -134,10 +140,7 @@ async fn a_drain_uploads_every_instance_once_with_refreshes_and_multipart() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wrong_password_pauses_uploads_until_it_is_fixed() {
-    let d = tempfile::tempdir().unwrap();
-    let moto = Moto::start(d.path());
-    let aws = setup(&moto.url()).await;
-    let password = put(d.path(), "password", b"wrong-password");
+    let (d, moto, aws, password) = world("wrong-password").await;
     let node = start(d.path(), &upload_yaml(&aws, &moto.url(), "site-user", &password, ""), &aws);
     let files = corpus(&d.path().join("in"), 4, false);
     let out = storescu(node.port, &files);
@@ -159,10 +162,7 @@ async fn a_wrong_password_pauses_uploads_until_it_is_fixed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn force_change_password_is_answered_only_with_a_configured_new_password() {
-    let d = tempfile::tempdir().unwrap();
-    let moto = Moto::start(d.path());
-    let aws = setup(&moto.url()).await;
-    let password = put(d.path(), "password", PASSWORD.as_bytes());
+    let (d, moto, aws, password) = world(PASSWORD).await;
     let login = |dir: &Path, extra: &str| {
         let yaml = format!(
             "project: {{ name: TEST_PROJECT, site_id: \"99.99\" }}\n{}",
@@ -217,10 +217,7 @@ async fn an_outage_in_the_middle_of_a_drain_loses_and_repeats_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn uploaded_files_can_be_deleted_and_keys_already_in_the_bucket_are_not_sent_again() {
-    let d = tempfile::tempdir().unwrap();
-    let moto = Moto::start(d.path());
-    let aws = setup(&moto.url()).await;
-    let password = put(d.path(), "password", PASSWORD.as_bytes());
+    let (d, moto, aws, password) = world(PASSWORD).await;
     let files = corpus(&d.path().join("in"), 3, false);
 
     // Node A uploads and then deletes its local copies.

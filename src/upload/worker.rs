@@ -23,14 +23,16 @@ pub fn backoff(attempt: u32) -> Duration {
     backoff_ceiling(attempt).mul_f64(fastrand::f64())
 }
 
+/// The uploader's parts; `run` drives it.
 pub struct Uploader {
-    index: Index,
-    public: PathBuf,
-    target: Target,
-    credentials: Arc<Credentials>,
-    concurrency: usize,
-    delete_after_upload: bool,
-    reconcile_on_start: bool,
+    pub index: Index,
+    /// The spool root: queue paths are relative to it.
+    pub public: PathBuf,
+    pub target: Target,
+    pub credentials: Arc<Credentials>,
+    pub concurrency: usize,
+    pub delete_after_upload: bool,
+    pub reconcile_on_start: bool,
 }
 
 enum Outcome {
@@ -39,18 +41,6 @@ enum Outcome {
 }
 
 impl Uploader {
-    pub fn new(
-        index: Index,
-        public: PathBuf,
-        target: Target,
-        credentials: Arc<Credentials>,
-        concurrency: usize,
-        delete_after_upload: bool,
-        reconcile_on_start: bool,
-    ) -> Uploader {
-        Uploader { index, public, target, credentials, concurrency, delete_after_upload, reconcile_on_start }
-    }
-
     /// Run until `stop`; then finish the puts in flight and leave the rest queued.
     pub async fn run(self: Arc<Self>, stop: CancellationToken) {
         match self.blocking(|i| i.requeue_interrupted()).await {
