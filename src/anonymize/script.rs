@@ -129,14 +129,6 @@ impl Script {
     pub fn op(&self, tag: Tag) -> Option<&Op> {
         self.rules.get(&tag).or_else(|| self.keep_groups.contains(&tag.0).then_some(&Op::Keep))
     }
-
-    pub fn len(&self) -> usize {
-        self.rules.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.rules.is_empty()
-    }
 }
 
 fn parse_tag(t: &str) -> Option<Tag> {

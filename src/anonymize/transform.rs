@@ -108,10 +108,6 @@ impl Scrubber {
         s
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.words.is_empty() && self.ids.is_empty()
-    }
-
     /// The text with each match replaced by asterisks (at most three, never longer than the
     /// match, so the value still fits its VR). `None` when nothing matched.
     pub fn scrub(&self, text: &[u8]) -> Option<Vec<u8>> {

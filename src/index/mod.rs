@@ -8,7 +8,7 @@ mod export;
 mod queue;
 mod schema;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -81,7 +81,6 @@ type Reply = Box<dyn FnOnce(Option<&rusqlite::Error>) + Send>;
 pub struct Index {
     tx: mpsc::SyncSender<Job>,
     writer: Arc<Mutex<Option<JoinHandle<()>>>>,
-    path: PathBuf,
     site_id: String,
 }
 
@@ -122,16 +121,7 @@ impl Index {
             .name("phi-index".into())
             .spawn(move || write_loop(conn, rx))
             .map_err(|source| IndexError::Dir { path: "phi-index thread".into(), source })?;
-        Ok(Index {
-            tx,
-            writer: Arc::new(Mutex::new(Some(writer))),
-            path: path.to_path_buf(),
-            site_id: owner.site_id.clone(),
-        })
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
+        Ok(Index { tx, writer: Arc::new(Mutex::new(Some(writer))), site_id: owner.site_id.clone() })
     }
 
     /// Run `f` in the writer's next batch transaction and return its result once that batch is
