@@ -15,6 +15,10 @@ if [ ${#missing[@]} -gt 0 ]; then
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends $(printf '%s\n' "${missing[@]}" | sort -u) >/dev/null
 fi
 
+# pip puts console scripts in the interpreter's scripts directory; a pyenv shim for a new one
+# appears only after `pyenv rehash`, so put that directory on PATH as well.
+PATH="$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))'):$PATH"
+export PATH
 if ! command -v moto_server >/dev/null 2>&1; then
     echo "installing: moto[server]" >&2
     python3 -m pip install --quiet 'moto[server]'
