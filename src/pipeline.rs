@@ -299,10 +299,7 @@ impl Pipeline {
         if self.durability == Durability::EachInstance {
             // File, directory entry and index row are in the page cache; make them durable
             // together with whatever other instances are waiting (group commit).
-            self.barrier.wait().map_err(|source| SpoolError::Io {
-                path: format!("{} (flushing to disk)", self.spool.root().display()),
-                source,
-            })?;
+            durable(&self.barrier, &self.spool)?;
         }
         Ok(Stored { keys, path, size, caught: report.caught })
     }
@@ -335,11 +332,16 @@ impl Pipeline {
     pub fn close(self) -> Result<(), SpoolError> {
         let Pipeline { index, barrier, spool, .. } = self;
         index.close();
-        barrier.wait().map_err(|source| SpoolError::Io {
-            path: format!("{} (flushing to disk)", spool.root().display()),
-            source,
-        })
+        durable(&barrier, &spool)
     }
+}
+
+/// Wait at the barrier; a failed flush names the spool it was flushing.
+fn durable(barrier: &Barrier, spool: &Spool) -> Result<(), SpoolError> {
+    barrier.wait().map_err(|source| SpoolError::Io {
+        path: format!("{} (flushing to disk)", spool.root().display()),
+        source,
+    })
 }
 
 /// The data set must be what the sender announced, and pass the modality filter.

@@ -32,10 +32,6 @@ impl<'a> DataSet<'a> {
         self.position(tag).ok().map(|i| &self.elements[i])
     }
 
-    pub fn get_mut(&mut self, tag: Tag) -> Option<&mut Element<'a>> {
-        self.position(tag).ok().map(move |i| &mut self.elements[i])
-    }
-
     /// The raw bytes of a primitive element, if present.
     pub fn bytes(&self, tag: Tag) -> Option<&[u8]> {
         match &self.get(tag)?.value {
@@ -65,10 +61,6 @@ impl<'a> DataSet<'a> {
             vr,
             value: Value::Bytes(Cow::Owned(pad_text(vr, text.as_bytes().to_vec()))),
         });
-    }
-
-    pub fn remove(&mut self, tag: Tag) -> Option<Element<'a>> {
-        self.position(tag).ok().map(|i| self.elements.remove(i))
     }
 
     fn position(&self, tag: Tag) -> Result<usize, usize> {

@@ -20,7 +20,7 @@ pub use part10::{
     inflate, write_meta, write_part10, FileMeta, Part10, Part10Error, IMPLEMENTATION_CLASS_UID,
     IMPLEMENTATION_VERSION_NAME,
 };
-pub use read::{dictionary_vr, read_dataset, ReadError};
+pub use read::{read_dataset, ReadError};
 pub use split::{locate_pixel_data, PixelSpan, SplitError};
 pub use syntax::{Encoding, TransferSyntax};
 pub use write::{write_dataset, WriteError};

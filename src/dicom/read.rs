@@ -295,11 +295,6 @@ pub(crate) fn implicit_vr(tag: Tag) -> VR {
     }
 }
 
-/// The VR a newly written element of `tag` should have (for elements we add or re-type).
-pub fn dictionary_vr(tag: Tag) -> VR {
-    implicit_vr(tag)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
