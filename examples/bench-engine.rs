@@ -29,7 +29,8 @@ fn main() {
         let p10 = Part10::parse(&file).expect("a Part 10 file");
         let mut ds = p10.dataset().expect("a readable data set");
         let original = Original::read(&ds).expect("keys present");
-        engine.apply(&mut ds, &original, "972149-000001");
+        let keys = engine.keys(&original, "972149-000001");
+        engine.apply(&mut ds, &original, keys);
         write_part10(&ds, &p10.meta.transfer_syntax, &mut out).expect("encodes");
     }
     let per = started.elapsed().as_secs_f64() / iterations as f64;

@@ -255,7 +255,8 @@ impl Pipeline {
     ) -> Result<Stored, InstanceError> {
         let original = Original::read(&ds)?;
         let pseudonyms = self.engine.pseudonyms();
-        let provisional = self.engine.keys(&original, "");
+        // Computed once: the index records them and the engine writes them.
+        let mut keys = self.engine.keys(&original, "");
         let stateless_id = match (self.keyed, original.patient_id.is_empty()) {
             (false, _) => None,
             (true, true) => Some(pseudonyms.default_patient_id()),
@@ -268,19 +269,20 @@ impl Pipeline {
             birth_date: original.birth_date.clone(),
             anon_patient_id: stateless_id,
             study_uid: original.study_uid.clone(),
-            anon_study_uid: provisional.study_uid,
+            anon_study_uid: keys.study_uid.clone(),
             accession: original.accession.clone(),
-            anon_accession: provisional.accession,
-            date_offset: provisional.date_offset,
+            anon_accession: keys.accession.clone(),
+            date_offset: keys.date_offset,
             study_date: original.study_date.clone(),
             source: source.to_string(),
             series_uid: original.series_uid.clone(),
-            anon_series_uid: provisional.series_uid,
+            anon_series_uid: keys.series_uid.clone(),
             modality: original.modality.clone(),
             sop_uid: original.sop_uid.clone(),
         })?;
 
-        let report = self.engine.apply(&mut ds, &original, &anon_patient_id);
+        keys.patient_id = anon_patient_id;
+        let report = self.engine.apply(&mut ds, &original, keys);
         let keys = report.keys;
         let path: PathBuf =
             [&keys.patient_id, &keys.study_uid, &keys.series_uid, &format!("{}.dcm", keys.sop_uid)]

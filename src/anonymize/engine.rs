@@ -156,9 +156,9 @@ impl Engine {
         }
     }
 
-    /// De-identify `ds` in place.
-    pub fn apply(&self, ds: &mut DataSet<'_>, original: &Original, anon_patient_id: &str) -> Report {
-        let keys = self.keys(original, anon_patient_id);
+    /// De-identify `ds` in place, with the `keys` that [`Engine::keys`] gave for `original`.
+    pub fn apply(&self, ds: &mut DataSet<'_>, original: &Original, keys: Keys) -> Report {
+        let anon_patient_id = keys.patient_id.as_str();
         let mut walk = Walk {
             engine: self,
             original,
