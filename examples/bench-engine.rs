@@ -9,7 +9,7 @@ use std::time::Instant;
 use dicom_anon_gateway::anonymize::{
     AccessionFormat, Engine, Labels, Original, Rsna, Script, UnsupportedOps,
 };
-use dicom_anon_gateway::dicom::{write_part10, Part10};
+use dicom_anon_gateway::dicom::{read_dataset, write_part10, Part10};
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -27,7 +27,8 @@ fn main() {
     for _ in 0..iterations {
         out.clear();
         let p10 = Part10::parse(&file).expect("a Part 10 file");
-        let mut ds = p10.dataset().expect("a readable data set");
+        let mut ds =
+            read_dataset(p10.body, p10.meta.transfer_syntax.encoding()).expect("a readable data set");
         let original = Original::read(&ds).expect("keys present");
         let keys = engine.keys(&original, "972149-000001");
         engine.apply(&mut ds, &original, keys);

@@ -75,8 +75,11 @@ pub struct ScpConfig {
     pub max_associations: usize,
     /// The largest PDU we accept and announce.
     pub max_pdu_length: u32,
-    /// Larger instances are refused with 0xA700.
+    /// Larger instances are refused with 0xA700 (a Deflated one counts inflated).
     pub max_instance_bytes: u64,
+    /// The most of one data set held in memory: everything but its pixel data. A data set with
+    /// more is refused with 0xA700, so no instance can take the host's memory.
+    pub max_in_memory_bytes: u64,
     pub timeouts: Timeouts,
     /// Accepted values of Modality (0008,0060); empty: any.
     pub modalities: Vec<String>,
@@ -108,6 +111,7 @@ impl Default for ScpConfig {
             max_associations: 32,
             max_pdu_length: 65536,
             max_instance_bytes: 4 << 30,
+            max_in_memory_bytes: 64 << 20,
             timeouts: Timeouts::default(),
             modalities: Vec::new(),
             storage_classes: Vec::new(),
@@ -466,6 +470,12 @@ impl ScpConfig {
             p.push(format!(
                 "scp.max_instance_bytes: {} is too small for any instance",
                 self.max_instance_bytes
+            ));
+        }
+        if self.max_in_memory_bytes < 4 << 20 {
+            p.push(format!(
+                "scp.max_in_memory_bytes: {} must be at least 4194304 (instances up to 2 MiB are held whole)",
+                self.max_in_memory_bytes
             ));
         }
         for (key, v) in [

@@ -1,15 +1,15 @@
 //! `anonymize`: files and folders from disk through the same pipeline as the node, on all cores.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::io::Read;
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use indicatif::{ProgressBar, ProgressStyle};
 use rayon::prelude::*;
 
-use crate::dicom::Part10Error;
-use crate::pipeline::{InstanceError, Pipeline};
-use crate::queue::Reason;
+use crate::dicom::is_part10;
+use crate::pipeline::{Outcome, Pipeline};
 
 /// One input file, and whether the user named it (a named file that is not DICOM is a failure; one
 /// met while walking a folder is skipped).
@@ -24,8 +24,9 @@ pub struct Summary {
     pub anonymized: usize,
     pub bytes: u64,
     pub skipped_non_dicom: usize,
-    /// Per reason: the input file, what went wrong and where the quarantined copy is.
-    pub failed: BTreeMap<Reason, Vec<Failure>>,
+    /// Per kind of failure (a quarantine reason, or "Not_Stored" when this machine failed): the
+    /// input file, what went wrong and where the quarantined copy is.
+    pub failed: BTreeMap<String, Vec<Failure>>,
 }
 
 #[derive(Debug)]
@@ -69,36 +70,35 @@ pub fn run(pipeline: &Pipeline, inputs: &[PathBuf]) -> Summary {
     summary.into_inner().unwrap_or_else(|p| p.into_inner())
 }
 
-/// `Ok(Some(size))` stored, `Ok(None)` skipped as not DICOM, `Err` failed (and quarantined).
-fn one(pipeline: &Pipeline, input: &Input) -> Result<Option<u64>, (Reason, Failure)> {
+/// `Ok(Some(size))` stored, `Ok(None)` skipped as not DICOM, `Err` failed (and quarantined when
+/// the file is at fault).
+fn one(pipeline: &Pipeline, input: &Input) -> Result<Option<u64>, (String, Failure)> {
+    let failure = |detail: String, quarantined| Failure { input: input.path.clone(), detail, quarantined };
+    if !input.named && !looks_like_part10(&input.path) {
+        return Ok(None);
+    }
     let source = input.path.display().to_string();
-    let bytes = match std::fs::read(&input.path) {
-        Ok(b) => b,
-        Err(e) => {
-            let failure =
-                Failure { input: input.path.clone(), detail: format!("cannot read: {e}"), quarantined: None };
-            return Err((Reason::Unreadable, failure));
-        }
-    };
-    match pipeline.process_file(&bytes, &source) {
-        Ok(stored) => {
+    match pipeline.process_file(&input.path, &source) {
+        Outcome::Stored(stored) => {
             tracing::debug!(sop = %stored.keys.sop_uid, size = stored.size, "stored");
             Ok(Some(stored.size))
         }
-        Err(InstanceError::Unreadable(Part10Error::NotDicom)) if !input.named => Ok(None),
-        Err(e) => {
-            // Offline, an environment failure is recorded as a storage error.
-            let reason = e.reason().unwrap_or(Reason::StorageError);
-            let detail = e.to_string();
-            let quarantined = pipeline.quarantine().put(reason, &detail, &source, &bytes);
-            if let Err(q) = &quarantined {
-                tracing::error!(%reason, error = %q, "cannot quarantine a failed instance");
-            }
+        Outcome::Quarantined { reason, detail, path } => {
             // The log names the reason only: an input path can itself carry a patient's name.
             tracing::warn!(%reason, "instance quarantined");
-            Err((reason, Failure { input: input.path.clone(), detail, quarantined: quarantined.ok() }))
+            Err((reason.to_string(), failure(detail, Some(path))))
+        }
+        Outcome::Refused(detail) | Outcome::Failed(detail) => {
+            tracing::error!("instance not stored: this machine failed (disk, index or a limit)");
+            Err(("Not_Stored".into(), failure(detail, None)))
         }
     }
+}
+
+/// A file met while walking a folder is skipped unless it starts like a Part 10 file.
+fn looks_like_part10(path: &Path) -> bool {
+    let mut start = Vec::with_capacity(132);
+    std::fs::File::open(path).and_then(|f| f.take(132).read_to_end(&mut start)).is_ok() && is_part10(&start)
 }
 
 fn collect(inputs: &[PathBuf]) -> Vec<Input> {

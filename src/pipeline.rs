@@ -1,43 +1,78 @@
-//! One instance, start to finish: parse, admit, capture PHI, anonymize, commit durably, record.
-//! The offline `anonymize` command and the SCP both go through here.
+//! One instance, start to finish: read, admit, capture PHI, anonymize, check, commit durably,
+//! record. The SCP and the offline command both go through here, and this is the only place that
+//! decides what a failure means (see [`Outcome`]): the callers only translate it into a status or
+//! an exit code.
 
+use std::collections::HashSet;
 use std::fs::File;
-use std::io::{self, Read, Seek, SeekFrom};
+use std::io::{self, BufWriter, Read, Seek, SeekFrom, Write};
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use crate::anonymize::{Engine, EngineError, Keyed, Keys, Labels, Original, Pseudonyms, Rsna, Script};
 use crate::config::{Config, PseudonymMode};
 use crate::dicom::{
-    inflate, locate_pixel_data, read_dataset, write_dataset, write_meta, write_part10, DataSet, Part10,
-    Part10Error, ReadError, SplitError, Tag, TransferSyntax,
+    check_values, inflate_into, locate_pixel_data, read_dataset, write_dataset, write_meta, write_part10,
+    DataSet, Encoding, InflateError, Part10, Part10Error, ReadError, SplitError, Tag, TransferSyntax,
+    ValueError, WriteError,
 };
 use crate::durability::{Barrier, Durability};
 use crate::index::{Capture, Index, IndexError, InstanceRecord, Owner};
-use crate::queue::{Quarantine, Reason, Spool, SpoolError};
+use crate::queue::{Quarantine, Reason, Spill, Spool, SpoolError};
 
 const PIXEL_DATA: Tag = Tag(0x7FE0, 0x0010);
 
-/// Why an instance was not stored.
+/// Data sets up to this size are held in memory whole; larger ones are worked on from a file (a
+/// spill, or the input file offline) with only the part around their pixel data in memory.
+pub const IN_MEMORY_UP_TO: usize = 2 << 20;
+/// A Part 10 file's meta group must fit in this much of its beginning.
+const MAX_META: usize = 1 << 20;
+
+/// What became of one instance.
+#[derive(Debug)]
+pub enum Outcome {
+    /// Anonymized, durable in the spool and recorded in the index.
+    Stored(Stored),
+    /// A data fault: the bytes the sender sent are at fault (whatever their size). The instance is
+    /// kept in quarantine, as received, with the reason.
+    Quarantined { reason: Reason, detail: String, path: PathBuf },
+    /// A filter of this node does not accept it; nothing is wrong with the data, nothing is kept.
+    Refused(String),
+    /// An environment fault: disk, index or a limit of this node. Nothing was written; the sender
+    /// keeps its copy and may try again.
+    Failed(String),
+}
+
+/// Why an instance was not stored. [`InstanceError::fault`] says whose fault it is.
 #[derive(Debug, thiserror::Error)]
 pub enum InstanceError {
     #[error(transparent)]
     Unreadable(#[from] Part10Error),
-    /// The large-instance scan found a broken element layout.
-    #[error("data set does not parse: {0}")]
-    Scan(SplitError),
+    #[error(transparent)]
+    Inflate(#[from] InflateError),
     #[error(transparent)]
     Invalid(#[from] EngineError),
+    #[error("kept value cannot leave: {0}")]
+    Value(#[from] ValueError),
     /// The data set's UIDs differ from what the sender announced.
     #[error("{0} in the data set differs from the C-STORE request")]
     Mismatch(&'static str),
-    /// A filter (modality) refused it; not the data's fault, nothing is quarantined.
+    /// A filter (modality) refused it.
     #[error("{0}")]
     Refused(String),
+    /// The in-memory part of the data set is larger than this node allows.
+    #[error("{what} is {size} bytes, more than {limit} allows ({bound} bytes)")]
+    TooLarge { what: &'static str, size: u64, limit: &'static str, bound: u64 },
     #[error(transparent)]
     Index(#[from] IndexError),
     #[error(transparent)]
     Storage(#[from] SpoolError),
+    #[error("cannot read {path}: {source}")]
+    Io { path: String, source: io::Error },
+    /// A bug met on this input. It is the input that found it, so it is treated as a data fault.
+    #[error("internal error while processing the instance: {0}")]
+    Panic(String),
 }
 
 impl From<ReadError> for InstanceError {
@@ -46,24 +81,48 @@ impl From<ReadError> for InstanceError {
     }
 }
 
+/// Whose fault a failure is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fault {
+    Data(Reason),
+    Refused,
+    Environment,
+}
+
 impl InstanceError {
-    /// The quarantine directory for an instance that failed through its own fault; `None` when
-    /// the environment failed or a filter refused it (nothing is wrong with the data).
-    pub fn reason(&self) -> Option<Reason> {
-        Some(match self {
-            InstanceError::Unreadable(Part10Error::NotDicom) => Reason::NotDicom,
-            InstanceError::Unreadable(_) => Reason::Unreadable,
-            InstanceError::Scan(SplitError::Io(e)) if e.kind() != io::ErrorKind::UnexpectedEof => {
-                return None
+    /// The one place that decides: every failure is the data's, a filter's or the environment's.
+    fn fault(&self) -> Fault {
+        use Fault::{Data, Environment};
+        match self {
+            InstanceError::Unreadable(Part10Error::NotDicom) => Data(Reason::NotDicom),
+            InstanceError::Unreadable(_) | InstanceError::Inflate(InflateError::Corrupt(_)) => {
+                Data(Reason::Unreadable)
             }
-            InstanceError::Scan(_) => Reason::Unreadable,
             InstanceError::Invalid(EngineError::MissingAttributes(_)) | InstanceError::Mismatch(_) => {
-                Reason::MissingAttributes
+                Data(Reason::MissingAttributes)
             }
-            InstanceError::Invalid(EngineError::InvalidText(_)) => Reason::InvalidText,
-            InstanceError::Index(IndexError::Conflict(_)) => Reason::IntegrityConflict,
-            InstanceError::Refused(_) | InstanceError::Index(_) | InstanceError::Storage(_) => return None,
-        })
+            InstanceError::Invalid(EngineError::InvalidText(_)) | InstanceError::Value(_) => {
+                Data(Reason::InvalidText)
+            }
+            InstanceError::Index(IndexError::Conflict(_)) => Data(Reason::IntegrityConflict),
+            InstanceError::Storage(SpoolError::Encode(_)) => Data(Reason::CannotEncode),
+            InstanceError::Panic(_) => Data(Reason::ProcessingError),
+            InstanceError::Refused(_) => Fault::Refused,
+            InstanceError::Inflate(_)
+            | InstanceError::TooLarge { .. }
+            | InstanceError::Index(_)
+            | InstanceError::Storage(_)
+            | InstanceError::Io { .. } => Environment,
+        }
+    }
+}
+
+impl From<SplitError> for InstanceError {
+    fn from(e: SplitError) -> Self {
+        match e {
+            SplitError::Malformed(e) => e.into(),
+            SplitError::Io(source) => InstanceError::Io { path: "the spilled data set".into(), source },
+        }
     }
 }
 
@@ -78,11 +137,16 @@ pub struct Stored {
     pub caught: Vec<Tag>,
 }
 
-/// A data set received over the network, encoded in the negotiated transfer syntax.
+/// Where a data set's bytes are, encoded in its transfer syntax.
+#[derive(Debug, Clone, Copy)]
 pub enum Body<'a> {
     Memory(&'a [u8]),
-    /// Spilled to a file because it was large: its pixel data is copied file to file.
-    File(&'a Path),
+    /// In a file from `offset` to its end: a spilled data set (offset 0), or a Part 10 file after
+    /// its meta group. Its pixel data is copied file to file.
+    File {
+        path: &'a Path,
+        offset: u64,
+    },
 }
 
 /// What a received instance must be: what the sender announced, and the node's filters.
@@ -101,6 +165,18 @@ pub struct Pipeline {
     keyed: bool,
     durability: Durability,
     barrier: Barrier,
+    /// Where Deflated data sets inflate when they are large.
+    tmp: PathBuf,
+    limits: Limits,
+    /// Tags already reported as longer than their VR allows: each is logged once per process.
+    over_long: Mutex<HashSet<Tag>>,
+}
+
+/// What this node accepts, from `scp.max_instance_bytes` and `scp.max_in_memory_bytes`.
+#[derive(Debug, Clone, Copy)]
+struct Limits {
+    instance: u64,
+    in_memory: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -115,8 +191,8 @@ pub enum SetupError {
     Index(#[from] IndexError),
     #[error(transparent)]
     Spool(#[from] SpoolError),
-    #[error("cannot open {path} to flush it: {source}")]
-    Barrier { path: String, source: io::Error },
+    #[error("cannot prepare {path}: {source}")]
+    Dir { path: String, source: io::Error },
 }
 
 impl Pipeline {
@@ -137,9 +213,12 @@ impl Pipeline {
         };
         let index = Index::open(&config.index_path(), &Owner::for_site(&project.site_id))?;
         let spool = Spool::open(out)?;
+        let tmp = config.tmp_dir();
+        std::fs::create_dir_all(&tmp)
+            .map_err(|source| SetupError::Dir { path: tmp.display().to_string(), source })?;
         let index_dir = config.index_path().parent().map(Path::to_path_buf).unwrap_or_default();
         let barrier = Barrier::new(&[out, &index_dir])
-            .map_err(|source| SetupError::Barrier { path: out.display().to_string(), source })?;
+            .map_err(|source| SetupError::Dir { path: out.display().to_string(), source })?;
         let labels = Labels { project_name: project.name.clone(), site_id: project.site_id.clone() };
         Ok(Pipeline {
             engine: Engine::new(script, pseudonyms, labels),
@@ -149,6 +228,12 @@ impl Pipeline {
             keyed: project.pseudonyms == PseudonymMode::Keyed,
             durability,
             barrier,
+            tmp,
+            limits: Limits {
+                instance: config.scp.max_instance_bytes,
+                in_memory: config.scp.max_in_memory_bytes,
+            },
+            over_long: Mutex::new(HashSet::new()),
         })
     }
 
@@ -156,21 +241,15 @@ impl Pipeline {
         &self.index
     }
 
-    pub fn quarantine(&self) -> &Quarantine {
-        &self.quarantine
-    }
-
     /// Remove temp files a crash left in the spool; returns how many.
     pub fn sweep(&self) -> usize {
         self.spool.sweep()
     }
 
-    /// Anonymize one Part 10 file's bytes. `source` (a path or a peer) goes into the index only.
-    pub fn process_file(&self, bytes: &[u8], source: &str) -> Result<Stored, InstanceError> {
-        let file = Part10::parse(bytes)?;
-        let ds = file.dataset()?;
-        let ts = file.meta.transfer_syntax.clone();
-        self.store(ds, source, |ds, w| write_part10(ds, &ts, w))
+    /// Anonymize one Part 10 file from disk. `source` (a path) goes into the index only.
+    pub fn process_file(&self, path: &Path, source: &str) -> Outcome {
+        let result = guarded(|| self.run_file(path, source));
+        self.settle(result, source, |f| io::copy(&mut File::open(path)?, f).map(drop))
     }
 
     /// Anonymize a data set received in `ts`, once it passes `admission`.
@@ -180,78 +259,163 @@ impl Pipeline {
         ts: &TransferSyntax,
         admission: &Admission<'_>,
         source: &str,
-    ) -> Result<Stored, InstanceError> {
-        let spill = match body {
-            Body::Memory(bytes) => return self.received_in_memory(bytes, ts, admission, source),
-            Body::File(path) => path,
-        };
-        let io_err = |e: io::Error| SpoolError::Io { path: spill.display().to_string(), source: e };
-        let mut file = File::open(spill).map_err(io_err)?;
-        let span = if ts.is_deflated() {
-            None
-        } else {
-            locate_pixel_data(&mut file, ts.encoding()).map_err(InstanceError::Scan)?
-        };
-        let Some(span) = span else {
-            let mut bytes = Vec::new();
-            file.seek(SeekFrom::Start(0)).and_then(|_| file.read_to_end(&mut bytes)).map_err(io_err)?;
-            return self.received_in_memory(&bytes, ts, admission, source);
-        };
-        // Everything but the pixel data is read into memory and anonymized; the pixel data element
-        // is copied from the spill file into the output as it is.
-        let read_range = |file: &mut File, from: u64, len: u64| -> io::Result<Vec<u8>> {
-            let mut v = vec![0; len as usize];
-            file.seek(SeekFrom::Start(from))?;
-            file.read_exact(&mut v)?;
-            Ok(v)
-        };
-        let total = file.metadata().map_err(io_err)?.len();
-        let head = read_range(&mut file, 0, span.start).map_err(io_err)?;
-        let tail = read_range(&mut file, span.end, total - span.end).map_err(io_err)?;
-        let mut ds = read_dataset(&head, ts.encoding())?;
-        let after = read_dataset(&tail, ts.encoding())?;
-        ds.elements.extend(after.elements);
-        admit(&ds, admission)?;
-        let keep_pixels = self.engine.keeps(PIXEL_DATA);
-        self.store(ds, source, |ds, w| {
-            let (before, after): (Vec<_>, Vec<_>) =
-                ds.elements.iter().cloned().partition(|e| e.tag < PIXEL_DATA);
-            write_part10(&DataSet { elements: before }, ts, w)?;
-            if keep_pixels {
-                io::Write::flush(w)?;
-                let mut src = File::open(spill)?;
-                src.seek(SeekFrom::Start(span.start))?;
-                io::copy(&mut src.take(span.end - span.start), w.get_mut())?;
+    ) -> Outcome {
+        let result = guarded(|| self.run_body(body, ts, Some(admission), source));
+        // Kept as a Part 10 file, so it can be inspected and imported again as it came.
+        self.settle(result, source, |f| {
+            let mut w = BufWriter::new(f);
+            write_meta(admission.sop_class_uid, admission.sop_instance_uid, ts, &mut w)
+                .map_err(io::Error::other)?;
+            match body {
+                Body::Memory(bytes) => w.write_all(bytes)?,
+                Body::File { path, offset } => {
+                    let mut src = File::open(path)?;
+                    src.seek(SeekFrom::Start(offset))?;
+                    io::copy(&mut src, &mut w)?;
+                }
             }
-            write_dataset(&DataSet { elements: after }, ts.encoding(), w)
+            w.flush()
         })
     }
 
-    fn received_in_memory(
+    /// Turn a result into an outcome: a data fault is quarantined with `keep`, which writes the
+    /// instance as it came. A quarantine that cannot be written is an environment fault.
+    fn settle(
         &self,
-        bytes: &[u8],
-        ts: &TransferSyntax,
-        admission: &Admission<'_>,
+        result: Result<Stored, InstanceError>,
         source: &str,
-    ) -> Result<Stored, InstanceError> {
-        let inflated;
-        let bytes = if ts.is_deflated() {
-            inflated = inflate(bytes).map_err(Part10Error::Inflate)?;
-            &inflated[..]
-        } else {
-            bytes
+        keep: impl FnOnce(&mut File) -> io::Result<()>,
+    ) -> Outcome {
+        let e = match result {
+            Ok(stored) => return Outcome::Stored(stored),
+            Err(e) => e,
         };
-        let ds = read_dataset(bytes, ts.encoding())?;
-        admit(&ds, admission)?;
-        self.store(ds, source, |ds, w| write_part10(ds, ts, w))
+        let detail = e.to_string();
+        match e.fault() {
+            Fault::Data(reason) => match self.quarantine.put_with(reason, &detail, source, keep) {
+                Ok(path) => Outcome::Quarantined { reason, detail, path },
+                Err(q) => Outcome::Failed(format!("{detail}; and it cannot be quarantined: {q}")),
+            },
+            Fault::Refused => Outcome::Refused(detail),
+            Fault::Environment => Outcome::Failed(detail),
+        }
     }
 
-    /// Capture, anonymize, commit and record one parsed data set; `write` encodes the file.
+    fn run_file(&self, path: &Path, source: &str) -> Result<Stored, InstanceError> {
+        let io_err = |source| InstanceError::Io { path: path.display().to_string(), source };
+        let mut file = File::open(path).map_err(io_err)?;
+        let len = file.metadata().map_err(io_err)?.len();
+        let mut start = Vec::new();
+        let want = if len <= IN_MEMORY_UP_TO as u64 { len } else { MAX_META as u64 };
+        (&mut file).take(want).read_to_end(&mut start).map_err(io_err)?;
+        let p10 = Part10::parse(&start)?;
+        let ts = p10.meta.transfer_syntax.clone();
+        if start.len() as u64 == len {
+            return self.run_body(Body::Memory(p10.body), &ts, None, source);
+        }
+        let offset = p10.body_offset(&start) as u64;
+        self.run_body(Body::File { path, offset }, &ts, None, source)
+    }
+
+    /// Read, admit and store a data set in `ts`.
+    fn run_body(
+        &self,
+        body: Body<'_>,
+        ts: &TransferSyntax,
+        admission: Option<&Admission<'_>>,
+        source: &str,
+    ) -> Result<Stored, InstanceError> {
+        if ts.is_deflated() {
+            let plain = ts.for_output();
+            return match self.inflate(body)? {
+                Inflated::Memory(bytes) => self.run_body(Body::Memory(&bytes), &plain, admission, source),
+                Inflated::File(spill) => {
+                    self.run_body(Body::File { path: spill.path(), offset: 0 }, &plain, admission, source)
+                }
+            };
+        }
+        let (path, offset) = match body {
+            Body::Memory(bytes) => {
+                let ds = read_dataset(bytes, ts.encoding())?;
+                if let Some(admission) = admission {
+                    admit(&ds, admission)?;
+                }
+                return self.store(ds, ts.encoding(), source, |ds, w| write_part10(ds, ts, w));
+            }
+            Body::File { path, offset } => (path, offset),
+        };
+        let io_err = |source| InstanceError::Io { path: path.display().to_string(), source };
+        let mut file = File::open(path).map_err(io_err)?;
+        let total = file.metadata().map_err(io_err)?.len();
+        let span = locate_pixel_data(&mut file, offset, ts.encoding())?;
+        // Everything but the pixel data is read into memory and anonymized; the pixel data element
+        // is copied from the file into the output as it is.
+        let (head_end, tail_start) = span.map_or((total, total), |s| (s.start, s.end));
+        let in_memory = (head_end - offset) + (total - tail_start);
+        if in_memory > self.limits.in_memory {
+            return Err(InstanceError::TooLarge {
+                what: "the data set without its pixel data",
+                size: in_memory,
+                limit: "scp.max_in_memory_bytes",
+                bound: self.limits.in_memory,
+            });
+        }
+        let head = read_range(&mut file, offset, head_end).map_err(io_err)?;
+        let tail = read_range(&mut file, tail_start, total).map_err(io_err)?;
+        let mut ds = read_dataset(&head, ts.encoding())?;
+        let after = read_dataset(&tail, ts.encoding())?;
+        if let Some(first) = after.elements.first().filter(|e| e.tag <= PIXEL_DATA) {
+            return Err(ReadError::Unexpected {
+                found: crate::dicom::tag_str(first.tag),
+                offset: tail_start as usize,
+                expected: "elements after Pixel Data in ascending order",
+            }
+            .into());
+        }
+        ds.elements.extend(after.elements);
+        if let Some(admission) = admission {
+            admit(&ds, admission)?;
+        }
+        let keep_pixels = span.is_some() && self.engine.keeps(PIXEL_DATA);
+        self.store(ds, ts.encoding(), source, |ds, w| {
+            let split = ds.elements.partition_point(|e| e.tag < PIXEL_DATA);
+            write_part10(&DataSet { elements: ds.elements[..split].to_vec() }, ts, w)?;
+            if let (true, Some(span)) = (keep_pixels, span) {
+                w.flush()?;
+                let mut src = File::open(path)?;
+                src.seek(SeekFrom::Start(span.start))?;
+                io::copy(&mut src.take(span.end - span.start), w.get_mut())?;
+            }
+            write_dataset(&DataSet { elements: ds.elements[split..].to_vec() }, ts.encoding(), w)
+        })
+    }
+
+    /// Inflate a Deflated data set as a stream: into memory while it is small, into a spill file
+    /// once it is not, and never past `scp.max_instance_bytes`.
+    fn inflate(&self, body: Body<'_>) -> Result<Inflated, InstanceError> {
+        let mut sink = Inflating { tmp: &self.tmp, out: Inflated::Memory(Vec::new()), writer: None };
+        let limit = self.limits.instance;
+        match body {
+            Body::Memory(bytes) => inflate_into(bytes, limit, &mut sink)?,
+            Body::File { path, offset } => {
+                let io_err = |source| InstanceError::Io { path: path.display().to_string(), source };
+                let mut file = File::open(path).map_err(io_err)?;
+                file.seek(SeekFrom::Start(offset)).map_err(io_err)?;
+                inflate_into(io::BufReader::new(file), limit, &mut sink)?
+            }
+        };
+        sink.flush().map_err(InflateError::Io)?;
+        Ok(sink.out)
+    }
+
+    /// Capture, anonymize, check, commit and record one parsed data set in `enc`; `write` encodes
+    /// the file.
     fn store(
         &self,
         mut ds: DataSet<'_>,
+        enc: Encoding,
         source: &str,
-        write: impl FnOnce(&DataSet<'_>, &mut io::BufWriter<File>) -> Result<(), crate::dicom::WriteError>,
+        write: impl FnOnce(&DataSet<'_>, &mut BufWriter<File>) -> Result<(), WriteError>,
     ) -> Result<Stored, InstanceError> {
         let original = Original::read(&ds)?;
         let pseudonyms = self.engine.pseudonyms();
@@ -283,6 +447,10 @@ impl Pipeline {
 
         keys.patient_id = anon_patient_id;
         let report = self.engine.apply(&mut ds, &original, keys);
+        // The last look before anything is written: no kept value may hold bytes its VR forbids.
+        for tag in check_values(&ds, enc)? {
+            self.report_over_long(tag);
+        }
         let keys = report.keys;
         let path: PathBuf =
             [&keys.patient_id, &keys.study_uid, &keys.series_uid, &format!("{}.dcm", keys.sop_uid)]
@@ -306,28 +474,13 @@ impl Pipeline {
         Ok(Stored { keys, path, size, caught: report.caught })
     }
 
-    /// Keep a received instance that failed through its own fault, as a Part 10 file.
-    pub fn quarantine_received(
-        &self,
-        reason: Reason,
-        detail: &str,
-        source: &str,
-        body: Body<'_>,
-        ts: &TransferSyntax,
-        admission: &Admission<'_>,
-    ) -> io::Result<PathBuf> {
-        self.quarantine.put_with(reason, detail, source, |f| {
-            let mut w = io::BufWriter::new(f);
-            write_meta(admission.sop_class_uid, admission.sop_instance_uid, ts, &mut w)
-                .map_err(io::Error::other)?;
-            match body {
-                Body::Memory(bytes) => io::Write::write_all(&mut w, bytes)?,
-                Body::File(path) => {
-                    io::copy(&mut File::open(path)?, &mut w)?;
-                }
-            }
-            io::Write::flush(&mut w)
-        })
+    /// Real devices write values longer than their VR allows: they are kept (the free-text scrub
+    /// has applied to them), and each tag is logged once.
+    fn report_over_long(&self, tag: Tag) {
+        let first = self.over_long.lock().map(|mut seen| seen.insert(tag)).unwrap_or(false);
+        if first {
+            tracing::info!(tag = %crate::dicom::tag_str(tag), "kept a value longer than its VR allows (logged once per tag)");
+        }
     }
 
     /// Stop the index writer and make everything durable.
@@ -335,6 +488,64 @@ impl Pipeline {
         let Pipeline { index, barrier, spool, .. } = self;
         index.close();
         durable(&barrier, &spool)
+    }
+}
+
+/// Run `f`; a panic (a bug some input found) becomes an error about that input, so the instance
+/// is quarantined and the sender told, instead of a dead task and an endless retry.
+fn guarded(f: impl FnOnce() -> Result<Stored, InstanceError>) -> Result<Stored, InstanceError> {
+    catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|payload| {
+        let what = payload
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "panic".into());
+        Err(InstanceError::Panic(what))
+    })
+}
+
+fn read_range(file: &mut File, from: u64, to: u64) -> io::Result<Vec<u8>> {
+    let mut v = vec![0; (to - from) as usize];
+    file.seek(SeekFrom::Start(from))?;
+    file.read_exact(&mut v)?;
+    Ok(v)
+}
+
+/// An inflated data set.
+enum Inflated {
+    Memory(Vec<u8>),
+    File(Spill),
+}
+
+/// A writer that keeps what it is given in memory up to [`IN_MEMORY_UP_TO`], then moves it to a
+/// spill file and goes on there.
+struct Inflating<'a> {
+    tmp: &'a Path,
+    out: Inflated,
+    writer: Option<BufWriter<File>>,
+}
+
+impl Write for Inflating<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if let Inflated::Memory(v) = &mut self.out {
+            if v.len() + buf.len() <= IN_MEMORY_UP_TO {
+                v.extend_from_slice(buf);
+                return Ok(buf.len());
+            }
+            let (spill, file) = Spill::create(self.tmp)?;
+            let mut w = BufWriter::with_capacity(1 << 20, file);
+            w.write_all(v)?;
+            self.writer = Some(w);
+            self.out = Inflated::File(spill);
+        }
+        match &mut self.writer {
+            Some(w) => w.write(buf),
+            None => Err(io::Error::other("inflate sink has no file")),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.writer.as_mut().map_or(Ok(()), Write::flush)
     }
 }
 

@@ -13,16 +13,19 @@ mod part10;
 mod read;
 mod split;
 mod syntax;
+mod values;
 mod write;
 
 pub use element::{pad_text, trim_padding, DataSet, Element, Value};
 pub use part10::{
-    inflate, write_meta, write_part10, FileMeta, Part10, Part10Error, IMPLEMENTATION_CLASS_UID,
-    IMPLEMENTATION_VERSION_NAME,
+    inflate_into, is_part10, write_meta, write_part10, FileMeta, InflateError, Part10, Part10Error,
+    IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME,
 };
+pub(crate) use read::tag_str;
 pub use read::{read_dataset, ReadError};
 pub use split::{locate_pixel_data, PixelSpan, SplitError};
 pub use syntax::{Encoding, TransferSyntax};
+pub use values::{check_values, ValueError};
 pub use write::{write_dataset, WriteError};
 
 pub use dicom_core::{Tag, VR};

@@ -6,7 +6,7 @@ use std::io::{Read, Write};
 use dicom_core::{Tag, VR};
 
 use super::element::{pad_text, trim_padding, DataSet, Element, Value};
-use super::read::{read_dataset, read_prefix, ReadError};
+use super::read::{read_prefix, ReadError};
 use super::syntax::{Encoding, TransferSyntax};
 use super::write::{write_dataset, WriteError};
 
@@ -14,9 +14,6 @@ use super::write::{write_dataset, WriteError};
 pub const IMPLEMENTATION_CLASS_UID: &str = "2.25.130914155589001076100974887412066083568";
 /// At most 16 characters (SH).
 pub const IMPLEMENTATION_VERSION_NAME: &str = concat!("DAG_", env!("CARGO_PKG_VERSION"));
-
-/// The most a Deflated data set may inflate to, so a zip bomb cannot take the host down.
-const MAX_INFLATED: u64 = 4 << 30;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Part10Error {
@@ -28,8 +25,20 @@ pub enum Part10Error {
     MetaMissing(&'static str),
     #[error("data set is unreadable: {0}")]
     DataSet(#[from] ReadError),
+}
+
+/// Why a Deflated data set could not be inflated.
+#[derive(Debug, thiserror::Error)]
+pub enum InflateError {
+    /// The stream is not valid deflate: the sender's fault.
     #[error("deflated data set does not inflate: {0}")]
-    Inflate(std::io::Error),
+    Corrupt(std::io::Error),
+    /// It inflates to more than this node accepts.
+    #[error("deflated data set inflates to more than {limit} bytes")]
+    TooLarge { limit: u64 },
+    /// Reading the input or writing the output failed: the node's fault.
+    #[error("cannot inflate the data set: {0}")]
+    Io(std::io::Error),
 }
 
 /// What the file meta says about the data set that follows.
@@ -38,16 +47,17 @@ pub struct FileMeta {
     pub transfer_syntax: TransferSyntax,
 }
 
-/// A parsed file: its meta and the data set bytes (inflated when the syntax is Deflated).
+/// A parsed file: its meta and the (still encoded, possibly Deflated) data set bytes.
 pub struct Part10<'a> {
     pub meta: FileMeta,
-    pub body: Cow<'a, [u8]>,
+    pub body: &'a [u8],
 }
 
 impl<'a> Part10<'a> {
-    /// Split a Part 10 file into meta and data set bytes.
+    /// Split a Part 10 file (or its beginning, when the whole meta group is there) into meta and
+    /// data set bytes.
     pub fn parse(buf: &'a [u8]) -> Result<Part10<'a>, Part10Error> {
-        if buf.len() < 132 || &buf[128..132] != b"DICM" {
+        if !is_part10(buf) {
             return Err(Part10Error::NotDicom);
         }
         let rest = &buf[132..];
@@ -58,19 +68,18 @@ impl<'a> Part10<'a> {
             .filter(|t| !t.is_empty())
             .ok_or(Part10Error::MetaMissing("TransferSyntaxUID (0002,0010)"))?;
         let meta = FileMeta { transfer_syntax: TransferSyntax::new(ts) };
-        let body = &rest[used..];
-        let body = if meta.transfer_syntax.is_deflated() {
-            Cow::Owned(inflate(body).map_err(Part10Error::Inflate)?)
-        } else {
-            Cow::Borrowed(body)
-        };
-        Ok(Part10 { meta, body })
+        Ok(Part10 { meta, body: &rest[used..] })
     }
 
-    /// The data set, parsed with the file's transfer syntax.
-    pub fn dataset(&self) -> Result<DataSet<'_>, Part10Error> {
-        Ok(read_dataset(&self.body, self.meta.transfer_syntax.encoding())?)
+    /// Where the data set starts in the file.
+    pub fn body_offset(&self, file: &[u8]) -> usize {
+        file.len() - self.body.len()
     }
+}
+
+/// Whether `buf` starts like a Part 10 file: a 128-byte preamble, then `DICM`.
+pub fn is_part10(buf: &[u8]) -> bool {
+    buf.len() >= 132 && &buf[128..132] == b"DICM"
 }
 
 /// Write `ds` as a Part 10 file. The media storage UIDs come from the data set itself, so they can
@@ -113,9 +122,34 @@ pub fn write_meta(
     Ok(())
 }
 
-/// Inflate a Deflated Explicit VR Little Endian data set (PS3.5 §A.5), at most 4 GiB of it.
-pub fn inflate(body: &[u8]) -> std::io::Result<Vec<u8>> {
-    let mut out = Vec::with_capacity(body.len() * 3);
-    flate2::read::DeflateDecoder::new(body).take(MAX_INFLATED).read_to_end(&mut out)?;
-    Ok(out)
+/// Inflate a Deflated Explicit VR Little Endian data set (PS3.5 §A.5) as a stream into `out`, at
+/// most `limit` bytes of it, so a zip bomb costs a bounded buffer and is refused at the limit.
+/// Returns the inflated size.
+pub fn inflate_into(input: impl Read, limit: u64, out: &mut impl Write) -> Result<u64, InflateError> {
+    let mut decoder = flate2::read::DeflateDecoder::new(input);
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut total = 0u64;
+    loop {
+        let n = match decoder.read(&mut buf) {
+            Ok(0) => return Ok(total),
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::InvalidInput
+                        | std::io::ErrorKind::InvalidData
+                        | std::io::ErrorKind::UnexpectedEof
+                ) =>
+            {
+                return Err(InflateError::Corrupt(e))
+            }
+            Err(e) => return Err(InflateError::Io(e)),
+        };
+        total += n as u64;
+        if total > limit {
+            return Err(InflateError::TooLarge { limit });
+        }
+        out.write_all(&buf[..n]).map_err(InflateError::Io)?;
+    }
 }

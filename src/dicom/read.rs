@@ -1,4 +1,10 @@
 //! Parse a data set from a byte buffer without copying values and without trusting lengths.
+//!
+//! This is the one strict reader every path goes through (network, spilled, inflated, offline, file
+//! meta): every element and item lies wholly inside its parent, defined-length items add up to their
+//! sequence's length, undefined lengths end with their delimiter inside the parent, and no value runs
+//! past its container. A lying length is an error here, never a reason to read the next element as
+//! part of this one: that is how a patient's name would end up inside a "kept" value.
 
 use std::borrow::Cow;
 
@@ -9,17 +15,17 @@ use dicom_dictionary_std::StandardDataDictionary;
 use super::element::{DataSet, Element, Value};
 use super::syntax::Encoding;
 
-const UNDEFINED: u32 = 0xFFFF_FFFF;
+pub(crate) const UNDEFINED: u32 = 0xFFFF_FFFF;
 pub(crate) const ITEM: Tag = Tag(0xFFFE, 0xE000);
 pub(crate) const ITEM_END: Tag = Tag(0xFFFE, 0xE00D);
 pub(crate) const SEQUENCE_END: Tag = Tag(0xFFFE, 0xE0DD);
 
 /// Sequences nest a few levels in real objects; a hostile file could nest until the stack breaks.
-const MAX_DEPTH: usize = 48;
+pub(crate) const MAX_DEPTH: usize = 48;
 
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum ReadError {
-    #[error("data set truncated at offset {offset}: {what} needs {needed} bytes, {available} left")]
+    #[error("data set truncated at offset {offset}: {what} needs {needed} bytes, {available} left in its container")]
     Truncated { offset: usize, what: String, needed: u64, available: usize },
     #[error("element {tag} at offset {offset} has an invalid VR {vr:?}")]
     BadVr { tag: String, offset: usize, vr: [u8; 2] },
@@ -27,6 +33,8 @@ pub enum ReadError {
     UndefinedLength { tag: String, offset: usize },
     #[error("unexpected {found} at offset {offset} (expected {expected})")]
     Unexpected { found: String, offset: usize, expected: &'static str },
+    #[error("element {tag} appears twice in one data set (offset {offset})")]
+    Duplicate { tag: String, offset: usize },
     #[error("sequences nested deeper than {MAX_DEPTH} levels")]
     TooDeep,
 }
@@ -35,11 +43,58 @@ pub(crate) fn tag_str(t: Tag) -> String {
     format!("({:04X},{:04X})", t.0, t.1)
 }
 
+/// One element header as it is on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Header {
+    pub tag: Tag,
+    pub vr: VR,
+    pub len: u32,
+    /// Bytes the header itself takes: 8, or 12 for explicit VRs with a 32-bit length.
+    pub size: usize,
+}
+
+/// Decode the element header at the start of `b` (at most 12 bytes are looked at). `Ok(None)`: `b`
+/// is too short to hold it. Shared by the in-memory reader and the spill scanner, so both read the
+/// same header the same way.
+pub(crate) fn decode_header(b: &[u8], enc: Encoding, offset: usize) -> Result<Option<Header>, ReadError> {
+    let u16_at = |i: usize| {
+        let v = [b[i], b[i + 1]];
+        if enc.big_endian {
+            u16::from_be_bytes(v)
+        } else {
+            u16::from_le_bytes(v)
+        }
+    };
+    let u32_at = |i: usize| {
+        let v = [b[i], b[i + 1], b[i + 2], b[i + 3]];
+        if enc.big_endian {
+            u32::from_be_bytes(v)
+        } else {
+            u32::from_le_bytes(v)
+        }
+    };
+    if b.len() < 8 {
+        return Ok(None);
+    }
+    let tag = Tag(u16_at(0), u16_at(2));
+    if !enc.explicit_vr || tag.0 == 0xFFFE {
+        return Ok(Some(Header { tag, vr: implicit_vr(tag), len: u32_at(4), size: 8 }));
+    }
+    let code = [b[4], b[5]];
+    let vr = VR::from_binary(code).ok_or(ReadError::BadVr { tag: tag_str(tag), offset, vr: code })?;
+    if !has_long_length(vr) {
+        return Ok(Some(Header { tag, vr, len: u16_at(6) as u32, size: 8 }));
+    }
+    if b.len() < 12 {
+        return Ok(None);
+    }
+    Ok(Some(Header { tag, vr, len: u32_at(8), size: 12 }))
+}
+
 /// Read a whole data set that fills `buf`. Trailing zero padding after the last element is ignored.
 pub fn read_dataset(buf: &[u8], enc: Encoding) -> Result<DataSet<'_>, ReadError> {
     let mut r = Reader { buf, pos: 0, enc, depth: 0 };
-    let ds = r.elements_until(buf.len(), None)?;
-    Ok(ds)
+    r.elements(buf.len(), false)
 }
 
 /// Read the leading elements of `buf` while `keep(tag)` holds; returns them and where they stop.
@@ -51,8 +106,27 @@ pub(crate) fn read_prefix(
 ) -> Result<(DataSet<'_>, usize), ReadError> {
     let mut r = Reader { buf, pos: 0, enc, depth: 0 };
     let mut ds = DataSet::default();
-    while r.pos + 4 <= buf.len() && keep(r.peek_tag()) {
-        let e = r.element()?;
+    // The tag decides before the VR is read: what follows the meta group may be implicit VR.
+    while let Some(b) = buf.get(r.pos..r.pos + 4) {
+        let u16_at = |i: usize| {
+            let v = [b[i], b[i + 1]];
+            if enc.big_endian {
+                u16::from_be_bytes(v)
+            } else {
+                u16::from_le_bytes(v)
+            }
+        };
+        if !keep(Tag(u16_at(0), u16_at(2))) {
+            break;
+        }
+        let e = r.element(buf.len())?;
+        if ds.elements.last().is_some_and(|last| last.tag >= e.tag) {
+            return Err(ReadError::Unexpected {
+                found: tag_str(e.tag),
+                offset: r.pos,
+                expected: "ascending tags",
+            });
+        }
         ds.elements.push(e);
     }
     Ok((ds, r.pos))
@@ -66,8 +140,9 @@ struct Reader<'a> {
 }
 
 impl<'a> Reader<'a> {
-    fn need(&self, n: u64, what: &str) -> Result<(), ReadError> {
-        let available = self.buf.len() - self.pos;
+    /// `n` more bytes must lie before `end`, the end of the current container.
+    fn need(&self, n: u64, end: usize, what: &str) -> Result<(), ReadError> {
+        let available = end.saturating_sub(self.pos);
         if n > available as u64 {
             return Err(ReadError::Truncated {
                 offset: self.pos,
@@ -79,155 +154,158 @@ impl<'a> Reader<'a> {
         Ok(())
     }
 
-    fn u16(&mut self) -> u16 {
-        let b = [self.buf[self.pos], self.buf[self.pos + 1]];
-        self.pos += 2;
-        if self.enc.big_endian {
-            u16::from_be_bytes(b)
-        } else {
-            u16::from_le_bytes(b)
+    fn header(&mut self, end: usize) -> Result<Header, ReadError> {
+        let at = self.pos;
+        match decode_header(&self.buf[at..end], self.enc, at)? {
+            Some(h) => {
+                self.pos += h.size;
+                Ok(h)
+            }
+            None => Err(ReadError::Truncated {
+                offset: at,
+                what: "element header".into(),
+                needed: 8,
+                available: end - at,
+            }),
         }
     }
 
-    fn u32(&mut self) -> u32 {
-        let b = [self.buf[self.pos], self.buf[self.pos + 1], self.buf[self.pos + 2], self.buf[self.pos + 3]];
-        self.pos += 4;
-        if self.enc.big_endian {
-            u32::from_be_bytes(b)
-        } else {
-            u32::from_le_bytes(b)
-        }
-    }
-
-    fn peek_tag(&self) -> Tag {
-        let mut copy = Reader { buf: self.buf, pos: self.pos, enc: self.enc, depth: 0 };
-        Tag(copy.u16(), copy.u16())
-    }
-
-    fn take(&mut self, len: u32, what: impl Fn() -> String) -> Result<&'a [u8], ReadError> {
-        self.need(len as u64, &what())?;
+    fn take(&mut self, len: u32, end: usize, what: impl Fn() -> String) -> Result<&'a [u8], ReadError> {
+        self.need(len as u64, end, &what())?;
         let v = &self.buf[self.pos..self.pos + len as usize];
         self.pos += len as usize;
         Ok(v)
     }
 
-    /// Elements until `end`, or until the item delimiter when `end` is the buffer end and the
-    /// item has undefined length (`delimited`).
-    fn elements_until(&mut self, end: usize, delimited: Option<()>) -> Result<DataSet<'a>, ReadError> {
+    /// The elements of a data set that ends at `end`, or at its item delimiter (`delimited`), which
+    /// must then lie before `end`. Sorting is done once at the end, so any order costs n·log n.
+    fn elements(&mut self, end: usize, delimited: bool) -> Result<DataSet<'a>, ReadError> {
         let mut ds = DataSet::default();
+        let mut sorted = true;
         loop {
             if self.pos >= end {
-                if delimited.is_some() {
-                    self.need(8, "item delimitation item")?;
+                if delimited {
+                    self.need(8, end, "item delimitation item")?;
                 }
-                return Ok(ds);
+                break;
             }
-            if delimited.is_none() && end - self.pos < 8 && self.buf[self.pos..end].iter().all(|&b| b == 0) {
+            if !delimited && end - self.pos < 8 && self.buf[self.pos..end].iter().all(|&b| b == 0) {
                 // Some writers pad the data set with a few zero bytes; nothing to read there.
                 self.pos = end;
-                return Ok(ds);
+                break;
             }
-            self.need(8, "element header")?;
-            if self.peek_tag() == ITEM_END {
-                if delimited.is_some() {
-                    self.pos += 8;
-                    return Ok(ds);
+            let at = self.pos;
+            let e = self.element(end)?;
+            if e.tag == ITEM_END {
+                if delimited {
+                    break;
                 }
                 return Err(ReadError::Unexpected {
                     found: "item delimitation item".into(),
-                    offset: self.pos,
+                    offset: at,
                     expected: "an element",
                 });
             }
-            let e = self.element()?;
-            // Tag order is required by PS3.5 §7.1; a stray unsorted element is sorted in rather
-            // than trusted to be last, so lookups by binary search stay correct.
-            match ds.elements.last() {
-                Some(last) if last.tag >= e.tag => ds.put(e),
-                _ => ds.elements.push(e),
+            if let Some(last) = ds.elements.last() {
+                if last.tag == e.tag {
+                    return Err(ReadError::Duplicate { tag: tag_str(e.tag), offset: at });
+                }
+                sorted &= last.tag < e.tag;
+            }
+            ds.elements.push(e);
+        }
+        if !sorted {
+            // Tag order is required by PS3.5 §7.1; a stray unsorted element is sorted in rather than
+            // trusted to be last, so lookups by binary search stay correct. A tag seen twice is
+            // ambiguous (which PatientID is the patient's?), so it is refused.
+            ds.elements.sort_by_key(|e| e.tag);
+            if let Some(w) = ds.elements.windows(2).find(|w| w[0].tag == w[1].tag) {
+                return Err(ReadError::Duplicate { tag: tag_str(w[0].tag), offset: 0 });
             }
         }
+        Ok(ds)
     }
 
-    fn element(&mut self) -> Result<Element<'a>, ReadError> {
+    /// One element that must lie wholly before `end`. An item delimiter comes back as an element
+    /// with that tag and no value, for the caller to judge.
+    fn element(&mut self, end: usize) -> Result<Element<'a>, ReadError> {
         let start = self.pos;
-        self.need(8, "element header")?;
-        let tag = Tag(self.u16(), self.u16());
-        let (vr, len) = if self.enc.explicit_vr && tag.0 != 0xFFFE {
-            let code = [self.buf[self.pos], self.buf[self.pos + 1]];
-            self.pos += 2;
-            let vr = VR::from_binary(code).ok_or(ReadError::BadVr {
-                tag: tag_str(tag),
-                offset: start,
-                vr: code,
-            })?;
-            let len = if has_long_length(vr) {
-                self.need(6, "element length")?;
-                self.pos += 2;
-                self.u32()
-            } else {
-                self.u16() as u32
-            };
-            (vr, len)
-        } else {
-            (implicit_vr(tag), self.u32())
-        };
-
+        let Header { tag, vr, len, .. } = self.header(end)?;
+        if tag == ITEM_END {
+            if len != 0 {
+                return Err(ReadError::Unexpected {
+                    found: "item delimiter with a length".into(),
+                    offset: start,
+                    expected: "length 0",
+                });
+            }
+            return Ok(Element { tag, vr: VR::UN, value: Value::Bytes(Cow::Borrowed(&[])) });
+        }
+        if tag.0 == 0xFFFE {
+            return Err(ReadError::Unexpected { found: tag_str(tag), offset: start, expected: "an element" });
+        }
         let value = if vr == VR::SQ || (vr == VR::UN && len == UNDEFINED) {
             // An undefined-length UN is a sequence whose content is Implicit VR LE (PS3.5 §6.2.2).
             let inner = if vr == VR::UN { Encoding::IMPLICIT_LE } else { self.enc };
-            Value::Items(self.items(len, inner)?)
+            Value::Items(self.items(len, end, inner)?)
         } else if len == UNDEFINED {
             if !matches!(vr, VR::OB | VR::OW) {
                 return Err(ReadError::UndefinedLength { tag: tag_str(tag), offset: start });
             }
-            Value::Fragments(self.fragments()?)
+            Value::Fragments(self.fragments(end)?)
         } else {
-            Value::Bytes(Cow::Borrowed(self.take(len, || format!("value of {}", tag_str(tag)))?))
+            Value::Bytes(Cow::Borrowed(self.take(len, end, || format!("value of {}", tag_str(tag)))?))
         };
         let vr = if matches!(value, Value::Items(_)) { VR::SQ } else { vr };
         Ok(Element { tag, vr, value })
     }
 
-    fn items(&mut self, len: u32, inner: Encoding) -> Result<Vec<DataSet<'a>>, ReadError> {
+    /// The items of a sequence of length `len` inside a container ending at `parent_end`.
+    fn items(&mut self, len: u32, parent_end: usize, inner: Encoding) -> Result<Vec<DataSet<'a>>, ReadError> {
         self.depth += 1;
         if self.depth > MAX_DEPTH {
             return Err(ReadError::TooDeep);
         }
         let outer = self.enc;
         self.enc = inner;
-        let end = if len == UNDEFINED {
-            None
+        let defined = len != UNDEFINED;
+        let end = if defined {
+            self.need(len as u64, parent_end, "sequence")?;
+            self.pos + len as usize
         } else {
-            self.need(len as u64, "sequence")?;
-            Some(self.pos + len as usize)
+            parent_end
         };
         let mut items = Vec::new();
         loop {
-            match end {
-                Some(end) if self.pos >= end => break,
-                _ => {}
-            }
-            self.need(8, "item header")?;
-            let at = self.pos;
-            let tag = Tag(self.u16(), self.u16());
-            let item_len = self.u32();
-            if tag == SEQUENCE_END && end.is_none() {
+            if defined && self.pos == end {
                 break;
             }
-            if tag != ITEM {
+            self.need(8, end, "item header")?;
+            let at = self.pos;
+            let h = self.header(end)?;
+            if h.tag == SEQUENCE_END && !defined {
+                if h.len != 0 {
+                    return Err(ReadError::Unexpected {
+                        found: "sequence delimiter with a length".into(),
+                        offset: at,
+                        expected: "length 0",
+                    });
+                }
+                break;
+            }
+            if h.tag != ITEM {
                 return Err(ReadError::Unexpected {
-                    found: tag_str(tag),
+                    found: tag_str(h.tag),
                     offset: at,
                     expected: "a sequence item",
                 });
             }
-            let item = if item_len == UNDEFINED {
-                self.elements_until(self.buf.len(), Some(()))?
+            let item = if h.len == UNDEFINED {
+                self.elements(end, true)?
             } else {
-                self.need(item_len as u64, "sequence item")?;
-                let item_end = self.pos + item_len as usize;
-                self.elements_until(item_end, None)?
+                self.need(h.len as u64, end, "sequence item")?;
+                let item_end = self.pos + h.len as usize;
+                self.elements(item_end, false)?
             };
             items.push(item);
         }
@@ -236,24 +314,23 @@ impl<'a> Reader<'a> {
         Ok(items)
     }
 
-    fn fragments(&mut self) -> Result<Vec<Cow<'a, [u8]>>, ReadError> {
+    /// Encapsulated pixel data fragments, up to the sequence delimiter, inside `end`.
+    fn fragments(&mut self, end: usize) -> Result<Vec<Cow<'a, [u8]>>, ReadError> {
         let mut out = Vec::new();
         loop {
-            self.need(8, "fragment header")?;
             let at = self.pos;
-            let tag = Tag(self.u16(), self.u16());
-            let len = self.u32();
-            if tag == SEQUENCE_END {
+            let h = self.header(end)?;
+            if h.tag == SEQUENCE_END {
                 return Ok(out);
             }
-            if tag != ITEM || len == UNDEFINED {
+            if h.tag != ITEM || h.len == UNDEFINED {
                 return Err(ReadError::Unexpected {
-                    found: tag_str(tag),
+                    found: tag_str(h.tag),
                     offset: at,
                     expected: "a pixel data fragment",
                 });
             }
-            out.push(Cow::Borrowed(self.take(len, || "pixel data fragment".to_string())?));
+            out.push(Cow::Borrowed(self.take(h.len, end, || "pixel data fragment".to_string())?));
         }
     }
 }

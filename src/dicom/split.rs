@@ -1,16 +1,20 @@
 //! Find where the pixel data of a large data set lies in a file, reading element headers only, so
 //! that everything around it can be anonymized in memory while the pixels are copied file to file.
+//!
+//! Headers are decoded by the strict reader's [`decode_header`], and every length is checked against
+//! its container here too (the file, a sequence, an item). What lies before and after the pixel data
+//! is then parsed by the strict reader itself, so this scan only has to find the span honestly.
 
 use std::io::{self, BufReader, Read, Seek, SeekFrom};
 
 use dicom_core::{Tag, VR};
 
-use super::read::{has_long_length, implicit_vr, ITEM, ITEM_END, SEQUENCE_END};
+use super::read::{
+    decode_header, tag_str, Header, ReadError, ITEM, ITEM_END, MAX_DEPTH, SEQUENCE_END, UNDEFINED,
+};
 use super::syntax::Encoding;
 
-const UNDEFINED: u32 = 0xFFFF_FFFF;
 const PIXEL_DATA: Tag = Tag(0x7FE0, 0x0010);
-const MAX_DEPTH: usize = 48;
 
 /// Byte ranges of a data set split around its top-level Pixel Data element.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -23,116 +27,144 @@ pub struct PixelSpan {
 
 #[derive(Debug, thiserror::Error)]
 pub enum SplitError {
-    #[error("cannot read the data set: {0}")]
+    /// The file could not be read: the node's problem, not the sender's.
+    #[error("cannot read the spilled data set: {0}")]
     Io(#[from] io::Error),
-    #[error("element {0} has an invalid explicit VR")]
-    BadVr(String),
-    #[error("sequences nested deeper than {MAX_DEPTH} levels")]
-    TooDeep,
+    /// The bytes do not form a data set: the sender's problem.
+    #[error("data set does not parse: {0}")]
+    Malformed(#[from] ReadError),
 }
 
-/// Locate the top-level Pixel Data element of the data set filling `file` (`None`: there is none).
-pub fn locate_pixel_data<R: Read + Seek>(file: R, enc: Encoding) -> Result<Option<PixelSpan>, SplitError> {
-    let mut r = Scanner { r: BufReader::with_capacity(64 * 1024, file), enc };
+/// Locate the top-level Pixel Data element of the data set that fills `file` from `offset` on
+/// (`None`: there is none). The span is in file offsets.
+pub fn locate_pixel_data<R: Read + Seek>(
+    file: R,
+    offset: u64,
+    enc: Encoding,
+) -> Result<Option<PixelSpan>, SplitError> {
+    let mut r = Scanner { r: BufReader::with_capacity(64 * 1024, file), enc, pos: offset };
     let len = r.r.seek(SeekFrom::End(0))?;
-    r.r.seek(SeekFrom::Start(0))?;
+    r.r.seek(SeekFrom::Start(offset))?;
     loop {
-        let start = r.r.stream_position()?;
+        let start = r.pos;
         if start + 8 > len {
             return Ok(None);
         }
-        let (tag, vr, value_len) = r.header()?;
-        if tag == PIXEL_DATA {
-            r.skip_value(vr, value_len, 0)?;
-            return Ok(Some(PixelSpan { start, end: r.r.stream_position()? }));
-        }
-        if tag > PIXEL_DATA {
+        let h = r.header(len)?;
+        if h.tag > PIXEL_DATA {
             return Ok(None);
         }
-        r.skip_value(vr, value_len, 0)?;
+        r.skip_value(h, len, 0)?;
+        if h.tag == PIXEL_DATA {
+            return Ok(Some(PixelSpan { start, end: r.pos }));
+        }
     }
 }
 
 struct Scanner<R> {
     r: BufReader<R>,
     enc: Encoding,
+    /// Where the reader is in the file: counted here, so no length is trusted to seek.
+    pos: u64,
 }
 
 impl<R: Read + Seek> Scanner<R> {
-    fn u16(&mut self) -> io::Result<u16> {
-        let mut b = [0; 2];
-        self.r.read_exact(&mut b)?;
-        Ok(if self.enc.big_endian { u16::from_be_bytes(b) } else { u16::from_le_bytes(b) })
+    fn truncated(&self, what: &str, needed: u64, end: u64) -> SplitError {
+        SplitError::Malformed(ReadError::Truncated {
+            offset: self.pos as usize,
+            what: what.to_string(),
+            needed,
+            available: end.saturating_sub(self.pos) as usize,
+        })
     }
 
-    fn u32(&mut self) -> io::Result<u32> {
-        let mut b = [0; 4];
-        self.r.read_exact(&mut b)?;
-        Ok(if self.enc.big_endian { u32::from_be_bytes(b) } else { u32::from_le_bytes(b) })
-    }
-
-    fn header(&mut self) -> Result<(Tag, VR, u32), SplitError> {
-        let tag = Tag(self.u16()?, self.u16()?);
-        if !self.enc.explicit_vr || tag.0 == 0xFFFE {
-            return Ok((tag, implicit_vr(tag), self.u32()?));
+    /// The next header, which must lie before `end`.
+    fn header(&mut self, end: u64) -> Result<Header, SplitError> {
+        let mut b = [0u8; 12];
+        let room = end.saturating_sub(self.pos);
+        if room < 8 {
+            return Err(self.truncated("element header", 8, end));
         }
-        let mut code = [0; 2];
-        self.r.read_exact(&mut code)?;
-        let vr = VR::from_binary(code)
-            .ok_or_else(|| SplitError::BadVr(format!("({:04X},{:04X})", tag.0, tag.1)))?;
-        let len = if has_long_length(vr) {
-            self.u16()?;
-            self.u32()?
-        } else {
-            self.u16()? as u32
+        self.r.read_exact(&mut b[..8])?;
+        let h = match decode_header(&b[..8], self.enc, self.pos as usize)? {
+            Some(h) => h,
+            // An explicit VR with a 32-bit length: four more bytes.
+            None if room >= 12 => {
+                self.r.read_exact(&mut b[8..])?;
+                decode_header(&b, self.enc, self.pos as usize)?
+                    .ok_or_else(|| self.truncated("element header", 12, end))?
+            }
+            None => return Err(self.truncated("element header", 12, end)),
         };
-        Ok((tag, vr, len))
+        self.pos += h.size as u64;
+        Ok(h)
     }
 
-    fn skip(&mut self, n: u32) -> io::Result<()> {
-        self.r.seek_relative(n as i64)
+    /// Skip `n` bytes that must lie before `end`.
+    fn skip(&mut self, n: u64, end: u64, what: &str) -> Result<(), SplitError> {
+        if n > end.saturating_sub(self.pos) {
+            return Err(self.truncated(what, n, end));
+        }
+        self.r.seek_relative(n as i64)?;
+        self.pos += n;
+        Ok(())
     }
 
-    fn skip_value(&mut self, vr: VR, len: u32, depth: usize) -> Result<(), SplitError> {
-        if len != UNDEFINED {
-            return Ok(self.skip(len)?);
+    /// Skip the value of the element whose header was just read; it must end before `end`.
+    fn skip_value(&mut self, h: Header, end: u64, depth: usize) -> Result<(), SplitError> {
+        let sequence = h.vr == VR::SQ || (h.vr == VR::UN && h.len == UNDEFINED);
+        if h.len != UNDEFINED && !sequence {
+            return self.skip(h.len as u64, end, "element value");
+        }
+        if h.len == UNDEFINED && !sequence && !matches!(h.vr, VR::OB | VR::OW) {
+            return Err(ReadError::UndefinedLength { tag: tag_str(h.tag), offset: self.pos as usize }.into());
         }
         if depth > MAX_DEPTH {
-            return Err(SplitError::TooDeep);
+            return Err(ReadError::TooDeep.into());
         }
-        let nested = vr == VR::SQ || vr == VR::UN;
+        let seq_end = if h.len == UNDEFINED {
+            end
+        } else {
+            if h.len as u64 > end.saturating_sub(self.pos) {
+                return Err(self.truncated("sequence", h.len as u64, end));
+            }
+            self.pos + h.len as u64
+        };
         let outer = self.enc;
-        if vr == VR::UN {
+        if h.vr == VR::UN {
             self.enc = Encoding::IMPLICIT_LE;
         }
-        // Items (or fragments) until the sequence delimiter.
+        // Items (or fragments) until the sequence delimiter or the sequence's end.
         loop {
-            let tag = Tag(self.u16()?, self.u16()?);
-            let item_len = self.u32()?;
-            if tag == SEQUENCE_END {
+            if h.len != UNDEFINED && self.pos == seq_end {
                 break;
             }
-            if tag != ITEM {
-                return Err(SplitError::Io(io::Error::new(io::ErrorKind::InvalidData, "expected an item")));
+            let at = self.pos as usize;
+            let item = self.header(seq_end)?;
+            if item.tag == SEQUENCE_END && h.len == UNDEFINED {
+                break;
             }
-            if item_len != UNDEFINED || !nested {
-                self.skip(item_len)?;
+            if item.tag != ITEM || (item.len == UNDEFINED && !sequence) {
+                let expected = if sequence { "a sequence item" } else { "a pixel data fragment" };
+                return Err(ReadError::Unexpected { found: tag_str(item.tag), offset: at, expected }.into());
+            }
+            if item.len != UNDEFINED {
+                self.skip(item.len as u64, seq_end, "sequence item")?;
                 continue;
             }
             // An undefined-length item: elements until the item delimiter.
             loop {
-                let (tag, vr, len) = self.header()?;
-                if tag == ITEM_END {
+                let e = self.header(seq_end)?;
+                if e.tag == ITEM_END {
                     break;
                 }
-                self.skip_value(vr, len, depth + 1)?;
+                self.skip_value(e, seq_end, depth + 1)?;
             }
         }
         self.enc = outer;
         Ok(())
     }
 }
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -150,7 +182,7 @@ mod tests {
         b.extend([0xE0, 0x7F, 0x10, 0x00, b'O', b'W', 0, 0, 4, 0, 0, 0, 1, 2, 3, 4]);
         let end = b.len() as u64;
         b.extend([0xFC, 0xFF, 0xFC, 0xFF, b'O', b'B', 0, 0, 2, 0, 0, 0, 0, 0]);
-        let span = locate_pixel_data(Cursor::new(b), Encoding::EXPLICIT_LE).unwrap();
+        let span = locate_pixel_data(Cursor::new(b), 0, Encoding::EXPLICIT_LE).unwrap();
         assert_eq!(span, Some(PixelSpan { start, end }));
     }
 }

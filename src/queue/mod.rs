@@ -1,7 +1,10 @@
-//! Where instances go after the engine: the durable spool of anonymized files, or quarantine.
+//! Where instances go after the engine: the durable spool of anonymized files, or quarantine; and
+//! the temporary spill files that hold large data sets on their way there.
 
 pub mod quarantine;
+pub mod spill;
 pub mod spool;
 
 pub use quarantine::{Quarantine, Reason};
+pub use spill::Spill;
 pub use spool::{Spool, SpoolError};

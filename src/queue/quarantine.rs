@@ -18,12 +18,15 @@ pub enum Reason {
     Unreadable,
     /// SOP Class, SOP Instance, Study or Series UID missing.
     MissingAttributes,
-    /// PatientName or PatientID is not valid in its character set.
+    /// PatientName or PatientID is not valid in its character set, or a kept text value holds
+    /// bytes its VR forbids.
     InvalidText,
     /// Contradicts the index (a study under two patients, ...).
     IntegrityConflict,
-    /// The anonymized file could not be written.
-    StorageError,
+    /// A kept value does not fit its VR once anonymized (a UI list grown past 64 KiB).
+    CannotEncode,
+    /// Processing this input met a bug; it is kept so the bug can be found and the instance re-run.
+    ProcessingError,
 }
 
 impl Reason {
@@ -34,7 +37,8 @@ impl Reason {
             Reason::MissingAttributes => "Missing_Attributes",
             Reason::InvalidText => "Invalid_Text",
             Reason::IntegrityConflict => "Capture_PHI_Error",
-            Reason::StorageError => "Storage_Error",
+            Reason::CannotEncode => "Encode_Error",
+            Reason::ProcessingError => "Processing_Error",
         }
     }
 }

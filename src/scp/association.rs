@@ -16,7 +16,8 @@ use super::dimse::{response, Command, Status};
 use super::receive::{Incoming, Received};
 use super::Node;
 use crate::dicom::TransferSyntax;
-use crate::pipeline::{Admission, Body, InstanceError};
+use crate::pipeline::{Admission, Body, Outcome};
+use crate::queue::Reason;
 
 /// What one association did, for its closing log line.
 #[derive(Debug, Default)]
@@ -114,6 +115,12 @@ async fn serve(
     let idle = Duration::from_secs(node.scp.timeouts.idle_s);
     let dimse = Duration::from_secs(node.scp.timeouts.dimse_s);
     let mut message: Option<Message> = None;
+    let accepted: Vec<u8> = assoc
+        .presentation_contexts()
+        .iter()
+        .filter(|pc| pc.reason == PresentationContextResultReason::Acceptance)
+        .map(|pc| pc.id)
+        .collect();
     loop {
         // Shutdown is honoured only between messages, so an instance in flight is carried through.
         let wait = if message.is_some() { dimse } else { idle };
@@ -136,6 +143,10 @@ async fn serve(
             _ => return End::Abort("unexpected PDU"),
         };
         for pdv in values {
+            // A PDV must travel on a context this association accepted (PS3.8 §9.3.5).
+            if !accepted.contains(&pdv.presentation_context_id) {
+                return End::Abort("PDV on a presentation context that was not accepted");
+            }
             match on_pdv(node, &mut message, pdv).await {
                 Ok(Some(done)) => {
                     if let Err(end) = dispatch(node, assoc, done, source, tally).await {
@@ -212,6 +223,10 @@ async fn dispatch(
 ) -> Result<(), End> {
     let Some(command) = message.command else { return Ok(()) };
     let (status, comment) = match &command {
+        Command::Cancel => {
+            debug!("C-CANCEL ignored: a C-STORE cannot be cancelled");
+            return Ok(());
+        }
         Command::Echo { .. } => (Status::SUCCESS, None),
         Command::Store { sop_class_uid, sop_instance_uid, .. } => {
             let data = match message.data {
@@ -299,33 +314,39 @@ async fn store(
     let job = tokio::task::spawn_blocking(move || {
         let admission =
             Admission { sop_class_uid: &class, sop_instance_uid: &instance, modalities: &modalities };
-        let result = pipeline.process_received(body_of(&received), &ts, &admission, &source);
-        if let Some(reason) = result.as_ref().err().and_then(InstanceError::reason) {
-            let detail = result.as_ref().err().map(ToString::to_string).unwrap_or_default();
-            let kept =
-                pipeline.quarantine_received(reason, &detail, &source, body_of(&received), &ts, &admission);
-            if let Err(q) = kept {
-                warn!(%reason, error = %q, "cannot quarantine a failed instance");
-            }
-        }
-        result
+        pipeline.process_received(body_of(&received), &ts, &admission, &source)
     });
-    match job.await {
-        Ok(Ok(stored)) => {
+    let outcome = match job.await {
+        Ok(outcome) => outcome,
+        // The pipeline catches panics; this is the blocking pool itself failing (shutdown).
+        Err(join) => Outcome::Failed(format!("the storing task did not run: {join}")),
+    };
+    match outcome {
+        Outcome::Stored(stored) => {
             tally.instances += 1;
             tally.bytes += stored.size;
             debug!(sop = %stored.keys.sop_uid, series = %stored.keys.series_uid, size = stored.size, "stored");
             (Status::SUCCESS, None)
         }
-        Ok(Err(e)) => {
-            let status = status_of(&e);
+        Outcome::Quarantined { reason, detail, .. } => {
+            // The sender's data is at fault (PS3.4 §B.2.3): 0xA900 when it is not the instance it
+            // claims to be or lacks its identity, 0xC000 for everything else.
+            let status = if reason == Reason::MissingAttributes {
+                Status::DATA_SET_MISMATCH
+            } else {
+                Status::CANNOT_UNDERSTAND
+            };
             // Instance errors name attributes and offsets, never values.
-            warn!(status = %status, reason = e.reason().map(|r| r.dir_name()).unwrap_or("not quarantined"), error = %e, "instance not stored");
-            (status, Some(e.to_string()))
+            warn!(status = %status, %reason, error = %detail, "instance quarantined");
+            (status, Some(detail))
         }
-        Err(join) => {
-            warn!(error = %join, "the storing task failed");
-            (Status::OUT_OF_RESOURCES, Some("internal error while storing".into()))
+        Outcome::Refused(detail) => {
+            warn!(status = %Status::NOT_AUTHORIZED, error = %detail, "instance refused by a filter");
+            (Status::NOT_AUTHORIZED, Some(detail))
+        }
+        Outcome::Failed(detail) => {
+            warn!(status = %Status::OUT_OF_RESOURCES, error = %detail, "instance not stored");
+            (Status::OUT_OF_RESOURCES, Some(detail))
         }
     }
 }
@@ -333,28 +354,9 @@ async fn store(
 fn body_of(received: &Received) -> Body<'_> {
     match received {
         Received::Memory(b) => Body::Memory(b),
-        Received::File(spill) => Body::File(spill.path()),
+        Received::File(spill) => Body::File { path: spill.path(), offset: 0 },
         // Refused before the pipeline: there is no body.
         Received::TooLarge(_) => Body::Memory(&[]),
-    }
-}
-
-/// The C-STORE status for a failure (PS3.4 §B.2.3).
-fn status_of(e: &InstanceError) -> Status {
-    use crate::anonymize::EngineError;
-    use crate::index::IndexError;
-    match e {
-        InstanceError::Invalid(EngineError::MissingAttributes(_)) | InstanceError::Mismatch(_) => {
-            Status::DATA_SET_MISMATCH
-        }
-        InstanceError::Refused(_) => Status::NOT_AUTHORIZED,
-        InstanceError::Unreadable(_)
-        | InstanceError::Invalid(EngineError::InvalidText(_))
-        | InstanceError::Index(IndexError::Conflict(_)) => Status::CANNOT_UNDERSTAND,
-        InstanceError::Scan(_) if e.reason().is_some() => Status::CANNOT_UNDERSTAND,
-        InstanceError::Scan(_) | InstanceError::Index(_) | InstanceError::Storage(_) => {
-            Status::OUT_OF_RESOURCES
-        }
     }
 }
 

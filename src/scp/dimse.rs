@@ -20,6 +20,7 @@ const C_STORE_RQ: u16 = 0x0001;
 const C_STORE_RSP: u16 = 0x8001;
 const C_ECHO_RQ: u16 = 0x0030;
 const C_ECHO_RSP: u16 = 0x8030;
+const C_CANCEL_RQ: u16 = 0x0FFF;
 /// Command Data Set Type value meaning "no data set follows".
 const NO_DATA_SET: u16 = 0x0101;
 
@@ -60,6 +61,9 @@ pub enum Command {
         sop_class_uid: String,
         sop_instance_uid: String,
     },
+    /// C-CANCEL-RQ: it has no MessageID and gets no response; a C-STORE cannot be cancelled
+    /// (PS3.7 §9.3.2.3), so it is ignored.
+    Cancel,
     /// Anything else: answered with "unrecognized operation".
     Other {
         command_field: u16,
@@ -81,6 +85,9 @@ impl Command {
     pub fn parse(bytes: &[u8]) -> Result<Command, CommandError> {
         let ds = read_dataset(bytes, Encoding::IMPLICIT_LE)?;
         let field = us(&ds, COMMAND_FIELD).ok_or(CommandError::Missing("CommandField (0000,0100)"))?;
+        if field == C_CANCEL_RQ {
+            return Ok(Command::Cancel);
+        }
         let message_id = us(&ds, MESSAGE_ID).ok_or(CommandError::Missing("MessageID (0000,0110)"))?;
         let has_data_set = us(&ds, COMMAND_DATA_SET_TYPE).is_some_and(|t| t != NO_DATA_SET);
         let uid = |tag, name| {
@@ -100,7 +107,7 @@ impl Command {
     /// Whether a data set follows this command.
     pub fn has_data_set(&self) -> bool {
         match self {
-            Command::Echo { .. } => false,
+            Command::Echo { .. } | Command::Cancel => false,
             Command::Store { .. } => true,
             Command::Other { has_data_set, .. } => *has_data_set,
         }
@@ -120,6 +127,7 @@ pub fn response(request: &Command, status: Status, comment: Option<&str>) -> Vec
             (C_STORE_RSP, *message_id, Some(sop_class_uid.as_str()), Some(sop_instance_uid.as_str()))
         }
         Command::Other { command_field, message_id, .. } => (command_field | 0x8000, *message_id, None, None),
+        Command::Cancel => (C_CANCEL_RQ, 0, None, None),
     };
     let mut ds = DataSet::default();
     let mut put = |tag: Tag, vr: VR, value: Vec<u8>| {

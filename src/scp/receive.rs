@@ -3,16 +3,15 @@
 //! association stays bounded whatever the instance size.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use tokio::io::AsyncWriteExt;
 
+use crate::queue::Spill;
+
 /// Data sets larger than this go to disk while they arrive.
-pub const SPILL_AT: usize = 2 << 20;
+const SPILL_AT: usize = crate::pipeline::IN_MEMORY_UP_TO;
 /// Write buffer of a spill file.
 const SPILL_BUFFER: usize = 1 << 20;
-
-static NEXT_SPILL: AtomicU64 = AtomicU64::new(0);
 
 /// Where a data set's bytes are collecting.
 pub enum DataSink {
@@ -23,24 +22,6 @@ pub enum DataSink {
     },
     /// Over `max_instance_bytes`: the rest is read and dropped, then the instance refused.
     Discard,
-}
-
-/// A spill file, deleted when dropped.
-#[derive(Debug)]
-pub struct Spill {
-    path: PathBuf,
-}
-
-impl Spill {
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-}
-
-impl Drop for Spill {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
-    }
 }
 
 /// A data set as it arrives.
@@ -74,16 +55,12 @@ impl Incoming {
         match &mut self.sink {
             DataSink::Memory(buf) if buf.len() + bytes.len() <= SPILL_AT => buf.extend_from_slice(bytes),
             DataSink::Memory(buf) => {
-                let path = self.tmp.join(format!(
-                    "{}-{}.spill",
-                    std::process::id(),
-                    NEXT_SPILL.fetch_add(1, Ordering::Relaxed)
-                ));
-                let spill = Spill { path };
-                let mut file = tokio::io::BufWriter::with_capacity(
-                    SPILL_BUFFER,
-                    tokio::fs::File::create(spill.path()).await?,
-                );
+                let tmp = self.tmp.clone();
+                let (spill, file) = tokio::task::spawn_blocking(move || Spill::create(&tmp))
+                    .await
+                    .map_err(std::io::Error::other)??;
+                let mut file =
+                    tokio::io::BufWriter::with_capacity(SPILL_BUFFER, tokio::fs::File::from_std(file));
                 file.write_all(buf).await?;
                 file.write_all(bytes).await?;
                 self.sink = DataSink::File { file, spill };

@@ -1,0 +1,192 @@
+//! The last check before a data set leaves: every text value holds only bytes its VR allows, and
+//! no binary value holds the elements that should have followed it.
+//!
+//! A kept value with a NUL or a control byte in it is not text a device wrote: it is what a lying
+//! length makes of the elements after it (headers, then a removed patient name). A binary value
+//! (US, UL, OB, ...) cannot be judged by its bytes, but a lie there has a shape: from some even
+//! offset to its very end the value parses as a chain of element headers and values. Either is a
+//! data fault. A value longer than its VR allows is what real devices do write; it is kept, and its
+//! tag reported once so the free-text scrub can be seen to apply to it.
+
+use dicom_core::{Tag, VR};
+
+use super::element::{trim_padding, DataSet, Value};
+use super::read::{decode_header, tag_str, UNDEFINED};
+use super::syntax::Encoding;
+
+const ESC: u8 = 0x1B;
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum ValueError {
+    #[error("{tag} ({vr}) holds byte 0x{byte:02X}, which its VR does not allow")]
+    Forbidden { tag: String, vr: &'static str, byte: u8 },
+    #[error("{tag} ({vr}) ends in what parses as element headers at byte {at} of its value")]
+    Swallowed { tag: String, vr: &'static str, at: usize },
+}
+
+/// Check every value at every depth of a data set in `enc`. Returns the tags whose values are longer
+/// than their VR allows (kept as they are).
+pub fn check_values(ds: &DataSet<'_>, enc: Encoding) -> Result<Vec<Tag>, ValueError> {
+    let mut over_long = Vec::new();
+    walk(ds, enc, &mut over_long)?;
+    over_long.sort();
+    over_long.dedup();
+    Ok(over_long)
+}
+
+fn walk(ds: &DataSet<'_>, enc: Encoding, over_long: &mut Vec<Tag>) -> Result<(), ValueError> {
+    for e in &ds.elements {
+        match &e.value {
+            Value::Items(items) => items.iter().try_for_each(|item| walk(item, enc, over_long))?,
+            Value::Bytes(b) => {
+                let Some(rule) = rule(e.vr) else {
+                    if let Some(at) = trailing_elements(b, enc) {
+                        return Err(ValueError::Swallowed { tag: tag_str(e.tag), vr: e.vr.to_string(), at });
+                    }
+                    continue;
+                };
+                // Padding (a trailing NUL on UIs, spaces elsewhere) is not part of the value.
+                let value = trim_padding(b);
+                if let Some(&byte) = value.iter().find(|&&c| {
+                    c < 0x20 && c != ESC && !(rule.multiline && matches!(c, b'\r' | b'\n' | 0x0C | b'\t'))
+                }) {
+                    return Err(ValueError::Forbidden { tag: tag_str(e.tag), vr: e.vr.to_string(), byte });
+                }
+                if let Some(max) = rule.max_len {
+                    let split = if rule.multivalued {
+                        value.split(|&c| c == b'\\').map(<[u8]>::len).max().unwrap_or(0)
+                    } else {
+                        value.len()
+                    };
+                    if split > max {
+                        over_long.push(e.tag);
+                    }
+                }
+            }
+            Value::Fragments(_) => {}
+        }
+    }
+    Ok(())
+}
+
+/// Where, if anywhere, `value` ends in a chain of whole elements: the first even offset from which
+/// element headers and their defined-length values follow one another exactly to the value's end.
+/// Real binary data does this only by a chance of about one in 2^32 per offset (a valid VR, or a
+/// dictionary tag, and a length that lands exactly on the end).
+fn trailing_elements(value: &[u8], enc: Encoding) -> Option<usize> {
+    (0..value.len().saturating_sub(7)).step_by(2).find(|&start| {
+        let mut pos = start;
+        while pos < value.len() {
+            let Ok(Some(h)) = decode_header(&value[pos..], enc, pos) else { return false };
+            if h.len == UNDEFINED || (!enc.explicit_vr && !known(h.tag)) {
+                return false;
+            }
+            pos += h.size + h.len as usize;
+        }
+        pos == value.len()
+    })
+}
+
+/// A tag the standard dictionary knows: what an implicit-VR header must name to count as one.
+fn known(tag: Tag) -> bool {
+    use dicom_core::dictionary::DataDictionary;
+    dicom_dictionary_std::StandardDataDictionary.by_tag(tag).is_some()
+}
+
+struct Rule {
+    /// CR, LF, FF and TAB are allowed (ST, LT, UT).
+    multiline: bool,
+    /// `\` separates values, each limited to `max_len`.
+    multivalued: bool,
+    /// In bytes; PN's limit is per component group and SH/LO's in characters, so this is the
+    /// single-byte reading, which is what a log line needs.
+    max_len: Option<usize>,
+}
+
+fn rule(vr: VR) -> Option<Rule> {
+    let (multiline, multivalued, max_len) = match vr {
+        VR::AE => (false, true, Some(16)),
+        VR::AS => (false, true, Some(4)),
+        VR::CS => (false, true, Some(16)),
+        VR::DA => (false, true, Some(8)),
+        VR::DS => (false, true, Some(16)),
+        VR::DT => (false, true, Some(26)),
+        VR::IS => (false, true, Some(12)),
+        VR::LO => (false, true, Some(64)),
+        VR::PN => (false, true, Some(3 * 64 + 2)),
+        VR::SH => (false, true, Some(16)),
+        VR::TM => (false, true, Some(14)),
+        VR::UI => (false, true, Some(64)),
+        VR::UC => (false, true, None),
+        VR::ST => (true, false, Some(1024)),
+        VR::LT => (true, false, Some(10240)),
+        VR::UT | VR::UR => (vr == VR::UT, false, None),
+        _ => return None,
+    };
+    Some(Rule { multiline, multivalued, max_len })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dicom::{read_dataset, Encoding};
+
+    fn one(tag: (u16, u16), vr: &[u8; 2], value: &[u8]) -> Vec<u8> {
+        let mut b = Vec::new();
+        b.extend(tag.0.to_le_bytes());
+        b.extend(tag.1.to_le_bytes());
+        b.extend(vr);
+        b.extend((value.len() as u16).to_le_bytes());
+        b.extend(value);
+        b
+    }
+
+    #[test]
+    fn element_headers_inside_a_kept_value_are_a_fault() {
+        let mut manufacturer = b"ACME".to_vec();
+        manufacturer.extend([0x10, 0x00, 0x10, 0x00, b'P', b'N', 8, 0]);
+        manufacturer.extend(b"DOE^JOHN");
+        let buf = one((0x0008, 0x0070), b"LO", &manufacturer);
+        let ds = read_dataset(&buf, Encoding::EXPLICIT_LE).unwrap();
+        let err = check_values(&ds, Encoding::EXPLICIT_LE).unwrap_err();
+        let ValueError::Forbidden { tag, byte, .. } = err else { panic!("{err:?}") };
+        assert_eq!((tag.as_str(), byte), ("(0008,0070)", 0x10));
+    }
+
+    #[test]
+    fn padding_escapes_and_multiline_text_pass_and_over_long_values_are_reported() {
+        let mut buf = one((0x0008, 0x0018), b"UI", b"1.2.3\0");
+        buf.extend(one((0x0010, 0x0010), b"PN", b"\x1b$BF|K\\\x1b(B "));
+        buf.extend(one((0x0010, 0x4000), b"LT", b"line one\r\nline two\t"));
+        buf.extend(one((0x0018, 0x1030), b"LO", &[b'x'; 80]));
+        let ds = read_dataset(&buf, Encoding::EXPLICIT_LE).unwrap();
+        assert_eq!(check_values(&ds, Encoding::EXPLICIT_LE), Ok(vec![Tag(0x0018, 0x1030)]));
+        let bad = one((0x0008, 0x1030), b"LO", b"CT\r\nCHEST");
+        let ds = read_dataset(&bad, Encoding::EXPLICIT_LE).unwrap();
+        let err = check_values(&ds, Encoding::EXPLICIT_LE).unwrap_err();
+        assert!(
+            matches!(err, ValueError::Forbidden { byte: b'\r', .. }),
+            "LO allows no line breaks: {err:?}"
+        );
+    }
+
+    #[test]
+    fn a_binary_value_that_swallowed_the_elements_after_it_is_a_fault() {
+        let mut rows = 512u16.to_le_bytes().to_vec();
+        rows.extend(one((0x0028, 0x0011), b"US", &512u16.to_le_bytes()));
+        rows.extend(one((0x6000, 0x0022), b"LO", b"overlay of SMITH"));
+        let lie = one((0x0028, 0x0010), b"US", &rows);
+        let ds = read_dataset(&lie, Encoding::EXPLICIT_LE).unwrap();
+        let err = check_values(&ds, Encoding::EXPLICIT_LE).unwrap_err();
+        assert_eq!(err, ValueError::Swallowed { tag: "(0028,0010)".into(), vr: "US", at: 2 });
+        // Honest binary values pass, long ones included.
+        let lut: Vec<u8> = (0..4096u16).flat_map(|v| (v * 7).to_le_bytes()).collect();
+        let mut ok = one((0x0028, 0x0010), b"US", &512u16.to_le_bytes());
+        ok.extend(one((0x0028, 0x3006), b"US", &[]));
+        let ds = read_dataset(&ok, Encoding::EXPLICIT_LE).unwrap();
+        assert_eq!(check_values(&ds, Encoding::EXPLICIT_LE), Ok(vec![]));
+        let mut ds = ds;
+        ds.elements[1].value = Value::Bytes(lut.into());
+        assert_eq!(check_values(&ds, Encoding::EXPLICIT_LE), Ok(vec![]));
+    }
+}
