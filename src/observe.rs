@@ -1,6 +1,14 @@
 //! Logging setup. Log lines name instances by anonymized UIDs and peers by AE title and address,
 //! never by a patient value.
+//!
+//! Peers choose some of the strings we log (AE titles, UIDs, the text of their errors). In the text
+//! format a newline or an escape sequence in one of them would forge a log line or rewrite the
+//! terminal, so every record is escaped on its way out: each control character but the record's
+//! final newline becomes `\n`, `\r`, `\t` or `\xNN`. JSON escapes its strings itself.
 
+use std::io::{self, Write};
+
+use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::EnvFilter;
 
 use crate::config::{LogFormat, LoggingConfig};
@@ -19,13 +27,74 @@ pub fn init(logging: &LoggingConfig) {
         .or_else(|_| EnvFilter::try_new(&directives))
         .unwrap_or_else(|_| EnvFilter::new("info"));
     // Colour only on a terminal: log files and shippers get plain text.
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    let ansi = io::IsTerminal::is_terminal(&io::stderr());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
     // A second init (tests, repeated commands in one process) keeps the first subscriber.
     let _ = match logging.format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Text => builder.with_ansi(ansi).with_writer(Escaped { ansi }).try_init(),
+        LogFormat::Json => builder.json().with_ansi(false).with_writer(io::stderr).try_init(),
     };
+}
+
+/// Stderr, with every text record escaped (see the module docs).
+#[derive(Clone, Copy)]
+struct Escaped {
+    /// Colour codes are ours when on: ESC passes, every other control character is escaped.
+    ansi: bool,
+}
+
+impl<'a> MakeWriter<'a> for Escaped {
+    type Writer = EscapedWriter;
+
+    fn make_writer(&'a self) -> Self::Writer {
+        EscapedWriter { ansi: self.ansi }
+    }
+}
+
+struct EscapedWriter {
+    ansi: bool,
+}
+
+impl Write for EscapedWriter {
+    /// The formatter hands over one whole record per call.
+    fn write(&mut self, record: &[u8]) -> io::Result<usize> {
+        io::stderr().lock().write_all(&escape_record(record, self.ansi))?;
+        Ok(record.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        io::stderr().flush()
+    }
+}
+
+/// Escape the control characters of one record, keeping its final newline.
+fn escape_record(record: &[u8], ansi: bool) -> Vec<u8> {
+    let (body, end) = match record.strip_suffix(b"\n") {
+        Some(body) => (body, &b"\n"[..]),
+        None => (record, &b""[..]),
+    };
+    let mut out = Vec::with_capacity(record.len() + 8);
+    for &b in body {
+        match b {
+            b'\n' => out.extend_from_slice(b"\\n"),
+            b'\r' => out.extend_from_slice(b"\\r"),
+            b'\t' => out.extend_from_slice(b"\\t"),
+            0x1B if ansi => out.push(b),
+            0..=0x1F | 0x7F => out.extend_from_slice(format!("\\x{b:02x}").as_bytes()),
+            _ => out.push(b),
+        }
+    }
+    out.extend_from_slice(end);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_peer_string_cannot_forge_a_line_or_drive_the_terminal() {
+        let record = b"WARN association not established calling_ae=EVIL\nINFO forged line \x1b[2J\n";
+        let out = super::escape_record(record, false);
+        assert_eq!(out, b"WARN association not established calling_ae=EVIL\\nINFO forged line \\x1b[2J\n");
+        assert_eq!(out.iter().filter(|&&b| b == b'\n').count(), 1);
+    }
 }

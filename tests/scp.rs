@@ -213,13 +213,12 @@ fn the_association_over_the_limit_is_rejected_not_queued() {
         "  max_associations: 1\n  timeouts: { acse_s: 10, dimse_s: 10, idle_s: 10 }\n",
         "  min_free_bytes: 0\n",
     );
-    // This connection holds the only permit while the node waits for its request.
-    let holder = TcpStream::connect(("127.0.0.1", node.port)).unwrap();
-    std::thread::sleep(Duration::from_millis(200));
+    // This association holds the only permit.
+    let holder = rawscu::associate(node.port, "HOLDER", AE, "1.2.840.10008.1.1", "1.2.840.10008.1.2");
     let out = echoscu(node.port, "TESTSCU", AE);
     assert!(!out.status.success());
     assert!(text(&out).contains("Local Limit Exceeded"), "{}", text(&out));
-    drop(holder);
+    holder.release().unwrap();
     std::thread::sleep(Duration::from_millis(300));
     let out = echoscu(node.port, "TESTSCU", AE);
     assert!(out.status.success(), "the permit comes back: {}", text(&out));
@@ -242,7 +241,7 @@ fn a_mismatched_or_unparseable_data_set_is_quarantined_with_a_status() {
     let d = tempfile::tempdir().unwrap();
     let node = Node::start(d.path(), "", "  min_free_bytes: 0\n");
     let file = instance(&smith(), &Shape::default());
-    let body = dicom_anon_gateway::dicom::Part10::parse(&file).unwrap().body.into_owned();
+    let body = dicom_anon_gateway::dicom::Part10::parse(&file).unwrap().body.to_vec();
     let announced = sop_uid(&smith(), &Shape::default());
     // The data set is not the instance the command announced.
     assert_eq!(rawscu::store_raw(node.port, AE, CT_IMAGE, "1.2.3.999", &body), 0xA900);

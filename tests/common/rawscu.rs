@@ -4,18 +4,43 @@
 use dicom_core::{DataElement, PrimitiveValue, Tag, VR};
 use dicom_object::InMemDicomObject;
 use dicom_transfer_syntax_registry::entries::IMPLICIT_VR_LITTLE_ENDIAN;
-use dicom_ul::association::client::ClientAssociationOptions;
+use std::net::TcpStream;
+
+use dicom_ul::association::client::{ClientAssociation, ClientAssociationOptions};
 use dicom_ul::pdu::{PDataValue, PDataValueType, Pdu};
 
 /// Send one C-STORE with the given command UIDs and raw data set bytes (Explicit VR LE); return
 /// the response status.
 pub fn store_raw(port: u16, called: &str, sop_class: &str, sop_instance: &str, data: &[u8]) -> u16 {
-    let mut scu = ClientAssociationOptions::new()
-        .calling_ae_title("RAWSCU")
+    store_raw_ts(port, called, sop_class, sop_instance, "1.2.840.10008.1.2.1", data)
+}
+
+/// An association proposing `sop_class` in `ts`, as `calling`.
+pub fn associate(
+    port: u16,
+    calling: &str,
+    called: &str,
+    sop_class: &str,
+    ts: &str,
+) -> ClientAssociation<TcpStream> {
+    ClientAssociationOptions::new()
+        .calling_ae_title(calling)
         .called_ae_title(called)
-        .with_presentation_context(sop_class, vec!["1.2.840.10008.1.2.1"])
+        .with_presentation_context(sop_class, vec![ts])
         .establish(("127.0.0.1", port))
-        .expect("association");
+        .expect("association")
+}
+
+/// [`store_raw`] in the transfer syntax `ts`.
+pub fn store_raw_ts(
+    port: u16,
+    called: &str,
+    sop_class: &str,
+    sop_instance: &str,
+    ts: &str,
+    data: &[u8],
+) -> u16 {
+    let mut scu = associate(port, "RAWSCU", called, sop_class, ts);
     let pc = scu.presentation_contexts()[0].id;
     let us = |tag: Tag, v: u16| DataElement::new(tag, VR::US, PrimitiveValue::from(v));
     let ui = |tag: Tag, v: &str| DataElement::new(tag, VR::UI, PrimitiveValue::from(v));
