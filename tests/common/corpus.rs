@@ -311,3 +311,24 @@ pub fn put(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
     std::fs::write(&p, bytes).unwrap();
     p
 }
+
+/// Every PHI string planted for `p`: the other PHI, the patient's ID, birth date, name and each
+/// name part (as written and in lower case).
+pub fn phi_strings(p: &Patient) -> Vec<Vec<u8>> {
+    let mut v: Vec<Vec<u8>> = OTHER_PHI.iter().map(|s| s.as_bytes().to_vec()).collect();
+    v.push(p.id.as_bytes().to_vec());
+    v.push(p.birth_date.as_bytes().to_vec());
+    v.extend(name_strings(p));
+    v
+}
+
+/// The patient's raw name and its parts.
+pub fn name_strings(p: &Patient) -> Vec<Vec<u8>> {
+    let raw_name = p.name_bytes.clone().unwrap_or_else(|| p.name.as_bytes().to_vec());
+    let mut v = vec![raw_name.clone()];
+    for part in raw_name.split(|&b| b == b'^' || b == b'=') {
+        v.push(part.to_vec());
+        v.push(part.to_ascii_lowercase());
+    }
+    v
+}

@@ -77,7 +77,7 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
 }
 
 pub fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    !needle.is_empty() && haystack.windows(needle.len()).any(|w| w == needle)
+    !needle.is_empty() && memchr::memmem::find(haystack, needle).is_some()
 }
 
 /// `dcmdump +P <tag>` of one attribute, e.g. "StudyDate"; the value between the brackets.
