@@ -61,6 +61,7 @@ impl InstanceError {
                 Reason::MissingAttributes
             }
             InstanceError::Invalid(EngineError::InvalidText(_)) => Reason::InvalidText,
+            InstanceError::Invalid(EngineError::Unverifiable(_)) => Reason::Unverifiable,
             InstanceError::Index(IndexError::Conflict(_)) => Reason::IntegrityConflict,
             InstanceError::Refused(_) | InstanceError::Index(_) | InstanceError::Storage(_) => return None,
         })
@@ -123,7 +124,7 @@ impl Pipeline {
     /// Build the engine, open the index and the spool rooted at `out`.
     pub fn open(config: &Config, out: &Path, durability: Durability) -> Result<Pipeline, SetupError> {
         let project = &config.project;
-        let script = Script::load(&project.script, project.unsupported_ops)?;
+        let script = Script::load(&project.script, &project.script_settings())?;
         let pseudonyms: Arc<dyn Pseudonyms> = match project.pseudonyms {
             PseudonymMode::Rsna => {
                 Arc::new(Rsna::new(&project.site_id, &project.uid_root, project.accession_format)?)
@@ -253,7 +254,7 @@ impl Pipeline {
         source: &str,
         write: impl FnOnce(&DataSet<'_>, &mut io::BufWriter<File>) -> Result<(), crate::dicom::WriteError>,
     ) -> Result<Stored, InstanceError> {
-        let original = Original::read(&ds)?;
+        let original = self.engine.read(&ds)?;
         let pseudonyms = self.engine.pseudonyms();
         // Computed once: the index records them and the engine writes them.
         let mut keys = self.engine.keys(&original, "");

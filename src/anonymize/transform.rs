@@ -70,28 +70,43 @@ pub fn round_age(value: &str, width: u32) -> Option<String> {
     Some(format!("{:03}{unit}", (q * w).min(999)))
 }
 
-/// Words that must not survive in kept free text: the patient's name parts and identifiers.
+/// Words that must not survive in kept free text: every name part and identifier in the instance.
 #[derive(Debug, Default, Clone)]
 pub struct Scrubber {
     /// Matched as whole words (a name part inside another word is left alone).
     words: Vec<Vec<u8>>,
     /// Matched anywhere: identifiers long enough not to occur by chance.
     ids: Vec<Vec<u8>>,
+    /// The digit runs of identifiers, matched anywhere and also with separators between the
+    /// digits ("00482913" also finds "004-829-13"), because people retype numbers that way.
+    digits: Vec<Vec<u8>>,
 }
 
 /// Name parts shorter than this are too likely to be ordinary words or initials.
 const MIN_NAME_PART: usize = 2;
 /// Identifiers shorter than this are matched as words only; longer ones anywhere.
 const MIN_EMBEDDED_ID: usize = 5;
+/// Characters people put between the digits of a number they retype.
+const DIGIT_SEPARATORS: &[u8] = b"-. /_";
 
 impl Scrubber {
-    /// `name` is the raw PatientName (components split on `^`, groups on `=`), `ids` the raw IDs.
-    pub fn new(name: &[u8], ids: &[&[u8]]) -> Scrubber {
+    /// `names` are raw PN values (components split on `^`, groups on `=`), `ids` raw identifiers.
+    pub fn new<'a>(
+        names: impl IntoIterator<Item = &'a [u8]>,
+        ids: impl IntoIterator<Item = &'a [u8]>,
+    ) -> Scrubber {
         let mut s = Scrubber::default();
-        for part in name.split(|&b| matches!(b, b'^' | b'=' | b' ' | b',')) {
-            let part = crate::dicom::trim_padding(part);
-            if part.len() >= MIN_NAME_PART {
-                s.words.push(part.to_ascii_lowercase());
+        // Family, given and middle names of every component group; prefixes and suffixes
+        // ("DR", "MRS", "III") are titles that identify no one and occur in ordinary text.
+        let parts = names.into_iter().flat_map(|name| {
+            name.split(|&b| b == b'=').flat_map(|group| group.split(|&b| b == b'^').take(3))
+        });
+        for component in parts {
+            for part in component.split(|&b| matches!(b, b' ' | b',')) {
+                let part = crate::dicom::trim_padding(part);
+                if part.len() >= MIN_NAME_PART {
+                    s.words.push(part.to_ascii_lowercase());
+                }
             }
         }
         for id in ids {
@@ -101,10 +116,15 @@ impl Scrubber {
             } else if id.len() >= 3 {
                 s.words.push(id.to_ascii_lowercase());
             }
+            for run in id.split(|b| !b.is_ascii_digit()).filter(|r| r.len() >= MIN_EMBEDDED_ID) {
+                s.digits.push(run.to_vec());
+            }
         }
-        // Longest first, so "Smithson" is replaced before "Smith" could split it.
-        s.words.sort_by_key(|w| std::cmp::Reverse(w.len()));
-        s.ids.sort_by_key(|w| std::cmp::Reverse(w.len()));
+        for list in [&mut s.words, &mut s.ids, &mut s.digits] {
+            // Longest first, so "Smithson" is replaced before "Smith" could split it.
+            list.sort_by_key(|w| std::cmp::Reverse(w.len()));
+            list.dedup();
+        }
         s
     }
 
@@ -112,11 +132,11 @@ impl Scrubber {
     /// match, so the value still fits its VR). `None` when nothing matched.
     pub fn scrub(&self, text: &[u8]) -> Option<Vec<u8>> {
         let mut out: Option<Vec<u8>> = None;
-        for (needle, whole_word) in
-            self.ids.iter().map(|n| (n, false)).chain(self.words.iter().map(|n| (n, true)))
-        {
+        let needles = self.ids.iter().map(|n| (n, Match::Anywhere));
+        let needles = needles.chain(self.digits.iter().map(|n| (n, Match::Digits)));
+        for (needle, how) in needles.chain(self.words.iter().map(|n| (n, Match::Word))) {
             let current = out.as_deref().unwrap_or(text);
-            if let Some(replaced) = replace_all(current, needle, whole_word) {
+            if let Some(replaced) = replace_all(current, needle, how) {
                 out = Some(replaced);
             }
         }
@@ -124,21 +144,51 @@ impl Scrubber {
     }
 }
 
-fn replace_all(text: &[u8], needle: &[u8], whole_word: bool) -> Option<Vec<u8>> {
-    let n = needle.len();
-    if n == 0 || text.len() < n {
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Match {
+    Anywhere,
+    Word,
+    Digits,
+}
+
+/// The length of the match of `needle` at the start of `text`, if any.
+fn match_at(text: &[u8], needle: &[u8], how: Match) -> Option<usize> {
+    match how {
+        Match::Anywhere | Match::Word => {
+            let n = needle.len();
+            let hit = text.len() >= n && text[..n].eq_ignore_ascii_case(needle);
+            hit.then_some(n)
+        }
+        Match::Digits => {
+            let mut i = 0;
+            for (k, &d) in needle.iter().enumerate() {
+                if k > 0 && text.get(i).is_some_and(|c| DIGIT_SEPARATORS.contains(c)) {
+                    i += 1;
+                }
+                if text.get(i) != Some(&d) {
+                    return None;
+                }
+                i += 1;
+            }
+            Some(i)
+        }
+    }
+}
+
+fn replace_all(text: &[u8], needle: &[u8], how: Match) -> Option<Vec<u8>> {
+    if needle.is_empty() || text.len() < needle.len() {
         return None;
     }
     let mut out = Vec::with_capacity(text.len());
     let mut i = 0;
     let mut found = false;
     while i < text.len() {
-        let hit = i + n <= text.len()
-            && text[i..i + n].eq_ignore_ascii_case(needle)
-            && (!whole_word
+        let hit = match_at(&text[i..], needle, how).filter(|&n| {
+            how != Match::Word
                 || ((i == 0 || !text[i - 1].is_ascii_alphanumeric())
-                    && (i + n == text.len() || !text[i + n].is_ascii_alphanumeric())));
-        if hit {
+                    && (i + n == text.len() || !text[i + n].is_ascii_alphanumeric()))
+        });
+        if let Some(n) = hit {
             out.extend(std::iter::repeat_n(b'*', n.min(3)));
             i += n;
             found = true;
@@ -202,10 +252,25 @@ mod tests {
 
     #[test]
     fn free_text_loses_the_name_and_keeps_its_meaning() {
-        let s = Scrubber::new(b"SMITH^ELIZABETH^^MRS", &[b"MRN12345", b"A1"]);
+        let s = Scrubber::new([&b"SMITH^ELIZABETH^^MRS"[..]], [&b"MRN12345"[..], b"A1"]);
         assert_eq!(s.scrub(b"CT CHEST for Elizabeth Smith").unwrap(), b"CT CHEST for *** ***");
         assert_eq!(s.scrub(b"follow-up of mrn12345/2").unwrap(), b"follow-up of ***/2");
         assert_eq!(s.scrub(b"Smithsonian protocol"), None, "name parts match whole words only");
         assert_eq!(s.scrub(b"CT HEAD"), None);
+    }
+
+    #[test]
+    fn every_name_and_the_digits_of_an_id_are_scrubbed() {
+        let s = Scrubber::new(
+            [&b"DOE^JANE"[..], b"GELLEMEYER^P^^DR", b"COURTIER^A"],
+            [&b"MRN00482913"[..], b"4711"],
+        );
+        assert_eq!(s.scrub(b"verwezen door dr. Gellemeyer").unwrap(), b"verwezen door dr. ***");
+        assert_eq!(s.scrub(b"CT series 1 op Courtier").unwrap(), b"CT series 1 op ***");
+        assert_eq!(s.scrub(b"Recon 2 (00482913)").unwrap(), b"Recon 2 (***)");
+        assert_eq!(s.scrub(b"Recon 2 (004-829-13)").unwrap(), b"Recon 2 (***)");
+        assert_eq!(s.scrub(b"ref 004 829 13").unwrap(), b"ref ***");
+        assert_eq!(s.scrub(b"case 4711 done").unwrap(), b"case *** done");
+        assert_eq!(s.scrub(b"CT 120 kV 0.5 mm"), None);
     }
 }

@@ -24,6 +24,8 @@ pub enum Reason {
     IntegrityConflict,
     /// The anonymized file could not be written.
     StorageError,
+    /// Content the anonymizer cannot check (encapsulated document, burned-in annotation).
+    Unverifiable,
 }
 
 impl Reason {
@@ -35,6 +37,7 @@ impl Reason {
             Reason::InvalidText => "Invalid_Text",
             Reason::IntegrityConflict => "Capture_PHI_Error",
             Reason::StorageError => "Storage_Error",
+            Reason::Unverifiable => "Unverifiable_Content",
         }
     }
 }

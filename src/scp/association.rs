@@ -350,6 +350,7 @@ fn status_of(e: &InstanceError) -> Status {
         InstanceError::Refused(_) => Status::NOT_AUTHORIZED,
         InstanceError::Unreadable(_)
         | InstanceError::Invalid(EngineError::InvalidText(_))
+        | InstanceError::Invalid(EngineError::Unverifiable(_))
         | InstanceError::Index(IndexError::Conflict(_)) => Status::CANNOT_UNDERSTAND,
         InstanceError::Scan(_) if e.reason().is_some() => Status::CANNOT_UNDERSTAND,
         InstanceError::Scan(_) | InstanceError::Index(_) | InstanceError::Storage(_) => {
