@@ -61,7 +61,7 @@ const RETAIN_DEVICE_IDENTITY: MethodCode = ("113109", "Retain Device Identity Op
 /// Birth date and time stay as the Basic Profile says (emptied): PS3.15 gives them no option.
 const BIRTH: [Tag; 2] = [Tag(0x0010, 0x0030), Tag(0x0010, 0x0032)];
 
-/// Descriptions and comments (Clean Descriptors column).
+/// Descriptions, comments and labels (Clean Descriptors column, and the RT labels below).
 const DESCRIPTORS: &[u32] = &[
     0x0008_1030,
     0x0008_103E,
@@ -125,6 +125,11 @@ const DESCRIPTORS: &[u32] = &[
     0x003A_020C,
     0x003A_0329,
     0x003A_032B,
+    // Labels research names structures and plans by; Basic empties or replaces them.
+    0x3006_0002,
+    0x3006_0026,
+    0x3006_0085,
+    0x300A_0002,
 ];
 
 /// SR content trees and acquisition context (Clean Structured Content column).

@@ -109,6 +109,8 @@ const PROFILE_MARK: &str = "ps3.15-basic";
 const ENGINE_OWNED: [Tag; 4] =
     [Tag(0x0012, 0x0062), Tag(0x0012, 0x0063), Tag(0x0012, 0x0064), Tag(0x0028, 0x0303)];
 
+const METHOD_CODES_TAG: Tag = Tag(0x0012, 0x0064);
+
 /// A compiled script: one operation per tag, plus groups kept whole by `<k>` rules.
 #[derive(Debug, Clone)]
 pub struct Script {
@@ -174,10 +176,12 @@ impl Script {
                         problems.push(format!("line {}: t=\"{t}\" is not an 8-digit hex tag", line()));
                         continue;
                     };
+                    let op_text = node.text().unwrap_or_default().trim();
                     if ENGINE_OWNED.contains(&tag) {
+                        // CTP's option scripts name themselves by the code they add here.
+                        ctp_only |= tag == METHOD_CODES_TAG && op_text.bytes().all(|b| b.is_ascii_digit());
                         continue;
                     }
-                    let op_text = node.text().unwrap_or_default().trim();
                     let op = match ctp::parse(op_text, tag, &params) {
                         Ok(parsed) => {
                             ctp_only |= parsed.ctp_only;
@@ -308,6 +312,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(s.op(Tag(0x0012, 0x0064)), None);
+        assert_eq!(s.semantics, Semantics::Ctp, "a CTP option script names its code in (0012,0064)");
         assert_eq!(s.op(Tag(0x0028, 0x0303)), None);
     }
 

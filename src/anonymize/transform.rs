@@ -140,8 +140,61 @@ impl Scrubber {
                 out = Some(replaced);
             }
         }
+        if let Some(replaced) = after_titles(out.as_deref().unwrap_or(text)) {
+            out = Some(replaced);
+        }
         out
     }
+}
+
+/// Titles people write before a surname in reports and descriptions (English, Dutch, German).
+const TITLES: [&[u8]; 11] =
+    [b"dr", b"drs", b"prof", b"mr", b"mrs", b"ms", b"dhr", b"mw", b"mevr", b"hr", b"fr"];
+
+/// The word after a title ("dr. Chase") replaced: a name that appears nowhere else in the
+/// instance (a colleague consulted, a referrer from elsewhere) is still a name.
+fn after_titles(text: &[u8]) -> Option<Vec<u8>> {
+    let is_word = |b: u8| b.is_ascii_alphabetic() || b >= 0x80 || b == b'-' || b == b'\'';
+    let mut out = Vec::with_capacity(text.len());
+    let (mut i, mut found) = (0, false);
+    while i < text.len() {
+        let start = i;
+        while i < text.len() && is_word(text[i]) {
+            i += 1;
+        }
+        if i == start {
+            out.push(text[i]);
+            i += 1;
+            continue;
+        }
+        out.extend_from_slice(&text[start..i]);
+        let word = &text[start..i];
+        let at_boundary = start == 0 || !text[start - 1].is_ascii_alphanumeric();
+        if !(at_boundary && TITLES.iter().any(|t| word.eq_ignore_ascii_case(t))) {
+            continue;
+        }
+        // ". " or " " between the title and the name.
+        let mut j = i;
+        if text.get(j) == Some(&b'.') {
+            j += 1;
+        }
+        let gap = j;
+        while text.get(j) == Some(&b' ') {
+            j += 1;
+        }
+        let name_start = j;
+        while j < text.len() && is_word(text[j]) {
+            j += 1;
+        }
+        if j == gap || name_start == gap || j - name_start < 2 {
+            continue;
+        }
+        out.extend_from_slice(&text[i..name_start]);
+        out.extend_from_slice(b"***");
+        i = j;
+        found = true;
+    }
+    found.then_some(out)
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -272,5 +325,8 @@ mod tests {
         assert_eq!(s.scrub(b"ref 004 829 13").unwrap(), b"ref ***");
         assert_eq!(s.scrub(b"case 4711 done").unwrap(), b"case *** done");
         assert_eq!(s.scrub(b"CT 120 kV 0.5 mm"), None);
+        assert_eq!(s.scrub(b"Dr. Chase reviewed").unwrap(), b"Dr. *** reviewed", "a name after a title");
+        assert_eq!(s.scrub(b"besproken met dhr Jansen-Smit").unwrap(), b"besproken met dhr ***");
+        assert_eq!(s.scrub(b"Address: 12 Drive"), None, "a title inside a word is no title");
     }
 }

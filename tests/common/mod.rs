@@ -6,6 +6,7 @@ pub mod corpus;
 pub mod moto;
 pub mod node;
 pub mod rawscu;
+pub mod research;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
