@@ -35,3 +35,22 @@ pub fn find(ds: &DataSet<'_>) -> Option<&'static str> {
     let burned_in = ds.text(tags::BURNED_IN_ANNOTATION).is_some_and(|v| v.trim().eq_ignore_ascii_case("YES"));
     burned_in.then_some("BurnedInAnnotation (0028,0301) is YES")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dicom::VR;
+
+    #[test]
+    fn documents_and_burned_in_annotation_are_unverifiable() {
+        let mut ds = DataSet::default();
+        assert_eq!(find(&ds), None);
+        ds.put_text(tags::BURNED_IN_ANNOTATION, VR::CS, "NO");
+        assert_eq!(find(&ds), None);
+        ds.put_text(tags::BURNED_IN_ANNOTATION, VR::CS, "YES");
+        assert!(find(&ds).is_some_and(|w| w.contains("BurnedInAnnotation")));
+        let mut doc = DataSet::default();
+        doc.put_text(tags::ENCAPSULATED_DOCUMENT, VR::OB, "%PDF");
+        assert!(find(&doc).is_some_and(|w| w.contains("encapsulated document")));
+    }
+}
