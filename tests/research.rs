@@ -133,6 +133,8 @@ fn every_object_class_keeps_its_research_content() {
     assert_eq!(data.len(), 100 * 12 * 2, "WaveformData");
 
     let mr = one(&out, ENHANCED_MR);
+    let description = text(mr, Tag(0x0008, 0x103E));
+    assert_eq!(description.as_deref(), Some("MR by ***"), "descriptions keep their meaning");
     let frames = items(mr, Tag(0x5200, 0x9230));
     assert_eq!(frames.len(), 2);
     for f in frames {

@@ -147,19 +147,38 @@ impl Scrubber {
     }
 }
 
-/// Titles people write before a surname in reports and descriptions (English, Dutch, German).
-const TITLES: [&[u8]; 11] =
-    [b"dr", b"drs", b"prof", b"mr", b"mrs", b"ms", b"dhr", b"mw", b"mevr", b"hr", b"fr"];
+/// Titles people write before a surname in reports and descriptions (English, Dutch).
+const TITLES: [&[u8]; 9] = [b"dr", b"drs", b"prof", b"mr", b"mrs", b"ms", b"dhr", b"mw", b"mevr"];
+/// Titles that, lowercase and without a period, are more often something else ("ms" a unit).
+const AMBIGUOUS_TITLES: [&[u8]; 3] = [b"mr", b"mrs", b"ms"];
+
+/// Whether `word` is a title. Without a period an all-capitals word is more likely a modality or
+/// an abbreviation ("MR knee", "DR chest", "MS lesion"), so it does not count.
+fn is_title(word: &[u8], dotted: bool) -> bool {
+    let lower = word.to_ascii_lowercase();
+    if !TITLES.contains(&lower.as_slice()) {
+        return false;
+    }
+    if dotted {
+        return true;
+    }
+    let all_caps = word.iter().all(u8::is_ascii_uppercase);
+    !all_caps && (word[0].is_ascii_uppercase() || !AMBIGUOUS_TITLES.contains(&lower.as_slice()))
+}
+
+/// Letters of a name: ASCII letters, any byte of a multi-byte or 8-bit character, '-' and '\''.
+fn is_name_byte(b: u8) -> bool {
+    b.is_ascii_alphabetic() || b >= 0x80 || b == b'-' || b == b'\''
+}
 
 /// The word after a title ("dr. Chase") replaced: a name that appears nowhere else in the
 /// instance (a colleague consulted, a referrer from elsewhere) is still a name.
 fn after_titles(text: &[u8]) -> Option<Vec<u8>> {
-    let is_word = |b: u8| b.is_ascii_alphabetic() || b >= 0x80 || b == b'-' || b == b'\'';
     let mut out = Vec::with_capacity(text.len());
     let (mut i, mut found) = (0, false);
     while i < text.len() {
         let start = i;
-        while i < text.len() && is_word(text[i]) {
+        while i < text.len() && is_name_byte(text[i]) {
             i += 1;
         }
         if i == start {
@@ -168,30 +187,22 @@ fn after_titles(text: &[u8]) -> Option<Vec<u8>> {
             continue;
         }
         out.extend_from_slice(&text[start..i]);
-        let word = &text[start..i];
         let at_boundary = start == 0 || !text[start - 1].is_ascii_alphanumeric();
-        if !(at_boundary && TITLES.iter().any(|t| word.eq_ignore_ascii_case(t))) {
+        let dotted = text.get(i) == Some(&b'.');
+        if !at_boundary || !is_title(&text[start..i], dotted) {
             continue;
         }
-        // ". " or " " between the title and the name.
-        let mut j = i;
-        if text.get(j) == Some(&b'.') {
-            j += 1;
-        }
-        let gap = j;
-        while text.get(j) == Some(&b' ') {
-            j += 1;
-        }
-        let name_start = j;
-        while j < text.len() && is_word(text[j]) {
-            j += 1;
-        }
-        if j == gap || name_start == gap || j - name_start < 2 {
+        // The title, its period, the spaces, then the name (two letters at least).
+        let mut j = i + usize::from(dotted);
+        let spaces = text[j..].iter().take_while(|&&b| b == b' ').count();
+        j += spaces;
+        let name = text[j..].iter().take_while(|&&b| is_name_byte(b)).count();
+        if (spaces == 0 && !dotted) || name < 2 {
             continue;
         }
-        out.extend_from_slice(&text[i..name_start]);
+        out.extend_from_slice(&text[i..j]);
         out.extend_from_slice(b"***");
-        i = j;
+        i = j + name;
         found = true;
     }
     found.then_some(out)
@@ -328,5 +339,9 @@ mod tests {
         assert_eq!(s.scrub(b"Dr. Chase reviewed").unwrap(), b"Dr. *** reviewed", "a name after a title");
         assert_eq!(s.scrub(b"besproken met dhr Jansen-Smit").unwrap(), b"besproken met dhr ***");
         assert_eq!(s.scrub(b"Address: 12 Drive"), None, "a title inside a word is no title");
+        assert_eq!(s.scrub(b"Mr Jansen, MR. Pieters, dr.Smit").unwrap(), b"Mr ***, MR. ***, dr.***");
+        for text in [&b"MR knee"[..], b"DR chest PA", b"TR 2000 ms TE 30", b"MS lesion load", b"mr brain"] {
+            assert_eq!(s.scrub(text), None, "{}", String::from_utf8_lossy(text));
+        }
     }
 }
