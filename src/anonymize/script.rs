@@ -144,13 +144,13 @@ impl Script {
         let doc = roxmltree::Document::parse(text)
             .map_err(|source| ScriptError::Xml { path: name.to_string(), source })?;
         let root = doc.root_element();
-        let mut problems = Vec::new();
+        let mut parts = Parts::default();
         let declared = match root.attribute("semantics") {
             None => None,
             Some("rsna") => Some(Semantics::Rsna),
             Some("ctp") => Some(Semantics::Ctp),
             Some(other) => {
-                problems.push(format!("<script semantics=\"{other}\">: expected rsna or ctp"));
+                parts.problems.push(format!("<script semantics=\"{other}\">: expected rsna or ctp"));
                 None
             }
         };
@@ -161,70 +161,21 @@ impl Script {
                 Some((n.attribute("t")?.to_string(), n.text().unwrap_or_default().trim().to_string()))
             })
             .collect();
-        let mut ctp_only = !params.is_empty();
-        let mut rules = HashMap::new();
-        let mut keep_groups = Vec::new();
-        let mut removals = Removals::default();
-        let mut keeps_private = false;
+        parts.ctp_only = !params.is_empty();
         for node in elements() {
             // Finding a line scans the text from the start: only do it for a message.
-            let line = || doc.text_pos_at(node.range().start).row;
-            let t = node.attribute("t").unwrap_or_default();
-            match node.tag_name().name() {
-                "e" => {
-                    let Some(tag) = parse_tag(t) else {
-                        problems.push(format!("line {}: t=\"{t}\" is not an 8-digit hex tag", line()));
-                        continue;
-                    };
-                    let op_text = node.text().unwrap_or_default().trim();
-                    if ENGINE_OWNED.contains(&tag) {
-                        // CTP's option scripts name themselves by the code they add here.
-                        ctp_only |= tag == METHOD_CODES_TAG && op_text.bytes().all(|b| b.is_ascii_digit());
-                        continue;
-                    }
-                    let op = match ctp::parse(op_text, tag, &params) {
-                        Ok(parsed) => {
-                            ctp_only |= parsed.ctp_only;
-                            parsed.op
-                        }
-                        Err(()) if settings.unsupported == UnsupportedOps::Remove => {
-                            tracing::warn!(line = line(), op = op_text, tag = %t, "unsupported script operation treated as @remove()");
-                            Op::Remove
-                        }
-                        Err(()) => {
-                            problems.push(format!("line {}: {t}: unsupported operation {op_text:?} (set project.unsupported_ops: remove to treat it as @remove())", line()));
-                            continue;
-                        }
-                    };
-                    rules.insert(tag, op);
-                }
-                "k" => match u16::from_str_radix(t, 16) {
-                    Ok(group) if t.len() == 4 && group % 2 == 1 => keeps_private = true,
-                    Ok(group) if t.len() == 4 => keep_groups.push(group),
-                    _ => problems.push(format!("line {}: <k t=\"{t}\"> is not a 4-digit hex group", line())),
-                },
-                "r" => match t {
-                    "curves" => removals.curves = true,
-                    "overlays" => removals.overlays = true,
-                    "unspecifiedelements" => removals.unspecified = true,
-                    "privategroups" => {}
-                    other => {
-                        problems.push(format!("line {}: <r t=\"{other}\"> is not a removal we know", line()))
-                    }
-                },
-                "p" => {}
-                other => problems.push(format!("line {}: unknown element <{other}>", line())),
-            }
+            parts.element(node, || doc.text_pos_at(node.range().start).row, &params, settings.unsupported);
         }
+        let Parts { rules, keep_groups, removals, ctp_only, keeps_private, problems } = parts;
         if !problems.is_empty() {
             return Err(ScriptError::Invalid { path: name.to_string(), problems });
         }
-        let ctp_disabled_private_removal = root.children().any(|n| {
+        let private_removal_off = root.children().any(|n| {
             n.tag_name().name() == "r"
                 && n.attribute("t") == Some("privategroups")
                 && n.attribute("en") == Some("F")
         });
-        if keeps_private || ctp_disabled_private_removal {
+        if keeps_private || private_removal_off {
             tracing::warn!(
                 script = name,
                 "the script keeps private groups; they are removed anyway (their values cannot be checked)"
@@ -246,6 +197,76 @@ impl Script {
     /// The script's own operation for a tag; `None` when it has no rule.
     pub fn op(&self, tag: Tag) -> Option<&Op> {
         self.rules.get(&tag).or_else(|| self.keep_groups.contains(&tag.0).then_some(&Op::Keep))
+    }
+}
+
+/// What the loader gathers from the script's elements.
+#[derive(Default)]
+struct Parts {
+    rules: HashMap<Tag, Op>,
+    keep_groups: Vec<u16>,
+    removals: Removals,
+    /// A function or convention only CTP has was used: the inferred semantics are `ctp`.
+    ctp_only: bool,
+    keeps_private: bool,
+    problems: Vec<String>,
+}
+
+impl Parts {
+    /// One enabled `<e>`, `<k>`, `<r>` or `<p>` element; `line` is its line, for messages.
+    fn element(
+        &mut self,
+        node: roxmltree::Node<'_, '_>,
+        line: impl Fn() -> u32,
+        params: &HashMap<String, String>,
+        unsupported: UnsupportedOps,
+    ) {
+        let t = node.attribute("t").unwrap_or_default();
+        match node.tag_name().name() {
+            "e" => {
+                let Some(tag) = parse_tag(t) else {
+                    self.problems.push(format!("line {}: t=\"{t}\" is not an 8-digit hex tag", line()));
+                    return;
+                };
+                let op_text = node.text().unwrap_or_default().trim();
+                if ENGINE_OWNED.contains(&tag) {
+                    // CTP's option scripts name themselves by the code they add here.
+                    self.ctp_only |= tag == METHOD_CODES_TAG && op_text.bytes().all(|b| b.is_ascii_digit());
+                    return;
+                }
+                let op = match ctp::parse(op_text, tag, params) {
+                    Ok(parsed) => {
+                        self.ctp_only |= parsed.ctp_only;
+                        parsed.op
+                    }
+                    Err(()) if unsupported == UnsupportedOps::Remove => {
+                        tracing::warn!(line = line(), op = op_text, tag = %t, "unsupported script operation treated as @remove()");
+                        Op::Remove
+                    }
+                    Err(()) => {
+                        self.problems.push(format!("line {}: {t}: unsupported operation {op_text:?} (set project.unsupported_ops: remove to treat it as @remove())", line()));
+                        return;
+                    }
+                };
+                self.rules.insert(tag, op);
+            }
+            "k" => match u16::from_str_radix(t, 16) {
+                Ok(group) if t.len() == 4 && group % 2 == 1 => self.keeps_private = true,
+                Ok(group) if t.len() == 4 => self.keep_groups.push(group),
+                _ => self.problems.push(format!("line {}: <k t=\"{t}\"> is not a 4-digit hex group", line())),
+            },
+            "r" => match t {
+                "curves" => self.removals.curves = true,
+                "overlays" => self.removals.overlays = true,
+                "unspecifiedelements" => self.removals.unspecified = true,
+                "privategroups" => {}
+                other => {
+                    self.problems.push(format!("line {}: <r t=\"{other}\"> is not a removal we know", line()))
+                }
+            },
+            "p" => {}
+            other => self.problems.push(format!("line {}: unknown element <{other}>", line())),
+        }
     }
 }
 
