@@ -76,7 +76,8 @@ impl Original {
         let patient_id = decode(tags::PATIENT_ID, "PatientID (0010,0020)")?.unwrap_or_default();
         let (mut names, mut ids) = (Vec::new(), Vec::new());
         collect_names_and_ids(ds, &mut names, &mut ids);
-        let scrubber = Scrubber::new(names, ids);
+        let variants: Vec<Vec<u8>> = names.iter().flat_map(|n| text::case_variants(charset, n)).collect();
+        let scrubber = Scrubber::new(names.into_iter().chain(variants.iter().map(Vec::as_slice)), ids);
         let plain = |tag| ds.text(tag).filter(|v| !v.is_empty()).map(str::to_string);
         Ok(Original {
             patient_id: patient_id.trim().to_string(),
