@@ -6,9 +6,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use dicom_anon_gateway::anonymize::{
-    AccessionFormat, Engine, Labels, Original, Rsna, Script, UnsupportedOps,
-};
+use dicom_anon_gateway::anonymize::{AccessionFormat, Engine, Labels, Original, Rsna, Script, Settings};
 use dicom_anon_gateway::dicom::{read_dataset, write_part10, Part10};
 
 fn main() {
@@ -17,7 +15,7 @@ fn main() {
         .expect("readable file");
     let iterations: u32 = args.get(2).map_or(2000, |n| n.parse().expect("ITERATIONS is a number"));
     let script =
-        Script::load("config/default-anonymizer.script".as_ref(), UnsupportedOps::Fail).expect("script");
+        Script::load("config/default-anonymizer.script".as_ref(), &Settings::default()).expect("script");
     let pseudonyms =
         Arc::new(Rsna::new("972149", "1.2.826.0.1.3680043.10.474.2", AccessionFormat::Hex16).unwrap());
     let engine =

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::anonymize::{AccessionFormat, UnsupportedOps};
+use crate::anonymize::{AccessionFormat, ProfileOptions, Semantics, Settings, UnsupportedOps, Unverifiable};
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -52,12 +52,34 @@ pub struct ProjectConfig {
     pub accession_format: AccessionFormat,
     #[serde(default)]
     pub unsupported_ops: UnsupportedOps,
+    /// `rsna` (an attribute without a rule is removed) or `ctp` (kept, through the safety net);
+    /// absent: read from the script (README, "Anonymization scripts").
+    #[serde(default)]
+    pub script_semantics: Option<Semantics>,
+    /// The PS3.15 options a profile script is applied with; (0012,0064) lists those applied.
+    #[serde(default)]
+    pub profile_options: ProfileOptions,
+    /// Encapsulated documents and burned-in annotation: quarantine (default), remove or keep.
+    #[serde(default)]
+    pub unverifiable: Unverifiable,
     /// File holding the project secret (keyed mode).
     #[serde(default)]
     pub secret_file: Option<PathBuf>,
     /// Environment variable holding the project secret (keyed mode), if no file is given.
     #[serde(default = "default_secret_env")]
     pub secret_env: String,
+}
+
+impl ProjectConfig {
+    /// What the script loader needs from the project.
+    pub fn script_settings(&self) -> Settings {
+        Settings {
+            unsupported: self.unsupported_ops,
+            semantics: self.script_semantics,
+            options: self.profile_options,
+            unverifiable: self.unverifiable,
+        }
+    }
 }
 
 /// The DICOM listener.
@@ -292,7 +314,7 @@ fn default_uid_root() -> String {
     "1.2.826.0.1.3680043.10.474.2".into()
 }
 fn default_script() -> PathBuf {
-    "config/default-anonymizer.script".into()
+    "config/ps315-basic-profile.script".into()
 }
 fn default_secret_env() -> String {
     "DICOM_ANON_PROJECT_SECRET".into()
@@ -375,6 +397,9 @@ impl Config {
             ));
         } else if root.len() + project.site_id.len() + 4 >= 64 - 10 {
             p.push(format!("project.uid_root: {root:?} with site_id {:?} leaves fewer than 10 digits for pseudonym UIDs within 64 characters", project.site_id));
+        }
+        if project.profile_options.retain_safe_private {
+            p.push("project.profile_options.retain_safe_private: not supported; private attributes are always removed (their values cannot be checked)".into());
         }
         p.extend(self.scp.validate());
         p.extend(self.upload.validate());

@@ -104,6 +104,7 @@ impl InstanceError {
             InstanceError::Invalid(EngineError::InvalidText(_)) | InstanceError::Value(_) => {
                 Data(Reason::InvalidText)
             }
+            InstanceError::Invalid(EngineError::Unverifiable(_)) => Data(Reason::Unverifiable),
             InstanceError::Index(IndexError::Conflict(_)) => Data(Reason::IntegrityConflict),
             InstanceError::Storage(SpoolError::Encode(_)) => Data(Reason::CannotEncode),
             InstanceError::Panic(_) => Data(Reason::ProcessingError),
@@ -199,7 +200,7 @@ impl Pipeline {
     /// Build the engine, open the index and the spool rooted at `out`.
     pub fn open(config: &Config, out: &Path, durability: Durability) -> Result<Pipeline, SetupError> {
         let project = &config.project;
-        let script = Script::load(&project.script, project.unsupported_ops)?;
+        let script = Script::load(&project.script, &project.script_settings())?;
         let pseudonyms: Arc<dyn Pseudonyms> = match project.pseudonyms {
             PseudonymMode::Rsna => {
                 Arc::new(Rsna::new(&project.site_id, &project.uid_root, project.accession_format)?)
@@ -417,7 +418,7 @@ impl Pipeline {
         source: &str,
         write: impl FnOnce(&DataSet<'_>, &mut BufWriter<File>) -> Result<(), WriteError>,
     ) -> Result<Stored, InstanceError> {
-        let original = Original::read(&ds)?;
+        let original = self.engine.read(&ds)?;
         let pseudonyms = self.engine.pseudonyms();
         // Computed once: the index records them and the engine writes them.
         let mut keys = self.engine.keys(&original, "");

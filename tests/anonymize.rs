@@ -39,24 +39,20 @@ fn corpus(dir: &Path) -> Vec<(Patient, Shape, PathBuf)> {
         .collect()
 }
 
-fn phi_strings(p: &Patient) -> Vec<Vec<u8>> {
-    let mut v: Vec<Vec<u8>> = OTHER_PHI.iter().map(|s| s.as_bytes().to_vec()).collect();
-    v.push(p.id.as_bytes().to_vec());
-    v.push(p.birth_date.as_bytes().to_vec());
-    let raw_name = p.name_bytes.clone().unwrap_or_else(|| p.name.as_bytes().to_vec());
-    v.push(raw_name.clone());
-    for part in raw_name.split(|&b| b == b'^' || b == b'=') {
-        v.push(part.to_vec());
-        v.push(part.to_ascii_lowercase());
-    }
-    v
+#[test]
+fn no_original_phi_survives_and_every_output_is_valid_dicom() {
+    no_phi_and_valid(&default_script());
 }
 
 #[test]
-fn no_original_phi_survives_and_every_output_is_valid_dicom() {
+fn no_original_phi_survives_and_every_output_is_valid_dicom_under_the_ps315_profile() {
+    no_phi_and_valid(&profile_script());
+}
+
+fn no_phi_and_valid(script: &Path) {
     let d = tempfile::tempdir().unwrap();
     let inputs = corpus(&d.path().join("in"));
-    let config = config(d.path(), SITE, ROOT, &default_script(), "");
+    let config = config(d.path(), SITE, ROOT, script, "");
     let out = d.path().join("out");
     let run = anonymize(&config, &out, &[&d.path().join("in")]);
     assert!(
@@ -120,12 +116,25 @@ fn no_original_phi_survives_and_every_output_is_valid_dicom() {
 
 #[test]
 fn golden_values_match_rsna_anonymizer() {
+    // The same pseudonyms whichever semantics or script: RSNA's script as RSNA runs it, RSNA's
+    // script under CTP semantics, and the shipped PS3.15 profile.
+    let rsna = "  accession_format: rsna\n";
+    let ctp = "  accession_format: rsna\n  script_semantics: ctp\n";
+    let sops: Vec<String> = [(rsna_script(), rsna), (rsna_script(), ctp), (profile_script(), rsna)]
+        .iter()
+        .map(|(script, extra)| golden_values(script, extra))
+        .collect();
+    assert!(sops.iter().all(|s| *s == sops[0]), "{sops:?}");
+}
+
+/// Checks the golden values; returns the SOP Instance UID pseudonym.
+fn golden_values(script: &Path, extra: &str) -> String {
     let d = tempfile::tempdir().unwrap();
     let p =
         Patient { name: "DOE^JOHN", id: "12345", birth_date: "19700101", charset: None, name_bytes: None };
     let shape = Shape { accession: "2", study_date: "20220101", ..Shape::default() };
     let input = put(&d.path().join("in"), "a.dcm", &instance(&p, &shape));
-    let config = config(d.path(), SITE, ROOT, &rsna_script(), "  accession_format: rsna\n");
+    let config = config(d.path(), SITE, ROOT, script, extra);
     let out = d.path().join("out");
     let run = anonymize(&config, &out, &[&input]);
     assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
@@ -141,6 +150,7 @@ fn golden_values_match_rsna_anonymizer() {
     assert!(sop.starts_with("1.2.826.0.1.3680043.10.474.99.99.2."), "{sop}");
     assert_eq!(o.file_name().unwrap().to_string_lossy(), format!("{sop}.dcm"));
     assert_eq!(dcmdump_value(o, "MediaStorageSOPInstanceUID").as_deref(), Some(sop.as_str()));
+    sop
 }
 
 #[test]
@@ -359,4 +369,62 @@ fn a_study_seen_under_two_patient_ids_is_an_integrity_conflict() {
     assert_eq!(files_under(&out).len(), 1, "the conflicting instance is not stored");
     let q = d.path().join("storage/private/quarantine/Capture_PHI_Error");
     assert_eq!(files_under(&q).iter().filter(|p| p.extension().unwrap() == "dcm").count(), 1);
+}
+
+#[test]
+fn a_ctp_script_keeps_what_it_does_not_name_and_rsna_semantics_remove_it() {
+    let d = tempfile::tempdir().unwrap();
+    let input = put(&d.path().join("in"), "a.dcm", &instance(&smith(), &Shape::default()));
+    // CTP's own layout: parameters, @hashuid, @date, @hash, <r> removals; KVP has no rule.
+    let script = put(
+        d.path(),
+        "ctp.script",
+        br#"<script>
+  <p t="UIDROOT">1.2.3.4</p>
+  <e en="T" t="00080018" n="SOPInstanceUID">@hashuid(@UIDROOT,this)</e>
+  <e en="T" t="0020000d" n="StudyInstanceUID">@hashuid(@UIDROOT,this)</e>
+  <e en="T" t="0020000e" n="SeriesInstanceUID">@hashuid(@UIDROOT,this)</e>
+  <e en="T" t="00080020" n="StudyDate">@date()</e>
+  <e en="T" t="00100010" n="PatientName">@hash(this, 64)</e>
+  <e en="T" t="00100020" n="PatientID">@hash(this, 64)</e>
+  <e en="T" t="00080080" n="InstitutionName">@remove()</e>
+  <e en="T" t="00081030" n="StudyDescription">@keep()</e>
+  <r en="T" t="curves">Remove curves</r>
+  <r en="T" t="overlays">Remove overlays</r>
+  <r en="T" t="privategroups">Remove private groups</r>
+</script>
+"#,
+    );
+    let run_with = |name: &str, extra: &str| {
+        let out = d.path().join(name);
+        let run = anonymize(
+            &config(&d.path().join(format!("{name}-cfg")), SITE, ROOT, &script, extra),
+            &out,
+            &[&input],
+        );
+        assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+        files_under(&out).into_iter().next().unwrap()
+    };
+    let ctp = run_with("ctp", "");
+    assert_eq!(dcmdump_value(&ctp, "KVP").as_deref(), Some("120"), "kept: no rule under CTP semantics");
+    assert!(dcmdump_value(&ctp, "InstitutionName").is_none());
+    assert_eq!(dcmdump_value(&ctp, "StudyDescription").as_deref(), Some("CT CHEST for *** ***"));
+    let bytes = std::fs::read(&ctp).unwrap();
+    // HOUSE: a kept PN the net empties.
+    for phi in [
+        &b"MRN12345"[..],
+        b"HOUSE",
+        b"20220101",
+        b"1.2.999.777",
+        b"Private SMITH",
+        b"overlay of",
+        b"curve ELIZ",
+    ] {
+        assert!(!contains(&bytes, phi), "{:?}", String::from_utf8_lossy(phi));
+    }
+    let rsna = run_with("rsna", "  script_semantics: rsna\n");
+    assert!(dcmdump_value(&rsna, "KVP").is_none(), "removed: no rule under RSNA semantics");
+    let sop = |f: &Path| dcmdump_value(f, "SOPInstanceUID");
+    assert_eq!(sop(&ctp), sop(&rsna), "@hashuid is our UID pseudonym");
+    assert_eq!(dcmdump_value(&ctp, "PatientID"), dcmdump_value(&rsna, "PatientID"));
 }

@@ -2,16 +2,20 @@
 //! de-identification attributes. No I/O: a data set and pseudonyms go in, a data set comes out.
 
 use std::borrow::Cow;
+
+use dicom_core::dictionary::DataDictionary;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use crate::dicom::{pad_text, trim_padding, DataSet, Element, Tag, Value, VR};
 
-use super::profile::{self, is_free_text, is_registered_uid, tags};
+use super::options::{MethodCode, BASIC_PROFILE, RETAIN_MODIFIED_DATES};
+use super::profile::{self, is_free_text, is_registered_uid, names_a_class, tags};
 use super::pseudonym::Pseudonyms;
-use super::script::{Op, Script};
+use super::script::{Op, Script, Semantics};
 use super::text;
 use super::transform::{round_age, shift_values, DateShift, Scrubber};
+use super::unverifiable::{self, Unverifiable};
 
 /// Something wrong with the instance itself: it goes to quarantine, never to the archive.
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -20,6 +24,9 @@ pub enum EngineError {
     MissingAttributes(Vec<&'static str>),
     #[error("{0} is not valid text in its character set")]
     InvalidText(&'static str),
+    /// Content the engine cannot check, under `project.unverifiable: quarantine | remove`.
+    #[error("unverifiable content: {0}")]
+    Unverifiable(String),
 }
 
 /// The values of the original instance the index and the walk need, read before anything changes.
@@ -69,11 +76,10 @@ impl Original {
         };
         let patient_name = decode(tags::PATIENT_NAME, "PatientName (0010,0010)")?;
         let patient_id = decode(tags::PATIENT_ID, "PatientID (0010,0020)")?.unwrap_or_default();
-        let raw = |tag| ds.bytes(tag).unwrap_or_default();
-        let scrubber = Scrubber::new(
-            raw(tags::PATIENT_NAME),
-            &[raw(tags::PATIENT_ID), raw(tags::OTHER_PATIENT_IDS), raw(tags::ACCESSION_NUMBER)],
-        );
+        let (mut names, mut ids) = (Vec::new(), Vec::new());
+        collect_names_and_ids(ds, &mut names, &mut ids);
+        let variants: Vec<Vec<u8>> = names.iter().flat_map(|n| text::case_variants(charset, n)).collect();
+        let scrubber = Scrubber::new(names.into_iter().chain(variants.iter().map(Vec::as_slice)), ids);
         let plain = |tag| ds.text(tag).filter(|v| !v.is_empty()).map(str::to_string);
         Ok(Original {
             patient_id: patient_id.trim().to_string(),
@@ -136,7 +142,64 @@ impl Engine {
 
     /// Whether the script keeps `tag` (with its value) at the top level.
     pub fn keeps(&self, tag: Tag) -> bool {
-        !matches!(self.script.op(tag), None | Some(Op::Remove) | Some(Op::Empty))
+        !matches!(self.rule(tag, VR::OB).as_deref(), None | Some(Op::Remove) | Some(Op::Empty))
+    }
+
+    /// Read what the index and the walk need, and apply the project's policy for content the
+    /// engine cannot check (`project.unverifiable`), before anything is recorded.
+    pub fn read(&self, ds: &DataSet<'_>) -> Result<Original, EngineError> {
+        let original = Original::read(ds)?;
+        let Some(what) = unverifiable::find(ds) else { return Ok(original) };
+        match self.script.unverifiable {
+            Unverifiable::Quarantine => {
+                tracing::warn!(
+                    content = what,
+                    "unverifiable content quarantined (project.unverifiable: quarantine)"
+                );
+                Err(EngineError::Unverifiable(what.to_string()))
+            }
+            Unverifiable::Remove => {
+                tracing::warn!(content = what, "unverifiable content removed by policy: the instance is not archived (project.unverifiable: remove)");
+                Err(EngineError::Unverifiable(format!("{what}; removed by project.unverifiable: remove")))
+            }
+            Unverifiable::Keep => {
+                tracing::warn!(
+                    content = what,
+                    "unverifiable content kept unchecked (project.unverifiable: keep)"
+                );
+                Ok(original)
+            }
+        }
+    }
+
+    /// The operation for an element: the script's rule, changed by the profile options, else
+    /// what the script's semantics do with an attribute it does not name; `None` removes.
+    fn rule(&self, tag: Tag, vr: VR) -> Option<Cow<'_, Op>> {
+        let script = &self.script;
+        let own = script.op(tag);
+        if script.profile {
+            if let Some(op) = script.options.replace(tag, vr, own) {
+                return Some(Cow::Owned(op));
+            }
+        }
+        if let Some(op) = own {
+            return Some(Cow::Borrowed(op));
+        }
+        let removals = script.removals;
+        let unspecified_removed = match script.semantics {
+            Semantics::Rsna => true,
+            Semantics::Ctp => {
+                removals.unspecified
+                    || (tag.0 & 0xFF00 == 0x5000 && removals.curves)
+                    || (tag.0 & 0xFF00 == 0x6000 && removals.overlays)
+                    // A value of unknown type cannot be checked.
+                    || vr == VR::UN
+                    // Nor can an attribute the standard does not define: it may be a known one
+                    // whose tag a broken writer (or a flipped bit) changed.
+                    || dicom_dictionary_std::StandardDataDictionary.by_tag(tag).is_none()
+            }
+        };
+        (!unspecified_removed).then_some(Cow::Borrowed(&Op::Keep))
     }
 
     pub fn pseudonyms(&self) -> &dyn Pseudonyms {
@@ -167,9 +230,10 @@ impl Engine {
             uids: HashMap::new(),
             caught: Vec::new(),
             dates_changed: false,
+            dates_replaced: false,
         };
         walk.dataset(ds);
-        let Walk { uids, mut caught, dates_changed, .. } = walk;
+        let Walk { uids, mut caught, dates_changed, dates_replaced, .. } = walk;
 
         if ds.get(tags::PATIENT_ID).is_none() && self.script.op(tags::PATIENT_ID).is_some() {
             // RSNA adds a missing PatientID so that every output names its (default) patient.
@@ -177,8 +241,10 @@ impl Engine {
         }
         if dates_changed {
             ds.put_text(tags::LONGITUDINAL_TEMPORAL_INFORMATION_MODIFIED, VR::CS, "MODIFIED");
+        } else if dates_replaced {
+            ds.put_text(tags::LONGITUDINAL_TEMPORAL_INFORMATION_MODIFIED, VR::CS, "REMOVED");
         }
-        self.put_deidentification(ds);
+        self.put_deidentification(ds, dates_changed);
 
         caught.sort();
         caught.dedup();
@@ -186,12 +252,26 @@ impl Engine {
         Report { keys, uid_map: uids.into_iter().collect(), caught }
     }
 
-    fn put_deidentification(&self, ds: &mut DataSet<'_>) {
+    /// The CID 7050 codes for what was applied: a profile script's options; for other CTP
+    /// scripts the Basic Profile and, when dates moved, our shift; for RSNA scripts what the
+    /// RSNA-derived script was written for.
+    fn method_codes(&self, dates_changed: bool) -> Vec<MethodCode> {
+        let script = &self.script;
+        match (script.profile, script.semantics) {
+            (true, _) => script.options.codes(),
+            (false, Semantics::Ctp) if dates_changed => vec![BASIC_PROFILE, RETAIN_MODIFIED_DATES],
+            (false, Semantics::Ctp) => vec![BASIC_PROFILE],
+            (false, Semantics::Rsna) => profile::RSNA_METHOD_CODES.to_vec(),
+        }
+    }
+
+    fn put_deidentification(&self, ds: &mut DataSet<'_>, dates_changed: bool) {
         ds.put_text(tags::PATIENT_IDENTITY_REMOVED, VR::CS, "YES");
         let method =
             format!("{} {} script {}", env!("CARGO_PKG_NAME"), env!("CARGO_PKG_VERSION"), self.script.name);
         ds.put_text(tags::DEIDENTIFICATION_METHOD, VR::LO, truncate(&method, 64));
-        let items = profile::METHOD_CODES
+        let items = self
+            .method_codes(dates_changed)
             .iter()
             .map(|(code, meaning)| {
                 let mut item = DataSet::default();
@@ -233,6 +313,8 @@ struct Walk<'e> {
     uids: HashMap<String, String>,
     caught: Vec<Tag>,
     dates_changed: bool,
+    /// A date was replaced by a dummy (PS3.15 D without the modified-dates option).
+    dates_replaced: bool,
 }
 
 impl Walk<'_> {
@@ -247,19 +329,22 @@ impl Walk<'_> {
         if tag.0 % 2 == 1 || tag.1 == 0 || tag.0 == 0x0002 || tag == tags::ITEM_PADDING {
             return false;
         }
-        let Some(op) = self.engine.script.op(tag) else { return false };
+        let engine = self.engine;
+        let Some(op) = engine.rule(tag, e.vr) else { return false };
         if let Value::Items(items) = &mut e.value {
-            match op {
+            match &*op {
                 Op::Remove => return false,
                 Op::Empty => items.clear(),
+                // A dummy sequence is the sequence with every item cleaned by the rules.
                 _ => items.iter_mut().for_each(|item| self.dataset(item)),
             }
             return true;
         }
-        match op {
+        match &*op {
             Op::Remove => return false,
             Op::Empty => e.value = Value::Bytes(Cow::Borrowed(&[])),
             Op::Keep => self.safety_net(e),
+            Op::Dummy => self.dummy(e),
             Op::Uid => {
                 self.map_uids(e);
             }
@@ -282,9 +367,30 @@ impl Walk<'_> {
         true
     }
 
+    /// PS3.15 action D: a value valid for the VR that says nothing. UIDs get their pseudonym (so
+    /// references stay consistent), numbers are kept, bulk data is emptied.
+    fn dummy(&mut self, e: &mut Element<'_>) {
+        match (e.vr, profile::dummy(e.vr)) {
+            (VR::UI, _) => {
+                self.map_uids(e);
+            }
+            (vr, Some(value)) => {
+                if matches!(vr, VR::DA | VR::DT) {
+                    self.dates_replaced = true;
+                }
+                set(e, value);
+            }
+            (VR::OB | VR::OW | VR::OF | VR::OD | VR::OL | VR::OV | VR::UN | VR::UR, None) => {
+                e.value = Value::Bytes(Cow::Borrowed(&[]));
+            }
+            (_, None) => {}
+        }
+    }
+
     /// PS3.15 Basic Profile checks on a value the script kept.
     fn safety_net(&mut self, e: &mut Element<'_>) {
         let changed = match e.vr {
+            VR::UI if names_a_class(e.tag) => false,
             VR::UI => self.map_uids(e),
             VR::PN if e.tag == tags::PATIENT_NAME => {
                 let changed = value_str(e) != self.anon_patient_id;
@@ -351,6 +457,19 @@ impl Walk<'_> {
             set(e, &shifted);
         }
         changed
+    }
+}
+
+/// PN values at any depth, and the identifiers (with their issuers) a person could retype into
+/// free text, at any depth: the words the scrub removes from kept text.
+fn collect_names_and_ids<'a>(ds: &'a DataSet<'_>, names: &mut Vec<&'a [u8]>, ids: &mut Vec<&'a [u8]>) {
+    for e in &ds.elements {
+        match &e.value {
+            Value::Items(items) => items.iter().for_each(|item| collect_names_and_ids(item, names, ids)),
+            Value::Bytes(b) if e.vr == VR::PN => names.push(b),
+            Value::Bytes(b) if profile::is_identifier(e.tag) => ids.extend(b.split(|&c| c == b'\\')),
+            _ => {}
+        }
     }
 }
 

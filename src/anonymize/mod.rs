@@ -1,12 +1,17 @@
 //! De-identification: scripts, pseudonyms and the engine that applies them.
 
+mod ctp;
 mod engine;
+pub mod options;
 pub mod profile;
 pub mod pseudonym;
 pub mod script;
 mod text;
 pub mod transform;
+pub mod unverifiable;
 
 pub use engine::{Engine, EngineError, Keys, Labels, Original, Report};
+pub use options::ProfileOptions;
 pub use pseudonym::{AccessionFormat, Keyed, Pseudonyms, Rsna};
-pub use script::{Op, Script, ScriptError, UnsupportedOps};
+pub use script::{Op, Script, ScriptError, Semantics, Settings, UnsupportedOps};
+pub use unverifiable::Unverifiable;

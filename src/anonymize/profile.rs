@@ -3,6 +3,8 @@
 
 use dicom_core::{Tag, VR};
 
+use super::options::{MethodCode, BASIC_PROFILE, RETAIN_MODIFIED_DATES, RETAIN_PATIENT_CHARACTERISTICS};
+
 /// Every UID registered in PS3.6 (SOP classes, transfer syntaxes, coding schemes, frames of
 /// reference the standard defines) lives under the DICOM root: such a UID identifies no one.
 pub const DICOM_UID_ROOT: &str = "1.2.840.10008.";
@@ -11,12 +13,73 @@ pub fn is_registered_uid(uid: &str) -> bool {
     uid.starts_with(DICOM_UID_ROOT)
 }
 
-/// De-identification Method Code Sequence entries (PS3.16 CID 7050) for what we do.
-pub const METHOD_CODES: [(&str, &str); 3] = [
-    ("113100", "Basic Application Confidentiality Profile"),
-    ("113107", "Retain Longitudinal Temporal Information Modified Dates Option"),
-    ("113108", "Retain Patient Characteristics Option"),
+/// De-identification Method Code Sequence entries (PS3.16 CID 7050) the RSNA-derived script was
+/// written for (the profile scripts list their options instead: see `options`).
+pub const RSNA_METHOD_CODES: [MethodCode; 3] =
+    [BASIC_PROFILE, RETAIN_MODIFIED_DATES, RETAIN_PATIENT_CHARACTERISTICS];
+
+/// Attributes whose UIDs name kinds of things (SOP classes, transfer syntaxes, coding schemes,
+/// mapping resources), never an instance: kept as they are even when a vendor registered them
+/// outside the DICOM root.
+const CLASS_UID_TAGS: [u32; 14] = [
+    0x0002_0002,
+    0x0002_0010,
+    0x0004_1510,
+    0x0004_1512,
+    0x0004_151A,
+    0x0008_0016,
+    0x0008_001A,
+    0x0008_001B,
+    0x0008_0062,
+    0x0008_010C,
+    0x0008_0117,
+    0x0008_0118,
+    0x0008_1150,
+    0x0400_0010,
 ];
+
+/// Identifiers of the patient, the visit, the order and the procedure, and their issuers.
+const IDENTIFIER_TAGS: [u32; 16] = [
+    0x0010_0020,
+    0x0010_0021,
+    0x0010_1000,
+    0x0010_1090,
+    0x0008_0050,
+    0x0020_0010,
+    0x0032_0012,
+    0x0040_1001,
+    0x0040_0009,
+    0x0040_0253,
+    0x0040_2016,
+    0x0040_2017,
+    0x0038_0010,
+    0x0038_0400,
+    0x0040_0031,
+    0x0040_0032,
+];
+
+pub fn is_identifier(tag: Tag) -> bool {
+    IDENTIFIER_TAGS.contains(&((u32::from(tag.0) << 16) | u32::from(tag.1)))
+}
+
+pub fn names_a_class(tag: Tag) -> bool {
+    CLASS_UID_TAGS.contains(&((u32::from(tag.0) << 16) | u32::from(tag.1)))
+}
+
+/// The value PS3.15 action D writes: "a non-zero length value that may be a dummy value and
+/// consistent with the VR". `None` for VRs without a text form (numbers and bulk data), which
+/// the engine keeps or empties itself.
+pub fn dummy(vr: VR) -> Option<&'static str> {
+    Some(match vr {
+        VR::PN | VR::AE | VR::CS | VR::SH | VR::LO | VR::ST | VR::LT | VR::UT | VR::UC => "ANONYMIZED",
+        VR::DA => super::transform::DEFAULT_DATE,
+        VR::DT => "20000101000000",
+        VR::TM => "000000",
+        VR::AS => "000Y",
+        VR::IS | VR::DS => "0",
+        _ => return None,
+    })
+}
 
 /// VRs whose kept values are free text a person may have typed a name into.
 pub fn is_free_text(vr: VR) -> bool {
@@ -38,6 +101,8 @@ pub mod tags {
     pub const PATIENT_ID: Tag = Tag(0x0010, 0x0020);
     pub const PATIENT_BIRTH_DATE: Tag = Tag(0x0010, 0x0030);
     pub const PATIENT_SEX: Tag = Tag(0x0010, 0x0040);
+    pub const BURNED_IN_ANNOTATION: Tag = Tag(0x0028, 0x0301);
+    pub const ENCAPSULATED_DOCUMENT: Tag = Tag(0x0042, 0x0011);
     pub const OTHER_PATIENT_IDS: Tag = Tag(0x0010, 0x1000);
     pub const PATIENT_IDENTITY_REMOVED: Tag = Tag(0x0012, 0x0062);
     pub const DEIDENTIFICATION_METHOD: Tag = Tag(0x0012, 0x0063);

@@ -1,22 +1,33 @@
-//! Loads RSNA/CTP anonymizer scripts: `<e en=".." t="GGGGEEEE" n="..">OP</e>` rules.
+//! Loads RSNA/CTP anonymizer scripts: `<e en=".." t="GGGGEEEE" n="..">OP</e>` rules, `<k>` groups
+//! kept whole, `<r>` removals and `<p>` parameters.
 //!
-//! Semantics follow the RSNA Anonymizer (a whitelist: a tag without a rule is removed at every
-//! depth) with two deliberate differences: `en="F"` switches a rule off, and an operation we do not
-//! implement is an error instead of a silent keep, because a silent keep passes PHI.
+//! Two semantics (see [`Semantics`]): RSNA's whitelist, and CTP's DicomAnonymizer, where an
+//! attribute without a rule is kept. Both differ from their tools in the same deliberate ways:
+//! `en="F"` switches a rule off, an operation we do not implement is an error instead of a silent
+//! keep (a silent keep passes PHI), private groups are always removed, and the engine's safety net
+//! checks every kept value.
 
 use std::collections::HashMap;
 use std::path::Path;
 
 use dicom_core::Tag;
+use serde::{Deserialize, Serialize};
+
+use super::ctp;
+use super::options::ProfileOptions;
+use super::unverifiable::Unverifiable;
 
 /// What to do with one attribute.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Op {
-    /// Blank text or `@keep`: keep the value (the safety net still checks it).
+    /// Blank text or `@keep`: keep the value (the safety net still checks it); a sequence's items
+    /// get the rules.
     Keep,
     Remove,
     /// Zero length: how PS3.15 treats Type 2 attributes that carry PHI.
     Empty,
+    /// A dummy value valid for the element's VR (PS3.15 action D): see `profile::dummy`.
+    Dummy,
     /// Map through the UID pseudonym.
     Uid,
     /// Replace with the patient's pseudonym (PatientID and PatientName).
@@ -32,7 +43,7 @@ pub enum Op {
 }
 
 /// What to do with an operation this engine does not implement.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum UnsupportedOps {
     /// Refuse to load the script.
@@ -40,6 +51,33 @@ pub enum UnsupportedOps {
     Fail,
     /// Treat each as `@remove()`, with one warning each.
     Remove,
+}
+
+/// How attributes without a rule are treated.
+///
+/// Chosen by `project.script_semantics` when set; else by the root element's
+/// `semantics="rsna|ctp"`; else `ctp` when the script has a `<p>` parameter or uses a function only
+/// CTP has (`@hashuid`, `@process`, `@date`, `@hash`, `@param`, `@if`, ...), `rsna` otherwise (RSNA's
+/// own scripts use neither).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Semantics {
+    /// RSNA Anonymizer: a whitelist; an attribute without a rule is removed, at every depth.
+    Rsna,
+    /// CTP DicomAnonymizer: an attribute without a rule is kept (through the safety net), unless an
+    /// `<r>` rule removes its kind; rules apply at every depth.
+    Ctp,
+}
+
+/// Everything from the config that shapes how a script is applied.
+#[derive(Debug, Clone, Default)]
+pub struct Settings {
+    pub unsupported: UnsupportedOps,
+    /// `None`: read from the script.
+    pub semantics: Option<Semantics>,
+    /// Applied only to profile scripts (root `profile="ps3.15-basic"`).
+    pub options: ProfileOptions,
+    pub unverifiable: Unverifiable,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -52,21 +90,48 @@ pub enum ScriptError {
     Invalid { path: String, problems: Vec<String> },
 }
 
+/// The `<r>` rules of a CTP script (meaningless under RSNA semantics, which removes all of these).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Removals {
+    /// Repeating groups 50xx.
+    pub curves: bool,
+    /// Repeating groups 60xx.
+    pub overlays: bool,
+    /// Attributes without a rule: CTP's own whitelist switch.
+    pub unspecified: bool,
+}
+
+/// The root attribute that marks a PS3.15 profile script: options apply to it.
+const PROFILE_MARK: &str = "ps3.15-basic";
+
+/// Attributes the engine writes from what it applied; a script's rules for them are not used
+/// (CTP scripts set them with `@always()` and list their option codes in (0012,0064)).
+const ENGINE_OWNED: [Tag; 4] =
+    [Tag(0x0012, 0x0062), Tag(0x0012, 0x0063), Tag(0x0012, 0x0064), Tag(0x0028, 0x0303)];
+
+const METHOD_CODES_TAG: Tag = Tag(0x0012, 0x0064);
+
 /// A compiled script: one operation per tag, plus groups kept whole by `<k>` rules.
 #[derive(Debug, Clone)]
 pub struct Script {
     /// The file name, recorded in DeidentificationMethod.
     pub name: String,
+    pub semantics: Semantics,
+    /// A PS3.15 profile script: `options` apply and (0012,0064) lists them.
+    pub profile: bool,
+    pub options: ProfileOptions,
+    pub removals: Removals,
+    pub unverifiable: Unverifiable,
     rules: HashMap<Tag, Op>,
     keep_groups: Vec<u16>,
 }
 
 impl Script {
-    pub fn load(path: &Path, unsupported: UnsupportedOps) -> Result<Script, ScriptError> {
+    pub fn load(path: &Path, settings: &Settings) -> Result<Script, ScriptError> {
         let text = std::fs::read_to_string(path)
             .map_err(|source| ScriptError::Read { path: path.display().to_string(), source })?;
         let name = path.file_name().map_or_else(String::new, |n| n.to_string_lossy().into_owned());
-        Script::parse(&text, &name, unsupported).map_err(|e| match e {
+        Script::parse(&text, &name, settings).map_err(|e| match e {
             ScriptError::Xml { source, .. } => ScriptError::Xml { path: path.display().to_string(), source },
             ScriptError::Invalid { problems, .. } => {
                 ScriptError::Invalid { path: path.display().to_string(), problems }
@@ -75,59 +140,133 @@ impl Script {
         })
     }
 
-    pub fn parse(text: &str, name: &str, unsupported: UnsupportedOps) -> Result<Script, ScriptError> {
+    pub fn parse(text: &str, name: &str, settings: &Settings) -> Result<Script, ScriptError> {
         let doc = roxmltree::Document::parse(text)
             .map_err(|source| ScriptError::Xml { path: name.to_string(), source })?;
-        let mut rules = HashMap::new();
-        let mut keep_groups = Vec::new();
-        let mut problems = Vec::new();
-        for node in doc.root_element().children().filter(|n| n.is_element()) {
+        let root = doc.root_element();
+        let mut parts = Parts::default();
+        let declared = match root.attribute("semantics") {
+            None => None,
+            Some("rsna") => Some(Semantics::Rsna),
+            Some("ctp") => Some(Semantics::Ctp),
+            Some(other) => {
+                parts.problems.push(format!("<script semantics=\"{other}\">: expected rsna or ctp"));
+                None
+            }
+        };
+        let elements = || root.children().filter(|n| n.is_element() && n.attribute("en") != Some("F"));
+        let params: HashMap<String, String> = elements()
+            .filter(|n| n.tag_name().name() == "p")
+            .filter_map(|n| {
+                Some((n.attribute("t")?.to_string(), n.text().unwrap_or_default().trim().to_string()))
+            })
+            .collect();
+        parts.ctp_only = !params.is_empty();
+        for node in elements() {
             // Finding a line scans the text from the start: only do it for a message.
-            let line = || doc.text_pos_at(node.range().start).row;
-            if node.attribute("en") == Some("F") {
-                continue;
-            }
-            let t = node.attribute("t").unwrap_or_default();
-            match node.tag_name().name() {
-                "e" => {
-                    let Some(tag) = parse_tag(t) else {
-                        problems.push(format!("line {}: t=\"{t}\" is not an 8-digit hex tag", line()));
-                        continue;
-                    };
-                    let op_text = node.text().unwrap_or_default().trim();
-                    let op = match parse_op(op_text) {
-                        Ok(op) => op,
-                        Err(()) if unsupported == UnsupportedOps::Remove => {
-                            tracing::warn!(line = line(), op = op_text, tag = %t, "unsupported script operation treated as @remove()");
-                            Op::Remove
-                        }
-                        Err(()) => {
-                            problems.push(format!("line {}: {t}: unsupported operation {op_text:?} (set project.unsupported_ops: remove to treat it as @remove())", line()));
-                            continue;
-                        }
-                    };
-                    rules.insert(tag, op);
-                }
-                "k" => match u16::from_str_radix(t, 16) {
-                    Ok(group) if t.len() == 4 => keep_groups.push(group),
-                    _ => problems.push(format!("line {}: <k t=\"{t}\"> is not a 4-digit hex group", line())),
-                },
-                // <r> (private groups, curves, overlays, unspecified elements) only ever removes, and
-                // the whitelist already removes all of these; <p> parameters feed CTP functions we
-                // reject above.
-                "r" | "p" => {}
-                other => problems.push(format!("line {}: unknown element <{other}>", line())),
-            }
+            parts.element(node, || doc.text_pos_at(node.range().start).row, &params, settings.unsupported);
         }
+        let Parts { rules, keep_groups, removals, ctp_only, keeps_private, problems } = parts;
         if !problems.is_empty() {
             return Err(ScriptError::Invalid { path: name.to_string(), problems });
         }
-        Ok(Script { name: name.to_string(), rules, keep_groups })
+        let private_removal_off = root.children().any(|n| {
+            n.tag_name().name() == "r"
+                && n.attribute("t") == Some("privategroups")
+                && n.attribute("en") == Some("F")
+        });
+        if keeps_private || private_removal_off {
+            tracing::warn!(
+                script = name,
+                "the script keeps private groups; they are removed anyway (their values cannot be checked)"
+            );
+        }
+        let inferred = if ctp_only { Semantics::Ctp } else { Semantics::Rsna };
+        Ok(Script {
+            name: name.to_string(),
+            semantics: settings.semantics.or(declared).unwrap_or(inferred),
+            profile: root.attribute("profile") == Some(PROFILE_MARK),
+            options: settings.options,
+            removals,
+            unverifiable: settings.unverifiable,
+            rules,
+            keep_groups,
+        })
     }
 
-    /// The operation for a tag; `None` means the whitelist removes it.
+    /// The script's own operation for a tag; `None` when it has no rule.
     pub fn op(&self, tag: Tag) -> Option<&Op> {
         self.rules.get(&tag).or_else(|| self.keep_groups.contains(&tag.0).then_some(&Op::Keep))
+    }
+}
+
+/// What the loader gathers from the script's elements.
+#[derive(Default)]
+struct Parts {
+    rules: HashMap<Tag, Op>,
+    keep_groups: Vec<u16>,
+    removals: Removals,
+    /// A function or convention only CTP has was used: the inferred semantics are `ctp`.
+    ctp_only: bool,
+    keeps_private: bool,
+    problems: Vec<String>,
+}
+
+impl Parts {
+    /// One enabled `<e>`, `<k>`, `<r>` or `<p>` element; `line` is its line, for messages.
+    fn element(
+        &mut self,
+        node: roxmltree::Node<'_, '_>,
+        line: impl Fn() -> u32,
+        params: &HashMap<String, String>,
+        unsupported: UnsupportedOps,
+    ) {
+        let t = node.attribute("t").unwrap_or_default();
+        match node.tag_name().name() {
+            "e" => {
+                let Some(tag) = parse_tag(t) else {
+                    self.problems.push(format!("line {}: t=\"{t}\" is not an 8-digit hex tag", line()));
+                    return;
+                };
+                let op_text = node.text().unwrap_or_default().trim();
+                if ENGINE_OWNED.contains(&tag) {
+                    // CTP's option scripts name themselves by the code they add here.
+                    self.ctp_only |= tag == METHOD_CODES_TAG && op_text.bytes().all(|b| b.is_ascii_digit());
+                    return;
+                }
+                let op = match ctp::parse(op_text, tag, params) {
+                    Ok(parsed) => {
+                        self.ctp_only |= parsed.ctp_only;
+                        parsed.op
+                    }
+                    Err(()) if unsupported == UnsupportedOps::Remove => {
+                        tracing::warn!(line = line(), op = op_text, tag = %t, "unsupported script operation treated as @remove()");
+                        Op::Remove
+                    }
+                    Err(()) => {
+                        self.problems.push(format!("line {}: {t}: unsupported operation {op_text:?} (set project.unsupported_ops: remove to treat it as @remove())", line()));
+                        return;
+                    }
+                };
+                self.rules.insert(tag, op);
+            }
+            "k" => match u16::from_str_radix(t, 16) {
+                Ok(group) if t.len() == 4 && group % 2 == 1 => self.keeps_private = true,
+                Ok(group) if t.len() == 4 => self.keep_groups.push(group),
+                _ => self.problems.push(format!("line {}: <k t=\"{t}\"> is not a 4-digit hex group", line())),
+            },
+            "r" => match t {
+                "curves" => self.removals.curves = true,
+                "overlays" => self.removals.overlays = true,
+                "unspecifiedelements" => self.removals.unspecified = true,
+                "privategroups" => {}
+                other => {
+                    self.problems.push(format!("line {}: <r t=\"{other}\"> is not a removal we know", line()))
+                }
+            },
+            "p" => {}
+            other => self.problems.push(format!("line {}: unknown element <{other}>", line())),
+        }
     }
 }
 
@@ -139,48 +278,22 @@ fn parse_tag(t: &str) -> Option<Tag> {
     Some(Tag((v >> 16) as u16, (v & 0xFFFF) as u16))
 }
 
-fn parse_op(text: &str) -> Result<Op, ()> {
-    let call = |name: &str| text == name || text == format!("{name}()");
-    Ok(if text.is_empty() || call("@keep") {
-        Op::Keep
-    } else if call("@remove") {
-        Op::Remove
-    } else if call("@empty") {
-        Op::Empty
-    } else if call("@uid") {
-        Op::Uid
-    } else if call("@ptid") {
-        Op::PatientId
-    } else if call("@acc") {
-        Op::Accession
-    } else if call("@hashdate") {
-        Op::HashDate
-    } else if let Some(args) = text.strip_prefix("@round(").and_then(|r| r.strip_suffix(')')) {
-        let (this, width) = args.split_once(',').ok_or(())?;
-        let width: u32 = width.trim().parse().map_err(|_| ())?;
-        if this.trim() != "this" || width == 0 || width > 999 {
-            return Err(());
-        }
-        Op::Round(width)
-    } else if text.contains('@') {
-        return Err(());
-    } else {
-        Op::Set(text.to_string())
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn parse(text: &str, unsupported: UnsupportedOps) -> Result<Script, ScriptError> {
+        Script::parse(text, "t.script", &Settings { unsupported, ..Settings::default() })
+    }
+
     #[test]
     fn disabled_rules_fall_back_to_the_whitelist() {
-        let s = Script::parse(
+        let s = parse(
             r#"<script><e en="F" t="00100010" n="PatientName">@keep</e><e en="T" t="00080060" n="Modality"></e></script>"#,
-            "t",
             UnsupportedOps::Fail,
         )
         .unwrap();
+        assert_eq!(s.semantics, Semantics::Rsna);
         assert_eq!(s.op(Tag(0x0010, 0x0010)), None);
         assert_eq!(s.op(Tag(0x0008, 0x0060)), Some(&Op::Keep));
     }
@@ -188,27 +301,45 @@ mod tests {
     #[test]
     fn unsupported_ops_are_refused_with_their_line_or_removed_on_request() {
         let text = "<script>\n<e en=\"T\" t=\"0020000D\" n=\"x\">@hashuid(@UIDROOT,this)</e>\n<e en=\"T\" t=\"00100020\" n=\"y\">@lookup(this,ptid)</e>\n</script>";
-        let err = Script::parse(text, "ctp.script", UnsupportedOps::Fail).unwrap_err().to_string();
-        assert!(err.contains("line 2") && err.contains("@hashuid"), "{err}");
+        let err = parse(text, UnsupportedOps::Fail).unwrap_err().to_string();
+        assert!(!err.contains("line 2"), "{err}");
         assert!(err.contains("line 3") && err.contains("@lookup"), "{err}");
-        let s = Script::parse(text, "ctp.script", UnsupportedOps::Remove).unwrap();
-        assert_eq!(s.op(Tag(0x0020, 0x000D)), Some(&Op::Remove));
+        let s = parse(text, UnsupportedOps::Remove).unwrap();
+        assert_eq!(s.op(Tag(0x0020, 0x000D)), Some(&Op::Uid));
+        assert_eq!(s.op(Tag(0x0010, 0x0020)), Some(&Op::Remove));
     }
 
     #[test]
-    fn ops_parse_like_rsna() {
-        assert_eq!(parse_op("@round(this,5)"), Ok(Op::Round(5)));
-        assert_eq!(parse_op("@round(this,10)"), Ok(Op::Round(10)));
-        assert_eq!(parse_op("YES"), Ok(Op::Set("YES".into())));
-        assert_eq!(parse_op("@remove()"), Ok(Op::Remove));
-        assert_eq!(parse_op("@empty()"), Ok(Op::Empty));
-        assert!(parse_op("@date(this)").is_err());
+    fn semantics_come_from_config_then_the_root_then_the_functions_used() {
+        let ctp_text = r#"<script><p t="UIDROOT">1.2.3</p><e en="T" t="0020000D" n="x">@hashuid(@UIDROOT,this)</e><r en="T" t="curves">x</r></script>"#;
+        let s = parse(ctp_text, UnsupportedOps::Fail).unwrap();
+        assert_eq!((s.semantics, s.removals.curves, s.removals.overlays), (Semantics::Ctp, true, false));
+        let s = parse(
+            r#"<script semantics="ctp"><e en="T" t="00080060" n="M"></e></script>"#,
+            UnsupportedOps::Fail,
+        )
+        .unwrap();
+        assert_eq!(s.semantics, Semantics::Ctp);
+        let forced = Settings { semantics: Some(Semantics::Rsna), ..Settings::default() };
+        assert_eq!(Script::parse(ctp_text, "t", &forced).unwrap().semantics, Semantics::Rsna);
+        assert!(parse(r#"<script semantics="dicognito"/>"#, UnsupportedOps::Fail).is_err());
+    }
+
+    #[test]
+    fn rules_for_what_the_engine_writes_are_not_used() {
+        let s = parse(
+            r#"<script><e en="T" t="00120064" n="DeIdentificationMethodCodeSequence">113105</e><e en="T" t="00280303" n="L">@always()MODIFIED</e></script>"#,
+            UnsupportedOps::Fail,
+        )
+        .unwrap();
+        assert_eq!(s.op(Tag(0x0012, 0x0064)), None);
+        assert_eq!(s.semantics, Semantics::Ctp, "a CTP option script names its code in (0012,0064)");
+        assert_eq!(s.op(Tag(0x0028, 0x0303)), None);
     }
 
     #[test]
     fn keep_groups_keep_unlisted_tags_of_their_group() {
-        let s = Script::parse(r#"<script><k en="T" t="0018">keep</k></script>"#, "k", UnsupportedOps::Fail)
-            .unwrap();
+        let s = parse(r#"<script><k en="T" t="0018">keep</k></script>"#, UnsupportedOps::Fail).unwrap();
         assert_eq!(s.op(Tag(0x0018, 0x0050)), Some(&Op::Keep));
         assert_eq!(s.op(Tag(0x0010, 0x0010)), None);
     }

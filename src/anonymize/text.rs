@@ -1,4 +1,5 @@
-//! Decoding the few PHI values the index stores as text, by Specific Character Set.
+//! Decoding the few PHI values the index stores as text, and spelling names the ways free text may
+//! write them, by Specific Character Set.
 
 use dicom_encoding::text::{SpecificCharacterSet, TextCodec};
 
@@ -18,6 +19,31 @@ pub fn decode(charset: &str, raw: &[u8]) -> Result<String, std::str::Utf8Error> 
     Ok(decoded.unwrap_or_else(|| String::from_utf8_lossy(raw).into_owned()))
 }
 
+/// `raw` (a name in the data set's character set) in lower case, upper case and capitalised
+/// words, encoded back into that character set: the scrub compares bytes and folds only ASCII
+/// case, so "MÜLLER" must also be looked for as "Müller". Empty for ASCII names (nothing to add)
+/// and for names the character set cannot round-trip (ISO 2022 code extensions).
+pub fn case_variants(charset: &str, raw: &[u8]) -> Vec<Vec<u8>> {
+    if raw.is_ascii() || charset.contains("2022") {
+        return Vec::new();
+    }
+    let Ok(name) = decode(charset, raw) else { return Vec::new() };
+    let code = charset.split('\\').map(str::trim).find(|c| !c.is_empty()).unwrap_or("ISO_IR 192");
+    let Some(cs) = SpecificCharacterSet::from_code(code) else { return Vec::new() };
+    let capitalised: String = name
+        .split_inclusive(['^', ' ', '=', '-'])
+        .flat_map(|w| {
+            let mut c = w.chars();
+            c.next().into_iter().flat_map(char::to_uppercase).chain(c.flat_map(char::to_lowercase))
+        })
+        .collect();
+    [name.to_lowercase(), name.to_uppercase(), capitalised]
+        .iter()
+        .filter_map(|v| cs.encode(v).ok())
+        .filter(|v| v.as_slice() != raw)
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -26,5 +52,14 @@ mod tests {
         assert!(super::decode("ISO_IR 192", b"M\xfcller").is_err());
         assert!(super::decode("", b"M\xfcller").is_err());
         assert_eq!(super::decode("", b"DOE^JOHN").unwrap(), "DOE^JOHN");
+    }
+
+    #[test]
+    fn names_are_also_spelled_in_other_cases_in_their_character_set() {
+        let v = super::case_variants("ISO_IR 100", b"M\xdcLLER^J\xdcRGEN");
+        assert!(v.contains(&b"M\xfcller^J\xfcrgen".to_vec()), "{v:?}");
+        let v = super::case_variants("ISO_IR 192", "MÜLLER".as_bytes());
+        assert!(v.contains(&"Müller".as_bytes().to_vec()), "{v:?}");
+        assert!(super::case_variants("", b"SMITH^JOHN").is_empty());
     }
 }

@@ -70,28 +70,43 @@ pub fn round_age(value: &str, width: u32) -> Option<String> {
     Some(format!("{:03}{unit}", (q * w).min(999)))
 }
 
-/// Words that must not survive in kept free text: the patient's name parts and identifiers.
+/// Words that must not survive in kept free text: every name part and identifier in the instance.
 #[derive(Debug, Default, Clone)]
 pub struct Scrubber {
     /// Matched as whole words (a name part inside another word is left alone).
     words: Vec<Vec<u8>>,
     /// Matched anywhere: identifiers long enough not to occur by chance.
     ids: Vec<Vec<u8>>,
+    /// The digit runs of identifiers, matched anywhere and also with separators between the
+    /// digits ("00482913" also finds "004-829-13"), because people retype numbers that way.
+    digits: Vec<Vec<u8>>,
 }
 
 /// Name parts shorter than this are too likely to be ordinary words or initials.
 const MIN_NAME_PART: usize = 2;
 /// Identifiers shorter than this are matched as words only; longer ones anywhere.
 const MIN_EMBEDDED_ID: usize = 5;
+/// Characters people put between the digits of a number they retype.
+const DIGIT_SEPARATORS: &[u8] = b"-. /_";
 
 impl Scrubber {
-    /// `name` is the raw PatientName (components split on `^`, groups on `=`), `ids` the raw IDs.
-    pub fn new(name: &[u8], ids: &[&[u8]]) -> Scrubber {
+    /// `names` are raw PN values (components split on `^`, groups on `=`), `ids` raw identifiers.
+    pub fn new<'a>(
+        names: impl IntoIterator<Item = &'a [u8]>,
+        ids: impl IntoIterator<Item = &'a [u8]>,
+    ) -> Scrubber {
         let mut s = Scrubber::default();
-        for part in name.split(|&b| matches!(b, b'^' | b'=' | b' ' | b',')) {
-            let part = crate::dicom::trim_padding(part);
-            if part.len() >= MIN_NAME_PART {
-                s.words.push(part.to_ascii_lowercase());
+        // Family, given and middle names of every component group; prefixes and suffixes
+        // ("DR", "MRS", "III") are titles that identify no one and occur in ordinary text.
+        let parts = names.into_iter().flat_map(|name| {
+            name.split(|&b| b == b'=').flat_map(|group| group.split(|&b| b == b'^').take(3))
+        });
+        for component in parts {
+            for part in component.split(|&b| matches!(b, b' ' | b',')) {
+                let part = crate::dicom::trim_padding(part);
+                if part.len() >= MIN_NAME_PART {
+                    s.words.push(part.to_ascii_lowercase());
+                }
             }
         }
         for id in ids {
@@ -101,10 +116,15 @@ impl Scrubber {
             } else if id.len() >= 3 {
                 s.words.push(id.to_ascii_lowercase());
             }
+            for run in id.split(|b| !b.is_ascii_digit()).filter(|r| r.len() >= MIN_EMBEDDED_ID) {
+                s.digits.push(run.to_vec());
+            }
         }
-        // Longest first, so "Smithson" is replaced before "Smith" could split it.
-        s.words.sort_by_key(|w| std::cmp::Reverse(w.len()));
-        s.ids.sort_by_key(|w| std::cmp::Reverse(w.len()));
+        for list in [&mut s.words, &mut s.ids, &mut s.digits] {
+            // Longest first, so "Smithson" is replaced before "Smith" could split it.
+            list.sort_by_key(|w| std::cmp::Reverse(w.len()));
+            list.dedup();
+        }
         s
     }
 
@@ -112,33 +132,127 @@ impl Scrubber {
     /// match, so the value still fits its VR). `None` when nothing matched.
     pub fn scrub(&self, text: &[u8]) -> Option<Vec<u8>> {
         let mut out: Option<Vec<u8>> = None;
-        for (needle, whole_word) in
-            self.ids.iter().map(|n| (n, false)).chain(self.words.iter().map(|n| (n, true)))
-        {
+        let needles = self.ids.iter().map(|n| (n, Match::Anywhere));
+        let needles = needles.chain(self.digits.iter().map(|n| (n, Match::Digits)));
+        for (needle, how) in needles.chain(self.words.iter().map(|n| (n, Match::Word))) {
             let current = out.as_deref().unwrap_or(text);
-            if let Some(replaced) = replace_all(current, needle, whole_word) {
+            if let Some(replaced) = replace_all(current, needle, how) {
                 out = Some(replaced);
             }
+        }
+        if let Some(replaced) = after_titles(out.as_deref().unwrap_or(text)) {
+            out = Some(replaced);
         }
         out
     }
 }
 
-fn replace_all(text: &[u8], needle: &[u8], whole_word: bool) -> Option<Vec<u8>> {
-    let n = needle.len();
-    if n == 0 || text.len() < n {
+/// Titles people write before a surname in reports and descriptions (English, Dutch).
+const TITLES: [&[u8]; 9] = [b"dr", b"drs", b"prof", b"mr", b"mrs", b"ms", b"dhr", b"mw", b"mevr"];
+/// Titles that, lowercase and without a period, are more often something else ("ms" a unit).
+const AMBIGUOUS_TITLES: [&[u8]; 3] = [b"mr", b"mrs", b"ms"];
+
+/// Whether `word` is a title. Without a period an all-capitals word is more likely a modality or
+/// an abbreviation ("MR knee", "DR chest", "MS lesion"), so it does not count.
+fn is_title(word: &[u8], dotted: bool) -> bool {
+    let lower = word.to_ascii_lowercase();
+    if !TITLES.contains(&lower.as_slice()) {
+        return false;
+    }
+    if dotted {
+        return true;
+    }
+    let all_caps = word.iter().all(u8::is_ascii_uppercase);
+    !all_caps && (word[0].is_ascii_uppercase() || !AMBIGUOUS_TITLES.contains(&lower.as_slice()))
+}
+
+/// Letters of a name: ASCII letters, any byte of a multi-byte or 8-bit character, '-' and '\''.
+fn is_name_byte(b: u8) -> bool {
+    b.is_ascii_alphabetic() || b >= 0x80 || b == b'-' || b == b'\''
+}
+
+/// The word after a title ("dr. Chase") replaced: a name that appears nowhere else in the
+/// instance (a colleague consulted, a referrer from elsewhere) is still a name.
+fn after_titles(text: &[u8]) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(text.len());
+    let (mut i, mut found) = (0, false);
+    while i < text.len() {
+        let start = i;
+        while i < text.len() && is_name_byte(text[i]) {
+            i += 1;
+        }
+        if i == start {
+            out.push(text[i]);
+            i += 1;
+            continue;
+        }
+        out.extend_from_slice(&text[start..i]);
+        let at_boundary = start == 0 || !text[start - 1].is_ascii_alphanumeric();
+        let dotted = text.get(i) == Some(&b'.');
+        if !at_boundary || !is_title(&text[start..i], dotted) {
+            continue;
+        }
+        // The title, its period, the spaces, then the name (two letters at least).
+        let mut j = i + usize::from(dotted);
+        let spaces = text[j..].iter().take_while(|&&b| b == b' ').count();
+        j += spaces;
+        let name = text[j..].iter().take_while(|&&b| is_name_byte(b)).count();
+        if (spaces == 0 && !dotted) || name < 2 {
+            continue;
+        }
+        out.extend_from_slice(&text[i..j]);
+        out.extend_from_slice(b"***");
+        i = j + name;
+        found = true;
+    }
+    found.then_some(out)
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Match {
+    Anywhere,
+    Word,
+    Digits,
+}
+
+/// The length of the match of `needle` at the start of `text`, if any.
+fn match_at(text: &[u8], needle: &[u8], how: Match) -> Option<usize> {
+    match how {
+        Match::Anywhere | Match::Word => {
+            let n = needle.len();
+            let hit = text.len() >= n && text[..n].eq_ignore_ascii_case(needle);
+            hit.then_some(n)
+        }
+        Match::Digits => {
+            let mut i = 0;
+            for (k, &d) in needle.iter().enumerate() {
+                if k > 0 && text.get(i).is_some_and(|c| DIGIT_SEPARATORS.contains(c)) {
+                    i += 1;
+                }
+                if text.get(i) != Some(&d) {
+                    return None;
+                }
+                i += 1;
+            }
+            Some(i)
+        }
+    }
+}
+
+fn replace_all(text: &[u8], needle: &[u8], how: Match) -> Option<Vec<u8>> {
+    if needle.is_empty() || text.len() < needle.len() {
         return None;
     }
     let mut out = Vec::with_capacity(text.len());
     let mut i = 0;
     let mut found = false;
     while i < text.len() {
-        let hit = i + n <= text.len()
-            && text[i..i + n].eq_ignore_ascii_case(needle)
-            && (!whole_word
+        let hit = match_at(&text[i..], needle, how).filter(|&n| {
+            how != Match::Word
                 || ((i == 0 || !text[i - 1].is_ascii_alphanumeric())
-                    && (i + n == text.len() || !text[i + n].is_ascii_alphanumeric())));
-        if hit {
+                    && (i + n == text.len() || !text[i + n].is_ascii_alphanumeric()))
+        });
+        if let Some(n) = hit {
             out.extend(std::iter::repeat_n(b'*', n.min(3)));
             i += n;
             found = true;
@@ -202,10 +316,32 @@ mod tests {
 
     #[test]
     fn free_text_loses_the_name_and_keeps_its_meaning() {
-        let s = Scrubber::new(b"SMITH^ELIZABETH^^MRS", &[b"MRN12345", b"A1"]);
+        let s = Scrubber::new([&b"SMITH^ELIZABETH^^MRS"[..]], [&b"MRN12345"[..], b"A1"]);
         assert_eq!(s.scrub(b"CT CHEST for Elizabeth Smith").unwrap(), b"CT CHEST for *** ***");
         assert_eq!(s.scrub(b"follow-up of mrn12345/2").unwrap(), b"follow-up of ***/2");
         assert_eq!(s.scrub(b"Smithsonian protocol"), None, "name parts match whole words only");
         assert_eq!(s.scrub(b"CT HEAD"), None);
+    }
+
+    #[test]
+    fn every_name_and_the_digits_of_an_id_are_scrubbed() {
+        let s = Scrubber::new(
+            [&b"DOE^JANE"[..], b"GELLEMEYER^P^^DR", b"COURTIER^A"],
+            [&b"MRN00482913"[..], b"4711"],
+        );
+        assert_eq!(s.scrub(b"verwezen door dr. Gellemeyer").unwrap(), b"verwezen door dr. ***");
+        assert_eq!(s.scrub(b"CT series 1 op Courtier").unwrap(), b"CT series 1 op ***");
+        assert_eq!(s.scrub(b"Recon 2 (00482913)").unwrap(), b"Recon 2 (***)");
+        assert_eq!(s.scrub(b"Recon 2 (004-829-13)").unwrap(), b"Recon 2 (***)");
+        assert_eq!(s.scrub(b"ref 004 829 13").unwrap(), b"ref ***");
+        assert_eq!(s.scrub(b"case 4711 done").unwrap(), b"case *** done");
+        assert_eq!(s.scrub(b"CT 120 kV 0.5 mm"), None);
+        assert_eq!(s.scrub(b"Dr. Chase reviewed").unwrap(), b"Dr. *** reviewed", "a name after a title");
+        assert_eq!(s.scrub(b"besproken met dhr Jansen-Smit").unwrap(), b"besproken met dhr ***");
+        assert_eq!(s.scrub(b"Address: 12 Drive"), None, "a title inside a word is no title");
+        assert_eq!(s.scrub(b"Mr Jansen, MR. Pieters, dr.Smit").unwrap(), b"Mr ***, MR. ***, dr.***");
+        for text in [&b"MR knee"[..], b"DR chest PA", b"TR 2000 ms TE 30", b"MS lesion load", b"mr brain"] {
+            assert_eq!(s.scrub(text), None, "{}", String::from_utf8_lossy(text));
+        }
     }
 }

@@ -27,6 +27,8 @@ pub enum Reason {
     CannotEncode,
     /// Processing this input met a bug; it is kept so the bug can be found and the instance re-run.
     ProcessingError,
+    /// Content the anonymizer cannot check (encapsulated document, burned-in annotation).
+    Unverifiable,
 }
 
 impl Reason {
@@ -39,6 +41,7 @@ impl Reason {
             Reason::IntegrityConflict => "Capture_PHI_Error",
             Reason::CannotEncode => "Encode_Error",
             Reason::ProcessingError => "Processing_Error",
+            Reason::Unverifiable => "Unverifiable_Content",
         }
     }
 }

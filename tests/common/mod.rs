@@ -6,6 +6,7 @@ pub mod corpus;
 pub mod moto;
 pub mod node;
 pub mod rawscu;
+pub mod research;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -35,6 +36,11 @@ pub fn config(dir: &Path, site_id: &str, uid_root: &str, script: &Path, extra: &
 
 pub fn default_script() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("config/default-anonymizer.script")
+}
+
+/// The shipped default: the PS3.15 Basic Profile script.
+pub fn profile_script() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("config/ps315-basic-profile.script")
 }
 
 pub fn rsna_script() -> PathBuf {

@@ -1,0 +1,178 @@
+//! The function language of RSNA/CTP anonymizer scripts: the text of one `<e>` rule to an [`Op`].
+//!
+//! RSNA's Anonymizer has a handful of functions (`@uid`, `@ptid`, `@acc`, `@hashdate`, `@round`);
+//! CTP's DicomAnonymizer has many more. The CTP functions its own PS3.15 profile scripts use are
+//! mapped onto the same operations, so a CTP script and an RSNA script give the same pseudonyms:
+//! `@hashuid(root,this)` is our UID pseudonym, `@date`/`@incrementdate` our per-patient date shift,
+//! `@hash(this,n)` on PatientName/PatientID/AccessionNumber our patient and accession pseudonyms.
+//! Anything else is refused (the caller reports it with its line), because a function we guess
+//! at is a value we may pass on unchecked.
+
+use std::collections::HashMap;
+
+use dicom_core::Tag;
+
+use super::script::Op;
+
+const PATIENT_NAME: Tag = Tag(0x0010, 0x0010);
+const PATIENT_ID: Tag = Tag(0x0010, 0x0020);
+const ACCESSION_NUMBER: Tag = Tag(0x0008, 0x0050);
+
+/// An operation and whether only CTP (not RSNA's Anonymizer) has the function that gave it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Parsed {
+    pub op: Op,
+    pub ctp_only: bool,
+}
+
+/// `text` is the rule's text, `tag` its attribute, `params` the script's `<p t="NAME">value</p>`.
+pub fn parse(text: &str, tag: Tag, params: &HashMap<String, String>) -> Result<Parsed, ()> {
+    let text = text.trim();
+    let rsna = |op| Ok(Parsed { op, ctp_only: false });
+    let ctp = |op| Ok(Parsed { op, ctp_only: true });
+    let Some((name, args, rest)) = call(text) else {
+        if text.contains('@') {
+            return Err(());
+        }
+        // Blank text keeps the value (both tools); other text is a literal value.
+        return rsna(if text.is_empty() { Op::Keep } else { Op::Set(text.to_string()) });
+    };
+    let no_args = args.trim().is_empty() && rest.is_empty();
+    match name {
+        "keep" if no_args => rsna(Op::Keep),
+        "remove" if no_args => rsna(Op::Remove),
+        "empty" if no_args => rsna(Op::Empty),
+        "uid" if no_args => rsna(Op::Uid),
+        "ptid" if no_args => rsna(Op::PatientId),
+        "acc" if no_args => rsna(Op::Accession),
+        "hashdate" if no_args => rsna(Op::HashDate),
+        "round" if rest.is_empty() => {
+            let (this, width) = args.split_once(',').ok_or(())?;
+            let width: u32 = width.trim().parse().map_err(|_| ())?;
+            if this.trim() != "this" || width == 0 || width > 999 {
+                return Err(());
+            }
+            rsna(Op::Round(width))
+        }
+        // Our own: a dummy value valid for the element's VR (PS3.15 action D).
+        "dummy" if no_args => ctp(Op::Dummy),
+        // A sequence CTP walks into: its items get the rules.
+        "process" if no_args => ctp(Op::Keep),
+        "blank" if rest.is_empty() => ctp(Op::Empty),
+        "hashuid" if rest.is_empty() && args.split(',').nth(1).map(str::trim) == Some("this") => ctp(Op::Uid),
+        // CTP's @date() is today's date and @incrementdate a fixed offset; both become our shift,
+        // which keeps one patient's intervals and agrees with the index.
+        "date" | "incrementdate" if rest.is_empty() => ctp(Op::HashDate),
+        // A time of day identifies no one once the date is shifted by whole days.
+        "time" if rest.is_empty() => ctp(Op::Keep),
+        "hash" if rest.is_empty() && args.split(',').next().map(str::trim) == Some("this") => match tag {
+            PATIENT_NAME | PATIENT_ID => ctp(Op::PatientId),
+            ACCESSION_NUMBER => ctp(Op::Accession),
+            _ => Err(()),
+        },
+        "param" if rest.is_empty() => {
+            let key = args.trim().strip_prefix('@').ok_or(())?;
+            ctp(Op::Set(params.get(key).ok_or(())?.clone()))
+        }
+        "if" => parse_if(args, rest, tag, params),
+        _ => Err(()),
+    }
+}
+
+/// `@if(this,exists){A}{B}` and `@if(this,isblank){A}{B}`. Rules only ever see elements that are
+/// present, so `exists` is A; a blank value carries nothing, so `isblank` applies B to the rest.
+fn parse_if(args: &str, rest: &str, tag: Tag, params: &HashMap<String, String>) -> Result<Parsed, ()> {
+    let (this, test) = args.split_once(',').ok_or(())?;
+    if this.trim() != "this" {
+        return Err(());
+    }
+    let (first, rest) = braced(rest).ok_or(())?;
+    let (second, rest) = braced(rest).ok_or(())?;
+    if !rest.trim().is_empty() {
+        return Err(());
+    }
+    let branch = match test.trim() {
+        "exists" => first,
+        "isblank" => second,
+        _ => return Err(()),
+    };
+    let parsed = parse(branch, tag, params)?;
+    Ok(Parsed { ctp_only: true, ..parsed })
+}
+
+/// `@name(args)rest` with balanced parentheses; `None` if `text` is not a call.
+fn call(text: &str) -> Option<(&str, &str, &str)> {
+    let body = text.strip_prefix('@')?;
+    let open = body.find('(');
+    let Some(open) = open else {
+        // RSNA writes some functions without parentheses (`@uid`).
+        return body.bytes().all(|b| b.is_ascii_alphanumeric()).then_some((body, "", ""));
+    };
+    let mut depth = 0usize;
+    for (i, c) in body[open..].char_indices() {
+        match c {
+            '(' => depth += 1,
+            ')' => {
+                depth -= 1;
+                if depth == 0 {
+                    let close = open + i;
+                    return Some((&body[..open], &body[open + 1..close], body[close + 1..].trim()));
+                }
+            }
+            _ => {}
+        }
+    }
+    None
+}
+
+/// `{inner}rest`, without nesting.
+fn braced(text: &str) -> Option<(&str, &str)> {
+    let body = text.trim_start().strip_prefix('{')?;
+    let close = body.find('}')?;
+    Some((&body[..close], &body[close + 1..]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn op(text: &str) -> Result<Op, ()> {
+        let params = HashMap::from([("UIDROOT".to_string(), "1.2.3".to_string())]);
+        parse(text, Tag(0x0008, 0x0018), &params).map(|p| p.op)
+    }
+
+    #[test]
+    fn rsna_functions_parse_as_before() {
+        assert_eq!(op("@round(this,5)"), Ok(Op::Round(5)));
+        assert_eq!(op("@round(this,10)"), Ok(Op::Round(10)));
+        assert_eq!(op("YES"), Ok(Op::Set("YES".into())));
+        assert_eq!(op("@remove()"), Ok(Op::Remove));
+        assert_eq!(op("@empty()"), Ok(Op::Empty));
+        assert_eq!(op("@uid"), Ok(Op::Uid));
+        assert_eq!(op(""), Ok(Op::Keep));
+    }
+
+    #[test]
+    fn ctp_profile_functions_map_onto_our_pseudonyms() {
+        assert_eq!(op("@hashuid(@UIDROOT,this)"), Ok(Op::Uid));
+        assert_eq!(op("@date()"), Ok(Op::HashDate));
+        assert_eq!(op("@incrementdate(this,@DATEINC)"), Ok(Op::HashDate));
+        assert_eq!(op("@process()"), Ok(Op::Keep));
+        assert_eq!(op("@param(@UIDROOT)"), Ok(Op::Set("1.2.3".into())));
+        assert_eq!(op("@if(this,exists){@remove()}{@keep()}"), Ok(Op::Remove));
+        assert_eq!(op("@if(this,isblank){@remove()}{@empty()}"), Ok(Op::Empty));
+        let none = HashMap::new();
+        assert_eq!(parse("@hash(this, 64)", PATIENT_ID, &none).map(|p| p.op), Ok(Op::PatientId));
+        assert_eq!(parse("@hash(this,16)", ACCESSION_NUMBER, &none).map(|p| p.op), Ok(Op::Accession));
+    }
+
+    #[test]
+    fn what_we_cannot_do_faithfully_is_refused() {
+        assert!(op("@lookup(this,ptid)").is_err());
+        assert!(op("@hash(this,16)").is_err(), "hash of an arbitrary attribute");
+        assert!(op("@param(@MISSING)").is_err());
+        assert!(op("@if(this,contains,\"x\"){@remove()}{@keep()}").is_err());
+        assert!(op("@always()YES").is_err());
+        assert!(op("text @with at").is_err());
+    }
+}
