@@ -61,7 +61,13 @@ pub fn store_raw_ts(
         data,
     };
     scu.send(&Pdu::PData { data: vec![pdv(PDataValueType::Command, command_bytes)] }).unwrap();
-    scu.send(&Pdu::PData { data: vec![pdv(PDataValueType::Data, data.to_vec())] }).unwrap();
+    // PDVs that fit any peer's maximum PDU length; the last one says so.
+    let chunks: Vec<&[u8]> = if data.is_empty() { vec![data] } else { data.chunks(16_000).collect() };
+    for (i, chunk) in chunks.iter().enumerate() {
+        let mut value = pdv(PDataValueType::Data, chunk.to_vec());
+        value.is_last = i + 1 == chunks.len();
+        scu.send(&Pdu::PData { data: vec![value] }).unwrap();
+    }
     let status = match scu.receive().unwrap() {
         Pdu::PData { data } => {
             let rsp = InMemDicomObject::read_dataset_with_ts(
