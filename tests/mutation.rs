@@ -392,7 +392,12 @@ fn run(script: &Path, seed: u64, fraction: usize) {
         [("memory", 1500), ("offline", 600), ("deflated", 400), ("spilled", 120)];
     for (entry, cases) in entries {
         for n in 0..cases / fraction {
-            let base = if entry == "spilled" { &large } else { &small[rng.usize(..small.len())] };
+            let base = match entry {
+                "spilled" => &large,
+                // Deflated is Explicit VR Little Endian underneath (PS3.5 §A.5).
+                "deflated" => &small[2 * rng.usize(..small.len() / 2)],
+                _ => &small[rng.usize(..small.len())],
+            };
             let explicit = base.encoding().explicit_vr;
             let region = if entry == "spilled" { large_header } else { base.body().len() };
             let (body, kind) = mutate(&mut rng, base.body(), explicit, region);
@@ -419,7 +424,6 @@ fn run(script: &Path, seed: u64, fraction: usize) {
                     &admission,
                     "mutation",
                 ),
-                "deflated" => continue,
                 "spilled" => {
                     let spill = put(d.path(), "spill", &body);
                     pipeline.process_received(
