@@ -13,9 +13,9 @@ use std::sync::{Arc, Mutex};
 use crate::anonymize::{Engine, EngineError, Keyed, Keys, Labels, Original, Pseudonyms, Rsna, Script};
 use crate::config::{Config, PseudonymMode};
 use crate::dicom::{
-    check_values, inflate_into, locate_pixel_data, read_dataset, write_dataset, write_meta, write_part10,
-    DataSet, Encoding, InflateError, Part10, Part10Error, ReadError, SplitError, Tag, TransferSyntax,
-    ValueError, WriteError,
+    check_values, check_vrs, inflate_into, locate_pixel_data, read_dataset, write_dataset, write_meta,
+    write_part10, DataSet, Encoding, InflateError, Part10, Part10Error, ReadError, SplitError, Tag,
+    TransferSyntax, ValueError, WriteError,
 };
 use crate::durability::{Barrier, Durability};
 use crate::index::{Capture, Index, IndexError, InstanceRecord, Owner};
@@ -101,9 +101,9 @@ impl InstanceError {
             InstanceError::Invalid(EngineError::MissingAttributes(_)) | InstanceError::Mismatch(_) => {
                 Data(Reason::MissingAttributes)
             }
-            InstanceError::Invalid(EngineError::InvalidText(_)) | InstanceError::Value(_) => {
-                Data(Reason::InvalidText)
-            }
+            InstanceError::Invalid(EngineError::InvalidText(_))
+            | InstanceError::Value(ValueError::Forbidden { .. }) => Data(Reason::InvalidText),
+            InstanceError::Value(_) => Data(Reason::Unreadable),
             InstanceError::Invalid(EngineError::Unverifiable(_)) => Data(Reason::Unverifiable),
             InstanceError::Index(IndexError::Conflict(_)) => Data(Reason::IntegrityConflict),
             InstanceError::Storage(SpoolError::Encode(_)) => Data(Reason::CannotEncode),
@@ -419,6 +419,7 @@ impl Pipeline {
         write: impl FnOnce(&DataSet<'_>, &mut BufWriter<File>) -> Result<(), WriteError>,
     ) -> Result<Stored, InstanceError> {
         let original = self.engine.read(&ds)?;
+        check_vrs(&ds)?;
         let pseudonyms = self.engine.pseudonyms();
         // Computed once: the index records them and the engine writes them.
         let mut keys = self.engine.keys(&original, "");

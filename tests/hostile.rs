@@ -48,11 +48,15 @@ fn txt(tag: (u16, u16), vr: &[u8; 2], v: &str) -> Vec<u8> {
     el(tag, vr, &padded(v, if vr == b"UI" { 0 } else { b' ' }))
 }
 
-/// The elements before (0008,1140) and from (0010,0010) on, of a CT with PHI in free text.
+/// The elements before (0008,1140) of a CT with PHI in free text.
 fn head() -> Vec<u8> {
+    head_of(SOP)
+}
+
+fn head_of(sop: &str) -> Vec<u8> {
     [
         txt((0x0008, 0x0016), b"UI", "1.2.840.10008.5.1.4.1.1.2"),
-        txt((0x0008, 0x0018), b"UI", SOP),
+        txt((0x0008, 0x0018), b"UI", sop),
         txt((0x0008, 0x0060), b"CS", "CT"),
         txt((0x0008, 0x0070), b"LO", "ACME"),
         txt((0x0008, 0x0080), b"LO", "Springfield General"),
@@ -348,4 +352,66 @@ fn two_hundred_fifty_thousand_reversed_elements_parse() {
     println!("{n} reversed elements parsed in {:?} (debug build)", started.elapsed());
     assert_eq!(ds.elements.len(), n as usize);
     assert!(ds.elements.windows(2).all(|w| w[0].tag < w[1].tag));
+}
+
+/// A Part 10 file around an explicit VR little endian data set.
+fn part10(sop: &str, body: &[u8]) -> Vec<u8> {
+    let meta = [
+        el((0x0002, 0x0001), b"OB", &[0, 1]),
+        txt((0x0002, 0x0002), b"UI", "1.2.840.10008.5.1.4.1.1.2"),
+        txt((0x0002, 0x0003), b"UI", sop),
+        txt((0x0002, 0x0010), b"UI", "1.2.840.10008.1.2.1"),
+    ]
+    .concat();
+    let mut file = vec![0u8; 128];
+    file.extend(b"DICM");
+    file.extend(el((0x0002, 0x0000), b"UL", &(meta.len() as u32).to_le_bytes()));
+    file.extend(meta);
+    file.extend(body);
+    file
+}
+
+#[test]
+fn values_that_pass_as_something_needing_no_cleaning_are_caught() {
+    let d = tempfile::tempdir().unwrap();
+    let cases: [(&str, Vec<u8>, bool); 8] = [
+        ("address as TM", txt((0x0010, 0x1040), b"TM", "PLANTA 12 Main St"), false),
+        ("other names as DT", txt((0x0010, 0x1001), b"DT", "20200101PLANTB^SMITH"), false),
+        ("comments as UR", txt((0x0010, 0x4000), b"UR", "seen DOE JOHN PLANTC"), false),
+        ("description as CS", txt((0x0008, 0x1030), b"CS", "PLANTD JOHN"), false),
+        ("text behind a datetime", txt((0x0008, 0x002A), b"DT", "20200101 PLANTE DOE"), true),
+        (
+            "a URL",
+            txt((0x0008, 0x1190), b"UR", "https://pacs.plantf.example/wado?study=1.2.999.777.1.1.1&pt=DOE"),
+            true,
+        ),
+        ("a name in a code", txt((0x0018, 0x0015), b"CS", "JOHN"), true),
+        ("a time on an unknown tag", txt((0x0010, 0x9999), b"TM", "PLANTG"), true),
+    ];
+    let mut inputs = Vec::new();
+    for (i, (name, extra, _)) in cases.iter().enumerate() {
+        let sop = format!("{SOP}.{i}");
+        let mut body = head_of(&sop);
+        body.extend(patient());
+        body.extend(extra);
+        inputs.push(put(
+            &d.path().join("in"),
+            &format!("{i}-{}.dcm", name.replace(' ', "-")),
+            &part10(&sop, &body),
+        ));
+    }
+    let config = config(d.path(), "972149", "1.2.826.0.1.3680043.10.474.2", &profile_script(), "");
+    let out = d.path().join("out");
+    let refs: Vec<&std::path::Path> = inputs.iter().map(|p| p.as_path()).collect();
+    let result = anonymize(&config, &out, &refs);
+    let summary = String::from_utf8_lossy(&result.stdout).into_owned();
+    let stored = files_under(&out);
+    assert_eq!(stored.len(), cases.iter().filter(|c| c.2).count(), "{summary}");
+    assert!(summary.contains("quarantined 4"), "{summary}");
+    for f in &stored {
+        let bytes = std::fs::read(f).unwrap();
+        for planted in ["PLANT", "plant", "JOHN", "DOE", "1.2.999.777"] {
+            assert!(!contains(&bytes, planted.as_bytes()), "{planted} in {}\n{summary}", f.display());
+        }
+    }
 }

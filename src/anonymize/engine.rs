@@ -14,7 +14,7 @@ use super::profile::{self, is_free_text, is_registered_uid, names_a_class, tags}
 use super::pseudonym::Pseudonyms;
 use super::script::{Op, Script, Semantics};
 use super::text;
-use super::transform::{round_age, shift_values, DateShift, Scrubber};
+use super::transform::{is_time, round_age, shift_values, DateShift, Scrubber};
 use super::unverifiable::{self, Unverifiable};
 
 /// Something wrong with the instance itself: it goes to quarantine, never to the archive.
@@ -403,7 +403,19 @@ impl Walk<'_> {
                 changed
             }
             VR::DA | VR::DT => self.shift_dates(e),
-            vr if is_free_text(vr) => match &e.value {
+            // A time of day identifies no one, but only a time may stay: anything else is emptied.
+            VR::TM if !is_time(&value_str(e)) => {
+                e.value = Value::Bytes(Cow::Borrowed(&[]));
+                true
+            }
+            // A URL names a host and often a study UID; nothing in a research copy needs it.
+            VR::UR => {
+                let changed = !value_str(e).is_empty();
+                e.value = Value::Bytes(Cow::Borrowed(&[]));
+                changed
+            }
+            // Codes and AE titles are short text a name can be typed into, like a description.
+            vr if is_free_text(vr) || matches!(vr, VR::CS | VR::AE) => match &e.value {
                 Value::Bytes(b) => match self.original.scrubber.scrub(b) {
                     Some(clean) => {
                         e.value = Value::Bytes(Cow::Owned(pad_text(e.vr, clean)));

@@ -24,12 +24,47 @@ pub fn shift_date(value: &str, shift: DateShift) -> Option<String> {
     })
 }
 
-/// Shift the date part of a DT value and keep its time and offset (`YYYYMMDDHHMMSS.F&ZZXX`).
+/// Shift the date part of a DT value and keep its time and offset (`YYYYMMDDHHMMSS.F&ZZXX`). The
+/// part kept must be a time and an offset, nothing else: `None` (emptied) otherwise, so no text can
+/// ride along behind a valid date.
 pub fn shift_datetime(value: &str) -> impl Fn(DateShift) -> Option<String> + '_ {
     move |shift| {
         let date = value.get(..8)?;
-        Some(format!("{}{}", shift_date(date, shift)?, &value[8..]))
+        let rest = &value[8..];
+        if !is_dt_time_and_offset(rest) {
+            return None;
+        }
+        Some(format!("{}{}", shift_date(date, shift)?, rest))
     }
+}
+
+/// `HHMMSS.FFFFFF&ZZXX` with every part after the first optional (PS3.5 Table 6.2-1, DT).
+fn is_dt_time_and_offset(rest: &str) -> bool {
+    let (time, offset) = match rest.find(['+', '-']) {
+        Some(i) => (&rest[..i], Some(&rest[i + 1..])),
+        None => (rest, None),
+    };
+    let (whole, fraction) = time.split_once('.').unwrap_or((time, ""));
+    let digits = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
+    digits(whole)
+        && whole.len() <= 6
+        && whole.len() % 2 == 0
+        && digits(fraction)
+        && fraction.len() <= 6
+        && (fraction.is_empty() || whole.len() == 6)
+        && offset.is_none_or(|o| o.len() == 4 && digits(o))
+}
+
+/// A TM value: `HHMMSS.FFFFFF`, or the older `HH:MM:SS.FFFFFF`, values separated by `\`.
+pub fn is_time(value: &str) -> bool {
+    value.split('\\').all(|v| {
+        let v = v.trim_matches(' ');
+        let (whole, fraction) = v.split_once('.').unwrap_or((v, ""));
+        whole.bytes().all(|b| b.is_ascii_digit() || b == b':')
+            && fraction.bytes().all(|b| b.is_ascii_digit())
+            && whole.len() <= 8
+            && fraction.len() <= 6
+    })
 }
 
 /// Shift every value of a multi-valued DA or DT. Empty stays empty; `None` if any value is invalid.
@@ -290,6 +325,15 @@ mod tests {
         );
         assert_eq!(shift_values("", true, DateShift::Days(5)).as_deref(), Some(""));
         assert_eq!(shift_values("2020", true, DateShift::Days(5)), None);
+        assert_eq!(
+            shift_values("20200101PLANTB^SMITH", true, DateShift::Days(1)),
+            None,
+            "no text behind a date"
+        );
+        assert_eq!(shift_values("20200101 1230", true, DateShift::Days(1)), None);
+        assert_eq!(shift_values("20200101-0500", true, DateShift::Days(1)).as_deref(), Some("20200102-0500"));
+        assert!(is_time("101010.5") && is_time("10:10:10") && is_time(""));
+        assert!(!is_time("PLANTA 12 Main St"));
         assert_eq!(
             shift_values("20200101\\20200102", false, DateShift::Days(1)).as_deref(),
             Some("20200102\\20200103")

@@ -22,6 +22,49 @@ pub enum ValueError {
     Forbidden { tag: String, vr: &'static str, byte: u8 },
     #[error("{tag} ({vr}) ends in what parses as element headers at byte {at} of its value")]
     Swallowed { tag: String, vr: &'static str, at: usize },
+    #[error("{tag} has VR {found} where the standard defines {expected}")]
+    VrMismatch { tag: String, found: &'static str, expected: &'static str },
+}
+
+/// Every standard attribute at every depth must carry the VR the standard gives it (or one of the
+/// same family, or UN). The anonymizer decides by VR what a value is (a date to shift, a name to
+/// replace, text to scrub, a time to keep): a Study Description sent as CS, or a Patient's Address
+/// sent as TM, would otherwise pass as something that needs no cleaning.
+pub fn check_vrs(ds: &DataSet<'_>) -> Result<(), ValueError> {
+    use dicom_core::dictionary::{DataDictionary, VirtualVr};
+    for e in &ds.elements {
+        if let Value::Items(items) = &e.value {
+            items.iter().try_for_each(check_vrs)?;
+        }
+        if e.tag.0 % 2 == 1 || e.tag.1 == 0 || e.vr == VR::UN {
+            continue;
+        }
+        let Some(VirtualVr::Exact(expected)) =
+            dicom_dictionary_std::StandardDataDictionary.by_tag(e.tag).map(|d| d.vr)
+        else {
+            continue;
+        };
+        if e.vr != expected && family(e.vr) != family(expected) {
+            return Err(ValueError::VrMismatch {
+                tag: tag_str(e.tag),
+                found: e.vr.to_string(),
+                expected: expected.to_string(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// VRs that are handled alike, so a writer's choice between them changes nothing downstream.
+fn family(vr: VR) -> Option<u8> {
+    Some(match vr {
+        VR::SH | VR::LO | VR::ST | VR::LT | VR::UT | VR::UC => 0,
+        VR::OB | VR::OW => 1,
+        VR::US | VR::SS => 2,
+        VR::UL | VR::SL => 3,
+        VR::DS | VR::IS => 4,
+        _ => return None,
+    })
 }
 
 /// Check every value at every depth of a data set in `enc`. Returns the tags whose values are longer
@@ -40,7 +83,7 @@ fn walk(ds: &DataSet<'_>, enc: Encoding, over_long: &mut Vec<Tag>) -> Result<(),
             Value::Items(items) => items.iter().try_for_each(|item| walk(item, enc, over_long))?,
             Value::Bytes(b) => {
                 let Some(rule) = rule(e.vr) else {
-                    if let Some(at) = trailing_elements(b, enc) {
+                    if let Some(at) = trailing_elements(e.tag, b, enc) {
                         return Err(ValueError::Swallowed { tag: tag_str(e.tag), vr: e.vr.to_string(), at });
                     }
                     continue;
@@ -69,22 +112,37 @@ fn walk(ds: &DataSet<'_>, enc: Encoding, over_long: &mut Vec<Tag>) -> Result<(),
     Ok(())
 }
 
-/// Where, if anywhere, `value` ends in a chain of whole elements: the first even offset from which
-/// element headers and their defined-length values follow one another exactly to the value's end.
-/// Real binary data does this only by a chance of about one in 2^32 per offset (a valid VR, or a
-/// dictionary tag, and a length that lands exactly on the end).
-fn trailing_elements(value: &[u8], enc: Encoding) -> Option<usize> {
-    (0..value.len().saturating_sub(7)).step_by(2).find(|&start| {
-        let mut pos = start;
-        while pos < value.len() {
-            let Ok(Some(h)) = decode_header(&value[pos..], enc, pos) else { return false };
-            if h.len == UNDEFINED || (!enc.explicit_vr && !known(h.tag)) {
-                return false;
-            }
-            pos += h.size + h.len as usize;
-        }
-        pos == value.len()
-    })
+/// Where, if anywhere, the value of `tag` ends in elements it should have been followed by: the first
+/// even offset from which element headers and their defined-length values follow one another
+/// exactly to the value's end, in a chain that names at least one standard attribute and starts
+/// past `tag` (elements follow in ascending order). Computed backwards in one pass, so the cost is
+/// linear in the value's size. Pixel Data is left out: nothing but padding may follow it, and large
+/// pixel data is copied file to file unread, so checking it would make the answer depend on size.
+fn trailing_elements(tag: Tag, value: &[u8], enc: Encoding) -> Option<usize> {
+    if tag.0 == 0x7FE0 || value.len() < 8 {
+        return None;
+    }
+    /// From this offset a chain reaches the end; `STANDARD`: and it names a standard attribute.
+    const CHAIN: u8 = 1;
+    const STANDARD: u8 = 2;
+    let header = |at: usize| match decode_header(&value[at..], enc, at) {
+        Ok(Some(h)) if h.len != UNDEFINED && (enc.explicit_vr || known(h.tag)) => Some(h),
+        _ => None,
+    };
+    let mut reach = vec![0u8; value.len() / 2 + 1];
+    for at in (0..=(value.len() - 8) / 2).rev().map(|k| 2 * k) {
+        let Some(h) = header(at) else { continue };
+        let next = at + h.size + h.len as usize;
+        let standard = if h.tag.0 % 2 == 0 && known(h.tag) { STANDARD } else { CHAIN };
+        reach[at / 2] = match next {
+            n if n == value.len() => standard,
+            n if n < value.len() && n % 2 == 0 && reach[n / 2] != 0 => reach[n / 2].max(standard),
+            _ => 0,
+        };
+    }
+    (0..value.len() / 2)
+        .map(|k| 2 * k)
+        .find(|&at| reach[at / 2] == STANDARD && header(at).is_some_and(|h| h.tag > tag))
 }
 
 /// A tag the standard dictionary knows: what an implicit-VR header must name to count as one.
@@ -171,6 +229,22 @@ mod tests {
     }
 
     #[test]
+    fn a_vr_the_standard_does_not_give_the_attribute_is_a_fault() {
+        let cs = one((0x0008, 0x1030), b"CS", b"DOE JOHN");
+        let ds = read_dataset(&cs, Encoding::EXPLICIT_LE).unwrap();
+        assert!(matches!(check_vrs(&ds), Err(ValueError::VrMismatch { found: "CS", expected: "LO", .. })));
+        let tm = one((0x0010, 0x1040), b"TM", b"PLANTA 12 Main St ");
+        let ds = read_dataset(&tm, Encoding::EXPLICIT_LE).unwrap();
+        assert!(check_vrs(&ds).is_err());
+        // The same family, UN, private and unknown tags pass.
+        let mut ok = one((0x0008, 0x1030), b"SH", b"CT HEAD ");
+        ok.extend(one((0x0009, 0x1001), b"DA", b"20200101"));
+        ok.extend(one((0x0018, 0x0050), b"IS", b"1 "));
+        let ds = read_dataset(&ok, Encoding::EXPLICIT_LE).unwrap();
+        assert_eq!(check_vrs(&ds), Ok(()));
+    }
+
+    #[test]
     fn a_binary_value_that_swallowed_the_elements_after_it_is_a_fault() {
         let mut rows = 512u16.to_le_bytes().to_vec();
         rows.extend(one((0x0028, 0x0011), b"US", &512u16.to_le_bytes()));
@@ -179,6 +253,11 @@ mod tests {
         let ds = read_dataset(&lie, Encoding::EXPLICIT_LE).unwrap();
         let err = check_values(&ds, Encoding::EXPLICIT_LE).unwrap_err();
         assert_eq!(err, ValueError::Swallowed { tag: "(0028,0010)".into(), vr: "US", at: 2 });
+        // Pixel data is not judged: its size must not change the answer.
+        let mut pixels = lie.clone();
+        pixels[0..4].copy_from_slice(&[0xE0, 0x7F, 0x10, 0x00]);
+        let ds = read_dataset(&pixels, Encoding::EXPLICIT_LE).unwrap();
+        assert_eq!(check_values(&ds, Encoding::EXPLICIT_LE), Ok(vec![]));
         // Honest binary values pass, long ones included.
         let lut: Vec<u8> = (0..4096u16).flat_map(|v| (v * 7).to_le_bytes()).collect();
         let mut ok = one((0x0028, 0x0010), b"US", &512u16.to_le_bytes());
