@@ -219,8 +219,26 @@ fn decompression_bombs_cost_bounded_memory() {
 fn silent_connections_do_not_keep_a_real_sender_out() {
     let d = tempfile::tempdir().unwrap();
     let node = Node::start(d.path(), "  max_associations: 4\n", "  min_free_bytes: 0\n");
-    let silent: Vec<TcpStream> =
+    let mut silent: Vec<TcpStream> =
         (0..64).map(|_| TcpStream::connect(("127.0.0.1", node.port)).unwrap()).collect();
+    // Connections that send the start of something that is not an association request, or of one
+    // too large to be real, then nothing.
+    for start in [[0x07u8, 0, 0, 0, 0, 0x40], [0x01, 0, 0x00, 0x10, 0, 0]] {
+        for _ in 0..4 {
+            let mut s = TcpStream::connect(("127.0.0.1", node.port)).unwrap();
+            s.write_all(&start).unwrap();
+            silent.push(s);
+        }
+    }
+    // Silent connections from 65 other addresses, 8 each: more than may wait in all.
+    for host in 2..67u8 {
+        for _ in 0..8 {
+            let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+            socket.bind(&std::net::SocketAddr::from(([127, 0, 0, host], 0)).into()).unwrap();
+            socket.connect(&std::net::SocketAddr::from(([127, 0, 0, 1], node.port)).into()).unwrap();
+            silent.push(socket.into());
+        }
+    }
     let started = Instant::now();
     let out = echoscu(node.port, "TESTSCU", AE);
     println!("echoscu associated in {:?} with {} silent connections open", started.elapsed(), silent.len());

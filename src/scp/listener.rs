@@ -5,7 +5,7 @@
 //! length too small to carry our responses is refused then, not discovered at the first response.
 //! Shutdown stops accepting and lets running associations finish their current instance.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::future::Future;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
@@ -31,9 +31,10 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Pending handshakes per peer address; a newer connection from the same address evicts the
 /// oldest, so a real sender, which sends its request at once, always gets through.
 const PENDING_PER_PEER: usize = 8;
-/// Pending handshakes in all, so silent connections from many addresses cannot exhaust descriptors.
+/// Pending handshakes in all, so silent connections from many addresses cannot exhaust descriptors;
+/// past it the oldest is closed.
 const PENDING_TOTAL: usize = 512;
-/// The largest A-ASSOCIATE-RQ looked at before negotiation; a larger one goes to dicom-ul as is.
+/// The largest A-ASSOCIATE-RQ accepted (real ones are a few hundred bytes to a few KiB).
 const MAX_REQUEST: usize = 64 * 1024;
 
 /// Serve associations on `listener` until `shutdown` completes.
@@ -63,15 +64,12 @@ pub async fn serve(listener: TcpListener, node: Arc<Node>, shutdown: impl Future
         };
         // Nagle's algorithm costs ~40 ms per small PDU exchange; dicom-ul does not turn it off.
         let _ = socket.set_nodelay(true);
-        let Some(handshake) = pending.admit(peer.ip()) else {
-            warn!(%peer, limit = PENDING_TOTAL, "connection closed: too many connections waiting to associate");
-            continue;
-        };
+        let handshake = pending.admit(peer.ip());
         let (node, stop, limit) = (node.clone(), stop.clone(), limit.clone());
         tracker.spawn(async move {
             let request = tokio::select! {
                 _ = handshake.evicted.cancelled() => {
-                    debug!(%peer, "pending connection closed: newer connections from the same address");
+                    debug!(%peer, "pending connection closed: newer connections are waiting");
                     return;
                 }
                 r = tokio::time::timeout(HANDSHAKE_TIMEOUT, peek_request(&socket)) => r,
@@ -83,7 +81,8 @@ pub async fn serve(listener: TcpListener, node: Arc<Node>, shutdown: impl Future
                     return;
                 }
                 Ok(Err(e)) => {
-                    debug!(%peer, error = %e, "connection closed before an association request");
+                    // Not an A-ASSOCIATE-RQ we can read: it never gets a slot.
+                    warn!(%peer, error = %e, "connection closed before an association");
                     return;
                 }
                 Ok(Ok(max_pdu)) => max_pdu,
@@ -117,37 +116,49 @@ pub async fn serve(listener: TcpListener, node: Arc<Node>, shutdown: impl Future
     }
 }
 
-/// Wait until the whole first PDU has arrived and look at it without consuming it. Returns the
-/// maximum PDU length an A-ASSOCIATE-RQ asks for (`None`: not a request we can read here; dicom-ul
-/// answers it as it sees fit).
+/// Wait until the whole first PDU has arrived and look at it without consuming it: it must be an
+/// A-ASSOCIATE-RQ of at most 64 KiB that parses. Returns the maximum PDU length it asks for
+/// (`None`: it names none). Anything else is refused here, before it can hold an association slot.
 async fn peek_request(socket: &TcpStream) -> std::io::Result<Option<u32>> {
-    let mut buf = vec![0u8; MAX_REQUEST];
-    loop {
-        let n = socket.peek(&mut buf).await?;
+    let invalid = |why: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, why.to_string());
+    let mut header = [0u8; 6];
+    let mut wait = Duration::from_millis(2);
+    let total = loop {
+        let n = socket.peek(&mut header).await?;
         if n == 0 {
             return Err(std::io::ErrorKind::UnexpectedEof.into());
         }
-        if n >= 6 {
-            if buf[0] != 0x01 {
-                return Ok(None);
-            }
-            let total = 6 + u32::from_be_bytes([buf[2], buf[3], buf[4], buf[5]]) as usize;
-            if total > buf.len() {
-                return Ok(None);
-            }
-            if n >= total {
-                let max = match read_pdu(&buf[..total], MAX_REQUEST as u32, false) {
-                    Ok(Some(Pdu::AssociationRQ(rq))) => rq.user_variables.iter().find_map(|v| match v {
-                        UserVariableItem::MaxLength(n) => Some(*n),
-                        _ => None,
-                    }),
-                    _ => None,
-                };
-                return Ok(max);
-            }
+        if n == header.len() {
+            break 6 + u32::from_be_bytes([header[2], header[3], header[4], header[5]]) as usize;
         }
-        // The rest of the request is on its way; peek does not wait for more than is there.
-        tokio::time::sleep(Duration::from_millis(5)).await;
+        // The rest is on its way; peek does not wait for more than is there, so back off.
+        tokio::time::sleep(wait).await;
+        wait = (wait * 2).min(Duration::from_millis(100));
+    };
+    if header[0] != 0x01 {
+        return Err(invalid("the first PDU is not an A-ASSOCIATE-RQ"));
+    }
+    if total > MAX_REQUEST {
+        return Err(invalid("the A-ASSOCIATE-RQ is larger than 64 KiB"));
+    }
+    let mut buf = vec![0u8; total];
+    loop {
+        let n = socket.peek(&mut buf).await?;
+        if n == total {
+            break;
+        }
+        if n == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        tokio::time::sleep(wait).await;
+        wait = (wait * 2).min(Duration::from_millis(100));
+    }
+    match read_pdu(&buf[..], MAX_REQUEST as u32, false) {
+        Ok(Some(Pdu::AssociationRQ(rq))) => Ok(rq.user_variables.iter().find_map(|v| match v {
+            UserVariableItem::MaxLength(n) => Some(*n),
+            _ => None,
+        })),
+        _ => Err(invalid("the A-ASSOCIATE-RQ does not parse")),
     }
 }
 
@@ -172,7 +183,7 @@ async fn reject(mut socket: TcpStream, result: AssociationRJResult, source: Asso
     }
 }
 
-/// Connections waiting for their A-ASSOCIATE-RQ, per peer address, oldest first.
+/// Connections waiting for their A-ASSOCIATE-RQ, oldest first.
 #[derive(Default)]
 struct Pending {
     waiting: Mutex<PendingState>,
@@ -180,60 +191,50 @@ struct Pending {
 
 #[derive(Default)]
 struct PendingState {
-    by_peer: HashMap<IpAddr, VecDeque<(u64, CancellationToken)>>,
-    total: usize,
+    queue: VecDeque<(u64, IpAddr, CancellationToken)>,
     next: u64,
 }
 
 /// One pending handshake; leaves the set when dropped.
 struct Handshake {
     pending: Arc<Pending>,
-    ip: IpAddr,
     id: u64,
-    /// Cancelled when newer connections from the same address push this one out.
+    /// Cancelled when newer connections push this one out.
     evicted: CancellationToken,
 }
 
 impl Pending {
-    /// Register a new connection from `ip`, evicting that address's oldest pending one when it has
-    /// too many. `None`: too many pending in all.
-    fn admit(self: &Arc<Self>, ip: IpAddr) -> Option<Handshake> {
+    /// Register a new connection from `ip`. When that address already has [`PENDING_PER_PEER`]
+    /// waiting, its oldest is closed; when [`PENDING_TOTAL`] are waiting, the oldest of all is. A
+    /// real sender sends its request at once, so it is never the oldest for long; many silent
+    /// connections, from one address or many, only ever push out each other.
+    fn admit(self: &Arc<Self>, ip: IpAddr) -> Handshake {
         let mut s = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
-        if s.total >= PENDING_TOTAL {
-            return None;
+        let from_peer = s.queue.iter().filter(|(_, from, _)| *from == ip).count();
+        let oldest = if from_peer >= PENDING_PER_PEER {
+            s.queue.iter().position(|(_, from, _)| *from == ip)
+        } else if s.queue.len() >= PENDING_TOTAL {
+            Some(0)
+        } else {
+            None
+        };
+        if let Some((_, _, token)) = oldest.and_then(|i| s.queue.remove(i)) {
+            token.cancel();
         }
         s.next += 1;
         let id = s.next;
         let evicted = CancellationToken::new();
-        let queue = s.by_peer.entry(ip).or_default();
-        let mut evicted_one = false;
-        if queue.len() >= PENDING_PER_PEER {
-            if let Some((_, oldest)) = queue.pop_front() {
-                oldest.cancel();
-                evicted_one = true;
-            }
-        }
-        queue.push_back((id, evicted.clone()));
-        if !evicted_one {
-            s.total += 1;
-        }
-        Some(Handshake { pending: self.clone(), ip, id, evicted })
+        s.queue.push_back((id, ip, evicted.clone()));
+        Handshake { pending: self.clone(), id, evicted }
     }
 }
 
 impl Drop for Handshake {
     fn drop(&mut self) {
         let mut s = self.pending.waiting.lock().unwrap_or_else(|p| p.into_inner());
-        let Some(queue) = s.by_peer.get_mut(&self.ip) else { return };
-        // An evicted handshake has already left the queue, and the total.
-        let before = queue.len();
-        queue.retain(|(id, _)| *id != self.id);
-        let left = before != queue.len();
-        if queue.is_empty() {
-            s.by_peer.remove(&self.ip);
-        }
-        if left {
-            s.total -= 1;
+        // An evicted handshake has already left the queue.
+        if let Some(i) = s.queue.iter().position(|(id, _, _)| *id == self.id) {
+            s.queue.remove(i);
         }
     }
 }
