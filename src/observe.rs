@@ -74,13 +74,20 @@ fn escape_record(record: &[u8], ansi: bool) -> Vec<u8> {
         None => (record, &b""[..]),
     };
     let mut out = Vec::with_capacity(record.len() + 8);
-    for &b in body {
+    let mut bytes = body.iter().copied().peekable();
+    while let Some(b) = bytes.next() {
         match b {
             b'\n' => out.extend_from_slice(b"\\n"),
             b'\r' => out.extend_from_slice(b"\\r"),
             b'\t' => out.extend_from_slice(b"\\t"),
             0x1B if ansi => out.push(b),
             0..=0x1F | 0x7F => out.extend_from_slice(format!("\\x{b:02x}").as_bytes()),
+            // U+0080..U+009F (UTF-8 C2 80..C2 9F): C1 controls, CSI among them, which some
+            // terminals obey like ESC [.
+            0xC2 if bytes.peek().is_some_and(|c| (0x80..=0x9F).contains(c)) => {
+                let c = bytes.next().unwrap_or_default();
+                out.extend_from_slice(format!("\\u{{{c:04x}}}").as_bytes());
+            }
             _ => out.push(b),
         }
     }
@@ -96,5 +103,7 @@ mod tests {
         let out = super::escape_record(record, false);
         assert_eq!(out, b"WARN association not established calling_ae=EVIL\\nINFO forged line \\x1b[2J\n");
         assert_eq!(out.iter().filter(|&&b| b == b'\n').count(), 1);
+        let csi = "AE=EVIL\u{9b}2J café\n".as_bytes();
+        assert_eq!(super::escape_record(csi, true), "AE=EVIL\\u{009b}2J café\n".as_bytes());
     }
 }
