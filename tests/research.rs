@@ -90,6 +90,10 @@ fn every_object_class_keeps_its_research_content() {
     let r = run("");
     let out = by_class(&r.outputs);
     assert_eq!(out.len(), r.inputs.len() - 1, "all but the PDF are archived: {}", r.stderr);
+    // Type 2 in every series: present and empty (PS3.15 Z), neither removed nor a made-up name.
+    for (key, (_, o)) in &out {
+        assert_eq!(text(o, Tag(0x0008, 0x1070)).as_deref(), Some(""), "OperatorsName in {key:?}");
+    }
 
     let sr = one(&out, COMPREHENSIVE_SR);
     let tree = items(sr, Tag(0x0040, 0xA730));
