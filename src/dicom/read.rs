@@ -53,18 +53,20 @@ pub(crate) struct Header {
     pub size: usize,
 }
 
+/// Two bytes as a number in the byte order of `enc`.
+fn u16_in(enc: Encoding, v: [u8; 2]) -> u16 {
+    if enc.big_endian {
+        u16::from_be_bytes(v)
+    } else {
+        u16::from_le_bytes(v)
+    }
+}
+
 /// Decode the element header at the start of `b` (at most 12 bytes are looked at). `Ok(None)`: `b`
 /// is too short to hold it. Shared by the in-memory reader and the spill scanner, so both read the
 /// same header the same way.
 pub(crate) fn decode_header(b: &[u8], enc: Encoding, offset: usize) -> Result<Option<Header>, ReadError> {
-    let u16_at = |i: usize| {
-        let v = [b[i], b[i + 1]];
-        if enc.big_endian {
-            u16::from_be_bytes(v)
-        } else {
-            u16::from_le_bytes(v)
-        }
-    };
+    let u16_at = |i: usize| u16_in(enc, [b[i], b[i + 1]]);
     let u32_at = |i: usize| {
         let v = [b[i], b[i + 1], b[i + 2], b[i + 3]];
         if enc.big_endian {
@@ -108,15 +110,7 @@ pub(crate) fn read_prefix(
     let mut ds = DataSet::default();
     // The tag decides before the VR is read: what follows the meta group may be implicit VR.
     while let Some(b) = buf.get(r.pos..r.pos + 4) {
-        let u16_at = |i: usize| {
-            let v = [b[i], b[i + 1]];
-            if enc.big_endian {
-                u16::from_be_bytes(v)
-            } else {
-                u16::from_le_bytes(v)
-            }
-        };
-        if !keep(Tag(u16_at(0), u16_at(2))) {
+        if !keep(Tag(u16_in(enc, [b[0], b[1]]), u16_in(enc, [b[2], b[3]]))) {
             break;
         }
         let e = r.element(buf.len())?;
@@ -373,11 +367,12 @@ pub(crate) fn implicit_vr(tag: Tag) -> VR {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::dicom::{write_dataset, Value};
 
-    fn explicit(tag: (u16, u16), vr: &[u8; 2], value: &[u8]) -> Vec<u8> {
+    /// An explicit VR little endian element with a 16-bit length.
+    pub(crate) fn explicit(tag: (u16, u16), vr: &[u8; 2], value: &[u8]) -> Vec<u8> {
         let mut b = Vec::new();
         b.extend(tag.0.to_le_bytes());
         b.extend(tag.1.to_le_bytes());

@@ -187,17 +187,8 @@ fn rule(vr: VR) -> Option<Rule> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::dicom::read::tests::explicit as one;
     use crate::dicom::{read_dataset, Encoding};
-
-    fn one(tag: (u16, u16), vr: &[u8; 2], value: &[u8]) -> Vec<u8> {
-        let mut b = Vec::new();
-        b.extend(tag.0.to_le_bytes());
-        b.extend(tag.1.to_le_bytes());
-        b.extend(vr);
-        b.extend((value.len() as u16).to_le_bytes());
-        b.extend(value);
-        b
-    }
 
     #[test]
     fn element_headers_inside_a_kept_value_are_a_fault() {
