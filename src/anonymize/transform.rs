@@ -166,6 +166,12 @@ impl Scrubber {
                 if part.len() >= MIN_NAME_PART {
                     words.push(part.to_ascii_lowercase());
                 }
+                // A double-barrelled name is written in full or by either half ("Jansen-Smit",
+                // "Smit"); the halves are words of their own.
+                if part.contains(&b'-') {
+                    let halves = part.split(|&b| b == b'-').filter(|h| h.len() >= MIN_NAME_PART);
+                    words.extend(halves.map(<[u8]>::to_ascii_lowercase));
+                }
             }
         }
         for id in ids {
@@ -472,6 +478,7 @@ mod tests {
         let s = Scrubber::new([&b"JANSEN-SMIT^P"[..], b"JANSEN^Q"], []);
         assert_eq!(s.scrub(b"Jansen-Smith").unwrap(), b"***-Smith", "a shorter name at the same place");
         assert_eq!(s.scrub(b"Jansen-Smit").unwrap(), b"***");
+        assert_eq!(s.scrub(b"seen by Smit").unwrap(), b"seen by ***", "either half of a double name");
         let s = Scrubber::new([&b"ANNA-SMITH^P"[..], b"SMITH^Q", b"SMITHSONIAN^R"], []);
         assert_eq!(s.scrub(b"Hanna-Smith").unwrap(), b"Hanna-***", "a name inside a longer match");
         assert_eq!(s.scrub(b"Smithsonians Smith").unwrap(), b"Smithsonians ***");
