@@ -24,6 +24,14 @@ pub fn decode(charset: &str, raw: &[u8]) -> Result<String, std::str::Utf8Error> 
 /// case, so "MÜLLER" must also be looked for as "Müller". Empty for ASCII names (nothing to add)
 /// and for names the character set cannot round-trip (ISO 2022 code extensions).
 pub fn case_variants(charset: &str, raw: &[u8]) -> Vec<Vec<u8>> {
+    // A single-byte ISO 2022 set without an escape in the value is its plain set byte for byte
+    // ("ISO 2022 IR 100" is Latin-1 until something switches).
+    let plain = charset.split('\\').map(str::trim).find(|c| !c.is_empty()).and_then(|c| {
+        let number = c.strip_prefix("ISO 2022 IR ")?;
+        let single_byte = ["100", "101", "109", "110", "126", "127", "138", "144", "148", "166", "203"];
+        (single_byte.contains(&number) && !raw.contains(&0x1B)).then(|| format!("ISO_IR {number}"))
+    });
+    let charset = plain.as_deref().unwrap_or(charset);
     if raw.is_ascii() || charset.contains("2022") {
         return Vec::new();
     }
@@ -46,6 +54,16 @@ pub fn case_variants(charset: &str, raw: &[u8]) -> Vec<Vec<u8>> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn single_byte_iso_2022_sets_get_their_case_variants_too() {
+        let variants = super::case_variants("ISO 2022 IR 100", b"M\xdcLLER^HANS");
+        assert!(variants.contains(&b"M\xfcller^Hans".to_vec()), "{variants:?}");
+        assert!(
+            super::case_variants("ISO 2022 IR 100", b"\x1b-AM\xdcLLER").is_empty(),
+            "escapes: left alone"
+        );
+    }
+
     #[test]
     fn latin1_names_decode_and_bad_utf8_is_refused() {
         assert_eq!(super::decode("ISO_IR 100", b"M\xfcller^J ").unwrap(), "Müller^J");
