@@ -11,6 +11,7 @@ use clap::Parser;
 use dicom_anon_gateway::cli::{Cli, Command, IndexCommand, QueueCommand};
 use dicom_anon_gateway::config::Config;
 use dicom_anon_gateway::durability::Durability;
+use dicom_anon_gateway::http::{self, METRICS};
 use dicom_anon_gateway::index::{Index, Owner};
 use dicom_anon_gateway::pipeline::Pipeline;
 use dicom_anon_gateway::upload::{Credentials, Target, Uploader};
@@ -129,6 +130,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 }
 
 async fn serve(config: Config) -> anyhow::Result<ExitCode> {
+    // A token that is configured but unreadable stops the start: the endpoint never opens unguarded.
+    let token = if config.http.enabled { config.http.token()? } else { None };
     let tmp = config.tmp_dir();
     std::fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
     // Spilled data sets of a previous run were never acknowledged: their senders still have them.
@@ -152,9 +155,46 @@ async fn serve(config: Config) -> anyhow::Result<ExitCode> {
         .await
         .with_context(|| format!("cannot listen on {}:{} (scp.host, scp.port)", bind.0, bind.1))?;
     let addr = listener.local_addr()?;
+    let http_listener = if config.http.enabled {
+        let l = tokio::net::TcpListener::bind(config.http.listen.as_str())
+            .await
+            .with_context(|| format!("cannot listen on {} (http.listen)", config.http.listen))?;
+        Some(l)
+    } else {
+        None
+    };
+    METRICS.listener_up.set(1);
     tracing::info!(%addr, ae_title = %config.scp.ae_title, storage = %config.storage.dir.display(), "listening");
-    // Scripts and tests wait for this line to know the port.
+    // Scripts and tests wait for these lines to know the ports.
     println!("listening on {addr} as {}", config.scp.ae_title);
+    let http_stop = tokio_util::sync::CancellationToken::new();
+    let http_task = match http_listener {
+        Some(l) => {
+            let http_addr = l.local_addr()?;
+            tracing::info!(%http_addr, token = token.is_some(), "operations endpoint listening");
+            println!("http on {http_addr}");
+            let ops = Arc::new(http::Ops {
+                project: config.project.name.clone(),
+                site_id: config.project.site_id.clone(),
+                ae_title: config.scp.ae_title.clone(),
+                scp_addr: addr,
+                index: pipeline.index().clone(),
+                reader: index::Reader::open(&config.index_path())?,
+                index_path: config.index_path(),
+                storage_dir: config.storage.dir.clone(),
+                quarantine_dir: config.quarantine_dir(),
+                min_free_bytes: config.storage.min_free_bytes,
+                uploader_enabled: config.upload.enabled,
+                token,
+                started: chrono::Utc::now(),
+            });
+            Some(tokio::spawn(http::serve(l, ops, http_stop.clone().cancelled_owned())))
+        }
+        None => {
+            println!("http disabled");
+            None
+        }
+    };
     std::io::stdout().flush()?;
 
     let uploads = tokio_util::sync::CancellationToken::new();
@@ -182,12 +222,27 @@ async fn serve(config: Config) -> anyhow::Result<ExitCode> {
         None
     };
 
-    scp::serve(listener, node, shutdown_signal()).await;
+    let stopping = async {
+        shutdown_signal().await;
+        // Not ready from the first moment of the drain.
+        METRICS.listener_up.set(0);
+    };
+    scp::serve(listener, node, stopping).await;
     uploads.cancel();
     if let Some(task) = uploader {
         // Puts in flight finish; the rest stays queued for the next start.
         if tokio::time::timeout(std::time::Duration::from_secs(60), task).await.is_err() {
             tracing::warn!("uploads still in flight after 60 s; they are queued again at the next start");
+        }
+    }
+    // Last, so the drain can be watched; it holds an index handle, which must go before close.
+    http_stop.cancel();
+    if let Some(task) = http_task {
+        match tokio::time::timeout(std::time::Duration::from_secs(5), task).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(e))) => tracing::warn!(error = %e, "operations endpoint failed"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "operations endpoint task failed"),
+            Err(_) => tracing::warn!("operations endpoint still answering after 5 s"),
         }
     }
     match Arc::try_unwrap(pipeline) {

@@ -7,6 +7,7 @@
 mod export;
 mod queue;
 mod schema;
+mod stats;
 
 use std::path::Path;
 use std::sync::mpsc;
@@ -17,6 +18,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 
 pub use export::export_csv;
 pub use queue::{Pending, QueueStatus, StuckItem};
+pub use stats::{Counts, Reader};
 
 /// At most this many requests share one transaction.
 const MAX_BATCH: usize = 512;

@@ -16,6 +16,8 @@ use super::dimse::{response, Command, Status};
 use super::receive::{Incoming, Received};
 use super::Node;
 use crate::dicom::TransferSyntax;
+use crate::http::activity::AssociationRecord;
+use crate::http::{ACTIVITY, METRICS};
 use crate::pipeline::{Admission, Body, Outcome};
 use crate::queue::Reason;
 
@@ -44,13 +46,17 @@ pub async fn run(node: Arc<Node>, socket: TcpStream, peer: SocketAddr, shutdown:
         Ok(Err(e)) => {
             // Rejections (unknown AE titles, no acceptable context) land here with their reason.
             warn!(%peer, error = %e, "association not established");
+            rejected(peer, rejection_reason(&e));
             return;
         }
         Err(_) => {
             warn!(%peer, timeout_s = acse.as_secs(), "association request not received in time");
+            rejected(peer, "timeout");
             return;
         }
     };
+    METRICS.associations_accepted.inc();
+    METRICS.associations_active.inc();
     let calling = assoc.peer_ae_title().to_string();
     let called = assoc.called_ae_title().to_string();
     let mut accepted: Vec<String> = assoc
@@ -67,18 +73,18 @@ pub async fn run(node: Arc<Node>, socket: TcpStream, peer: SocketAddr, shutdown:
 
     let source = format!("AE '{calling}' at {peer}");
     let mut tally = Tally::default();
-    let how = async {
+    let (how, label) = async {
         match serve(&node, &mut assoc, &source, &mut tally, &shutdown).await {
             End::Released => {
                 let _ = assoc.send(&Pdu::ReleaseRP).await;
-                "released"
+                ("released", "released")
             }
-            End::PeerAborted => "aborted by peer",
-            End::Closed => "connection closed",
+            End::PeerAborted => ("aborted by peer", "aborted_by_peer"),
+            End::Closed => ("connection closed", "closed"),
             End::Abort(why) => {
                 warn!(reason = why, "aborting association");
                 let _ = assoc.abort().await;
-                why
+                (why, "aborted")
             }
         }
     }
@@ -96,6 +102,54 @@ pub async fn run(node: Arc<Node>, socket: TcpStream, peer: SocketAddr, shutdown:
             "association finished"
         )
     });
+    METRICS.associations_active.dec();
+    METRICS.associations_ended.with_label_values(&[label]).inc();
+    ACTIVITY.association(AssociationRecord {
+        ended: chrono::Utc::now(),
+        calling_ae: Some(calling),
+        peer,
+        instances: tally.instances,
+        failures: tally.failures,
+        end: how,
+    });
+}
+
+/// Count a request turned down before an association existed, and list it on the status page.
+pub(super) fn rejected(peer: SocketAddr, reason: &'static str) {
+    METRICS.associations_rejected.with_label_values(&[reason]).inc();
+    ACTIVITY.association(AssociationRecord {
+        ended: chrono::Utc::now(),
+        calling_ae: None,
+        peer,
+        instances: 0,
+        failures: 0,
+        end: match reason {
+            "called_ae" => "rejected: called AE title not ours",
+            "calling_ae" => "rejected: calling AE title not allowed",
+            "no_context" => "rejected: no acceptable presentation context",
+            "busy" => "rejected: scp.max_associations reached",
+            "max_pdu" => "rejected: maximum PDU length too small",
+            "protocol" => "rejected: protocol or application context",
+            "timeout" => "rejected: no request in time",
+            _ => "rejected",
+        },
+    });
+}
+
+/// The metrics label for why dicom-ul did not establish an association.
+fn rejection_reason(e: &dicom_ul::association::Error) -> &'static str {
+    use dicom_ul::association::Error;
+    use dicom_ul::pdu::{AssociationRJServiceUserReason as User, AssociationRJSource};
+    match e {
+        Error::Rejected { association_rj, .. } => match &association_rj.source {
+            AssociationRJSource::ServiceUser(User::CalledAETitleNotRecognized) => "called_ae",
+            AssociationRJSource::ServiceUser(User::CallingAETitleNotRecognized) => "calling_ae",
+            AssociationRJSource::ServiceUser(_) => "protocol",
+            _ => "other",
+        },
+        Error::NoAcceptedPresentationContexts { .. } => "no_context",
+        _ => "other",
+    }
 }
 
 enum End {
@@ -201,6 +255,7 @@ async fn on_pdv(node: &Node, message: &mut Option<Message>, pdv: PDataValue) -> 
             let Some(data) = m.data.as_mut() else {
                 return Err(End::Abort("data set before its command"));
             };
+            METRICS.received_bytes.inc_by(pdv.data.len() as u64);
             if let Err(e) = data.push(&pdv.data).await {
                 warn!(error = %e, "cannot spill the incoming data set to private/tmp");
                 return Err(End::Abort("cannot buffer the data set"));
@@ -222,6 +277,7 @@ async fn dispatch(
     tally: &mut Tally,
 ) -> Result<(), End> {
     let Some(command) = message.command else { return Ok(()) };
+    let complete = Instant::now();
     let (status, comment) = match &command {
         Command::Cancel => {
             debug!("C-CANCEL ignored: a C-STORE cannot be cancelled");
@@ -233,18 +289,19 @@ async fn dispatch(
                 Some(d) => d.finish().await,
                 None => return Err(End::Abort("C-STORE without a data set")),
             };
+            METRICS.instances_received.inc();
             let context = assoc.presentation_contexts().iter().find(|pc| pc.id == message.pc_id);
             let outcome = match (data, context) {
                 (Err(e), _) => {
                     warn!(error = %e, "cannot complete the spilled data set");
-                    (Status::OUT_OF_RESOURCES, Some("cannot buffer the data set".to_string()))
+                    refused(Status::OUT_OF_RESOURCES, "cannot buffer the data set")
                 }
-                (Ok(_), None) => (Status::CANNOT_UNDERSTAND, Some("unknown presentation context".into())),
+                (Ok(_), None) => refused(Status::CANNOT_UNDERSTAND, "unknown presentation context"),
                 (Ok(received), Some(pc)) => {
                     if pc.abstract_syntax != *sop_class_uid {
-                        (
+                        refused(
                             Status::SOP_CLASS_NOT_SUPPORTED,
-                            Some("SOP class differs from the presentation context".into()),
+                            "SOP class differs from the presentation context",
                         )
                     } else {
                         let ts = TransferSyntax::new(&pc.transfer_syntax);
@@ -275,7 +332,17 @@ async fn dispatch(
     assoc.send(&pdu).await.map_err(|e| {
         debug!(error = %e, "cannot send the response");
         End::Closed
-    })
+    })?;
+    if matches!(command, Command::Store { .. }) {
+        METRICS.ack_latency.observe(complete.elapsed().as_secs_f64());
+    }
+    Ok(())
+}
+
+/// A C-STORE answered with a failure and nothing kept: counted by its status.
+fn refused(status: Status, comment: &str) -> (Status, Option<String>) {
+    METRICS.refused(&status.to_string());
+    (status, Some(comment.to_string()))
 }
 
 /// Check resources, run the pipeline on the blocking pool, and turn the outcome into a status.
@@ -295,7 +362,7 @@ async fn store(
                 limit = node.scp.max_instance_bytes,
                 "instance refused: larger than scp.max_instance_bytes"
             );
-            return (Status::OUT_OF_RESOURCES, Some("instance larger than this node accepts".into()));
+            return refused(Status::OUT_OF_RESOURCES, "instance larger than this node accepts");
         }
         other => other,
     };
@@ -305,7 +372,7 @@ async fn store(
             min_free_bytes = node.min_free_bytes,
             "instance refused: disk below storage.min_free_bytes"
         );
-        return (Status::OUT_OF_RESOURCES, Some("storage is full".into()));
+        return refused(Status::OUT_OF_RESOURCES, "storage is full");
     }
     let pipeline = node.pipeline.clone();
     let modalities = node.scp.modalities.clone();
@@ -325,6 +392,9 @@ async fn store(
         Outcome::Stored(stored) => {
             tally.instances += 1;
             tally.bytes += stored.size;
+            METRICS.instances_stored.inc();
+            METRICS.stored_bytes.inc_by(stored.size);
+            ACTIVITY.instance_stored();
             debug!(sop = %stored.keys.sop_uid, series = %stored.keys.series_uid, size = stored.size, "stored");
             (Status::SUCCESS, None)
         }
@@ -338,15 +408,16 @@ async fn store(
             };
             // Instance errors name attributes and offsets, never values.
             warn!(status = %status, %reason, error = %detail, "instance quarantined");
+            METRICS.quarantined(reason);
             (status, Some(detail))
         }
         Outcome::Refused(detail) => {
             warn!(status = %Status::NOT_AUTHORIZED, error = %detail, "instance refused by a filter");
-            (Status::NOT_AUTHORIZED, Some(detail))
+            refused(Status::NOT_AUTHORIZED, &detail)
         }
         Outcome::Failed(detail) => {
             warn!(status = %Status::OUT_OF_RESOURCES, error = %detail, "instance not stored");
-            (Status::OUT_OF_RESOURCES, Some(detail))
+            refused(Status::OUT_OF_RESOURCES, &detail)
         }
     }
 }

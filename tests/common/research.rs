@@ -770,7 +770,6 @@ fn pdf() -> Vec<u8> {
     file(v)
 }
 
-
 /// Write the study into `dir`; returns the files, the PDF last.
 pub fn study(dir: &Path) -> Vec<PathBuf> {
     let mut files: Vec<PathBuf> = (1..=CT_IMAGES).map(|n| put(dir, &format!("ct{n}.dcm"), &ct(n))).collect();
