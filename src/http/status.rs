@@ -206,10 +206,10 @@ fn write_page(h: &mut String, p: &Page) -> std::fmt::Result {
     }
     for a in &p.recent {
         let calling = a.calling_ae.as_deref().map_or_else(|| "—".to_string(), escape);
-        let class = if a.failures > 0 { " class=\"bad\"" } else { "" };
+        let class = if a.failures > 0 { "n bad" } else { "n" };
         write!(
             h,
-            "<tr><td>{}</td><td>{calling}</td><td>{}</td><td class=\"n\">{}</td><td class=\"n\"{class}>{}</td><td>{}</td></tr>",
+            "<tr><td>{}</td><td>{calling}</td><td>{}</td><td class=\"n\">{}</td><td class=\"{class}\">{}</td><td>{}</td></tr>",
             a.ended.format("%Y-%m-%d %H:%M:%S"),
             escape(&a.peer.to_string()),
             a.instances,

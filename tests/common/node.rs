@@ -76,9 +76,13 @@ impl Node {
         let mut line = String::new();
         stdout.read_line(&mut line).unwrap();
         let http_port = match line.strip_prefix("http on ") {
-            Some(addr) => Some(addr.trim().rsplit(':').next().and_then(|p| p.parse().ok()).unwrap_or_else(|| {
-                panic!("unreadable http line from the node: {line:?}")
-            })),
+            Some(addr) => Some(
+                addr.trim()
+                    .rsplit(':')
+                    .next()
+                    .and_then(|p| p.parse().ok())
+                    .unwrap_or_else(|| panic!("unreadable http line from the node: {line:?}")),
+            ),
             None if line.starts_with("http disabled") => None,
             None => panic!("no 'http on' line from the node: {line:?}; log:\n{}", read_log(dir)),
         };
