@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs the whole test suite on a fresh Debian machine: installs the real peers the tests talk to
-# (DCMTK, dicom3tools, Chromium for the status page, moto_server for Cognito and S3), then runs cargo test. Tests never skip a
-# missing peer: they fail loudly.
+# (DCMTK, dicom3tools, Chromium for the status page, moto_server for Cognito and S3), then runs
+# cargo test. Tests never skip a missing peer: they fail loudly.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -331,7 +331,7 @@ fn the_status_page_in_chromium_shows_the_counts_and_no_phi() {
     };
     let shot = Path::new(env!("CARGO_TARGET_TMPDIR")).join("ops-status-page.png");
     let _ = std::fs::remove_file(&shot);
-    browser(&[&format!("--screenshot={}", shot.display()), "--window-size=1280,1600"]);
+    browser(&[&format!("--screenshot={}", shot.display()), "--window-size=1280,900"]);
     let png = std::fs::read(&shot).expect("chromium wrote the screenshot");
     assert!(png.starts_with(b"\x89PNG") && png.len() > 10_000, "{} bytes", png.len());
 
