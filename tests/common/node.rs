@@ -31,7 +31,8 @@ impl Node {
     /// As `start`, with more top-level YAML (`extra`) and environment variables for the node.
     /// Unless `extra` has an `http:` section, the operations endpoint takes a free port.
     pub fn start_full(dir: &Path, scp: &str, storage: &str, extra: &str, env: &[(&str, &str)]) -> Node {
-        let http = if extra.contains("http:") { "" } else { "http:\n  listen: 127.0.0.1:0\n" };
+        let http =
+            if extra.lines().any(|l| l.starts_with("http:")) { "" } else { "http:\n  listen: 127.0.0.1:0\n" };
         let extra = format!("{extra}{http}");
         let yaml = format!(
             "project:\n  name: TEST_PROJECT\n  site_id: \"{SITE}\"\n  uid_root: \"{ROOT}\"\n  script: {}\n\
