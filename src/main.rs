@@ -8,7 +8,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::Parser;
 
-use dicom_anon_gateway::cli::{Cli, Command, IndexCommand, QueueCommand};
+use dicom_anon_gateway::cli::{AuditCommand, Cli, Command, IndexCommand, QueueCommand};
 use dicom_anon_gateway::config::Config;
 use dicom_anon_gateway::durability::Durability;
 use dicom_anon_gateway::http::{self, METRICS};
@@ -61,7 +61,29 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(if summary.failures() == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }
-        Command::Index { command: IndexCommand::Export { config, out } } => {
+        Command::Index { command: IndexCommand::Export { config, out, mapping: true } } => {
+            let config = Config::load(&config)?;
+            let path = config.index_path();
+            std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+            let (uids, patients) = index::export_mapping(&path, &out)
+                .with_context(|| format!("exporting {}", path.display()))?;
+            println!(
+                "wrote {uids} UIDs to {} and {patients} PatientIDs to {} (PHI: keep them where the index is kept)",
+                out.join(index::UID_MAPPING).display(),
+                out.join(index::PATIENT_ID_MAPPING).display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Audit { command: AuditCommand::Export { config, out, since } } => {
+            let config = Config::load(&config)?;
+            let since = since.as_deref().map(audit_since).transpose()?;
+            let path = config.index_path();
+            let rows = index::export_audit(&path, &out, since.as_deref())
+                .with_context(|| format!("exporting the audit trail of {}", path.display()))?;
+            println!("wrote {rows} audit rows to {}", out.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Index { command: IndexCommand::Export { config, out, mapping: false } } => {
             let config = Config::load(&config)?;
             let path = config.index_path();
             let rows =
@@ -252,6 +274,19 @@ async fn serve(config: Config) -> anyhow::Result<ExitCode> {
     }
     tracing::info!("stopped");
     Ok(ExitCode::SUCCESS)
+}
+
+/// `--since` as the audit trail stores times (UTC, `YYYY-MM-DDTHH:MM:SS.mmmZ`), which compare as text.
+fn audit_since(since: &str) -> anyhow::Result<String> {
+    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(since) {
+        return Ok(t.with_timezone(&chrono::Utc).format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string());
+    }
+    match chrono::NaiveDate::parse_from_str(since, "%Y-%m-%d") {
+        Ok(d) => Ok(format!("{}T00:00:00.000Z", d.format("%Y-%m-%d"))),
+        Err(_) => anyhow::bail!(
+            "--since {since:?}: expected a date (2026-01-31) or an RFC 3339 time (2026-01-31T08:00:00Z)"
+        ),
+    }
 }
 
 /// SIGINT or SIGTERM.

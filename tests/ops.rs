@@ -356,3 +356,79 @@ fn the_status_page_in_chromium_shows_the_counts_and_no_phi() {
     assert!(!dom.contains(ROOT), "no UID on the page");
     println!("status page screenshot: {}", shot.display());
 }
+
+#[test]
+fn the_audit_trail_and_the_id_mappings_export_what_happened() {
+    let d = tempfile::tempdir().unwrap();
+    let node = Node::start(d.path(), "  modalities: [CT]\n", "  min_free_bytes: 0\n");
+    let files: Vec<PathBuf> =
+        (1..=2).map(|i| put(d.path(), &format!("{i}.dcm"), &ct(&smith(), 1, i))).collect();
+    let out = storescu(node.port, &files);
+    assert!(out.status.success() && !text(&out).contains("Store Failed"), "{}", text(&out));
+    let body = body_of(&ct(&yamada(), 1, 1));
+    let announced = sop_uid(&yamada(), &Shape { series: 1, instance: 1, ..Shape::default() });
+    assert_eq!(rawscu::store_raw(node.port, AE, CT_IMAGE, &announced, &body[..body.len() / 2]), 0xC000);
+    let mr_shape = Shape { modality: "MR", ..Shape::default() };
+    let mr = common::instance(&mueller(), &mr_shape);
+    assert_eq!(
+        rawscu::store_raw(node.port, AE, MR_IMAGE, &sop_uid(&mueller(), &mr_shape), &body_of(&mr)),
+        0x0124
+    );
+    // A clean stop waits for every association, and so for every audit row.
+    let config = node.config.clone();
+    assert!(node.stop().success());
+
+    let csv = d.path().join("audit.csv");
+    let run = |args: &[&str]| binary().args(args).arg("--config").arg(&config).output().unwrap();
+    let out = run(&["audit", "export", "--out", csv.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out));
+    let audit = std::fs::read_to_string(&csv).unwrap();
+    let rows: Vec<Vec<&str>> = audit.lines().skip(1).map(|l| l.split(',').collect()).collect();
+    assert_eq!(audit.lines().next().unwrap(), "time,association,calling_ae,peer,anon_study_uid,anon_series_uid,anon_sop_uid,status,quarantine_reason,bytes");
+    assert_eq!(rows.len(), 4, "{audit}");
+    let (stored, others) = rows.split_at(2);
+    for r in stored {
+        assert_eq!((r[2], r[7], r[8]), ("TESTSCU", "0x0000", ""), "{audit}");
+        assert!(r[4..7].iter().all(|uid| uid.starts_with(ROOT)), "anonymized UIDs: {audit}");
+        assert!(r[9].parse::<u64>().unwrap() > 0);
+    }
+    assert_eq!(stored[0][1], stored[1][1], "one association");
+    assert_ne!(stored[0][6], stored[1][6]);
+    assert_eq!(
+        (others[0][2], others[0][7], others[0][8]),
+        ("RAWSCU", "0xC000", "DICOM_Read_Error"),
+        "{audit}"
+    );
+    assert_eq!(others[0][9], (body.len() / 2).to_string());
+    assert_eq!((others[1][7], others[1][8], others[1][6]), ("0x0124", "", ""), "{audit}");
+    assert_ne!(others[0][1], others[1][1], "two associations");
+    for p in [smith(), yamada(), mueller()] {
+        for s in phi_strings(&p) {
+            assert!(!contains(audit.as_bytes(), &s), "{:?} in the audit trail", String::from_utf8_lossy(&s));
+        }
+    }
+    let out = run(&["audit", "export", "--since", "2999-01-01", "--out", csv.to_str().unwrap()]);
+    assert!(text(&out).contains("wrote 0 audit rows"), "{}", text(&out));
+    let out = run(&["audit", "export", "--since", "yesterday", "--out", csv.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+
+    // The MIDI-B mappings: every original UID and PatientID with its pseudonym (PHI, on request).
+    let dir = d.path().join("mapping");
+    let out = run(&["index", "export", "--mapping", "--out", dir.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out));
+    let uids = std::fs::read_to_string(dir.join("uid_mapping.csv")).unwrap();
+    assert_eq!(uids.lines().next(), Some("id_old,id_new"));
+    for i in 1..=2 {
+        let sop = sop_uid(&smith(), &Shape { series: 1, instance: i, ..Shape::default() });
+        let line = uids
+            .lines()
+            .find(|l| l.starts_with(&format!("{sop},")))
+            .unwrap_or_else(|| panic!("{sop}: {uids}"));
+        assert!(line.split(',').nth(1).unwrap().starts_with(ROOT), "{line}");
+    }
+    assert!(!uids.contains(&announced), "a quarantined instance maps nothing");
+    let patients = std::fs::read_to_string(dir.join("patient_id_mapping.csv")).unwrap();
+    let lines: Vec<&str> = patients.lines().collect();
+    assert_eq!(lines.len(), 2, "{patients}");
+    assert!(lines[1].starts_with("MRN12345,") && lines[1].contains(SITE), "{patients}");
+}

@@ -4,6 +4,7 @@
 //! over a bounded channel; the owner runs whatever has queued up in one transaction (group commit)
 //! and answers each caller only after that transaction is durable.
 
+mod audit;
 mod export;
 mod queue;
 mod schema;
@@ -16,7 +17,8 @@ use std::thread::JoinHandle;
 
 use rusqlite::{params, Connection, OptionalExtension};
 
-pub use export::export_csv;
+pub use audit::{export_audit, export_mapping, AuditRecord, PATIENT_ID_MAPPING, UID_MAPPING};
+pub use export::{export_csv, ExportError};
 pub use queue::{Pending, QueueStatus, StuckItem};
 pub use stats::{Counts, Reader};
 

@@ -18,6 +18,7 @@ use super::Node;
 use crate::dicom::TransferSyntax;
 use crate::http::activity::AssociationRecord;
 use crate::http::{ACTIVITY, METRICS};
+use crate::index::AuditRecord;
 use crate::pipeline::{Admission, Body, Outcome};
 use crate::queue::Reason;
 
@@ -27,6 +28,33 @@ struct Tally {
     instances: u64,
     bytes: u64,
     failures: u64,
+    /// The instance being stored, for its audit row.
+    note: Note,
+}
+
+/// Who is on the other end, for the audit trail and the logs.
+struct Who {
+    /// This process's id for the association: its start time and a counter.
+    association: String,
+    calling: String,
+    peer: SocketAddr,
+    /// `AE 'X' at ADDR`, as the index records an instance's source.
+    source: String,
+}
+
+/// What storing one instance produced besides its status, for the audit trail.
+#[derive(Debug, Default)]
+struct Note {
+    anon_uids: Option<(String, String, String)>,
+    reason: Option<Reason>,
+}
+
+/// Association ids: unique within this process, and across restarts by the start time.
+fn association_id() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    static START: std::sync::LazyLock<i64> = std::sync::LazyLock::new(|| chrono::Utc::now().timestamp());
+    format!("{}-{}", *START, NEXT.fetch_add(1, Ordering::Relaxed))
 }
 
 /// A message being assembled on one presentation context.
@@ -71,10 +99,15 @@ pub async fn run(node: Arc<Node>, socket: TcpStream, peer: SocketAddr, shutdown:
     let span = tracing::info_span!("association", calling_ae = %calling, %peer);
     span.in_scope(|| debug!(called_ae = %called, contexts, classes = ?accepted, "association accepted"));
 
-    let source = format!("AE '{calling}' at {peer}");
+    let who = Who {
+        association: association_id(),
+        calling: calling.clone(),
+        peer,
+        source: format!("AE '{calling}' at {peer}"),
+    };
     let mut tally = Tally::default();
     let (how, label) = async {
-        match serve(&node, &mut assoc, &source, &mut tally, &shutdown).await {
+        match serve(&node, &mut assoc, &who, &mut tally, &shutdown).await {
             End::Released => {
                 let _ = assoc.send(&Pdu::ReleaseRP).await;
                 ("released", "released")
@@ -162,7 +195,7 @@ enum End {
 async fn serve(
     node: &Node,
     assoc: &mut AsyncServerAssociation<TcpStream>,
-    source: &str,
+    who: &Who,
     tally: &mut Tally,
     shutdown: &CancellationToken,
 ) -> End {
@@ -203,7 +236,7 @@ async fn serve(
             }
             match on_pdv(node, &mut message, pdv).await {
                 Ok(Some(done)) => {
-                    if let Err(end) = dispatch(node, assoc, done, source, tally).await {
+                    if let Err(end) = dispatch(node, assoc, done, who, tally).await {
                         return end;
                     }
                 }
@@ -273,11 +306,13 @@ async fn dispatch(
     node: &Node,
     assoc: &mut AsyncServerAssociation<TcpStream>,
     message: Message,
-    source: &str,
+    who: &Who,
     tally: &mut Tally,
 ) -> Result<(), End> {
     let Some(command) = message.command else { return Ok(()) };
     let complete = Instant::now();
+    tally.note = Note::default();
+    let mut bytes = 0;
     let (status, comment) = match &command {
         Command::Cancel => {
             debug!("C-CANCEL ignored: a C-STORE cannot be cancelled");
@@ -286,7 +321,10 @@ async fn dispatch(
         Command::Echo { .. } => (Status::SUCCESS, None),
         Command::Store { sop_class_uid, sop_instance_uid, .. } => {
             let data = match message.data {
-                Some(d) => d.finish().await,
+                Some(d) => {
+                    bytes = d.received();
+                    d.finish().await
+                }
                 None => return Err(End::Abort("C-STORE without a data set")),
             };
             METRICS.instances_received.inc();
@@ -305,7 +343,7 @@ async fn dispatch(
                         )
                     } else {
                         let ts = TransferSyntax::new(&pc.transfer_syntax);
-                        store(node, received, ts, sop_class_uid, sop_instance_uid, source, tally).await
+                        store(node, received, ts, sop_class_uid, sop_instance_uid, &who.source, tally).await
                     }
                 }
             };
@@ -335,6 +373,23 @@ async fn dispatch(
     })?;
     if matches!(command, Command::Store { .. }) {
         METRICS.ack_latency.observe(complete.elapsed().as_secs_f64());
+        // After the response: the audit row is not part of what the sender waits for, but the
+        // association waits for it, so a shutdown cannot lose it.
+        let record = AuditRecord {
+            association: who.association.clone(),
+            calling_ae: who.calling.clone(),
+            peer: who.peer.to_string(),
+            anon_uids: tally.note.anon_uids.take(),
+            status: status.to_string(),
+            reason: tally.note.reason.map(|r| r.dir_name().to_string()),
+            bytes,
+        };
+        let index = node.pipeline.index().clone();
+        match tokio::task::spawn_blocking(move || index.audit(record)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => warn!(error = %e, "cannot record the audit row"),
+            Err(e) => warn!(error = %e, "the audit task did not run"),
+        }
     }
     Ok(())
 }
@@ -393,6 +448,8 @@ async fn store(
             tally.instances += 1;
             tally.bytes += stored.size;
             METRICS.instances_stored.inc();
+            let k = &stored.keys;
+            tally.note.anon_uids = Some((k.study_uid.clone(), k.series_uid.clone(), k.sop_uid.clone()));
             METRICS.stored_bytes.inc_by(stored.size);
             ACTIVITY.instance_stored();
             debug!(sop = %stored.keys.sop_uid, series = %stored.keys.series_uid, size = stored.size, "stored");
@@ -409,6 +466,7 @@ async fn store(
             // Instance errors name attributes and offsets, never values.
             warn!(status = %status, %reason, error = %detail, "instance quarantined");
             METRICS.quarantined(reason);
+            tally.note.reason = Some(reason);
             (status, Some(detail))
         }
         Outcome::Refused(detail) => {
