@@ -8,6 +8,7 @@ pub mod dicom;
 pub mod durability;
 pub mod http;
 pub mod index;
+pub mod node;
 pub mod observe;
 pub mod offline;
 pub mod pipeline;

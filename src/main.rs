@@ -3,7 +3,6 @@
 
 use std::io::Write;
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Parser;
@@ -11,11 +10,10 @@ use clap::Parser;
 use dicom_anon_gateway::cli::{AuditCommand, Cli, Command, IndexCommand, QueueCommand};
 use dicom_anon_gateway::config::Config;
 use dicom_anon_gateway::durability::Durability;
-use dicom_anon_gateway::http::{self, METRICS};
 use dicom_anon_gateway::index::{Index, Owner};
 use dicom_anon_gateway::pipeline::Pipeline;
-use dicom_anon_gateway::upload::{Credentials, Target, Uploader};
-use dicom_anon_gateway::{index, observe, offline, scp};
+use dicom_anon_gateway::upload::Credentials;
+use dicom_anon_gateway::{index, node, observe, offline};
 
 fn main() -> ExitCode {
     match run(Cli::parse()) {
@@ -152,127 +150,16 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 }
 
 async fn serve(config: Config) -> anyhow::Result<ExitCode> {
-    // A token that is configured but unreadable stops the start: the endpoint never opens unguarded.
-    let token = if config.http.enabled { config.http.token()? } else { None };
-    let tmp = config.tmp_dir();
-    std::fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-    // Spilled data sets of a previous run were never acknowledged: their senders still have them.
-    for stale in std::fs::read_dir(&tmp)?.flatten() {
-        let _ = std::fs::remove_file(stale.path());
-    }
-    let pipeline = Arc::new(Pipeline::open(&config, &config.public_dir(), Durability::EachInstance)?);
-    let swept = pipeline.sweep();
-    if swept > 0 {
-        tracing::info!(files = swept, "removed temp files an interrupted commit left in public/");
-    }
-    let node = Arc::new(scp::Node::new(
-        pipeline.clone(),
-        config.scp.clone(),
-        &tmp,
-        &config.storage.dir,
-        config.storage.min_free_bytes,
-    ));
-    let bind = (config.scp.host.as_str(), config.scp.port);
-    let listener = tokio::net::TcpListener::bind(bind)
-        .await
-        .with_context(|| format!("cannot listen on {}:{} (scp.host, scp.port)", bind.0, bind.1))?;
-    let addr = listener.local_addr()?;
-    let http_listener = if config.http.enabled {
-        let l = tokio::net::TcpListener::bind(config.http.listen.as_str())
-            .await
-            .with_context(|| format!("cannot listen on {} (http.listen)", config.http.listen))?;
-        Some(l)
-    } else {
-        None
-    };
-    METRICS.listener_up.set(1);
-    tracing::info!(%addr, ae_title = %config.scp.ae_title, storage = %config.storage.dir.display(), "listening");
+    let ae_title = config.scp.ae_title.clone();
+    let node = node::start(config, shutdown_signal()).await?;
     // Scripts and tests wait for these lines to know the ports.
-    println!("listening on {addr} as {}", config.scp.ae_title);
-    let http_stop = tokio_util::sync::CancellationToken::new();
-    let http_task = match http_listener {
-        Some(l) => {
-            let http_addr = l.local_addr()?;
-            tracing::info!(%http_addr, token = token.is_some(), "operations endpoint listening");
-            println!("http on {http_addr}");
-            let ops = Arc::new(http::Ops {
-                project: config.project.name.clone(),
-                site_id: config.project.site_id.clone(),
-                ae_title: config.scp.ae_title.clone(),
-                scp_addr: addr,
-                index: pipeline.index().clone(),
-                reader: index::Reader::open(&config.index_path())?,
-                index_path: config.index_path(),
-                storage_dir: config.storage.dir.clone(),
-                quarantine_dir: config.quarantine_dir(),
-                min_free_bytes: config.storage.min_free_bytes,
-                uploader_enabled: config.upload.enabled,
-                token,
-                started: chrono::Utc::now(),
-            });
-            Some(tokio::spawn(http::serve(l, ops, http_stop.clone().cancelled_owned())))
-        }
-        None => {
-            println!("http disabled");
-            None
-        }
-    };
+    println!("listening on {} as {ae_title}", node.scp_addr);
+    match node.http_addr {
+        Some(addr) => println!("http on {addr}"),
+        None => println!("http disabled"),
+    }
     std::io::stdout().flush()?;
-
-    let uploads = tokio_util::sync::CancellationToken::new();
-    let uploader = if config.upload.enabled {
-        let credentials = Arc::new(Credentials::new(&config.upload).await?);
-        let u = &config.upload;
-        let target = Target {
-            bucket: u.bucket.clone(),
-            prefix: u.prefix.clone(),
-            project: config.project.name.clone(),
-            multipart_threshold: u.multipart_threshold_bytes,
-        };
-        let uploader = Arc::new(Uploader {
-            index: pipeline.index().clone(),
-            public: config.public_dir(),
-            target,
-            credentials,
-            concurrency: u.concurrency,
-            delete_after_upload: u.delete_after_upload,
-            reconcile_on_start: u.reconcile_on_start,
-        });
-        tracing::info!(bucket = %u.bucket, concurrency = u.concurrency, "uploader started");
-        Some(tokio::spawn(uploader.run(uploads.clone())))
-    } else {
-        None
-    };
-
-    let stopping = async {
-        shutdown_signal().await;
-        // Not ready from the first moment of the drain.
-        METRICS.listener_up.set(0);
-    };
-    scp::serve(listener, node, stopping).await;
-    uploads.cancel();
-    if let Some(task) = uploader {
-        // Puts in flight finish; the rest stays queued for the next start.
-        if tokio::time::timeout(std::time::Duration::from_secs(60), task).await.is_err() {
-            tracing::warn!("uploads still in flight after 60 s; they are queued again at the next start");
-        }
-    }
-    // Last, so the drain can be watched; it holds an index handle, which must go before close.
-    http_stop.cancel();
-    if let Some(task) = http_task {
-        match tokio::time::timeout(std::time::Duration::from_secs(5), task).await {
-            Ok(Ok(Ok(()))) => {}
-            Ok(Ok(Err(e))) => tracing::warn!(error = %e, "operations endpoint failed"),
-            Ok(Err(e)) => tracing::warn!(error = %e, "operations endpoint task failed"),
-            Err(_) => tracing::warn!("operations endpoint still answering after 5 s"),
-        }
-    }
-    match Arc::try_unwrap(pipeline) {
-        Ok(p) => p.close()?,
-        // An association outlived the grace period; its index writes are committed as they go.
-        Err(_) => tracing::warn!("associations still running at exit"),
-    }
-    tracing::info!("stopped");
+    node.stopped().await?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -432,3 +432,37 @@ fn the_audit_trail_and_the_id_mappings_export_what_happened() {
     assert_eq!(lines.len(), 2, "{patients}");
     assert!(lines[1].starts_with("MRN12345,") && lines[1].contains(SITE), "{patients}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_node_runs_in_process_on_port_zero_and_stops_on_its_future() {
+    let d = tempfile::tempdir().unwrap();
+    let yaml = format!(
+        "project:\n  name: LIB\n  site_id: \"{SITE}\"\n  uid_root: \"{ROOT}\"\n  script: {}\n\
+         scp:\n  ae_title: {AE}\n  host: 127.0.0.1\n  port: 0\nstorage:\n  dir: {}\n  min_free_bytes: 0\n\
+         http:\n  listen: 127.0.0.1:0\n",
+        default_script().display(),
+        d.path().join("storage").display()
+    );
+    let config =
+        dicom_anon_gateway::config::Config::load(&put(d.path(), "lib.yaml", yaml.as_bytes())).unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let node = dicom_anon_gateway::node::start(config, async {
+        let _ = stopped.await;
+    })
+    .await
+    .unwrap();
+    assert_ne!(node.scp_addr.port(), 0);
+    let http = node.http_addr.expect("http is enabled").port();
+    // Bound before start returns: ready at once, no waiting.
+    let (code, body) = tokio::task::spawn_blocking(move || get(http, "/readyz", None)).await.unwrap();
+    assert_eq!(code, 200, "{body}");
+    let port = node.scp_addr.port();
+    let f = put(d.path(), "a.dcm", &ct(&smith(), 1, 1));
+    let out = tokio::task::spawn_blocking(move || storescu(port, &[f])).await.unwrap();
+    assert!(out.status.success() && !text(&out).contains("Store Failed"), "{}", text(&out));
+    stop.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(40), node.stopped()).await.expect("stops").unwrap();
+    assert!(TcpStream::connect(("127.0.0.1", port)).is_err(), "the listener is closed");
+    assert!(TcpStream::connect(("127.0.0.1", http)).is_err(), "the endpoint is closed");
+    assert_eq!(files_under(&d.path().join("storage/public")).len(), 1);
+}
