@@ -6,7 +6,7 @@
 //! (outcomes, quarantine reasons, DIMSE statuses, queue states): never a UID, an AE title or any
 //! other value a peer chose, so cardinality stays bounded and no PHI can reach a scrape.
 
-use std::sync::LazyLock;
+use std::sync::{LazyLock, Mutex};
 
 use prometheus::{
     Encoder, Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
@@ -70,6 +70,10 @@ pub struct Metrics {
     pub uploads: IntCounterVec,
     pub upload_bytes: IntCounter,
     pub credential_failures: IntCounter,
+    pub sign_ins: IntCounter,
+    pub credential_refreshes: IntCounter,
+    /// The credentials' own totals when last seen, to count by difference.
+    credentials_seen: Mutex<(u64, u64)>,
     pub upload_paused: IntGauge,
     pub listener_up: IntGauge,
     // Read at scrape time from the index and the disk.
@@ -164,6 +168,12 @@ impl Metrics {
                 "upload_credential_failures_total",
                 "Failures to sign in or to get AWS credentials."
             )),
+            sign_ins: reg!(counter("upload_sign_ins_total", "Cognito sign-ins.")),
+            credential_refreshes: reg!(counter(
+                "upload_credential_refreshes_total",
+                "Cognito token and AWS credential refreshes."
+            )),
+            credentials_seen: Mutex::new((0, 0)),
             upload_paused: reg!(gauge("upload_paused", "1 while uploads wait for credentials.")),
             listener_up: reg!(gauge("listener_up", "1 while the DICOM listener accepts associations.")),
             upload_queue: reg!(IntGaugeVec::new(
@@ -232,6 +242,14 @@ impl Metrics {
         }
     }
 
+    /// The credentials' totals of sign-ins and refreshes (they count; we mirror).
+    pub fn credentials(&self, (sign_ins, refreshes): (u64, u64)) {
+        let mut seen = self.credentials_seen.lock().unwrap_or_else(|p| p.into_inner());
+        self.sign_ins.inc_by(sign_ins.saturating_sub(seen.0));
+        self.credential_refreshes.inc_by(refreshes.saturating_sub(seen.1));
+        *seen = (sign_ins.max(seen.0), refreshes.max(seen.1));
+    }
+
     /// `status` is one of [`REFUSALS`] or another DIMSE status, formatted `0xNNNN`.
     pub fn refused(&self, status: &str) {
         self.instances_refused.with_label_values(&[status]).inc();
@@ -241,6 +259,15 @@ impl Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn credential_totals_are_counted_by_difference() {
+        let m = Metrics::new();
+        m.credentials((1, 0));
+        m.credentials((1, 3));
+        m.credentials((2, 3));
+        assert_eq!((m.sign_ins.get(), m.credential_refreshes.get()), (2, 3));
+    }
 
     #[test]
     fn the_exposition_names_every_family_and_its_known_labels_at_zero() {

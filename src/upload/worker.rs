@@ -113,6 +113,7 @@ impl Uploader {
         match self.credentials.access().await {
             Ok(access) => {
                 METRICS.upload_paused.set(0);
+                METRICS.credentials(self.credentials.counts());
                 if *failures > 0 {
                     info!("signed in again; uploads resume");
                 }
@@ -124,6 +125,7 @@ impl Uploader {
                 *failures += 1;
                 METRICS.credential_failures.inc();
                 METRICS.upload_paused.set(1);
+                METRICS.credentials(self.credentials.counts());
                 warn!(error = %e, retry_in_s = wait.as_secs_f32(), attempt = *failures, "uploads paused: cannot get AWS credentials");
                 tokio::select! {
                     _ = stop.cancelled() => {}
