@@ -229,7 +229,6 @@ fn readiness_follows_free_space_while_liveness_stays() {
     assert_eq!(value(&m, "dicom_anon_instances_stored_total"), 1.0);
     assert_eq!(value(&m, "dicom_anon_storage_min_free_bytes"), f64::from(24u32 << 20));
 
-    // Shutting down: unready first, then gone.
     assert!(node.stop().success());
     drop(disk);
 }
