@@ -367,14 +367,16 @@ async fn dispatch(
             data: rsp,
         }],
     };
-    assoc.send(&pdu).await.map_err(|e| {
+    let sent = assoc.send(&pdu).await.map_err(|e| {
         debug!(error = %e, "cannot send the response");
         End::Closed
-    })?;
+    });
     if matches!(command, Command::Store { .. }) {
-        METRICS.ack_latency.observe(complete.elapsed().as_secs_f64());
-        // After the response: the audit row is not part of what the sender waits for, but the
-        // association waits for it, so a shutdown cannot lose it.
+        if sent.is_ok() {
+            METRICS.ack_latency.observe(complete.elapsed().as_secs_f64());
+        }
+        // After the response (sent or not: the outcome stands): the audit row is not part of
+        // what the sender waits for, but the association waits for it, so a stop cannot lose it.
         let record = AuditRecord {
             association: who.association.clone(),
             calling_ae: who.calling.clone(),
@@ -391,7 +393,7 @@ async fn dispatch(
             Err(e) => warn!(error = %e, "the audit task did not run"),
         }
     }
-    Ok(())
+    sent
 }
 
 /// A C-STORE answered with a failure and nothing kept: counted by its status.
