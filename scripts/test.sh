@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # Runs the whole test suite on a fresh Debian machine: installs the real peers the tests talk to
-# (DCMTK, dicom3tools, moto_server for Cognito and S3), then runs cargo test. Tests never skip a
-# missing peer: they fail loudly.
+# (DCMTK, dicom3tools, Chromium for the status page, moto_server for Cognito and S3), then runs
+# cargo test. Tests never skip a missing peer: they fail loudly.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 missing=()
 for tool in /usr/bin/dcmdump /usr/bin/storescu /usr/bin/echoscu; do [ -x "$tool" ] || missing+=(dcmtk); done
 [ -x /usr/bin/dciodvfy ] || missing+=(dicom3tools)
+# The status page is tested in a real browser.
+[ -x /usr/bin/chromium ] || missing+=(chromium)
 if [ ${#missing[@]} -gt 0 ]; then
     echo "installing: ${missing[*]}" >&2
     SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"

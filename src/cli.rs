@@ -45,6 +45,11 @@ pub enum Command {
         #[arg(long, default_value = "config/default.yaml")]
         config: PathBuf,
     },
+    /// The audit trail: one row per instance outcome at the SCP (no PHI).
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
     /// The upload queue.
     Queue {
         #[command(subcommand)]
@@ -73,12 +78,30 @@ pub enum QueueCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum IndexCommand {
-    /// Write the PHI lookup table as CSV (RSNA's 12 columns, one row per study).
+    /// Write the PHI lookup table as CSV (RSNA's 12 columns, one row per study); with --mapping,
+    /// write uid_mapping.csv and patient_id_mapping.csv (id_old,id_new) into the directory --out.
     Export {
         #[arg(long, default_value = "config/default.yaml")]
         config: PathBuf,
         #[arg(long)]
         out: PathBuf,
+        /// The id_old,id_new mappings of every UID and PatientID (PHI) instead of the lookup table.
+        #[arg(long)]
+        mapping: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Write the audit trail as CSV, oldest first.
+    Export {
+        #[arg(long, default_value = "config/default.yaml")]
+        config: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+        /// Only rows from this time on: 2026-01-31, or 2026-01-31T08:00:00Z (UTC).
+        #[arg(long)]
+        since: Option<String>,
     },
 }
 

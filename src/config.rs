@@ -22,6 +22,8 @@ pub struct Config {
     pub storage: StorageConfig,
     #[serde(default)]
     pub logging: LoggingConfig,
+    #[serde(default)]
+    pub http: HttpConfig,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
@@ -293,6 +295,65 @@ pub struct StorageConfig {
     pub min_free_bytes: u64,
 }
 
+/// The operations endpoint: `/metrics`, `/healthz`, `/readyz` and the status page `/`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    pub enabled: bool,
+    /// Address and port; port 0 picks a free one (printed at start).
+    pub listen: String,
+    /// Environment variable holding a bearer token required on every path but `/healthz`.
+    pub token_env: Option<String>,
+    /// File holding that token (takes precedence over `token_env`).
+    pub token_file: Option<PathBuf>,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig { enabled: true, listen: "127.0.0.1:8080".into(), token_env: None, token_file: None }
+    }
+}
+
+/// Shortest bearer token accepted: a guessable one is worse than none, since it looks like a lock.
+const MIN_TOKEN_LEN: usize = 16;
+
+impl HttpConfig {
+    fn validate(&self) -> Vec<String> {
+        let mut p = Vec::new();
+        if self.listen.parse::<std::net::SocketAddr>().is_err() {
+            p.push(format!("http.listen: {:?} is not an address and port like 127.0.0.1:8080", self.listen));
+        }
+        if matches!(&self.token_env, Some(v) if v.trim().is_empty()) {
+            p.push("http.token_env: must name an environment variable".into());
+        }
+        p
+    }
+
+    /// The bearer token, when one is configured. A configured token that cannot be read is an
+    /// error: the endpoint never falls back to open.
+    pub fn token(&self) -> Result<Option<String>, ConfigError> {
+        let (token, from) = if let Some(file) = &self.token_file {
+            let text = std::fs::read_to_string(file).map_err(|e| {
+                ConfigError::MissingSecret(format!("http.token_file {}: {e}", file.display()))
+            })?;
+            (text, format!("http.token_file {}", file.display()))
+        } else if let Some(var) = &self.token_env {
+            let text = std::env::var(var)
+                .map_err(|_| ConfigError::MissingSecret(format!("http.token_env: ${var} is not set")))?;
+            (text, format!("${var} (http.token_env)"))
+        } else {
+            return Ok(None);
+        };
+        let token = token.trim();
+        if token.len() < MIN_TOKEN_LEN || token.chars().any(|c| c.is_control() || c == ' ') {
+            return Err(ConfigError::MissingSecret(format!(
+                "{from} must hold at least {MIN_TOKEN_LEN} characters and no spaces"
+            )));
+        }
+        Ok(Some(token.to_string()))
+    }
+}
+
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct LoggingConfig {
@@ -403,6 +464,7 @@ impl Config {
         }
         p.extend(self.scp.validate());
         p.extend(self.upload.validate());
+        p.extend(self.http.validate());
         let level = self.logging.level.as_str();
         let plain_level = ["trace", "debug", "info", "warn", "error", "off"].contains(&level);
         let directives =
@@ -574,5 +636,25 @@ mod tests {
         assert_eq!(c.project.uid_root, "1.2.826.0.1.3680043.10.474.2");
         assert_eq!(c.project.pseudonyms, PseudonymMode::Rsna);
         assert_eq!(c.storage.min_free_bytes, 1 << 30);
+        assert!(c.http.enabled);
+        assert_eq!(c.http.listen, "127.0.0.1:8080");
+        assert_eq!(c.http.token().unwrap(), None);
+    }
+
+    #[test]
+    fn an_http_token_that_is_configured_but_missing_or_short_is_an_error() {
+        let c = parse("project: { name: P, site_id: '1' }\nhttp: { listen: 'nowhere', token_env: DAG_TEST_UNSET_TOKEN }")
+            .unwrap();
+        assert!(c.validate().iter().any(|p| p.starts_with("http.listen")), "{:?}", c.validate());
+        assert!(c.http.token().is_err());
+        let d = tempfile::tempdir().unwrap();
+        let file = d.path().join("token");
+        std::fs::write(&file, "short\n").unwrap();
+        let mut http = HttpConfig { token_file: Some(file.clone()), ..HttpConfig::default() };
+        assert!(http.token().is_err());
+        std::fs::write(&file, "0123456789abcdef0123\n").unwrap();
+        assert_eq!(http.token().unwrap().as_deref(), Some("0123456789abcdef0123"));
+        http.token_file = None;
+        assert_eq!(http.token().unwrap(), None);
     }
 }

@@ -77,7 +77,9 @@ impl Barrier {
             let epoch = st.next;
             st.next += 1;
             drop(st);
+            let started = std::time::Instant::now();
             let result = self.flush();
+            crate::http::METRICS.flushed(started.elapsed(), result.is_ok());
             st = self.state.lock().unwrap_or_else(|p| p.into_inner());
             st.flushing = false;
             if result.is_ok() {

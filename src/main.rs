@@ -3,18 +3,17 @@
 
 use std::io::Write;
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Parser;
 
-use dicom_anon_gateway::cli::{Cli, Command, IndexCommand, QueueCommand};
+use dicom_anon_gateway::cli::{AuditCommand, Cli, Command, IndexCommand, QueueCommand};
 use dicom_anon_gateway::config::Config;
 use dicom_anon_gateway::durability::Durability;
 use dicom_anon_gateway::index::{Index, Owner};
 use dicom_anon_gateway::pipeline::Pipeline;
-use dicom_anon_gateway::upload::{Credentials, Target, Uploader};
-use dicom_anon_gateway::{index, observe, offline, scp};
+use dicom_anon_gateway::upload::Credentials;
+use dicom_anon_gateway::{index, node, observe, offline};
 
 fn main() -> ExitCode {
     match run(Cli::parse()) {
@@ -60,7 +59,29 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(if summary.failures() == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }
-        Command::Index { command: IndexCommand::Export { config, out } } => {
+        Command::Index { command: IndexCommand::Export { config, out, mapping: true } } => {
+            let config = Config::load(&config)?;
+            let path = config.index_path();
+            std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+            let (uids, patients) = index::export_mapping(&path, &out)
+                .with_context(|| format!("exporting {}", path.display()))?;
+            println!(
+                "wrote {uids} UIDs to {} and {patients} PatientIDs to {} (PHI: keep them where the index is kept)",
+                out.join(index::UID_MAPPING).display(),
+                out.join(index::PATIENT_ID_MAPPING).display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Audit { command: AuditCommand::Export { config, out, since } } => {
+            let config = Config::load(&config)?;
+            let since = since.as_deref().map(audit_since).transpose()?;
+            let path = config.index_path();
+            let rows = index::export_audit(&path, &out, since.as_deref())
+                .with_context(|| format!("exporting the audit trail of {}", path.display()))?;
+            println!("wrote {rows} audit rows to {}", out.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Index { command: IndexCommand::Export { config, out, mapping: false } } => {
             let config = Config::load(&config)?;
             let path = config.index_path();
             let rows =
@@ -129,74 +150,30 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 }
 
 async fn serve(config: Config) -> anyhow::Result<ExitCode> {
-    let tmp = config.tmp_dir();
-    std::fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-    // Spilled data sets of a previous run were never acknowledged: their senders still have them.
-    for stale in std::fs::read_dir(&tmp)?.flatten() {
-        let _ = std::fs::remove_file(stale.path());
+    let ae_title = config.scp.ae_title.clone();
+    let node = node::start(config, shutdown_signal()).await?;
+    // Scripts and tests wait for these lines to know the ports.
+    println!("listening on {} as {ae_title}", node.scp_addr);
+    match node.http_addr {
+        Some(addr) => println!("http on {addr}"),
+        None => println!("http disabled"),
     }
-    let pipeline = Arc::new(Pipeline::open(&config, &config.public_dir(), Durability::EachInstance)?);
-    let swept = pipeline.sweep();
-    if swept > 0 {
-        tracing::info!(files = swept, "removed temp files an interrupted commit left in public/");
-    }
-    let node = Arc::new(scp::Node::new(
-        pipeline.clone(),
-        config.scp.clone(),
-        &tmp,
-        &config.storage.dir,
-        config.storage.min_free_bytes,
-    ));
-    let bind = (config.scp.host.as_str(), config.scp.port);
-    let listener = tokio::net::TcpListener::bind(bind)
-        .await
-        .with_context(|| format!("cannot listen on {}:{} (scp.host, scp.port)", bind.0, bind.1))?;
-    let addr = listener.local_addr()?;
-    tracing::info!(%addr, ae_title = %config.scp.ae_title, storage = %config.storage.dir.display(), "listening");
-    // Scripts and tests wait for this line to know the port.
-    println!("listening on {addr} as {}", config.scp.ae_title);
     std::io::stdout().flush()?;
-
-    let uploads = tokio_util::sync::CancellationToken::new();
-    let uploader = if config.upload.enabled {
-        let credentials = Arc::new(Credentials::new(&config.upload).await?);
-        let u = &config.upload;
-        let target = Target {
-            bucket: u.bucket.clone(),
-            prefix: u.prefix.clone(),
-            project: config.project.name.clone(),
-            multipart_threshold: u.multipart_threshold_bytes,
-        };
-        let uploader = Arc::new(Uploader {
-            index: pipeline.index().clone(),
-            public: config.public_dir(),
-            target,
-            credentials,
-            concurrency: u.concurrency,
-            delete_after_upload: u.delete_after_upload,
-            reconcile_on_start: u.reconcile_on_start,
-        });
-        tracing::info!(bucket = %u.bucket, concurrency = u.concurrency, "uploader started");
-        Some(tokio::spawn(uploader.run(uploads.clone())))
-    } else {
-        None
-    };
-
-    scp::serve(listener, node, shutdown_signal()).await;
-    uploads.cancel();
-    if let Some(task) = uploader {
-        // Puts in flight finish; the rest stays queued for the next start.
-        if tokio::time::timeout(std::time::Duration::from_secs(60), task).await.is_err() {
-            tracing::warn!("uploads still in flight after 60 s; they are queued again at the next start");
-        }
-    }
-    match Arc::try_unwrap(pipeline) {
-        Ok(p) => p.close()?,
-        // An association outlived the grace period; its index writes are committed as they go.
-        Err(_) => tracing::warn!("associations still running at exit"),
-    }
-    tracing::info!("stopped");
+    node.stopped().await?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// `--since` as the audit trail stores times (UTC, `YYYY-MM-DDTHH:MM:SS.mmmZ`), which compare as text.
+fn audit_since(since: &str) -> anyhow::Result<String> {
+    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(since) {
+        return Ok(t.with_timezone(&chrono::Utc).format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string());
+    }
+    match chrono::NaiveDate::parse_from_str(since, "%Y-%m-%d") {
+        Ok(d) => Ok(format!("{}T00:00:00.000Z", d.format("%Y-%m-%d"))),
+        Err(_) => anyhow::bail!(
+            "--since {since:?}: expected a date (2026-01-31) or an RFC 3339 time (2026-01-31T08:00:00Z)"
+        ),
+    }
 }
 
 /// SIGINT or SIGTERM.

@@ -4,9 +4,11 @@
 //! over a bounded channel; the owner runs whatever has queued up in one transaction (group commit)
 //! and answers each caller only after that transaction is durable.
 
+mod audit;
 mod export;
 mod queue;
 mod schema;
+mod stats;
 
 use std::path::Path;
 use std::sync::mpsc;
@@ -15,8 +17,10 @@ use std::thread::JoinHandle;
 
 use rusqlite::{params, Connection, OptionalExtension};
 
-pub use export::export_csv;
+pub use audit::{export_audit, export_mapping, AuditRecord, PATIENT_ID_MAPPING, UID_MAPPING};
+pub use export::{export_csv, ExportError};
 pub use queue::{Pending, QueueStatus, StuckItem};
+pub use stats::{Counts, Reader};
 
 /// At most this many requests share one transaction.
 const MAX_BATCH: usize = 512;

@@ -145,7 +145,7 @@ impl Index {
     }
 }
 
-fn status(c: &Connection) -> Result<QueueStatus, IndexError> {
+pub(super) fn status(c: &Connection) -> Result<QueueStatus, IndexError> {
     let mut s = QueueStatus::default();
     let mut stmt = c.prepare("SELECT state, COUNT(*) FROM instances GROUP BY state ORDER BY state")?;
     s.counts =

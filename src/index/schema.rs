@@ -66,6 +66,23 @@ CREATE INDEX IF NOT EXISTS instances_by_state ON instances(state, stored_at);
 CREATE INDEX IF NOT EXISTS instances_by_anon ON instances(anon_sop_uid);
 CREATE INDEX IF NOT EXISTS instances_by_path ON instances(path);
 
+-- The audit trail: one row per instance outcome at the SCP. Anonymized UIDs, our status and
+-- reason, the peer's AE title and address; no PHI.
+CREATE TABLE IF NOT EXISTS audit (
+    id              INTEGER PRIMARY KEY,
+    at              TEXT NOT NULL,
+    association     TEXT NOT NULL,
+    calling_ae      TEXT NOT NULL,
+    peer            TEXT NOT NULL,
+    anon_study_uid  TEXT,                      -- NULL unless stored
+    anon_series_uid TEXT,
+    anon_sop_uid    TEXT,
+    status          TEXT NOT NULL,             -- the C-STORE response status, 0xNNNN
+    reason          TEXT,                      -- the quarantine reason, when quarantined
+    bytes           INTEGER NOT NULL           -- data set bytes received
+);
+CREATE INDEX IF NOT EXISTS audit_by_time ON audit(at);
+
 -- Every UID replaced, at any depth. No UNIQUE on anon_uid: mappings are deterministic, and a UID
 -- first met nested in a sequence must not block the same UID arriving later as a study (RSNA bug).
 CREATE TABLE IF NOT EXISTS uid_map (

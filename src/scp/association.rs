@@ -16,6 +16,9 @@ use super::dimse::{response, Command, Status};
 use super::receive::{Incoming, Received};
 use super::Node;
 use crate::dicom::TransferSyntax;
+use crate::http::activity::AssociationRecord;
+use crate::http::{ACTIVITY, METRICS};
+use crate::index::AuditRecord;
 use crate::pipeline::{Admission, Body, Outcome};
 use crate::queue::Reason;
 
@@ -25,6 +28,33 @@ struct Tally {
     instances: u64,
     bytes: u64,
     failures: u64,
+    /// The instance being stored, for its audit row.
+    note: Note,
+}
+
+/// Who is on the other end, for the audit trail and the logs.
+struct Who {
+    /// This process's id for the association: its start time and a counter.
+    association: String,
+    calling: String,
+    peer: SocketAddr,
+    /// `AE 'X' at ADDR`, as the index records an instance's source.
+    source: String,
+}
+
+/// What storing one instance produced besides its status, for the audit trail.
+#[derive(Debug, Default)]
+struct Note {
+    anon_uids: Option<(String, String, String)>,
+    reason: Option<Reason>,
+}
+
+/// Association ids: unique within this process, and across restarts by the start time.
+fn association_id() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    static START: std::sync::LazyLock<i64> = std::sync::LazyLock::new(|| chrono::Utc::now().timestamp());
+    format!("{}-{}", *START, NEXT.fetch_add(1, Ordering::Relaxed))
 }
 
 /// A message being assembled on one presentation context.
@@ -44,13 +74,17 @@ pub async fn run(node: Arc<Node>, socket: TcpStream, peer: SocketAddr, shutdown:
         Ok(Err(e)) => {
             // Rejections (unknown AE titles, no acceptable context) land here with their reason.
             warn!(%peer, error = %e, "association not established");
+            rejected(peer, rejection_reason(&e));
             return;
         }
         Err(_) => {
             warn!(%peer, timeout_s = acse.as_secs(), "association request not received in time");
+            rejected(peer, "timeout");
             return;
         }
     };
+    METRICS.associations_accepted.inc();
+    METRICS.associations_active.inc();
     let calling = assoc.peer_ae_title().to_string();
     let called = assoc.called_ae_title().to_string();
     let mut accepted: Vec<String> = assoc
@@ -65,20 +99,25 @@ pub async fn run(node: Arc<Node>, socket: TcpStream, peer: SocketAddr, shutdown:
     let span = tracing::info_span!("association", calling_ae = %calling, %peer);
     span.in_scope(|| debug!(called_ae = %called, contexts, classes = ?accepted, "association accepted"));
 
-    let source = format!("AE '{calling}' at {peer}");
+    let who = Who {
+        association: association_id(),
+        calling: calling.clone(),
+        peer,
+        source: format!("AE '{calling}' at {peer}"),
+    };
     let mut tally = Tally::default();
-    let how = async {
-        match serve(&node, &mut assoc, &source, &mut tally, &shutdown).await {
+    let (how, label) = async {
+        match serve(&node, &mut assoc, &who, &mut tally, &shutdown).await {
             End::Released => {
                 let _ = assoc.send(&Pdu::ReleaseRP).await;
-                "released"
+                ("released", "released")
             }
-            End::PeerAborted => "aborted by peer",
-            End::Closed => "connection closed",
+            End::PeerAborted => ("aborted by peer", "aborted_by_peer"),
+            End::Closed => ("connection closed", "closed"),
             End::Abort(why) => {
                 warn!(reason = why, "aborting association");
                 let _ = assoc.abort().await;
-                why
+                (why, "aborted")
             }
         }
     }
@@ -96,6 +135,54 @@ pub async fn run(node: Arc<Node>, socket: TcpStream, peer: SocketAddr, shutdown:
             "association finished"
         )
     });
+    METRICS.associations_active.dec();
+    METRICS.associations_ended.with_label_values(&[label]).inc();
+    ACTIVITY.association(AssociationRecord {
+        ended: chrono::Utc::now(),
+        calling_ae: Some(calling),
+        peer,
+        instances: tally.instances,
+        failures: tally.failures,
+        end: how,
+    });
+}
+
+/// Count a request turned down before an association existed, and list it on the status page.
+pub(super) fn rejected(peer: SocketAddr, reason: &'static str) {
+    METRICS.associations_rejected.with_label_values(&[reason]).inc();
+    ACTIVITY.association(AssociationRecord {
+        ended: chrono::Utc::now(),
+        calling_ae: None,
+        peer,
+        instances: 0,
+        failures: 0,
+        end: match reason {
+            "called_ae" => "rejected: called AE title not ours",
+            "calling_ae" => "rejected: calling AE title not allowed",
+            "no_context" => "rejected: no acceptable presentation context",
+            "busy" => "rejected: scp.max_associations reached",
+            "max_pdu" => "rejected: maximum PDU length too small",
+            "protocol" => "rejected: protocol or application context",
+            "timeout" => "rejected: no request in time",
+            _ => "rejected",
+        },
+    });
+}
+
+/// The metrics label for why dicom-ul did not establish an association.
+fn rejection_reason(e: &dicom_ul::association::Error) -> &'static str {
+    use dicom_ul::association::Error;
+    use dicom_ul::pdu::{AssociationRJServiceUserReason as User, AssociationRJSource};
+    match e {
+        Error::Rejected { association_rj, .. } => match &association_rj.source {
+            AssociationRJSource::ServiceUser(User::CalledAETitleNotRecognized) => "called_ae",
+            AssociationRJSource::ServiceUser(User::CallingAETitleNotRecognized) => "calling_ae",
+            AssociationRJSource::ServiceUser(_) => "protocol",
+            _ => "other",
+        },
+        Error::NoAcceptedPresentationContexts { .. } => "no_context",
+        _ => "other",
+    }
 }
 
 enum End {
@@ -108,7 +195,7 @@ enum End {
 async fn serve(
     node: &Node,
     assoc: &mut AsyncServerAssociation<TcpStream>,
-    source: &str,
+    who: &Who,
     tally: &mut Tally,
     shutdown: &CancellationToken,
 ) -> End {
@@ -149,7 +236,7 @@ async fn serve(
             }
             match on_pdv(node, &mut message, pdv).await {
                 Ok(Some(done)) => {
-                    if let Err(end) = dispatch(node, assoc, done, source, tally).await {
+                    if let Err(end) = dispatch(node, assoc, done, who, tally).await {
                         return end;
                     }
                 }
@@ -201,6 +288,7 @@ async fn on_pdv(node: &Node, message: &mut Option<Message>, pdv: PDataValue) -> 
             let Some(data) = m.data.as_mut() else {
                 return Err(End::Abort("data set before its command"));
             };
+            METRICS.received_bytes.inc_by(pdv.data.len() as u64);
             if let Err(e) = data.push(&pdv.data).await {
                 warn!(error = %e, "cannot spill the incoming data set to private/tmp");
                 return Err(End::Abort("cannot buffer the data set"));
@@ -218,10 +306,13 @@ async fn dispatch(
     node: &Node,
     assoc: &mut AsyncServerAssociation<TcpStream>,
     message: Message,
-    source: &str,
+    who: &Who,
     tally: &mut Tally,
 ) -> Result<(), End> {
     let Some(command) = message.command else { return Ok(()) };
+    let complete = Instant::now();
+    tally.note = Note::default();
+    let mut bytes = 0;
     let (status, comment) = match &command {
         Command::Cancel => {
             debug!("C-CANCEL ignored: a C-STORE cannot be cancelled");
@@ -230,25 +321,29 @@ async fn dispatch(
         Command::Echo { .. } => (Status::SUCCESS, None),
         Command::Store { sop_class_uid, sop_instance_uid, .. } => {
             let data = match message.data {
-                Some(d) => d.finish().await,
+                Some(d) => {
+                    bytes = d.received();
+                    d.finish().await
+                }
                 None => return Err(End::Abort("C-STORE without a data set")),
             };
+            METRICS.instances_received.inc();
             let context = assoc.presentation_contexts().iter().find(|pc| pc.id == message.pc_id);
             let outcome = match (data, context) {
                 (Err(e), _) => {
                     warn!(error = %e, "cannot complete the spilled data set");
-                    (Status::OUT_OF_RESOURCES, Some("cannot buffer the data set".to_string()))
+                    refused(Status::OUT_OF_RESOURCES, "cannot buffer the data set")
                 }
-                (Ok(_), None) => (Status::CANNOT_UNDERSTAND, Some("unknown presentation context".into())),
+                (Ok(_), None) => refused(Status::CANNOT_UNDERSTAND, "unknown presentation context"),
                 (Ok(received), Some(pc)) => {
                     if pc.abstract_syntax != *sop_class_uid {
-                        (
+                        refused(
                             Status::SOP_CLASS_NOT_SUPPORTED,
-                            Some("SOP class differs from the presentation context".into()),
+                            "SOP class differs from the presentation context",
                         )
                     } else {
                         let ts = TransferSyntax::new(&pc.transfer_syntax);
-                        store(node, received, ts, sop_class_uid, sop_instance_uid, source, tally).await
+                        store(node, received, ts, sop_class_uid, sop_instance_uid, &who.source, tally).await
                     }
                 }
             };
@@ -272,10 +367,39 @@ async fn dispatch(
             data: rsp,
         }],
     };
-    assoc.send(&pdu).await.map_err(|e| {
+    let sent = assoc.send(&pdu).await.map_err(|e| {
         debug!(error = %e, "cannot send the response");
         End::Closed
-    })
+    });
+    if matches!(command, Command::Store { .. }) {
+        if sent.is_ok() {
+            METRICS.ack_latency.observe(complete.elapsed().as_secs_f64());
+        }
+        // After the response (sent or not: the outcome stands): the audit row is not part of
+        // what the sender waits for, but the association waits for it, so a stop cannot lose it.
+        let record = AuditRecord {
+            association: who.association.clone(),
+            calling_ae: who.calling.clone(),
+            peer: who.peer.to_string(),
+            anon_uids: tally.note.anon_uids.take(),
+            status: status.to_string(),
+            reason: tally.note.reason.map(|r| r.dir_name().to_string()),
+            bytes,
+        };
+        let index = node.pipeline.index().clone();
+        match tokio::task::spawn_blocking(move || index.audit(record)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => warn!(error = %e, "cannot record the audit row"),
+            Err(e) => warn!(error = %e, "the audit task did not run"),
+        }
+    }
+    sent
+}
+
+/// A C-STORE answered with a failure and nothing kept: counted by its status.
+fn refused(status: Status, comment: &str) -> (Status, Option<String>) {
+    METRICS.refused(&status.to_string());
+    (status, Some(comment.to_string()))
 }
 
 /// Check resources, run the pipeline on the blocking pool, and turn the outcome into a status.
@@ -295,7 +419,7 @@ async fn store(
                 limit = node.scp.max_instance_bytes,
                 "instance refused: larger than scp.max_instance_bytes"
             );
-            return (Status::OUT_OF_RESOURCES, Some("instance larger than this node accepts".into()));
+            return refused(Status::OUT_OF_RESOURCES, "instance larger than this node accepts");
         }
         other => other,
     };
@@ -305,7 +429,7 @@ async fn store(
             min_free_bytes = node.min_free_bytes,
             "instance refused: disk below storage.min_free_bytes"
         );
-        return (Status::OUT_OF_RESOURCES, Some("storage is full".into()));
+        return refused(Status::OUT_OF_RESOURCES, "storage is full");
     }
     let pipeline = node.pipeline.clone();
     let modalities = node.scp.modalities.clone();
@@ -325,6 +449,11 @@ async fn store(
         Outcome::Stored(stored) => {
             tally.instances += 1;
             tally.bytes += stored.size;
+            METRICS.instances_stored.inc();
+            let k = &stored.keys;
+            tally.note.anon_uids = Some((k.study_uid.clone(), k.series_uid.clone(), k.sop_uid.clone()));
+            METRICS.stored_bytes.inc_by(stored.size);
+            ACTIVITY.instance_stored();
             debug!(sop = %stored.keys.sop_uid, series = %stored.keys.series_uid, size = stored.size, "stored");
             (Status::SUCCESS, None)
         }
@@ -338,15 +467,17 @@ async fn store(
             };
             // Instance errors name attributes and offsets, never values.
             warn!(status = %status, %reason, error = %detail, "instance quarantined");
+            METRICS.quarantined(reason);
+            tally.note.reason = Some(reason);
             (status, Some(detail))
         }
         Outcome::Refused(detail) => {
             warn!(status = %Status::NOT_AUTHORIZED, error = %detail, "instance refused by a filter");
-            (Status::NOT_AUTHORIZED, Some(detail))
+            refused(Status::NOT_AUTHORIZED, &detail)
         }
         Outcome::Failed(detail) => {
             warn!(status = %Status::OUT_OF_RESOURCES, error = %detail, "instance not stored");
-            (Status::OUT_OF_RESOURCES, Some(detail))
+            refused(Status::OUT_OF_RESOURCES, &detail)
         }
     }
 }

@@ -23,6 +23,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 use super::{association, Node};
+use crate::http::METRICS;
 
 /// How long running associations get to finish after shutdown is requested.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
@@ -70,6 +71,7 @@ pub async fn serve(listener: TcpListener, node: Arc<Node>, shutdown: impl Future
             let request = tokio::select! {
                 _ = handshake.evicted.cancelled() => {
                     debug!(%peer, "pending connection closed: newer connections are waiting");
+                    METRICS.connections_dropped.with_label_values(&["evicted"]).inc();
                     return;
                 }
                 r = tokio::time::timeout(HANDSHAKE_TIMEOUT, peek_request(&socket)) => r,
@@ -78,17 +80,20 @@ pub async fn serve(listener: TcpListener, node: Arc<Node>, shutdown: impl Future
             let max_pdu = match request {
                 Err(_) => {
                     warn!(%peer, timeout_s = HANDSHAKE_TIMEOUT.as_secs(), "connection closed: no association request in time");
+                    METRICS.connections_dropped.with_label_values(&["no_request"]).inc();
                     return;
                 }
                 Ok(Err(e)) => {
                     // Not an A-ASSOCIATE-RQ we can read: it never gets a slot.
                     warn!(%peer, error = %e, "connection closed before an association");
+                    METRICS.connections_dropped.with_label_values(&["not_a_request"]).inc();
                     return;
                 }
                 Ok(Ok(max_pdu)) => max_pdu,
             };
             if let Some(n) = max_pdu.filter(|&n| n != 0 && n < MINIMUM_PDU_SIZE) {
                 warn!(%peer, max_pdu_length = n, minimum = MINIMUM_PDU_SIZE, "association rejected: the peer's maximum PDU length cannot carry a response");
+                association::rejected(peer, "max_pdu");
                 reject(socket, AssociationRJResult::Permanent, AssociationRJSource::ServiceUser(AssociationRJServiceUserReason::NoReasonGiven)).await;
                 return;
             }
@@ -99,6 +104,7 @@ pub async fn serve(listener: TcpListener, node: Arc<Node>, shutdown: impl Future
                 }
                 Err(_) => {
                     warn!(%peer, limit = node.scp.max_associations, "association rejected: scp.max_associations reached");
+                    association::rejected(peer, "busy");
                     // Transient, service provider presentation, local limit exceeded (PS3.8 §9.3.4).
                     let busy = AssociationRJSource::ServiceProviderPresentation(
                         AssociationRJServiceProviderPresentationReason::LocalLimitExceeded,

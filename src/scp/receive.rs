@@ -71,6 +71,11 @@ impl Incoming {
         Ok(())
     }
 
+    /// Bytes received so far, kept or not.
+    pub fn received(&self) -> u64 {
+        self.received
+    }
+
     /// The complete data set.
     pub async fn finish(self) -> std::io::Result<Received> {
         Ok(match self.sink {

@@ -11,6 +11,7 @@ use tracing::{debug, info, warn};
 
 use super::credentials::{Access, Credentials};
 use super::s3::{PutError, Target};
+use crate::http::METRICS;
 use crate::index::{Index, IndexError, Pending};
 
 const BACKOFF_BASE: Duration = Duration::from_secs(1);
@@ -111,6 +112,8 @@ impl Uploader {
     async fn access_or_pause(&self, failures: &mut u32, stop: &CancellationToken) -> Option<Access> {
         match self.credentials.access().await {
             Ok(access) => {
+                METRICS.upload_paused.set(0);
+                METRICS.credentials(self.credentials.counts());
                 if *failures > 0 {
                     info!("signed in again; uploads resume");
                 }
@@ -120,6 +123,9 @@ impl Uploader {
             Err(e) => {
                 let wait = backoff(*failures).max(BACKOFF_BASE);
                 *failures += 1;
+                METRICS.credential_failures.inc();
+                METRICS.upload_paused.set(1);
+                METRICS.credentials(self.credentials.counts());
                 warn!(error = %e, retry_in_s = wait.as_secs_f32(), attempt = *failures, "uploads paused: cannot get AWS credentials");
                 tokio::select! {
                     _ = stop.cancelled() => {}
@@ -190,6 +196,10 @@ impl Uploader {
         match outcome {
             Outcome::Uploaded { etag, skipped } => {
                 *failures = 0;
+                METRICS.uploads.with_label_values(&[if skipped { "skipped" } else { "uploaded" }]).inc();
+                if !skipped {
+                    METRICS.upload_bytes.inc_by(item.size);
+                }
                 let uid = item.anon_sop_uid.clone();
                 if let Err(e) = self.blocking(move |i| i.mark_uploaded(&uid, etag)).await {
                     warn!(sop = %item.anon_sop_uid, error = %e, "uploaded, but cannot record it; it will be checked again");
@@ -204,6 +214,7 @@ impl Uploader {
                 }
             }
             Outcome::Failed(e) => {
+                METRICS.uploads.with_label_values(&["failed"]).inc();
                 if matches!(e, PutError::Auth(_)) {
                     self.credentials.invalidate().await;
                 }

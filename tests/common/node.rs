@@ -15,6 +15,8 @@ pub const AE: &str = "ANONYMIZER";
 pub struct Node {
     child: Option<Child>,
     pub port: u16,
+    /// The operations endpoint's port; `None` with `http.enabled: false`.
+    pub http_port: Option<u16>,
     pub dir: PathBuf,
     pub config: PathBuf,
 }
@@ -27,7 +29,11 @@ impl Node {
     }
 
     /// As `start`, with more top-level YAML (`extra`) and environment variables for the node.
+    /// Unless `extra` has an `http:` section, the operations endpoint takes a free port.
     pub fn start_full(dir: &Path, scp: &str, storage: &str, extra: &str, env: &[(&str, &str)]) -> Node {
+        let http =
+            if extra.lines().any(|l| l.starts_with("http:")) { "" } else { "http:\n  listen: 127.0.0.1:0\n" };
+        let extra = format!("{extra}{http}");
         let yaml = format!(
             "project:\n  name: TEST_PROJECT\n  site_id: \"{SITE}\"\n  uid_root: \"{ROOT}\"\n  script: {}\n\
              scp:\n  ae_title: {AE}\n  host: 127.0.0.1\n  port: 0\n{scp}\
@@ -56,8 +62,9 @@ impl Node {
             .stderr(log)
             .spawn()
             .expect("the node starts");
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
         let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        stdout.read_line(&mut line).unwrap();
         let port = line
             .split_whitespace()
             .nth(2)
@@ -66,7 +73,26 @@ impl Node {
             .unwrap_or_else(|| {
                 panic!("no 'listening on' line from the node: {line:?}; log:\n{}", read_log(dir))
             });
-        Node { child: Some(child), port, dir: dir.to_path_buf(), config: config.to_path_buf() }
+        // The second line is "http on ADDR" or "http disabled".
+        let mut line = String::new();
+        stdout.read_line(&mut line).unwrap();
+        let http_port = match line.strip_prefix("http on ") {
+            Some(addr) => Some(
+                addr.trim()
+                    .rsplit(':')
+                    .next()
+                    .and_then(|p| p.parse().ok())
+                    .unwrap_or_else(|| panic!("unreadable http line from the node: {line:?}")),
+            ),
+            None if line.starts_with("http disabled") => None,
+            None => panic!("no 'http on' line from the node: {line:?}; log:\n{}", read_log(dir)),
+        };
+        Node { child: Some(child), port, http_port, dir: dir.to_path_buf(), config: config.to_path_buf() }
+    }
+
+    /// `http://127.0.0.1:PORT` of the operations endpoint.
+    pub fn http_base(&self) -> String {
+        format!("http://127.0.0.1:{}", self.http_port.expect("the operations endpoint is enabled"))
     }
 
     pub fn public(&self) -> PathBuf {

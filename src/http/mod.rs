@@ -1,0 +1,279 @@
+//! The operations endpoint, on axum and the node's tokio runtime: `/healthz` (the process
+//! answers), `/readyz` (it can take instances), `/metrics` (Prometheus text format) and `/`, the
+//! status page. An optional bearer token guards everything but `/healthz`, which probes must reach
+//! without a secret. Nothing served here holds PHI: counts, our own words, anonymized values, and
+//! peers named by AE title and address, escaped.
+
+pub mod activity;
+pub mod metrics;
+pub mod status;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use chrono::{DateTime, Utc};
+use prometheus::core::Collector;
+
+pub use activity::ACTIVITY;
+pub use metrics::METRICS;
+
+use crate::index::{Index, Reader};
+
+/// How long `/readyz` waits for the index writer before calling it stuck.
+const INDEX_PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What the endpoint reads: the node's identity, its storage and its index.
+pub struct Ops {
+    pub project: String,
+    pub site_id: String,
+    pub ae_title: String,
+    pub scp_addr: SocketAddr,
+    /// The writer, for the writability probe only.
+    pub index: Index,
+    /// Counts and queue state, read beside the writer.
+    pub reader: Reader,
+    pub index_path: PathBuf,
+    pub storage_dir: PathBuf,
+    pub quarantine_dir: PathBuf,
+    pub min_free_bytes: u64,
+    pub uploader_enabled: bool,
+    /// Required as `Authorization: Bearer <token>` when set.
+    pub token: Option<String>,
+    pub started: DateTime<Utc>,
+}
+
+/// Serve on `listener` until `shutdown` completes; requests in progress are finished.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    ops: Arc<Ops>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(ops)).with_graceful_shutdown(shutdown).await
+}
+
+fn router(ops: Arc<Ops>) -> Router {
+    Router::new()
+        .route("/", get(page))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        // On the whole router, so an unknown path tells nothing without the token either.
+        .layer(axum::middleware::from_fn_with_state(ops.clone(), authorize))
+        .with_state(ops)
+}
+
+async fn authorize(State(ops): State<Arc<Ops>>, request: Request, next: Next) -> Response {
+    let Some(token) = &ops.token else { return next.run(request).await };
+    if request.uri().path() == "/healthz" {
+        return next.run(request).await;
+    }
+    let presented = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    if presented.is_some_and(|p| same(p.trim().as_bytes(), token.as_bytes())) {
+        return next.run(request).await;
+    }
+    // RFC 6750 §3: the challenge names the scheme.
+    let mut rsp = (StatusCode::UNAUTHORIZED, "a bearer token is required\n").into_response();
+    rsp.headers_mut()
+        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"dicom-anon-gateway\""));
+    rsp
+}
+
+/// Compare without stopping at the first difference, so timing does not reveal a prefix.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn healthz() -> impl IntoResponse {
+    json(StatusCode::OK, serde_json::json!({ "status": "alive" }))
+}
+
+async fn readyz(State(ops): State<Arc<Ops>>) -> Response {
+    let listener = METRICS.listener_up.get() == 1;
+    let index = index_writable(&ops).await;
+    let free = fs4::available_space(&ops.storage_dir);
+    let disk_ok = matches!(free, Ok(f) if f >= ops.min_free_bytes);
+    let ready = listener && index.is_ok() && disk_ok;
+    let body = serde_json::json!({
+        "ready": ready,
+        "checks": {
+            "listener": { "ok": listener },
+            "index": { "ok": index.is_ok(), "error": index.err() },
+            "disk": {
+                "ok": disk_ok,
+                "free_bytes": free.as_ref().ok(),
+                "min_free_bytes": ops.min_free_bytes,
+                "error": free.as_ref().err().map(|e| e.to_string()),
+            },
+        },
+        // Uploads do not decide readiness: intake goes on while they wait.
+        "uploader": uploader_state(&ops),
+    });
+    let code = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    json(code, body).into_response()
+}
+
+/// A write through the index writer, rolled into its next batch: proves the writer runs and the
+/// database accepts writes.
+async fn index_writable(ops: &Ops) -> Result<(), String> {
+    let index = ops.index.clone();
+    let probe = tokio::task::spawn_blocking(move || {
+        index.call(|c| {
+            c.execute("UPDATE meta SET value = value WHERE key = 'site_id'", [])?;
+            Ok(())
+        })
+    });
+    match tokio::time::timeout(INDEX_PROBE_TIMEOUT, probe).await {
+        Ok(Ok(Ok(()))) => Ok(()),
+        Ok(Ok(Err(e))) => Err(e.to_string()),
+        Ok(Err(e)) => Err(format!("probe did not run: {e}")),
+        Err(_) => Err(format!("no answer from the index writer in {} s", INDEX_PROBE_TIMEOUT.as_secs())),
+    }
+}
+
+fn uploader_state(ops: &Ops) -> &'static str {
+    if !ops.uploader_enabled {
+        "disabled"
+    } else if METRICS.upload_paused.get() == 1 {
+        "paused (no credentials)"
+    } else {
+        "running"
+    }
+}
+
+async fn metrics(State(ops): State<Arc<Ops>>) -> Response {
+    let refreshed = tokio::task::spawn_blocking(move || refresh_gauges(&ops)).await;
+    if let Ok(Err(e)) = &refreshed {
+        // The rest is still worth scraping; the queue gauges keep their last values.
+        tracing::warn!(error = %e, "metrics: cannot read the upload queue");
+    }
+    let mut rsp = METRICS.encode().into_response();
+    rsp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(prometheus::TEXT_FORMAT));
+    rsp
+}
+
+/// The gauges read from the disk and the index.
+fn refresh_gauges(ops: &Ops) -> Result<(), crate::index::IndexError> {
+    let m = &*METRICS;
+    if let Ok(free) = fs4::available_space(&ops.storage_dir) {
+        m.storage_free_bytes.set(free as i64);
+    }
+    m.storage_min_free_bytes.set(ops.min_free_bytes as i64);
+    m.index_size_bytes.set(index_size(ops) as i64);
+    let queue = ops.reader.queue_status()?;
+    for state in metrics::QUEUE_STATES {
+        let n = queue.counts.iter().find(|(s, _)| s == state).map_or(0, |(_, n)| *n);
+        m.upload_queue.with_label_values(&[state]).set(n as i64);
+    }
+    let oldest = queue.oldest_queued.as_deref().and_then(|t| DateTime::parse_from_rfc3339(t).ok());
+    let age = oldest.map_or(0.0, |t| (Utc::now() - t.with_timezone(&Utc)).num_milliseconds() as f64 / 1e3);
+    m.upload_oldest_queued_age.set(age.max(0.0));
+    Ok(())
+}
+
+fn index_size(ops: &Ops) -> u64 {
+    let wal = ops.index_path.with_extension("db-wal");
+    [&ops.index_path, &wal].iter().filter_map(|p| std::fs::metadata(p).ok()).map(|m| m.len()).sum()
+}
+
+async fn page(State(ops): State<Arc<Ops>>) -> Response {
+    let page = tokio::task::spawn_blocking(move || gather(&ops)).await;
+    match page {
+        Ok(p) => {
+            let mut rsp = status::render(&p).into_response();
+            let headers = rsp.headers_mut();
+            headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
+            // Nothing to load from anywhere, and nothing to run.
+            headers.insert(
+                header::CONTENT_SECURITY_POLICY,
+                HeaderValue::from_static("default-src 'none'; style-src 'unsafe-inline'"),
+            );
+            headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            rsp
+        }
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("status page failed: {e}\n")).into_response(),
+    }
+}
+
+fn gather(ops: &Ops) -> status::Page {
+    let m = &*METRICS;
+    let quarantined = m.instances_quarantined.collect();
+    let refused = m.instances_refused.collect();
+    status::Page {
+        project: ops.project.clone(),
+        site_id: ops.site_id.clone(),
+        ae_title: ops.ae_title.clone(),
+        scp_addr: ops.scp_addr.to_string(),
+        listener_up: m.listener_up.get() == 1,
+        started: ops.started,
+        now: Utc::now(),
+        counts: ops.reader.counts().map_err(|e| e.to_string()),
+        since_start: status::SinceStart {
+            received: m.instances_received.get(),
+            stored: m.instances_stored.get(),
+            quarantined: total(&quarantined),
+            refused: total(&refused),
+        },
+        recent: ACTIVITY.recent(),
+        quarantine: quarantine_counts(&ops.quarantine_dir),
+        uploader: uploader_state(ops),
+        queue: ops.reader.queue_status().map_err(|e| e.to_string()),
+        free_bytes: fs4::available_space(&ops.storage_dir).ok(),
+        min_free_bytes: ops.min_free_bytes,
+        per_minute: ACTIVITY.per_minute(),
+    }
+}
+
+/// Instances in quarantine by reason directory: the `.dcm` files, each with its `.json` beside it.
+fn quarantine_counts(dir: &std::path::Path) -> Vec<(String, u64)> {
+    let Ok(reasons) = std::fs::read_dir(dir) else { return Vec::new() };
+    let mut out: Vec<(String, u64)> = reasons
+        .flatten()
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .map(|e| {
+            let n = std::fs::read_dir(e.path())
+                .map(|files| {
+                    files.flatten().filter(|f| f.path().extension().is_some_and(|x| x == "dcm")).count()
+                        as u64
+                })
+                .unwrap_or(0);
+            (e.file_name().to_string_lossy().into_owned(), n)
+        })
+        .filter(|(_, n)| *n > 0)
+        .collect();
+    out.sort();
+    out
+}
+
+/// The sum over every label of a counter family.
+fn total(families: &[prometheus::proto::MetricFamily]) -> u64 {
+    families.iter().flat_map(|f| f.get_metric()).map(|c| c.get_counter().get_value() as u64).sum()
+}
+
+fn json(code: StatusCode, body: serde_json::Value) -> Response {
+    let mut rsp = (code, format!("{body}\n")).into_response();
+    rsp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    rsp
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn token_comparison_needs_every_byte() {
+        assert!(super::same(b"0123456789abcdef", b"0123456789abcdef"));
+        assert!(!super::same(b"0123456789abcdeF", b"0123456789abcdef"));
+        assert!(!super::same(b"0123456789abcde", b"0123456789abcdef"));
+    }
+}

@@ -1,0 +1,309 @@
+//! The status page: one self-contained HTML document (no script, no external asset: hospital
+//! networks reach no CDN) that reloads itself. It shows counts, our own words and anonymized
+//! values; the only peer-chosen strings on it (calling AE titles, error texts) are escaped.
+
+use std::fmt::Write;
+
+use chrono::{DateTime, Utc};
+
+use super::activity::AssociationRecord;
+use crate::index::{Counts, QueueStatus};
+
+/// Seconds between reloads.
+pub const REFRESH_S: u32 = 10;
+
+/// Everything the page shows, gathered by the handler.
+pub struct Page {
+    pub project: String,
+    pub site_id: String,
+    pub ae_title: String,
+    pub scp_addr: String,
+    pub listener_up: bool,
+    pub started: DateTime<Utc>,
+    pub now: DateTime<Utc>,
+    /// `Err`: why the index could not be read.
+    pub counts: Result<Counts, String>,
+    pub since_start: SinceStart,
+    pub recent: Vec<AssociationRecord>,
+    /// Instances in quarantine now, by reason directory.
+    pub quarantine: Vec<(String, u64)>,
+    /// "disabled", "running" or "paused (no credentials)".
+    pub uploader: &'static str,
+    pub queue: Result<QueueStatus, String>,
+    pub free_bytes: Option<u64>,
+    pub min_free_bytes: u64,
+    /// Instances stored in each of the last 60 minutes, oldest first.
+    pub per_minute: Vec<u64>,
+}
+
+/// Counters since this process started.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SinceStart {
+    pub received: u64,
+    pub stored: u64,
+    pub quarantined: u64,
+    pub refused: u64,
+}
+
+/// Escape text for HTML element content and quoted attribute values.
+pub fn escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c if c.is_control() => out.push('\u{FFFD}'),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+fn bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut unit = 0;
+    while v >= 1024.0 && unit < UNITS.len() - 1 {
+        v /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[unit])
+    }
+}
+
+const STYLE: &str = "body{font:14px/1.4 system-ui,sans-serif;margin:1.5em;color:#222;background:#fafafa}\
+h1{font-size:1.4em;margin:0 0 .2em}h2{font-size:1.1em;margin:1.4em 0 .4em}\
+table{border-collapse:collapse;background:#fff}td,th{border:1px solid #ddd;padding:.25em .6em;text-align:left}\
+td.n{text-align:right;font-variant-numeric:tabular-nums}.ok{color:#176b24}.bad{color:#a31515;font-weight:bold}\
+.grid{display:flex;gap:2em;flex-wrap:wrap}.muted{color:#777}svg{background:#fff;border:1px solid #ddd}";
+
+/// The whole page.
+pub fn render(p: &Page) -> String {
+    let mut h = String::with_capacity(16 * 1024);
+    // Writing into a String cannot fail.
+    let _ = write_page(&mut h, p);
+    h
+}
+
+fn write_page(h: &mut String, p: &Page) -> std::fmt::Result {
+    write!(
+        h,
+        "<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">\
+         <meta http-equiv=\"refresh\" content=\"{REFRESH_S}\">\
+         <title>{} · dicom-anon-gateway</title><style>{STYLE}</style></head><body>",
+        escape(&p.project)
+    )?;
+    write!(
+        h,
+        "<h1>dicom-anon-gateway · project <span id=\"project\">{}</span></h1>\
+         <p class=\"muted\">site {} · AE title {} · version {} · up since {} · page at {} (reloads every {REFRESH_S} s)</p>",
+        escape(&p.project),
+        escape(&p.site_id),
+        escape(&p.ae_title),
+        env!("CARGO_PKG_VERSION"),
+        p.started.format("%Y-%m-%d %H:%M:%S UTC"),
+        p.now.format("%Y-%m-%d %H:%M:%S UTC"),
+    )?;
+
+    h.push_str("<div class=\"grid\"><section><h2>Node</h2><table>");
+    let (state, class) = if p.listener_up { ("accepting", "ok") } else { ("not listening", "bad") };
+    write!(
+        h,
+        "<tr><th>DICOM listener</th><td id=\"listener\" class=\"{class}\">{state} on {}</td></tr>\
+         <tr><th>TLS</th><td>off</td></tr>",
+        escape(&p.scp_addr)
+    )?;
+    match p.free_bytes {
+        Some(free) => {
+            let class = if free >= p.min_free_bytes { "ok" } else { "bad" };
+            write!(
+                h,
+                "<tr><th>Disk free</th><td id=\"disk\" class=\"{class}\">{} (minimum {})</td></tr>",
+                bytes(free),
+                bytes(p.min_free_bytes)
+            )?;
+        }
+        None => h.push_str("<tr><th>Disk free</th><td id=\"disk\" class=\"bad\">unknown</td></tr>"),
+    }
+    write!(
+        h,
+        "<tr><th>Since start</th><td>received {} · stored {} · quarantined {} · refused {}</td></tr></table></section>",
+        p.since_start.received, p.since_start.stored, p.since_start.quarantined, p.since_start.refused
+    )?;
+
+    h.push_str("<section><h2>Index</h2><table>");
+    match &p.counts {
+        Ok(c) => {
+            for (name, n) in [
+                ("patients", c.patients),
+                ("studies", c.studies),
+                ("series", c.series),
+                ("instances", c.instances),
+            ] {
+                write!(h, "<tr><th>{name}</th><td class=\"n\" id=\"count-{name}\">{n}</td></tr>")?;
+            }
+        }
+        Err(e) => write!(h, "<tr><td class=\"bad\">cannot read the index: {}</td></tr>", escape(e))?,
+    }
+    h.push_str("</table></section>");
+
+    h.push_str("<section><h2>Quarantine</h2><table>");
+    if p.quarantine.is_empty() {
+        h.push_str("<tr><td class=\"muted\">empty</td></tr>");
+    }
+    for (reason, n) in &p.quarantine {
+        write!(
+            h,
+            "<tr><th>{}</th><td class=\"n\" id=\"quarantine-{}\">{n}</td></tr>",
+            escape(reason),
+            escape(reason)
+        )?;
+    }
+    h.push_str("</table></section>");
+
+    write!(
+        h,
+        "<section><h2>Uploads</h2><table><tr><th>uploader</th><td id=\"uploader\">{}</td></tr>",
+        p.uploader
+    )?;
+    match &p.queue {
+        Ok(q) => {
+            for state in super::metrics::QUEUE_STATES {
+                let n = q.counts.iter().find(|(s, _)| s == state).map_or(0, |(_, n)| *n);
+                write!(h, "<tr><th>{state}</th><td class=\"n\" id=\"queue-{state}\">{n}</td></tr>")?;
+            }
+            let oldest = q.oldest_queued.as_deref().unwrap_or("none waiting");
+            write!(h, "<tr><th>oldest waiting since</th><td>{}</td></tr>", escape(oldest))?;
+            if let Some(f) = q.failed.first() {
+                write!(
+                    h,
+                    "<tr><th>last error</th><td class=\"bad\">{} (attempts {})</td></tr>",
+                    escape(&f.last_error),
+                    f.attempts
+                )?;
+            }
+        }
+        Err(e) => write!(h, "<tr><td class=\"bad\">cannot read the queue: {}</td></tr>", escape(e))?,
+    }
+    h.push_str("</table></section></div>");
+
+    h.push_str("<h2>Instances stored per minute, last hour</h2>");
+    chart(h, &p.per_minute)?;
+
+    write!(h, "<h2>Last {} associations</h2>", super::activity::RECENT)?;
+    h.push_str(
+        "<table id=\"associations\"><tr><th>ended (UTC)</th><th>calling AE</th><th>peer</th>\
+         <th>instances</th><th>failures</th><th>how it ended</th></tr>",
+    );
+    if p.recent.is_empty() {
+        h.push_str("<tr><td colspan=\"6\" class=\"muted\">none since start</td></tr>");
+    }
+    for a in &p.recent {
+        let calling = a.calling_ae.as_deref().map_or_else(|| "—".to_string(), escape);
+        let class = if a.failures > 0 { "n bad" } else { "n" };
+        write!(
+            h,
+            "<tr><td>{}</td><td>{calling}</td><td>{}</td><td class=\"n\">{}</td><td class=\"{class}\">{}</td><td>{}</td></tr>",
+            a.ended.format("%Y-%m-%d %H:%M:%S"),
+            escape(&a.peer.to_string()),
+            a.instances,
+            a.failures,
+            escape(a.end)
+        )?;
+    }
+    h.push_str("</table></body></html>");
+    Ok(())
+}
+
+/// An inline SVG bar chart of the last hour, oldest minute on the left.
+fn chart(h: &mut String, per_minute: &[u64]) -> std::fmt::Result {
+    const W: usize = 720;
+    const H: usize = 140;
+    const TOP: usize = 16;
+    const BOTTOM: usize = 20;
+    let max = per_minute.iter().copied().max().unwrap_or(0).max(1);
+    let slot = W as f64 / per_minute.len().max(1) as f64;
+    write!(
+        h,
+        "<svg id=\"chart\" width=\"{W}\" height=\"{H}\" viewBox=\"0 0 {W} {H}\" role=\"img\" \
+         aria-label=\"instances stored per minute\"><text x=\"4\" y=\"12\" font-size=\"11\">max {max}/min</text>"
+    )?;
+    let plot = (H - TOP - BOTTOM) as f64;
+    for (i, &n) in per_minute.iter().enumerate() {
+        let height = n as f64 / max as f64 * plot;
+        let ago = per_minute.len() - 1 - i;
+        write!(
+            h,
+            "<rect x=\"{:.1}\" y=\"{:.1}\" width=\"{:.1}\" height=\"{height:.1}\" fill=\"#3b73b9\">\
+             <title>{n} instances, {ago} min ago</title></rect>",
+            i as f64 * slot + 1.0,
+            (H - BOTTOM) as f64 - height,
+            (slot - 2.0).max(1.0)
+        )?;
+    }
+    write!(
+        h,
+        "<line x1=\"0\" y1=\"{y}\" x2=\"{W}\" y2=\"{y}\" stroke=\"#999\"/>\
+         <text x=\"2\" y=\"{t}\" font-size=\"11\">−60 min</text>\
+         <text x=\"{r}\" y=\"{t}\" font-size=\"11\" text-anchor=\"end\">now</text></svg>",
+        y = H - BOTTOM,
+        t = H - 5,
+        r = W - 2
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn page() -> Page {
+        Page {
+            project: "P<1>".into(),
+            site_id: "1".into(),
+            ae_title: "ANON".into(),
+            scp_addr: "127.0.0.1:104".into(),
+            listener_up: true,
+            started: Utc::now(),
+            now: Utc::now(),
+            counts: Ok(Counts { patients: 1, studies: 2, series: 3, instances: 4 }),
+            since_start: SinceStart::default(),
+            recent: vec![AssociationRecord {
+                ended: Utc::now(),
+                calling_ae: Some("<script>x</script>\"".into()),
+                peer: "127.0.0.1:5000".parse().unwrap(),
+                instances: 4,
+                failures: 0,
+                end: "released",
+            }],
+            quarantine: vec![("DICOM_Read_Error".into(), 2)],
+            uploader: "disabled",
+            queue: Ok(QueueStatus::default()),
+            free_bytes: Some(5 << 30),
+            min_free_bytes: 1 << 30,
+            per_minute: vec![0; 60],
+        }
+    }
+
+    #[test]
+    fn peer_strings_are_escaped_and_counts_are_shown() {
+        let html = render(&page());
+        assert!(!html.contains("<script>"), "{html}");
+        assert!(html.contains("&lt;script&gt;x&lt;/script&gt;&quot;"));
+        assert!(html.contains("P&lt;1&gt;"));
+        assert!(html.contains("id=\"count-instances\">4<"));
+        assert!(html.contains("id=\"quarantine-DICOM_Read_Error\">2<"));
+        assert!(html.contains("<svg id=\"chart\""));
+        assert!(html.contains("5.0 GiB"));
+    }
+
+    #[test]
+    fn escape_replaces_markup_and_control_characters() {
+        assert_eq!(escape("a&b<c>'\"\n"), "a&amp;b&lt;c&gt;&#39;&quot;\u{FFFD}");
+    }
+}

@@ -1,0 +1,186 @@
+//! The audit trail (one row per instance outcome at the SCP) and its CSV export, and the MIDI-B
+//! style `id_old,id_new` mappings. The audit holds no PHI; the mappings are PHI and, like the
+//! lookup table, leave the index only through an explicit export.
+
+use std::path::Path;
+
+use rusqlite::{params, Connection, OpenFlags};
+
+use super::{now, ExportError, Index, IndexError};
+
+/// One instance outcome.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AuditRecord {
+    /// This process's id for the association.
+    pub association: String,
+    pub calling_ae: String,
+    pub peer: String,
+    /// Anonymized study, series and SOP instance UIDs, when the instance was stored.
+    pub anon_uids: Option<(String, String, String)>,
+    /// The response status, `0xNNNN`.
+    pub status: String,
+    /// The quarantine directory name, when quarantined.
+    pub reason: Option<String>,
+    pub bytes: u64,
+}
+
+impl Index {
+    /// Append an audit row; returns once it is committed.
+    pub fn audit(&self, r: AuditRecord) -> Result<(), IndexError> {
+        self.call(move |c| {
+            let (study, series, sop) = match &r.anon_uids {
+                Some((a, b, c)) => (Some(a), Some(b), Some(c)),
+                None => (None, None, None),
+            };
+            c.prepare_cached(
+                "INSERT INTO audit(at, association, calling_ae, peer, anon_study_uid, anon_series_uid,
+                                   anon_sop_uid, status, reason, bytes)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+            )?
+            .execute(params![
+                now(),
+                r.association,
+                r.calling_ae,
+                r.peer,
+                study,
+                series,
+                sop,
+                r.status,
+                r.reason,
+                r.bytes as i64
+            ])?;
+            Ok(())
+        })
+    }
+}
+
+const AUDIT_HEADER: [&str; 10] = [
+    "time",
+    "association",
+    "calling_ae",
+    "peer",
+    "anon_study_uid",
+    "anon_series_uid",
+    "anon_sop_uid",
+    "status",
+    "quarantine_reason",
+    "bytes",
+];
+
+fn read_only(index: &Path) -> Result<Connection, ExportError> {
+    Connection::open_with_flags(index, OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .map_err(|source| ExportError::Index { path: index.display().to_string(), source })
+}
+
+/// Write the audit trail from `since` (our `YYYY-MM-DDTHH:MM:SS.mmmZ` form, or a prefix of it) on,
+/// oldest first; returns the number of rows.
+pub fn export_audit(index: &Path, out: &Path, since: Option<&str>) -> Result<usize, ExportError> {
+    let db_err = |source| ExportError::Index { path: index.display().to_string(), source };
+    let csv_err = |source| ExportError::Csv { path: out.display().to_string(), source };
+    let conn = read_only(index)?;
+    let mut stmt = conn
+        .prepare(
+            "SELECT at, association, calling_ae, peer, COALESCE(anon_study_uid, ''),
+                    COALESCE(anon_series_uid, ''), COALESCE(anon_sop_uid, ''), status,
+                    COALESCE(reason, ''), bytes
+             FROM audit WHERE at >= ?1 ORDER BY id",
+        )
+        .map_err(db_err)?;
+    let mut w = csv::Writer::from_path(out).map_err(csv_err)?;
+    w.write_record(AUDIT_HEADER).map_err(csv_err)?;
+    let mut rows = stmt.query([since.unwrap_or("")]).map_err(db_err)?;
+    let mut n = 0;
+    while let Some(r) = rows.next().map_err(db_err)? {
+        let mut record = Vec::with_capacity(AUDIT_HEADER.len());
+        for i in 0..9 {
+            record.push(r.get::<_, String>(i).map_err(db_err)?);
+        }
+        record.push(r.get::<_, i64>(9).map_err(db_err)?.to_string());
+        w.write_record(&record).map_err(csv_err)?;
+        n += 1;
+    }
+    w.flush().map_err(|e| csv_err(e.into()))?;
+    Ok(n)
+}
+
+/// The two files `index export --mapping` writes into its directory.
+pub const UID_MAPPING: &str = "uid_mapping.csv";
+pub const PATIENT_ID_MAPPING: &str = "patient_id_mapping.csv";
+
+/// Write `uid_mapping.csv` (every UID replaced) and `patient_id_mapping.csv` (every PatientID with
+/// a study) as `id_old,id_new` into `dir`; returns the row counts. Both hold PHI.
+pub fn export_mapping(index: &Path, dir: &Path) -> Result<(usize, usize), ExportError> {
+    let conn = read_only(index)?;
+    let uids = mapping(
+        &conn,
+        index,
+        &dir.join(UID_MAPPING),
+        "SELECT phi_uid, anon_uid FROM uid_map ORDER BY phi_uid",
+    )?;
+    let patients = mapping(
+        &conn,
+        index,
+        &dir.join(PATIENT_ID_MAPPING),
+        "SELECT p.patient_id, p.anon_patient_id FROM patients p
+         WHERE EXISTS (SELECT 1 FROM studies s WHERE s.patient_id = p.patient_id) ORDER BY p.patient_id",
+    )?;
+    Ok((uids, patients))
+}
+
+fn mapping(conn: &Connection, index: &Path, out: &Path, sql: &str) -> Result<usize, ExportError> {
+    let db_err = |source| ExportError::Index { path: index.display().to_string(), source };
+    let csv_err = |source| ExportError::Csv { path: out.display().to_string(), source };
+    let mut stmt = conn.prepare(sql).map_err(db_err)?;
+    let mut w = csv::Writer::from_path(out).map_err(csv_err)?;
+    w.write_record(["id_old", "id_new"]).map_err(csv_err)?;
+    let mut rows = stmt.query([]).map_err(db_err)?;
+    let mut n = 0;
+    while let Some(r) = rows.next().map_err(db_err)? {
+        let old: String = r.get(0).map_err(db_err)?;
+        let new: String = r.get(1).map_err(db_err)?;
+        w.write_record([old, new]).map_err(csv_err)?;
+        n += 1;
+    }
+    w.flush().map_err(|e| csv_err(e.into()))?;
+    Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::index::Owner;
+
+    #[test]
+    fn audit_rows_export_in_order_from_a_time_on() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("index.db");
+        let index = Index::open(&path, &Owner::for_site("1")).unwrap();
+        let row = |sop: &str, status: &str| AuditRecord {
+            association: "a-1".into(),
+            calling_ae: "PACS".into(),
+            peer: "127.0.0.1:104".into(),
+            anon_uids: Some(("1.1".into(), "1.2".into(), sop.into())),
+            status: status.into(),
+            reason: None,
+            bytes: 10,
+        };
+        index.audit(row("1.3", "0x0000")).unwrap();
+        index
+            .audit(AuditRecord {
+                anon_uids: None,
+                reason: Some("DICOM_Read_Error".into()),
+                ..row("", "0xC000")
+            })
+            .unwrap();
+        let out = d.path().join("audit.csv");
+        assert_eq!(export_audit(&path, &out, None).unwrap(), 2);
+        let text = std::fs::read_to_string(&out).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines[0], AUDIT_HEADER.join(","));
+        assert!(lines[1].ends_with(",a-1,PACS,127.0.0.1:104,1.1,1.2,1.3,0x0000,,10"), "{}", lines[1]);
+        assert!(lines[2].ends_with(",a-1,PACS,127.0.0.1:104,,,,0xC000,DICOM_Read_Error,10"), "{}", lines[2]);
+        assert_eq!(export_audit(&path, &out, Some("2999")).unwrap(), 0);
+        assert_eq!(export_audit(&path, &out, Some("2000-01-01")).unwrap(), 2);
+        index.close();
+    }
+}

@@ -1,0 +1,75 @@
+//! Read-only queries for the operations endpoint, on a connection of their own: WAL lets them
+//! read while the writer commits, so a status page or a scrape never waits in the writer's queue
+//! or delays an acknowledgement. They return counts and anonymized values only.
+
+use std::path::Path;
+use std::sync::Mutex;
+
+use rusqlite::{Connection, OpenFlags};
+
+use super::queue::QueueStatus;
+use super::IndexError;
+
+/// How many of each the index holds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counts {
+    pub patients: u64,
+    pub studies: u64,
+    pub series: u64,
+    pub instances: u64,
+}
+
+/// A read-only view of the index.
+pub struct Reader {
+    /// rusqlite connections are not `Sync`; reads are short, so they take turns.
+    conn: Mutex<Connection>,
+}
+
+impl Reader {
+    /// Open the index at `path`, which the writer has already created.
+    pub fn open(path: &Path) -> Result<Reader, IndexError> {
+        let conn = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_URI,
+        )?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        Ok(Reader { conn: Mutex::new(conn) })
+    }
+
+    /// Patients with at least one study (the default patient only once it has one).
+    pub fn counts(&self) -> Result<Counts, IndexError> {
+        let c = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        let n = |sql: &str| c.query_row(sql, [], |r| r.get::<_, i64>(0)).map(|v| v as u64);
+        Ok(Counts {
+            patients: n("SELECT COUNT(DISTINCT patient_id) FROM studies")?,
+            studies: n("SELECT COUNT(*) FROM studies")?,
+            series: n("SELECT COUNT(*) FROM series")?,
+            instances: n("SELECT COUNT(*) FROM instances")?,
+        })
+    }
+
+    pub fn queue_status(&self) -> Result<QueueStatus, IndexError> {
+        let c = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        super::queue::status(&c)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::index::{Index, Owner};
+
+    #[test]
+    fn an_empty_index_counts_nothing_and_the_reader_cannot_write() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("index.db");
+        let index = Index::open(&path, &Owner::for_site("1")).unwrap();
+        let reader = Reader::open(&path).unwrap();
+        assert_eq!(reader.counts().unwrap(), Counts::default());
+        assert!(reader.queue_status().unwrap().counts.is_empty());
+        let c = reader.conn.lock().unwrap();
+        assert!(c.execute("DELETE FROM meta", []).is_err());
+        drop(c);
+        index.close();
+    }
+}

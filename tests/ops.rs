@@ -1,0 +1,467 @@
+//! The operations endpoint as ops and their tools see it, against the real binary: Prometheus
+//! scrapes before and after DCMTK sends, readiness on a small tmpfs that fills up, the bearer
+//! token, and the status page in headless Chromium.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::node::*;
+use common::*;
+
+/// One HTTP/1.1 GET; returns the status code and the body.
+fn get(port: u16, path: &str, token: Option<&str>) -> (u16, String) {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("the operations endpoint accepts");
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{auth}Connection: close\r\n\r\n").unwrap();
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).unwrap();
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
+    let code = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    // Chunked bodies: the chunk size lines are short hex numbers; none of our checks depend on them.
+    (code, body.to_string())
+}
+
+/// Every sample of a scrape, by series (`name{labels}`).
+fn scrape(node: &Node) -> BTreeMap<String, f64> {
+    let (code, body) = get(node.http_port.unwrap(), "/metrics", None);
+    assert_eq!(code, 200, "{body}");
+    body.lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            Some((series.to_string(), value.parse().ok()?))
+        })
+        .collect()
+}
+
+fn value(m: &BTreeMap<String, f64>, series: &str) -> f64 {
+    *m.get(series).unwrap_or_else(|| panic!("{series} not in the scrape: {:?}", m.keys().collect::<Vec<_>>()))
+}
+
+/// Poll `/metrics` until `done` holds, at most 30 s.
+fn wait_for_metrics(
+    node: &Node,
+    what: &str,
+    done: impl Fn(&BTreeMap<String, f64>) -> bool,
+) -> BTreeMap<String, f64> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let m = scrape(node);
+        if done(&m) {
+            return m;
+        }
+        assert!(Instant::now() < deadline, "metrics never showed {what}; log:\n{}", node.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Poll an endpoint until it answers `code`, at most 30 s; returns the body.
+fn wait_for_code(node: &Node, path: &str, code: u16) -> String {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (got, body) = get(node.http_port.unwrap(), path, None);
+        if got == code {
+            return body;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{path} never answered {code} (last {got}: {body}); log:\n{}",
+            node.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn ct(p: &Patient, series: u32, instance: u32) -> Vec<u8> {
+    common::instance(p, &Shape { series, instance, ..Shape::default() })
+}
+
+/// The data set of a Part 10 file, for the raw SCU.
+fn body_of(file: &[u8]) -> Vec<u8> {
+    dicom_anon_gateway::dicom::Part10::parse(file).unwrap().body.to_vec()
+}
+
+#[test]
+fn each_counter_moves_by_exactly_what_was_sent() {
+    let d = tempfile::tempdir().unwrap();
+    let node = Node::start(d.path(), "  modalities: [CT]\n", "  min_free_bytes: 0\n");
+    let before = scrape(&node);
+    assert_eq!(value(&before, "dicom_anon_listener_up"), 1.0);
+
+    const N: u32 = 5;
+    let files: Vec<PathBuf> =
+        (0..N).map(|i| put(d.path(), &format!("{i}.dcm"), &ct(&smith(), 1 + i % 2, i))).collect();
+    let out = storescu(node.port, &files);
+    assert!(out.status.success() && !text(&out).contains("Store Failed"), "{}", text(&out));
+    // One quarantined: a data set cut short (0xC000, DICOM_Read_Error).
+    let whole = ct(&yamada(), 1, 1);
+    let body = body_of(&whole);
+    let announced = sop_uid(&yamada(), &Shape { series: 1, instance: 1, ..Shape::default() });
+    assert_eq!(rawscu::store_raw(node.port, AE, CT_IMAGE, &announced, &body[..body.len() / 2]), 0xC000);
+    // One refused: an MR where only CT is accepted (0x0124, nothing kept).
+    let mr_shape = Shape { modality: "MR", ..Shape::default() };
+    let mr = common::instance(&mueller(), &mr_shape);
+    assert_eq!(
+        rawscu::store_raw(node.port, AE, MR_IMAGE, &sop_uid(&mueller(), &mr_shape), &body_of(&mr)),
+        0x0124
+    );
+
+    // Three associations: storescu's and the raw SCU's two; each is counted once it has ended.
+    let delta = |m: &BTreeMap<String, f64>, s: &str| value(m, s) - value(&before, s);
+    let after = wait_for_metrics(&node, "three released associations", |m| {
+        delta(m, "dicom_anon_associations_ended_total{end=\"released\"}") >= 3.0
+    });
+    let moved = |s: &str| delta(&after, s);
+    assert_eq!(moved("dicom_anon_associations_accepted_total"), 3.0);
+    assert_eq!(moved("dicom_anon_associations_ended_total{end=\"released\"}"), 3.0);
+    assert_eq!(value(&after, "dicom_anon_associations_active"), 0.0);
+    assert_eq!(moved("dicom_anon_instances_received_total"), f64::from(N + 2));
+    assert_eq!(moved("dicom_anon_instances_stored_total"), f64::from(N));
+    assert_eq!(moved("dicom_anon_instances_quarantined_total{reason=\"DICOM_Read_Error\"}"), 1.0);
+    let quarantined: f64 = after
+        .iter()
+        .filter(|(k, _)| k.starts_with("dicom_anon_instances_quarantined_total"))
+        .map(|(k, v)| v - before.get(k).copied().unwrap_or(0.0))
+        .sum();
+    assert_eq!(quarantined, 1.0, "no other reason moved");
+    assert_eq!(moved("dicom_anon_instances_refused_total{status=\"0x0124\"}"), 1.0);
+    for other in ["0x0122", "0xA700", "0xC000"] {
+        assert_eq!(
+            moved(&format!("dicom_anon_instances_refused_total{{status=\"{other}\"}}")),
+            0.0,
+            "{other}"
+        );
+    }
+    assert_eq!(moved("dicom_anon_ack_latency_seconds_count"), f64::from(N + 2), "one response per C-STORE");
+    assert!(moved("dicom_anon_ack_latency_seconds_sum") > 0.0);
+    // Bytes in: every data set byte. The raw SCU's are exact; storescu re-encodes its data sets,
+    // so theirs are near the files' bodies.
+    let bodies: u64 = files.iter().map(|f| body_of(&std::fs::read(f).unwrap()).len() as u64).sum();
+    let raw = (body.len() / 2 + body_of(&mr).len()) as f64;
+    let bytes_in = moved("dicom_anon_received_bytes_total") - raw;
+    assert!((bytes_in - bodies as f64).abs() < 0.1 * bodies as f64, "{bytes_in} for bodies of {bodies}");
+    // Each acknowledged instance waited for a flush; concurrent ones may share one.
+    assert!(moved("dicom_anon_durability_flushes_total") >= 1.0);
+    assert_eq!(moved("dicom_anon_durability_flush_failures_total"), 0.0);
+    assert!(moved("dicom_anon_durability_flush_seconds_count") >= 1.0);
+    // Uploads are off: everything stored waits in the queue.
+    assert_eq!(value(&after, "dicom_anon_upload_queue_instances{state=\"queued\"}"), f64::from(N));
+    assert!(value(&after, "dicom_anon_upload_oldest_queued_age_seconds") >= 0.0);
+    assert!(value(&after, "dicom_anon_storage_free_bytes") > 0.0);
+    assert!(value(&after, "dicom_anon_index_size_bytes") > 0.0);
+
+    // No PHI and no UID in any label or value of the exposition.
+    let (_, raw) = get(node.http_port.unwrap(), "/metrics", None);
+    for p in [smith(), yamada(), mueller()] {
+        for s in phi_strings(&p) {
+            assert!(!contains(raw.as_bytes(), &s), "{:?} in /metrics", String::from_utf8_lossy(&s));
+        }
+    }
+    assert!(!raw.contains("TESTSCU") && !raw.contains("RAWSCU"), "AE titles are no labels");
+    assert!(!raw.contains(ROOT), "no anonymized UID either");
+}
+
+/// A tmpfs mounted for one test and unmounted when dropped (lazily, should a file stay open).
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: &Path, size: &str) -> Tmpfs {
+        std::fs::create_dir_all(dir).unwrap();
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "this test mounts a small tmpfs and needs root (CI runs as root): {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Tmpfs(dir.to_path_buf())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn readiness_follows_free_space_while_liveness_stays() {
+    let d = tempfile::tempdir().unwrap();
+    // Declared first, dropped last: the node stops before its disk goes.
+    let disk = Tmpfs::mount(&d.path().join("storage"), "64m");
+    let node = Node::start(d.path(), "", &format!("  min_free_bytes: {}\n", 24 << 20));
+    let body = wait_for_code(&node, "/readyz", 200);
+    assert!(body.contains("\"ready\":true") && body.contains("\"uploader\":\"disabled\""), "{body}");
+
+    // Fill the disk below the minimum: not ready, still alive, and instances are refused.
+    let filler = disk.0.join("filler");
+    std::fs::write(&filler, vec![0x55u8; 48 << 20]).unwrap();
+    let body = wait_for_code(&node, "/readyz", 503);
+    assert!(body.contains("\"ready\":false"), "{body}");
+    assert!(body.contains("\"disk\":{\"error\":null,\"free_bytes\":"), "{body}");
+    assert!(
+        body.contains("\"listener\":{\"ok\":true}")
+            && body.contains("\"index\":{\"error\":null,\"ok\":true}"),
+        "{body}"
+    );
+    assert_eq!(get(node.http_port.unwrap(), "/healthz", None).0, 200);
+    let f = put(d.path(), "a.dcm", &ct(&smith(), 1, 1));
+    let out = storescu(node.port, std::slice::from_ref(&f));
+    assert!(text(&out).to_lowercase().replace(' ', "").contains("outofresources"), "{}", text(&out));
+
+    // Free it again: ready, and the same instance is taken.
+    std::fs::remove_file(&filler).unwrap();
+    wait_for_code(&node, "/readyz", 200);
+    let out = storescu(node.port, &[f]);
+    assert!(out.status.success() && !text(&out).contains("Store Failed"), "{}", text(&out));
+    let m = scrape(&node);
+    assert_eq!(value(&m, "dicom_anon_instances_refused_total{status=\"0xA700\"}"), 1.0);
+    assert_eq!(value(&m, "dicom_anon_instances_stored_total"), 1.0);
+    assert_eq!(value(&m, "dicom_anon_storage_min_free_bytes"), f64::from(24u32 << 20));
+
+    assert!(node.stop().success());
+    drop(disk);
+}
+
+#[test]
+fn the_token_guards_everything_but_healthz() {
+    let d = tempfile::tempdir().unwrap();
+    let token = "s3cr3t-0123456789-abcdef";
+    let node = Node::start_full(
+        d.path(),
+        "",
+        "  min_free_bytes: 0\n",
+        "http:\n  listen: 127.0.0.1:0\n  token_env: OPS_TEST_TOKEN\n",
+        &[("OPS_TEST_TOKEN", token)],
+    );
+    let port = node.http_port.unwrap();
+    assert_eq!(get(port, "/healthz", None).0, 200);
+    for path in ["/", "/metrics", "/readyz", "/nowhere"] {
+        let (code, body) = get(port, path, None);
+        assert_eq!(code, 401, "{path}: {body}");
+        assert!(!body.contains("dicom_anon"), "{path} said something: {body}");
+        assert_eq!(get(port, path, Some("s3cr3t-0123456789-abcdeF")).0, 401, "{path} with a wrong token");
+    }
+    for path in ["/", "/metrics", "/readyz"] {
+        assert_eq!(get(port, path, Some(token)).0, 200, "{path} with the token");
+    }
+    assert_eq!(get(port, "/nowhere", Some(token)).0, 404);
+    // The challenge names the scheme.
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(s, "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).unwrap();
+    assert!(raw.to_lowercase().contains("www-authenticate: bearer"), "{raw}");
+    let config = node.config.clone();
+    assert!(node.stop().success());
+
+    // A token that is configured but missing stops the start; it never opens unguarded.
+    let yaml = std::fs::read_to_string(&config).unwrap();
+    let out = binary()
+        .arg("serve")
+        .arg("--config")
+        .arg(put(d.path(), "again.yaml", yaml.as_bytes()))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("OPS_TEST_TOKEN"), "{}", text(&out));
+}
+
+#[test]
+fn the_status_page_in_chromium_shows_the_counts_and_no_phi() {
+    let chromium = tool("/usr/bin/chromium", "chromium");
+    let d = tempfile::tempdir().unwrap();
+    let node = Node::start(d.path(), "", "  min_free_bytes: 0\n");
+    // Two patients, two studies, three series, five instances.
+    let mut files = Vec::new();
+    for (i, (series, n)) in [(1, 1), (1, 2), (2, 3)].into_iter().enumerate() {
+        files.push(put(d.path(), &format!("s{i}.dcm"), &ct(&smith(), series, n)));
+    }
+    for n in 1..=2 {
+        files.push(put(d.path(), &format!("y{n}.dcm"), &ct(&yamada(), 1, n)));
+    }
+    let out = storescu(node.port, &files);
+    assert!(out.status.success() && !text(&out).contains("Store Failed"), "{}", text(&out));
+    // One quarantined, which holds PHI on disk but only counts on the page.
+    let whole = ct(&mueller(), 1, 1);
+    let body = body_of(&whole);
+    let announced = sop_uid(&mueller(), &Shape { series: 1, instance: 1, ..Shape::default() });
+    assert_eq!(rawscu::store_raw(node.port, AE, CT_IMAGE, &announced, &body[..body.len() / 2]), 0xC000);
+    // A calling AE title with markup in it must show as text.
+    let evil = "<i>EVIL</i>&";
+    let scu = rawscu::associate(node.port, evil, AE, CT_IMAGE, EXPLICIT_LE);
+    scu.release().unwrap();
+    wait_for_metrics(&node, "three ended associations", |m| {
+        value(m, "dicom_anon_associations_ended_total{end=\"released\"}") >= 3.0
+    });
+
+    let url = format!("{}/", node.http_base());
+    let profile = tempfile::tempdir().unwrap();
+    let browser = |extra: &[&str]| {
+        let out = Command::new(&chromium)
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--hide-scrollbars",
+            ])
+            .arg(format!("--user-data-dir={}", profile.path().display()))
+            .args(extra)
+            .arg(&url)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "chromium failed: {}", text(&out));
+        out
+    };
+    let shot = Path::new(env!("CARGO_TARGET_TMPDIR")).join("ops-status-page.png");
+    let _ = std::fs::remove_file(&shot);
+    browser(&[&format!("--screenshot={}", shot.display()), "--window-size=1280,900"]);
+    let png = std::fs::read(&shot).expect("chromium wrote the screenshot");
+    assert!(png.starts_with(b"\x89PNG") && png.len() > 10_000, "{} bytes", png.len());
+
+    let dom = String::from_utf8(browser(&["--dump-dom"]).stdout).unwrap();
+    for (id, n) in [("count-patients", 2), ("count-studies", 2), ("count-series", 3), ("count-instances", 5)]
+    {
+        assert!(dom.contains(&format!("id=\"{id}\">{n}<")), "{id} = {n} not in the page:\n{dom}");
+    }
+    assert!(dom.contains("id=\"quarantine-DICOM_Read_Error\">1<"), "{dom}");
+    assert!(dom.contains("id=\"queue-queued\">5<"), "{dom}");
+    assert!(dom.contains("received 6 · stored 5 · quarantined 1 · refused 0"), "{dom}");
+    assert!(dom.contains("TEST_PROJECT") && dom.contains("TESTSCU") && dom.contains("released"), "{dom}");
+    assert!(dom.contains("<svg id=\"chart\""), "{dom}");
+    // The peer's markup is text, never an element.
+    assert!(dom.contains("&lt;i&gt;EVIL&lt;/i&gt;&amp;"), "{dom}");
+    assert!(!dom.contains("<i>EVIL"), "{dom}");
+    for p in [smith(), yamada(), mueller()] {
+        for s in phi_strings(&p) {
+            assert!(!contains(dom.as_bytes(), &s), "{:?} on the status page", String::from_utf8_lossy(&s));
+        }
+    }
+    assert!(!dom.contains(ROOT), "no UID on the page");
+    println!("status page screenshot: {}", shot.display());
+}
+
+#[test]
+fn the_audit_trail_and_the_id_mappings_export_what_happened() {
+    let d = tempfile::tempdir().unwrap();
+    let node = Node::start(d.path(), "  modalities: [CT]\n", "  min_free_bytes: 0\n");
+    let files: Vec<PathBuf> =
+        (1..=2).map(|i| put(d.path(), &format!("{i}.dcm"), &ct(&smith(), 1, i))).collect();
+    let out = storescu(node.port, &files);
+    assert!(out.status.success() && !text(&out).contains("Store Failed"), "{}", text(&out));
+    let body = body_of(&ct(&yamada(), 1, 1));
+    let announced = sop_uid(&yamada(), &Shape { series: 1, instance: 1, ..Shape::default() });
+    assert_eq!(rawscu::store_raw(node.port, AE, CT_IMAGE, &announced, &body[..body.len() / 2]), 0xC000);
+    let mr_shape = Shape { modality: "MR", ..Shape::default() };
+    let mr = common::instance(&mueller(), &mr_shape);
+    assert_eq!(
+        rawscu::store_raw(node.port, AE, MR_IMAGE, &sop_uid(&mueller(), &mr_shape), &body_of(&mr)),
+        0x0124
+    );
+    // A clean stop waits for every association, and so for every audit row.
+    let config = node.config.clone();
+    assert!(node.stop().success());
+
+    let csv = d.path().join("audit.csv");
+    let run = |args: &[&str]| binary().args(args).arg("--config").arg(&config).output().unwrap();
+    let out = run(&["audit", "export", "--out", csv.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out));
+    let audit = std::fs::read_to_string(&csv).unwrap();
+    let rows: Vec<Vec<&str>> = audit.lines().skip(1).map(|l| l.split(',').collect()).collect();
+    assert_eq!(audit.lines().next().unwrap(), "time,association,calling_ae,peer,anon_study_uid,anon_series_uid,anon_sop_uid,status,quarantine_reason,bytes");
+    assert_eq!(rows.len(), 4, "{audit}");
+    let (stored, others) = rows.split_at(2);
+    for r in stored {
+        assert_eq!((r[2], r[7], r[8]), ("TESTSCU", "0x0000", ""), "{audit}");
+        assert!(r[4..7].iter().all(|uid| uid.starts_with(ROOT)), "anonymized UIDs: {audit}");
+        assert!(r[9].parse::<u64>().unwrap() > 0);
+    }
+    assert_eq!(stored[0][1], stored[1][1], "one association");
+    assert_ne!(stored[0][6], stored[1][6]);
+    assert_eq!(
+        (others[0][2], others[0][7], others[0][8]),
+        ("RAWSCU", "0xC000", "DICOM_Read_Error"),
+        "{audit}"
+    );
+    assert_eq!(others[0][9], (body.len() / 2).to_string());
+    assert_eq!((others[1][7], others[1][8], others[1][6]), ("0x0124", "", ""), "{audit}");
+    assert_ne!(others[0][1], others[1][1], "two associations");
+    for p in [smith(), yamada(), mueller()] {
+        for s in phi_strings(&p) {
+            assert!(!contains(audit.as_bytes(), &s), "{:?} in the audit trail", String::from_utf8_lossy(&s));
+        }
+    }
+    let out = run(&["audit", "export", "--since", "2999-01-01", "--out", csv.to_str().unwrap()]);
+    assert!(text(&out).contains("wrote 0 audit rows"), "{}", text(&out));
+    let out = run(&["audit", "export", "--since", "yesterday", "--out", csv.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+
+    // The MIDI-B mappings: every original UID and PatientID with its pseudonym (PHI, on request).
+    let dir = d.path().join("mapping");
+    let out = run(&["index", "export", "--mapping", "--out", dir.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out));
+    let uids = std::fs::read_to_string(dir.join("uid_mapping.csv")).unwrap();
+    assert_eq!(uids.lines().next(), Some("id_old,id_new"));
+    for i in 1..=2 {
+        let sop = sop_uid(&smith(), &Shape { series: 1, instance: i, ..Shape::default() });
+        let line = uids
+            .lines()
+            .find(|l| l.starts_with(&format!("{sop},")))
+            .unwrap_or_else(|| panic!("{sop}: {uids}"));
+        assert!(line.split(',').nth(1).unwrap().starts_with(ROOT), "{line}");
+    }
+    assert!(!uids.contains(&announced), "a quarantined instance maps nothing");
+    let patients = std::fs::read_to_string(dir.join("patient_id_mapping.csv")).unwrap();
+    let lines: Vec<&str> = patients.lines().collect();
+    assert_eq!(lines.len(), 2, "{patients}");
+    assert!(lines[1].starts_with("MRN12345,") && lines[1].contains(SITE), "{patients}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_node_runs_in_process_on_port_zero_and_stops_on_its_future() {
+    let d = tempfile::tempdir().unwrap();
+    let yaml = format!(
+        "project:\n  name: LIB\n  site_id: \"{SITE}\"\n  uid_root: \"{ROOT}\"\n  script: {}\n\
+         scp:\n  ae_title: {AE}\n  host: 127.0.0.1\n  port: 0\nstorage:\n  dir: {}\n  min_free_bytes: 0\n\
+         http:\n  listen: 127.0.0.1:0\n",
+        default_script().display(),
+        d.path().join("storage").display()
+    );
+    let config =
+        dicom_anon_gateway::config::Config::load(&put(d.path(), "lib.yaml", yaml.as_bytes())).unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let node = dicom_anon_gateway::node::start(config, async {
+        let _ = stopped.await;
+    })
+    .await
+    .unwrap();
+    assert_ne!(node.scp_addr.port(), 0);
+    let http = node.http_addr.expect("http is enabled").port();
+    // Bound before start returns: ready at once, no waiting.
+    let (code, body) = tokio::task::spawn_blocking(move || get(http, "/readyz", None)).await.unwrap();
+    assert_eq!(code, 200, "{body}");
+    let port = node.scp_addr.port();
+    let f = put(d.path(), "a.dcm", &ct(&smith(), 1, 1));
+    let out = tokio::task::spawn_blocking(move || storescu(port, &[f])).await.unwrap();
+    assert!(out.status.success() && !text(&out).contains("Store Failed"), "{}", text(&out));
+    stop.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(40), node.stopped()).await.expect("stops").unwrap();
+    assert!(TcpStream::connect(("127.0.0.1", port)).is_err(), "the listener is closed");
+    assert!(TcpStream::connect(("127.0.0.1", http)).is_err(), "the endpoint is closed");
+    assert_eq!(files_under(&d.path().join("storage/public")).len(), 1);
+}
