@@ -88,6 +88,24 @@ fn body_of(file: &[u8]) -> Vec<u8> {
     dicom_anon_gateway::dicom::Part10::parse(file).unwrap().body.to_vec()
 }
 
+/// `files` with storescu (stored), then one data set cut short (0xC000, quarantined as
+/// DICOM_Read_Error) and one MR where only CT is accepted (0x0124, refused, nothing kept), each over
+/// its own raw association. Returns the data set bytes the two raw associations sent.
+fn send_stored_quarantined_refused(node: &Node, files: &[PathBuf]) -> usize {
+    let out = storescu(node.port, files);
+    assert!(out.status.success() && !text(&out).contains("Store Failed"), "{}", text(&out));
+    let body = body_of(&ct(&yamada(), 1, 1));
+    let announced = sop_uid(&yamada(), &Shape { series: 1, instance: 1, ..Shape::default() });
+    assert_eq!(rawscu::store_raw(node.port, AE, CT_IMAGE, &announced, &body[..body.len() / 2]), 0xC000);
+    let mr_shape = Shape { modality: "MR", ..Shape::default() };
+    let mr = common::instance(&mueller(), &mr_shape);
+    assert_eq!(
+        rawscu::store_raw(node.port, AE, MR_IMAGE, &sop_uid(&mueller(), &mr_shape), &body_of(&mr)),
+        0x0124
+    );
+    body.len() / 2 + body_of(&mr).len()
+}
+
 #[test]
 fn each_counter_moves_by_exactly_what_was_sent() {
     let d = tempfile::tempdir().unwrap();
@@ -98,20 +116,7 @@ fn each_counter_moves_by_exactly_what_was_sent() {
     const N: u32 = 5;
     let files: Vec<PathBuf> =
         (0..N).map(|i| put(d.path(), &format!("{i}.dcm"), &ct(&smith(), 1 + i % 2, i))).collect();
-    let out = storescu(node.port, &files);
-    assert!(out.status.success() && !text(&out).contains("Store Failed"), "{}", text(&out));
-    // One quarantined: a data set cut short (0xC000, DICOM_Read_Error).
-    let whole = ct(&yamada(), 1, 1);
-    let body = body_of(&whole);
-    let announced = sop_uid(&yamada(), &Shape { series: 1, instance: 1, ..Shape::default() });
-    assert_eq!(rawscu::store_raw(node.port, AE, CT_IMAGE, &announced, &body[..body.len() / 2]), 0xC000);
-    // One refused: an MR where only CT is accepted (0x0124, nothing kept).
-    let mr_shape = Shape { modality: "MR", ..Shape::default() };
-    let mr = common::instance(&mueller(), &mr_shape);
-    assert_eq!(
-        rawscu::store_raw(node.port, AE, MR_IMAGE, &sop_uid(&mueller(), &mr_shape), &body_of(&mr)),
-        0x0124
-    );
+    let raw_bytes = send_stored_quarantined_refused(&node, &files);
 
     // Three associations: storescu's and the raw SCU's two; each is counted once it has ended.
     let delta = |m: &BTreeMap<String, f64>, s: &str| value(m, s) - value(&before, s);
@@ -144,7 +149,7 @@ fn each_counter_moves_by_exactly_what_was_sent() {
     // Bytes in: every data set byte. The raw SCU's are exact; storescu re-encodes its data sets,
     // so theirs are near the files' bodies.
     let bodies: u64 = files.iter().map(|f| body_of(&std::fs::read(f).unwrap()).len() as u64).sum();
-    let raw = (body.len() / 2 + body_of(&mr).len()) as f64;
+    let raw = raw_bytes as f64;
     let bytes_in = moved("dicom_anon_received_bytes_total") - raw;
     assert!((bytes_in - bodies as f64).abs() < 0.1 * bodies as f64, "{bytes_in} for bodies of {bodies}");
     // Each acknowledged instance waited for a flush; concurrent ones may share one.
@@ -362,17 +367,10 @@ fn the_audit_trail_and_the_id_mappings_export_what_happened() {
     let node = Node::start(d.path(), "  modalities: [CT]\n", "  min_free_bytes: 0\n");
     let files: Vec<PathBuf> =
         (1..=2).map(|i| put(d.path(), &format!("{i}.dcm"), &ct(&smith(), 1, i))).collect();
-    let out = storescu(node.port, &files);
-    assert!(out.status.success() && !text(&out).contains("Store Failed"), "{}", text(&out));
+    send_stored_quarantined_refused(&node, &files);
+    // The quarantined one, as the helper sent it.
     let body = body_of(&ct(&yamada(), 1, 1));
     let announced = sop_uid(&yamada(), &Shape { series: 1, instance: 1, ..Shape::default() });
-    assert_eq!(rawscu::store_raw(node.port, AE, CT_IMAGE, &announced, &body[..body.len() / 2]), 0xC000);
-    let mr_shape = Shape { modality: "MR", ..Shape::default() };
-    let mr = common::instance(&mueller(), &mr_shape);
-    assert_eq!(
-        rawscu::store_raw(node.port, AE, MR_IMAGE, &sop_uid(&mueller(), &mr_shape), &body_of(&mr)),
-        0x0124
-    );
     // A clean stop waits for every association, and so for every audit row.
     let config = node.config.clone();
     assert!(node.stop().success());
