@@ -192,10 +192,16 @@ fn junk_and_cut_connections_leave_the_server_serving() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(100));
+    // Cut it once the data set is being spilled, i.e. in the middle of the transfer.
+    let tmp = d.path().join("storage/private/tmp");
+    wait_until("the large data set to start spilling", Duration::from_secs(30), || {
+        !files_under(&tmp).is_empty()
+    });
     let _ = sender.kill();
     let _ = sender.wait();
-    std::thread::sleep(Duration::from_millis(2500));
+    wait_until("the node to see the cut connection", Duration::from_secs(30), || {
+        node.log().contains("connection closed") && files_under(&tmp).is_empty()
+    });
     drop(silent);
     assert!(node.is_running(), "the node died; log:\n{}", node.log());
     let ok = echoscu(node.port, "TESTSCU", AE);
@@ -219,7 +225,9 @@ fn the_association_over_the_limit_is_rejected_not_queued() {
     assert!(!out.status.success());
     assert!(text(&out).contains("Local Limit Exceeded"), "{}", text(&out));
     holder.release().unwrap();
-    std::thread::sleep(Duration::from_millis(300));
+    wait_until("the holder's association to end", Duration::from_secs(10), || {
+        node.log().lines().any(|l| l.contains("calling_ae=HOLDER") && l.contains("association finished"))
+    });
     let out = echoscu(node.port, "TESTSCU", AE);
     assert!(out.status.success(), "the permit comes back: {}", text(&out));
 }

@@ -145,7 +145,7 @@ async fn a_wrong_password_pauses_uploads_until_it_is_fixed() {
     let files = corpus(&d.path().join("in"), 4, false);
     let out = storescu(node.port, &files);
     assert!(out.status.success(), "intake goes on while uploads are paused: {}", text(&out));
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    wait_until("uploads to pause", Duration::from_secs(30), || node.log().contains("uploads paused"));
     assert!(objects(&moto.url()).await.is_empty());
     let log = node.log();
     assert!(
@@ -209,7 +209,10 @@ async fn an_outage_in_the_middle_of_a_drain_loses_and_repeats_nothing() {
     assert!(out.status.success(), "intake is unaffected by the outage: {}", text(&out));
     let during = objects(&moto.url()).await.len();
     assert!(during < files.len(), "the outage came too late to test anything");
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Restore once the outage has made an upload fail, so the retry path is what delivers the rest.
+    wait_until("an upload to fail during the outage", Duration::from_secs(60), || {
+        node.log().contains("upload failed") || node.log().contains("uploads paused")
+    });
     proxy.restore();
     let objects = wait_for_objects(&moto.url(), files.len(), &node).await;
     check_objects(&objects, &node, &aws, &moto);

@@ -82,6 +82,16 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
+/// Poll `done` until it holds; fail with `what` (and the node's log, via the message) after
+/// `within`. Tests wait on conditions, never on a fixed sleep.
+pub fn wait_until(what: &str, within: std::time::Duration, mut done: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + within;
+    while !done() {
+        assert!(std::time::Instant::now() < deadline, "waited {within:?} for {what}");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
 pub fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     !needle.is_empty() && memchr::memmem::find(haystack, needle).is_some()
 }
