@@ -303,7 +303,7 @@ impl Pipeline {
     }
 
     fn run_file(&self, path: &Path, source: &str) -> Result<Stored, InstanceError> {
-        let io_err = |source| InstanceError::Io { path: path.display().to_string(), source };
+        let io_err = io_error(path);
         let mut file = File::open(path).map_err(io_err)?;
         let len = file.metadata().map_err(io_err)?.len();
         let mut start = Vec::new();
@@ -345,7 +345,7 @@ impl Pipeline {
             }
             Body::File { path, offset } => (path, offset),
         };
-        let io_err = |source| InstanceError::Io { path: path.display().to_string(), source };
+        let io_err = io_error(path);
         let mut file = File::open(path).map_err(io_err)?;
         let total = file.metadata().map_err(io_err)?.len();
         let span = locate_pixel_data(&mut file, offset, ts.encoding())?;
@@ -399,7 +399,7 @@ impl Pipeline {
         match body {
             Body::Memory(bytes) => inflate_into(bytes, limit, &mut sink)?,
             Body::File { path, offset } => {
-                let io_err = |source| InstanceError::Io { path: path.display().to_string(), source };
+                let io_err = io_error(path);
                 let mut file = File::open(path).map_err(io_err)?;
                 file.seek(SeekFrom::Start(offset)).map_err(io_err)?;
                 inflate_into(io::BufReader::new(file), limit, &mut sink)?
@@ -504,6 +504,11 @@ fn guarded(f: impl FnOnce() -> Result<Stored, InstanceError>) -> Result<Stored, 
             .unwrap_or_else(|| "panic".into());
         Err(InstanceError::Panic(what))
     })
+}
+
+/// An I/O error on `path`: the node's fault, never the sender's.
+fn io_error(path: &Path) -> impl Fn(io::Error) -> InstanceError + Copy + '_ {
+    move |source| InstanceError::Io { path: path.display().to_string(), source }
 }
 
 fn read_range(file: &mut File, from: u64, to: u64) -> io::Result<Vec<u8>> {
