@@ -26,7 +26,7 @@ fn el(tag: (u16, u16), vr: &[u8; 2], value: &[u8]) -> Vec<u8> {
     b.extend(tag.0.to_le_bytes());
     b.extend(tag.1.to_le_bytes());
     b.extend(vr);
-    if matches!(vr, b"OB" | b"OW" | b"SQ" | b"UN" | b"UT") {
+    if matches!(vr, b"OB" | b"OW" | b"SQ" | b"UN" | b"UT" | b"UR" | b"UC") {
         b.extend([0, 0]);
         b.extend((value.len() as u32).to_le_bytes());
     } else {
@@ -392,11 +392,11 @@ fn part10(sop: &str, body: &[u8]) -> Vec<u8> {
 #[test]
 fn values_that_pass_as_something_needing_no_cleaning_are_caught() {
     let d = tempfile::tempdir().unwrap();
-    let cases: [(&str, Vec<u8>, bool); 8] = [
+    let cases: [(&str, Vec<u8>, bool); 10] = [
         ("address as TM", txt((0x0010, 0x1040), b"TM", "PLANTA 12 Main St"), false),
         ("other names as DT", txt((0x0010, 0x1001), b"DT", "20200101PLANTB^SMITH"), false),
         ("comments as UR", txt((0x0010, 0x4000), b"UR", "seen DOE JOHN PLANTC"), false),
-        ("description as CS", txt((0x0008, 0x1030), b"CS", "PLANTD JOHN"), false),
+        ("description as CS", txt((0x0008, 0x103E), b"CS", "PLANTD JOHN"), false),
         ("text behind a datetime", txt((0x0008, 0x002A), b"DT", "20200101 PLANTE DOE"), true),
         (
             "a URL",
@@ -405,6 +405,8 @@ fn values_that_pass_as_something_needing_no_cleaning_are_caught() {
         ),
         ("a name in a code", txt((0x0018, 0x0015), b"CS", "JOHN"), true),
         ("a time on an unknown tag", txt((0x0010, 0x9999), b"TM", "PLANTG"), true),
+        ("a name as the pixel padding range", el((0x0028, 0x0106), b"OB", b"DOE JOHN PLANTH "), false),
+        ("digits that are no time", txt((0x0018, 0x1042), b"TM", "19800115\\778899"), true),
     ];
     let mut inputs = Vec::new();
     for (i, (name, extra, _)) in cases.iter().enumerate() {
@@ -425,10 +427,14 @@ fn values_that_pass_as_something_needing_no_cleaning_are_caught() {
     let summary = String::from_utf8_lossy(&result.stdout).into_owned();
     let stored = files_under(&out);
     assert_eq!(stored.len(), cases.iter().filter(|c| c.2).count(), "{summary}");
-    assert!(summary.contains("quarantined 4"), "{summary}");
+    assert!(summary.contains("quarantined 5"), "{summary}");
+    assert!(
+        !summary.contains("unreadable"),
+        "each case is well-formed; only its value is at fault: {summary}"
+    );
     for f in &stored {
         let bytes = std::fs::read(f).unwrap();
-        for planted in ["PLANT", "plant", "JOHN", "DOE", "1.2.999.777"] {
+        for planted in ["PLANT", "plant", "JOHN", "DOE", "1.2.999.777", "778899"] {
             assert!(!contains(&bytes, planted.as_bytes()), "{planted} in {}\n{summary}", f.display());
         }
     }

@@ -26,11 +26,15 @@ pub fn decode(charset: &str, raw: &[u8]) -> Result<String, std::str::Utf8Error> 
 pub fn case_variants(charset: &str, raw: &[u8]) -> Vec<Vec<u8>> {
     // A single-byte ISO 2022 set without an escape in the value is its plain set byte for byte
     // ("ISO 2022 IR 100" is Latin-1 until something switches).
-    let plain = charset.split('\\').map(str::trim).find(|c| !c.is_empty()).and_then(|c| {
-        let number = c.strip_prefix("ISO 2022 IR ")?;
-        let single_byte = ["100", "101", "109", "110", "126", "127", "138", "144", "148", "166", "203"];
-        (single_byte.contains(&number) && !raw.contains(&0x1B)).then(|| format!("ISO_IR {number}"))
-    });
+    // "ISO 2022 IR 6\ISO 2022 IR 100" is the same: ASCII in G0, Latin-1 in G1.
+    let single_byte = ["100", "101", "109", "110", "126", "127", "138", "144", "148", "166", "203"];
+    let plain = charset
+        .split('\\')
+        .map(str::trim)
+        .filter_map(|c| c.strip_prefix("ISO 2022 IR "))
+        .find(|number| *number != "6")
+        .filter(|number| single_byte.contains(number) && !raw.contains(&0x1B))
+        .map(|number| format!("ISO_IR {number}"));
     let charset = plain.as_deref().unwrap_or(charset);
     if raw.is_ascii() || charset.contains("2022") {
         return Vec::new();

@@ -46,25 +46,43 @@ fn is_dt_time_and_offset(rest: &str) -> bool {
         None => (rest, None),
     };
     let (whole, fraction) = time.split_once('.').unwrap_or((time, ""));
-    let digits = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
-    digits(whole)
-        && whole.len() <= 6
-        && whole.len() % 2 == 0
-        && digits(fraction)
-        && fraction.len() <= 6
-        && (fraction.is_empty() || whole.len() == 6)
-        && offset.is_none_or(|o| o.len() == 4 && digits(o))
+    let offset_ok = offset.is_none_or(|o| {
+        o.len() == 4 && o.bytes().all(|b| b.is_ascii_digit()) && o[..2] <= *"14" && o[2..] <= *"59"
+    });
+    clock(whole) && fraction_ok(fraction, whole.len()) && offset_ok
 }
 
-/// A TM value: `HHMMSS.FFFFFF`, or the older `HH:MM:SS.FFFFFF`, values separated by `\`.
+/// `HH`, `HHMM` or `HHMMSS` with each part in range (seconds up to 60, for a leap second).
+fn clock(hhmmss: &str) -> bool {
+    let digits = hhmmss.bytes().all(|b| b.is_ascii_digit());
+    let part = |i: usize, max: &str| hhmmss.get(i..i + 2).is_none_or(|p| p <= max);
+    digits && matches!(hhmmss.len(), 0 | 2 | 4 | 6) && part(0, "23") && part(2, "59") && part(4, "60")
+}
+
+/// A fraction of a second: up to six digits, only after whole seconds.
+fn fraction_ok(fraction: &str, whole_len: usize) -> bool {
+    fraction.is_empty()
+        || (whole_len == 6 && fraction.len() <= 6 && fraction.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// A TM value: `HHMMSS.FFFFFF` (parts optional from the right), or the older `HH:MM:SS.FFFFFF`,
+/// each part in range; values separated by `\`.
 pub fn is_time(value: &str) -> bool {
     value.split('\\').all(|v| {
         let v = v.trim_matches(' ');
         let (whole, fraction) = v.split_once('.').unwrap_or((v, ""));
-        whole.bytes().all(|b| b.is_ascii_digit() || b == b':')
-            && fraction.bytes().all(|b| b.is_ascii_digit())
-            && whole.len() <= 8
-            && fraction.len() <= 6
+        let whole = match whole.len() {
+            5 | 8 if whole.as_bytes()[2] == b':' && whole.as_bytes().get(5).is_none_or(|&c| c == b':') => {
+                // Only the two separators are colons; clock() then wants the digits.
+                let digits = whole.replace(':', "");
+                if digits.len() + whole.len() / 3 != whole.len() {
+                    return false;
+                }
+                digits
+            }
+            _ => whole.to_string(),
+        };
+        clock(&whole) && fraction_ok(fraction, whole.len())
     })
 }
 
@@ -416,8 +434,15 @@ mod tests {
         );
         assert_eq!(shift_values("20200101 1230", true, DateShift::Days(1)), None);
         assert_eq!(shift_values("20200101-0500", true, DateShift::Days(1)).as_deref(), Some("20200102-0500"));
-        assert!(is_time("101010.5") && is_time("10:10:10") && is_time(""));
+        assert!(is_time("101010.5") && is_time("10:10:10") && is_time("") && is_time("1010\\23"));
         assert!(!is_time("PLANTA 12 Main St"));
+        assert!(!is_time("19800115\\778899"), "digits that are no time of day");
+        assert!(!is_time("::::::::") && !is_time("246000") && !is_time("10.5"));
+        assert_eq!(shift_values("20200115778899", true, DateShift::Days(1)), None, "77 is no hour");
+        assert_eq!(
+            shift_values("20200115101010.25+0100", true, DateShift::Days(1)).as_deref(),
+            Some("20200116101010.25+0100")
+        );
         assert_eq!(
             shift_values("20200101\\20200102", false, DateShift::Days(1)).as_deref(),
             Some("20200102\\20200103")

@@ -39,17 +39,21 @@ pub fn check_vrs(ds: &DataSet<'_>) -> Result<(), ValueError> {
         if e.tag.0 % 2 == 1 || e.tag.1 == 0 || e.vr == VR::UN {
             continue;
         }
-        let Some(VirtualVr::Exact(expected)) =
-            dicom_dictionary_std::StandardDataDictionary.by_tag(e.tag).map(|d| d.vr)
-        else {
+        let Some(defined) = dicom_dictionary_std::StandardDataDictionary.by_tag(e.tag).map(|d| d.vr) else {
             continue;
         };
-        if e.vr != expected && family(e.vr) != family(expected) {
-            return Err(ValueError::VrMismatch {
-                tag: tag_str(e.tag),
-                found: e.vr.to_string(),
-                expected: expected.to_string(),
-            });
+        // The attributes whose VR depends on context may take any of theirs, and nothing else.
+        let allowed: &[VR] = match defined {
+            VirtualVr::Exact(vr) => &[vr],
+            VirtualVr::Xs => &[VR::US, VR::SS],
+            VirtualVr::Ox | VirtualVr::Px => &[VR::OB, VR::OW],
+            VirtualVr::Lt => &[VR::US, VR::SS, VR::OW],
+            // A kind this dictionary version does not know yet: nothing to hold the VR to.
+            _ => continue,
+        };
+        if !allowed.iter().any(|&vr| vr == e.vr || family(vr).is_some_and(|f| family(e.vr) == Some(f))) {
+            let expected = allowed.first().map_or("?", |vr| VR::to_string(*vr));
+            return Err(ValueError::VrMismatch { tag: tag_str(e.tag), found: e.vr.to_string(), expected });
         }
     }
     Ok(())
@@ -113,36 +117,37 @@ fn walk(ds: &DataSet<'_>, enc: Encoding, over_long: &mut Vec<Tag>) -> Result<(),
 }
 
 /// Where, if anywhere, the value of `tag` ends in elements it should have been followed by: the first
-/// even offset from which element headers and their defined-length values follow one another
-/// exactly to the value's end, in a chain that names at least one standard attribute and starts
-/// past `tag` (elements follow in ascending order). Computed backwards in one pass, so the cost is
+/// even offset from which element headers and their defined-length values follow one another to
+/// the value's end (or to fewer than 8 bytes before it), in a chain of which at least one element is
+/// plausible (known to the dictionary, or private). Computed backwards in one pass, so the cost is
 /// linear in the value's size. Pixel Data is left out: nothing but padding may follow it, and large
 /// pixel data is copied file to file unread, so checking it would make the answer depend on size.
 fn trailing_elements(tag: Tag, value: &[u8], enc: Encoding) -> Option<usize> {
     if tag.0 == 0x7FE0 || value.len() < 8 {
         return None;
     }
-    /// From this offset a chain reaches the end; `STANDARD`: and it names a standard attribute.
+    /// From this offset a chain reaches the end; `PLAUSIBLE`: and one of its elements is plausible.
     const CHAIN: u8 = 1;
-    const STANDARD: u8 = 2;
+    const PLAUSIBLE: u8 = 2;
     let header = |at: usize| match decode_header(&value[at..], enc, at) {
         Ok(Some(h)) if h.len != UNDEFINED && (enc.explicit_vr || known(h.tag)) => Some(h),
         _ => None,
     };
-    let mut reach = vec![0u8; value.len() / 2 + 1];
-    for at in (0..=(value.len() - 8) / 2).rev().map(|k| 2 * k) {
+    let end = value.len();
+    let mut reach = vec![0u8; end / 2 + 1];
+    for at in (0..=(end - 8) / 2).rev().map(|k| 2 * k) {
         let Some(h) = header(at) else { continue };
         let next = at + h.size + h.len as usize;
-        let standard = if h.tag.0 % 2 == 0 && known(h.tag) { STANDARD } else { CHAIN };
+        let plausible = known(h.tag) || (h.tag.0 % 2 == 1 && h.tag.1 >= 0x0010);
+        let own = if plausible { PLAUSIBLE } else { CHAIN };
         reach[at / 2] = match next {
-            n if n == value.len() => standard,
-            n if n < value.len() && n % 2 == 0 && reach[n / 2] != 0 => reach[n / 2].max(standard),
+            // Up to 7 bytes may follow the last element: too few for another header.
+            n if n <= end && end - n < 8 => own,
+            n if n < end && n % 2 == 0 && reach[n / 2] != 0 => reach[n / 2].max(own),
             _ => 0,
         };
     }
-    (0..value.len() / 2)
-        .map(|k| 2 * k)
-        .find(|&at| reach[at / 2] == STANDARD && header(at).is_some_and(|h| h.tag > tag))
+    (0..end / 2).map(|k| 2 * k).find(|&at| reach[at / 2] == PLAUSIBLE)
 }
 
 /// A tag the standard dictionary knows: what an implicit-VR header must name to count as one.
@@ -227,6 +232,13 @@ mod tests {
         let tm = one((0x0010, 0x1040), b"TM", b"PLANTA 12 Main St ");
         let ds = read_dataset(&tm, Encoding::EXPLICIT_LE).unwrap();
         assert!(check_vrs(&ds).is_err());
+        // An attribute whose VR depends on context takes one of its own, not any.
+        let xs = one((0x0028, 0x0106), b"LO", b"DOE JOHN");
+        let ds = read_dataset(&xs, Encoding::EXPLICIT_LE).unwrap();
+        assert!(check_vrs(&ds).is_err());
+        let xs = one((0x0028, 0x0106), b"SS", &[0, 0]);
+        let ds = read_dataset(&xs, Encoding::EXPLICIT_LE).unwrap();
+        assert_eq!(check_vrs(&ds), Ok(()));
         // The same family, UN, private and unknown tags pass.
         let mut ok = one((0x0008, 0x1030), b"SH", b"CT HEAD ");
         ok.extend(one((0x0009, 0x1001), b"DA", b"20200101"));
@@ -244,6 +256,19 @@ mod tests {
         let ds = read_dataset(&lie, Encoding::EXPLICIT_LE).unwrap();
         let err = check_values(&ds, Encoding::EXPLICIT_LE).unwrap_err();
         assert_eq!(err, ValueError::Swallowed { tag: "(0028,0010)".into(), vr: "US", at: 2 });
+        // A chain of private elements, a chain followed by a few bytes, and one whose tags are lower
+        // than the carrier's are caught too.
+        for tail in [
+            [one((0x0009, 0x0010), b"LO", b"ACME"), one((0x0009, 0x1001), b"LO", b"DOE^JOHN")].concat(),
+            [one((0x0010, 0x1000), b"LO", b"DOE^JOHN"), vec![0xAB, 0xCD]].concat(),
+            one((0x0008, 0x0090), b"PN", b"DOE^JOHN"),
+        ] {
+            let mut value = 512u16.to_le_bytes().to_vec();
+            value.extend(&tail);
+            let lie = one((0x0028, 0x0010), b"US", &value);
+            let ds = read_dataset(&lie, Encoding::EXPLICIT_LE).unwrap();
+            assert!(check_values(&ds, Encoding::EXPLICIT_LE).is_err(), "{tail:?}");
+        }
         // Pixel data is not judged: its size must not change the answer.
         let mut pixels = lie.clone();
         pixels[0..4].copy_from_slice(&[0xE0, 0x7F, 0x10, 0x00]);
