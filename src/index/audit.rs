@@ -96,7 +96,7 @@ pub fn export_audit(index: &Path, out: &Path, since: Option<&str>) -> Result<usi
             record.push(r.get::<_, String>(i).map_err(db_err)?);
         }
         record.push(r.get::<_, i64>(9).map_err(db_err)?.to_string());
-        w.write_record(&record).map_err(csv_err)?;
+        w.write_record(record.iter().map(|c| super::export::spreadsheet_safe(c))).map_err(csv_err)?;
         n += 1;
     }
     w.flush().map_err(|e| csv_err(e.into()))?;
@@ -138,7 +138,7 @@ fn mapping(conn: &Connection, index: &Path, out: &Path, sql: &str) -> Result<usi
     while let Some(r) = rows.next().map_err(db_err)? {
         let old: String = r.get(0).map_err(db_err)?;
         let new: String = r.get(1).map_err(db_err)?;
-        w.write_record([old, new]).map_err(csv_err)?;
+        w.write_record([old, new].iter().map(|c| super::export::spreadsheet_safe(c))).map_err(csv_err)?;
         n += 1;
     }
     w.flush().map_err(|e| csv_err(e.into()))?;

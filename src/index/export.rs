@@ -66,9 +66,29 @@ pub fn export_csv(index: &Path, out: &Path) -> Result<usize, ExportError> {
             number(9).map_err(db_err)?,
             number(10).map_err(db_err)?,
         ];
-        w.write_record(&record).map_err(csv_err)?;
+        w.write_record(record.iter().map(|c| spreadsheet_safe(c))).map_err(csv_err)?;
         n += 1;
     }
     w.flush().map_err(|e| csv_err(e.into()))?;
     Ok(n)
+}
+
+/// A cell as a spreadsheet will show it, not run it: values from senders (a patient name, an AE
+/// title) that start like a formula get a leading apostrophe (OWASP "CSV injection").
+pub(crate) fn spreadsheet_safe(cell: &str) -> String {
+    if cell.starts_with(['=', '+', '-', '@', '\t', '\r']) {
+        format!("'{cell}")
+    } else {
+        cell.to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_cell_that_starts_like_a_formula_is_shown_not_run() {
+        assert_eq!(super::spreadsheet_safe("=HYPERLINK(1)"), "'=HYPERLINK(1)");
+        assert_eq!(super::spreadsheet_safe("@SUM(A1)"), "'@SUM(A1)");
+        assert_eq!(super::spreadsheet_safe("DOE^JOHN"), "DOE^JOHN");
+    }
 }

@@ -79,13 +79,15 @@ pub async fn serve(listener: TcpListener, node: Arc<Node>, shutdown: impl Future
             drop(handshake);
             let max_pdu = match request {
                 Err(_) => {
-                    warn!(%peer, timeout_s = HANDSHAKE_TIMEOUT.as_secs(), "connection closed: no association request in time");
+                    // Debug, not warn: a flood of these is counted (connections_dropped_total), not
+                    // written line by line.
+                    debug!(%peer, timeout_s = HANDSHAKE_TIMEOUT.as_secs(), "connection closed: no association request in time");
                     METRICS.connections_dropped.with_label_values(&["no_request"]).inc();
                     return;
                 }
                 Ok(Err(e)) => {
                     // Not an A-ASSOCIATE-RQ we can read: it never gets a slot.
-                    warn!(%peer, error = %e, "connection closed before an association");
+                    debug!(%peer, error = %e, "connection closed before an association");
                     METRICS.connections_dropped.with_label_values(&["not_a_request"]).inc();
                     return;
                 }
