@@ -392,7 +392,7 @@ fn part10(sop: &str, body: &[u8]) -> Vec<u8> {
 #[test]
 fn values_that_pass_as_something_needing_no_cleaning_are_caught() {
     let d = tempfile::tempdir().unwrap();
-    let cases: [(&str, Vec<u8>, bool); 10] = [
+    let cases: [(&str, Vec<u8>, bool); 11] = [
         ("address as TM", txt((0x0010, 0x1040), b"TM", "PLANTA 12 Main St"), false),
         ("other names as DT", txt((0x0010, 0x1001), b"DT", "20200101PLANTB^SMITH"), false),
         ("comments as UR", txt((0x0010, 0x4000), b"UR", "seen DOE JOHN PLANTC"), false),
@@ -407,6 +407,7 @@ fn values_that_pass_as_something_needing_no_cleaning_are_caught() {
         ("a time on an unknown tag", txt((0x0010, 0x9999), b"TM", "PLANTG"), true),
         ("a name as the pixel padding range", el((0x0028, 0x0106), b"OB", b"DOE JOHN PLANTH "), false),
         ("digits that are no time", txt((0x0018, 0x1042), b"TM", "19800115\\778899"), true),
+        ("a command element in a data set", txt((0x0000, 0x1030), b"AE", "PLANTN"), true),
     ];
     let mut inputs = Vec::new();
     for (i, (name, extra, _)) in cases.iter().enumerate() {

@@ -325,8 +325,9 @@ impl Walk<'_> {
     /// Apply the rule for one element; `false` removes it.
     fn element(&mut self, e: &mut Element<'_>) -> bool {
         let tag = e.tag;
-        // Private groups, group lengths (stale once values change), file meta and padding always go.
-        if tag.0 % 2 == 1 || tag.1 == 0 || tag.0 == 0x0002 || tag == tags::ITEM_PADDING {
+        // Private groups, group lengths (stale once values change), command elements (they belong
+        // to a DIMSE message, never to a data set), file meta and padding always go.
+        if tag.0 % 2 == 1 || tag.1 == 0 || tag.0 == 0x0000 || tag.0 == 0x0002 || tag == tags::ITEM_PADDING {
             return false;
         }
         let engine = self.engine;
