@@ -392,7 +392,7 @@ fn part10(sop: &str, body: &[u8]) -> Vec<u8> {
 #[test]
 fn values_that_pass_as_something_needing_no_cleaning_are_caught() {
     let d = tempfile::tempdir().unwrap();
-    let cases: [(&str, Vec<u8>, bool); 11] = [
+    let cases: [(&str, Vec<u8>, bool); 12] = [
         ("address as TM", txt((0x0010, 0x1040), b"TM", "PLANTA 12 Main St"), false),
         ("other names as DT", txt((0x0010, 0x1001), b"DT", "20200101PLANTB^SMITH"), false),
         ("comments as UR", txt((0x0010, 0x4000), b"UR", "seen DOE JOHN PLANTC"), false),
@@ -408,6 +408,15 @@ fn values_that_pass_as_something_needing_no_cleaning_are_caught() {
         ("a name as the pixel padding range", el((0x0028, 0x0106), b"OB", b"DOE JOHN PLANTH "), false),
         ("digits that are no time", txt((0x0018, 0x1042), b"TM", "19800115\\778899"), true),
         ("a command element in a data set", txt((0x0000, 0x1030), b"AE", "PLANTN"), true),
+        (
+            "the birth date typed into a description",
+            [
+                txt((0x0008, 0x103E), b"LO", "born 15.01.1980, seen 1980-01-15"),
+                txt((0x0010, 0x0030), b"DA", "19800115"),
+            ]
+            .concat(),
+            true,
+        ),
     ];
     let mut inputs = Vec::new();
     for (i, (name, extra, _)) in cases.iter().enumerate() {
@@ -435,7 +444,7 @@ fn values_that_pass_as_something_needing_no_cleaning_are_caught() {
     );
     for f in &stored {
         let bytes = std::fs::read(f).unwrap();
-        for planted in ["PLANT", "plant", "JOHN", "DOE", "1.2.999.777", "778899"] {
+        for planted in ["PLANT", "plant", "JOHN", "DOE", "1.2.999.777", "778899", "1980"] {
             assert!(!contains(&bytes, planted.as_bytes()), "{planted} in {}\n{summary}", f.display());
         }
     }

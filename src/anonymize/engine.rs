@@ -79,6 +79,9 @@ impl Original {
         let (mut names, mut ids) = (Vec::new(), Vec::new());
         collect_names_and_ids(ds, &mut names, &mut ids);
         let variants: Vec<Vec<u8>> = names.iter().flat_map(|n| text::case_variants(charset, n)).collect();
+        // The birth date, as it is typed into comments ("born 15.01.1980"), is scrubbed like an ID.
+        let birth = ds.text(tags::PATIENT_BIRTH_DATE).map(birth_date_spellings).unwrap_or_default();
+        let ids = ids.into_iter().chain(birth.iter().map(|b| b.as_bytes()));
         let scrubber = Scrubber::new(names.into_iter().chain(variants.iter().map(Vec::as_slice)), ids);
         let plain = |tag| ds.text(tag).filter(|v| !v.is_empty()).map(str::to_string);
         Ok(Original {
@@ -484,6 +487,23 @@ fn collect_names_and_ids<'a>(ds: &'a DataSet<'_>, names: &mut Vec<&'a [u8]>, ids
             _ => {}
         }
     }
+}
+
+/// A DA birth date (`YYYYMMDD`) as people write it: ISO, day first and month first, with the
+/// common separators. Empty when the value is not a date.
+fn birth_date_spellings(da: &str) -> Vec<String> {
+    let da = da.trim();
+    if da.len() != 8 || !da.bytes().all(|b| b.is_ascii_digit()) {
+        return Vec::new();
+    }
+    let (y, m, d) = (&da[..4], &da[4..6], &da[6..]);
+    let mut out = vec![da.to_string()];
+    for sep in ['-', '.', '/'] {
+        out.push(format!("{y}{sep}{m}{sep}{d}"));
+        out.push(format!("{d}{sep}{m}{sep}{y}"));
+        out.push(format!("{m}{sep}{d}{sep}{y}"));
+    }
+    out
 }
 
 /// The trimmed value as text; values we act on (UIDs, dates, ages, IDs) are ASCII.
