@@ -49,15 +49,31 @@ pub fn case_variants(charset: &str, raw: &[u8]) -> Vec<Vec<u8>> {
             c.next().into_iter().flat_map(char::to_uppercase).chain(c.flat_map(char::to_lowercase))
         })
         .collect();
-    [name.to_lowercase(), name.to_uppercase(), capitalised]
-        .iter()
-        .filter_map(|v| cs.encode(v).ok())
-        .filter(|v| v.as_slice() != raw)
-        .collect()
+    let mut spellings = vec![name.to_lowercase(), name.to_uppercase(), capitalised];
+    if code == "ISO_IR 192" {
+        use unicode_normalization::UnicodeNormalization;
+        let forms: Vec<String> = std::iter::once(&name)
+            .chain(&spellings)
+            .flat_map(|v| [v.nfc().collect::<String>(), v.nfd().collect()])
+            .collect();
+        spellings.extend(forms);
+    }
+    let mut out: Vec<Vec<u8>> =
+        spellings.iter().filter_map(|v| cs.encode(v).ok()).filter(|v| v.as_slice() != raw).collect();
+    out.sort();
+    out.dedup();
+    out
 }
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn utf8_names_are_looked_for_in_both_normal_forms() {
+        let variants = super::case_variants("ISO_IR 192", "MÜLLER^HANS".as_bytes());
+        assert!(variants.contains(&"Mu\u{308}ller^Hans".as_bytes().to_vec()), "NFD: {variants:?}");
+        assert!(variants.contains(&"Müller^Hans".as_bytes().to_vec()), "NFC: {variants:?}");
+    }
+
     #[test]
     fn single_byte_iso_2022_sets_get_their_case_variants_too() {
         let variants = super::case_variants("ISO 2022 IR 100", b"M\xdcLLER^HANS");
