@@ -2,8 +2,6 @@
 //! de-identification attributes. No I/O: a data set and pseudonyms go in, a data set comes out.
 
 use std::borrow::Cow;
-
-use dicom_core::dictionary::DataDictionary;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
@@ -199,7 +197,7 @@ impl Engine {
                     || vr == VR::UN
                     // Nor can an attribute the standard does not define: it may be a known one
                     // whose tag a broken writer (or a flipped bit) changed.
-                    || dicom_dictionary_std::StandardDataDictionary.by_tag(tag).is_none()
+                    || !crate::dicom::in_dictionary(tag)
             }
         };
         (!unspecified_removed).then_some(Cow::Borrowed(&Op::Keep))

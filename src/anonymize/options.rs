@@ -180,11 +180,6 @@ const DEVICE_IDENTITY: &[u32] = &[
     0x0040_4030,
 ];
 
-fn in_dictionary(tag: Tag) -> bool {
-    use dicom_core::dictionary::DataDictionary;
-    dicom_dictionary_std::StandardDataDictionary.by_tag(tag).is_some()
-}
-
 fn listed(list: &[u32], tag: Tag) -> bool {
     list.contains(&((u32::from(tag.0) << 16) | u32::from(tag.1)))
 }
@@ -216,7 +211,7 @@ impl ProfileOptions {
         }
         // By the dictionary's word, not the file's: a tag the standard does not define is no date,
         // whatever VR its writer gave it.
-        if self.retain_modified_dates && !BIRTH.contains(&tag) && in_dictionary(tag) {
+        if self.retain_modified_dates && !BIRTH.contains(&tag) && crate::dicom::in_dictionary(tag) {
             return match vr {
                 VR::DA | VR::DT => Some(Op::HashDate),
                 // Whole-day shifts leave the time of day as it was: PS3.15's "modified" dates.

@@ -22,7 +22,7 @@ pub use part10::{
     IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME,
 };
 pub(crate) use read::tag_str;
-pub use read::{read_dataset, ReadError};
+pub use read::{in_dictionary, read_dataset, ReadError};
 pub use split::{locate_pixel_data, PixelSpan, SplitError};
 pub use syntax::{Encoding, TransferSyntax};
 pub use values::{check_values, check_vrs, ValueError};

@@ -349,6 +349,11 @@ pub(crate) fn has_long_length(vr: VR) -> bool {
     )
 }
 
+/// Whether the standard dictionary defines `tag` (repeating groups included).
+pub fn in_dictionary(tag: Tag) -> bool {
+    StandardDataDictionary.by_tag(tag).is_some()
+}
+
 /// The VR of an implicit-VR element, from the standard dictionary. Context-dependent VRs take the
 /// form that keeps the bytes intact (OW, US); unknown and private tags are UN.
 pub(crate) fn implicit_vr(tag: Tag) -> VR {

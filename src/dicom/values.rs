@@ -11,7 +11,7 @@
 use dicom_core::{Tag, VR};
 
 use super::element::{trim_padding, DataSet, Value};
-use super::read::{decode_header, tag_str, UNDEFINED};
+use super::read::{decode_header, in_dictionary, tag_str, UNDEFINED};
 use super::syntax::Encoding;
 
 const ESC: u8 = 0x1B;
@@ -130,7 +130,7 @@ fn trailing_elements(tag: Tag, value: &[u8], enc: Encoding) -> Option<usize> {
     const CHAIN: u8 = 1;
     const PLAUSIBLE: u8 = 2;
     let header = |at: usize| match decode_header(&value[at..], enc, at) {
-        Ok(Some(h)) if h.len != UNDEFINED && (enc.explicit_vr || known(h.tag)) => Some(h),
+        Ok(Some(h)) if h.len != UNDEFINED && (enc.explicit_vr || in_dictionary(h.tag)) => Some(h),
         _ => None,
     };
     let end = value.len();
@@ -138,7 +138,7 @@ fn trailing_elements(tag: Tag, value: &[u8], enc: Encoding) -> Option<usize> {
     for at in (0..=(end - 8) / 2).rev().map(|k| 2 * k) {
         let Some(h) = header(at) else { continue };
         let next = at + h.size + h.len as usize;
-        let plausible = known(h.tag) || (h.tag.0 % 2 == 1 && h.tag.1 >= 0x0010);
+        let plausible = in_dictionary(h.tag) || (h.tag.0 % 2 == 1 && h.tag.1 >= 0x0010);
         let own = if plausible { PLAUSIBLE } else { CHAIN };
         reach[at / 2] = match next {
             // Up to 7 bytes may follow the last element: too few for another header.
@@ -148,12 +148,6 @@ fn trailing_elements(tag: Tag, value: &[u8], enc: Encoding) -> Option<usize> {
         };
     }
     (0..end / 2).map(|k| 2 * k).find(|&at| reach[at / 2] == PLAUSIBLE)
-}
-
-/// A tag the standard dictionary knows: what an implicit-VR header must name to count as one.
-fn known(tag: Tag) -> bool {
-    use dicom_core::dictionary::DataDictionary;
-    dicom_dictionary_std::StandardDataDictionary.by_tag(tag).is_some()
 }
 
 struct Rule {
