@@ -3,6 +3,7 @@
 
 use aho_corasick::{AhoCorasick, MatchKind};
 use chrono::{Duration, NaiveDate};
+use std::sync::{Arc, Mutex};
 
 /// RSNA's stand-in date when a patient has no ID to derive an offset from.
 pub const DEFAULT_DATE: &str = "20000101";
@@ -130,11 +131,52 @@ pub fn round_age(value: &str, width: u32) -> Option<String> {
 /// text costs one pass per kind over it however many names and identifiers the instance holds
 /// (one pass per needle made an SR tree of thousands of names a denial of service). Within a
 /// pass the leftmost match wins, and of those the longest ("Smithson" before "Smith").
+///
+/// Building the automata costs more than scrubbing a typical instance, and the instances of a
+/// series all bring the same needles: the automata of the last [`RECENT_PASSES`] needle sets are
+/// kept and shared.
 #[derive(Debug, Clone)]
 pub struct Scrubber {
     /// `None` if a name part or identifier is longer than [`MAX_NEEDLE`] or an automaton could
     /// not be built: every kept text is then replaced whole, failing closed.
-    passes: Option<Passes>,
+    passes: Option<Arc<Passes>>,
+}
+
+/// The sorted, deduplicated needles of a [`Passes`]: identifiers, digit runs, marked words.
+type Needles = [Vec<Vec<u8>>; 3];
+
+/// How many recently built needle sets keep their automata: more than the patients that
+/// concurrent associations send at once.
+const RECENT_PASSES: usize = 32;
+/// Needle sets larger than this (an SR naming hundreds of people) are built for their instance
+/// only, so the memory of recent automata stays small.
+const MAX_SHARED_NEEDLES: usize = 256;
+
+static RECENT: Mutex<Vec<(Needles, Arc<Passes>)>> = Mutex::new(Vec::new());
+
+/// The automata for `needles`, from the recent ones or built (and remembered if small).
+fn passes_for(needles: Needles) -> Option<Arc<Passes>> {
+    let shared = needles.iter().map(Vec::len).sum::<usize>() <= MAX_SHARED_NEEDLES;
+    if shared {
+        let mut recent = RECENT.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(at) = recent.iter().position(|(n, _)| *n == needles) {
+            // Most recently used last.
+            let hit = recent.remove(at);
+            let passes = hit.1.clone();
+            recent.push(hit);
+            return Some(passes);
+        }
+    }
+    let [ids, digits, words] = &needles;
+    let passes = Arc::new(Passes::build(ids, digits, words)?);
+    if shared {
+        let mut recent = RECENT.lock().unwrap_or_else(|p| p.into_inner());
+        if recent.len() >= RECENT_PASSES {
+            recent.remove(0);
+        }
+        recent.push((needles, passes.clone()));
+    }
+    Some(passes)
 }
 
 #[derive(Debug, Clone)]
@@ -150,7 +192,7 @@ struct Passes {
 }
 
 impl Passes {
-    fn build(ids: Vec<Vec<u8>>, digits: Vec<Vec<u8>>, words: Vec<Vec<u8>>) -> Option<Passes> {
+    fn build(ids: &[Vec<u8>], digits: &[Vec<u8>], words: &[Vec<u8>]) -> Option<Passes> {
         Some(Passes { ids: automaton(ids)?, digits: automaton(digits)?, words: automaton(words)? })
     }
 }
@@ -211,8 +253,12 @@ impl Scrubber {
             let end = marked.len() - usize::from(marked[marked.len() - 1] == WORD_START);
             marked[start..end].to_vec()
         });
-        let passes = if fits { Passes::build(long_ids, digits, words.collect()) } else { None };
-        Scrubber { passes }
+        let mut needles: Needles = [long_ids, digits, words.collect()];
+        for n in &mut needles {
+            n.sort_unstable();
+            n.dedup();
+        }
+        Scrubber { passes: if fits { passes_for(needles) } else { None } }
     }
 
     /// The text with each match replaced by asterisks (at most three, never longer than the
@@ -241,11 +287,9 @@ impl Scrubber {
 /// One scrub pass: the text with one automaton's matches replaced, `None` if there were none.
 type Pass = fn(&AhoCorasick, &[u8]) -> Option<Vec<u8>>;
 
-/// One automaton for `needles` (deduplicated), ASCII case folded, leftmost-longest. `None` only
-/// past the crate's limits on states and patterns.
-fn automaton(mut needles: Vec<Vec<u8>>) -> Option<AhoCorasick> {
-    needles.sort_unstable();
-    needles.dedup();
+/// One automaton for `needles`, ASCII case folded, leftmost-longest. `None` only past the
+/// crate's limits on states and patterns.
+fn automaton(needles: &[Vec<u8>]) -> Option<AhoCorasick> {
     let builder = AhoCorasick::builder()
         .ascii_case_insensitive(true)
         .match_kind(MatchKind::LeftmostLongest)
