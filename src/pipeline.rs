@@ -18,7 +18,7 @@ use crate::dicom::{
     TransferSyntax, ValueError, WriteError,
 };
 use crate::durability::{Barrier, Durability};
-use crate::index::{Capture, Index, IndexError, InstanceRecord, Owner};
+use crate::index::{AuditRecord, Capture, Index, IndexError, InstanceRecord, Owner};
 use crate::queue::{Quarantine, Reason, Spill, Spool, SpoolError};
 
 const PIXEL_DATA: Tag = Tag(0x7FE0, 0x0010);
@@ -156,6 +156,9 @@ pub struct Admission<'a> {
     pub sop_instance_uid: &'a str,
     /// Accepted Modality values; empty: any.
     pub modalities: &'a [String],
+    /// The audit row this instance gets if it is stored, committed with it (its anonymized UIDs
+    /// are filled in here); other outcomes are audited by the caller.
+    pub audit: Option<&'a AuditRecord>,
 }
 
 pub struct Pipeline {
@@ -213,7 +216,7 @@ impl Pipeline {
             )?),
         };
         let index = Index::open(&config.index_path(), &Owner::for_site(&project.site_id))?;
-        let spool = Spool::open(out)?;
+        let spool = Spool::open(out, durability == Durability::EachInstance)?;
         let tmp = config.tmp_dir();
         std::fs::create_dir_all(&tmp)
             .map_err(|source| SetupError::Dir { path: tmp.display().to_string(), source })?;
@@ -341,7 +344,7 @@ impl Pipeline {
                 if let Some(admission) = admission {
                     admit(&ds, admission)?;
                 }
-                return self.store(ds, ts.encoding(), source, |ds, w| write_part10(ds, ts, w));
+                return self.store(ds, ts.encoding(), source, admission, |ds, w| write_part10(ds, ts, w));
             }
             Body::File { path, offset } => (path, offset),
         };
@@ -378,7 +381,7 @@ impl Pipeline {
             admit(&ds, admission)?;
         }
         let keep_pixels = span.is_some() && self.engine.keeps(PIXEL_DATA);
-        self.store(ds, ts.encoding(), source, |ds, w| {
+        self.store(ds, ts.encoding(), source, admission, |ds, w| {
             let split = ds.elements.partition_point(|e| e.tag < PIXEL_DATA);
             write_part10(&DataSet { elements: ds.elements[..split].to_vec() }, ts, w)?;
             if let (true, Some(span)) = (keep_pixels, span) {
@@ -411,11 +414,17 @@ impl Pipeline {
 
     /// Capture, anonymize, check, commit and record one parsed data set in `enc`; `write` encodes
     /// the file.
+    ///
+    /// One round trip to the index per instance: the patient's pseudonym, needed before
+    /// anonymizing, comes from memory once the patient is known; the file is staged, then the
+    /// index records patient, study, series, instance and audit row in one transaction, and only
+    /// then is the file renamed into `public/`.
     fn store(
         &self,
         mut ds: DataSet<'_>,
         enc: Encoding,
         source: &str,
+        admission: Option<&Admission<'_>>,
         write: impl FnOnce(&DataSet<'_>, &mut BufWriter<File>) -> Result<(), WriteError>,
     ) -> Result<Stored, InstanceError> {
         let original = self.engine.read(&ds)?;
@@ -428,7 +437,7 @@ impl Pipeline {
             (true, true) => Some(pseudonyms.default_patient_id()),
             (true, false) => pseudonyms.patient_id(&original.patient_id),
         };
-        let anon_patient_id = self.index.capture(Capture {
+        let capture = Capture {
             patient_id: original.patient_id.clone(),
             patient_name: original.patient_name.clone(),
             sex: original.sex.clone(),
@@ -445,9 +454,12 @@ impl Pipeline {
             anon_series_uid: keys.series_uid.clone(),
             modality: original.modality.clone(),
             sop_uid: original.sop_uid.clone(),
-        })?;
-
-        keys.patient_id = anon_patient_id;
+        };
+        keys.patient_id = match self.index.known_patient(&original.patient_id) {
+            Some(known) => known,
+            // A patient new to this process: the index decides (and may number) its pseudonym.
+            None => self.index.capture(capture.clone())?,
+        };
         let report = self.engine.apply(&mut ds, &original, keys);
         // The last look before anything is written: no kept value may hold bytes its VR forbids.
         for tag in check_values(&ds, enc)? {
@@ -458,8 +470,13 @@ impl Pipeline {
             [&keys.patient_id, &keys.study_uid, &keys.series_uid, &format!("{}.dcm", keys.sop_uid)]
                 .iter()
                 .collect();
-        let size = self.spool.commit(&path, |w| write(&ds, w))?;
-        self.index.record(InstanceRecord {
+        let staged = self.spool.stage(&path, |w| write(&ds, w))?;
+        let size = staged.size();
+        let audit = admission.and_then(|a| a.audit).map(|a| AuditRecord {
+            anon_uids: Some((keys.study_uid.clone(), keys.series_uid.clone(), keys.sop_uid.clone())),
+            ..a.clone()
+        });
+        let record = InstanceRecord {
             sop_uid: original.sop_uid.clone(),
             anon_sop_uid: keys.sop_uid.clone(),
             series_uid: original.series_uid.clone(),
@@ -467,7 +484,15 @@ impl Pipeline {
             path: path.to_string_lossy().into_owned(),
             size,
             uid_map: report.uid_map,
-        })?;
+        };
+        let committed = self.index.commit(capture, record, audit)?;
+        if committed != keys.patient_id {
+            // Mappings never change once committed; another writer on this index broke that.
+            return Err(
+                IndexError::Conflict("the patient's pseudonym changed while it was written".into()).into()
+            );
+        }
+        staged.publish()?;
         if self.durability == Durability::EachInstance {
             // File, directory entry and index row are in the page cache; make them durable
             // together with whatever other instances are waiting (group commit).

@@ -410,6 +410,7 @@ fn run(script: &Path, seed: u64, fraction: usize) {
                 sop_class_uid: &base.sop_class,
                 sop_instance_uid: &base.sop_uid,
                 modalities: &[],
+                audit: None,
             };
             let outcome = match entry {
                 "memory" => pipeline.process_received(

@@ -27,30 +27,7 @@ pub struct AuditRecord {
 impl Index {
     /// Append an audit row; returns once it is committed.
     pub fn audit(&self, r: AuditRecord) -> Result<(), IndexError> {
-        self.call(move |c| {
-            let (study, series, sop) = match &r.anon_uids {
-                Some((a, b, c)) => (Some(a), Some(b), Some(c)),
-                None => (None, None, None),
-            };
-            c.prepare_cached(
-                "INSERT INTO audit(at, association, calling_ae, peer, anon_study_uid, anon_series_uid,
-                                   anon_sop_uid, status, reason, bytes)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-            )?
-            .execute(params![
-                now(),
-                r.association,
-                r.calling_ae,
-                r.peer,
-                study,
-                series,
-                sop,
-                r.status,
-                r.reason,
-                r.bytes as i64
-            ])?;
-            Ok(())
-        })
+        self.call(move |c| insert(c, &r))
     }
 }
 
@@ -70,6 +47,32 @@ const AUDIT_HEADER: [&str; 10] = [
 fn read_only(index: &Path) -> Result<Connection, ExportError> {
     Connection::open_with_flags(index, OpenFlags::SQLITE_OPEN_READ_ONLY)
         .map_err(|source| ExportError::Index { path: index.display().to_string(), source })
+}
+
+/// Write one audit row inside the caller's transaction.
+pub(super) fn insert(c: &Connection, r: &AuditRecord) -> Result<(), IndexError> {
+    let (study, series, sop) = match &r.anon_uids {
+        Some((a, b, c)) => (Some(a), Some(b), Some(c)),
+        None => (None, None, None),
+    };
+    c.prepare_cached(
+        "INSERT INTO audit(at, association, calling_ae, peer, anon_study_uid, anon_series_uid,
+                           anon_sop_uid, status, reason, bytes)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+    )?
+    .execute(params![
+        now(),
+        r.association,
+        r.calling_ae,
+        r.peer,
+        study,
+        series,
+        sop,
+        r.status,
+        r.reason,
+        r.bytes as i64
+    ])?;
+    Ok(())
 }
 
 /// Write the audit trail from `since` (our `YYYY-MM-DDTHH:MM:SS.mmmZ` form, or a prefix of it) on,

@@ -10,6 +10,7 @@ mod queue;
 mod schema;
 mod stats;
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
@@ -24,6 +25,8 @@ pub use stats::{Counts, Reader};
 
 /// At most this many requests share one transaction.
 const MAX_BATCH: usize = 512;
+/// Patient pseudonyms remembered in memory; past this many the memory starts again empty.
+const KNOWN_PATIENTS: usize = 100_000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum IndexError {
@@ -86,6 +89,10 @@ pub struct Index {
     tx: mpsc::SyncSender<Job>,
     writer: Arc<Mutex<Option<JoinHandle<()>>>>,
     site_id: String,
+    /// Committed patient pseudonyms (PHI PatientID to pseudonym). A mapping never changes once
+    /// committed, so this is never stale; it spares an instance of a known patient the round trip
+    /// that would otherwise have to precede its anonymization.
+    known_patients: Arc<Mutex<HashMap<String, String>>>,
 }
 
 /// Identity of the project the index belongs to, checked every time it opens.
@@ -106,6 +113,9 @@ impl Owner {
     }
 }
 
+/// How often the WAL is copied back into the database, off the writer's path.
+const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
 impl Index {
     pub fn open(path: &Path, owner: &Owner) -> Result<Index, IndexError> {
         if let Some(dir) = path.parent() {
@@ -120,12 +130,32 @@ impl Index {
         // disk, which the caller's durability barrier (syncfs) or closing the index ensures.
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         init(&mut conn, path, owner)?;
+        // Checkpoints run on a connection of their own, so no commit waits for one to copy the
+        // WAL back; a passive checkpoint never blocks the writer.
+        conn.pragma_update(None, "wal_autocheckpoint", 0)?;
+        let checkpoints = Connection::open(path)?;
+        checkpoints.busy_timeout(std::time::Duration::from_secs(30))?;
+        checkpoints.pragma_update(None, "synchronous", "NORMAL")?;
+        let (stop, stopped) = mpsc::channel::<()>();
+        let spawn_error = |source| IndexError::Dir { path: "phi-index thread".into(), source };
+        std::thread::Builder::new()
+            .name("phi-checkpoint".into())
+            .spawn(move || checkpoint_loop(checkpoints, stopped))
+            .map_err(spawn_error)?;
         let (tx, rx) = mpsc::sync_channel::<Job>(1024);
         let writer = std::thread::Builder::new()
             .name("phi-index".into())
-            .spawn(move || write_loop(conn, rx))
-            .map_err(|source| IndexError::Dir { path: "phi-index thread".into(), source })?;
-        Ok(Index { tx, writer: Arc::new(Mutex::new(Some(writer))), site_id: owner.site_id.clone() })
+            .spawn(move || {
+                write_loop(conn, rx);
+                drop(stop);
+            })
+            .map_err(spawn_error)?;
+        Ok(Index {
+            tx,
+            writer: Arc::new(Mutex::new(Some(writer))),
+            site_id: owner.site_id.clone(),
+            known_patients: Arc::default(),
+        })
     }
 
     /// Run `f` in the writer's next batch transaction and return its result once that batch is
@@ -152,16 +182,51 @@ impl Index {
         answer.recv().map_err(|_| IndexError::Closed)?
     }
 
+    /// The pseudonym of a patient already committed, if this process has seen it.
+    pub fn known_patient(&self, patient_id: &str) -> Option<String> {
+        self.known_patients.lock().ok()?.get(patient_id).cloned()
+    }
+
     /// Record patient, study and series; return the patient's pseudonym. Fails with `Conflict` when
     /// the instance contradicts earlier ones (a study under two patients, ...).
     pub fn capture(&self, capture: Capture) -> Result<String, IndexError> {
         let site_id = self.site_id.clone();
-        self.call(move |c| self::capture(c, &capture, &site_id))
+        let patient_id = capture.patient_id.clone();
+        let anon = self.call(move |c| self::capture(c, &capture, &site_id))?;
+        self.remember(patient_id, &anon);
+        Ok(anon)
     }
 
-    /// Record an instance whose file is written (state `queued`), and the UIDs it mapped.
-    pub fn record(&self, record: InstanceRecord) -> Result<(), IndexError> {
-        self.call(move |c| self::record(c, &record))
+    /// Everything about one stored instance in one transaction: its patient, study and series
+    /// (checked against what the index knows, as [`Index::capture`] does), its instance row and
+    /// UID mappings, and its audit row. Returns the patient's pseudonym.
+    pub fn commit(
+        &self,
+        capture: Capture,
+        record: InstanceRecord,
+        audit: Option<AuditRecord>,
+    ) -> Result<String, IndexError> {
+        let site_id = self.site_id.clone();
+        let patient_id = capture.patient_id.clone();
+        let anon = self.call(move |c| {
+            let anon = self::capture(c, &capture, &site_id)?;
+            self::record(c, &record)?;
+            if let Some(a) = &audit {
+                audit::insert(c, a)?;
+            }
+            Ok(anon)
+        })?;
+        self.remember(patient_id, &anon);
+        Ok(anon)
+    }
+
+    fn remember(&self, patient_id: String, anon: &str) {
+        if let Ok(mut known) = self.known_patients.lock() {
+            if known.len() >= KNOWN_PATIENTS {
+                known.clear();
+            }
+            known.insert(patient_id, anon.to_string());
+        }
     }
 
     /// Stop the writer once every handle's pending requests are done. Other clones become unusable.
@@ -219,6 +284,16 @@ fn init(conn: &mut Connection, path: &Path, owner: &Owner) -> Result<(), IndexEr
     Ok(())
 }
 
+/// Copy the WAL back into the database every [`CHECKPOINT_EVERY`] until the writer stops.
+fn checkpoint_loop(conn: Connection, stopped: mpsc::Receiver<()>) {
+    while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(CHECKPOINT_EVERY) {
+        // PASSIVE copies what no reader still needs and never waits; the next round does the rest.
+        if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+            tracing::debug!(error = %e, "WAL checkpoint failed; the next one will try again");
+        }
+    }
+}
+
 fn write_loop(mut conn: Connection, rx: mpsc::Receiver<Job>) {
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
@@ -263,9 +338,8 @@ fn capture(tx: &Connection, c: &Capture, site_id: &str) -> Result<String, IndexE
     let anon_patient_id = patient(tx, c, site_id)?;
 
     let owner: Option<(String, Option<String>)> = tx
-        .query_row("SELECT patient_id, accession FROM studies WHERE study_uid = ?1", [&c.study_uid], |r| {
-            Ok((r.get(0)?, r.get(1)?))
-        })
+        .prepare_cached("SELECT patient_id, accession FROM studies WHERE study_uid = ?1")?
+        .query_row([&c.study_uid], |r| Ok((r.get(0)?, r.get(1)?)))
         .optional()?;
     match owner {
         Some((pid, _)) if pid != c.patient_id => {
@@ -279,26 +353,27 @@ fn capture(tx: &Connection, c: &Capture, site_id: &str) -> Result<String, IndexE
         }
         Some(_) => {}
         None => {
-            tx.execute(
+            tx.prepare_cached(
                 "INSERT INTO studies(study_uid, anon_study_uid, patient_id, accession, anon_accession,
                                      date_offset, study_date, source)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-                params![
-                    c.study_uid,
-                    c.anon_study_uid,
-                    c.patient_id,
-                    c.accession,
-                    c.anon_accession,
-                    c.date_offset,
-                    c.study_date,
-                    c.source
-                ],
-            )?;
+            )?
+            .execute(params![
+                c.study_uid,
+                c.anon_study_uid,
+                c.patient_id,
+                c.accession,
+                c.anon_accession,
+                c.date_offset,
+                c.study_date,
+                c.source
+            ])?;
         }
     }
 
     let study: Option<String> = tx
-        .query_row("SELECT study_uid FROM series WHERE series_uid = ?1", [&c.series_uid], |r| r.get(0))
+        .prepare_cached("SELECT study_uid FROM series WHERE series_uid = ?1")?
+        .query_row([&c.series_uid], |r| r.get(0))
         .optional()?;
     match study {
         Some(s) if s != c.study_uid => {
@@ -306,15 +381,16 @@ fn capture(tx: &Connection, c: &Capture, site_id: &str) -> Result<String, IndexE
         }
         Some(_) => {}
         None => {
-            tx.execute(
+            tx.prepare_cached(
                 "INSERT INTO series(series_uid, anon_series_uid, study_uid, modality) VALUES (?1, ?2, ?3, ?4)",
-                params![c.series_uid, c.anon_series_uid, c.study_uid, c.modality],
-            )?;
+            )?
+            .execute(params![c.series_uid, c.anon_series_uid, c.study_uid, c.modality])?;
         }
     }
 
     let series: Option<String> = tx
-        .query_row("SELECT series_uid FROM instances WHERE sop_uid = ?1", [&c.sop_uid], |r| r.get(0))
+        .prepare_cached("SELECT series_uid FROM instances WHERE sop_uid = ?1")?
+        .query_row([&c.sop_uid], |r| r.get(0))
         .optional()?;
     if matches!(series, Some(s) if s != c.series_uid) {
         return Err(IndexError::Conflict("SOPInstanceUID already belongs to another series".into()));
@@ -326,9 +402,8 @@ fn capture(tx: &Connection, c: &Capture, site_id: &str) -> Result<String, IndexE
 /// only grows, so a number is never handed out twice (RSNA's MAX+1 can reuse one).
 fn patient(tx: &Connection, c: &Capture, site_id: &str) -> Result<String, IndexError> {
     if let Some(id) = tx
-        .query_row("SELECT anon_patient_id FROM patients WHERE patient_id = ?1", [&c.patient_id], |r| {
-            r.get(0)
-        })
+        .prepare_cached("SELECT anon_patient_id FROM patients WHERE patient_id = ?1")?
+        .query_row([&c.patient_id], |r| r.get(0))
         .optional()?
     {
         return Ok(id);
@@ -348,23 +423,23 @@ fn patient(tx: &Connection, c: &Capture, site_id: &str) -> Result<String, IndexE
             crate::anonymize::Rsna::numbered_patient_id(site_id, (last + 1) as u64)
         }
     };
-    tx.execute(
+    tx.prepare_cached(
         "INSERT INTO patients(patient_id, anon_patient_id, patient_name, sex, birth_date, created_at)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-        params![c.patient_id, anon, c.patient_name, c.sex, c.birth_date, now()],
-    )?;
+    )?
+    .execute(params![c.patient_id, anon, c.patient_name, c.sex, c.birth_date, now()])?;
     Ok(anon)
 }
 
 fn record(tx: &Connection, r: &InstanceRecord) -> Result<(), IndexError> {
-    tx.execute(
+    tx.prepare_cached(
         "INSERT INTO instances(sop_uid, anon_sop_uid, series_uid, sop_class_uid, path, size, state, stored_at)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'queued', ?7)
          ON CONFLICT(sop_uid) DO UPDATE SET path = excluded.path, size = excluded.size,
              state = 'queued', stored_at = excluded.stored_at, attempts = 0, last_error = NULL,
              next_try = NULL",
-        params![r.sop_uid, r.anon_sop_uid, r.series_uid, r.sop_class_uid, r.path, r.size as i64, now()],
-    )?;
+    )?
+    .execute(params![r.sop_uid, r.anon_sop_uid, r.series_uid, r.sop_class_uid, r.path, r.size as i64, now()])?;
     let mut map = tx.prepare_cached("INSERT OR IGNORE INTO uid_map(phi_uid, anon_uid) VALUES (?1, ?2)")?;
     for (phi, anon) in &r.uid_map {
         map.execute([phi, anon])?;

@@ -1,6 +1,8 @@
-//! Atomic commit of anonymized files: write a temp file beside the destination, then rename it
-//! into place, so a reader (or the uploader) never sees a partial file. Making it durable is the
-//! caller's [`crate::durability::Barrier`]'s job.
+//! Atomic commit of anonymized files: write a temp file beside the destination ([`Spool::stage`]),
+//! then rename it into place ([`Staged::publish`]), so a reader (or the uploader) never sees a
+//! partial file. Between the two the caller records the instance in the index: an instance the
+//! index refuses never reaches `public/`, not even for a moment. Making it durable is the caller's
+//! [`crate::durability::Barrier`]'s job.
 
 use std::fs::{self, File};
 use std::io::{self, BufWriter};
@@ -23,13 +25,16 @@ pub enum SpoolError {
 pub struct Spool {
     root: PathBuf,
     next: AtomicU64,
+    /// Start each file's write-back as soon as it is written (a node acknowledging instances,
+    /// which flushes right after); a batch run leaves it to the system until its end.
+    write_back_early: bool,
 }
 
 impl Spool {
-    pub fn open(root: &Path) -> Result<Spool, SpoolError> {
+    pub fn open(root: &Path, write_back_early: bool) -> Result<Spool, SpoolError> {
         fs::create_dir_all(root)
             .map_err(|source| SpoolError::Io { path: root.display().to_string(), source })?;
-        Ok(Spool { root: root.to_path_buf(), next: AtomicU64::new(0) })
+        Ok(Spool { root: root.to_path_buf(), next: AtomicU64::new(0), write_back_early })
     }
 
     pub fn root(&self) -> &Path {
@@ -46,41 +51,85 @@ impl Spool {
             .count()
     }
 
-    /// Write `rel` (relative to the root); a file already there is replaced atomically. Returns
-    /// the size written.
-    pub fn commit(
+    /// Write `rel` (relative to the root) to a temp file beside it. The file replaces whatever is
+    /// at `rel` only when published; dropped unpublished, it is deleted.
+    pub fn stage(
         &self,
         rel: &Path,
         write: impl FnOnce(&mut BufWriter<File>) -> Result<(), WriteError>,
-    ) -> Result<u64, SpoolError> {
+    ) -> Result<Staged, SpoolError> {
         let n = self.next.fetch_add(1, Ordering::Relaxed);
         let dest = self.root.join(rel);
-        let dir = dest.parent().unwrap_or(&self.root).to_path_buf();
+        let dir = dest.parent().unwrap_or(&self.root);
         // The temp file sits beside its destination: a rename within one directory locks one
         // directory, not two, and cannot cross file systems.
         let tmp = dir.join(format!(".{}-{n}.part", std::process::id()));
-        let io_err = |path: &Path| {
-            let path = path.display().to_string();
-            move |source| SpoolError::Io { path, source }
-        };
-        fs::create_dir_all(&dir).map_err(io_err(&dir))?;
-        let result = (|| {
-            let file = File::create(&tmp).map_err(io_err(&tmp))?;
-            let mut w = BufWriter::with_capacity(WRITE_BUFFER, file);
-            write(&mut w).map_err(|e| match e {
-                WriteError::Io(source) => SpoolError::Io { path: tmp.display().to_string(), source },
-                other => SpoolError::Encode(other),
-            })?;
-            let file = w.into_inner().map_err(|e| io_err(&tmp)(e.into_error()))?;
-            let size = file.metadata().map_err(io_err(&tmp))?.len();
-            fs::rename(&tmp, &dest).map_err(io_err(&dest))?;
-            Ok(size)
-        })();
-        if result.is_err() {
-            let _ = fs::remove_file(&tmp);
+        // A series' directories are made by its first instance; the others find them there.
+        let file = match File::create(&tmp) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                fs::create_dir_all(dir).map_err(io_error(dir))?;
+                File::create(&tmp)
+            }
+            other => other,
         }
-        result
+        .map_err(io_error(&tmp))?;
+        let mut staged = Staged { tmp, dest, size: 0, published: false };
+        let mut w = BufWriter::with_capacity(WRITE_BUFFER, file);
+        write(&mut w).map_err(|e| match e {
+            WriteError::Io(source) => SpoolError::Io { path: staged.tmp.display().to_string(), source },
+            other => SpoolError::Encode(other),
+        })?;
+        let file = w.into_inner().map_err(|e| io_error(&staged.tmp)(e.into_error()))?;
+        staged.size = file.metadata().map_err(io_error(&staged.tmp))?.len();
+        if self.write_back_early {
+            // The disk starts on the data while the index commits; the flush that follows then
+            // mostly waits for writes already under way.
+            start_write_back(&file);
+        }
+        Ok(staged)
     }
+}
+
+/// An anonymized file written beside its destination, not yet in place.
+#[derive(Debug)]
+pub struct Staged {
+    tmp: PathBuf,
+    dest: PathBuf,
+    size: u64,
+    published: bool,
+}
+
+impl Staged {
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// Rename the file into place, atomically replacing any file there.
+    pub fn publish(mut self) -> Result<(), SpoolError> {
+        fs::rename(&self.tmp, &self.dest).map_err(io_error(&self.dest))?;
+        self.published = true;
+        Ok(())
+    }
+}
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        if !self.published {
+            let _ = fs::remove_file(&self.tmp);
+        }
+    }
+}
+
+/// Ask the kernel to start writing `file`'s dirty pages back, without waiting. Advisory: the
+/// caller's flush is what guarantees durability.
+fn start_write_back(file: &File) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: sync_file_range only reads the descriptor, which `file` keeps open for the call.
+    unsafe { libc::sync_file_range(file.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE) };
+}
+
+fn io_error(path: &Path) -> impl Fn(io::Error) -> SpoolError + '_ {
+    move |source| SpoolError::Io { path: path.display().to_string(), source }
 }
 
 fn is_temp(path: &Path) -> bool {
@@ -95,14 +144,25 @@ mod tests {
     #[test]
     fn commit_replaces_atomically_and_leaves_no_temp_files() {
         let d = tempfile::tempdir().unwrap();
-        let spool = Spool::open(&d.path().join("public")).unwrap();
+        let spool = Spool::open(&d.path().join("public"), true).unwrap();
         let rel = Path::new("p/s/e/i.dcm");
-        assert_eq!(spool.commit(rel, |w| Ok(w.write_all(b"first")?)).unwrap(), 5);
-        assert_eq!(spool.commit(rel, |w| Ok(w.write_all(b"second!")?)).unwrap(), 7);
+        let first = spool.stage(rel, |w| Ok(w.write_all(b"first")?)).unwrap();
+        assert_eq!(first.size(), 5);
+        assert!(!d.path().join("public/p/s/e/i.dcm").exists(), "not in place before it is published");
+        first.publish().unwrap();
+        let second = spool.stage(rel, |w| Ok(w.write_all(b"second!")?)).unwrap();
+        assert_eq!(second.size(), 7);
+        second.publish().unwrap();
         assert_eq!(fs::read(d.path().join("public/p/s/e/i.dcm")).unwrap(), b"second!");
-        let failed = spool.commit(Path::new("x.dcm"), |_| Err(WriteError::Io(io::Error::other("boom"))));
+        let failed = spool.stage(Path::new("x.dcm"), |_| Err(WriteError::Io(io::Error::other("boom"))));
         assert!(failed.is_err());
         assert!(!d.path().join("public/x.dcm").exists());
+        drop(spool.stage(rel, |w| Ok(w.write_all(b"dropped")?)).unwrap());
+        assert_eq!(
+            fs::read(d.path().join("public/p/s/e/i.dcm")).unwrap(),
+            b"second!",
+            "an unpublished file never replaces"
+        );
         let leftovers: Vec<_> =
             fs::read_dir(d.path().join("public")).unwrap().flatten().map(|e| e.file_name()).collect();
         assert_eq!(leftovers, ["p"], "no temp file is left behind");

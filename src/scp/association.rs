@@ -30,6 +30,9 @@ struct Tally {
     failures: u64,
     /// The instance being stored, for its audit row.
     note: Note,
+    /// The last in-memory data set's buffer, emptied, for the next one: a fresh buffer per
+    /// instance costs its growth copies and page faults again every time.
+    spare: Vec<u8>,
 }
 
 /// Who is on the other end, for the audit trail and the logs.
@@ -47,6 +50,8 @@ struct Who {
 struct Note {
     anon_uids: Option<(String, String, String)>,
     reason: Option<Reason>,
+    /// The pipeline committed the audit row with the instance.
+    audited: bool,
 }
 
 /// Association ids: unique within this process, and across restarts by the start time.
@@ -234,7 +239,7 @@ async fn serve(
             if !accepted.contains(&pdv.presentation_context_id) {
                 return End::Abort("PDV on a presentation context that was not accepted");
             }
-            match on_pdv(node, &mut message, pdv).await {
+            match on_pdv(node, &mut message, pdv, &mut tally.spare).await {
                 Ok(Some(done)) => {
                     if let Err(end) = dispatch(node, assoc, done, who, tally).await {
                         return end;
@@ -248,7 +253,12 @@ async fn serve(
 }
 
 /// Add one PDV to the message in progress; returns the message once it is complete.
-async fn on_pdv(node: &Node, message: &mut Option<Message>, pdv: PDataValue) -> Result<Option<Message>, End> {
+async fn on_pdv(
+    node: &Node,
+    message: &mut Option<Message>,
+    pdv: PDataValue,
+    spare: &mut Vec<u8>,
+) -> Result<Option<Message>, End> {
     let m = message.get_or_insert_with(|| Message {
         pc_id: pdv.presentation_context_id,
         command_bytes: Vec::new(),
@@ -278,7 +288,8 @@ async fn on_pdv(node: &Node, message: &mut Option<Message>, pdv: PDataValue) -> 
                 let wants_data = command.has_data_set();
                 m.command = Some(command);
                 if wants_data {
-                    m.data = Some(Incoming::new(node.scp.max_instance_bytes, &node.tmp));
+                    m.data =
+                        Some(Incoming::new(node.scp.max_instance_bytes, &node.tmp, std::mem::take(spare)));
                 } else {
                     return Ok(message.take());
                 }
@@ -343,7 +354,16 @@ async fn dispatch(
                         )
                     } else {
                         let ts = TransferSyntax::new(&pc.transfer_syntax);
-                        store(node, received, ts, sop_class_uid, sop_instance_uid, &who.source, tally).await
+                        let audit = AuditRecord {
+                            association: who.association.clone(),
+                            calling_ae: who.calling.clone(),
+                            peer: who.peer.to_string(),
+                            anon_uids: None,
+                            status: Status::SUCCESS.to_string(),
+                            reason: None,
+                            bytes,
+                        };
+                        store(node, received, ts, sop_class_uid, sop_instance_uid, who, audit, tally).await
                     }
                 }
             };
@@ -375,6 +395,9 @@ async fn dispatch(
         if sent.is_ok() {
             METRICS.ack_latency.observe(complete.elapsed().as_secs_f64());
         }
+        if tally.note.audited {
+            return sent;
+        }
         // After the response (sent or not: the outcome stands): the audit row is not part of
         // what the sender waits for, but the association waits for it, so a stop cannot lose it.
         let record = AuditRecord {
@@ -403,13 +426,16 @@ fn refused(status: Status, comment: &str) -> (Status, Option<String>) {
 }
 
 /// Check resources, run the pipeline on the blocking pool, and turn the outcome into a status.
+/// `audit` is the row a stored instance gets, committed with it.
+#[allow(clippy::too_many_arguments)]
 async fn store(
     node: &Node,
     received: Received,
     ts: TransferSyntax,
     sop_class_uid: &str,
     sop_instance_uid: &str,
-    source: &str,
+    who: &Who,
+    audit: AuditRecord,
     tally: &mut Tally,
 ) -> (Status, Option<String>) {
     let received = match received {
@@ -434,14 +460,25 @@ async fn store(
     let pipeline = node.pipeline.clone();
     let modalities = node.scp.modalities.clone();
     let (class, instance, source) =
-        (sop_class_uid.to_string(), sop_instance_uid.to_string(), source.to_string());
+        (sop_class_uid.to_string(), sop_instance_uid.to_string(), who.source.clone());
     let job = tokio::task::spawn_blocking(move || {
-        let admission =
-            Admission { sop_class_uid: &class, sop_instance_uid: &instance, modalities: &modalities };
-        pipeline.process_received(body_of(&received), &ts, &admission, &source)
+        let admission = Admission {
+            sop_class_uid: &class,
+            sop_instance_uid: &instance,
+            modalities: &modalities,
+            audit: Some(&audit),
+        };
+        let outcome = pipeline.process_received(body_of(&received), &ts, &admission, &source);
+        (outcome, received)
     });
     let outcome = match job.await {
-        Ok(outcome) => outcome,
+        Ok((outcome, received)) => {
+            if let Received::Memory(mut buffer) = received {
+                buffer.clear();
+                tally.spare = buffer;
+            }
+            outcome
+        }
         // The pipeline catches panics; this is the blocking pool itself failing (shutdown).
         Err(join) => Outcome::Failed(format!("the storing task did not run: {join}")),
     };
@@ -452,6 +489,7 @@ async fn store(
             METRICS.instances_stored.inc();
             let k = &stored.keys;
             tally.note.anon_uids = Some((k.study_uid.clone(), k.series_uid.clone(), k.sop_uid.clone()));
+            tally.note.audited = true;
             METRICS.stored_bytes.inc_by(stored.size);
             ACTIVITY.instance_stored();
             debug!(sop = %stored.keys.sop_uid, series = %stored.keys.series_uid, size = stored.size, "stored");

@@ -41,8 +41,10 @@ pub enum Received {
 }
 
 impl Incoming {
-    pub fn new(max: u64, tmp: &Path) -> Incoming {
-        Incoming { sink: DataSink::Memory(Vec::new()), received: 0, max, tmp: tmp.to_path_buf() }
+    /// A data set to collect, in memory in `buffer` (emptied) while it is small.
+    pub fn new(max: u64, tmp: &Path, mut buffer: Vec<u8>) -> Incoming {
+        buffer.clear();
+        Incoming { sink: DataSink::Memory(buffer), received: 0, max, tmp: tmp.to_path_buf() }
     }
 
     /// Append one data PDV's bytes.
