@@ -1,19 +1,25 @@
 #!/usr/bin/env bash
 # Ingest throughput: DCMTK storescu sends the same corpus to (a) DCMTK storescp writing files, no
 # anonymization, no fsync, and (b) our node, anonymizing and committing durably, in the same run,
-# over 1 and 8 concurrent associations. Prints instances/s, the ratio ours/storescp and our peak RSS.
-#   scripts/bench-ingest.sh [COUNT] [ROWS]          (default 1000 CT, 512x512 16-bit)
+# over 1 and 8 concurrent associations. Prints instances/s, the ratio ours/storescp, the node's CPU
+# time per instance (user + system, from /proc/PID/stat) and its peak RSS.
+#   scripts/bench-ingest.sh [COUNT] [ROWS]          (default 1000 CT, 512x512 16-bit, 10 patients)
 #   scripts/bench-ingest.sh --memory                (16 associations x one 512 MB multi-frame each)
+#   scripts/bench-ingest.sh --sustained [COUNT]     (default 50,000 small CT from 5,000 patients over
+#                                                    16 associations, sent in ten equal rounds: is the
+#                                                    last tenth as fast as the first, and RSS flat?)
+# With PERF_DATA=FILE set, the node is recorded with `perf record -g` during the run over
+# PERF_ASSOC associations (default 8).
 # Runs inside its own network namespace (only loopback), since storescp cannot bind to 127.0.0.1.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ -z "${BENCH_IN_NETNS:-}" ]; then
     exec unshare -n env BENCH_IN_NETNS=1 bash -c 'ip link set lo up && exec "$0" "$@"' "$0" "$@"
 fi
-MEMORY=0
+MEMORY=0; SUSTAINED=0
 if [ "${1:-}" = "--memory" ]; then MEMORY=1; shift; fi
-COUNT=${1:-1000}
-ROWS=${2:-512}
+if [ "${1:-}" = "--sustained" ]; then SUSTAINED=1; shift; fi
+if [ "$SUSTAINED" = 1 ]; then COUNT=${1:-50000}; ROWS=32; PATIENTS=5000; else COUNT=${1:-1000}; ROWS=${2:-512}; PATIENTS=10; fi
 WORK=$(mktemp -d /tmp/bench-ingest.XXXXXX)
 NODE_PID=""; SCP_PID=""
 cleanup() {
@@ -31,9 +37,10 @@ if [ "$MEMORY" = 1 ]; then
     target/release/examples/make-corpus "$WORK/corpus" 1 4096 1 16 >/dev/null
     SENDERS=16
 else
-    target/release/examples/make-corpus "$WORK/corpus" "$COUNT" "$ROWS" 10 >/dev/null
+    target/release/examples/make-corpus "$WORK/corpus" "$COUNT" "$ROWS" "$PATIENTS" >/dev/null
 fi
-FILES=("$WORK"/corpus/*.dcm)
+ALL=("$WORK"/corpus/*.dcm)
+FILES=("${ALL[@]}")
 echo "corpus: ${#FILES[@]} files, $(du -sm "$WORK/corpus" | cut -f1) MB; $(nproc) cores"
 cat "${FILES[@]}" > /dev/null; sync
 
@@ -71,8 +78,11 @@ YAML
     until grep -q listening "$WORK/node/out" 2>/dev/null; do sleep 0.05; done
     NODE_PORT=$(grep -o '127.0.0.1:[0-9]*' "$WORK/node/out" | cut -d: -f2)
 }
+# The node's CPU time so far (user + system), in clock ticks.
+cpu_ticks() { awk '{print $14 + $15}' /proc/"$NODE_PID"/stat; }
 stop_node() {
     PEAK_KB=$(grep VmHWM /proc/"$NODE_PID"/status | awk '{print $2}')
+    TICKS=$(cpu_ticks)
     kill "$NODE_PID"; wait "$NODE_PID" || true; NODE_PID=""
 }
 start_storescp() {
@@ -92,17 +102,41 @@ if [ "$MEMORY" = 1 ]; then
     exit 0
 fi
 
+if [ "$SUSTAINED" = 1 ]; then
+    # Ten rounds of a tenth each, 16 associations, into one node whose archive keeps growing.
+    start_node
+    TENTH=$((COUNT / 10)); RATES=()
+    for ((r = 0; r < 10; r++)); do
+        FILES=("${ALL[@]:$((r * TENTH)):$TENTH}")
+        T=$(send "$NODE_PORT" ANONYMIZER 16)
+        RATE=$(echo "$TENTH / $T" | bc -l); RATES+=("$RATE")
+        printf 'round %2d: %7.1f inst/s, RSS %d MB\n' $((r + 1)) "$RATE" \
+            $(($(grep VmRSS /proc/"$NODE_PID"/status | awk '{print $2}') / 1024))
+    done
+    stop_node
+    printf 'sustained: %d instances from %d patients, 16 associations | last tenth / first tenth %.2f (goal >= 0.9) | CPU %.2f ms/instance | peak RSS %d MB\n' \
+        "$COUNT" "$PATIENTS" "$(echo "${RATES[9]} / ${RATES[0]}" | bc -l)" \
+        "$(echo "$TICKS * 1000 / $(getconf CLK_TCK) / $COUNT" | bc -l)" $((PEAK_KB / 1024))
+    exit 0
+fi
+
 for n in 1 8; do
     start_storescp
     TS=$(send 11113 STORESCP "$n")
     stop_storescp
     sync
     start_node
+    PERF_PID=""
+    if [ -n "${PERF_DATA:-}" ] && [ "$n" = "${PERF_ASSOC:-8}" ]; then
+        perf record -g -o "$PERF_DATA" -p "$NODE_PID" 2>/dev/null & PERF_PID=$!
+    fi
     TO=$(send "$NODE_PORT" ANONYMIZER "$n")
+    [ -n "$PERF_PID" ] && { kill -INT "$PERF_PID"; wait "$PERF_PID" || true; }
     stop_node
     STORED=$(find "$WORK/node/storage/public" -name '*.dcm' | wc -l)
     [ "$STORED" -eq "${#FILES[@]}" ] || { echo "node stored $STORED of ${#FILES[@]}" >&2; tail "$WORK/node/log" >&2; exit 1; }
     sync
-    printf '%d association(s): storescp %7.1f inst/s | ours (anonymized, fsync) %7.1f inst/s | ratio %.2f | our peak RSS %d MB\n' \
-        "$n" "$(echo "${#FILES[@]} / $TS" | bc -l)" "$(echo "${#FILES[@]} / $TO" | bc -l)" "$(echo "$TS / $TO" | bc -l)" $((PEAK_KB / 1024))
+    printf '%d association(s): storescp %7.1f inst/s | ours (anonymized, durable) %7.1f inst/s | ratio %.2f | our CPU %.2f ms/instance | our peak RSS %d MB\n' \
+        "$n" "$(echo "${#FILES[@]} / $TS" | bc -l)" "$(echo "${#FILES[@]} / $TO" | bc -l)" "$(echo "$TS / $TO" | bc -l)" \
+        "$(echo "$TICKS * 1000 / $(getconf CLK_TCK) / ${#FILES[@]}" | bc -l)" $((PEAK_KB / 1024))
 done

@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# The durability choice of src/durability.rs, measured on this disk: the latency of making one
+# 0.5 MB instance durable (file data, its rename, a 4 KiB index WAL append) by
+#   fsync:  sync_file_range + fdatasync(WAL) + rename + fdatasync(file) + fsync(directory)
+#   syncfs: rename + syncfs (everything dirty on the file system, one journal commit)
+# first alone, then with a stranger writing a large file to the same file system (`dd`).
+#   scripts/bench-flush.sh [DIR]      (default: a temp directory under /tmp)
+set -euo pipefail
+DIR=$(mktemp -d "${1:-/tmp}/bench-flush.XXXXXX")
+DD_PID=""
+cleanup() { [ -n "$DD_PID" ] && kill "$DD_PID" 2>/dev/null; rm -rf "$DIR"; }
+trap cleanup EXIT
+run() {
+    python3 - "$DIR" "$1" <<'PY'
+import ctypes, os, statistics, sys, time
+libc = ctypes.CDLL("libc.so.6", use_errno=True)
+root, label = sys.argv[1], sys.argv[2]
+data = os.urandom(512 * 1024)
+d = os.open(root, os.O_RDONLY)
+wal = os.open(os.path.join(root, "wal"), os.O_CREAT | os.O_WRONLY, 0o644)
+def one(mode, i):
+    tmp, dest = f"{root}/.{i}.part", f"{root}/{i}.dcm"
+    t = time.perf_counter()
+    fd = os.open(tmp, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o644)
+    os.write(fd, data)
+    if mode == "fsync":
+        libc.sync_file_range(fd, ctypes.c_longlong(0), ctypes.c_longlong(0), 2)
+        os.pwrite(wal, b"x" * 4096, (i % 1000) * 4096); os.fdatasync(wal)
+        os.rename(tmp, dest); os.fdatasync(fd); os.fsync(d)
+    else:
+        os.pwrite(wal, b"x" * 4096, (i % 1000) * 4096)
+        os.rename(tmp, dest)
+        if libc.syncfs(d) != 0: raise OSError(ctypes.get_errno(), "syncfs")
+    os.close(fd)
+    return (time.perf_counter() - t) * 1000
+times = {"fsync": [], "syncfs": []}
+for rnd in range(4):  # interleaved, so a drift in the machine hits both alike
+    for mode in times:
+        times[mode] += [one(mode, rnd * 1000 + k) for k in range(150)]
+        for f in os.listdir(root):
+            if f.endswith(".dcm"): os.unlink(os.path.join(root, f))
+for mode, v in times.items():
+    v.sort()
+    print(f"{label:>9} | {mode:>6}: median {statistics.median(v):6.2f} ms | p90 {v[len(v) * 9 // 10]:6.2f} ms")
+PY
+}
+run alone
+dd if=/dev/zero of="$DIR/stranger" bs=1M count=100000 status=none & DD_PID=$!
+sleep 1
+run "+ stranger"
