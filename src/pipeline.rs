@@ -432,8 +432,8 @@ impl Pipeline {
         check_vrs(&ds)?;
         let pseudonyms = self.engine.pseudonyms();
         // Computed once: the index records them and the engine writes them.
-        let mut keys = self.engine.keys(&original, "")?;
         let assigned = self.engine.assigned_patient_id(&original)?;
+        let mut keys = self.engine.keys(&original, "")?;
         let stateless_id = match (&assigned, self.keyed, original.patient_id.is_empty()) {
             (Some(id), _, _) => Some(id.clone()),
             (None, false, _) => None,
