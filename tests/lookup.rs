@@ -211,3 +211,28 @@ fn a_malformed_table_stops_the_start_with_its_line_numbers() {
     let stderr = String::from_utf8_lossy(&run.stderr).into_owned();
     assert!(!run.status.success() && stderr.contains("project.lookup_table is not set"), "{stderr}");
 }
+
+#[test]
+fn a_table_that_contradicts_the_index_is_a_conflict_to_review_not_a_retry() {
+    let d = tempfile::tempdir().unwrap();
+    let input = d.path().join("in");
+    let smith1 = put(&input, "smith1.dcm", &instance(&smith(), &Shape::default()));
+    // Before the table: SMITH is numbered by the index as RSNA does.
+    let plain = config(d.path(), SITE, ROOT, &default_script(), "");
+    let run = anonymize(&plain, &d.path().join("out"), &[&smith1]);
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stdout));
+    assert!(dcm_files(&d.path().join("out/99.99-000001")).len() == 1);
+
+    // The table gives SMITH another subject ID, and SMITH's number to YAMADA.
+    let table = format!("{TABLE}ptid/{id}=99.99-000001\ndateoffset/{id}=3\n", id = yamada().id);
+    let with_table = lookup_config(d.path(), &table);
+    let smith2 = put(&input, "smith2.dcm", &instance(&smith(), &Shape { instance: 2, ..Shape::default() }));
+    let yamada1 = put(&input, "yamada.dcm", &instance(&yamada(), &Shape { study: 2, ..Shape::default() }));
+    let run = anonymize(&with_table, &d.path().join("out2"), &[&smith2, &yamada1]);
+    let stdout = String::from_utf8_lossy(&run.stdout).into_owned();
+    assert_eq!(run.status.code(), Some(1), "{stdout}");
+    assert!(stdout.contains("Capture_PHI_Error: 2"), "{stdout}");
+    assert!(stdout.contains("another pseudonym in the index"), "{stdout}");
+    assert!(stdout.contains("belongs to another PatientID"), "{stdout}");
+    assert!(dcm_files(&d.path().join("out2")).is_empty());
+}
