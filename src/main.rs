@@ -164,6 +164,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::CheckConfig { config } => {
             let config = Config::load(&config)?;
+            if let Some(table) = &config.project.lookup_table {
+                dicom_anon_gateway::anonymize::LookupTable::load(table)?;
+            }
             print!("{}", config.to_yaml());
             Ok(ExitCode::SUCCESS)
         }

@@ -197,6 +197,10 @@ fn a_malformed_table_stops_the_start_with_its_line_numbers() {
         assert!(!stderr.contains(secret), "{secret:?} shown:\n{stderr}");
     }
 
+    let check = binary().args(["check-config", "--config"]).arg(&malformed).output().unwrap();
+    let said = String::from_utf8_lossy(&check.stderr).into_owned();
+    assert!(!check.status.success() && said.contains("line 3: duplicates the key on line 1"), "{said}");
+
     // A script that looks up a key type the table lacks, and a script whose table is not set.
     let partial = lookup_config(d.path(), "ptid/MRN12345=TRIAL-001\n");
     let run = anonymize(
