@@ -147,12 +147,14 @@ impl LookupTable {
             if value == original {
                 return Err("maps a PatientID to itself: the original would be archived".into());
             }
-            if value.chars().count() > MAX_PATIENT_ID
+            // Written into PatientID and PatientName of instances in any character set: ASCII
+            // is the one repertoire they all share.
+            if value.len() > MAX_PATIENT_ID
                 || value.contains('\\')
-                || value.chars().any(char::is_control)
+                || !value.bytes().all(|b| b.is_ascii_graphic() || b == b' ')
             {
                 return Err(format!(
-                    "a ptid replacement must be at most {MAX_PATIENT_ID} characters with no '\\' or control characters"
+                    "a ptid replacement must be at most {MAX_PATIENT_ID} printable ASCII characters, without '\\'"
                 ));
             }
         }
@@ -256,7 +258,8 @@ mod tests {
                     ptid/MRN4=\n\
                     ptid/MRN5=MRN5\n\
                     ptid/MRN6=TRIAL-001\n\
-                    ptid/MRN7=@ptid/MRN1\n";
+                    ptid/MRN7=@ptid/MRN1\n\
+                    ptid/MRN8=PROBAND-\\u00dc1\n";
         let p = problems(text);
         for expected in [
             "line 2: expected keytype/",
@@ -267,6 +270,7 @@ mod tests {
             "line 7: maps a PatientID to itself",
             "line 8: gives the same ptid replacement as line 1",
             "line 9: a replacement that refers to another entry",
+            "line 10: a ptid replacement must be at most 64 printable ASCII",
         ] {
             assert!(p.contains(expected), "{expected:?} missing from:\n{p}");
         }
