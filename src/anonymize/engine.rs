@@ -155,20 +155,14 @@ impl Engine {
         Engine { lookup: Some(table), ..self }
     }
 
-    /// The entry for the instance's PatientID under `keytype`.
-    fn assigned(&self, original: &Original, keytype: &str) -> Result<&str, EngineError> {
-        self.lookup.as_ref().and_then(|t| t.get(keytype, &original.patient_id)).ok_or_else(|| {
-            EngineError::LookupMiss { what: "PatientID (0010,0020)".into(), keytype: keytype.into() }
-        })
-    }
-
     /// The patient's pseudonym from the lookup table, when the script looks it up (`ptid`);
     /// `None` leaves it to the index or the keyed scheme.
     pub fn assigned_patient_id(&self, original: &Original) -> Result<Option<String>, EngineError> {
         if !self.script.lookups.patient_id {
             return Ok(None);
         }
-        self.assigned(original, PTID).map(|id| Some(id.to_string()))
+        let id = self.lookup.as_ref().and_then(|t| t.get(PTID, &original.patient_id));
+        id.map(|id| Some(id.to_string())).ok_or_else(|| patient_miss(PTID))
     }
 
     /// Whether the script keeps `tag` (with its value) at the top level.
@@ -243,8 +237,8 @@ impl Engine {
         let p = &*self.pseudonyms;
         let date_offset = match &self.script.lookups.date_offset {
             Some(keytype) => {
-                self.assigned(original, keytype)?;
-                self.lookup.as_ref().and_then(|t| t.offset(keytype, &original.patient_id))
+                let offset = self.lookup.as_ref().and_then(|t| t.offset(keytype, &original.patient_id));
+                Some(offset.ok_or_else(|| patient_miss(keytype))?)
             }
             // Hash offsets are below 3652 days.
             None => (!original.patient_id.is_empty()).then(|| p.date_offset(&original.patient_id) as i32),
@@ -345,6 +339,11 @@ impl Engine {
             }
         }
     }
+}
+
+/// The lookup table has no `keytype` entry for the instance's PatientID.
+fn patient_miss(keytype: &str) -> EngineError {
+    EngineError::LookupMiss { what: "PatientID (0010,0020)".into(), keytype: keytype.into() }
 }
 
 /// Cut at a character boundary; SH and LO limits are in characters and our text is ASCII.
