@@ -130,9 +130,10 @@ fn parse_lookup(args: &str, tag: Tag) -> Result<Parsed, ()> {
     Ok(Parsed { op, ctp_only: false, lookup: Some(lookup) })
 }
 
-/// PatientID as CTP lets a script name an element.
+/// PatientID as CTP lets a script name an element (the forms with a comma cannot stand in an
+/// argument list split at commas).
 fn names_patient_id(name: &str) -> bool {
-    matches!(name, "PatientID" | "00100020" | "(0010,0020)" | "[00100020]" | "[0010,0020]")
+    matches!(name, "PatientID" | "00100020" | "[00100020]")
 }
 
 /// A key type as CTP's lookup table editor allows it: no separator or space.
