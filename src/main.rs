@@ -93,7 +93,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             observe::init(&config.logging);
             runtime()?.block_on(async {
                 let signup = SignUp::new(&config.upload, &path).await?;
-                println!("{}", signup.sign_up(&email, &config.upload).await?);
+                println!("{}", signup.sign_up(&email).await?);
                 anyhow::Ok(ExitCode::SUCCESS)
             })
         }

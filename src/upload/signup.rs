@@ -34,6 +34,8 @@ pub struct SignUp {
     client_id: String,
     client_secret: Option<String>,
     username: String,
+    password_env: Option<String>,
+    password_file: Option<std::path::PathBuf>,
     /// Where the password is, for messages (never the password).
     password_from: String,
     /// The configuration file, for the commands the messages suggest.
@@ -72,6 +74,8 @@ impl SignUp {
             client_id: cfg.app_client_id.clone(),
             client_secret: client_secret(cfg).map_err(AuthError::from)?,
             username: cfg.username.clone(),
+            password_env: cfg.password_env.clone(),
+            password_file: cfg.password_file.clone(),
             password_from,
             config: config.display().to_string(),
         })
@@ -82,12 +86,12 @@ impl SignUp {
     }
 
     /// SignUp with `email` as the user's e-mail attribute; returns what to tell the user.
-    pub async fn sign_up(&self, email: &str, cfg: &UploadConfig) -> Result<String, SignUpError> {
+    pub async fn sign_up(&self, email: &str) -> Result<String, SignUpError> {
         let email = email.trim();
         if !email.contains('@') || email.contains(char::is_whitespace) {
             return Err(SignUpError::Refused(format!("--email {email:?} is not an e-mail address")));
         }
-        let password = password(cfg.password_env.as_deref(), cfg.password_file.as_deref())?;
+        let password = password(self.password_env.as_deref(), self.password_file.as_deref())?;
         let attribute = AttributeType::builder()
             .name("email")
             .value(email)
