@@ -28,8 +28,8 @@ fn main() {
         let mut ds =
             read_dataset(p10.body, p10.meta.transfer_syntax.encoding()).expect("a readable data set");
         let original = Original::read(&ds).expect("keys present");
-        let keys = engine.keys(&original, "972149-000001");
-        engine.apply(&mut ds, &original, keys);
+        let keys = engine.keys(&original, "972149-000001").expect("the script looks nothing up");
+        engine.apply(&mut ds, &original, keys).expect("the script looks nothing up");
         write_part10(&ds, &p10.meta.transfer_syntax, &mut out).expect("encodes");
     }
     let per = started.elapsed().as_secs_f64() / iterations as f64;

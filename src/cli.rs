@@ -45,6 +45,26 @@ pub enum Command {
         #[arg(long, default_value = "config/default.yaml")]
         config: PathBuf,
     },
+    /// Create the uploader's Cognito user (upload.username, with the password from
+    /// upload.password_env or upload.password_file) and have Cognito send it a confirmation code.
+    AwsSignup {
+        #[arg(long, default_value = "config/default.yaml")]
+        config: PathBuf,
+        /// The user's e-mail address: Cognito sends the confirmation code there.
+        #[arg(long)]
+        email: String,
+    },
+    /// Confirm the user created by aws-signup with the code Cognito sent, or have it sent again.
+    AwsConfirm {
+        #[arg(long, default_value = "config/default.yaml")]
+        config: PathBuf,
+        /// The confirmation code from Cognito's message.
+        #[arg(long, required_unless_present = "resend", conflicts_with = "resend")]
+        code: Option<String>,
+        /// Send a new confirmation code instead.
+        #[arg(long)]
+        resend: bool,
+    },
     /// The audit trail: one row per instance outcome at the SCP (no PHI).
     Audit {
         #[command(subcommand)]

@@ -70,6 +70,10 @@ pub struct ProjectConfig {
     /// Environment variable holding the project secret (keyed mode), if no file is given.
     #[serde(default = "default_secret_env")]
     pub secret_env: String,
+    /// CTP lookup table (Java properties, `ptid/<PatientID>=<subject ID>`,
+    /// `dateoffset/<PatientID>=<days>`) for the script's `@lookup` rules; checked whole at start.
+    #[serde(default)]
+    pub lookup_table: Option<PathBuf>,
 }
 
 impl ProjectConfig {

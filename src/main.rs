@@ -12,7 +12,7 @@ use dicom_anon_gateway::config::Config;
 use dicom_anon_gateway::durability::Durability;
 use dicom_anon_gateway::index::{Index, Owner};
 use dicom_anon_gateway::pipeline::Pipeline;
-use dicom_anon_gateway::upload::Credentials;
+use dicom_anon_gateway::upload::{Credentials, SignUp};
 use dicom_anon_gateway::{index, node, observe, offline};
 
 fn main() -> ExitCode {
@@ -30,8 +30,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Serve { config } => {
             let config = Config::load(&config)?;
             observe::init(&config.logging);
-            let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-            runtime.block_on(serve(config))
+            runtime()?.block_on(serve(config))
         }
         Command::Anonymize { config, out, inputs } => {
             let config = Config::load(&config)?;
@@ -89,11 +88,33 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("wrote {rows} studies to {}", out.display());
             Ok(ExitCode::SUCCESS)
         }
+        Command::AwsSignup { config: path, email } => {
+            let config = Config::load(&path)?;
+            observe::init(&config.logging);
+            runtime()?.block_on(async {
+                let signup = SignUp::new(&config.upload, &path).await?;
+                println!("{}", signup.sign_up(&email).await?);
+                anyhow::Ok(ExitCode::SUCCESS)
+            })
+        }
+        Command::AwsConfirm { config: path, code, resend } => {
+            let config = Config::load(&path)?;
+            observe::init(&config.logging);
+            runtime()?.block_on(async {
+                let signup = SignUp::new(&config.upload, &path).await?;
+                let said = match (resend, code) {
+                    (true, _) => signup.resend().await?,
+                    (false, Some(code)) => signup.confirm(&code).await?,
+                    (false, None) => anyhow::bail!("give --code CODE or --resend"),
+                };
+                println!("{said}");
+                anyhow::Ok(ExitCode::SUCCESS)
+            })
+        }
         Command::AwsLogin { config } => {
             let config = Config::load(&config)?;
             observe::init(&config.logging);
-            let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-            runtime.block_on(async {
+            runtime()?.block_on(async {
                 let credentials = Credentials::new(&config.upload).await?;
                 match credentials.session().await? {
                     Some(s) => {
@@ -143,6 +164,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::CheckConfig { config } => {
             let config = Config::load(&config)?;
+            if let Some(table) = &config.project.lookup_table {
+                dicom_anon_gateway::anonymize::LookupTable::load(table)?;
+            }
             print!("{}", config.to_yaml());
             Ok(ExitCode::SUCCESS)
         }
@@ -174,6 +198,11 @@ fn audit_since(since: &str) -> anyhow::Result<String> {
             "--since {since:?}: expected a date (2026-01-31) or an RFC 3339 time (2026-01-31T08:00:00Z)"
         ),
     }
+}
+
+/// A runtime for the commands that talk to AWS.
+fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread().enable_all().build()
 }
 
 /// SIGINT or SIGTERM.

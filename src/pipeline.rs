@@ -10,7 +10,9 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use crate::anonymize::{Engine, EngineError, Keyed, Keys, Labels, Original, Pseudonyms, Rsna, Script};
+use crate::anonymize::{
+    Engine, EngineError, Keyed, Keys, Labels, LookupTable, Original, Pseudonyms, Rsna, Script,
+};
 use crate::config::{Config, PseudonymMode};
 use crate::dicom::{
     check_values, check_vrs, inflate_into, locate_pixel_data, read_dataset, write_dataset, write_meta,
@@ -105,6 +107,7 @@ impl InstanceError {
             | InstanceError::Value(ValueError::Forbidden { .. }) => Data(Reason::InvalidText),
             InstanceError::Value(_) => Data(Reason::Unreadable),
             InstanceError::Invalid(EngineError::Unverifiable(_)) => Data(Reason::Unverifiable),
+            InstanceError::Invalid(EngineError::LookupMiss { .. }) => Data(Reason::LookupMiss),
             InstanceError::Index(IndexError::Conflict(_)) => Data(Reason::IntegrityConflict),
             InstanceError::Storage(SpoolError::Encode(_)) => Data(Reason::CannotEncode),
             InstanceError::Panic(_) => Data(Reason::ProcessingError),
@@ -192,6 +195,8 @@ pub enum SetupError {
     #[error(transparent)]
     Pseudonym(#[from] crate::anonymize::pseudonym::PseudonymError),
     #[error(transparent)]
+    Lookup(#[from] crate::anonymize::LookupError),
+    #[error(transparent)]
     Index(#[from] IndexError),
     #[error(transparent)]
     Spool(#[from] SpoolError),
@@ -204,6 +209,7 @@ impl Pipeline {
     pub fn open(config: &Config, out: &Path, durability: Durability) -> Result<Pipeline, SetupError> {
         let project = &config.project;
         let script = Script::load(&project.script, &project.script_settings())?;
+        let lookup = LookupTable::for_script(project.lookup_table.as_deref(), &script.lookups)?;
         let pseudonyms: Arc<dyn Pseudonyms> = match project.pseudonyms {
             PseudonymMode::Rsna => {
                 Arc::new(Rsna::new(&project.site_id, &project.uid_root, project.accession_format)?)
@@ -224,8 +230,12 @@ impl Pipeline {
         let barrier = Barrier::new(&[out, &index_dir])
             .map_err(|source| SetupError::Dir { path: out.display().to_string(), source })?;
         let labels = Labels { project_name: project.name.clone(), site_id: project.site_id.clone() };
+        let engine = Engine::new(script, pseudonyms, labels);
         Ok(Pipeline {
-            engine: Engine::new(script, pseudonyms, labels),
+            engine: match lookup {
+                Some(table) => engine.with_lookup(table),
+                None => engine,
+            },
             index,
             spool,
             quarantine: Quarantine::new(&config.quarantine_dir()),
@@ -431,11 +441,13 @@ impl Pipeline {
         check_vrs(&ds)?;
         let pseudonyms = self.engine.pseudonyms();
         // Computed once: the index records them and the engine writes them.
-        let mut keys = self.engine.keys(&original, "");
-        let stateless_id = match (self.keyed, original.patient_id.is_empty()) {
-            (false, _) => None,
-            (true, true) => Some(pseudonyms.default_patient_id()),
-            (true, false) => pseudonyms.patient_id(&original.patient_id),
+        let assigned = self.engine.assigned_patient_id(&original)?;
+        let mut keys = self.engine.keys(&original, "")?;
+        let stateless_id = match (&assigned, self.keyed, original.patient_id.is_empty()) {
+            (Some(id), _, _) => Some(id.clone()),
+            (None, false, _) => None,
+            (None, true, true) => Some(pseudonyms.default_patient_id()),
+            (None, true, false) => pseudonyms.patient_id(&original.patient_id),
         };
         let capture = Capture {
             patient_id: original.patient_id.clone(),
@@ -455,12 +467,16 @@ impl Pipeline {
             modality: original.modality.clone(),
             sop_uid: original.sop_uid.clone(),
         };
-        keys.patient_id = match self.index.known_patient(&original.patient_id) {
-            Some(known) => known,
+        let known = match self.index.known_patient(&original.patient_id) {
+            Some(known) => Ok(known),
             // A patient new to this process: the index decides (and may number) its pseudonym.
-            None => self.index.capture(capture.clone())?,
+            None => self.index.capture(capture.clone()),
         };
-        let report = self.engine.apply(&mut ds, &original, keys);
+        keys.patient_id = match &assigned {
+            Some(id) => agree(id, known)?,
+            None => known?,
+        };
+        let report = self.engine.apply(&mut ds, &original, keys)?;
         // The last look before anything is written: no kept value may hold bytes its VR forbids.
         for tag in check_values(&ds, enc)? {
             self.report_over_long(tag);
@@ -515,6 +531,26 @@ impl Pipeline {
         let Pipeline { index, barrier, spool, .. } = self;
         index.close();
         durable(&barrier, &spool)
+    }
+}
+
+/// The index must agree with a pseudonym the lookup table assigns. A PatientID that already has
+/// another pseudonym, or a pseudonym that already belongs to another PatientID (the table was
+/// edited), is a conflict for someone to review (quarantined), not this node's error to retry.
+fn agree(assigned: &str, captured: Result<String, IndexError>) -> Result<String, IndexError> {
+    match captured {
+        Ok(id) if id == assigned => Ok(id),
+        Ok(_) => Err(IndexError::Conflict(
+            "the PatientID has another pseudonym in the index than project.lookup_table assigns".into(),
+        )),
+        Err(IndexError::Sqlite(rusqlite::Error::SqliteFailure(f, _)))
+            if f.code == rusqlite::ErrorCode::ConstraintViolation =>
+        {
+            Err(IndexError::Conflict(
+                "the pseudonym project.lookup_table assigns belongs to another PatientID in the index".into(),
+            ))
+        }
+        Err(e) => Err(e),
     }
 }
 

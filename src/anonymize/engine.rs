@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 
 use crate::dicom::{pad_text, trim_padding, DataSet, Element, Tag, Value, VR};
 
+use super::lookup::{LookupTable, PATIENT_ID as PTID};
 use super::options::{MethodCode, BASIC_PROFILE, RETAIN_MODIFIED_DATES};
 use super::profile::{self, is_free_text, is_registered_uid, names_a_class, tags};
 use super::pseudonym::Pseudonyms;
@@ -25,6 +26,10 @@ pub enum EngineError {
     /// Content the engine cannot check, under `project.unverifiable: quarantine | remove`.
     #[error("unverifiable content: {0}")]
     Unverifiable(String),
+    /// The lookup table has no entry for a value the script looks up. Names the attribute and
+    /// the key type, never the value (it is PHI).
+    #[error("{what} has no {keytype}/ entry in the lookup table (project.lookup_table)")]
+    LookupMiss { what: String, keytype: String },
 }
 
 /// The values of the original instance the index and the walk need, read before anything changes.
@@ -107,8 +112,9 @@ pub struct Keys {
     pub series_uid: String,
     pub sop_uid: String,
     pub accession: Option<String>,
-    /// `None` when the patient has no ID (RSNA's fixed 20000101 dates).
-    pub date_offset: Option<u32>,
+    /// Days added to every date (negative from a lookup table); `None` when the patient has no
+    /// ID (RSNA's fixed 20000101 dates).
+    pub date_offset: Option<i32>,
 }
 
 /// What one instance's anonymization produced besides the data set.
@@ -132,13 +138,31 @@ pub struct Engine {
     script: Script,
     pseudonyms: Arc<dyn Pseudonyms>,
     labels: Labels,
+    /// Pre-assigned pseudonyms (`project.lookup_table`), when the script looks any up.
+    lookup: Option<LookupTable>,
     /// Tags the safety net has already reported, so each is logged once per process.
     reported: Mutex<HashSet<Tag>>,
 }
 
 impl Engine {
     pub fn new(script: Script, pseudonyms: Arc<dyn Pseudonyms>, labels: Labels) -> Engine {
-        Engine { script, pseudonyms, labels, reported: Mutex::new(HashSet::new()) }
+        Engine { script, pseudonyms, labels, lookup: None, reported: Mutex::new(HashSet::new()) }
+    }
+
+    /// Take pre-assigned pseudonyms from `table`. The caller has checked that it has entries for
+    /// every key type the script uses (`Script::lookups`).
+    pub fn with_lookup(self, table: LookupTable) -> Engine {
+        Engine { lookup: Some(table), ..self }
+    }
+
+    /// The patient's pseudonym from the lookup table, when the script looks it up (`ptid`);
+    /// `None` leaves it to the index or the keyed scheme.
+    pub fn assigned_patient_id(&self, original: &Original) -> Result<Option<String>, EngineError> {
+        if !self.script.lookups.patient_id {
+            return Ok(None);
+        }
+        let id = self.lookup.as_ref().and_then(|t| t.get(PTID, &original.patient_id));
+        id.map(|id| Some(id.to_string())).ok_or_else(|| patient_miss(PTID))
     }
 
     /// Whether the script keeps `tag` (with its value) at the top level.
@@ -208,20 +232,35 @@ impl Engine {
     }
 
     /// The instance's keys once `anon_patient_id` is known (from the index or the keyed scheme).
-    pub fn keys(&self, original: &Original, anon_patient_id: &str) -> Keys {
+    /// Fails when the script takes the date offset from the lookup table and it has none.
+    pub fn keys(&self, original: &Original, anon_patient_id: &str) -> Result<Keys, EngineError> {
         let p = &*self.pseudonyms;
-        Keys {
+        let date_offset = match &self.script.lookups.date_offset {
+            Some(keytype) => {
+                let offset = self.lookup.as_ref().and_then(|t| t.offset(keytype, &original.patient_id));
+                Some(offset.ok_or_else(|| patient_miss(keytype))?)
+            }
+            // Hash offsets are below 3652 days.
+            None => (!original.patient_id.is_empty()).then(|| p.date_offset(&original.patient_id) as i32),
+        };
+        Ok(Keys {
             patient_id: anon_patient_id.to_string(),
             study_uid: p.uid(&original.study_uid),
             series_uid: p.uid(&original.series_uid),
             sop_uid: p.uid(&original.sop_uid),
             accession: original.accession.as_deref().map(|a| p.accession(a.trim())),
-            date_offset: (!original.patient_id.is_empty()).then(|| p.date_offset(&original.patient_id)),
-        }
+            date_offset,
+        })
     }
 
     /// De-identify `ds` in place, with the `keys` that [`Engine::keys`] gave for `original`.
-    pub fn apply(&self, ds: &mut DataSet<'_>, original: &Original, keys: Keys) -> Report {
+    /// Fails (and `ds` is not to be used) when a value the script looks up has no entry.
+    pub fn apply(
+        &self,
+        ds: &mut DataSet<'_>,
+        original: &Original,
+        keys: Keys,
+    ) -> Result<Report, EngineError> {
         let anon_patient_id = keys.patient_id.as_str();
         let mut walk = Walk {
             engine: self,
@@ -232,9 +271,13 @@ impl Engine {
             caught: Vec::new(),
             dates_changed: false,
             dates_replaced: false,
+            miss: None,
         };
         walk.dataset(ds);
-        let Walk { uids, mut caught, dates_changed, dates_replaced, .. } = walk;
+        let Walk { uids, mut caught, dates_changed, dates_replaced, miss, .. } = walk;
+        if let Some(miss) = miss {
+            return Err(miss);
+        }
 
         if ds.get(tags::PATIENT_ID).is_none() && self.script.op(tags::PATIENT_ID).is_some() {
             // RSNA adds a missing PatientID so that every output names its (default) patient.
@@ -250,7 +293,7 @@ impl Engine {
         caught.sort();
         caught.dedup();
         self.report_caught(&caught);
-        Report { keys, uid_map: uids.into_iter().collect(), caught }
+        Ok(Report { keys, uid_map: uids.into_iter().collect(), caught })
     }
 
     /// The CID 7050 codes for what was applied: a profile script's options; for other CTP
@@ -298,6 +341,11 @@ impl Engine {
     }
 }
 
+/// The lookup table has no `keytype` entry for the instance's PatientID.
+fn patient_miss(keytype: &str) -> EngineError {
+    EngineError::LookupMiss { what: "PatientID (0010,0020)".into(), keytype: keytype.into() }
+}
+
 /// Cut at a character boundary; SH and LO limits are in characters and our text is ASCII.
 fn truncate(s: &str, max: usize) -> &str {
     match s.char_indices().nth(max) {
@@ -316,6 +364,8 @@ struct Walk<'e> {
     dates_changed: bool,
     /// A date was replaced by a dummy (PS3.15 D without the modified-dates option).
     dates_replaced: bool,
+    /// The first value lookup that found no entry: the instance fails.
+    miss: Option<EngineError>,
 }
 
 impl Walk<'_> {
@@ -365,8 +415,28 @@ impl Walk<'_> {
                 set(e, &rounded);
             }
             Op::Set(v) => set(e, v),
+            Op::Lookup(keytype) => self.look_up(e, keytype),
         }
         true
+    }
+
+    /// Replace a value by its lookup-table entry (CTP compares trimmed values). An empty value
+    /// stays empty: it names no one.
+    fn look_up(&mut self, e: &mut Element<'_>, keytype: &str) {
+        let raw = value_str(e);
+        if raw.is_empty() {
+            return;
+        }
+        match self.engine.lookup.as_ref().and_then(|t| t.get(keytype, &raw)) {
+            Some(value) => set(e, value),
+            None => {
+                e.value = Value::Bytes(Cow::Borrowed(&[]));
+                self.miss.get_or_insert_with(|| EngineError::LookupMiss {
+                    what: crate::dicom::tag_str(e.tag),
+                    keytype: keytype.to_string(),
+                });
+            }
+        }
     }
 
     /// PS3.15 action D: a value valid for the VR that says nothing. UIDs get their pseudonym (so

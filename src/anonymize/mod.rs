@@ -2,6 +2,7 @@
 
 mod ctp;
 mod engine;
+pub mod lookup;
 pub mod options;
 pub mod profile;
 pub mod pseudonym;
@@ -11,7 +12,8 @@ pub mod transform;
 pub mod unverifiable;
 
 pub use engine::{Engine, EngineError, Keys, Labels, Original, Report};
+pub use lookup::{LookupError, LookupTable};
 pub use options::ProfileOptions;
 pub use pseudonym::{AccessionFormat, Keyed, Pseudonyms, Rsna};
-pub use script::{Op, Script, ScriptError, Semantics, Settings, UnsupportedOps};
+pub use script::{Lookups, Op, Script, ScriptError, Semantics, Settings, UnsupportedOps};
 pub use unverifiable::Unverifiable;

@@ -7,7 +7,7 @@
 //! keep (a silent keep passes PHI), private groups are always removed, and the engine's safety net
 //! checks every kept value.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
 
 use dicom_core::Tag;
@@ -40,6 +40,47 @@ pub enum Op {
     Round(u32),
     /// Set this literal value.
     Set(String),
+    /// Replace the value by its entry under this key type in the lookup table.
+    Lookup(String),
+}
+
+/// What one rule takes from the lookup table (`@lookup`, see `ctp.rs`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Lookup {
+    /// The patient's pseudonym: the `ptid` entry of the PatientID.
+    PatientId,
+    /// The patient's date offset: the entry of the PatientID under this key type.
+    DateOffset(String),
+    /// The element's own value, under this key type.
+    Value(String),
+}
+
+/// Everything a script takes from the lookup table. When it looks up the patient's pseudonym or
+/// date offset anywhere, that pseudonym and offset hold for the whole instance (`@ptid` and
+/// `@hashdate` rules and the safety net's date shift too), so one instance never carries two.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Lookups {
+    pub patient_id: bool,
+    /// The key type of the date offset.
+    pub date_offset: Option<String>,
+    /// Key types of value lookups.
+    pub values: BTreeSet<String>,
+}
+
+impl Lookups {
+    pub fn any(&self) -> bool {
+        self.patient_id || self.date_offset.is_some() || !self.values.is_empty()
+    }
+
+    /// Every key type the table must have entries for.
+    pub fn keytypes(&self) -> BTreeSet<String> {
+        let mut all = self.values.clone();
+        all.extend(self.date_offset.clone());
+        if self.patient_id {
+            all.insert(super::lookup::PATIENT_ID.to_string());
+        }
+        all
+    }
 }
 
 /// What to do with an operation this engine does not implement.
@@ -122,6 +163,7 @@ pub struct Script {
     pub options: ProfileOptions,
     pub removals: Removals,
     pub unverifiable: Unverifiable,
+    pub lookups: Lookups,
     rules: HashMap<Tag, Op>,
     keep_groups: Vec<u16>,
 }
@@ -166,7 +208,7 @@ impl Script {
             // Finding a line scans the text from the start: only do it for a message.
             parts.element(node, || doc.text_pos_at(node.range().start).row, &params, settings.unsupported);
         }
-        let Parts { rules, keep_groups, removals, ctp_only, keeps_private, problems } = parts;
+        let Parts { rules, keep_groups, removals, ctp_only, keeps_private, lookups, problems } = parts;
         if !problems.is_empty() {
             return Err(ScriptError::Invalid { path: name.to_string(), problems });
         }
@@ -189,6 +231,7 @@ impl Script {
             options: settings.options,
             removals,
             unverifiable: settings.unverifiable,
+            lookups,
             rules,
             keep_groups,
         })
@@ -209,6 +252,7 @@ struct Parts {
     /// A function or convention only CTP has was used: the inferred semantics are `ctp`.
     ctp_only: bool,
     keeps_private: bool,
+    lookups: Lookups,
     problems: Vec<String>,
 }
 
@@ -237,6 +281,20 @@ impl Parts {
                 let op = match ctp::parse(op_text, tag, params) {
                     Ok(parsed) => {
                         self.ctp_only |= parsed.ctp_only;
+                        match parsed.lookup {
+                            None => {}
+                            Some(Lookup::PatientId) => self.lookups.patient_id = true,
+                            Some(Lookup::Value(keytype)) => {
+                                self.lookups.values.insert(keytype);
+                            }
+                            Some(Lookup::DateOffset(keytype)) => match &self.lookups.date_offset {
+                                Some(other) if *other != keytype => self.problems.push(format!(
+                                    "line {}: {t}: date offsets come from key type {keytype:?} here and {other:?} before; one patient has one offset",
+                                    line()
+                                )),
+                                _ => self.lookups.date_offset = Some(keytype),
+                            },
+                        }
                         parsed.op
                     }
                     Err(()) if unsupported == UnsupportedOps::Remove => {
@@ -300,10 +358,10 @@ mod tests {
 
     #[test]
     fn unsupported_ops_are_refused_with_their_line_or_removed_on_request() {
-        let text = "<script>\n<e en=\"T\" t=\"0020000D\" n=\"x\">@hashuid(@UIDROOT,this)</e>\n<e en=\"T\" t=\"00100020\" n=\"y\">@lookup(this,ptid)</e>\n</script>";
+        let text = "<script>\n<e en=\"T\" t=\"0020000D\" n=\"x\">@hashuid(@UIDROOT,this)</e>\n<e en=\"T\" t=\"00100020\" n=\"y\">@hashname(this,6)</e>\n</script>";
         let err = parse(text, UnsupportedOps::Fail).unwrap_err().to_string();
         assert!(!err.contains("line 2"), "{err}");
-        assert!(err.contains("line 3") && err.contains("@lookup"), "{err}");
+        assert!(err.contains("line 3") && err.contains("@hashname"), "{err}");
         let s = parse(text, UnsupportedOps::Remove).unwrap();
         assert_eq!(s.op(Tag(0x0020, 0x000D)), Some(&Op::Uid));
         assert_eq!(s.op(Tag(0x0010, 0x0020)), Some(&Op::Remove));
@@ -335,6 +393,28 @@ mod tests {
         assert_eq!(s.op(Tag(0x0012, 0x0064)), None);
         assert_eq!(s.semantics, Semantics::Ctp, "a CTP option script names its code in (0012,0064)");
         assert_eq!(s.op(Tag(0x0028, 0x0303)), None);
+    }
+
+    #[test]
+    fn rsna_19_lookups_keep_rsna_semantics_and_are_collected() {
+        let s = parse(
+            r#"<script><e en="T" t="00100010" n="PatientName">@lookup(this,ptid)</e><e en="T" t="00080020" n="StudyDate">@lookup(this,dateoffset)</e><e en="T" t="00080080" n="Inst">@lookup(this,site)</e></script>"#,
+            UnsupportedOps::Fail,
+        )
+        .unwrap();
+        assert_eq!(s.semantics, Semantics::Rsna);
+        assert_eq!(s.op(Tag(0x0010, 0x0010)), Some(&Op::PatientId));
+        assert_eq!(s.op(Tag(0x0008, 0x0020)), Some(&Op::HashDate));
+        assert_eq!(s.op(Tag(0x0008, 0x0080)), Some(&Op::Lookup("site".into())));
+        let keytypes: Vec<String> = s.lookups.keytypes().into_iter().collect();
+        assert_eq!(keytypes, ["dateoffset", "ptid", "site"]);
+        let err = parse(
+            "<script>\n<e en=\"T\" t=\"00080020\" n=\"a\">@lookup(this,dateoffset)</e>\n<e en=\"T\" t=\"00080021\" n=\"b\">@incrementdate(this,PatientID,shift)</e>\n</script>",
+            UnsupportedOps::Fail,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("line 3") && err.contains("one offset"), "{err}");
     }
 
     #[test]

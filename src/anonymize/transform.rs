@@ -2,7 +2,7 @@
 //! Pure functions over the raw value bytes.
 
 use aho_corasick::{AhoCorasick, MatchKind};
-use chrono::{Duration, NaiveDate};
+use chrono::{Datelike, Duration, NaiveDate};
 use std::sync::{Arc, Mutex};
 
 /// RSNA's stand-in date when a patient has no ID to derive an offset from.
@@ -11,18 +11,22 @@ pub const DEFAULT_DATE: &str = "20000101";
 /// How to move this instance's dates.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DateShift {
-    /// Add this many days.
-    Days(u32),
+    /// Add this many days (negative: earlier).
+    Days(i32),
     /// No PatientID: every date becomes 20000101 (RSNA's rule).
     Default,
 }
 
-/// Shift one DA value (`YYYYMMDD`). `None`: not a valid date, so the caller empties it.
+/// Shift one DA value (`YYYYMMDD`). `None`: not a valid date, or shifted out of the years a DA
+/// can hold (0001-9999), so the caller empties it.
 pub fn shift_date(value: &str, shift: DateShift) -> Option<String> {
     let date = NaiveDate::parse_from_str(value, "%Y%m%d").ok().filter(|_| value.len() == 8)?;
     Some(match shift {
         DateShift::Default => DEFAULT_DATE.to_string(),
-        DateShift::Days(d) => (date + Duration::days(d as i64)).format("%Y%m%d").to_string(),
+        DateShift::Days(d) => {
+            let shifted = date.checked_add_signed(Duration::days(d.into()))?;
+            (1..=9999).contains(&shifted.year()).then(|| shifted.format("%Y%m%d").to_string())?
+        }
     })
 }
 
@@ -457,6 +461,9 @@ mod tests {
         assert_eq!(shift_date("20220101", DateShift::Default).as_deref(), Some("20000101"));
         assert_eq!(shift_date("2022011", DateShift::Days(1)), None);
         assert_eq!(shift_date("20221301", DateShift::Days(1)), None);
+        assert_eq!(shift_date("20220101", DateShift::Days(-365)).as_deref(), Some("20210101"));
+        assert_eq!(shift_date("99991231", DateShift::Days(1)), None, "year 10000 is no DA");
+        assert_eq!(shift_date("00010101", DateShift::Days(-1)), None);
     }
 
     #[test]

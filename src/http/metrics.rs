@@ -45,6 +45,7 @@ const REASONS: &[Reason] = &[
     Reason::CannotEncode,
     Reason::ProcessingError,
     Reason::Unverifiable,
+    Reason::LookupMiss,
 ];
 
 /// The process's metrics.

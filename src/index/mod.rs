@@ -56,7 +56,7 @@ pub struct Capture {
     pub anon_study_uid: String,
     pub accession: Option<String>,
     pub anon_accession: Option<String>,
-    pub date_offset: Option<u32>,
+    pub date_offset: Option<i32>,
     pub study_date: Option<String>,
     /// Where the instance came from: a file path or `AE@address`.
     pub source: String,

@@ -29,6 +29,8 @@ pub enum Reason {
     ProcessingError,
     /// Content the anonymizer cannot check (encapsulated document, burned-in annotation).
     Unverifiable,
+    /// A value the script looks up (a PatientID, mostly) has no entry in the lookup table.
+    LookupMiss,
 }
 
 impl Reason {
@@ -42,6 +44,7 @@ impl Reason {
             Reason::CannotEncode => "Encode_Error",
             Reason::ProcessingError => "Processing_Error",
             Reason::Unverifiable => "Unverifiable_Content",
+            Reason::LookupMiss => "Lookup_Miss",
         }
     }
 }

@@ -73,18 +73,38 @@ pub struct Cognito {
     refreshes: AtomicU64,
 }
 
-fn describe<E: std::error::Error + 'static>(e: &E) -> String {
+pub(super) fn describe<E: std::error::Error + 'static>(e: &E) -> String {
     aws_sdk_s3::error::DisplayErrorContext(e).to_string()
+}
+
+/// The app client's secret, when the configuration names where it is.
+pub(super) fn client_secret(cfg: &UploadConfig) -> Result<Option<String>, crate::config::ConfigError> {
+    read_secret("upload.client_secret", cfg.client_secret_env.as_deref(), cfg.client_secret_file.as_deref())
+}
+
+/// The user's password from where the configuration says; never from the command line.
+pub(super) fn password(env: Option<&str>, file: Option<&std::path::Path>) -> Result<String, AuthError> {
+    Ok(read_secret("upload.password", env, file)?.ok_or_else(|| {
+        crate::config::ConfigError::MissingSecret("upload.password_env or upload.password_file".into())
+    })?)
+}
+
+/// The shared configuration of the Cognito clients: unsigned calls (user pools and identity pools
+/// need no AWS credentials, so no credential chain and no IMDS probe), the region, the endpoint.
+pub(super) async fn unsigned_config(cfg: &UploadConfig) -> aws_config::SdkConfig {
+    let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .no_credentials()
+        .region(aws_config::Region::new(cfg.region.clone()));
+    if let Some(url) = &cfg.endpoint_url {
+        loader = loader.endpoint_url(url);
+    }
+    loader.load().await
 }
 
 impl Cognito {
     /// Read the secrets the configuration names and build the (unsigned) Cognito clients.
     pub async fn new(cfg: &UploadConfig) -> Result<Cognito, AuthError> {
-        let client_secret = read_secret(
-            "upload.client_secret",
-            cfg.client_secret_env.as_deref(),
-            cfg.client_secret_file.as_deref(),
-        )?;
+        let client_secret = client_secret(cfg)?;
         // Only needed to answer NEW_PASSWORD_REQUIRED; its absence is reported if that happens.
         let new_password = read_secret(
             "upload.new_password",
@@ -92,14 +112,7 @@ impl Cognito {
             cfg.new_password_file.as_deref(),
         )
         .unwrap_or_default();
-        let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
-            // These calls are unsigned; no credential chain (and no IMDS probe) is wanted.
-            .no_credentials()
-            .region(aws_config::Region::new(cfg.region.clone()));
-        if let Some(url) = &cfg.endpoint_url {
-            loader = loader.endpoint_url(url);
-        }
-        let shared = loader.load().await;
+        let shared = unsigned_config(cfg).await;
         let cognito = Cognito {
             idp: aws_sdk_cognitoidentityprovider::Client::new(&shared),
             identity: aws_sdk_cognitoidentity::Client::new(&shared),
@@ -131,12 +144,7 @@ impl Cognito {
         if let Some(p) = self.changed_password.lock().unwrap_or_else(|p| p.into_inner()).clone() {
             return Ok(p);
         }
-        Ok(read_secret("upload.password", self.password_env.as_deref(), self.password_file.as_deref())?
-            .ok_or_else(|| {
-                crate::config::ConfigError::MissingSecret(
-                    "upload.password_env or upload.password_file".into(),
-                )
-            })?)
+        password(self.password_env.as_deref(), self.password_file.as_deref())
     }
 
     fn hash(&self) -> Option<String> {
@@ -299,7 +307,13 @@ where
     match e {
         SdkError::ServiceError(s) => {
             let err = s.err();
-            let what = format!("{}: {}", err.code().unwrap_or("error"), err.message().unwrap_or_default());
+            let mut what =
+                format!("{}: {}", err.code().unwrap_or("error"), err.message().unwrap_or_default());
+            if err.code() == Some("UserNotConfirmedException") {
+                what.push_str(
+                    " (confirm the user with aws-confirm --config FILE --code CODE from its e-mail)",
+                );
+            }
             match err.code() {
                 Some(
                     "NotAuthorizedException"
