@@ -1,0 +1,88 @@
+//! CPU cost of the index commit per stored instance, alone: `cargo run --release --example
+//! bench-index -- [COUNT] [THREADS]` commits COUNT instances (10 per series, 50 per patient) from
+//! THREADS threads and prints wall time and process CPU per instance.
+use dicom_anon_gateway::index::{AuditRecord, Capture, Index, InstanceRecord, Owner};
+
+fn cpu_s() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
+    let f: Vec<&str> = stat.rsplit(')').next().unwrap().split_whitespace().collect();
+    (f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap()) / 100.0
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let count: usize = args.get(1).map_or(20_000, |a| a.parse().unwrap());
+    let threads: usize = args.get(2).map_or(1, |a| a.parse().unwrap());
+    let dir = tempfile::tempdir().unwrap();
+    let index = Index::open(&dir.path().join("index.db"), &Owner::for_site("972149")).unwrap();
+    let (t0, c0) = (std::time::Instant::now(), cpu_s());
+    std::thread::scope(|s| {
+        for t in 0..threads {
+            let index = index.clone();
+            s.spawn(move || {
+                for i in (t..count).step_by(threads) {
+                    let (patient, series) = (i / 50, i / 10);
+                    let capture = Capture {
+                        patient_id: format!("MRN{patient}"),
+                        patient_name: Some("SMITH^ELIZABETH".into()),
+                        sex: Some("F".into()),
+                        birth_date: Some("19610203".into()),
+                        anon_patient_id: None,
+                        study_uid: format!("1.2.3.{patient}"),
+                        anon_study_uid: format!("2.25.1{patient}"),
+                        accession: Some("ACC1".into()),
+                        anon_accession: Some("A1".into()),
+                        date_offset: Some(12),
+                        study_date: Some("20220101".into()),
+                        source: "AE 'X' at 127.0.0.1".into(),
+                        series_uid: format!("1.2.3.{patient}.{series}"),
+                        anon_series_uid: format!("2.25.2{patient}{series}"),
+                        modality: Some("CT".into()),
+                        sop_uid: format!("1.2.3.{patient}.{series}.{i}"),
+                    };
+                    if index.known_patient(&capture.patient_id).is_none() {
+                        index.capture(capture.clone()).unwrap();
+                    }
+                    let anon_sop = format!("2.25.3{i:012}");
+                    let record = InstanceRecord {
+                        sop_uid: capture.sop_uid.clone(),
+                        anon_sop_uid: anon_sop.clone(),
+                        series_uid: capture.series_uid.clone(),
+                        sop_class_uid: "1.2.840.10008.5.1.4.1.1.2".into(),
+                        path: format!(
+                            "P/{}/{}/{anon_sop}.dcm",
+                            capture.anon_study_uid, capture.anon_series_uid
+                        ),
+                        size: 500_000,
+                        uid_map: vec![
+                            (capture.study_uid.clone(), capture.anon_study_uid.clone()),
+                            (capture.series_uid.clone(), capture.anon_series_uid.clone()),
+                            (capture.sop_uid.clone(), anon_sop.clone()),
+                        ],
+                    };
+                    let audit = AuditRecord {
+                        association: "a-1".into(),
+                        calling_ae: "STORESCU".into(),
+                        peer: "127.0.0.1:5000".into(),
+                        anon_uids: Some((
+                            capture.anon_study_uid.clone(),
+                            capture.anon_series_uid.clone(),
+                            anon_sop,
+                        )),
+                        status: "0x0000".into(),
+                        reason: None,
+                        bytes: 500_000,
+                    };
+                    index.commit(capture, record, Some(audit)).unwrap();
+                }
+            });
+        }
+    });
+    let (wall, cpu) = (t0.elapsed().as_secs_f64(), cpu_s() - c0);
+    println!(
+        "{count} commits from {threads} thread(s): {:.0}/s, CPU {:.1} µs per instance",
+        count as f64 / wall,
+        cpu * 1e6 / count as f64
+    );
+    index.close();
+}
