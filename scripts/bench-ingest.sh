@@ -30,7 +30,8 @@ cleanup() {
 trap cleanup EXIT
 export TCP_NODELAY=1
 cargo build --release --quiet --bin dicom-anon-gateway --example make-corpus
-BIN=$PWD/target/release/dicom-anon-gateway
+# BIN=path runs another build of the node (a before/after comparison in one run).
+BIN=${BIN:-$PWD/target/release/dicom-anon-gateway}
 
 if [ "$MEMORY" = 1 ]; then
     # One 512 MB instance (16 frames of 4096x4096 16-bit); 16 senders each send it at once.
