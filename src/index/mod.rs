@@ -1,8 +1,9 @@
 //! The persistent PHI index (SQLite, WAL): patients, studies, series, instances and the UID map.
 //!
-//! One thread owns the write connection. Callers hold a cheap [`Index`] handle and send requests
-//! over a bounded channel; the owner runs whatever has queued up in one transaction (group commit)
-//! and answers each caller only after that transaction is durable.
+//! One write connection, shared by combining: a caller queues its request and takes the
+//! connection; whoever holds it runs everything queued by then in one transaction (group commit),
+//! so under load many requests share a commit, and alone a caller runs its own on its own thread,
+//! with no hand-off to a writer thread and back. Each caller gets its answer after the commit.
 
 mod audit;
 mod export;
@@ -13,8 +14,7 @@ mod stats;
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use rusqlite::{params, Connection, OptionalExtension};
 
@@ -23,8 +23,6 @@ pub use export::{export_csv, ExportError};
 pub use queue::{Pending, QueueStatus, StuckItem};
 pub use stats::{Counts, Reader};
 
-/// At most this many requests share one transaction.
-const MAX_BATCH: usize = 512;
 /// Patient pseudonyms remembered in memory; past this many the memory starts again empty.
 const KNOWN_PATIENTS: usize = 100_000;
 
@@ -78,21 +76,61 @@ pub struct InstanceRecord {
     pub uid_map: Vec<(String, String)>,
 }
 
-/// A unit of work for the writer: runs inside the batch transaction and says whether it
-/// succeeded; its reply goes out once the batch has committed (or failed to).
+/// A unit of work: runs inside a batch transaction and says whether it succeeded; its reply goes
+/// out once the batch has committed (or failed to).
 type Job = Box<dyn FnOnce(&Connection) -> (bool, Reply) + Send>;
 type Reply = Box<dyn FnOnce(Option<&rusqlite::Error>) + Send>;
 
 /// A handle on the index; clone it freely.
 #[derive(Clone)]
 pub struct Index {
-    tx: mpsc::SyncSender<Job>,
-    writer: Arc<Mutex<Option<JoinHandle<()>>>>,
+    writer: Arc<Writer>,
     site_id: String,
     /// Committed patient pseudonyms (PHI PatientID to pseudonym). A mapping never changes once
     /// committed, so this is never stale; it spares an instance of a known patient the round trip
     /// that would otherwise have to precede its anonymization.
     known_patients: Arc<Mutex<HashMap<String, String>>>,
+}
+
+/// The write side, shared by every handle; closed when the last handle goes.
+struct Writer {
+    /// Requests waiting for the next batch.
+    queue: Mutex<Vec<Job>>,
+    /// Whoever holds it runs the queued requests.
+    conn: Mutex<Connection>,
+    /// Dropped with the writer: the checkpoint thread then stops.
+    _stop_checkpoints: mpsc::Sender<()>,
+}
+
+impl Writer {
+    /// Run queued requests until none is left, unless another thread is doing it: that one then
+    /// takes ours too. Whoever lets go of the connection looks at the queue once more, so a
+    /// request queued just as a batch ended is never left behind.
+    fn combine(&self) {
+        loop {
+            let mut conn = match self.conn.try_lock() {
+                Ok(conn) => conn,
+                Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+                Err(std::sync::TryLockError::WouldBlock) => return,
+            };
+            loop {
+                let batch = std::mem::take(&mut *lock(&self.queue));
+                if batch.is_empty() {
+                    break;
+                }
+                run_batch(&mut conn, batch);
+            }
+            drop(conn);
+            if lock(&self.queue).is_empty() {
+                return;
+            }
+        }
+    }
+}
+
+/// A lock whose holder panicked still guards consistent data: SQLite rolled back what it did.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Identity of the project the index belongs to, checked every time it opens.
@@ -137,29 +175,16 @@ impl Index {
         checkpoints.busy_timeout(std::time::Duration::from_secs(30))?;
         checkpoints.pragma_update(None, "synchronous", "NORMAL")?;
         let (stop, stopped) = mpsc::channel::<()>();
-        let spawn_error = |source| IndexError::Dir { path: "phi-index thread".into(), source };
         std::thread::Builder::new()
             .name("phi-checkpoint".into())
             .spawn(move || checkpoint_loop(checkpoints, stopped))
-            .map_err(spawn_error)?;
-        let (tx, rx) = mpsc::sync_channel::<Job>(1024);
-        let writer = std::thread::Builder::new()
-            .name("phi-index".into())
-            .spawn(move || {
-                write_loop(conn, rx);
-                drop(stop);
-            })
-            .map_err(spawn_error)?;
-        Ok(Index {
-            tx,
-            writer: Arc::new(Mutex::new(Some(writer))),
-            site_id: owner.site_id.clone(),
-            known_patients: Arc::default(),
-        })
+            .map_err(|source| IndexError::Dir { path: "phi-checkpoint thread".into(), source })?;
+        let writer = Writer { queue: Mutex::default(), conn: Mutex::new(conn), _stop_checkpoints: stop };
+        Ok(Index { writer: Arc::new(writer), site_id: owner.site_id.clone(), known_patients: Arc::default() })
     }
 
-    /// Run `f` in the writer's next batch transaction and return its result once that batch is
-    /// committed. A failing `f` rolls back only its own changes.
+    /// Run `f` in the next batch transaction and return its result once that batch is committed.
+    /// A failing `f` rolls back only its own changes. Blocks the calling thread.
     pub fn call<T: Send + 'static>(
         &self,
         f: impl FnOnce(&Connection) -> Result<T, IndexError> + Send + 'static,
@@ -178,7 +203,8 @@ impl Index {
             });
             (ok, send)
         });
-        self.tx.send(job).map_err(|_| IndexError::Closed)?;
+        lock(&self.writer.queue).push(job);
+        self.writer.combine();
         answer.recv().map_err(|_| IndexError::Closed)?
     }
 
@@ -229,17 +255,9 @@ impl Index {
         }
     }
 
-    /// Stop the writer once every handle's pending requests are done. Other clones become unusable.
-    pub fn close(self) {
-        let writer = self.writer.lock().ok().and_then(|mut w| w.take());
-        drop(self.tx);
-        if let Some(w) = writer {
-            // Other live clones keep the channel open; the thread then ends when they drop.
-            if Arc::strong_count(&self.writer) == 1 {
-                let _ = w.join();
-            }
-        }
-    }
+    /// Let go of this handle. Every request it made is committed already; the connection closes
+    /// with the last handle.
+    pub fn close(self) {}
 }
 
 /// Add columns that an index created by an earlier version lacks.
@@ -284,26 +302,13 @@ fn init(conn: &mut Connection, path: &Path, owner: &Owner) -> Result<(), IndexEr
     Ok(())
 }
 
-/// Copy the WAL back into the database every [`CHECKPOINT_EVERY`] until the writer stops.
+/// Copy the WAL back into the database every [`CHECKPOINT_EVERY`] until the index closes.
 fn checkpoint_loop(conn: Connection, stopped: mpsc::Receiver<()>) {
     while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(CHECKPOINT_EVERY) {
         // PASSIVE copies what no reader still needs and never waits; the next round does the rest.
         if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
             tracing::debug!(error = %e, "WAL checkpoint failed; the next one will try again");
         }
-    }
-}
-
-fn write_loop(mut conn: Connection, rx: mpsc::Receiver<Job>) {
-    while let Ok(first) = rx.recv() {
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(job) => batch.push(job),
-                Err(_) => break,
-            }
-        }
-        run_batch(&mut conn, batch);
     }
 }
 
@@ -445,4 +450,43 @@ fn record(tx: &Connection, r: &InstanceRecord) -> Result<(), IndexError> {
         map.execute([phi, anon])?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn concurrent_callers_are_all_answered_and_a_failure_stays_their_own() {
+        let d = tempfile::tempdir().unwrap();
+        let index = Index::open(&d.path().join("index.db"), &Owner::for_site("1")).unwrap();
+        let (threads, each) = (16, 200);
+        std::thread::scope(|s| {
+            for t in 0..threads {
+                let index = index.clone();
+                s.spawn(move || {
+                    for i in 0..each {
+                        let key = format!("k{t}-{i}");
+                        let got = index
+                            .call(move |c| {
+                                c.execute("INSERT INTO meta(key, value) VALUES (?1, 'v')", [&key])?;
+                                Ok(key)
+                            })
+                            .unwrap();
+                        assert_eq!(got, format!("k{t}-{i}"), "each caller gets its own answer");
+                    }
+                });
+            }
+        });
+        // A failing request rolls back only itself and is answered with its error.
+        let failed = index.call(|c| {
+            c.execute("INSERT INTO meta(key, value) VALUES ('k0-0', 'again')", [])?;
+            Ok(())
+        });
+        assert!(failed.is_err(), "a duplicate key must fail");
+        let rows: i64 = index
+            .call(|c| Ok(c.query_row("SELECT COUNT(*) FROM meta WHERE key LIKE 'k%'", [], |r| r.get(0))?))
+            .unwrap();
+        assert_eq!(rows, threads * each);
+    }
 }
