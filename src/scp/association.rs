@@ -473,9 +473,12 @@ async fn store(
     });
     let outcome = match job.await {
         Ok((outcome, received)) => {
+            // Kept only while small, so idle associations hold little.
             if let Received::Memory(mut buffer) = received {
-                buffer.clear();
-                tally.spare = buffer;
+                if buffer.capacity() <= crate::pipeline::IN_MEMORY_UP_TO {
+                    buffer.clear();
+                    tally.spare = buffer;
+                }
             }
             outcome
         }
