@@ -326,3 +326,28 @@ fn a_crash_mid_transfer_loses_no_acknowledged_instance() {
     let echo = echoscu(node.port, "TESTSCU", AE);
     assert!(echo.status.success());
 }
+
+#[test]
+fn a_known_patients_instance_that_contradicts_the_index_never_reaches_public() {
+    // The second instance's patient is known (its pseudonym comes from memory), so the conflict
+    // is found only when the instance commits, after its file has been staged beside public/.
+    let d = tempfile::tempdir().unwrap();
+    let node = Node::start(d.path(), "", "  min_free_bytes: 0\n");
+    let send = |shape: &Shape| {
+        let file = instance(&smith(), shape);
+        let body = dicom_anon_gateway::dicom::Part10::parse(&file).unwrap().body.to_vec();
+        rawscu::store_raw(node.port, AE, CT_IMAGE, &sop_uid(&smith(), shape), &body)
+    };
+    let first = Shape { series: 1, instance: 1001, ..Shape::default() };
+    // Same SOP Instance UID (series * 1000 + instance), another series.
+    let other_series = Shape { series: 2, instance: 1, ..Shape::default() };
+    assert_eq!(sop_uid(&smith(), &first), sop_uid(&smith(), &other_series));
+    assert_eq!(send(&first), 0x0000);
+    assert_eq!(send(&other_series), 0xC000, "{}", node.log());
+    let public = files_under(&node.public());
+    assert_eq!(public.len(), 1, "only the first instance is in public/, no temp file: {public:?}");
+    assert_eq!(dcm_files(&node.quarantine().join("Capture_PHI_Error")).len(), 1, "{}", node.log());
+    // The first instance is untouched by the second's failure.
+    assert_eq!(send(&first), 0x0000);
+    assert_eq!(files_under(&node.public()).len(), 1);
+}
