@@ -407,7 +407,7 @@ pub enum ConfigError {
     #[error("cannot read {path}: {source}")]
     Read { path: String, source: std::io::Error },
     #[error("{path}: {source}")]
-    Parse { path: String, source: serde_yaml::Error },
+    Parse { path: String, source: serde_norway::Error },
     #[error("{path} has problems:\n  {}", problems.join("\n  "))]
     Invalid { path: String, problems: Vec<String> },
     #[error("a secret is missing: {0}")]
@@ -418,7 +418,7 @@ impl Config {
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path)
             .map_err(|source| ConfigError::Read { path: path.display().to_string(), source })?;
-        let config: Config = serde_yaml::from_str(&text)
+        let config: Config = serde_norway::from_str(&text)
             .map_err(|source| ConfigError::Parse { path: path.display().to_string(), source })?;
         let problems = config.validate();
         if !problems.is_empty() {
@@ -510,7 +510,7 @@ impl Config {
     /// The effective configuration as YAML, for `check-config`. Holds no secret: only where
     /// secrets come from.
     pub fn to_yaml(&self) -> String {
-        serde_yaml::to_string(self).unwrap_or_default()
+        serde_norway::to_string(self).unwrap_or_default()
     }
 
     pub fn tmp_dir(&self) -> PathBuf {
@@ -609,13 +609,29 @@ mod tests {
     use super::*;
 
     fn parse(yaml: &str) -> Result<Config, String> {
-        serde_yaml::from_str::<Config>(yaml).map_err(|e| e.to_string())
+        serde_norway::from_str::<Config>(yaml).map_err(|e| e.to_string())
     }
 
     #[test]
     fn unknown_keys_are_errors_that_name_the_key() {
         let err = parse("project: { name: P, site_id: '1', colour: blue }").unwrap_err();
         assert!(err.contains("colour"), "{err}");
+    }
+
+    #[test]
+    fn parse_errors_name_the_dotted_key_of_a_nested_field() {
+        let err = parse("project: { name: P, site_id: '1' }\nscp: { timeouts: { acse: 5 } }").unwrap_err();
+        assert!(err.contains("scp.timeouts"), "{err}");
+        assert!(err.contains("acse"), "{err}");
+        let err = parse("project: { name: P, site_id: '1' }\nscp: { port: many }").unwrap_err();
+        assert!(err.contains("scp.port"), "{err}");
+    }
+
+    #[test]
+    fn yaml_1_1_words_stay_strings() {
+        // YAML 1.1 reads `no` as false; under 1.2 (our crate) a site id or name of NO stays text.
+        let c = parse("project: { name: NO, site_id: '1' }").unwrap();
+        assert_eq!(c.project.name, "NO");
     }
 
     #[test]
