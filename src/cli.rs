@@ -28,6 +28,9 @@ pub enum Command {
     Anonymize {
         #[arg(long, default_value = "config/default.yaml")]
         config: PathBuf,
+        /// The project (its `name`) when the config lists several.
+        #[arg(long)]
+        project: Option<String>,
         /// Output directory (the node's public layout).
         #[arg(long)]
         out: PathBuf,
@@ -44,6 +47,9 @@ pub enum Command {
     AwsLogin {
         #[arg(long, default_value = "config/default.yaml")]
         config: PathBuf,
+        /// The project (its `name`) when the config lists several.
+        #[arg(long)]
+        project: Option<String>,
     },
     /// The audit trail: one row per instance outcome at the SCP (no PHI).
     Audit {
@@ -55,7 +61,7 @@ pub enum Command {
         #[command(subcommand)]
         command: QueueCommand,
     },
-    /// Validate the configuration and print it as it takes effect (secrets are never printed).
+    /// Validate the configuration and print each project as it takes effect (secrets are never printed).
     CheckConfig {
         #[arg(long, default_value = "config/default.yaml")]
         config: PathBuf,
@@ -68,11 +74,17 @@ pub enum QueueCommand {
     Status {
         #[arg(long, default_value = "config/default.yaml")]
         config: PathBuf,
+        /// The project (its `name`) when the config lists several.
+        #[arg(long)]
+        project: Option<String>,
     },
     /// Put failed items back in the queue for an immediate try.
     Retry {
         #[arg(long, default_value = "config/default.yaml")]
         config: PathBuf,
+        /// The project (its `name`) when the config lists several.
+        #[arg(long)]
+        project: Option<String>,
     },
 }
 
@@ -83,6 +95,9 @@ pub enum IndexCommand {
     Export {
         #[arg(long, default_value = "config/default.yaml")]
         config: PathBuf,
+        /// The project (its `name`) when the config lists several.
+        #[arg(long)]
+        project: Option<String>,
         #[arg(long)]
         out: PathBuf,
         /// The id_old,id_new mappings of every UID and PatientID (PHI) instead of the lookup table.
@@ -97,6 +112,9 @@ pub enum AuditCommand {
     Export {
         #[arg(long, default_value = "config/default.yaml")]
         config: PathBuf,
+        /// The project (its `name`) when the config lists several.
+        #[arg(long)]
+        project: Option<String>,
         #[arg(long)]
         out: PathBuf,
         /// Only rows from this time on: 2026-01-31, or 2026-01-31T08:00:00Z (UTC).
