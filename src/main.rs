@@ -164,8 +164,9 @@ async fn serve(projects: Vec<Config>) -> anyhow::Result<ExitCode> {
         Some(addr) => println!("http on {addr}"),
         None => println!("http disabled"),
     }
-    if let Some(addr) = node.tls_addr {
-        println!("tls on {addr}");
+    match node.tls_addr {
+        Some(addr) => println!("tls on {addr}"),
+        None => println!("tls disabled"),
     }
     std::io::stdout().flush()?;
     node.stopped().await?;

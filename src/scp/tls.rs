@@ -192,7 +192,7 @@ pub(super) async fn connection(
         return;
     };
     if let Some(cn) = &subject {
-        info!(%peer, called_ae = %node.scp.ae_title, subject = %cn, "TLS association");
+        info!(%peer, called_ae = %node.scp.ae_title, subject = ?cn, "TLS association");
     }
     association::run_established(node, assoc, peer, stop, started).await;
     drop(permit);
