@@ -266,3 +266,25 @@ fn pipe(mut from: TcpStream, mut to: TcpStream) {
         let _ = to.shutdown(Shutdown::Write);
     });
 }
+
+/// Another confirmed user in the test's pool, with the password [`PASSWORD`]; returns its sub.
+pub async fn add_user(url: &str, aws: &Aws, user: &str) -> String {
+    let idp = aws_sdk_cognitoidentityprovider::Client::new(&shared(url).await);
+    idp.admin_create_user()
+        .user_pool_id(&aws.user_pool_id)
+        .username(user)
+        .temporary_password(PASSWORD)
+        .send()
+        .await
+        .unwrap();
+    idp.admin_set_user_password()
+        .user_pool_id(&aws.user_pool_id)
+        .username(user)
+        .password(PASSWORD)
+        .permanent(true)
+        .send()
+        .await
+        .unwrap();
+    let got = idp.admin_get_user().user_pool_id(&aws.user_pool_id).username(user).send().await.unwrap();
+    got.user_attributes().iter().find(|a| a.name() == "sub").unwrap().value().unwrap().to_string()
+}
