@@ -277,3 +277,32 @@ fn sighup_rereads_certificates_without_dropping_a_running_association() {
     assert!(still.status.success(), "{}\n{}", text(&still), node.log());
     assert!(node.stop().success());
 }
+
+/// A handshake in progress is evictable (a peer may hold only a few pending); a negotiated TLS
+/// association is not, however many the same address holds.
+#[test]
+fn many_tls_associations_from_one_address_all_stay_open() {
+    let d = tempfile::tempdir().unwrap();
+    let c = certs(d.path());
+    let node = Node::start_with(d.path(), &config(d.path(), &c, ""));
+    let tls = node.tls_port.unwrap();
+    let mut held: Vec<_> = (0..12)
+        .map(|i| {
+            dicom_ul::association::client::ClientAssociationOptions::new()
+                .calling_ae_title(format!("HELD{i}").as_str())
+                .called_ae_title("OPEN_ANON")
+                .with_presentation_context("1.2.840.10008.1.1", vec!["1.2.840.10008.1.2"])
+                .tls_config(client_config(&c.ca, &c.client))
+                .server_name("localhost")
+                .establish_tls(("127.0.0.1", tls))
+                .expect("a TLS association")
+        })
+        .collect();
+    for (i, scu) in held.iter_mut().enumerate() {
+        assert_eq!(echo_on(scu, 1), 0, "association {i}:\n{}", node.log());
+    }
+    for scu in held {
+        scu.release().unwrap();
+    }
+    assert!(node.stop().success());
+}

@@ -91,12 +91,19 @@ pub async fn serve(listeners: Listeners, routes: Arc<Routes>, shutdown: impl Fut
         if over_tls {
             let tls = tls.clone().expect("a TLS connection comes from the TLS listener");
             tracker.spawn(async move {
-                tokio::select! {
+                let started = std::time::Instant::now();
+                // Pending (and evictable) until negotiated, exactly as on plain TCP.
+                let assoc = tokio::select! {
                     _ = handshake.evicted.cancelled() => {
                         debug!(%peer, "pending TLS connection closed: newer connections are waiting");
                         METRICS.connections_dropped.with_label_values(&["evicted"]).inc();
+                        return;
                     }
-                    _ = tls::connection(tls, routes, socket, peer, limit, stop, HANDSHAKE_TIMEOUT) => {}
+                    a = tls::establish(&tls, socket, peer, HANDSHAKE_TIMEOUT) => a,
+                };
+                drop(handshake);
+                if let Some(assoc) = assoc {
+                    tls::serve(assoc, routes, peer, limit, stop, started).await;
                 }
             });
             continue;

@@ -12,7 +12,7 @@ use std::path::Path;
 use std::sync::{Arc, RwLock};
 use std::time::Instant;
 
-use dicom_ul::association::server::AsyncTlsStream;
+use dicom_ul::association::server::{AsyncServerAssociation, AsyncTlsStream};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
@@ -139,21 +139,20 @@ fn pem_error(key: &'static str, path: &Path, e: rustls::pki_types::pem::Error) -
     }
 }
 
-/// One TLS connection: handshake and negotiate (bounded by `timeout`), find the project by the
-/// called AE title, check the certificate subject and take an association slot, then serve.
-pub(super) async fn connection(
-    tls: Arc<Tls>,
-    routes: Arc<Routes>,
+/// A TLS association negotiated for one of the node's AE titles.
+pub(super) type TlsAssociation = AsyncServerAssociation<AsyncTlsStream>;
+
+/// Handshake and negotiate on a new TLS connection, within `timeout`. A failure is logged here,
+/// one line with the peer and the reason, and gives `None`.
+pub(super) async fn establish(
+    tls: &Tls,
     socket: TcpStream,
     peer: SocketAddr,
-    limit: Arc<Semaphore>,
-    stop: CancellationToken,
     timeout: std::time::Duration,
-) {
-    let started = Instant::now();
+) -> Option<TlsAssociation> {
     let options = tls.options();
-    let mut assoc = match tokio::time::timeout(timeout, options.establish_tls_async(socket)).await {
-        Ok(Ok(a)) => a,
+    match tokio::time::timeout(timeout, options.establish_tls_async(socket)).await {
+        Ok(Ok(a)) => Some(a),
         Ok(Err(e)) => {
             let reason = chain(&e);
             if matches!(e, dicom_ul::association::Error::TlsHandshake { .. }) {
@@ -163,14 +162,26 @@ pub(super) async fn connection(
                 warn!(%peer, error = reason, "association not established");
                 association::rejected(peer, association::rejection_reason(&e));
             }
-            return;
+            None
         }
         Err(_) => {
             warn!(%peer, timeout_s = timeout.as_secs(), reason = "no handshake and request in time", "TLS handshake failed");
             METRICS.connections_dropped.with_label_values(&["tls_handshake"]).inc();
-            return;
+            None
         }
-    };
+    }
+}
+
+/// Serve a negotiated TLS association: find the project by the called AE title, check the
+/// certificate subject against its list, take an association slot, then run it.
+pub(super) async fn serve(
+    mut assoc: TlsAssociation,
+    routes: Arc<Routes>,
+    peer: SocketAddr,
+    limit: Arc<Semaphore>,
+    stop: CancellationToken,
+    started: Instant,
+) {
     // The gate accepted only our AE titles, so the lookup finds one.
     let Some(node) = routes.get(assoc.called_ae_title()).cloned() else {
         let _ = assoc.abort().await;
@@ -180,7 +191,7 @@ pub(super) async fn connection(
     if !node.scp.tls_allowed_subjects.is_empty()
         && !subject.as_ref().is_some_and(|cn| node.scp.tls_allowed_subjects.contains(cn))
     {
-        warn!(%peer, called_ae = %node.scp.ae_title, subject = subject.as_deref().unwrap_or("(none)"), "association aborted: certificate subject not allowed for this AE title");
+        warn!(%peer, called_ae = %node.scp.ae_title, subject = ?subject.as_deref().unwrap_or("(none)"), "association aborted: certificate subject not allowed for this AE title");
         association::rejected(peer, "tls_subject");
         let _ = assoc.abort().await;
         return;
