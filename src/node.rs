@@ -203,13 +203,30 @@ pub async fn start_projects(
         Some(l) => {
             let http_addr = l.local_addr().map_err(io_err("the operations endpoint's address"))?;
             tracing::info!(%http_addr, token = token.is_some(), "operations endpoint listening");
-            // The status page shows the first project; metrics count every project together.
+            // The status page shows the first project and names the others; metrics count every
+            // project together.
             let p = &projects[0];
+            let tls_state = match (&tls, tls_addr) {
+                (Some((_, state)), Some(addr)) => {
+                    let mode = if state.mutual() {
+                        "client certificates required"
+                    } else {
+                        "no client certificates"
+                    };
+                    format!("on {addr} ({mode})")
+                }
+                _ => "off".into(),
+            };
             let ops = Arc::new(http::Ops {
                 project: p.config.project.name.clone(),
                 site_id: p.config.project.site_id.clone(),
                 ae_title: p.config.scp.ae_title.clone(),
                 scp_addr,
+                tls: tls_state,
+                other_projects: projects[1..]
+                    .iter()
+                    .map(|o| format!("{} ({})", o.config.project.name, o.config.scp.ae_title))
+                    .collect(),
                 index: p.pipeline.index().clone(),
                 reader: Reader::open(&p.config.index_path())?,
                 index_path: p.config.index_path(),

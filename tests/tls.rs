@@ -147,6 +147,25 @@ fn dcmtk_stores_over_mutual_tls_and_bad_clients_are_refused_cleanly() {
     let log = node.log();
     assert!(!log.contains("panicked"), "{log}");
     assert_eq!(handshake_failures(&node), 3, "one line per failed handshake:\n{log}");
+
+    // The status page says TLS is on and names the other project; the failures are counted.
+    let http = |path: &str| {
+        let url = format!("{}{path}", node.http_base());
+        ureq::get(&url).call().unwrap().body_mut().read_to_string().unwrap()
+    };
+    let page = http("/");
+    let tls_cell = format!("id=\"tls\">on 127.0.0.1:{tls} (client certificates required)<");
+    assert!(page.contains(&tls_cell), "{page}");
+    assert!(page.contains("LOCKED (LOCKED_ANON)"), "{page}");
+    let metrics = http("/metrics");
+    assert!(
+        metrics.contains("dicom_anon_connections_dropped_total{reason=\"tls_handshake\"} 3"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("dicom_anon_associations_rejected_total{reason=\"tls_subject\"} 1"),
+        "{metrics}"
+    );
     let stopped = node.stop();
     assert!(stopped.success());
 }
