@@ -296,6 +296,21 @@ projects:
     }
 
     #[test]
+    fn the_shipped_example_parses_into_its_two_projects() {
+        let text =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/example-projects.yaml"))
+                .unwrap();
+        let all = parse(&text).unwrap_or_else(|e| panic!("{e}"));
+        let names: Vec<_> = all.iter().map(|c| (c.project.name.as_str(), c.scp.ae_title.as_str())).collect();
+        assert_eq!(names, [("TBI", "TBI_ANON"), ("STROKE", "STROKE_ANON")]);
+        assert_eq!(all[1].scp.modalities, ["CT", "MR"]);
+        assert_eq!(all[0].upload.username, "tbi-uploader");
+        assert_eq!(all[1].upload.prefix, "stroke");
+        assert_eq!(all[0].upload.bucket, all[1].upload.bucket);
+        assert!(all[0].scp.tls.as_ref().is_some_and(|t| t.port == 2762));
+    }
+
+    #[test]
     fn choosing_a_project_by_name() {
         let all = parse(TWO).unwrap();
         assert_eq!(choose(all.clone(), Some("STROKE")).unwrap().project.name, "STROKE");
