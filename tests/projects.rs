@@ -193,4 +193,20 @@ async fn two_projects_keep_archives_pseudonyms_indexes_and_uploads_apart() {
         assert!(!contains(log.as_bytes(), phi), "the log holds {:?}", String::from_utf8_lossy(phi));
     }
     assert!(node.stop().success());
+
+    // Offline anonymize writes through the named project's index and pseudonyms.
+    let out_dir = d.path().join("offline");
+    let run = binary()
+        .args(["anonymize", "--project", "STROKE", "--out"])
+        .arg(&out_dir)
+        .arg("--config")
+        .arg(&config)
+        .arg(&stroke_files[0])
+        .output()
+        .unwrap();
+    assert!(run.status.success(), "{}", text(&run));
+    let written = files_under(&out_dir);
+    assert_eq!(written.len(), 1);
+    let stroke_pid = dcmdump_value(&stroke[0], "PatientID").unwrap();
+    assert_eq!(dcmdump_value(&written[0], "PatientID").unwrap(), stroke_pid, "same patient, same pseudonym");
 }
