@@ -101,8 +101,10 @@ async fn two_projects_keep_archives_pseudonyms_indexes_and_uploads_apart() {
     let out = store(node.port, "STROKE_CT", "STROKE_ANON", &stroke_files);
     assert!(out.status.success(), "{}\n{}", text(&out), node.log());
     // STROKE's calling-AE allow-list is its own; an unknown AE title is no project's.
-    assert!(!store(node.port, "TESTSCU", "STROKE_ANON", &stroke_files[..1]).status.success());
-    assert!(!echoscu(node.port, "TESTSCU", "NOBODY").status.success());
+    let stranger = store(node.port, "TESTSCU", "STROKE_ANON", &stroke_files[..1]);
+    assert!(text(&stranger).contains("Calling AE Title Not Recognized"), "{}", text(&stranger));
+    let nobody = echoscu(node.port, "TESTSCU", "NOBODY");
+    assert!(text(&nobody).contains("Called AE Title Not Recognized"), "{}", text(&nobody));
     assert!(echoscu(node.port, "TESTSCU", "TBI_ANON").status.success());
 
     // Each archive holds its own studies only, under its own site id and pseudonym scheme.

@@ -58,15 +58,36 @@ fn config(dir: &Path, c: &Certs, tls_extra: &str) -> PathBuf {
     put(dir, "node.yaml", yaml.as_bytes())
 }
 
+/// Certificates and a running node with them; `tls_extra` as for [`config`].
+fn start(dir: &Path, tls_extra: &str) -> (Certs, Node) {
+    let c = certs(dir);
+    let node = Node::start_with(dir, &config(dir, &c, tls_extra));
+    (c, node)
+}
+
 /// echoscu over TLS; `client: None` is anonymous TLS (no client certificate).
 fn echo_tls(port: u16, called: &str, client: Option<&Pem>, ca: &Pem) -> Output {
     let mut cmd = dcmtk("echoscu");
-    cmd.args(["-aet", "TESTSCU", "-aec", called]);
+    cmd.args(["-v", "-aet", "TESTSCU", "-aec", called]);
     match client {
         Some(pem) => cmd.arg("+tls").arg(&pem.key).arg(&pem.cert),
         None => cmd.arg("+tla"),
     };
     cmd.arg("+cf").arg(&ca.cert).args(["127.0.0.1", &port.to_string()]).output().unwrap()
+}
+
+/// echoscu over plain TCP, verbose.
+fn echo_plain(port: u16, called: &str) -> Output {
+    dcmtk("echoscu")
+        .args(["-v", "-aet", "TESTSCU", "-aec", called, "127.0.0.1", &port.to_string()])
+        .output()
+        .unwrap()
+}
+
+/// Whether the C-ECHO got a success response. echoscu's exit code alone does not say: after an
+/// A-ABORT it can print "Echo Failed" and still exit 0.
+fn echoed(o: &Output) -> bool {
+    o.status.success() && text(o).contains("Received Echo Response (Success)")
 }
 
 fn handshake_failures(node: &Node) -> usize {
@@ -76,12 +97,11 @@ fn handshake_failures(node: &Node) -> usize {
 #[test]
 fn dcmtk_stores_over_mutual_tls_and_bad_clients_are_refused_cleanly() {
     let d = tempfile::tempdir().unwrap();
-    let c = certs(d.path());
-    let node = Node::start_with(d.path(), &config(d.path(), &c, ""));
+    let (c, node) = start(d.path(), "");
     let tls = node.tls_port.expect("a TLS listener");
 
     let ok = echo_tls(tls, "OPEN_ANON", Some(&c.client), &c.ca);
-    assert!(ok.status.success(), "{}\n{}", text(&ok), node.log());
+    assert!(echoed(&ok), "{}\n{}", text(&ok), node.log());
 
     // storescu +tls: the instances arrive, anonymized, in OPEN's archive only.
     let files: Vec<PathBuf> = (0..3)
@@ -115,35 +135,35 @@ fn dcmtk_stores_over_mutual_tls_and_bad_clients_are_refused_cleanly() {
     // the node does not trust, and plain DICOM on the TLS port.
     assert_eq!(handshake_failures(&node), 0, "{}", node.log());
     let anonymous = echo_tls(tls, "OPEN_ANON", None, &c.ca);
-    assert!(!anonymous.status.success(), "a client without a certificate got in: {}", text(&anonymous));
+    assert!(!echoed(&anonymous), "a client without a certificate got in: {}", text(&anonymous));
     wait_until("the handshake failure's log line", Duration::from_secs(10), || {
         handshake_failures(&node) == 1
     });
     let foreign = echo_tls(tls, "OPEN_ANON", Some(&c.foreign), &c.ca);
-    assert!(!foreign.status.success(), "another CA's certificate got in: {}", text(&foreign));
+    assert!(!echoed(&foreign), "another CA's certificate got in: {}", text(&foreign));
     wait_until("the second failure's log line", Duration::from_secs(10), || handshake_failures(&node) == 2);
-    let plain = echoscu(tls, "TESTSCU", "OPEN_ANON");
-    assert!(!plain.status.success(), "plain TCP was answered on the TLS port: {}", text(&plain));
+    let plain = echo_plain(tls, "OPEN_ANON");
+    assert!(!echoed(&plain), "plain TCP was answered on the TLS port: {}", text(&plain));
     wait_until("the third failure's log line", Duration::from_secs(10), || handshake_failures(&node) == 3);
 
     // A valid certificate whose subject LOCKED does not list: refused there, welcome at OPEN.
     let intruder = echo_tls(tls, "LOCKED_ANON", Some(&c.intruder), &c.ca);
-    assert!(!intruder.status.success(), "intruder reached LOCKED: {}", text(&intruder));
+    assert!(!echoed(&intruder), "intruder reached LOCKED: {}", text(&intruder));
     let log = node.log();
     assert!(log.contains("certificate subject not allowed") && log.contains("intruder"), "{log}");
     let intruder_open = echo_tls(tls, "OPEN_ANON", Some(&c.intruder), &c.ca);
-    assert!(intruder_open.status.success(), "{}", text(&intruder_open));
+    assert!(echoed(&intruder_open), "{}", text(&intruder_open));
     let allowed = echo_tls(tls, "LOCKED_ANON", Some(&c.client), &c.ca);
-    assert!(allowed.status.success(), "{}\n{}", text(&allowed), node.log());
+    assert!(echoed(&allowed), "{}\n{}", text(&allowed), node.log());
     // An AE title that is no project's is rejected over TLS as over TCP.
     let unknown = echo_tls(tls, "NOBODY", Some(&c.client), &c.ca);
-    assert!(!unknown.status.success(), "{}", text(&unknown));
+    assert!(text(&unknown).contains("Called AE Title Not Recognized"), "{}", text(&unknown));
 
     // The node kept serving on both listeners, and nothing panicked.
     let again = echo_tls(tls, "OPEN_ANON", Some(&c.client), &c.ca);
-    assert!(again.status.success(), "{}", text(&again));
-    let plain_port = echoscu(node.port, "TESTSCU", "LOCKED_ANON");
-    assert!(plain_port.status.success(), "{}", text(&plain_port));
+    assert!(echoed(&again), "{}", text(&again));
+    let plain_port = echo_plain(node.port, "LOCKED_ANON");
+    assert!(echoed(&plain_port), "{}", text(&plain_port));
     let log = node.log();
     assert!(!log.contains("panicked"), "{log}");
     assert_eq!(handshake_failures(&node), 3, "one line per failed handshake:\n{log}");
@@ -173,11 +193,10 @@ fn dcmtk_stores_over_mutual_tls_and_bad_clients_are_refused_cleanly() {
 #[test]
 fn tls_only_opens_no_plain_listener_and_a_bad_certificate_file_stops_the_start() {
     let d = tempfile::tempdir().unwrap();
-    let c = certs(d.path());
-    let node = Node::start_with(d.path(), &config(d.path(), &c, "    only: true\n"));
+    let (c, node) = start(d.path(), "    only: true\n");
     assert_eq!(Some(node.port), node.tls_port, "with scp.tls.only the listening line names the TLS port");
     let ok = echo_tls(node.port, "OPEN_ANON", Some(&c.client), &c.ca);
-    assert!(ok.status.success(), "{}", text(&ok));
+    assert!(echoed(&ok), "{}", text(&ok));
     drop(node);
 
     // A key that is not the certificate's: the node refuses to start and names the file.
@@ -231,35 +250,33 @@ fn echo_on(
         data: bytes,
     };
     scu.send(&Pdu::PData { data: vec![pdv] }).unwrap();
-    match scu.receive().unwrap() {
-        Pdu::PData { data } => {
-            let rsp = InMemDicomObject::read_dataset_with_ts(
-                &data[0].data[..],
-                &IMPLICIT_VR_LITTLE_ENDIAN.erased(),
-            )
-            .unwrap();
-            rsp.element(Tag(0x0000, 0x0900)).unwrap().to_int::<u16>().unwrap()
-        }
-        other => panic!("expected a C-ECHO-RSP, got {other:?}"),
-    }
+    common::rawscu::response_status(scu.receive().unwrap())
+}
+
+/// A TLS association to OPEN_ANON proposing Verification, held by the test.
+fn hold(
+    port: u16,
+    calling: &str,
+    c: &Certs,
+) -> dicom_ul::association::client::ClientAssociation<dicom_ul::association::client::TlsStream> {
+    dicom_ul::association::client::ClientAssociationOptions::new()
+        .calling_ae_title(calling)
+        .called_ae_title("OPEN_ANON")
+        .with_presentation_context("1.2.840.10008.1.1", vec!["1.2.840.10008.1.2"])
+        .tls_config(client_config(&c.ca, &c.client))
+        .server_name("localhost")
+        .establish_tls(("127.0.0.1", port))
+        .expect("a TLS association")
 }
 
 #[test]
 fn sighup_rereads_certificates_without_dropping_a_running_association() {
     let d = tempfile::tempdir().unwrap();
-    let c = certs(d.path());
-    let node = Node::start_with(d.path(), &config(d.path(), &c, ""));
+    let (c, node) = start(d.path(), "");
     let tls = node.tls_port.unwrap();
 
     // An association open before the reload.
-    let mut held = dicom_ul::association::client::ClientAssociationOptions::new()
-        .calling_ae_title("HELD")
-        .called_ae_title("OPEN_ANON")
-        .with_presentation_context("1.2.840.10008.1.1", vec!["1.2.840.10008.1.2"])
-        .tls_config(client_config(&c.ca, &c.client))
-        .server_name("localhost")
-        .establish_tls(("127.0.0.1", tls))
-        .expect("a TLS association");
+    let mut held = hold(tls, "HELD", &c);
     assert_eq!(echo_on(&mut held, 1), 0);
 
     // The operator replaces the server certificate with one from a new CA (the files are
@@ -279,9 +296,9 @@ fn sighup_rereads_certificates_without_dropping_a_running_association() {
     // New handshakes get the new certificate: a client trusting only the old CA now fails, one
     // trusting the new CA gets in.
     let old_trust = echo_tls(tls, "OPEN_ANON", Some(&c.client), &c.ca);
-    assert!(!old_trust.status.success(), "still the old certificate: {}", text(&old_trust));
+    assert!(!echoed(&old_trust), "still the old certificate: {}", text(&old_trust));
     let new_trust = echo_tls(tls, "OPEN_ANON", Some(&c.client), &new_ca);
-    assert!(new_trust.status.success(), "{}\n{}", text(&new_trust), node.log());
+    assert!(echoed(&new_trust), "{}\n{}", text(&new_trust), node.log());
     // The association from before the reload still works.
     assert_eq!(echo_on(&mut held, 2), 0, "{}", node.log());
     held.release().unwrap();
@@ -293,7 +310,7 @@ fn sighup_rereads_certificates_without_dropping_a_running_association() {
         node.log().contains("not reloaded")
     });
     let still = echo_tls(tls, "OPEN_ANON", Some(&c.client), &new_ca);
-    assert!(still.status.success(), "{}\n{}", text(&still), node.log());
+    assert!(echoed(&still), "{}\n{}", text(&still), node.log());
     assert!(node.stop().success());
 }
 
@@ -302,21 +319,9 @@ fn sighup_rereads_certificates_without_dropping_a_running_association() {
 #[test]
 fn many_tls_associations_from_one_address_all_stay_open() {
     let d = tempfile::tempdir().unwrap();
-    let c = certs(d.path());
-    let node = Node::start_with(d.path(), &config(d.path(), &c, ""));
+    let (c, node) = start(d.path(), "");
     let tls = node.tls_port.unwrap();
-    let mut held: Vec<_> = (0..12)
-        .map(|i| {
-            dicom_ul::association::client::ClientAssociationOptions::new()
-                .calling_ae_title(format!("HELD{i}").as_str())
-                .called_ae_title("OPEN_ANON")
-                .with_presentation_context("1.2.840.10008.1.1", vec!["1.2.840.10008.1.2"])
-                .tls_config(client_config(&c.ca, &c.client))
-                .server_name("localhost")
-                .establish_tls(("127.0.0.1", tls))
-                .expect("a TLS association")
-        })
-        .collect();
+    let mut held: Vec<_> = (0..12).map(|i| hold(tls, &format!("HELD{i}"), &c)).collect();
     for (i, scu) in held.iter_mut().enumerate() {
         assert_eq!(echo_on(scu, 1), 0, "association {i}:\n{}", node.log());
     }
