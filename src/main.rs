@@ -143,6 +143,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::CheckConfig { config } => {
             let projects = Config::load_all(&config)?;
+            // The certificate files too, as a start would read them.
+            if let Some(tls) = &projects[0].scp.tls {
+                dicom_anon_gateway::scp::check_tls(tls)?;
+            }
             let many = projects.len() > 1;
             for config in &projects {
                 if many {

@@ -197,7 +197,7 @@ pub async fn start_projects(
 
     let stop = CancellationToken::new();
     let reload =
-        tls.as_ref().map(|(_, state)| tokio::spawn(scp::reload_on_sighup(state.clone(), stop.clone())));
+        tokio::spawn(scp::reload_on_sighup(tls.as_ref().map(|(_, state)| state.clone()), stop.clone()));
     let http_stop = CancellationToken::new();
     let (http_addr, http_task) = match http_listener {
         Some(l) => {
@@ -257,9 +257,7 @@ pub async fn start_projects(
         };
         scp::serve(scp::Listeners { plain, tls }, routes, stopping).await;
         stop.cancel();
-        if let Some(task) = reload {
-            let _ = task.await;
-        }
+        let _ = reload.await;
         uploads.cancel();
         // Puts in flight finish; the rest stays queued for the next start.
         let settled = futures_all(uploaders);

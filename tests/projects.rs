@@ -93,7 +93,7 @@ async fn two_projects_keep_archives_pseudonyms_indexes_and_uploads_apart() {
         "{shown}"
     );
 
-    let node = Node::start_env(d.path(), &config, &[("TEST_COGNITO_CLIENT_SECRET", &aws.client_secret)]);
+    let mut node = Node::start_env(d.path(), &config, &[("TEST_COGNITO_CLIENT_SECRET", &aws.client_secret)]);
     let tbi_files = corpus(&d.path().join("in/tbi"), &smith(), 4);
     let stroke_files = corpus(&d.path().join("in/stroke"), &yamada(), 3);
     let out = store(node.port, "TESTSCU", "TBI_ANON", &tbi_files);
@@ -106,6 +106,11 @@ async fn two_projects_keep_archives_pseudonyms_indexes_and_uploads_apart() {
     let nobody = echoscu(node.port, "TESTSCU", "NOBODY");
     assert!(text(&nobody).contains("Called AE Title Not Recognized"), "{}", text(&nobody));
     assert!(echoscu(node.port, "TESTSCU", "TBI_ANON").status.success());
+    // SIGHUP without TLS is logged and ignored, not the end of the node.
+    // SAFETY: kill(2) with the PID of the node this test spawned and still owns.
+    unsafe { libc::kill(node.pid() as i32, libc::SIGHUP) };
+    wait_until("the SIGHUP log line", Duration::from_secs(10), || node.log().contains("nothing to reload"));
+    assert!(echoscu(node.port, "TESTSCU", "TBI_ANON").status.success(), "{}", node.log());
 
     // Each archive holds its own studies only, under its own site id and pseudonym scheme.
     let tbi = files_under(&d.path().join("tbi/public"));
@@ -194,6 +199,7 @@ async fn two_projects_keep_archives_pseudonyms_indexes_and_uploads_apart() {
     for phi in &planted {
         assert!(!contains(log.as_bytes(), phi), "the log holds {:?}", String::from_utf8_lossy(phi));
     }
+    assert!(node.is_running());
     assert!(node.stop().success());
 
     // Offline anonymize writes through the named project's index and pseudonyms.

@@ -201,10 +201,13 @@ fn tls_only_opens_no_plain_listener_and_a_bad_certificate_file_stops_the_start()
 
     // A key that is not the certificate's: the node refuses to start and names the file.
     let bad = Certs { server: Pem { cert: c.server.cert.clone(), key: c.client.key.clone() }, ..c };
-    let out = binary().args(["serve", "--config"]).arg(config(d.path(), &bad, "")).output().unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("scp.tls.key_file"), "{err}");
+    let bad_config = config(d.path(), &bad, "");
+    for command in ["serve", "check-config"] {
+        let out = binary().args([command, "--config"]).arg(&bad_config).output().unwrap();
+        assert!(!out.status.success(), "{command} accepted a key that is not the certificate's");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("scp.tls.key_file"), "{command}: {err}");
+    }
 }
 
 /// A rustls client that trusts `ca` and presents `client`.

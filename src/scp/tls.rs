@@ -196,6 +196,13 @@ pub(super) async fn serve(
         let _ = assoc.abort().await;
         return;
     }
+    let peer_max = assoc.requestor_max_pdu_length();
+    if peer_max != 0 && peer_max < dicom_ul::pdu::MINIMUM_PDU_SIZE {
+        warn!(%peer, max_pdu_length = peer_max, "association aborted: the peer's maximum PDU length cannot carry a response");
+        association::rejected(peer, "max_pdu");
+        let _ = assoc.abort().await;
+        return;
+    }
     let Ok(permit) = limit.try_acquire_owned() else {
         warn!(%peer, limit = node.scp.max_associations, "association aborted: scp.max_associations reached");
         association::rejected(peer, "busy");
@@ -232,8 +239,9 @@ fn chain(e: &dyn std::error::Error) -> String {
     text
 }
 
-/// Re-read the certificates on every SIGHUP until `stop`.
-pub async fn reload_on_sighup(tls: Arc<Tls>, stop: CancellationToken) {
+/// Re-read the certificates on every SIGHUP until `stop`. Without TLS the signal is logged and
+/// ignored: its default action would end the node, and operators send it expecting a reload.
+pub async fn reload_on_sighup(tls: Option<Arc<Tls>>, stop: CancellationToken) {
     let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
         Ok(s) => s,
         Err(e) => {
@@ -244,10 +252,16 @@ pub async fn reload_on_sighup(tls: Arc<Tls>, stop: CancellationToken) {
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
-            _ = hup.recv() => match tls.reload() {
-                Ok(()) => info!("SIGHUP: TLS certificates read again; new associations use them"),
-                Err(e) => warn!(error = %e, "SIGHUP: TLS certificates not reloaded; the previous ones stay in use"),
+            _ = hup.recv() => match tls.as_ref().map(|t| t.reload()) {
+                Some(Ok(())) => info!("SIGHUP: TLS certificates read again; new associations use them"),
+                Some(Err(e)) => warn!(error = %e, "SIGHUP: TLS certificates not reloaded; the previous ones stay in use"),
+                None => info!("SIGHUP: nothing to reload (no scp.tls)"),
             },
         }
     }
+}
+
+/// Load the certificate files of `cfg` as a start would, for `check-config`.
+pub fn check(cfg: &TlsConfig) -> Result<(), TlsError> {
+    server_config(cfg).map(drop)
 }
