@@ -119,7 +119,8 @@ pub struct ScpConfig {
     /// DICOM TLS (PS3.15 Annex B, BCP 195) on a second port, or instead of plain TCP.
     pub tls: Option<TlsConfig>,
     /// Client certificate subjects (their common name, CN) allowed to call this AE title over TLS;
-    /// empty: any certificate the client CA signed. Needs `scp.tls.client_ca_file`.
+    /// empty: any certificate the client CA signed. A list also closes the plain port to this AE
+    /// title (plain TCP has no certificate to check). Needs `scp.tls.client_ca_file`.
     pub tls_allowed_subjects: Vec<String>,
 }
 

@@ -162,8 +162,12 @@ fn dcmtk_stores_over_mutual_tls_and_bad_clients_are_refused_cleanly() {
     // The node kept serving on both listeners, and nothing panicked.
     let again = echo_tls(tls, "OPEN_ANON", Some(&c.client), &c.ca);
     assert!(echoed(&again), "{}", text(&again));
-    let plain_port = echo_plain(node.port, "LOCKED_ANON");
+    let plain_port = echo_plain(node.port, "OPEN_ANON");
     assert!(echoed(&plain_port), "{}", text(&plain_port));
+    // LOCKED lists certificate subjects, so plain TCP cannot go around them.
+    let around = echo_plain(node.port, "LOCKED_ANON");
+    assert!(text(&around).contains("Association Rejected"), "{}", text(&around));
+    assert!(node.log().contains("takes TLS only"), "{}", node.log());
     let log = node.log();
     assert!(!log.contains("panicked"), "{log}");
     assert_eq!(handshake_failures(&node), 3, "one line per failed handshake:\n{log}");
@@ -183,7 +187,7 @@ fn dcmtk_stores_over_mutual_tls_and_bad_clients_are_refused_cleanly() {
         "{metrics}"
     );
     assert!(
-        metrics.contains("dicom_anon_associations_rejected_total{reason=\"tls_subject\"} 1"),
+        metrics.contains("dicom_anon_associations_rejected_total{reason=\"tls_subject\"} 2"),
         "{metrics}"
     );
     let stopped = node.stop();

@@ -141,6 +141,15 @@ pub async fn serve(listeners: Listeners, routes: Arc<Routes>, shutdown: impl Fut
                 reject(socket, AssociationRJResult::Permanent, unknown).await;
                 return;
             };
+            if !node.scp.tls_allowed_subjects.is_empty() {
+                // Certificate subjects mean nothing without a certificate: such an AE title is
+                // reachable over TLS only, or plain TCP would go around its allow-list.
+                warn!(%peer, called_ae = %node.scp.ae_title, "association rejected: this AE title lists certificate subjects and takes TLS only");
+                association::rejected(peer, "tls_subject");
+                let no = AssociationRJSource::ServiceUser(AssociationRJServiceUserReason::NoReasonGiven);
+                reject(socket, AssociationRJResult::Permanent, no).await;
+                return;
+            }
             if let Some(n) = max_pdu.filter(|&n| n != 0 && n < MINIMUM_PDU_SIZE) {
                 warn!(%peer, max_pdu_length = n, minimum = MINIMUM_PDU_SIZE, "association rejected: the peer's maximum PDU length cannot carry a response");
                 association::rejected(peer, "max_pdu");
