@@ -3,6 +3,8 @@
 # anonymization, no fsync, and (b) our node, anonymizing and committing durably, in the same run,
 # over 1 and 8 concurrent associations. Prints instances/s, the ratio ours/storescp, the node's CPU
 # time per instance (user + system, from /proc/PID/stat) and its peak RSS.
+# Then our node over DICOM TLS against our node over plain TCP, same run, 8 associations: instances/s,
+# the ratio, and the node's CPU per instance on each (certificates made here with openssl).
 #   scripts/bench-ingest.sh [COUNT] [ROWS]          (default 1000 CT, 512x512 16-bit, 10 patients)
 #   scripts/bench-ingest.sh --memory                (16 associations x one 512 MB multi-frame each)
 #   scripts/bench-ingest.sh --sustained [COUNT]     (default 50,000 small CT from 5,000 patients over
@@ -30,15 +32,16 @@ cleanup() {
 trap cleanup EXIT
 export TCP_NODELAY=1
 cargo build --release --quiet --bin dicom-anon-gateway --example make-corpus
+TARGET=${CARGO_TARGET_DIR:-$PWD/target}
 # BIN=path runs another build of the node (a before/after comparison in one run).
-BIN=${BIN:-$PWD/target/release/dicom-anon-gateway}
+BIN=${BIN:-$TARGET/release/dicom-anon-gateway}
 
 if [ "$MEMORY" = 1 ]; then
     # One 512 MB instance (16 frames of 4096x4096 16-bit); 16 senders each send it at once.
-    target/release/examples/make-corpus "$WORK/corpus" 1 4096 1 16 >/dev/null
+    "$TARGET"/release/examples/make-corpus "$WORK/corpus" 1 4096 1 16 >/dev/null
     SENDERS=16
 else
-    target/release/examples/make-corpus "$WORK/corpus" "$COUNT" "$ROWS" "$PATIENTS" >/dev/null
+    "$TARGET"/release/examples/make-corpus "$WORK/corpus" "$COUNT" "$ROWS" "$PATIENTS" >/dev/null
 fi
 ALL=("$WORK"/corpus/*.dcm)
 FILES=("${ALL[@]}")
@@ -46,6 +49,8 @@ echo "corpus: ${#FILES[@]} files, $(du -sm "$WORK/corpus" | cut -f1) MB; $(nproc
 cat "${FILES[@]}" > /dev/null; sync
 
 now() { date +%s.%N; }
+# Node CPU (user + system) so far, in seconds.
+node_cpu() { awk -v hz="$(getconf CLK_TCK)" '{print ($14 + $15) / hz}' /proc/"$NODE_PID"/stat; }
 # send PORT AE N: N storescu processes, the files dealt round robin (or all N send every file
 # in memory mode); prints the wall time.
 send() {
@@ -56,7 +61,7 @@ send() {
         if [ "$MEMORY" = 1 ]; then mine=("${FILES[@]}"); else
             for ((j = k; j < ${#FILES[@]}; j += n)); do mine+=("${FILES[$j]}"); done
         fi
-        /usr/bin/storescu -aec "$ae" --max-pdu 65536 127.0.0.1 "$port" "${mine[@]}" > "$WORK/send-$k.log" 2>&1 &
+        /usr/bin/storescu -aec "$ae" --max-pdu 65536 ${SEND_TLS:-} 127.0.0.1 "$port" "${mine[@]}" > "$WORK/send-$k.log" 2>&1 &
         pids+=($!)
     done
     local failed=0
@@ -66,18 +71,21 @@ send() {
     echo "$t1 - $t0" | bc -l
 }
 
+# start_node [EXTRA]: EXTRA is added to the scp: mapping (", tls: {...}").
 start_node() {
     rm -rf "$WORK/node"; mkdir -p "$WORK/node"
     cat > "$WORK/node/config.yaml" <<YAML
 project: { name: BENCH, site_id: "972149", script: $PWD/config/default-anonymizer.script }
-scp: { ae_title: ANONYMIZER, host: 127.0.0.1, port: 0, max_pdu_length: 65536, max_instance_bytes: 1073741824 }
+scp: { ae_title: ANONYMIZER, host: 127.0.0.1, port: 0, max_pdu_length: 65536, max_instance_bytes: 1073741824${1:-} }
 storage: { dir: $WORK/node/storage, min_free_bytes: 0 }
 logging: { level: warn }
 YAML
     "$BIN" serve --config "$WORK/node/config.yaml" > "$WORK/node/out" 2> "$WORK/node/log" &
     NODE_PID=$!
-    until grep -q listening "$WORK/node/out" 2>/dev/null; do sleep 0.05; done
-    NODE_PORT=$(grep -o '127.0.0.1:[0-9]*' "$WORK/node/out" | cut -d: -f2)
+    # The third start line ("tls on ADDR" or "tls disabled") comes once every listener is bound.
+    until grep -q '^tls' "$WORK/node/out" 2>/dev/null; do sleep 0.05; done
+    NODE_PORT=$(grep -o 'listening on 127.0.0.1:[0-9]*' "$WORK/node/out" | cut -d: -f2)
+    TLS_PORT=$(grep -o 'tls on 127.0.0.1:[0-9]*' "$WORK/node/out" | cut -d: -f2 || true)
 }
 # The node's CPU time so far (user + system), in clock ticks.
 cpu_ticks() { awk '{print $14 + $15}' /proc/"$NODE_PID"/stat; }
@@ -141,3 +149,31 @@ for n in 1 8; do
         "$n" "$(echo "${#FILES[@]} / $TS" | bc -l)" "$(echo "${#FILES[@]} / $TO" | bc -l)" "$(echo "$TS / $TO" | bc -l)" \
         "$(echo "$TICKS * 1000 / $(getconf CLK_TCK) / ${#FILES[@]}" | bc -l)" $((PEAK_KB / 1024))
 done
+
+# DICOM TLS against plain TCP, our node both times, same corpus, 8 associations. A test CA signs
+# the node's certificate and the senders' (mutual TLS, as a hospital would run it).
+PKI=$WORK/pki; mkdir -p "$PKI"
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 1 -subj /CN=bench-ca \
+    -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign -keyout "$PKI/ca.key" -out "$PKI/ca.pem" 2>/dev/null
+for who in server client; do
+    openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=bench-$who" \
+        -keyout "$PKI/$who.key" -out "$PKI/$who.csr" 2>/dev/null
+    printf 'basicConstraints=CA:FALSE\nsubjectAltName=IP:127.0.0.1\n' > "$PKI/$who.ext"
+    openssl x509 -req -in "$PKI/$who.csr" -CA "$PKI/ca.pem" -CAkey "$PKI/ca.key" -CAcreateserial -days 1 \
+        -extfile "$PKI/$who.ext" -out "$PKI/$who.pem" 2>/dev/null
+done
+TLS_YAML=", tls: { port: 0, cert_file: $PKI/server.pem, key_file: $PKI/server.key, client_ca_file: $PKI/ca.pem }"
+n=8
+start_node "$TLS_YAML"
+C0=$(node_cpu); TP=$(send "$NODE_PORT" ANONYMIZER "$n"); CP=$(echo "$(node_cpu) - $C0" | bc -l)
+stop_node
+start_node "$TLS_YAML"
+C0=$(node_cpu)
+TT=$(SEND_TLS="+tls $PKI/client.key $PKI/client.pem +cf $PKI/ca.pem" send "$TLS_PORT" ANONYMIZER "$n")
+CT=$(echo "$(node_cpu) - $C0" | bc -l)
+stop_node
+STORED=$(find "$WORK/node/storage/public" -name '*.dcm' | wc -l)
+[ "$STORED" -eq "${#FILES[@]}" ] || { echo "node stored $STORED of ${#FILES[@]} over TLS" >&2; tail "$WORK/node/log" >&2; exit 1; }
+printf 'TLS vs plain, %d associations: plain %7.1f inst/s | TLS %7.1f inst/s | ratio %.2f | node CPU/instance plain %.2f ms, TLS %.2f ms\n' \
+    "$n" "$(echo "${#FILES[@]} / $TP" | bc -l)" "$(echo "${#FILES[@]} / $TT" | bc -l)" "$(echo "$TP / $TT" | bc -l)" \
+    "$(echo "$CP * 1000 / ${#FILES[@]}" | bc -l)" "$(echo "$CT * 1000 / ${#FILES[@]}" | bc -l)"

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs the whole test suite on a fresh Debian machine: installs the real peers the tests talk to
-# (DCMTK, dicom3tools, Chromium for the status page, moto_server for Cognito and S3), then runs
+# (DCMTK, dicom3tools, Chromium for the status page, openssl for test certificates, moto_server for
+# Cognito and S3), then runs
 # cargo test. Tests never skip a missing peer: they fail loudly.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -10,6 +11,8 @@ for tool in /usr/bin/dcmdump /usr/bin/storescu /usr/bin/echoscu; do [ -x "$tool"
 [ -x /usr/bin/dciodvfy ] || missing+=(dicom3tools)
 # The status page is tested in a real browser.
 [ -x /usr/bin/chromium ] || missing+=(chromium)
+# The TLS tests make their CA and certificates with the openssl command.
+[ -x /usr/bin/openssl ] || missing+=(openssl)
 if [ ${#missing[@]} -gt 0 ]; then
     echo "installing: ${missing[*]}" >&2
     SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"

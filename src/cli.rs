@@ -28,6 +28,9 @@ pub enum Command {
     Anonymize {
         #[arg(long, default_value = "config/default.yaml")]
         config: PathBuf,
+        /// The project (its `name`) when the config lists several.
+        #[arg(long)]
+        project: Option<String>,
         /// Output directory (the node's public layout).
         #[arg(long)]
         out: PathBuf,
@@ -44,6 +47,9 @@ pub enum Command {
     AwsLogin {
         #[arg(long, default_value = "config/default.yaml")]
         config: PathBuf,
+        /// The project (its `name`) when the config lists several.
+        #[arg(long)]
+        project: Option<String>,
     },
     /// Create the uploader's Cognito user (upload.username, with the password from
     /// upload.password_env or upload.password_file) and have Cognito send it a confirmation code.
@@ -53,6 +59,9 @@ pub enum Command {
         /// The user's e-mail address: Cognito sends the confirmation code there.
         #[arg(long)]
         email: String,
+        /// The project (its `name`) when the config lists several.
+        #[arg(long)]
+        project: Option<String>,
     },
     /// Confirm the user created by aws-signup with the code Cognito sent, or have it sent again.
     AwsConfirm {
@@ -64,6 +73,9 @@ pub enum Command {
         /// Send a new confirmation code instead.
         #[arg(long)]
         resend: bool,
+        /// The project (its `name`) when the config lists several.
+        #[arg(long)]
+        project: Option<String>,
     },
     /// The audit trail: one row per instance outcome at the SCP (no PHI).
     Audit {
@@ -75,7 +87,7 @@ pub enum Command {
         #[command(subcommand)]
         command: QueueCommand,
     },
-    /// Validate the configuration and print it as it takes effect (secrets are never printed).
+    /// Validate the configuration and print each project as it takes effect (secrets are never printed).
     CheckConfig {
         #[arg(long, default_value = "config/default.yaml")]
         config: PathBuf,
@@ -88,11 +100,17 @@ pub enum QueueCommand {
     Status {
         #[arg(long, default_value = "config/default.yaml")]
         config: PathBuf,
+        /// The project (its `name`) when the config lists several.
+        #[arg(long)]
+        project: Option<String>,
     },
     /// Put failed items back in the queue for an immediate try.
     Retry {
         #[arg(long, default_value = "config/default.yaml")]
         config: PathBuf,
+        /// The project (its `name`) when the config lists several.
+        #[arg(long)]
+        project: Option<String>,
     },
 }
 
@@ -103,6 +121,9 @@ pub enum IndexCommand {
     Export {
         #[arg(long, default_value = "config/default.yaml")]
         config: PathBuf,
+        /// The project (its `name`) when the config lists several.
+        #[arg(long)]
+        project: Option<String>,
         #[arg(long)]
         out: PathBuf,
         /// The id_old,id_new mappings of every UID and PatientID (PHI) instead of the lookup table.
@@ -117,6 +138,9 @@ pub enum AuditCommand {
     Export {
         #[arg(long, default_value = "config/default.yaml")]
         config: PathBuf,
+        /// The project (its `name`) when the config lists several.
+        #[arg(long)]
+        project: Option<String>,
         #[arg(long)]
         out: PathBuf,
         /// Only rows from this time on: 2026-01-31, or 2026-01-31T08:00:00Z (UTC).

@@ -10,6 +10,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::anonymize::{AccessionFormat, ProfileOptions, Semantics, Settings, UnsupportedOps, Unverifiable};
 
+/// One project's view of the configuration: its own identity, anonymization, filters, storage and
+/// upload target, with the node-wide sections (listener, logging, http) alongside. A file with
+/// `projects:` resolves to one of these per project (see `projects.rs`); everything that runs a
+/// project (pipeline, SCP, uploader, the offline commands) takes exactly one.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
@@ -116,6 +120,36 @@ pub struct ScpConfig {
     /// Accepted transfer syntaxes; empty: every syntax we can parse (compressed pixel data passes
     /// through untouched).
     pub transfer_syntaxes: Vec<String>,
+    /// DICOM TLS (PS3.15 Annex B, BCP 195) on a second port, or instead of plain TCP.
+    pub tls: Option<TlsConfig>,
+    /// Client certificate subjects (their common name, CN) allowed to call this AE title over TLS;
+    /// empty: any certificate the client CA signed. A list also closes the plain port to this AE
+    /// title (plain TCP has no certificate to check). Needs `scp.tls.client_ca_file`.
+    pub tls_allowed_subjects: Vec<String>,
+}
+
+/// The TLS listener. Certificate files are read at start and again on SIGHUP.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// 2762 is DICOM's registered TLS port; 0 picks a free port (printed at start).
+    #[serde(default = "default_tls_port")]
+    pub port: u16,
+    /// PEM: our certificate chain, leaf first.
+    pub cert_file: PathBuf,
+    /// PEM: the private key of that certificate (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: PathBuf,
+    /// PEM: the CA(s) whose certificates clients must present (mutual TLS); absent: no client
+    /// certificate is asked for.
+    #[serde(default)]
+    pub client_ca_file: Option<PathBuf>,
+    /// TLS only: no plain listener on `scp.port`.
+    #[serde(default)]
+    pub only: bool,
+}
+
+fn default_tls_port() -> u16 {
+    2762
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -144,6 +178,8 @@ impl Default for ScpConfig {
             modalities: Vec::new(),
             storage_classes: Vec::new(),
             transfer_syntaxes: Vec::new(),
+            tls: None,
+            tls_allowed_subjects: Vec::new(),
         }
     }
 }
@@ -411,7 +447,7 @@ pub enum ConfigError {
     #[error("cannot read {path}: {source}")]
     Read { path: String, source: std::io::Error },
     #[error("{path}: {source}")]
-    Parse { path: String, source: serde_yaml::Error },
+    Parse { path: String, source: serde_norway::Error },
     #[error("{path} has problems:\n  {}", problems.join("\n  "))]
     Invalid { path: String, problems: Vec<String> },
     #[error("a secret is missing: {0}")]
@@ -419,16 +455,33 @@ pub enum ConfigError {
 }
 
 impl Config {
+    /// The file's only project. A file with several projects is an error that names them: the
+    /// commands that act on one project take `--project` and call [`Config::load_project`].
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        Config::load_project(path, None)
+    }
+
+    /// The project called `name`, or the only one when `name` is `None`.
+    pub fn load_project(path: &Path, name: Option<&str>) -> Result<Config, ConfigError> {
+        let all = Config::load_all(path)?;
+        crate::projects::choose(all, name).map_err(|problem| ConfigError::Invalid {
+            path: path.display().to_string(),
+            problems: vec![problem],
+        })
+    }
+
+    /// Every project in the file, each resolved over the shared defaults and validated.
+    pub fn load_all(path: &Path) -> Result<Vec<Config>, ConfigError> {
         let text = std::fs::read_to_string(path)
             .map_err(|source| ConfigError::Read { path: path.display().to_string(), source })?;
-        let config: Config = serde_yaml::from_str(&text)
-            .map_err(|source| ConfigError::Parse { path: path.display().to_string(), source })?;
-        let problems = config.validate();
-        if !problems.is_empty() {
-            return Err(ConfigError::Invalid { path: path.display().to_string(), problems });
-        }
-        Ok(config)
+        crate::projects::parse(&text).map_err(|e| match e {
+            crate::projects::ParseError::Yaml(source) => {
+                ConfigError::Parse { path: path.display().to_string(), source }
+            }
+            crate::projects::ParseError::Invalid(problems) => {
+                ConfigError::Invalid { path: path.display().to_string(), problems }
+            }
+        })
     }
 
     /// Every problem, each naming the dotted key. Nothing is clamped or replaced silently.
@@ -514,7 +567,7 @@ impl Config {
     /// The effective configuration as YAML, for `check-config`. Holds no secret: only where
     /// secrets come from.
     pub fn to_yaml(&self) -> String {
-        serde_yaml::to_string(self).unwrap_or_default()
+        serde_norway::to_string(self).unwrap_or_default()
     }
 
     pub fn tmp_dir(&self) -> PathBuf {
@@ -592,6 +645,33 @@ impl ScpConfig {
                 ));
             }
         }
+        for (i, s) in self.tls_allowed_subjects.iter().enumerate() {
+            if s.trim().is_empty() || s.chars().any(char::is_control) {
+                p.push(format!("scp.tls_allowed_subjects[{i}]: {s:?} is not a certificate common name"));
+            }
+        }
+        match &self.tls {
+            Some(tls) => {
+                if tls.port != 0 && tls.port == self.port && !tls.only {
+                    p.push(format!("scp.tls.port: {} is also scp.port; the plain and TLS listeners need their own ports (or set scp.tls.only)", tls.port));
+                }
+                for (key, file) in [("cert_file", &tls.cert_file), ("key_file", &tls.key_file)] {
+                    if file.as_os_str().is_empty() {
+                        p.push(format!("scp.tls.{key}: must name a PEM file"));
+                    }
+                }
+                if !self.tls_allowed_subjects.is_empty() && tls.client_ca_file.is_none() {
+                    p.push("scp.tls_allowed_subjects: needs scp.tls.client_ca_file (without client certificates there is no subject to check)".into());
+                }
+            }
+            None if !self.tls_allowed_subjects.is_empty() => {
+                p.push(
+                    "scp.tls_allowed_subjects: needs scp.tls (subjects come from TLS client certificates)"
+                        .into(),
+                );
+            }
+            None => {}
+        }
         p
     }
 }
@@ -613,13 +693,38 @@ mod tests {
     use super::*;
 
     fn parse(yaml: &str) -> Result<Config, String> {
-        serde_yaml::from_str::<Config>(yaml).map_err(|e| e.to_string())
+        serde_norway::from_str::<Config>(yaml).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn tls_subjects_need_a_client_ca() {
+        let c = parse("project: { name: P, site_id: '1' }\nscp: { tls: { cert_file: c.pem, key_file: k.pem }, tls_allowed_subjects: [pacs] }").unwrap();
+        let problems = c.validate().join("\n");
+        assert!(problems.contains("scp.tls_allowed_subjects: needs scp.tls.client_ca_file"), "{problems}");
+        let c = parse("project: { name: P, site_id: '1' }\nscp: { port: 2762, tls: { cert_file: c.pem, key_file: k.pem, client_ca_file: ca.pem } }").unwrap();
+        assert!(c.validate().iter().any(|p| p.starts_with("scp.tls.port")), "{:?}", c.validate());
     }
 
     #[test]
     fn unknown_keys_are_errors_that_name_the_key() {
         let err = parse("project: { name: P, site_id: '1', colour: blue }").unwrap_err();
         assert!(err.contains("colour"), "{err}");
+    }
+
+    #[test]
+    fn parse_errors_name_the_dotted_key_of_a_nested_field() {
+        let err = parse("project: { name: P, site_id: '1' }\nscp: { timeouts: { acse: 5 } }").unwrap_err();
+        assert!(err.contains("scp.timeouts"), "{err}");
+        assert!(err.contains("acse"), "{err}");
+        let err = parse("project: { name: P, site_id: '1' }\nscp: { port: many }").unwrap_err();
+        assert!(err.contains("scp.port"), "{err}");
+    }
+
+    #[test]
+    fn yaml_1_1_words_stay_strings() {
+        // YAML 1.1 reads `no` as false; under 1.2 (our crate) a site id or name of NO stays text.
+        let c = parse("project: { name: NO, site_id: '1' }").unwrap();
+        assert_eq!(c.project.name, "NO");
     }
 
     #[test]

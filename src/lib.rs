@@ -12,6 +12,7 @@ pub mod node;
 pub mod observe;
 pub mod offline;
 pub mod pipeline;
+pub mod projects;
 pub mod queue;
 pub mod scp;
 pub mod upload;

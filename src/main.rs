@@ -28,12 +28,12 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Serve { config } => {
-            let config = Config::load(&config)?;
-            observe::init(&config.logging);
+            let config = Config::load_all(&config)?;
+            observe::init(&config[0].logging);
             runtime()?.block_on(serve(config))
         }
-        Command::Anonymize { config, out, inputs } => {
-            let config = Config::load(&config)?;
+        Command::Anonymize { config, project, out, inputs } => {
+            let config = Config::load_project(&config, project.as_deref())?;
             observe::init(&config.logging);
             let pipeline = Pipeline::open(&config, &out, Durability::AtEnd)?;
             let started = std::time::Instant::now();
@@ -58,8 +58,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(if summary.failures() == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }
-        Command::Index { command: IndexCommand::Export { config, out, mapping: true } } => {
-            let config = Config::load(&config)?;
+        Command::Index { command: IndexCommand::Export { config, project, out, mapping: true } } => {
+            let config = Config::load_project(&config, project.as_deref())?;
             let path = config.index_path();
             std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
             let (uids, patients) = index::export_mapping(&path, &out)
@@ -71,8 +71,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
-        Command::Audit { command: AuditCommand::Export { config, out, since } } => {
-            let config = Config::load(&config)?;
+        Command::Audit { command: AuditCommand::Export { config, project, out, since } } => {
+            let config = Config::load_project(&config, project.as_deref())?;
             let since = since.as_deref().map(audit_since).transpose()?;
             let path = config.index_path();
             let rows = index::export_audit(&path, &out, since.as_deref())
@@ -80,16 +80,16 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("wrote {rows} audit rows to {}", out.display());
             Ok(ExitCode::SUCCESS)
         }
-        Command::Index { command: IndexCommand::Export { config, out, mapping: false } } => {
-            let config = Config::load(&config)?;
+        Command::Index { command: IndexCommand::Export { config, project, out, mapping: false } } => {
+            let config = Config::load_project(&config, project.as_deref())?;
             let path = config.index_path();
             let rows =
                 index::export_csv(&path, &out).with_context(|| format!("exporting {}", path.display()))?;
             println!("wrote {rows} studies to {}", out.display());
             Ok(ExitCode::SUCCESS)
         }
-        Command::AwsSignup { config: path, email } => {
-            let config = Config::load(&path)?;
+        Command::AwsSignup { config: path, email, project } => {
+            let config = Config::load_project(&path, project.as_deref())?;
             observe::init(&config.logging);
             runtime()?.block_on(async {
                 let signup = SignUp::new(&config.upload, &path).await?;
@@ -97,8 +97,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 anyhow::Ok(ExitCode::SUCCESS)
             })
         }
-        Command::AwsConfirm { config: path, code, resend } => {
-            let config = Config::load(&path)?;
+        Command::AwsConfirm { config: path, code, resend, project } => {
+            let config = Config::load_project(&path, project.as_deref())?;
             observe::init(&config.logging);
             runtime()?.block_on(async {
                 let signup = SignUp::new(&config.upload, &path).await?;
@@ -111,8 +111,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 anyhow::Ok(ExitCode::SUCCESS)
             })
         }
-        Command::AwsLogin { config } => {
-            let config = Config::load(&config)?;
+        Command::AwsLogin { config, project } => {
+            let config = Config::load_project(&config, project.as_deref())?;
             observe::init(&config.logging);
             runtime()?.block_on(async {
                 let credentials = Credentials::new(&config.upload).await?;
@@ -134,11 +134,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             })
         }
         Command::Queue { command } => {
-            let (config, retry) = match command {
-                QueueCommand::Status { config } => (config, false),
-                QueueCommand::Retry { config } => (config, true),
+            let (config, project, retry) = match command {
+                QueueCommand::Status { config, project } => (config, project, false),
+                QueueCommand::Retry { config, project } => (config, project, true),
             };
-            let config = Config::load(&config)?;
+            let config = Config::load_project(&config, project.as_deref())?;
             let index = Index::open(&config.index_path(), &Owner::for_site(&config.project.site_id))?;
             if retry {
                 println!("{} failed instances queued again", index.retry_failed()?);
@@ -163,24 +163,40 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::CheckConfig { config } => {
-            let config = Config::load(&config)?;
-            if let Some(table) = &config.project.lookup_table {
-                dicom_anon_gateway::anonymize::LookupTable::load(table)?;
+            let projects = Config::load_all(&config)?;
+            // The certificate files too, as a start would read them.
+            if let Some(tls) = &projects[0].scp.tls {
+                dicom_anon_gateway::scp::check_tls(tls)?;
             }
-            print!("{}", config.to_yaml());
+            for config in &projects {
+                if let Some(table) = &config.project.lookup_table {
+                    dicom_anon_gateway::anonymize::LookupTable::load(table)?;
+                }
+            }
+            let many = projects.len() > 1;
+            for config in &projects {
+                if many {
+                    println!("--- # project {} (AE title {})", config.project.name, config.scp.ae_title);
+                }
+                print!("{}", config.to_yaml());
+            }
             Ok(ExitCode::SUCCESS)
         }
     }
 }
 
-async fn serve(config: Config) -> anyhow::Result<ExitCode> {
-    let ae_title = config.scp.ae_title.clone();
-    let node = node::start(config, shutdown_signal()).await?;
+async fn serve(projects: Vec<Config>) -> anyhow::Result<ExitCode> {
+    let ae_titles: Vec<String> = projects.iter().map(|c| c.scp.ae_title.clone()).collect();
+    let node = node::start_projects(projects, shutdown_signal()).await?;
     // Scripts and tests wait for these lines to know the ports.
-    println!("listening on {} as {ae_title}", node.scp_addr);
+    println!("listening on {} as {}", node.scp_addr, ae_titles.join(","));
     match node.http_addr {
         Some(addr) => println!("http on {addr}"),
         None => println!("http disabled"),
+    }
+    match node.tls_addr {
+        Some(addr) => println!("tls on {addr}"),
+        None => println!("tls disabled"),
     }
     std::io::stdout().flush()?;
     node.stopped().await?;

@@ -45,6 +45,8 @@ pub enum NodeError {
     Io { what: String, source: io::Error },
     #[error("the node's task failed: {0}")]
     Task(String),
+    #[error(transparent)]
+    Tls(scp::TlsError),
 }
 
 fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> NodeError {
@@ -54,8 +56,10 @@ fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> NodeError {
 
 /// A running node.
 pub struct Handle {
-    /// Where the DICOM listener accepts associations.
+    /// Where the DICOM listener accepts associations: plain TCP, or TLS with `scp.tls.only`.
     pub scp_addr: SocketAddr,
+    /// Where the TLS listener accepts associations; `None` without `scp.tls`.
+    pub tls_addr: Option<SocketAddr>,
     /// Where the operations endpoint answers; `None` with `http.enabled: false`.
     pub http_addr: Option<SocketAddr>,
     done: JoinHandle<Result<(), NodeError>>,
@@ -68,13 +72,23 @@ impl Handle {
     }
 }
 
-/// Start a node; it stops when `shutdown` completes. Returns once both listeners are bound.
+/// Start a node with one project; it stops when `shutdown` completes.
 pub async fn start(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<Handle, NodeError> {
-    // A token that is configured but unreadable stops the start: the endpoint never opens unguarded.
-    let token = if config.http.enabled { config.http.token()? } else { None };
+    start_projects(vec![config], shutdown).await
+}
+
+/// One project's parts: what the listener routes to and what the drain waits for.
+struct Project {
+    config: Config,
+    pipeline: Arc<Pipeline>,
+    node: Arc<scp::Node>,
+}
+
+/// Open one project's pipeline (its own index, spool, quarantine) and its SCP view.
+fn open_project(config: Config) -> Result<Project, NodeError> {
     let tmp = config.tmp_dir();
     std::fs::create_dir_all(&tmp).map_err(io_err(format!("creating {}", tmp.display())))?;
     // Spilled data sets of a previous run were never acknowledged: their senders still have them.
@@ -84,7 +98,7 @@ pub async fn start(
     let pipeline = Arc::new(Pipeline::open(&config, &config.public_dir(), Durability::EachInstance)?);
     let swept = pipeline.sweep();
     if swept > 0 {
-        tracing::info!(files = swept, "removed temp files an interrupted commit left in public/");
+        tracing::info!(project = %config.project.name, files = swept, "removed temp files an interrupted commit left in public/");
     }
     let node = Arc::new(scp::Node::new(
         pipeline.clone(),
@@ -93,39 +107,133 @@ pub async fn start(
         &config.storage.dir,
         config.storage.min_free_bytes,
     ));
-    let bind = (config.scp.host.as_str(), config.scp.port);
-    let listener = tokio::net::TcpListener::bind(bind)
-        .await
-        .map_err(io_err(format!("cannot listen on {}:{} (scp.host, scp.port)", bind.0, bind.1)))?;
-    let scp_addr = listener.local_addr().map_err(io_err("the listener's address"))?;
-    let http_listener = if config.http.enabled {
-        let l = tokio::net::TcpListener::bind(config.http.listen.as_str())
+    Ok(Project { config, pipeline, node })
+}
+
+/// The project's uploader, when its upload is enabled.
+async fn start_uploader(p: &Project, stop: &CancellationToken) -> Result<Option<JoinHandle<()>>, NodeError> {
+    let config = &p.config;
+    if !config.upload.enabled {
+        return Ok(None);
+    }
+    let credentials = Arc::new(Credentials::new(&config.upload).await?);
+    let u = &config.upload;
+    let target = Target {
+        bucket: u.bucket.clone(),
+        prefix: u.prefix.clone(),
+        project: config.project.name.clone(),
+        multipart_threshold: u.multipart_threshold_bytes,
+    };
+    let uploader = Arc::new(Uploader {
+        index: p.pipeline.index().clone(),
+        public: config.public_dir(),
+        target,
+        credentials,
+        concurrency: u.concurrency,
+        delete_after_upload: u.delete_after_upload,
+        reconcile_on_start: u.reconcile_on_start,
+    });
+    tracing::info!(project = %config.project.name, bucket = %u.bucket, concurrency = u.concurrency, "uploader started");
+    Ok(Some(tokio::spawn(uploader.run(stop.clone()))))
+}
+
+/// Start a node serving `configs` (one per project, as `Config::load_all` returns them; the
+/// node-wide sections are taken from the first). Returns once every listener is bound.
+pub async fn start_projects(
+    configs: Vec<Config>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<Handle, NodeError> {
+    let Some(first) = configs.first().cloned() else {
+        return Err(NodeError::Task("no project to serve".into()));
+    };
+    // A token that is configured but unreadable stops the start: the endpoint never opens unguarded.
+    let token = if first.http.enabled { first.http.token()? } else { None };
+    let projects = configs.into_iter().map(open_project).collect::<Result<Vec<_>, _>>()?;
+    let routes = Arc::new(scp::Routes::new(projects.iter().map(|p| p.node.clone()).collect()));
+    let ae_titles: Vec<&str> = projects.iter().map(|p| p.config.scp.ae_title.as_str()).collect();
+    let ae_titles = ae_titles.join(",");
+
+    let host = first.scp.host.as_str();
+    let tls_only = first.scp.tls.as_ref().is_some_and(|t| t.only);
+    let plain = if tls_only {
+        None
+    } else {
+        let l = tokio::net::TcpListener::bind((host, first.scp.port))
             .await
-            .map_err(io_err(format!("cannot listen on {} (http.listen)", config.http.listen)))?;
+            .map_err(io_err(format!("cannot listen on {host}:{} (scp.host, scp.port)", first.scp.port)))?;
+        Some(l)
+    };
+    let tls = match &first.scp.tls {
+        Some(cfg) => {
+            let state = Arc::new(scp::Tls::new(cfg, &routes).map_err(NodeError::Tls)?);
+            let l = tokio::net::TcpListener::bind((host, cfg.port))
+                .await
+                .map_err(io_err(format!("cannot listen on {host}:{} (scp.host, scp.tls.port)", cfg.port)))?;
+            Some((l, state))
+        }
+        None => None,
+    };
+    let tls_addr = match &tls {
+        Some((l, _)) => Some(l.local_addr().map_err(io_err("the TLS listener's address"))?),
+        None => None,
+    };
+    let scp_addr = match &plain {
+        Some(l) => l.local_addr().map_err(io_err("the listener's address"))?,
+        None => tls_addr.expect("TLS only means a TLS listener"),
+    };
+    let http_listener = if first.http.enabled {
+        let l = tokio::net::TcpListener::bind(first.http.listen.as_str())
+            .await
+            .map_err(io_err(format!("cannot listen on {} (http.listen)", first.http.listen)))?;
         Some(l)
     } else {
         None
     };
     METRICS.listener_up.set(1);
-    tracing::info!(addr = %scp_addr, ae_title = %config.scp.ae_title, storage = %config.storage.dir.display(), "listening");
+    for p in &projects {
+        tracing::info!(project = %p.config.project.name, ae_title = %p.config.scp.ae_title, storage = %p.config.storage.dir.display(), "project ready");
+    }
+    tracing::info!(addr = %scp_addr, tls = ?tls_addr, ae_titles = %ae_titles, "listening");
 
+    let stop = CancellationToken::new();
+    let reload =
+        tokio::spawn(scp::reload_on_sighup(tls.as_ref().map(|(_, state)| state.clone()), stop.clone()));
     let http_stop = CancellationToken::new();
     let (http_addr, http_task) = match http_listener {
         Some(l) => {
             let http_addr = l.local_addr().map_err(io_err("the operations endpoint's address"))?;
             tracing::info!(%http_addr, token = token.is_some(), "operations endpoint listening");
+            // The status page shows the first project and names the others; metrics count every
+            // project together.
+            let p = &projects[0];
+            let tls_state = match (&tls, tls_addr) {
+                (Some((_, state)), Some(addr)) => {
+                    let mode = if state.mutual() {
+                        "client certificates required"
+                    } else {
+                        "no client certificates"
+                    };
+                    format!("on {addr} ({mode})")
+                }
+                _ => "off".into(),
+            };
             let ops = Arc::new(http::Ops {
-                project: config.project.name.clone(),
-                site_id: config.project.site_id.clone(),
-                ae_title: config.scp.ae_title.clone(),
+                project: p.config.project.name.clone(),
+                site_id: p.config.project.site_id.clone(),
+                ae_title: p.config.scp.ae_title.clone(),
                 scp_addr,
-                index: pipeline.index().clone(),
-                reader: Reader::open(&config.index_path())?,
-                index_path: config.index_path(),
-                storage_dir: config.storage.dir.clone(),
-                quarantine_dir: config.quarantine_dir(),
-                min_free_bytes: config.storage.min_free_bytes,
-                uploader_enabled: config.upload.enabled,
+                tls: tls_state,
+                other_projects: projects[1..]
+                    .iter()
+                    .map(|o| format!("{} ({})", o.config.project.name, o.config.scp.ae_title))
+                    .collect(),
+                index: p.pipeline.index().clone(),
+                reader: Reader::open(&p.config.index_path())?,
+                index_path: p.config.index_path(),
+                storage_dir: p.config.storage.dir.clone(),
+                quarantine_dir: p.config.quarantine_dir(),
+                min_free_bytes: p.config.storage.min_free_bytes,
+                uploader_enabled: p.config.upload.enabled,
                 token,
                 started: chrono::Utc::now(),
             });
@@ -135,29 +243,11 @@ pub async fn start(
     };
 
     let uploads = CancellationToken::new();
-    let uploader = if config.upload.enabled {
-        let credentials = Arc::new(Credentials::new(&config.upload).await?);
-        let u = &config.upload;
-        let target = Target {
-            bucket: u.bucket.clone(),
-            prefix: u.prefix.clone(),
-            project: config.project.name.clone(),
-            multipart_threshold: u.multipart_threshold_bytes,
-        };
-        let uploader = Arc::new(Uploader {
-            index: pipeline.index().clone(),
-            public: config.public_dir(),
-            target,
-            credentials,
-            concurrency: u.concurrency,
-            delete_after_upload: u.delete_after_upload,
-            reconcile_on_start: u.reconcile_on_start,
-        });
-        tracing::info!(bucket = %u.bucket, concurrency = u.concurrency, "uploader started");
-        Some(tokio::spawn(uploader.run(uploads.clone())))
-    } else {
-        None
-    };
+    let mut uploaders = Vec::new();
+    for p in &projects {
+        uploaders.extend(start_uploader(p, &uploads).await?);
+    }
+    let pipelines: Vec<Arc<Pipeline>> = projects.into_iter().map(|p| p.pipeline).collect();
 
     let done = tokio::spawn(async move {
         let stopping = async {
@@ -165,13 +255,14 @@ pub async fn start(
             // Not ready from the first moment of the drain.
             METRICS.listener_up.set(0);
         };
-        scp::serve(listener, node, stopping).await;
+        scp::serve(scp::Listeners { plain, tls }, routes, stopping).await;
+        stop.cancel();
+        let _ = reload.await;
         uploads.cancel();
-        if let Some(task) = uploader {
-            // Puts in flight finish; the rest stays queued for the next start.
-            if tokio::time::timeout(UPLOAD_GRACE, task).await.is_err() {
-                tracing::warn!("uploads still in flight after 60 s; they are queued again at the next start");
-            }
+        // Puts in flight finish; the rest stays queued for the next start.
+        let settled = futures_all(uploaders);
+        if tokio::time::timeout(UPLOAD_GRACE, settled).await.is_err() {
+            tracing::warn!("uploads still in flight after 60 s; they are queued again at the next start");
         }
         // Last, so the drain can be watched; it holds an index handle, which must go before close.
         http_stop.cancel();
@@ -183,13 +274,22 @@ pub async fn start(
                 Err(_) => tracing::warn!("operations endpoint still answering after 5 s"),
             }
         }
-        match Arc::try_unwrap(pipeline) {
-            Ok(p) => p.close()?,
-            // An association outlived the grace period; its index writes are committed as they go.
-            Err(_) => tracing::warn!("associations still running at exit"),
+        for pipeline in pipelines {
+            match Arc::try_unwrap(pipeline) {
+                Ok(p) => p.close()?,
+                // An association outlived the grace period; its index writes are committed as they go.
+                Err(_) => tracing::warn!("associations still running at exit"),
+            }
         }
         tracing::info!("stopped");
         Ok(())
     });
-    Ok(Handle { scp_addr, http_addr, done })
+    Ok(Handle { scp_addr, tls_addr, http_addr, done })
+}
+
+/// Wait for every task; a task that panicked has already logged.
+async fn futures_all(tasks: Vec<JoinHandle<()>>) {
+    for task in tasks {
+        let _ = task.await;
+    }
 }

@@ -37,6 +37,10 @@ pub struct Ops {
     pub site_id: String,
     pub ae_title: String,
     pub scp_addr: SocketAddr,
+    /// "off", or the TLS listener's address and mode, for the status page.
+    pub tls: String,
+    /// The node's other projects, "NAME (AE title)".
+    pub other_projects: Vec<String>,
     /// The writer, for the writability probe only.
     pub index: Index,
     /// Counts and queue state, read beside the writer.
@@ -216,6 +220,8 @@ fn gather(ops: &Ops) -> status::Page {
         site_id: ops.site_id.clone(),
         ae_title: ops.ae_title.clone(),
         scp_addr: ops.scp_addr.to_string(),
+        tls: ops.tls.clone(),
+        other_projects: ops.other_projects.clone(),
         listener_up: m.listener_up.get() == 1,
         started: ops.started,
         now: Utc::now(),

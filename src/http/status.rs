@@ -18,6 +18,10 @@ pub struct Page {
     pub site_id: String,
     pub ae_title: String,
     pub scp_addr: String,
+    /// "off", or where the TLS listener is and whether it asks for client certificates.
+    pub tls: String,
+    /// The node's other projects, "NAME (AE title)"; their counts are not on this page.
+    pub other_projects: Vec<String>,
     pub listener_up: bool,
     pub started: DateTime<Utc>,
     pub now: DateTime<Utc>,
@@ -116,9 +120,17 @@ fn write_page(h: &mut String, p: &Page) -> std::fmt::Result {
     write!(
         h,
         "<tr><th>DICOM listener</th><td id=\"listener\" class=\"{class}\">{state} on {}</td></tr>\
-         <tr><th>TLS</th><td>off</td></tr>",
-        escape(&p.scp_addr)
+         <tr><th>TLS</th><td id=\"tls\">{}</td></tr>",
+        escape(&p.scp_addr),
+        escape(&p.tls)
     )?;
+    if !p.other_projects.is_empty() {
+        write!(
+            h,
+            "<tr><th>Other projects</th><td>{} (their own index and queue; counts below are this project's)</td></tr>",
+            escape(&p.other_projects.join(", "))
+        )?;
+    }
     match p.free_bytes {
         Some(free) => {
             let class = if free >= p.min_free_bytes { "ok" } else { "bad" };
@@ -268,6 +280,8 @@ mod tests {
             site_id: "1".into(),
             ae_title: "ANON".into(),
             scp_addr: "127.0.0.1:104".into(),
+            tls: "off".into(),
+            other_projects: vec!["B<2> (B_AE)".into()],
             listener_up: true,
             started: Utc::now(),
             now: Utc::now(),
@@ -296,6 +310,8 @@ mod tests {
         assert!(!html.contains("<script>"), "{html}");
         assert!(html.contains("&lt;script&gt;x&lt;/script&gt;&quot;"));
         assert!(html.contains("P&lt;1&gt;"));
+        assert!(html.contains("B&lt;2&gt; (B_AE)"), "other projects are named");
+        assert!(html.contains("id=\"tls\">off<"));
         assert!(html.contains("id=\"count-instances\">4<"));
         assert!(html.contains("id=\"quarantine-DICOM_Read_Error\">2<"));
         assert!(html.contains("<svg id=\"chart\""));

@@ -70,11 +70,12 @@ struct Message {
     data: Option<Incoming>,
 }
 
-/// Run one accepted connection to its end. Errors are logged here; nothing reaches the listener.
+/// Run one accepted plain TCP connection to its end. Errors are logged here; nothing reaches the
+/// listener.
 pub async fn run(node: Arc<Node>, socket: TcpStream, peer: SocketAddr, shutdown: CancellationToken) {
     let started = Instant::now();
     let acse = Duration::from_secs(node.scp.timeouts.acse_s);
-    let mut assoc = match tokio::time::timeout(acse, node.options.establish_async(socket)).await {
+    let assoc = match tokio::time::timeout(acse, node.options.establish_async(socket)).await {
         Ok(Ok(a)) => a,
         Ok(Err(e)) => {
             // Rejections (unknown AE titles, no acceptable context) land here with their reason.
@@ -88,6 +89,17 @@ pub async fn run(node: Arc<Node>, socket: TcpStream, peer: SocketAddr, shutdown:
             return;
         }
     };
+    run_established(node, assoc, peer, shutdown, started).await;
+}
+
+/// Serve an association negotiated on any stream (plain TCP or TLS) to its end.
+pub async fn run_established<S: Stream>(
+    node: Arc<Node>,
+    mut assoc: AsyncServerAssociation<S>,
+    peer: SocketAddr,
+    shutdown: CancellationToken,
+    started: Instant,
+) {
     METRICS.associations_accepted.inc();
     METRICS.associations_active.inc();
     let calling = assoc.peer_ae_title().to_string();
@@ -152,6 +164,10 @@ pub async fn run(node: Arc<Node>, socket: TcpStream, peer: SocketAddr, shutdown:
     });
 }
 
+/// What an association runs over: a TCP stream, or TLS on one.
+pub trait Stream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Stream for S {}
+
 /// Count a request turned down before an association existed, and list it on the status page.
 pub(super) fn rejected(peer: SocketAddr, reason: &'static str) {
     METRICS.associations_rejected.with_label_values(&[reason]).inc();
@@ -169,13 +185,14 @@ pub(super) fn rejected(peer: SocketAddr, reason: &'static str) {
             "max_pdu" => "rejected: maximum PDU length too small",
             "protocol" => "rejected: protocol or application context",
             "timeout" => "rejected: no request in time",
+            "tls_subject" => "rejected: certificate subject not allowed",
             _ => "rejected",
         },
     });
 }
 
 /// The metrics label for why dicom-ul did not establish an association.
-fn rejection_reason(e: &dicom_ul::association::Error) -> &'static str {
+pub(super) fn rejection_reason(e: &dicom_ul::association::Error) -> &'static str {
     use dicom_ul::association::Error;
     use dicom_ul::pdu::{AssociationRJServiceUserReason as User, AssociationRJSource};
     match e {
@@ -197,9 +214,9 @@ enum End {
     Abort(&'static str),
 }
 
-async fn serve(
+async fn serve<S: Stream>(
     node: &Node,
-    assoc: &mut AsyncServerAssociation<TcpStream>,
+    assoc: &mut AsyncServerAssociation<S>,
     who: &Who,
     tally: &mut Tally,
     shutdown: &CancellationToken,
@@ -313,9 +330,9 @@ async fn on_pdv(
 }
 
 /// Answer a complete message.
-async fn dispatch(
+async fn dispatch<S: Stream>(
     node: &Node,
-    assoc: &mut AsyncServerAssociation<TcpStream>,
+    assoc: &mut AsyncServerAssociation<S>,
     message: Message,
     who: &Who,
     tally: &mut Tally,
@@ -351,6 +368,12 @@ async fn dispatch(
                         refused(
                             Status::SOP_CLASS_NOT_SUPPORTED,
                             "SOP class differs from the presentation context",
+                        )
+                    } else if !node.accepts(&pc.abstract_syntax, &pc.transfer_syntax) {
+                        // Negotiated for the node's projects together (TLS), outside this one's filters.
+                        refused(
+                            Status::SOP_CLASS_NOT_SUPPORTED,
+                            "SOP class or transfer syntax not accepted by this AE title",
                         )
                     } else {
                         let ts = TransferSyntax::new(&pc.transfer_syntax);

@@ -3,11 +3,13 @@
 //! so connections that send nothing cannot keep a real PACS out. The request is looked at (not
 //! consumed) before a slot is taken: over the limit it is rejected, not queued, and a maximum PDU
 //! length too small to carry our responses is refused then, not discovered at the first response.
+//! The called AE title in that request chooses the project; an unknown one is rejected there.
+//! TLS connections cannot be looked into before their handshake; `tls::connection` handles them.
 //! Shutdown stops accepting and lets running associations finish their current instance.
 
 use std::collections::VecDeque;
 use std::future::Future;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -22,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
-use super::{association, Node};
+use super::{association, tls, Routes, Tls};
 use crate::http::METRICS;
 
 /// How long running associations get to finish after shutdown is requested.
@@ -38,35 +40,74 @@ const PENDING_TOTAL: usize = 512;
 /// The largest A-ASSOCIATE-RQ accepted (real ones are a few hundred bytes to a few KiB).
 const MAX_REQUEST: usize = 64 * 1024;
 
-/// Serve associations on `listener` until `shutdown` completes.
-pub async fn serve(listener: TcpListener, node: Arc<Node>, shutdown: impl Future<Output = ()>) {
-    let limit = Arc::new(Semaphore::new(node.scp.max_associations));
+/// What the node listens on: plain TCP, TLS, or both.
+pub struct Listeners {
+    pub plain: Option<TcpListener>,
+    pub tls: Option<(TcpListener, Arc<Tls>)>,
+}
+
+/// The next connection on `listener`, or never when there is none.
+async fn next(listener: Option<&TcpListener>) -> std::io::Result<(TcpStream, SocketAddr)> {
+    match listener {
+        Some(l) => l.accept().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Serve associations on `listeners` until `shutdown` completes, each answered by the project
+/// whose AE title it calls.
+pub async fn serve(listeners: Listeners, routes: Arc<Routes>, shutdown: impl Future<Output = ()>) {
+    let max_associations = routes.first().scp.max_associations;
+    let limit = Arc::new(Semaphore::new(max_associations));
     let pending = Arc::new(Pending::default());
     let tracker = TaskTracker::new();
     let stop = CancellationToken::new();
     let mut backoff = Duration::from_millis(10);
+    let tls = listeners.tls.as_ref().map(|(_, t)| t.clone());
     tokio::pin!(shutdown);
     loop {
-        let (socket, peer) = tokio::select! {
+        let (accepted, over_tls) = tokio::select! {
             _ = &mut shutdown => break,
-            accepted = listener.accept() => match accepted {
-                Ok(a) => {
-                    backoff = Duration::from_millis(10);
-                    a
-                }
-                Err(e) => {
-                    // Out of descriptors and the like: wait, then try again, never spin.
-                    warn!(error = %e, retry_ms = backoff.as_millis() as u64, "accept failed");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(1));
-                    continue;
-                }
-            },
+            a = next(listeners.plain.as_ref()) => (a, false),
+            a = next(listeners.tls.as_ref().map(|(l, _)| l)) => (a, true),
+        };
+        let (socket, peer) = match accepted {
+            Ok(a) => {
+                backoff = Duration::from_millis(10);
+                a
+            }
+            Err(e) => {
+                // Out of descriptors and the like: wait, then try again, never spin.
+                warn!(error = %e, retry_ms = backoff.as_millis() as u64, "accept failed");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+                continue;
+            }
         };
         // Nagle's algorithm costs ~40 ms per small PDU exchange; dicom-ul does not turn it off.
         let _ = socket.set_nodelay(true);
         let handshake = pending.admit(peer.ip());
-        let (node, stop, limit) = (node.clone(), stop.clone(), limit.clone());
+        let (routes, stop, limit) = (routes.clone(), stop.clone(), limit.clone());
+        if over_tls {
+            let tls = tls.clone().expect("a TLS connection comes from the TLS listener");
+            tracker.spawn(async move {
+                let started = std::time::Instant::now();
+                // Pending (and evictable) until negotiated, exactly as on plain TCP.
+                let assoc = tokio::select! {
+                    _ = handshake.evicted.cancelled() => {
+                        debug!(%peer, "pending TLS connection closed: newer connections are waiting");
+                        METRICS.connections_dropped.with_label_values(&["evicted"]).inc();
+                        return;
+                    }
+                    a = tls::establish(&tls, socket, peer, HANDSHAKE_TIMEOUT) => a,
+                };
+                drop(handshake);
+                if let Some(assoc) = assoc {
+                    tls::serve(assoc, routes, peer, limit, stop, started).await;
+                }
+            });
+            continue;
+        }
         tracker.spawn(async move {
             let request = tokio::select! {
                 _ = handshake.evicted.cancelled() => {
@@ -77,7 +118,7 @@ pub async fn serve(listener: TcpListener, node: Arc<Node>, shutdown: impl Future
                 r = tokio::time::timeout(HANDSHAKE_TIMEOUT, peek_request(&socket)) => r,
             };
             drop(handshake);
-            let max_pdu = match request {
+            let (max_pdu, called) = match request {
                 Err(_) => {
                     // Debug, not warn: a flood of these is counted (connections_dropped_total), not
                     // written line by line.
@@ -91,8 +132,24 @@ pub async fn serve(listener: TcpListener, node: Arc<Node>, shutdown: impl Future
                     METRICS.connections_dropped.with_label_values(&["not_a_request"]).inc();
                     return;
                 }
-                Ok(Ok(max_pdu)) => max_pdu,
+                Ok(Ok(request)) => request,
             };
+            let Some(node) = routes.get(&called).cloned() else {
+                warn!(%peer, called_ae = %called.escape_debug(), "association rejected: called AE title is none of this node's");
+                association::rejected(peer, "called_ae");
+                let unknown = AssociationRJSource::ServiceUser(AssociationRJServiceUserReason::CalledAETitleNotRecognized);
+                reject(socket, AssociationRJResult::Permanent, unknown).await;
+                return;
+            };
+            if !node.scp.tls_allowed_subjects.is_empty() {
+                // Certificate subjects mean nothing without a certificate: such an AE title is
+                // reachable over TLS only, or plain TCP would go around its allow-list.
+                warn!(%peer, called_ae = %node.scp.ae_title, "association rejected: this AE title lists certificate subjects and takes TLS only");
+                association::rejected(peer, "tls_subject");
+                let no = AssociationRJSource::ServiceUser(AssociationRJServiceUserReason::NoReasonGiven);
+                reject(socket, AssociationRJResult::Permanent, no).await;
+                return;
+            }
             if let Some(n) = max_pdu.filter(|&n| n != 0 && n < MINIMUM_PDU_SIZE) {
                 warn!(%peer, max_pdu_length = n, minimum = MINIMUM_PDU_SIZE, "association rejected: the peer's maximum PDU length cannot carry a response");
                 association::rejected(peer, "max_pdu");
@@ -105,7 +162,7 @@ pub async fn serve(listener: TcpListener, node: Arc<Node>, shutdown: impl Future
                     drop(permit);
                 }
                 Err(_) => {
-                    warn!(%peer, limit = node.scp.max_associations, "association rejected: scp.max_associations reached");
+                    warn!(%peer, limit = max_associations, "association rejected: scp.max_associations reached");
                     association::rejected(peer, "busy");
                     // Transient, service provider presentation, local limit exceeded (PS3.8 §9.3.4).
                     let busy = AssociationRJSource::ServiceProviderPresentation(
@@ -126,8 +183,9 @@ pub async fn serve(listener: TcpListener, node: Arc<Node>, shutdown: impl Future
 
 /// Wait until the whole first PDU has arrived and look at it without consuming it: it must be an
 /// A-ASSOCIATE-RQ of at most 64 KiB that parses. Returns the maximum PDU length it asks for
-/// (`None`: it names none). Anything else is refused here, before it can hold an association slot.
-async fn peek_request(socket: &TcpStream) -> std::io::Result<Option<u32>> {
+/// (`None`: it names none) and the called AE title, which chooses the project. Anything else is
+/// refused here, before it can hold an association slot.
+async fn peek_request(socket: &TcpStream) -> std::io::Result<(Option<u32>, String)> {
     let invalid = |why: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, why.to_string());
     let mut header = [0u8; 6];
     let mut wait = Duration::from_millis(2);
@@ -162,10 +220,13 @@ async fn peek_request(socket: &TcpStream) -> std::io::Result<Option<u32>> {
         wait = (wait * 2).min(Duration::from_millis(100));
     }
     match read_pdu(&buf[..], MAX_REQUEST as u32, false) {
-        Ok(Some(Pdu::AssociationRQ(rq))) => Ok(rq.user_variables.iter().find_map(|v| match v {
-            UserVariableItem::MaxLength(n) => Some(*n),
-            _ => None,
-        })),
+        Ok(Some(Pdu::AssociationRQ(rq))) => {
+            let max_pdu = rq.user_variables.iter().find_map(|v| match v {
+                UserVariableItem::MaxLength(n) => Some(*n),
+                _ => None,
+            });
+            Ok((max_pdu, rq.called_ae_title.trim().to_string()))
+        }
         _ => Err(invalid("the A-ASSOCIATE-RQ does not parse")),
     }
 }

@@ -5,7 +5,9 @@ mod association;
 mod dimse;
 mod listener;
 mod receive;
+mod routes;
 mod storage_classes;
+mod tls;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -14,7 +16,9 @@ use dicom_ul::association::server::{AccessControl, DefaultNegotiation, ServerAss
 use dicom_ul::pdu::{AssociationRJServiceUserReason, UserIdentity};
 
 pub use dimse::Status;
-pub use listener::serve;
+pub use listener::{serve, Listeners};
+pub use routes::Routes;
+pub use tls::{check as check_tls, reload_on_sighup, Tls, TlsError};
 
 use crate::config::ScpConfig;
 use crate::pipeline::Pipeline;
@@ -40,21 +44,7 @@ impl Node {
         storage_dir: &Path,
         min_free_bytes: u64,
     ) -> Node {
-        let mut options = ServerAssociationOptions::new()
-            .ae_access_control(Gate { allowed: scp.allowed_calling_ae_titles.clone() })
-            .ae_title(scp.ae_title.clone())
-            .max_pdu_length(scp.max_pdu_length)
-            .with_abstract_syntax(VERIFICATION);
-        let classes: Vec<String> =
-            if scp.storage_classes.is_empty() { storage_sop_classes() } else { scp.storage_classes.clone() };
-        for class in classes {
-            options = options.with_abstract_syntax(class);
-        }
-        // With no transfer syntax listed, dicom-ul accepts every syntax its registry can read,
-        // including encapsulated ones whose pixel data we pass through.
-        for ts in &scp.transfer_syntaxes {
-            options = options.with_transfer_syntax(ts.clone());
-        }
+        let options = options_for(&[&scp]);
         Node {
             pipeline,
             scp,
@@ -63,6 +53,12 @@ impl Node {
             storage_dir: storage_dir.to_path_buf(),
             min_free_bytes,
         }
+    }
+
+    /// Whether this AE title's filters take `class` in `ts`. Its own association options already
+    /// say so; this matters where one negotiation served several projects (TLS).
+    fn accepts(&self, class: &str, ts: &str) -> bool {
+        accepts(&self.scp, class, ts)
     }
 
     /// `Some(free bytes)` when the storage disk is below `storage.min_free_bytes`.
@@ -76,24 +72,77 @@ impl Node {
     }
 }
 
-/// Called AE title must be ours; calling AE title must be allowed when an allow-list is set.
+/// Whether `scp`'s filters take `class` in `ts` (UIDs as negotiated, maybe padded).
+fn accepts(scp: &ScpConfig, class: &str, ts: &str) -> bool {
+    let trim = |u: &str| u.trim_end_matches(['\0', ' ']).to_string();
+    let (class, ts) = (trim(class), trim(ts));
+    let class_ok = if scp.storage_classes.is_empty() {
+        storage_classes::STORAGE_SOP_CLASSES.contains(&class.as_str())
+    } else {
+        scp.storage_classes.contains(&class)
+    };
+    class_ok && (scp.transfer_syntaxes.is_empty() || scp.transfer_syntaxes.contains(&ts))
+}
+
+type Options = ServerAssociationOptions<'static, Gate, DefaultNegotiation>;
+
+/// Association options that accept the AE titles of `scps` with their filters: one project's
+/// (plain TCP, routed before negotiation) or every project's together (TLS, where the called AE
+/// title is inside the encrypted stream and negotiation routes). The node-wide settings (PDU
+/// length) come from the first.
+fn options_for(scps: &[&ScpConfig]) -> Options {
+    let routes = scps.iter().map(|s| (s.ae_title.clone(), s.allowed_calling_ae_titles.clone())).collect();
+    let mut options = ServerAssociationOptions::new()
+        .ae_access_control(Gate { routes })
+        .ae_title(scps[0].ae_title.clone())
+        .max_pdu_length(scps[0].max_pdu_length)
+        .with_abstract_syntax(VERIFICATION);
+    let mut classes: Vec<String> = Vec::new();
+    for scp in scps {
+        let own =
+            if scp.storage_classes.is_empty() { storage_sop_classes() } else { scp.storage_classes.clone() };
+        for class in own {
+            if !classes.contains(&class) {
+                classes.push(class);
+            }
+        }
+    }
+    for class in classes {
+        options = options.with_abstract_syntax(class);
+    }
+    // With no transfer syntax listed, dicom-ul accepts every syntax its registry can read,
+    // including encapsulated ones whose pixel data we pass through. One project without a list
+    // means no list for the union.
+    if scps.iter().all(|s| !s.transfer_syntaxes.is_empty()) {
+        let mut listed: Vec<&String> = scps.iter().flat_map(|s| &s.transfer_syntaxes).collect();
+        listed.dedup();
+        for ts in listed {
+            options = options.with_transfer_syntax(ts.clone());
+        }
+    }
+    options
+}
+
+/// Called AE title must be one of ours; calling AE title must be on that AE title's allow-list
+/// when it has one.
 #[derive(Debug, Clone)]
 pub struct Gate {
-    allowed: Vec<String>,
+    /// Our AE titles, each with its allowed calling AE titles (empty: any).
+    routes: Vec<(String, Vec<String>)>,
 }
 
 impl AccessControl for Gate {
     fn check_access(
         &self,
-        this_ae_title: &str,
+        _this_ae_title: &str,
         calling_ae_title: &str,
         called_ae_title: &str,
         _user_identity: Option<&UserIdentity>,
     ) -> Result<(), AssociationRJServiceUserReason> {
-        if called_ae_title != this_ae_title {
+        let Some((_, allowed)) = self.routes.iter().find(|(ae, _)| ae == called_ae_title) else {
             return Err(AssociationRJServiceUserReason::CalledAETitleNotRecognized);
-        }
-        if !self.allowed.is_empty() && !self.allowed.iter().any(|a| a == calling_ae_title) {
+        };
+        if !allowed.is_empty() && !allowed.iter().any(|a| a == calling_ae_title) {
             return Err(AssociationRJServiceUserReason::CallingAETitleNotRecognized);
         }
         Ok(())
@@ -123,17 +172,33 @@ mod tests {
 
     #[test]
     fn the_gate_checks_called_then_calling_ae_titles() {
-        let open = Gate { allowed: vec![] };
+        let open = Gate { routes: vec![("ANON".into(), vec![])] };
         assert_eq!(open.check_access("ANON", "ANY", "ANON", None), Ok(()));
         assert_eq!(
             open.check_access("ANON", "ANY", "OTHER", None),
             Err(AssociationRJServiceUserReason::CalledAETitleNotRecognized)
         );
-        let closed = Gate { allowed: vec!["PACS".into()] };
+        let closed = Gate { routes: vec![("ANON".into(), vec!["PACS".into()]), ("OTHER".into(), vec![])] };
         assert_eq!(closed.check_access("ANON", "PACS", "ANON", None), Ok(()));
         assert_eq!(
             closed.check_access("ANON", "STRANGER", "ANON", None),
             Err(AssociationRJServiceUserReason::CallingAETitleNotRecognized)
         );
+        // Each AE title has its own allow-list.
+        assert_eq!(closed.check_access("ANON", "STRANGER", "OTHER", None), Ok(()));
+    }
+
+    #[test]
+    fn a_node_accepts_only_its_own_classes_and_syntaxes() {
+        let scp = ScpConfig {
+            storage_classes: vec!["1.2.840.10008.5.1.4.1.1.2".into()],
+            transfer_syntaxes: vec!["1.2.840.10008.1.2.1".into()],
+            ..ScpConfig::default()
+        };
+        let node_accepts = accepts;
+        assert!(node_accepts(&scp, "1.2.840.10008.5.1.4.1.1.2\0", "1.2.840.10008.1.2.1"));
+        assert!(!node_accepts(&scp, "1.2.840.10008.5.1.4.1.1.4", "1.2.840.10008.1.2.1"));
+        assert!(!node_accepts(&scp, "1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.1.2"));
+        assert!(node_accepts(&ScpConfig::default(), "1.2.840.10008.5.1.4.1.1.4", "1.2.840.10008.1.2"));
     }
 }

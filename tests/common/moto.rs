@@ -96,7 +96,7 @@ pub async fn s3(url: &str) -> aws_sdk_s3::Client {
 /// A user pool with an app client that has a secret, the confirmed user `site-user`, the user
 /// `new-user` in FORCE_CHANGE_PASSWORD, an identity pool and the bucket.
 pub async fn setup(url: &str) -> Aws {
-    use aws_sdk_cognitoidentityprovider::types::{AttributeType, ExplicitAuthFlowsType};
+    use aws_sdk_cognitoidentityprovider::types::ExplicitAuthFlowsType;
     let conf = shared(url).await;
     let idp = aws_sdk_cognitoidentityprovider::Client::new(&conf);
     let pool = idp.create_user_pool().pool_name("site").send().await.unwrap();
@@ -115,28 +115,7 @@ pub async fn setup(url: &str) -> Aws {
     let (client_id, client_secret) =
         (client.client_id().unwrap().to_string(), client.client_secret().unwrap().to_string());
     for (user, permanent) in [("site-user", true), ("new-user", false)] {
-        // Attributes first, so that `sub` is not the first attribute (as in real pools).
-        idp.admin_create_user()
-            .user_pool_id(&pool_id)
-            .username(user)
-            .temporary_password(PASSWORD)
-            .user_attributes(
-                AttributeType::builder().name("email").value(format!("{user}@example.org")).build().unwrap(),
-            )
-            .user_attributes(AttributeType::builder().name("email_verified").value("true").build().unwrap())
-            .send()
-            .await
-            .unwrap();
-        if permanent {
-            idp.admin_set_user_password()
-                .user_pool_id(&pool_id)
-                .username(user)
-                .password(PASSWORD)
-                .permanent(true)
-                .send()
-                .await
-                .unwrap();
-        }
+        create_user(&idp, &pool_id, user, permanent).await;
     }
     let user = idp.admin_get_user().user_pool_id(&pool_id).username("site-user").send().await.unwrap();
     let sub = user.user_attributes().iter().find(|a| a.name() == "sub").unwrap().value().unwrap().to_string();
@@ -265,4 +244,44 @@ fn pipe(mut from: TcpStream, mut to: TcpStream) {
         }
         let _ = to.shutdown(Shutdown::Write);
     });
+}
+
+/// A user with an email (attributes first, so that `sub` is not the first attribute, as in real
+/// pools); `permanent`: confirmed with [`PASSWORD`], else left in FORCE_CHANGE_PASSWORD.
+async fn create_user(
+    idp: &aws_sdk_cognitoidentityprovider::Client,
+    pool_id: &str,
+    user: &str,
+    permanent: bool,
+) {
+    use aws_sdk_cognitoidentityprovider::types::AttributeType;
+    idp.admin_create_user()
+        .user_pool_id(pool_id)
+        .username(user)
+        .temporary_password(PASSWORD)
+        .user_attributes(
+            AttributeType::builder().name("email").value(format!("{user}@example.org")).build().unwrap(),
+        )
+        .user_attributes(AttributeType::builder().name("email_verified").value("true").build().unwrap())
+        .send()
+        .await
+        .unwrap();
+    if permanent {
+        idp.admin_set_user_password()
+            .user_pool_id(pool_id)
+            .username(user)
+            .password(PASSWORD)
+            .permanent(true)
+            .send()
+            .await
+            .unwrap();
+    }
+}
+
+/// Another confirmed user in the test's pool, with the password [`PASSWORD`]; returns its sub.
+pub async fn add_user(url: &str, aws: &Aws, user: &str) -> String {
+    let idp = aws_sdk_cognitoidentityprovider::Client::new(&shared(url).await);
+    create_user(&idp, &aws.user_pool_id, user, true).await;
+    let got = idp.admin_get_user().user_pool_id(&aws.user_pool_id).username(user).send().await.unwrap();
+    got.user_attributes().iter().find(|a| a.name() == "sub").unwrap().value().unwrap().to_string()
 }

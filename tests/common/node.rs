@@ -17,6 +17,8 @@ pub struct Node {
     pub port: u16,
     /// The operations endpoint's port; `None` with `http.enabled: false`.
     pub http_port: Option<u16>,
+    /// The TLS listener's port; `None` without `scp.tls`.
+    pub tls_port: Option<u16>,
     pub dir: PathBuf,
     pub config: PathBuf,
 }
@@ -87,7 +89,22 @@ impl Node {
             None if line.starts_with("http disabled") => None,
             None => panic!("no 'http on' line from the node: {line:?}; log:\n{}", read_log(dir)),
         };
-        Node { child: Some(child), port, http_port, dir: dir.to_path_buf(), config: config.to_path_buf() }
+        // The third is "tls on ADDR" or "tls disabled".
+        let mut line = String::new();
+        stdout.read_line(&mut line).unwrap();
+        let tls_port = match line.strip_prefix("tls on ") {
+            Some(addr) => addr.trim().rsplit(':').next().and_then(|p| p.parse().ok()),
+            None if line.starts_with("tls disabled") => None,
+            None => panic!("no 'tls' line from the node: {line:?}; log:\n{}", read_log(dir)),
+        };
+        Node {
+            child: Some(child),
+            port,
+            http_port,
+            tls_port,
+            dir: dir.to_path_buf(),
+            config: config.to_path_buf(),
+        }
     }
 
     /// `http://127.0.0.1:PORT` of the operations endpoint.
@@ -152,7 +169,8 @@ fn read_log(dir: &Path) -> String {
     std::fs::read_to_string(dir.join("node.log")).unwrap_or_default()
 }
 
-fn dcmtk(name: &str) -> Command {
+/// A DCMTK tool by name (echoscu, storescu, ...).
+pub fn dcmtk(name: &str) -> Command {
     let mut c = Command::new(tool(&format!("/usr/bin/{name}"), "dcmtk"));
     // Debian's DCMTK leaves Nagle on; with it small PDUs stall.
     c.env("TCP_NODELAY", "1");

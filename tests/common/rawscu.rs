@@ -68,7 +68,14 @@ pub fn store_raw_ts(
         value.is_last = i + 1 == chunks.len();
         scu.send(&Pdu::PData { data: vec![value] }).unwrap();
     }
-    let status = match scu.receive().unwrap() {
+    let status = response_status(scu.receive().unwrap());
+    let _ = scu.release();
+    status
+}
+
+/// The Status (0000,0900) of a DIMSE response PDU.
+pub fn response_status(pdu: Pdu) -> u16 {
+    match pdu {
         Pdu::PData { data } => {
             let rsp = InMemDicomObject::read_dataset_with_ts(
                 &data[0].data[..],
@@ -77,8 +84,6 @@ pub fn store_raw_ts(
             .unwrap();
             rsp.element(Tag(0x0000, 0x0900)).unwrap().to_int::<u16>().unwrap()
         }
-        other => panic!("expected a C-STORE-RSP, got {other:?}"),
-    };
-    let _ = scu.release();
-    status
+        other => panic!("expected a DIMSE response, got {other:?}"),
+    }
 }

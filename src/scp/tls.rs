@@ -1,0 +1,267 @@
+//! DICOM TLS (PS3.15 Annex B, the BCP 195 profiles): TLS 1.2 and 1.3 only, and for 1.2 only the
+//! ECDHE AES-GCM suites RFC 9325 recommends. With a client CA the peer must present a certificate
+//! it signed (mutual TLS), and each project may name the certificate subjects that may call it.
+//!
+//! Certificates are read at start and again on SIGHUP ([`Tls::reload`]); a new handshake uses the
+//! newest good set, running associations keep theirs, and a bad set is refused with the old one
+//! kept. A handshake that fails is one log line with the peer and the reason.
+
+use std::io;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::{Arc, RwLock};
+use std::time::Instant;
+
+use dicom_ul::association::server::{AsyncServerAssociation, AsyncTlsStream};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::WebPkiClientVerifier;
+use tokio::net::TcpStream;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use super::{association, Options, Routes};
+use crate::config::TlsConfig;
+use crate::http::METRICS;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("scp.tls.{key} {}: {source}", path.display())]
+    Read { key: &'static str, path: std::path::PathBuf, source: io::Error },
+    #[error("scp.tls.{key} {}: {detail}", path.display())]
+    Pem { key: &'static str, path: std::path::PathBuf, detail: String },
+    #[error("scp.tls: {0}")]
+    Config(String),
+}
+
+/// The TLS listener's state: the association options with the current certificates.
+pub struct Tls {
+    cfg: TlsConfig,
+    /// Negotiation for every project, without certificates.
+    base: Options,
+    current: RwLock<Arc<Options>>,
+}
+
+impl Tls {
+    /// Read the certificates; an unreadable or mismatched set stops the start.
+    pub fn new(cfg: &TlsConfig, routes: &Routes) -> Result<Tls, TlsError> {
+        let base = routes.all_options();
+        let current = base.clone().tls_config(server_config(cfg)?);
+        Ok(Tls { cfg: cfg.clone(), base, current: RwLock::new(Arc::new(current)) })
+    }
+
+    /// Read the certificate files again. New handshakes use them; running associations are not
+    /// touched. On error the previous certificates stay in use.
+    pub fn reload(&self) -> Result<(), TlsError> {
+        let options = Arc::new(self.base.clone().tls_config(server_config(&self.cfg)?));
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = options;
+        Ok(())
+    }
+
+    fn options(&self) -> Arc<Options> {
+        self.current.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Whether clients must present certificates.
+    pub fn mutual(&self) -> bool {
+        self.cfg.client_ca_file.is_some()
+    }
+}
+
+/// The rustls server configuration of `cfg`.
+fn server_config(cfg: &TlsConfig) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    let chain = certificates("cert_file", &cfg.cert_file)?;
+    let key =
+        PrivateKeyDer::from_pem_file(&cfg.key_file).map_err(|e| pem_error("key_file", &cfg.key_file, e))?;
+    let mut provider = rustls::crypto::aws_lc_rs::default_provider();
+    provider.cipher_suites.retain(|s| bcp195(s.suite()));
+    let provider = Arc::new(provider);
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| TlsError::Config(e.to_string()))?;
+    let builder = match &cfg.client_ca_file {
+        Some(ca_file) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for ca in certificates("client_ca_file", ca_file)? {
+                roots.add(ca).map_err(|e| TlsError::Pem {
+                    key: "client_ca_file",
+                    path: ca_file.clone(),
+                    detail: e.to_string(),
+                })?;
+            }
+            let verifier =
+                WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider).build().map_err(
+                    |e| TlsError::Pem { key: "client_ca_file", path: ca_file.clone(), detail: e.to_string() },
+                )?;
+            builder.with_client_cert_verifier(verifier)
+        }
+        None => builder.with_no_client_auth(),
+    };
+    let config = builder.with_single_cert(chain, key).map_err(|e| TlsError::Pem {
+        key: "key_file",
+        path: cfg.key_file.clone(),
+        detail: e.to_string(),
+    })?;
+    Ok(Arc::new(config))
+}
+
+/// TLS 1.3's suites (all AEAD) and TLS 1.2's ECDHE with AES-GCM: RFC 9325 (BCP 195) §4.2.
+fn bcp195(suite: rustls::CipherSuite) -> bool {
+    use rustls::CipherSuite::*;
+    matches!(
+        suite,
+        TLS13_AES_128_GCM_SHA256
+            | TLS13_AES_256_GCM_SHA384
+            | TLS13_CHACHA20_POLY1305_SHA256
+            | TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256
+            | TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384
+            | TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256
+            | TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384
+    )
+}
+
+fn certificates(key: &'static str, path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let certs: Vec<_> = CertificateDer::pem_file_iter(path)
+        .map_err(|e| pem_error(key, path, e))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| pem_error(key, path, e))?;
+    if certs.is_empty() {
+        return Err(TlsError::Pem { key, path: path.to_path_buf(), detail: "holds no certificate".into() });
+    }
+    Ok(certs)
+}
+
+fn pem_error(key: &'static str, path: &Path, e: rustls::pki_types::pem::Error) -> TlsError {
+    match e {
+        rustls::pki_types::pem::Error::Io(source) => TlsError::Read { key, path: path.to_path_buf(), source },
+        other => TlsError::Pem { key, path: path.to_path_buf(), detail: other.to_string() },
+    }
+}
+
+/// A TLS association negotiated for one of the node's AE titles.
+pub(super) type TlsAssociation = AsyncServerAssociation<AsyncTlsStream>;
+
+/// Handshake and negotiate on a new TLS connection, within `timeout`. A failure is logged here,
+/// one line with the peer and the reason, and gives `None`.
+pub(super) async fn establish(
+    tls: &Tls,
+    socket: TcpStream,
+    peer: SocketAddr,
+    timeout: std::time::Duration,
+) -> Option<TlsAssociation> {
+    let options = tls.options();
+    match tokio::time::timeout(timeout, options.establish_tls_async(socket)).await {
+        Ok(Ok(a)) => Some(a),
+        Ok(Err(e)) => {
+            let reason = chain(&e);
+            if matches!(e, dicom_ul::association::Error::TlsHandshake { .. }) {
+                warn!(%peer, reason, "TLS handshake failed");
+                METRICS.connections_dropped.with_label_values(&["tls_handshake"]).inc();
+            } else {
+                warn!(%peer, error = reason, "association not established");
+                association::rejected(peer, association::rejection_reason(&e));
+            }
+            None
+        }
+        Err(_) => {
+            warn!(%peer, timeout_s = timeout.as_secs(), reason = "no handshake and request in time", "TLS handshake failed");
+            METRICS.connections_dropped.with_label_values(&["tls_handshake"]).inc();
+            None
+        }
+    }
+}
+
+/// Serve a negotiated TLS association: find the project by the called AE title, check the
+/// certificate subject against its list, take an association slot, then run it.
+pub(super) async fn serve(
+    mut assoc: TlsAssociation,
+    routes: Arc<Routes>,
+    peer: SocketAddr,
+    limit: Arc<Semaphore>,
+    stop: CancellationToken,
+    started: Instant,
+) {
+    // The gate accepted only our AE titles, so the lookup finds one.
+    let Some(node) = routes.get(assoc.called_ae_title()).cloned() else {
+        let _ = assoc.abort().await;
+        return;
+    };
+    let subject = client_subject(&mut assoc);
+    if !node.scp.tls_allowed_subjects.is_empty()
+        && !subject.as_ref().is_some_and(|cn| node.scp.tls_allowed_subjects.contains(cn))
+    {
+        warn!(%peer, called_ae = %node.scp.ae_title, subject = ?subject.as_deref().unwrap_or("(none)"), "association aborted: certificate subject not allowed for this AE title");
+        association::rejected(peer, "tls_subject");
+        let _ = assoc.abort().await;
+        return;
+    }
+    let peer_max = assoc.requestor_max_pdu_length();
+    if peer_max != 0 && peer_max < dicom_ul::pdu::MINIMUM_PDU_SIZE {
+        warn!(%peer, max_pdu_length = peer_max, "association aborted: the peer's maximum PDU length cannot carry a response");
+        association::rejected(peer, "max_pdu");
+        let _ = assoc.abort().await;
+        return;
+    }
+    let Ok(permit) = limit.try_acquire_owned() else {
+        warn!(%peer, limit = node.scp.max_associations, "association aborted: scp.max_associations reached");
+        association::rejected(peer, "busy");
+        let _ = assoc.abort().await;
+        return;
+    };
+    if let Some(cn) = &subject {
+        info!(%peer, called_ae = %node.scp.ae_title, subject = ?cn, "TLS association");
+    }
+    association::run_established(node, assoc, peer, stop, started).await;
+    drop(permit);
+}
+
+/// The common name of the client certificate, if the client sent one.
+fn client_subject(
+    assoc: &mut dicom_ul::association::server::AsyncServerAssociation<AsyncTlsStream>,
+) -> Option<String> {
+    let (_, conn) = assoc.inner_stream().get_ref();
+    let der = conn.peer_certificates()?.first()?;
+    let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref()).ok()?;
+    let cn = cert.subject().iter_common_name().next()?.as_str().ok()?.to_string();
+    Some(cn)
+}
+
+/// An error and its sources on one line.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+/// Re-read the certificates on every SIGHUP until `stop`. Without TLS the signal is logged and
+/// ignored: its default action would end the node, and operators send it expecting a reload.
+pub async fn reload_on_sighup(tls: Option<Arc<Tls>>, stop: CancellationToken) {
+    let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(s) => s,
+        Err(e) => {
+            warn!(error = %e, "cannot watch SIGHUP; TLS certificates are read at start only");
+            return;
+        }
+    };
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = hup.recv() => match tls.as_ref().map(|t| t.reload()) {
+                Some(Ok(())) => info!("SIGHUP: TLS certificates read again; new associations use them"),
+                Some(Err(e)) => warn!(error = %e, "SIGHUP: TLS certificates not reloaded; the previous ones stay in use"),
+                None => info!("SIGHUP: nothing to reload (no scp.tls)"),
+            },
+        }
+    }
+}
+
+/// Load the certificate files of `cfg` as a start would, for `check-config`.
+pub fn check(cfg: &TlsConfig) -> Result<(), TlsError> {
+    server_config(cfg).map(drop)
+}

@@ -1,0 +1,95 @@
+//! Test certificates made with the `openssl` command: a CA, and server and client certificates
+//! it signs (P-256 keys, valid for two days).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// A certificate and its key, as PEM files.
+#[derive(Debug, Clone)]
+pub struct Pem {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+fn openssl(args: &[&str]) {
+    let out = Command::new("openssl").args(args).output().expect("the openssl command runs");
+    assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+fn path(p: &Path) -> &str {
+    p.to_str().expect("a UTF-8 temp path")
+}
+
+/// A self-signed CA called `name`, in `dir/name.{pem,key}`.
+pub fn ca(dir: &Path, name: &str) -> Pem {
+    let pem = Pem { cert: dir.join(format!("{name}.pem")), key: dir.join(format!("{name}.key")) };
+    openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-days",
+        "2",
+        "-keyout",
+        path(&pem.key),
+        "-out",
+        path(&pem.cert),
+        "-subj",
+        &format!("/O=Test/CN={name}"),
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=critical,keyCertSign,cRLSign",
+    ]);
+    pem
+}
+
+/// A certificate for `cn` signed by `ca`: a server's (for 127.0.0.1 and localhost) or a client's.
+pub fn leaf(dir: &Path, ca: &Pem, name: &str, cn: &str, server: bool) -> Pem {
+    let pem = Pem { cert: dir.join(format!("{name}.pem")), key: dir.join(format!("{name}.key")) };
+    let csr = dir.join(format!("{name}.csr"));
+    let ext = dir.join(format!("{name}.ext"));
+    let usage = if server {
+        "extendedKeyUsage=serverAuth\nsubjectAltName=IP:127.0.0.1,DNS:localhost\n"
+    } else {
+        "extendedKeyUsage=clientAuth\n"
+    };
+    std::fs::write(&ext, format!("basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\n{usage}"))
+        .unwrap();
+    openssl(&[
+        "req",
+        "-new",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-keyout",
+        path(&pem.key),
+        "-out",
+        path(&csr),
+        "-subj",
+        &format!("/O=Test/CN={cn}"),
+    ]);
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        path(&csr),
+        "-CA",
+        path(&ca.cert),
+        "-CAkey",
+        path(&ca.key),
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        path(&ext),
+        "-out",
+        path(&pem.cert),
+    ]);
+    pem
+}

@@ -1,0 +1,339 @@
+//! DICOM TLS against real peers: DCMTK's echoscu and storescu (built with OpenSSL, BCP 195
+//! profiles) with certificates the test makes with the openssl command, and a rustls client that
+//! holds an association open across a certificate reload.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::node::*;
+use common::pki::{self, Pem};
+use common::*;
+
+/// The test's PKI: a CA the node trusts for clients, another it does not.
+struct Certs {
+    ca: Pem,
+    server: Pem,
+    /// CN=modality-1, signed by `ca`: allowed everywhere.
+    client: Pem,
+    /// CN=intruder, signed by `ca`: a valid certificate, but not on LOCKED's list.
+    intruder: Pem,
+    /// CN=modality-1 again, signed by a CA the node does not trust.
+    foreign: Pem,
+}
+
+fn certs(dir: &Path) -> Certs {
+    let pki = dir.join("pki");
+    std::fs::create_dir_all(&pki).unwrap();
+    let ca = pki::ca(&pki, "hospital-ca");
+    let other = pki::ca(&pki, "other-ca");
+    Certs {
+        server: pki::leaf(&pki, &ca, "server", "gateway", true),
+        client: pki::leaf(&pki, &ca, "client", "modality-1", false),
+        intruder: pki::leaf(&pki, &ca, "intruder", "intruder", false),
+        foreign: pki::leaf(&pki, &other, "foreign", "modality-1", false),
+        ca,
+    }
+}
+
+/// Two projects; LOCKED takes only the certificate subject modality-1. `tls_extra` is added under
+/// `scp.tls`.
+fn config(dir: &Path, c: &Certs, tls_extra: &str) -> PathBuf {
+    let yaml = format!(
+        "scp:\n  host: 127.0.0.1\n  port: 0\n  tls:\n    port: 0\n    cert_file: {}\n    key_file: {}\n    client_ca_file: {}\n{tls_extra}\
+         storage:\n  min_free_bytes: 0\nhttp:\n  listen: 127.0.0.1:0\nlogging:\n  level: debug\nprojects:\n\
+         \x20 - {{ name: OPEN, ae_title: OPEN_ANON, site_id: \"99.1\", uid_root: \"{ROOT}\", script: {script}, storage: {{ dir: {open} }} }}\n\
+         \x20 - {{ name: LOCKED, ae_title: LOCKED_ANON, site_id: \"99.2\", uid_root: \"{ROOT}\", script: {script}, storage: {{ dir: {locked} }},\n\
+         \x20     tls_allowed_subjects: [modality-1] }}\n",
+        c.server.cert.display(),
+        c.server.key.display(),
+        c.ca.cert.display(),
+        script = default_script().display(),
+        open = dir.join("open").display(),
+        locked = dir.join("locked").display(),
+    );
+    put(dir, "node.yaml", yaml.as_bytes())
+}
+
+/// Certificates and a running node with them; `tls_extra` as for [`config`].
+fn start(dir: &Path, tls_extra: &str) -> (Certs, Node) {
+    let c = certs(dir);
+    let node = Node::start_with(dir, &config(dir, &c, tls_extra));
+    (c, node)
+}
+
+/// echoscu over TLS; `client: None` is anonymous TLS (no client certificate).
+fn echo_tls(port: u16, called: &str, client: Option<&Pem>, ca: &Pem) -> Output {
+    let mut cmd = dcmtk("echoscu");
+    cmd.args(["-v", "-aet", "TESTSCU", "-aec", called]);
+    match client {
+        Some(pem) => cmd.arg("+tls").arg(&pem.key).arg(&pem.cert),
+        None => cmd.arg("+tla"),
+    };
+    cmd.arg("+cf").arg(&ca.cert).args(["127.0.0.1", &port.to_string()]).output().unwrap()
+}
+
+/// echoscu over plain TCP, verbose.
+fn echo_plain(port: u16, called: &str) -> Output {
+    dcmtk("echoscu")
+        .args(["-v", "-aet", "TESTSCU", "-aec", called, "127.0.0.1", &port.to_string()])
+        .output()
+        .unwrap()
+}
+
+/// Whether the C-ECHO got a success response. echoscu's exit code alone does not say: after an
+/// A-ABORT it can print "Echo Failed" and still exit 0.
+fn echoed(o: &Output) -> bool {
+    o.status.success() && text(o).contains("Received Echo Response (Success)")
+}
+
+fn handshake_failures(node: &Node) -> usize {
+    node.log().lines().filter(|l| l.contains("TLS handshake failed")).count()
+}
+
+#[test]
+fn dcmtk_stores_over_mutual_tls_and_bad_clients_are_refused_cleanly() {
+    let d = tempfile::tempdir().unwrap();
+    let (c, node) = start(d.path(), "");
+    let tls = node.tls_port.expect("a TLS listener");
+
+    let ok = echo_tls(tls, "OPEN_ANON", Some(&c.client), &c.ca);
+    assert!(echoed(&ok), "{}\n{}", text(&ok), node.log());
+
+    // storescu +tls: the instances arrive, anonymized, in OPEN's archive only.
+    let files: Vec<PathBuf> = (0..3)
+        .map(|i| {
+            let shape = Shape { rows: 32, instance: i, ..Shape::default() };
+            put(&d.path().join("in"), &format!("{i}.dcm"), &instance(&smith(), &shape))
+        })
+        .collect();
+    let out = dcmtk("storescu")
+        .args(["-aet", "TESTSCU", "-aec", "OPEN_ANON", "+tls"])
+        .arg(&c.client.key)
+        .arg(&c.client.cert)
+        .arg("+cf")
+        .arg(&c.ca.cert)
+        .args(["127.0.0.1", &tls.to_string()])
+        .args(&files)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}\n{}", text(&out), node.log());
+    let stored = files_under(&d.path().join("open/public"));
+    assert_eq!(stored.len(), 3, "{}", node.log());
+    assert!(files_under(&d.path().join("locked/public")).is_empty());
+    for f in &stored {
+        let bytes = std::fs::read(f).unwrap();
+        for phi in phi_strings(&smith()) {
+            assert!(!contains(&bytes, &phi), "{} holds {:?}", f.display(), String::from_utf8_lossy(&phi));
+        }
+    }
+
+    // Refused at the handshake, each with one log line: no client certificate, one from a CA
+    // the node does not trust, and plain DICOM on the TLS port.
+    assert_eq!(handshake_failures(&node), 0, "{}", node.log());
+    let anonymous = echo_tls(tls, "OPEN_ANON", None, &c.ca);
+    assert!(!echoed(&anonymous), "a client without a certificate got in: {}", text(&anonymous));
+    wait_until("the handshake failure's log line", Duration::from_secs(10), || {
+        handshake_failures(&node) == 1
+    });
+    let foreign = echo_tls(tls, "OPEN_ANON", Some(&c.foreign), &c.ca);
+    assert!(!echoed(&foreign), "another CA's certificate got in: {}", text(&foreign));
+    wait_until("the second failure's log line", Duration::from_secs(10), || handshake_failures(&node) == 2);
+    let plain = echo_plain(tls, "OPEN_ANON");
+    assert!(!echoed(&plain), "plain TCP was answered on the TLS port: {}", text(&plain));
+    wait_until("the third failure's log line", Duration::from_secs(10), || handshake_failures(&node) == 3);
+
+    // A valid certificate whose subject LOCKED does not list: refused there, welcome at OPEN.
+    let intruder = echo_tls(tls, "LOCKED_ANON", Some(&c.intruder), &c.ca);
+    assert!(!echoed(&intruder), "intruder reached LOCKED: {}", text(&intruder));
+    let log = node.log();
+    assert!(log.contains("certificate subject not allowed") && log.contains("intruder"), "{log}");
+    let intruder_open = echo_tls(tls, "OPEN_ANON", Some(&c.intruder), &c.ca);
+    assert!(echoed(&intruder_open), "{}", text(&intruder_open));
+    let allowed = echo_tls(tls, "LOCKED_ANON", Some(&c.client), &c.ca);
+    assert!(echoed(&allowed), "{}\n{}", text(&allowed), node.log());
+    // An AE title that is no project's is rejected over TLS as over TCP.
+    let unknown = echo_tls(tls, "NOBODY", Some(&c.client), &c.ca);
+    assert!(text(&unknown).contains("Called AE Title Not Recognized"), "{}", text(&unknown));
+
+    // The node kept serving on both listeners, and nothing panicked.
+    let again = echo_tls(tls, "OPEN_ANON", Some(&c.client), &c.ca);
+    assert!(echoed(&again), "{}", text(&again));
+    let plain_port = echo_plain(node.port, "OPEN_ANON");
+    assert!(echoed(&plain_port), "{}", text(&plain_port));
+    // LOCKED lists certificate subjects, so plain TCP cannot go around them.
+    let around = echo_plain(node.port, "LOCKED_ANON");
+    assert!(text(&around).contains("Association Rejected"), "{}", text(&around));
+    assert!(node.log().contains("takes TLS only"), "{}", node.log());
+    let log = node.log();
+    assert!(!log.contains("panicked"), "{log}");
+    assert_eq!(handshake_failures(&node), 3, "one line per failed handshake:\n{log}");
+
+    // The status page says TLS is on and names the other project; the failures are counted.
+    let http = |path: &str| {
+        let url = format!("{}{path}", node.http_base());
+        ureq::get(&url).call().unwrap().body_mut().read_to_string().unwrap()
+    };
+    let page = http("/");
+    let tls_cell = format!("id=\"tls\">on 127.0.0.1:{tls} (client certificates required)<");
+    assert!(page.contains(&tls_cell), "{page}");
+    assert!(page.contains("LOCKED (LOCKED_ANON)"), "{page}");
+    let metrics = http("/metrics");
+    assert!(
+        metrics.contains("dicom_anon_connections_dropped_total{reason=\"tls_handshake\"} 3"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("dicom_anon_associations_rejected_total{reason=\"tls_subject\"} 2"),
+        "{metrics}"
+    );
+    let stopped = node.stop();
+    assert!(stopped.success());
+}
+
+#[test]
+fn tls_only_opens_no_plain_listener_and_a_bad_certificate_file_stops_the_start() {
+    let d = tempfile::tempdir().unwrap();
+    let (c, node) = start(d.path(), "    only: true\n");
+    assert_eq!(Some(node.port), node.tls_port, "with scp.tls.only the listening line names the TLS port");
+    let ok = echo_tls(node.port, "OPEN_ANON", Some(&c.client), &c.ca);
+    assert!(echoed(&ok), "{}", text(&ok));
+    drop(node);
+
+    // A key that is not the certificate's: the node refuses to start and names the file.
+    let bad = Certs { server: Pem { cert: c.server.cert.clone(), key: c.client.key.clone() }, ..c };
+    let bad_config = config(d.path(), &bad, "");
+    for command in ["serve", "check-config"] {
+        let out = binary().args([command, "--config"]).arg(&bad_config).output().unwrap();
+        assert!(!out.status.success(), "{command} accepted a key that is not the certificate's");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("scp.tls.key_file"), "{command}: {err}");
+    }
+}
+
+/// A rustls client that trusts `ca` and presents `client`.
+fn client_config(ca: &Pem, client: &Pem) -> Arc<rustls::ClientConfig> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(CertificateDer::from_pem_file(&ca.cert).unwrap()).unwrap();
+    let chain = vec![CertificateDer::from_pem_file(&client.cert).unwrap()];
+    let key = PrivateKeyDer::from_pem_file(&client.key).unwrap();
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)
+        .unwrap();
+    Arc::new(config)
+}
+
+/// One C-ECHO on an open association; its status.
+fn echo_on(
+    scu: &mut dicom_ul::association::client::ClientAssociation<dicom_ul::association::client::TlsStream>,
+    message_id: u16,
+) -> u16 {
+    use dicom_core::{DataElement, PrimitiveValue, Tag, VR};
+    use dicom_object::InMemDicomObject;
+    use dicom_transfer_syntax_registry::entries::IMPLICIT_VR_LITTLE_ENDIAN;
+    use dicom_ul::pdu::{PDataValue, PDataValueType, Pdu};
+    let pc = scu.presentation_contexts()[0].id;
+    let command = InMemDicomObject::command_from_element_iter([
+        DataElement::new(Tag(0x0000, 0x0002), VR::UI, PrimitiveValue::from("1.2.840.10008.1.1")),
+        DataElement::new(Tag(0x0000, 0x0100), VR::US, PrimitiveValue::from(0x0030u16)),
+        DataElement::new(Tag(0x0000, 0x0110), VR::US, PrimitiveValue::from(message_id)),
+        DataElement::new(Tag(0x0000, 0x0800), VR::US, PrimitiveValue::from(0x0101u16)),
+    ]);
+    let mut bytes = Vec::new();
+    command.write_dataset_with_ts(&mut bytes, &IMPLICIT_VR_LITTLE_ENDIAN.erased()).unwrap();
+    let pdv = PDataValue {
+        presentation_context_id: pc,
+        value_type: PDataValueType::Command,
+        is_last: true,
+        data: bytes,
+    };
+    scu.send(&Pdu::PData { data: vec![pdv] }).unwrap();
+    common::rawscu::response_status(scu.receive().unwrap())
+}
+
+/// A TLS association to OPEN_ANON proposing Verification, held by the test.
+fn hold(
+    port: u16,
+    calling: &str,
+    c: &Certs,
+) -> dicom_ul::association::client::ClientAssociation<dicom_ul::association::client::TlsStream> {
+    dicom_ul::association::client::ClientAssociationOptions::new()
+        .calling_ae_title(calling)
+        .called_ae_title("OPEN_ANON")
+        .with_presentation_context("1.2.840.10008.1.1", vec!["1.2.840.10008.1.2"])
+        .tls_config(client_config(&c.ca, &c.client))
+        .server_name("localhost")
+        .establish_tls(("127.0.0.1", port))
+        .expect("a TLS association")
+}
+
+#[test]
+fn sighup_rereads_certificates_without_dropping_a_running_association() {
+    let d = tempfile::tempdir().unwrap();
+    let (c, node) = start(d.path(), "");
+    let tls = node.tls_port.unwrap();
+
+    // An association open before the reload.
+    let mut held = hold(tls, "HELD", &c);
+    assert_eq!(echo_on(&mut held, 1), 0);
+
+    // The operator replaces the server certificate with one from a new CA (the files are
+    // rewritten in place), then sends SIGHUP.
+    let renewed_dir = d.path().join("renewed");
+    std::fs::create_dir_all(&renewed_dir).unwrap();
+    let new_ca = pki::ca(&renewed_dir, "new-ca");
+    let renewed = pki::leaf(&renewed_dir, &new_ca, "server", "gateway", true);
+    std::fs::copy(&renewed.cert, &c.server.cert).unwrap();
+    std::fs::copy(&renewed.key, &c.server.key).unwrap();
+    // SAFETY: kill(2) with the PID of the node this test spawned and still owns.
+    unsafe { libc::kill(node.pid() as i32, libc::SIGHUP) };
+    wait_until("the reload's log line", Duration::from_secs(10), || {
+        node.log().contains("TLS certificates read again")
+    });
+
+    // New handshakes get the new certificate: a client trusting only the old CA now fails, one
+    // trusting the new CA gets in.
+    let old_trust = echo_tls(tls, "OPEN_ANON", Some(&c.client), &c.ca);
+    assert!(!echoed(&old_trust), "still the old certificate: {}", text(&old_trust));
+    let new_trust = echo_tls(tls, "OPEN_ANON", Some(&c.client), &new_ca);
+    assert!(echoed(&new_trust), "{}\n{}", text(&new_trust), node.log());
+    // The association from before the reload still works.
+    assert_eq!(echo_on(&mut held, 2), 0, "{}", node.log());
+    held.release().unwrap();
+
+    // A broken file on the next SIGHUP: refused, the current certificate stays.
+    std::fs::write(&c.server.key, b"not a key").unwrap();
+    unsafe { libc::kill(node.pid() as i32, libc::SIGHUP) };
+    wait_until("the refused reload's log line", Duration::from_secs(10), || {
+        node.log().contains("not reloaded")
+    });
+    let still = echo_tls(tls, "OPEN_ANON", Some(&c.client), &new_ca);
+    assert!(echoed(&still), "{}\n{}", text(&still), node.log());
+    assert!(node.stop().success());
+}
+
+/// A handshake in progress is evictable (a peer may hold only a few pending); a negotiated TLS
+/// association is not, however many the same address holds.
+#[test]
+fn many_tls_associations_from_one_address_all_stay_open() {
+    let d = tempfile::tempdir().unwrap();
+    let (c, node) = start(d.path(), "");
+    let tls = node.tls_port.unwrap();
+    let mut held: Vec<_> = (0..12).map(|i| hold(tls, &format!("HELD{i}"), &c)).collect();
+    for (i, scu) in held.iter_mut().enumerate() {
+        assert_eq!(echo_on(scu, 1), 0, "association {i}:\n{}", node.log());
+    }
+    for scu in held {
+        scu.release().unwrap();
+    }
+    assert!(node.stop().success());
+}
