@@ -14,4 +14,5 @@ pub mod offline;
 pub mod pipeline;
 pub mod queue;
 pub mod scp;
+pub mod scu;
 pub mod upload;
