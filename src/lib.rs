@@ -13,6 +13,7 @@ pub mod observe;
 pub mod offline;
 pub mod pipeline;
 pub mod queue;
+pub mod retrieve;
 pub mod scp;
 pub mod scu;
 pub mod upload;

@@ -7,13 +7,13 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Parser;
 
-use dicom_anon_gateway::cli::{AuditCommand, Cli, Command, IndexCommand, QueueCommand};
+use dicom_anon_gateway::cli::{AuditCommand, Cli, Command, IndexCommand, QueueCommand, RetrieveSelection};
 use dicom_anon_gateway::config::Config;
 use dicom_anon_gateway::durability::Durability;
 use dicom_anon_gateway::index::{Index, Owner};
 use dicom_anon_gateway::pipeline::Pipeline;
 use dicom_anon_gateway::upload::Credentials;
-use dicom_anon_gateway::{index, node, observe, offline};
+use dicom_anon_gateway::{index, node, observe, offline, retrieve};
 
 fn main() -> ExitCode {
     match run(Cli::parse()) {
@@ -141,6 +141,26 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Retrieve { config, from, select, modality, again, dry_run, moves, csv, timeout_s } => {
+            let config = Config::load(&config)?;
+            observe::init(&config.logging);
+            let Some(pacs) = config.pacs.iter().find(|p| p.name == from).cloned() else {
+                let known: Vec<&str> = config.pacs.iter().map(|p| p.name.as_str()).collect();
+                anyhow::bail!("--from {from:?}: no PACS of that name under pacs: (configured: {known:?})");
+            };
+            let request = retrieve::Request {
+                pacs,
+                ae_title: config.scp.ae_title.clone(),
+                selection: selection(select)?,
+                modality,
+                again,
+                dry_run,
+                moves: usize::from(moves),
+                timeout: std::time::Duration::from_secs(timeout_s),
+            };
+            let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            runtime.block_on(run_retrieve(config, request, csv))
+        }
         Command::CheckConfig { config } => {
             let config = Config::load(&config)?;
             print!("{}", config.to_yaml());
@@ -161,6 +181,57 @@ async fn serve(config: Config) -> anyhow::Result<ExitCode> {
     std::io::stdout().flush()?;
     node.stopped().await?;
     Ok(ExitCode::SUCCESS)
+}
+
+fn selection(select: RetrieveSelection) -> anyhow::Result<retrieve::Selection> {
+    Ok(match select {
+        RetrieveSelection { accessions: Some(file), .. } => retrieve::Selection::accessions_from(&file)?,
+        RetrieveSelection { patient_id: Some(id), .. } => retrieve::Selection::PatientId(id),
+        RetrieveSelection { study_uid: Some(uid), .. } => retrieve::Selection::StudyUid(uid),
+        RetrieveSelection { study_date: Some(range), .. } => retrieve::Selection::study_date(&range)?,
+        _ => anyhow::bail!("give one of --accessions, --patient-id, --study-uid, --study-date"),
+    })
+}
+
+async fn run_retrieve(
+    config: Config,
+    request: retrieve::Request,
+    csv: Option<std::path::PathBuf>,
+) -> anyhow::Result<ExitCode> {
+    let dry_run = request.dry_run;
+    let receiver = if dry_run { None } else { Some(retrieve::receiver(&config).await?) };
+    if let Some(r) = &receiver {
+        eprintln!("{}", r.describe());
+    }
+    let result = retrieve::run(request, &config.index_path()).await;
+    if let Some(r) = receiver {
+        r.finish().await?;
+    }
+    let rows = result?;
+    print!("{}", retrieve::table(&rows));
+    if dry_run {
+        println!(
+            "dry run: {} studies would be moved; nothing was moved",
+            rows.iter().filter(|r| r.study.is_some()).count()
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    let path = csv.unwrap_or_else(|| {
+        let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%SZ");
+        config.storage.dir.join("private").join("retrieve").join(format!("{stamp}.csv"))
+    });
+    retrieve::write_csv(&rows, &path).with_context(|| format!("writing the report {}", path.display()))?;
+    let count = |f: &dyn Fn(&retrieve::Outcome) -> bool| rows.iter().filter(|r| f(&r.outcome)).count();
+    println!(
+        "{} studies: {} moved, {} already present, {} not found, {} failed; report (PHI) in {}",
+        rows.len(),
+        count(&|o| *o == retrieve::Outcome::Moved),
+        count(&|o| *o == retrieve::Outcome::Skipped),
+        count(&|o| *o == retrieve::Outcome::NotFound),
+        count(&|o| matches!(o, retrieve::Outcome::Failed(_))),
+        path.display()
+    );
+    Ok(if rows.iter().any(|r| r.outcome.is_failure()) { ExitCode::FAILURE } else { ExitCode::SUCCESS })
 }
 
 /// `--since` as the audit trail stores times (UTC, `YYYY-MM-DDTHH:MM:SS.mmmZ`), which compare as text.

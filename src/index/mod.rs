@@ -6,6 +6,7 @@
 
 mod audit;
 mod export;
+mod presence;
 mod queue;
 mod schema;
 mod stats;
@@ -19,6 +20,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 
 pub use audit::{export_audit, export_mapping, AuditRecord, PATIENT_ID_MAPPING, UID_MAPPING};
 pub use export::{export_csv, ExportError};
+pub use presence::Presence;
 pub use queue::{Pending, QueueStatus, StuckItem};
 pub use stats::{Counts, Reader};
 
