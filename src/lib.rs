@@ -6,6 +6,7 @@ pub mod cli;
 pub mod config;
 pub mod dicom;
 pub mod durability;
+pub mod export;
 pub mod http;
 pub mod index;
 pub mod node;

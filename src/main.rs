@@ -121,10 +121,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let index = Index::open(&config.index_path(), &Owner::for_site(&config.project.site_id))?;
             if retry {
                 println!("{} failed instances queued again", index.retry_failed()?);
+                println!("{} failed DICOM sends queued again", index.retry_failed_deliveries()?);
                 index.close();
                 return Ok(ExitCode::SUCCESS);
             }
             let status = index.queue_status()?;
+            let destinations = index.destination_status()?;
             index.close();
             for (state, n) in &status.counts {
                 println!("{state:>10}: {n}");
@@ -139,6 +141,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     f.anon_sop_uid, f.attempts, f.last_error
                 );
             }
+            print_destinations(&config, &destinations);
             Ok(ExitCode::SUCCESS)
         }
         Command::Retrieve { config, from, select, modality, again, dry_run, moves, csv, timeout_s } => {
@@ -232,6 +235,28 @@ async fn run_retrieve(
         path.display()
     );
     Ok(if rows.iter().any(|r| r.outcome.is_failure()) { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+}
+
+/// Each configured DICOM destination's queue, and any the index knows that the config no longer lists.
+fn print_destinations(config: &Config, status: &[index::DestinationStatus]) {
+    let mut names: Vec<&str> = config.export.dicom.iter().map(|d| d.peer.name.as_str()).collect();
+    names.extend(
+        status.iter().map(|s| s.destination.as_str()).filter(|n| !names.contains(n)).collect::<Vec<_>>(),
+    );
+    for name in names {
+        let peer = config.export.dicom.iter().find(|d| d.peer.name == name).map(|d| d.peer.label());
+        let row = status.iter().find(|s| s.destination == name);
+        let counts = row
+            .map(|r| r.counts.iter().map(|(state, n)| format!("{state} {n}")).collect::<Vec<_>>().join(", "))
+            .filter(|c| !c.is_empty())
+            .unwrap_or_else(|| "nothing queued yet".into());
+        let peer = peer.unwrap_or_else(|| "no longer in the config".into());
+        println!("destination {name} ({peer}): {counts}");
+        for (uid, attempts, error, next) in row.map(|r| r.failed.as_slice()).unwrap_or_default() {
+            let next = next.as_deref().unwrap_or("now");
+            println!("  failed {uid} (attempts {attempts}, next try {next}): {error}");
+        }
+    }
 }
 
 /// `--since` as the audit trail stores times (UTC, `YYYY-MM-DDTHH:MM:SS.mmmZ`), which compare as text.

@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, ConfigError};
 use crate::durability::Durability;
+use crate::export::Exporter;
 use crate::http::{self, METRICS};
 use crate::index::{IndexError, Reader};
 use crate::pipeline::{Pipeline, SetupError};
@@ -159,6 +160,22 @@ pub async fn start(
         None
     };
 
+    // Each DICOM destination drains the same queue on its own schedule; the stop is the uploader's.
+    let exporters: Vec<JoinHandle<()>> = config
+        .export
+        .dicom
+        .iter()
+        .map(|destination| {
+            let exporter = Exporter {
+                index: pipeline.index().clone(),
+                public: config.public_dir(),
+                destination: destination.clone(),
+                calling: config.scp.ae_title.clone(),
+            };
+            tokio::spawn(exporter.run(uploads.clone()))
+        })
+        .collect();
+
     let done = tokio::spawn(async move {
         let stopping = async {
             shutdown.await;
@@ -171,6 +188,14 @@ pub async fn start(
             // Puts in flight finish; the rest stays queued for the next start.
             if tokio::time::timeout(UPLOAD_GRACE, task).await.is_err() {
                 tracing::warn!("uploads still in flight after 60 s; they are queued again at the next start");
+            }
+        }
+        for task in exporters {
+            // Sends in flight finish; the rest stays queued for the next start.
+            if tokio::time::timeout(UPLOAD_GRACE, task).await.is_err() {
+                tracing::warn!(
+                    "DICOM sends still in flight after 60 s; they are queued again at the next start"
+                );
             }
         }
         // Last, so the drain can be watched; it holds an index handle, which must go before close.

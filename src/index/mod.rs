@@ -5,6 +5,7 @@
 //! and answers each caller only after that transaction is durable.
 
 mod audit;
+mod deliveries;
 mod export;
 mod presence;
 mod queue;
@@ -19,6 +20,7 @@ use std::thread::JoinHandle;
 use rusqlite::{params, Connection, OptionalExtension};
 
 pub use audit::{export_audit, export_mapping, AuditRecord, PATIENT_ID_MAPPING, UID_MAPPING};
+pub use deliveries::{Delivery, DestinationStatus};
 pub use export::{export_csv, ExportError};
 pub use presence::Presence;
 pub use queue::{Pending, QueueStatus, StuckItem};
@@ -117,6 +119,7 @@ impl Index {
         let mut conn = Connection::open(path)?;
         conn.busy_timeout(std::time::Duration::from_secs(30))?;
         conn.execute_batch(schema::SCHEMA)?;
+        conn.execute_batch(deliveries::SCHEMA)?;
         migrate(&conn)?;
         // WAL with NORMAL never corrupts; a commit becomes durable when the WAL file reaches the
         // disk, which the caller's durability barrier (syncfs) or closing the index ensures.
