@@ -178,3 +178,46 @@ fn a_destination_down_mid_export_and_back_gets_everything_once() {
     assert_eq!(by_uid(&scp.files()).len(), 41);
     node.stop();
 }
+
+#[test]
+fn with_check_existing_what_the_destination_holds_is_not_sent_again() {
+    let d = tempfile::tempdir().unwrap();
+    let qr = dcmqrscp(&d.path().join("qr"), "ARCHIVE", "NOBODY", 1);
+    let scp = storescp(&d.path().join("scp"), "STORESCP", free_port());
+    let node =
+        Node::start_full(d.path(), "", "  min_free_bytes: 0\n", &destinations(&[("archive", &qr, 1)]), &[]);
+    let out = storescu(node.port, &corpus(d.path(), 0, 10));
+    assert!(out.status.success(), "{}", text(&out));
+    wait_until("10 recorded as sent", Duration::from_secs(30), || {
+        sent(&queue_status(&node.config), "archive", 10)
+    });
+    assert_eq!(qr.files().len(), 10);
+
+    // Two destinations added later, both asking first: the same dcmqrscp (which holds all ten)
+    // and storescp (which answers no C-FIND, so it is sent everything).
+    let config = node.config.clone();
+    node.stop();
+    let yaml = std::fs::read_to_string(&config).unwrap().replace(
+        "  dicom:\n",
+        &format!(
+            "  dicom:\n    - {{ name: again, ae_title: ARCHIVE, host: 127.0.0.1, port: {}, associations: 1, check_existing: true }}\n    \
+             - {{ name: fresh, ae_title: STORESCP, host: 127.0.0.1, port: {}, check_existing: true }}\n",
+            qr.port, scp.port
+        ),
+    );
+    std::fs::write(&config, yaml).unwrap();
+    let node = Node::start_with(d.path(), &config);
+    wait_until("both new destinations done", Duration::from_secs(30), || {
+        let s = queue_status(&config);
+        sent(&s, "again", 10) && sent(&s, "fresh", 10)
+    });
+    let log = node.log();
+    let skipped = log
+        .lines()
+        .filter(|l| l.contains("already at the destination") && l.contains("destination=again"))
+        .count();
+    assert_eq!(skipped, 10, "{log}");
+    assert_eq!(qr.files().len(), 10);
+    assert_eq!(by_uid(&scp.files()).len(), 10);
+    node.stop();
+}

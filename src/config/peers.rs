@@ -39,6 +39,11 @@ pub struct ExportDestination {
     /// Associations open at once to this destination.
     #[serde(default = "default_associations")]
     pub associations: usize,
+    /// Before sending, ask the destination with a C-FIND (IMAGE level, one per series) which of
+    /// the instances it already holds, and send only the others (RSNA's rule). Needs a
+    /// destination that answers Study Root C-FIND; one that does not is sent everything.
+    #[serde(default)]
+    pub check_existing: bool,
     /// Wait this long for an association, and for each response.
     #[serde(default = "default_timeout_s")]
     pub timeout_s: u64,

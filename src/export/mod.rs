@@ -6,7 +6,9 @@
 //! that cannot be reached pauses only itself (capped exponential backoff with full jitter); an
 //! instance it refuses is retried on its own schedule and never holds back the ones behind it.
 //! After a restart, whatever was being sent is queued again: a destination may see an instance
-//! twice only when a crash or a lost response came between its store and our record of it.
+//! twice only when a crash or a lost response came between its store and our record of it, and
+//! `check_existing` (a C-FIND per series before sending, RSNA's rule) closes even that gap for
+//! destinations that answer C-FIND.
 
 mod store;
 
@@ -112,7 +114,10 @@ impl Exporter {
             let peer = self.destination.peer.clone();
             let (calling, public) = (self.calling.clone(), self.public.clone());
             let timeout = Duration::from_secs(self.destination.timeout_s);
-            set.spawn(async move { store::send_batch(&peer, &calling, &public, timeout, chunk).await });
+            let check = self.destination.check_existing;
+            set.spawn(
+                async move { store::send_batch(&peer, &calling, &public, timeout, check, chunk).await },
+            );
         }
         let mut round = Round::default();
         while let Some(joined) = set.join_next().await {
@@ -136,6 +141,11 @@ impl Exporter {
                     info!(destination = %self.name(), sop = %uid, status = format!("0x{status:04X}"), "stored with a warning");
                 }
                 debug!(destination = %self.name(), sop = %uid, "sent");
+                self.blocking(move |i, d| i.mark_sent(&d, &uid)).await
+            }
+            Sent::AlreadyHeld => {
+                round.sent += 1;
+                debug!(destination = %self.name(), sop = %uid, "already at the destination; not sent");
                 self.blocking(move |i, d| i.mark_sent(&d, &uid)).await
             }
             Sent::Failed(error) => {

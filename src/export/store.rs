@@ -3,6 +3,7 @@
 //! disk); an uncompressed file may go in the other uncompressed syntax, re-encoded in memory.
 //! Every instance gets its own outcome: a refusal of one never stops the others.
 
+use std::collections::HashSet;
 use std::io::SeekFrom;
 use std::path::Path;
 use std::time::Duration;
@@ -12,7 +13,7 @@ use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use crate::config::DicomPeer;
 use crate::dicom::{read_dataset, write_dataset, Part10, TransferSyntax};
 use crate::index::Delivery;
-use crate::scu::{command, status_meaning, Association, Kind, ScuError, UNCOMPRESSED};
+use crate::scu::{command, find, status_meaning, Association, Kind, ScuError, UNCOMPRESSED};
 
 /// A Part 10 file's meta group must fit in this much of its beginning.
 const MAX_META: usize = 1 << 20;
@@ -24,6 +25,8 @@ const MAX_TRANSCODE: u64 = 256 << 20;
 pub enum Sent {
     /// The destination answered success (or a warning: it stored the instance).
     Stored { warning: Option<u16> },
+    /// A C-FIND found it at the destination already: not sent.
+    AlreadyHeld,
     /// This instance failed; the association may have gone on with the next.
     Failed(String),
     /// Never tried: the association failed before its turn. Not an attempt of its own.
@@ -52,8 +55,11 @@ fn prepare(public: &Path, item: &Delivery) -> Result<Prepared, String> {
 
 /// The presentation contexts for these files: each (class, own syntax), and each class in the
 /// two uncompressed syntaxes as a fallback. At most 128 (PS3.8 §9.3.2.2: odd ids 1 to 255).
-pub fn contexts(items: &[(String, String)]) -> Vec<(String, Vec<String>)> {
+pub fn contexts(items: &[(String, String)], check: bool) -> Vec<(String, Vec<String>)> {
     let mut out: Vec<(String, Vec<String>)> = Vec::new();
+    if check {
+        out.push(find::context());
+    }
     for (class, ts) in items {
         let own = (class.clone(), vec![ts.clone()]);
         if !out.contains(&own) {
@@ -75,9 +81,10 @@ pub async fn send_batch(
     calling: &str,
     public: &Path,
     timeout: Duration,
+    check: bool,
     items: Vec<Delivery>,
 ) -> (Vec<(Delivery, Sent)>, Option<ScuError>) {
-    let mut ready = Vec::with_capacity(items.len());
+    let mut ready: Vec<(Delivery, Prepared)> = Vec::with_capacity(items.len());
     let mut out = Vec::with_capacity(items.len());
     for item in items {
         match prepare(public, &item) {
@@ -90,13 +97,30 @@ pub async fn send_batch(
     }
     let pairs: Vec<(String, String)> =
         ready.iter().map(|(i, p)| (i.sop_class_uid.clone(), p.ts.clone())).collect();
-    let mut assoc = match Association::open(peer, calling, &contexts(&pairs), timeout).await {
+    let mut assoc = match Association::open(peer, calling, &contexts(&pairs, check), timeout).await {
         Ok(a) => a,
         Err(e) => {
             out.extend(ready.into_iter().map(|(i, _)| (i, Sent::NotTried)));
             return (out, Some(e));
         }
     };
+    if check {
+        match held(&mut assoc, &ready).await {
+            Ok(held) => {
+                let (there, to_send): (Vec<_>, Vec<_>) =
+                    ready.into_iter().partition(|(i, _)| held.contains(&i.anon_sop_uid));
+                out.extend(there.into_iter().map(|(i, _)| (i, Sent::AlreadyHeld)));
+                ready = to_send;
+            }
+            Err(e) if e.association_lost() => {
+                out.extend(ready.into_iter().map(|(i, _)| (i, Sent::NotTried)));
+                assoc.abort().await;
+                return (out, Some(e));
+            }
+            // Refused or not offered: the destination cannot say, so it gets everything.
+            Err(e) => tracing::debug!(error = %e, "cannot ask the destination what it holds"),
+        }
+    }
     let mut lost = None;
     let mut rest = ready.into_iter();
     for (item, prepared) in rest.by_ref() {
@@ -116,6 +140,19 @@ pub async fn send_batch(
         None => assoc.release().await,
     }
     (out, lost)
+}
+
+/// The anonymized SOP Instance UIDs among `ready` that the destination holds: one C-FIND per series.
+async fn held(assoc: &mut Association, ready: &[(Delivery, Prepared)]) -> Result<HashSet<String>, ScuError> {
+    let mut series: Vec<(&str, &str)> =
+        ready.iter().map(|(i, _)| (i.anon_study_uid.as_str(), i.anon_series_uid.as_str())).collect();
+    series.sort_unstable();
+    series.dedup();
+    let mut held = HashSet::new();
+    for (study, series) in series {
+        held.extend(find::instances_of_series(assoc, study, series).await?);
+    }
+    Ok(held)
 }
 
 async fn store_one(
@@ -200,7 +237,7 @@ mod tests {
             ("1.2.ct".to_string(), "1.2.840.10008.1.2.1".to_string()),
             ("1.2.ct".to_string(), "1.2.840.10008.1.2.4.50".to_string()),
         ];
-        let c = super::contexts(&pairs);
+        let c = super::contexts(&pairs, false);
         assert_eq!(c.len(), 3, "{c:?}");
         assert_eq!(c[0].1, ["1.2.840.10008.1.2.4.50"]);
         assert_eq!(c[1].1, ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2"]);

@@ -33,6 +33,9 @@ CREATE INDEX IF NOT EXISTS deliveries_by_rowid ON deliveries(destination, instan
 pub struct Delivery {
     pub anon_sop_uid: String,
     pub sop_class_uid: String,
+    /// The pseudonyms of its study and series: what a C-FIND of the destination asks about.
+    pub anon_study_uid: String,
+    pub anon_series_uid: String,
     /// Relative to the public directory.
     pub path: String,
     pub size: u64,
@@ -78,8 +81,9 @@ impl Index {
         let d = destination.to_string();
         self.call(move |c| {
             let mut stmt = c.prepare_cached(
-                "SELECT d.anon_sop_uid, i.sop_class_uid, i.path, i.size, d.attempts
+                "SELECT d.anon_sop_uid, i.sop_class_uid, i.path, i.size, d.attempts, st.anon_study_uid, se.anon_series_uid
                  FROM deliveries d JOIN instances i ON i.rowid = d.instance_rowid
+                 JOIN series se ON se.series_uid = i.series_uid JOIN studies st ON st.study_uid = se.study_uid
                  WHERE d.destination = ?1 AND (d.state = 'queued' OR (d.state = 'failed' AND d.next_try <= ?2))
                  ORDER BY d.instance_rowid LIMIT ?3",
             )?;
@@ -91,6 +95,8 @@ impl Index {
                         path: r.get(2)?,
                         size: r.get::<_, i64>(3)? as u64,
                         attempts: r.get(4)?,
+                        anon_study_uid: r.get(5)?,
+                        anon_series_uid: r.get(6)?,
                     })
                 })?
                 .collect::<Result<_, _>>()?;

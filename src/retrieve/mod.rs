@@ -34,8 +34,6 @@ use crate::scu::{status_meaning, Association, ScuError};
 pub enum RetrieveError {
     #[error(transparent)]
     Scu(#[from] ScuError),
-    #[error("{peer}: {operation} failed with status 0x{status:04X} ({meaning})")]
-    Pacs { peer: String, operation: &'static str, status: u16, meaning: &'static str },
     #[error(transparent)]
     Index(#[from] IndexError),
     #[error("--study-date {0:?}: expected YYYYMMDD-YYYYMMDD, YYYYMMDD, YYYYMMDD- or -YYYYMMDD")]
@@ -130,10 +128,7 @@ pub struct Request {
 /// nothing. An unreachable PACS or a failed C-FIND is an error: nothing was moved.
 pub async fn run(request: Request, index_path: &Path) -> Result<Vec<StudyReport>, RetrieveError> {
     let pacs = request.pacs.label();
-    let contexts = [(
-        find::STUDY_ROOT_FIND.to_string(),
-        crate::scu::UNCOMPRESSED.iter().map(|s| s.to_string()).collect(),
-    )];
+    let contexts = [crate::scu::find::context()];
     let mut assoc = Association::open(&request.pacs, &request.ae_title, &contexts, request.timeout).await?;
     let listed = list(&mut assoc, &request).await;
     let rows = match listed {

@@ -2,6 +2,7 @@
 //! messages `retrieve` and export send on it. Every wait has a timeout; every error names the peer.
 
 pub mod command;
+pub mod find;
 
 use std::time::Duration;
 
@@ -37,12 +38,14 @@ pub enum ScuError {
     Released { peer: String },
     #[error("{peer}: {what}")]
     Protocol { peer: String, what: String },
+    #[error("{peer}: {operation} failed with status 0x{status:04X} ({meaning})")]
+    Refused { peer: String, operation: &'static str, status: u16, meaning: &'static str },
 }
 
 impl ScuError {
     /// Whether the association is still usable after this error.
     pub fn association_lost(&self) -> bool {
-        !matches!(self, ScuError::NoContext { .. })
+        !matches!(self, ScuError::NoContext { .. } | ScuError::Refused { .. })
     }
 }
 
