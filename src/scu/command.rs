@@ -4,7 +4,8 @@
 use std::borrow::Cow;
 
 use crate::dicom::{
-    pad_text, read_dataset, write_dataset, DataSet, Element, Encoding, ReadError, Tag, Value, VR,
+    command_us, encode_command, pad_text, put_command_us, read_dataset, write_dataset, DataSet, Element,
+    Encoding, ReadError, Tag, Value, VR,
 };
 
 const AFFECTED_SOP_CLASS_UID: Tag = Tag(0x0000, 0x0002);
@@ -44,33 +45,18 @@ pub fn request(
 ) -> Vec<u8> {
     let mut ds = DataSet::default();
     ds.put_text(AFFECTED_SOP_CLASS_UID, VR::UI, sop_class);
-    put_us(&mut ds, COMMAND_FIELD, kind as u16);
-    put_us(&mut ds, MESSAGE_ID, message_id);
+    put_command_us(&mut ds, COMMAND_FIELD, kind as u16);
+    put_command_us(&mut ds, MESSAGE_ID, message_id);
     if let Some(ae) = move_destination {
         ds.put_text(MOVE_DESTINATION, VR::AE, ae);
     }
-    put_us(&mut ds, PRIORITY, 0);
+    put_command_us(&mut ds, PRIORITY, 0);
     // Every request but C-ECHO carries a data set (the identifier or the instance).
-    put_us(&mut ds, COMMAND_DATA_SET_TYPE, if kind == Kind::Echo { NO_DATA_SET } else { 0x0000 });
+    put_command_us(&mut ds, COMMAND_DATA_SET_TYPE, if kind == Kind::Echo { NO_DATA_SET } else { 0x0000 });
     if let Some(uid) = sop_instance {
         ds.put_text(AFFECTED_SOP_INSTANCE_UID, VR::UI, uid);
     }
-    with_group_length(&ds)
-}
-
-fn put_us(ds: &mut DataSet<'_>, tag: Tag, v: u16) {
-    ds.put(Element { tag, vr: VR::US, value: Value::Bytes(Cow::Owned(v.to_le_bytes().to_vec())) });
-}
-
-/// (0000,0000) CommandGroupLength first, counting the rest (PS3.7 §E.1).
-fn with_group_length(ds: &DataSet<'_>) -> Vec<u8> {
-    let mut body = Vec::with_capacity(192);
-    write_dataset(ds, Encoding::IMPLICIT_LE, &mut body).expect("writing to a Vec cannot fail");
-    let mut out = Vec::with_capacity(body.len() + 12);
-    out.extend([0x00, 0x00, 0x00, 0x00, 0x04, 0x00, 0x00, 0x00]);
-    out.extend((body.len() as u32).to_le_bytes());
-    out.extend(body);
-    out
+    encode_command(&ds)
 }
 
 /// A response command as far as we act on it.
@@ -106,7 +92,7 @@ pub enum ResponseError {
 impl Response {
     pub fn parse(bytes: &[u8]) -> Result<Response, ResponseError> {
         let ds = read_dataset(bytes, Encoding::IMPLICIT_LE)?;
-        let us = |tag| us(&ds, tag);
+        let us = |tag| command_us(&ds, tag);
         Ok(Response {
             command_field: us(COMMAND_FIELD).ok_or(ResponseError::Missing("CommandField (0000,0100)"))?,
             message_id: us(MESSAGE_ID_BEING_RESPONDED_TO).unwrap_or(0),
@@ -131,10 +117,6 @@ impl Response {
 /// A peer's comment as we may log it: printable ASCII, at most 64 characters.
 fn printable(s: &str) -> String {
     s.chars().filter(|c| c.is_ascii_graphic() || *c == ' ').take(64).collect()
-}
-
-fn us(ds: &DataSet<'_>, tag: Tag) -> Option<u16> {
-    ds.bytes(tag).and_then(|b| b.get(..2)).map(|b| u16::from_le_bytes([b[0], b[1]]))
 }
 
 /// What a status means (PS3.4 §B.2.3, §C.4.1.1.4, §C.4.2.1.5, PS3.7 §C), for reports and logs.
@@ -180,10 +162,10 @@ mod tests {
     fn a_move_request_carries_its_destination_and_a_correct_group_length() {
         let rq = request(Kind::Move, 9, "1.2.840.10008.5.1.4.1.2.2.2", None, Some("ANONYMIZER"));
         let ds = read_dataset(&rq, Encoding::IMPLICIT_LE).unwrap();
-        assert_eq!(us(&ds, COMMAND_FIELD), Some(0x0021));
-        assert_eq!(us(&ds, MESSAGE_ID), Some(9));
+        assert_eq!(command_us(&ds, COMMAND_FIELD), Some(0x0021));
+        assert_eq!(command_us(&ds, MESSAGE_ID), Some(9));
         assert_eq!(ds.text(MOVE_DESTINATION), Some("ANONYMIZER"));
-        assert_eq!(us(&ds, COMMAND_DATA_SET_TYPE), Some(0));
+        assert_eq!(command_us(&ds, COMMAND_DATA_SET_TYPE), Some(0));
         let group_length = u32::from_le_bytes(rq[8..12].try_into().unwrap()) as usize;
         assert_eq!(group_length, rq.len() - 12);
     }
@@ -191,13 +173,13 @@ mod tests {
     #[test]
     fn a_pending_move_response_yields_its_counts() {
         let mut ds = DataSet::default();
-        put_us(&mut ds, COMMAND_FIELD, 0x8021);
-        put_us(&mut ds, MESSAGE_ID_BEING_RESPONDED_TO, 9);
-        put_us(&mut ds, COMMAND_DATA_SET_TYPE, NO_DATA_SET);
-        put_us(&mut ds, STATUS, 0xFF00);
-        put_us(&mut ds, REMAINING, 3);
-        put_us(&mut ds, COMPLETED, 2);
-        let rsp = Response::parse(&with_group_length(&ds)).unwrap();
+        put_command_us(&mut ds, COMMAND_FIELD, 0x8021);
+        put_command_us(&mut ds, MESSAGE_ID_BEING_RESPONDED_TO, 9);
+        put_command_us(&mut ds, COMMAND_DATA_SET_TYPE, NO_DATA_SET);
+        put_command_us(&mut ds, STATUS, 0xFF00);
+        put_command_us(&mut ds, REMAINING, 3);
+        put_command_us(&mut ds, COMPLETED, 2);
+        let rsp = Response::parse(&encode_command(&ds)).unwrap();
         assert!(rsp.is_pending() && !rsp.has_data_set);
         assert_eq!(rsp.counts.remaining, Some(3));
         assert_eq!(rsp.counts.completed, Some(2));
