@@ -216,6 +216,24 @@ fn without_a_running_node_retrieve_receives_itself_and_names_an_unreachable_pacs
     assert_eq!(mr.status.code(), Some(1), "{}", stdout(&mr));
     assert!(row(&stdout(&mr), "MRN12345").ends_with("| not found"), "{}", stdout(&mr));
 
+    // A PACS that does not know the node as a move destination: the report and the log give its
+    // status and what it means, and no patient value.
+    let stranger = dcmqrscp(&d.path().join("stranger"), "PACS", "SOMEONE_ELSE", 1);
+    storescu_to(stranger.port, "PACS", &corpus(d.path())[..2]);
+    let yaml = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace(&format!("port: {} }}", pacs.port), &format!("port: {} }}", stranger.port));
+    let elsewhere = put(d.path(), "stranger.yaml", yaml.as_bytes());
+    let refused = retrieve(&elsewhere, &["--patient-id", "MRN12345"]);
+    let out = stdout(&refused);
+    assert_eq!(refused.status.code(), Some(1), "{out}{}", stderr(&refused));
+    assert!(
+        row(&out, "MRN12345").contains("failed: C-MOVE status 0xA801 (refused: move destination unknown)"),
+        "{out}"
+    );
+    assert!(stderr(&refused).contains("0xA801"), "{}", stderr(&refused));
+    assert_no_phi("retrieve's stderr", &refused.stderr);
+
     // A PACS nobody answers for: an error naming it, nothing else.
     let gone = binary()
         .arg("retrieve")
