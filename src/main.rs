@@ -118,16 +118,22 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 QueueCommand::Retry { config } => (config, true),
             };
             let config = Config::load(&config)?;
-            let index = Index::open(&config.index_path(), &Owner::for_site(&config.project.site_id))?;
             if retry {
+                let index = Index::open(&config.index_path(), &Owner::for_site(&config.project.site_id))?;
                 println!("{} failed instances queued again", index.retry_failed()?);
                 println!("{} failed DICOM sends queued again", index.retry_failed_deliveries()?);
                 index.close();
                 return Ok(ExitCode::SUCCESS);
             }
-            let status = index.queue_status()?;
-            let destinations = index.destination_status()?;
-            index.close();
+            let path = config.index_path();
+            if !path.exists() {
+                println!("nothing received yet (no index at {})", path.display());
+                return Ok(ExitCode::SUCCESS);
+            }
+            // Read-only, beside a running node: a writer here would race the node's commits.
+            let reader = index::Reader::open(&path)?;
+            let status = reader.queue_status()?;
+            let destinations = reader.destination_status()?;
             for (state, n) in &status.counts {
                 println!("{state:>10}: {n}");
             }

@@ -119,7 +119,22 @@ fn every_instance_reaches_storescp_and_dcmqrscp_once_byte_for_byte() {
         status.contains(&format!("destination archive (ARCHIVE@127.0.0.1:{}): sent 30", qr.port)),
         "{status}"
     );
+    let metrics = metrics(node.http_port.unwrap());
+    for destination in ["research-scp", "archive"] {
+        let line = format!("dicom_anon_exports_total{{destination=\"{destination}\",outcome=\"sent\"}} 30");
+        assert!(metrics.contains(&line), "{line} not in:\n{metrics}");
+    }
     node.stop();
+}
+
+/// The operations endpoint's /metrics.
+fn metrics(port: u16) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(s, "GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").unwrap();
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).unwrap();
+    raw
 }
 
 #[test]

@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::config::ExportDestination;
+use crate::http::METRICS;
 use crate::index::{Delivery, Index, IndexError};
 use crate::upload::worker::backoff;
 
@@ -137,6 +138,7 @@ impl Exporter {
         let recorded = match sent {
             Sent::Stored { warning } => {
                 round.sent += 1;
+                METRICS.exports.with_label_values(&[self.name(), "sent"]).inc();
                 if let Some(status) = warning {
                     info!(destination = %self.name(), sop = %uid, status = format!("0x{status:04X}"), "stored with a warning");
                 }
@@ -145,11 +147,13 @@ impl Exporter {
             }
             Sent::AlreadyHeld => {
                 round.sent += 1;
+                METRICS.exports.with_label_values(&[self.name(), "already_held"]).inc();
                 debug!(destination = %self.name(), sop = %uid, "already at the destination; not sent");
                 self.blocking(move |i, d| i.mark_sent(&d, &uid)).await
             }
             Sent::Failed(error) => {
                 round.failed += 1;
+                METRICS.exports.with_label_values(&[self.name(), "failed"]).inc();
                 let wait = backoff(item.attempts).max(Duration::from_millis(200));
                 warn!(destination = %self.name(), sop = %uid, attempt = item.attempts + 1, retry_in_s = wait.as_secs_f32(), error = %error, "send failed; will retry");
                 let next = chrono::Utc::now() + chrono::Duration::from_std(wait).unwrap_or_default();

@@ -180,8 +180,16 @@ impl Index {
     }
 }
 
-fn destination_status(c: &Connection) -> Result<Vec<DestinationStatus>, IndexError> {
+pub(super) fn destination_status(c: &Connection) -> Result<Vec<DestinationStatus>, IndexError> {
     let mut out: Vec<DestinationStatus> = Vec::new();
+    let exists: i64 = c.query_row(
+        "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = 'deliveries'",
+        [],
+        |r| r.get(0),
+    )?;
+    if exists == 0 {
+        return Ok(out);
+    }
     let mut stmt = c.prepare(
         "SELECT destination, state, COUNT(*) FROM deliveries GROUP BY destination, state ORDER BY destination, state",
     )?;
