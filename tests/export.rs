@@ -236,3 +236,38 @@ fn with_check_existing_what_the_destination_holds_is_not_sent_again() {
     assert_eq!(by_uid(&scp.files()).len(), 10);
     node.stop();
 }
+
+#[test]
+fn an_instance_that_cannot_be_sent_holds_back_nothing_else() {
+    let d = tempfile::tempdir().unwrap();
+    let port = free_port();
+    // The destination is not up yet: the queue fills.
+    let config_peer = Peer::placeholder("STORESCP", port);
+    let node = Node::start_full(
+        d.path(),
+        "",
+        "  min_free_bytes: 0\n",
+        &destinations(&[("dest", &config_peer, 2)]),
+        &[],
+    );
+    let out = storescu(node.port, &corpus(d.path(), 0, 6));
+    assert!(out.status.success(), "{}", text(&out));
+    // One queued file goes bad on disk (a full disk, an operator's mistake).
+    let mine: Vec<PathBuf> = files_under(&node.public())
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "dcm"))
+        .collect();
+    assert_eq!(mine.len(), 6);
+    std::fs::write(&mine[2], b"not DICOM any more").unwrap();
+
+    let scp = storescp(&d.path().join("scp"), "STORESCP", port);
+    wait_until("5 sent and 1 failed", Duration::from_secs(60), || {
+        let s = queue_status(&node.config);
+        s.lines()
+            .any(|l| l.starts_with("destination dest ") && l.contains("failed 1") && l.contains("sent 5"))
+    });
+    assert_eq!(by_uid(&scp.files()).len(), 5);
+    let status = queue_status(&node.config);
+    assert!(status.contains("not a DICOM Part 10 file") && status.contains("attempts 1"), "{status}");
+    node.stop();
+}

@@ -45,6 +45,11 @@ impl Peer {
         files_under(&self.dir).into_iter().filter(|p| !p.ends_with("index.dat")).collect()
     }
 
+    /// A peer that is not running (yet): its AE title and port, for a config.
+    pub fn placeholder(ae: &str, port: u16) -> Peer {
+        Peer { child: None, port, ae: ae.into(), dir: PathBuf::new(), log: PathBuf::new() }
+    }
+
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
