@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use dicom_ul::association::client::{AsyncClientAssociation, ClientAssociationOptions};
 use dicom_ul::pdu::{PDataValue, PDataValueType, Pdu, PresentationContextResultReason};
-use tokio::io::{AsyncRead, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 pub use command::{status_meaning, Kind, Response, SubOperations};
@@ -17,6 +17,9 @@ use crate::config::DicomPeer;
 
 /// The largest PDU we announce: what we receive are responses and C-FIND identifiers.
 const MAX_PDU: u32 = 65536;
+/// The largest data set a response may carry (a C-FIND match, a C-MOVE's failed UID list): a
+/// peer cannot make us hold more.
+const MAX_RESPONSE_DATA: usize = 16 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ScuError {
@@ -157,19 +160,31 @@ impl Association {
         pc_id: u8,
         data: &mut (impl AsyncRead + Unpin),
     ) -> Result<(), ScuError> {
-        let (peer, secs) = (self.peer.clone(), self.timeout.as_secs());
+        let (peer, timeout) = (self.peer.clone(), self.timeout);
+        let stalled = || ScuError::Timeout { peer: peer.clone(), secs: timeout.as_secs() };
         let io = |source| ScuError::Io { peer: peer.clone(), source };
         let mut writer = self.inner.send_pdata(pc_id);
-        // A stalled peer stops the copy: the timeout covers the whole data set, scaled by nothing
-        // but a generous floor, since a large instance on a slow link takes what it takes.
-        let copy = async {
-            tokio::io::copy(data, &mut writer).await?;
+        // The timeout is for a stall, chunk by chunk: a large instance on a slow link takes what
+        // it takes, a peer that stops reading does not hold the association forever.
+        let mut buf = vec![0u8; 256 * 1024];
+        loop {
+            let n = data.read(&mut buf).await.map_err(io)?;
+            if n == 0 {
+                break;
+            }
+            match tokio::time::timeout(timeout, writer.write_all(&buf[..n])).await {
+                Ok(r) => r.map_err(io)?,
+                Err(_) => return Err(stalled()),
+            }
+        }
+        match tokio::time::timeout(timeout, async {
             writer.flush().await?;
             writer.finish().await
-        };
-        match tokio::time::timeout(Duration::from_secs(secs.max(1) * 20), copy).await {
+        })
+        .await
+        {
             Ok(r) => r.map_err(io),
-            Err(_) => Err(ScuError::Timeout { peer: peer.clone(), secs: secs * 20 }),
+            Err(_) => Err(stalled()),
         }
     }
 
@@ -203,6 +218,9 @@ impl Association {
                 let pc = value.presentation_context_id;
                 match value.value_type {
                     PDataValueType::Command => {
+                        if command.len() + value.data.len() > MAX_RESPONSE_DATA {
+                            return Err(self.protocol("a response command set over 16 MiB".into()));
+                        }
                         command.extend_from_slice(&value.data);
                         if value.is_last {
                             let parsed =
@@ -216,6 +234,11 @@ impl Association {
                     PDataValueType::Data => {
                         if response.is_none() {
                             return Err(self.protocol("a data set arrived before its command".into()));
+                        }
+                        if data.len() + value.data.len() > MAX_RESPONSE_DATA {
+                            return Err(
+                                self.protocol(format!("a response data set over {MAX_RESPONSE_DATA} bytes"))
+                            );
                         }
                         data.extend_from_slice(&value.data);
                         if value.is_last {
