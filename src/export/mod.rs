@@ -21,7 +21,7 @@ use tracing::{debug, info, warn};
 
 use crate::config::ExportDestination;
 use crate::http::METRICS;
-use crate::index::{Delivery, Index, IndexError};
+use crate::index::{Delivery, DeliveryRecord, Index, IndexError};
 use crate::upload::worker::backoff;
 
 pub use store::{contexts, Sent};
@@ -126,44 +126,46 @@ impl Exporter {
             if let Some(e) = error {
                 round.association_error = Some(e.to_string());
             }
-            for (item, sent) in outcomes {
-                self.settle(item, sent, &mut round).await;
+            let records: Vec<DeliveryRecord> =
+                outcomes.into_iter().map(|(item, sent)| self.settle(item, sent, &mut round)).collect();
+            let n = records.len();
+            // One transaction per association's worth of outcomes.
+            if let Err(e) = self.blocking(move |i, d| i.record_deliveries(&d, records)).await {
+                warn!(destination = %self.name(), instances = n, error = %e, "cannot record sends; they will be sent again");
             }
         }
         round
     }
 
-    async fn settle(&self, item: Delivery, sent: Sent, round: &mut Round) {
-        let uid = item.anon_sop_uid.clone();
-        let recorded = match sent {
+    /// Count, log and turn an outcome into what the index records.
+    fn settle(&self, item: Delivery, sent: Sent, round: &mut Round) -> DeliveryRecord {
+        let uid = item.anon_sop_uid;
+        let name = self.name();
+        match sent {
             Sent::Stored { warning } => {
                 round.sent += 1;
-                METRICS.exports.with_label_values(&[self.name(), "sent"]).inc();
+                METRICS.exports.with_label_values(&[name, "sent"]).inc();
                 if let Some(status) = warning {
-                    info!(destination = %self.name(), sop = %uid, status = format!("0x{status:04X}"), "stored with a warning");
+                    info!(destination = %name, sop = %uid, status = format!("0x{status:04X}"), "stored with a warning");
                 }
-                debug!(destination = %self.name(), sop = %uid, "sent");
-                self.blocking(move |i, d| i.mark_sent(&d, &uid)).await
+                debug!(destination = %name, sop = %uid, "sent");
+                DeliveryRecord::Sent(uid)
             }
             Sent::AlreadyHeld => {
                 round.sent += 1;
-                METRICS.exports.with_label_values(&[self.name(), "already_held"]).inc();
-                debug!(destination = %self.name(), sop = %uid, "already at the destination; not sent");
-                self.blocking(move |i, d| i.mark_sent(&d, &uid)).await
+                METRICS.exports.with_label_values(&[name, "already_held"]).inc();
+                debug!(destination = %name, sop = %uid, "already at the destination; not sent");
+                DeliveryRecord::Sent(uid)
             }
             Sent::Failed(error) => {
                 round.failed += 1;
-                METRICS.exports.with_label_values(&[self.name(), "failed"]).inc();
+                METRICS.exports.with_label_values(&[name, "failed"]).inc();
                 let wait = backoff(item.attempts).max(Duration::from_millis(200));
-                warn!(destination = %self.name(), sop = %uid, attempt = item.attempts + 1, retry_in_s = wait.as_secs_f32(), error = %error, "send failed; will retry");
-                let next = chrono::Utc::now() + chrono::Duration::from_std(wait).unwrap_or_default();
-                self.blocking(move |i, d| i.mark_delivery_failed(&d, &uid, &error, next)).await
+                warn!(destination = %name, sop = %uid, attempt = item.attempts + 1, retry_in_s = wait.as_secs_f32(), error = %error, "send failed; will retry");
+                let next_try = chrono::Utc::now() + chrono::Duration::from_std(wait).unwrap_or_default();
+                DeliveryRecord::Failed { uid, error, next_try }
             }
-            // Not an attempt of its own: back in the queue, due now.
-            Sent::NotTried => self.blocking(move |i, d| i.requeue_delivery(&d, &uid)).await,
-        };
-        if let Err(e) = recorded {
-            warn!(destination = %self.name(), sop = %item.anon_sop_uid, error = %e, "cannot record a send; it will be sent again");
+            Sent::NotTried => DeliveryRecord::NotTried(uid),
         }
     }
 

@@ -43,6 +43,17 @@ pub struct Delivery {
     pub attempts: u32,
 }
 
+/// What became of a claimed instance.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeliveryRecord {
+    /// The destination has it (stored now, or found there).
+    Sent(String),
+    /// An attempt failed; try again at `next_try`.
+    Failed { uid: String, error: String, next_try: DateTime<Utc> },
+    /// Its association ended before its turn: queued again, not an attempt.
+    NotTried(String),
+}
+
 /// One destination's line in `queue status`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct DestinationStatus {
@@ -110,45 +121,35 @@ impl Index {
         })
     }
 
-    pub fn mark_sent(&self, destination: &str, anon_sop_uid: &str) -> Result<(), IndexError> {
-        let (d, uid) = (destination.to_string(), anon_sop_uid.to_string());
-        self.call(move |c| {
-            c.execute(
-                "UPDATE deliveries SET state = 'sent', sent_at = ?3, last_error = NULL, next_try = NULL
-                 WHERE destination = ?1 AND anon_sop_uid = ?2",
-                params![d, uid, now()],
-            )?;
-            Ok(())
-        })
-    }
-
-    /// Record a failed attempt; it is tried again at `next_try`.
-    pub fn mark_delivery_failed(
+    /// Record what became of claimed instances, all in one transaction.
+    pub fn record_deliveries(
         &self,
         destination: &str,
-        anon_sop_uid: &str,
-        error: &str,
-        next_try: DateTime<Utc>,
+        records: Vec<DeliveryRecord>,
     ) -> Result<(), IndexError> {
-        let (d, uid, error) = (destination.to_string(), anon_sop_uid.to_string(), error.to_string());
+        let d = destination.to_string();
         self.call(move |c| {
-            c.execute(
+            let mut sent = c.prepare_cached(
+                "UPDATE deliveries SET state = 'sent', sent_at = ?3, last_error = NULL, next_try = NULL
+                 WHERE destination = ?1 AND anon_sop_uid = ?2",
+            )?;
+            let mut failed = c.prepare_cached(
                 "UPDATE deliveries SET state = 'failed', attempts = attempts + 1, last_error = ?3, next_try = ?4
                  WHERE destination = ?1 AND anon_sop_uid = ?2",
-                params![d, uid, error, time(next_try)],
             )?;
-            Ok(())
-        })
-    }
-
-    /// Give a claimed instance back untouched (its association ended before its turn).
-    pub fn requeue_delivery(&self, destination: &str, anon_sop_uid: &str) -> Result<(), IndexError> {
-        let (d, uid) = (destination.to_string(), anon_sop_uid.to_string());
-        self.call(move |c| {
-            c.execute(
+            let mut untried = c.prepare_cached(
                 "UPDATE deliveries SET state = 'queued' WHERE destination = ?1 AND anon_sop_uid = ?2 AND state = 'sending'",
-                params![d, uid],
             )?;
+            let at = now();
+            for r in &records {
+                match r {
+                    DeliveryRecord::Sent(uid) => sent.execute(params![d, uid, at])?,
+                    DeliveryRecord::Failed { uid, error, next_try } => {
+                        failed.execute(params![d, uid, error, time(*next_try)])?
+                    }
+                    DeliveryRecord::NotTried(uid) => untried.execute(params![d, uid])?,
+                };
+            }
             Ok(())
         })
     }
@@ -216,6 +217,7 @@ pub(super) fn destination_status(c: &Connection) -> Result<Vec<DestinationStatus
 
 #[cfg(test)]
 mod tests {
+    use super::DeliveryRecord;
     use crate::index::{Index, Owner};
 
     /// Queue rows for a destination from instances inserted straight into the table.
@@ -249,9 +251,12 @@ mod tests {
         assert_eq!(index.enqueue_deliveries("b").unwrap(), 3);
         let claimed = index.claim_deliveries("a", 2).unwrap();
         assert_eq!(claimed.iter().map(|c| c.anon_sop_uid.as_str()).collect::<Vec<_>>(), ["anon0", "anon1"]);
-        index.mark_sent("a", "anon0").unwrap();
         let past = chrono::Utc::now() - chrono::Duration::seconds(1);
-        index.mark_delivery_failed("a", "anon1", "0xA700", past).unwrap();
+        let records = vec![
+            DeliveryRecord::Sent("anon0".into()),
+            DeliveryRecord::Failed { uid: "anon1".into(), error: "0xA700".into(), next_try: past },
+        ];
+        index.record_deliveries("a", records).unwrap();
         // The failed one is due again; the sent one never comes back.
         let again = index.claim_deliveries("a", 10).unwrap();
         assert_eq!(

@@ -20,7 +20,7 @@ use std::thread::JoinHandle;
 use rusqlite::{params, Connection, OptionalExtension};
 
 pub use audit::{export_audit, export_mapping, AuditRecord, PATIENT_ID_MAPPING, UID_MAPPING};
-pub use deliveries::{Delivery, DestinationStatus};
+pub use deliveries::{Delivery, DeliveryRecord, DestinationStatus};
 pub use export::{export_csv, ExportError};
 pub use presence::Presence;
 pub use queue::{Pending, QueueStatus, StuckItem};
