@@ -8,8 +8,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::node::{storescu, text, Node};
-use common::peers::{dcmqrscp, free_port, storescp, Peer};
+use common::node::{dcmsend, storescu, text, Node};
+use common::peers::{dcmqrscp, free_port, storescp, storescp_with, Peer};
 use common::*;
 use dicom_anon_gateway::dicom::{read_dataset, Part10, Tag};
 
@@ -269,5 +269,48 @@ fn an_instance_that_cannot_be_sent_holds_back_nothing_else() {
     assert_eq!(by_uid(&scp.files()).len(), 5);
     let status = queue_status(&node.config);
     assert!(status.contains("not a DICOM Part 10 file") && status.contains("attempts 1"), "{status}");
+    node.stop();
+}
+
+#[test]
+fn each_file_goes_in_its_own_syntax_or_an_uncompressed_fallback_and_never_decompressed() {
+    let d = tempfile::tempdir().unwrap();
+    let every = storescp_with(&d.path().join("every"), "EVERY", free_port(), &["+xa"]);
+    let implicit = storescp_with(&d.path().join("implicit"), "IMPLICIT", free_port(), &["+xi"]);
+    let node = Node::start_full(
+        d.path(),
+        "",
+        "  min_free_bytes: 0\n",
+        &destinations(&[("every", &every, 1), ("implicit", &implicit, 1)]),
+        &[],
+    );
+    let mut files = corpus(d.path(), 0, 2);
+    let jpeg = Shape { transfer_syntax: JPEG_BASELINE, series: 9, instance: 9, ..Shape::default() };
+    files.push(put(&d.path().join("in"), "jpeg.dcm", &instance(&smith(), &jpeg)));
+    let out = dcmsend(node.port, &files);
+    assert!(out.status.success(), "{}", text(&out));
+    wait_until("every destination settled", Duration::from_secs(30), || {
+        let s = queue_status(&node.config);
+        sent(&s, "every", 3)
+            && s.lines().any(|l| {
+                l.starts_with("destination implicit ") && l.contains("failed 1") && l.contains("sent 2")
+            })
+    });
+    // In its own syntax, JPEG included: byte for byte.
+    let mine = local(&node);
+    let theirs = by_uid(&every.files());
+    assert_eq!(theirs.len(), 3);
+    for (uid, body) in &mine {
+        assert!(theirs[uid] == *body, "{uid} differs at the destination that takes every syntax");
+    }
+    // Implicit VR only: the Explicit VR files re-encoded, the JPEG one refused with the reason.
+    for f in implicit.files() {
+        let bytes = std::fs::read(&f).unwrap();
+        let ts = Part10::parse(&bytes).unwrap().meta.transfer_syntax.uid;
+        assert_eq!(ts, "1.2.840.10008.1.2", "{}", f.display());
+    }
+    assert_eq!(by_uid(&implicit.files()).len(), 2);
+    let status = queue_status(&node.config);
+    assert!(status.contains("in none of the syntaxes 1.2.840.10008.1.2.4.50"), "{status}");
     node.stop();
 }

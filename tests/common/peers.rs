@@ -100,11 +100,18 @@ pub fn dcmqrscp(dir: &Path, ae: &str, node_ae: &str, node_port: u16) -> Peer {
 /// storescp writing exactly the bytes it receives (`+B`) under unique names (`-uf`, so a second
 /// copy of an instance is a second file), one process per association.
 pub fn storescp(dir: &Path, ae: &str, port: u16) -> Peer {
+    storescp_with(dir, ae, port, &[])
+}
+
+/// [`storescp`] with more options (`+xi`: Implicit VR LE only; `+xa`: every syntax).
+pub fn storescp_with(dir: &Path, ae: &str, port: u16, options: &[&str]) -> Peer {
     let out = dir.join("received");
     std::fs::create_dir_all(&out).unwrap();
     let log = dir.join("storescp.log");
     let child = dcmtk("storescp")
-        .args(["--fork", "+B", "-uf", "-aet", ae, "-od"])
+        .args(["--fork", "+B", "-uf", "-aet", ae])
+        .args(options)
+        .arg("-od")
         .arg(&out)
         .arg(port.to_string())
         .stdout(Stdio::from(std::fs::File::options().create(true).append(true).open(&log).unwrap()))
