@@ -17,6 +17,8 @@ use crate::scu::{command, find, status_meaning, Association, Kind, ScuError, UNC
 
 /// A Part 10 file's meta group must fit in this much of its beginning.
 const MAX_META: usize = 1 << 20;
+/// What is read first to find it.
+const FIRST_READ: usize = 16 << 10;
 /// Re-encoding between the uncompressed syntaxes holds the data set in memory: only up to this.
 const MAX_TRANSCODE: u64 = 256 << 20;
 
@@ -44,13 +46,24 @@ fn prepare(public: &Path, item: &Delivery) -> Result<Prepared, String> {
     use std::io::Read;
     let path = public.join(&item.path);
     let mut f = std::fs::File::open(&path).map_err(|e| format!("cannot open {}: {e}", item.path))?;
-    let mut buf = Vec::with_capacity(MAX_META.min(item.size as usize));
-    f.by_ref()
-        .take(MAX_META as u64)
-        .read_to_end(&mut buf)
-        .map_err(|e| format!("cannot read {}: {e}", item.path))?;
-    let p10 = Part10::parse(&buf).map_err(|e| format!("{}: {e}", item.path))?;
-    Ok(Prepared { ts: p10.meta.transfer_syntax.uid.clone(), body_offset: p10.body_offset(&buf) as u64 })
+    // The meta group is a few hundred bytes: read a little, and more only if it needs more.
+    let mut buf = Vec::with_capacity(FIRST_READ);
+    for limit in [FIRST_READ, MAX_META] {
+        let want = (limit - buf.len()) as u64;
+        f.by_ref().take(want).read_to_end(&mut buf).map_err(|e| format!("cannot read {}: {e}", item.path))?;
+        match Part10::parse(&buf) {
+            Ok(p10) => {
+                return Ok(Prepared {
+                    ts: p10.meta.transfer_syntax.uid.clone(),
+                    body_offset: p10.body_offset(&buf) as u64,
+                })
+            }
+            // The whole file, or all the meta may take, was read.
+            Err(e) if buf.len() < limit || limit == MAX_META => return Err(format!("{}: {e}", item.path)),
+            Err(_) => {}
+        }
+    }
+    unreachable!("the last limit always returns")
 }
 
 /// The presentation contexts for these files: each (class, own syntax), and each class in the
@@ -84,10 +97,17 @@ pub async fn send_batch(
     check: bool,
     items: Vec<Delivery>,
 ) -> (Vec<(Delivery, Sent)>, Option<ScuError>) {
-    let mut ready: Vec<(Delivery, Prepared)> = Vec::with_capacity(items.len());
-    let mut out = Vec::with_capacity(items.len());
-    for item in items {
-        match prepare(public, &item) {
+    // Reading each file's meta is blocking file I/O: off the async workers.
+    let dir = public.to_path_buf();
+    let prepared = tokio::task::spawn_blocking(move || {
+        items.into_iter().map(|item| (prepare(&dir, &item), item)).collect::<Vec<_>>()
+    })
+    .await
+    .unwrap_or_default();
+    let mut ready: Vec<(Delivery, Prepared)> = Vec::with_capacity(prepared.len());
+    let mut out = Vec::with_capacity(prepared.len());
+    for (p, item) in prepared {
+        match p {
             Ok(p) => ready.push((item, p)),
             Err(e) => out.push((item, Sent::Failed(e))),
         }
