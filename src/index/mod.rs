@@ -199,7 +199,10 @@ pub(crate) fn now() -> String {
 }
 
 fn init(conn: &mut Connection, path: &Path, owner: &Owner) -> Result<(), IndexError> {
-    let tx = conn.transaction()?;
+    // IMMEDIATE: take the write lock first (waiting on busy_timeout). A deferred read that turns
+    // into a write fails at once with "database is locked" when another process (the running
+    // node, beside `queue retry`) commits in between, and no busy handler helps with that.
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
     let stored: Option<String> =
         tx.query_row("SELECT value FROM meta WHERE key = 'site_id'", [], |r| r.get(0)).optional()?;
     match stored {
@@ -375,4 +378,33 @@ fn record(tx: &Connection, r: &InstanceRecord) -> Result<(), IndexError> {
         map.execute([phi, anon])?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Index, Owner};
+
+    /// `queue retry` opens the index beside a running node that commits all the time.
+    #[test]
+    fn a_second_writer_opens_the_index_while_the_first_commits() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("index.db");
+        let node = Index::open(&path, &Owner::for_site("1")).unwrap();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let busy = {
+            let (node, stop) = (node.clone(), stop.clone());
+            std::thread::spawn(move || {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    node.enqueue_deliveries("a").unwrap();
+                }
+            })
+        };
+        for _ in 0..100 {
+            let other = Index::open(&path, &Owner::for_site("1")).expect("opens despite the other writer");
+            other.close();
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        busy.join().unwrap();
+        node.close();
+    }
 }
