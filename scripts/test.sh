@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 missing=()
-for tool in /usr/bin/dcmdump /usr/bin/storescu /usr/bin/echoscu; do [ -x "$tool" ] || missing+=(dcmtk); done
+for tool in /usr/bin/dcmdump /usr/bin/storescu /usr/bin/echoscu /usr/bin/storescp /usr/bin/dcmqrscp; do [ -x "$tool" ] || missing+=(dcmtk); done
 [ -x /usr/bin/dciodvfy ] || missing+=(dicom3tools)
 # The status page is tested in a real browser.
 [ -x /usr/bin/chromium ] || missing+=(chromium)

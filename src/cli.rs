@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -87,11 +87,62 @@ pub enum Command {
         #[command(subcommand)]
         command: QueueCommand,
     },
+    /// Pull studies from a PACS (`pacs:` in the config): C-FIND lists them, then each is moved
+    /// with C-MOVE to this node's AE title and anonymized on arrival. Uses the node running on the
+    /// config's port, or receives itself for the duration. Prints a report per study (PHI) on
+    /// stdout and writes it as CSV.
+    Retrieve {
+        #[arg(long, default_value = "config/default.yaml")]
+        config: PathBuf,
+        /// The project (its `name`) whose AE title the studies are moved to, when the config
+        /// lists several.
+        #[arg(long)]
+        project: Option<String>,
+        /// The PACS, by its name under `pacs:`.
+        #[arg(long)]
+        from: String,
+        #[command(flatten)]
+        select: RetrieveSelection,
+        /// Only studies with this modality (ModalitiesInStudy).
+        #[arg(long)]
+        modality: Option<String>,
+        /// Move studies whose instances are all in the index already.
+        #[arg(long)]
+        again: bool,
+        /// List the studies that would be moved (PHI, on stdout only); move nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Studies moved at once.
+        #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=16))]
+        moves: u16,
+        /// Where to write the CSV report (PHI); default: <storage.dir>/private/retrieve/<time>.csv.
+        #[arg(long)]
+        csv: Option<PathBuf>,
+        /// Seconds to wait for the PACS to associate and for each of its responses.
+        #[arg(long, default_value_t = 120)]
+        timeout_s: u64,
+    },
     /// Validate the configuration and print each project as it takes effect (secrets are never printed).
     CheckConfig {
         #[arg(long, default_value = "config/default.yaml")]
         config: PathBuf,
     },
+}
+
+/// Which studies `retrieve` pulls: exactly one of these.
+#[derive(Debug, Args)]
+#[group(required = true, multiple = false)]
+pub struct RetrieveSelection {
+    /// A file of accession numbers, one per line (or the first column of a CSV).
+    #[arg(long)]
+    pub accessions: Option<PathBuf>,
+    #[arg(long)]
+    pub patient_id: Option<String>,
+    #[arg(long)]
+    pub study_uid: Option<String>,
+    /// A study date or range: 20240101-20240131, 20240101-, -20240131 or 20240115.
+    #[arg(long)]
+    pub study_date: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]

@@ -8,6 +8,10 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+mod peers;
+
+pub use peers::{DicomPeer, ExportConfig, ExportDestination};
+
 use crate::anonymize::{AccessionFormat, ProfileOptions, Semantics, Settings, UnsupportedOps, Unverifiable};
 
 /// One project's view of the configuration: its own identity, anonymization, filters, storage and
@@ -28,6 +32,12 @@ pub struct Config {
     pub logging: LoggingConfig,
     #[serde(default)]
     pub http: HttpConfig,
+    /// PACS the `retrieve` command may query and move from.
+    #[serde(default)]
+    pub pacs: Vec<DicomPeer>,
+    /// Destinations of the queue besides S3.
+    #[serde(default)]
+    pub export: ExportConfig,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
@@ -522,6 +532,7 @@ impl Config {
         p.extend(self.scp.validate());
         p.extend(self.upload.validate());
         p.extend(self.http.validate());
+        p.extend(peers::validate(self));
         let level = self.logging.level.as_str();
         let plain_level = ["trace", "debug", "info", "warn", "error", "off"].contains(&level);
         let directives =

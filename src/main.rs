@@ -7,13 +7,13 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Parser;
 
-use dicom_anon_gateway::cli::{AuditCommand, Cli, Command, IndexCommand, QueueCommand};
+use dicom_anon_gateway::cli::{AuditCommand, Cli, Command, IndexCommand, QueueCommand, RetrieveSelection};
 use dicom_anon_gateway::config::Config;
 use dicom_anon_gateway::durability::Durability;
 use dicom_anon_gateway::index::{Index, Owner};
 use dicom_anon_gateway::pipeline::Pipeline;
 use dicom_anon_gateway::upload::{Credentials, SignUp};
-use dicom_anon_gateway::{index, node, observe, offline};
+use dicom_anon_gateway::{index, node, observe, offline, retrieve};
 
 fn main() -> ExitCode {
     match run(Cli::parse()) {
@@ -139,14 +139,22 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 QueueCommand::Retry { config, project } => (config, project, true),
             };
             let config = Config::load_project(&config, project.as_deref())?;
-            let index = Index::open(&config.index_path(), &Owner::for_site(&config.project.site_id))?;
             if retry {
+                let index = Index::open(&config.index_path(), &Owner::for_site(&config.project.site_id))?;
                 println!("{} failed instances queued again", index.retry_failed()?);
+                println!("{} failed DICOM sends queued again", index.retry_failed_deliveries()?);
                 index.close();
                 return Ok(ExitCode::SUCCESS);
             }
-            let status = index.queue_status()?;
-            index.close();
+            let path = config.index_path();
+            if !path.exists() {
+                println!("nothing received yet (no index at {})", path.display());
+                return Ok(ExitCode::SUCCESS);
+            }
+            // Read-only, beside a running node: a writer here would race the node's commits.
+            let reader = index::Reader::open(&path)?;
+            let status = reader.queue_status()?;
+            let destinations = reader.destination_status()?;
             for (state, n) in &status.counts {
                 println!("{state:>10}: {n}");
             }
@@ -160,7 +168,38 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     f.anon_sop_uid, f.attempts, f.last_error
                 );
             }
+            print_destinations(&config, &destinations);
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Retrieve {
+            config,
+            project,
+            from,
+            select,
+            modality,
+            again,
+            dry_run,
+            moves,
+            csv,
+            timeout_s,
+        } => {
+            let config = Config::load_project(&config, project.as_deref())?;
+            observe::init(&config.logging);
+            let Some(pacs) = config.pacs.iter().find(|p| p.name == from).cloned() else {
+                let known: Vec<&str> = config.pacs.iter().map(|p| p.name.as_str()).collect();
+                anyhow::bail!("--from {from:?}: no PACS of that name under pacs: (configured: {known:?})");
+            };
+            let request = retrieve::Request {
+                pacs,
+                ae_title: config.scp.ae_title.clone(),
+                selection: selection(select)?,
+                modality,
+                again,
+                dry_run,
+                moves: usize::from(moves),
+                timeout: std::time::Duration::from_secs(timeout_s),
+            };
+            runtime()?.block_on(run_retrieve(config, request, csv))
         }
         Command::CheckConfig { config } => {
             let projects = Config::load_all(&config)?;
@@ -201,6 +240,79 @@ async fn serve(projects: Vec<Config>) -> anyhow::Result<ExitCode> {
     std::io::stdout().flush()?;
     node.stopped().await?;
     Ok(ExitCode::SUCCESS)
+}
+
+fn selection(select: RetrieveSelection) -> anyhow::Result<retrieve::Selection> {
+    Ok(match select {
+        RetrieveSelection { accessions: Some(file), .. } => retrieve::Selection::accessions_from(&file)?,
+        RetrieveSelection { patient_id: Some(id), .. } => retrieve::Selection::PatientId(id),
+        RetrieveSelection { study_uid: Some(uid), .. } => retrieve::Selection::StudyUid(uid),
+        RetrieveSelection { study_date: Some(range), .. } => retrieve::Selection::study_date(&range)?,
+        _ => anyhow::bail!("give one of --accessions, --patient-id, --study-uid, --study-date"),
+    })
+}
+
+async fn run_retrieve(
+    config: Config,
+    request: retrieve::Request,
+    csv: Option<std::path::PathBuf>,
+) -> anyhow::Result<ExitCode> {
+    let dry_run = request.dry_run;
+    let receiver = if dry_run { None } else { Some(retrieve::receiver(&config).await?) };
+    if let Some(r) = &receiver {
+        eprintln!("{}", r.describe());
+    }
+    let result = retrieve::run(request, &config.index_path()).await;
+    if let Some(r) = receiver {
+        r.finish().await?;
+    }
+    let rows = result?;
+    print!("{}", retrieve::table(&rows));
+    if dry_run {
+        println!(
+            "dry run: {} studies would be moved; nothing was moved",
+            rows.iter().filter(|r| r.study.is_some()).count()
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    let path = csv.unwrap_or_else(|| {
+        let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%SZ");
+        config.storage.dir.join("private").join("retrieve").join(format!("{stamp}.csv"))
+    });
+    retrieve::write_csv(&rows, &path).with_context(|| format!("writing the report {}", path.display()))?;
+    let count = |f: &dyn Fn(&retrieve::Outcome) -> bool| rows.iter().filter(|r| f(&r.outcome)).count();
+    println!(
+        "{} studies: {} moved, {} already present, {} not found, {} failed; report (PHI) in {}",
+        rows.len(),
+        count(&|o| *o == retrieve::Outcome::Moved),
+        count(&|o| *o == retrieve::Outcome::Skipped),
+        count(&|o| *o == retrieve::Outcome::NotFound),
+        count(&|o| matches!(o, retrieve::Outcome::Failed(_))),
+        path.display()
+    );
+    Ok(if rows.iter().any(|r| r.outcome.is_failure()) { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+}
+
+/// Each configured DICOM destination's queue, and any the index knows that the config no longer lists.
+fn print_destinations(config: &Config, status: &[index::DestinationStatus]) {
+    let mut names: Vec<&str> = config.export.dicom.iter().map(|d| d.peer.name.as_str()).collect();
+    names.extend(
+        status.iter().map(|s| s.destination.as_str()).filter(|n| !names.contains(n)).collect::<Vec<_>>(),
+    );
+    for name in names {
+        let peer = config.export.dicom.iter().find(|d| d.peer.name == name).map(|d| d.peer.label());
+        let row = status.iter().find(|s| s.destination == name);
+        let counts = row
+            .map(|r| r.counts.iter().map(|(state, n)| format!("{state} {n}")).collect::<Vec<_>>().join(", "))
+            .filter(|c| !c.is_empty())
+            .unwrap_or_else(|| "nothing queued yet".into());
+        let peer = peer.unwrap_or_else(|| "no longer in the config".into());
+        println!("destination {name} ({peer}): {counts}");
+        for (uid, attempts, error, next) in row.map(|r| r.failed.as_slice()).unwrap_or_default() {
+            let next = next.as_deref().unwrap_or("now");
+            println!("  failed {uid} (attempts {attempts}, next try {next}): {error}");
+        }
+    }
 }
 
 /// `--since` as the audit trail stores times (UTC, `YYYY-MM-DDTHH:MM:SS.mmmZ`), which compare as text.

@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, ConfigError};
 use crate::durability::Durability;
+use crate::export::Exporter;
 use crate::http::{self, METRICS};
 use crate::index::{IndexError, Reader};
 use crate::pipeline::{Pipeline, SetupError};
@@ -247,6 +248,22 @@ pub async fn start_projects(
     for p in &projects {
         uploaders.extend(start_uploader(p, &uploads).await?);
     }
+    // Each project's queue goes to every DICOM destination, each destination on its own
+    // schedule, calling as that project's AE title; the stop is the uploader's.
+    let exporters: Vec<JoinHandle<()>> = projects
+        .iter()
+        .flat_map(|p| {
+            p.config.export.dicom.iter().map(|destination| {
+                let exporter = Exporter {
+                    index: p.pipeline.index().clone(),
+                    public: p.config.public_dir(),
+                    destination: destination.clone(),
+                    calling: p.config.scp.ae_title.clone(),
+                };
+                tokio::spawn(exporter.run(uploads.clone()))
+            })
+        })
+        .collect();
     let pipelines: Vec<Arc<Pipeline>> = projects.into_iter().map(|p| p.pipeline).collect();
 
     let done = tokio::spawn(async move {
@@ -263,6 +280,14 @@ pub async fn start_projects(
         let settled = futures_all(uploaders);
         if tokio::time::timeout(UPLOAD_GRACE, settled).await.is_err() {
             tracing::warn!("uploads still in flight after 60 s; they are queued again at the next start");
+        }
+        for task in exporters {
+            // Sends in flight finish; the rest stays queued for the next start.
+            if tokio::time::timeout(UPLOAD_GRACE, task).await.is_err() {
+                tracing::warn!(
+                    "DICOM sends still in flight after 60 s; they are queued again at the next start"
+                );
+            }
         }
         // Last, so the drain can be watched; it holds an index handle, which must go before close.
         http_stop.cancel();

@@ -47,6 +47,12 @@ struct ConfigFile {
     logging: LoggingConfig,
     #[serde(default)]
     http: HttpConfig,
+    /// Shared by every project: a PACS to retrieve from, and DICOM destinations, to which each
+    /// project exports its own archive.
+    #[serde(default)]
+    pacs: Vec<crate::config::DicomPeer>,
+    #[serde(default)]
+    export: crate::config::ExportConfig,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -68,6 +74,8 @@ pub fn parse(text: &str) -> Result<Vec<Config>, ParseError> {
         storage: file.storage.clone(),
         logging: file.logging.clone(),
         http: file.http.clone(),
+        pacs: file.pacs.clone(),
+        export: file.export.clone(),
     };
     let entries = match (file.project.clone(), file.projects.clone()) {
         (Some(project), None) => {
@@ -156,6 +164,8 @@ fn resolve(file: &ConfigFile, entry: Mapping, i: usize) -> Result<Config, Vec<St
             storage,
             logging: file.logging.clone(),
             http: file.http.clone(),
+            pacs: file.pacs.clone(),
+            export: file.export.clone(),
         }),
         _ => Err(problems),
     }

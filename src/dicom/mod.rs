@@ -8,6 +8,7 @@
 //! every length is checked against the bytes that are actually there. `dicom-core` still supplies
 //! the tag and VR types and `dicom-dictionary-std` the VR of implicit-VR elements.
 
+mod command_set;
 mod element;
 mod part10;
 mod read;
@@ -16,6 +17,7 @@ mod syntax;
 mod values;
 mod write;
 
+pub use command_set::{command_us, encode_command, put_command_us};
 pub use element::{pad_text, trim_padding, DataSet, Element, Value};
 pub use part10::{
     inflate_into, is_part10, write_meta, write_part10, FileMeta, InflateError, Part10, Part10Error,

@@ -70,6 +70,8 @@ pub struct Metrics {
     pub flush_latency: Histogram,
     pub uploads: IntCounterVec,
     pub upload_bytes: IntCounter,
+    /// DICOM destinations (`export.dicom[].name`, no PHI): sent, already held, failed.
+    pub exports: IntCounterVec,
     pub credential_failures: IntCounter,
     pub sign_ins: IntCounter,
     pub credential_refreshes: IntCounter,
@@ -165,6 +167,10 @@ impl Metrics {
             flush_latency: reg!(histogram("durability_flush_seconds", "Duration of one group-commit flush.")),
             uploads: reg!(counter_vec("uploads_total", "Upload attempts, by outcome.", "outcome")),
             upload_bytes: reg!(counter("upload_bytes_total", "Bytes uploaded.")),
+            exports: reg!(IntCounterVec::new(
+                opts("exports_total", "C-STOREs to DICOM destinations, by destination and outcome."),
+                &["destination", "outcome"]
+            )),
             credential_failures: reg!(counter(
                 "upload_credential_failures_total",
                 "Failures to sign in or to get AWS credentials."

@@ -6,7 +6,9 @@
 //! with no hand-off to a writer thread and back. Each caller gets its answer after the commit.
 
 mod audit;
+mod deliveries;
 mod export;
+mod presence;
 mod queue;
 mod schema;
 mod stats;
@@ -19,7 +21,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use rusqlite::{params, Connection, OptionalExtension};
 
 pub use audit::{export_audit, export_mapping, AuditRecord, PATIENT_ID_MAPPING, UID_MAPPING};
+pub use deliveries::{Delivery, DeliveryRecord, DestinationStatus};
 pub use export::{export_csv, ExportError};
+pub use presence::Presence;
 pub use queue::{Pending, QueueStatus, StuckItem};
 pub use stats::{Counts, Reader};
 
@@ -163,6 +167,7 @@ impl Index {
         let mut conn = Connection::open(path)?;
         conn.busy_timeout(std::time::Duration::from_secs(30))?;
         conn.execute_batch(schema::SCHEMA)?;
+        conn.execute_batch(deliveries::SCHEMA)?;
         migrate(&conn)?;
         // WAL with NORMAL never corrupts; a commit becomes durable when the WAL file reaches the
         // disk, which the caller's durability barrier (syncfs) or closing the index ensures.
@@ -277,7 +282,10 @@ pub(crate) fn now() -> String {
 }
 
 fn init(conn: &mut Connection, path: &Path, owner: &Owner) -> Result<(), IndexError> {
-    let tx = conn.transaction()?;
+    // IMMEDIATE: take the write lock first (waiting on busy_timeout). A deferred read that turns
+    // into a write fails at once with "database is locked" when another process (the running
+    // node, beside `queue retry`) commits in between, and no busy handler helps with that.
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
     let stored: Option<String> =
         tx.query_row("SELECT value FROM meta WHERE key = 'site_id'", [], |r| r.get(0)).optional()?;
     match stored {
@@ -488,5 +496,29 @@ mod tests {
             .call(|c| Ok(c.query_row("SELECT COUNT(*) FROM meta WHERE key LIKE 'k%'", [], |r| r.get(0))?))
             .unwrap();
         assert_eq!(rows, threads * each);
+    }
+
+    /// `queue retry` opens the index beside a running node that commits all the time.
+    #[test]
+    fn a_second_writer_opens_the_index_while_the_first_commits() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("index.db");
+        let node = Index::open(&path, &Owner::for_site("1")).unwrap();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let busy = {
+            let (node, stop) = (node.clone(), stop.clone());
+            std::thread::spawn(move || {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    node.enqueue_deliveries("a").unwrap();
+                }
+            })
+        };
+        for _ in 0..100 {
+            let other = Index::open(&path, &Owner::for_site("1")).expect("opens despite the other writer");
+            other.close();
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        busy.join().unwrap();
+        node.close();
     }
 }

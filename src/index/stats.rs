@@ -52,6 +52,12 @@ impl Reader {
         let c = self.conn.lock().unwrap_or_else(|p| p.into_inner());
         super::queue::status(&c)
     }
+
+    /// Each DICOM destination's queue (none in an index no exporting node has opened yet).
+    pub fn destination_status(&self) -> Result<Vec<super::DestinationStatus>, IndexError> {
+        let c = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        super::deliveries::destination_status(&c)
+    }
 }
 
 #[cfg(test)]

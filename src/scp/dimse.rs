@@ -4,7 +4,7 @@
 use std::borrow::Cow;
 
 use crate::dicom::{
-    pad_text, read_dataset, write_dataset, DataSet, Element, Encoding, ReadError, Tag, Value, VR,
+    command_us, encode_command, pad_text, read_dataset, DataSet, Element, Encoding, ReadError, Tag, Value, VR,
 };
 
 const AFFECTED_SOP_CLASS_UID: Tag = Tag(0x0000, 0x0002);
@@ -84,12 +84,13 @@ impl Command {
     /// Parse a command set (always Implicit VR Little Endian, PS3.7 §6.3.1).
     pub fn parse(bytes: &[u8]) -> Result<Command, CommandError> {
         let ds = read_dataset(bytes, Encoding::IMPLICIT_LE)?;
-        let field = us(&ds, COMMAND_FIELD).ok_or(CommandError::Missing("CommandField (0000,0100)"))?;
+        let field =
+            command_us(&ds, COMMAND_FIELD).ok_or(CommandError::Missing("CommandField (0000,0100)"))?;
         if field == C_CANCEL_RQ {
             return Ok(Command::Cancel);
         }
-        let message_id = us(&ds, MESSAGE_ID).ok_or(CommandError::Missing("MessageID (0000,0110)"))?;
-        let has_data_set = us(&ds, COMMAND_DATA_SET_TYPE).is_some_and(|t| t != NO_DATA_SET);
+        let message_id = command_us(&ds, MESSAGE_ID).ok_or(CommandError::Missing("MessageID (0000,0110)"))?;
+        let has_data_set = command_us(&ds, COMMAND_DATA_SET_TYPE).is_some_and(|t| t != NO_DATA_SET);
         let uid = |tag, name| {
             ds.text(tag).filter(|v| !v.is_empty()).map(str::to_string).ok_or(CommandError::Missing(name))
         };
@@ -112,10 +113,6 @@ impl Command {
             Command::Other { has_data_set, .. } => *has_data_set,
         }
     }
-}
-
-fn us(ds: &DataSet<'_>, tag: Tag) -> Option<u16> {
-    ds.bytes(tag).and_then(|b| b.get(..2)).map(|b| u16::from_le_bytes([b[0], b[1]]))
 }
 
 /// The response to `request` with `status`; `comment` (no PHI, at most 64 characters) explains a
@@ -151,14 +148,7 @@ pub fn response(request: &Command, status: Status, comment: Option<&str>) -> Vec
     if let Some(instance) = instance {
         put(AFFECTED_SOP_INSTANCE_UID, VR::UI, pad_text(VR::UI, instance.as_bytes().to_vec()));
     }
-    let mut body = Vec::with_capacity(160);
-    write_dataset(&ds, Encoding::IMPLICIT_LE, &mut body).expect("writing to a Vec cannot fail");
-    // (0000,0000) CommandGroupLength UL comes first and counts the rest (PS3.7 §E.1).
-    let mut out = Vec::with_capacity(body.len() + 12);
-    out.extend([0x00, 0x00, 0x00, 0x00, 0x04, 0x00, 0x00, 0x00]);
-    out.extend((body.len() as u32).to_le_bytes());
-    out.extend(body);
-    out
+    encode_command(&ds)
 }
 
 #[cfg(test)]
@@ -171,9 +161,9 @@ mod tests {
             Command::Store { message_id: 7, sop_class_uid: "1.2.3".into(), sop_instance_uid: "4.5.6".into() };
         let rsp = response(&request, Status::DATA_SET_MISMATCH, Some("SOPInstanceUID differs"));
         let ds = read_dataset(&rsp, Encoding::IMPLICIT_LE).unwrap();
-        assert_eq!(us(&ds, COMMAND_FIELD), Some(C_STORE_RSP));
-        assert_eq!(us(&ds, MESSAGE_ID_BEING_RESPONDED_TO), Some(7));
-        assert_eq!(us(&ds, STATUS), Some(0xA900));
+        assert_eq!(command_us(&ds, COMMAND_FIELD), Some(C_STORE_RSP));
+        assert_eq!(command_us(&ds, MESSAGE_ID_BEING_RESPONDED_TO), Some(7));
+        assert_eq!(command_us(&ds, STATUS), Some(0xA900));
         assert_eq!(ds.text(AFFECTED_SOP_INSTANCE_UID), Some("4.5.6"));
         assert_eq!(ds.text(ERROR_COMMENT), Some("SOPInstanceUID differs"));
         let group_length = u32::from_le_bytes(rsp[8..12].try_into().unwrap()) as usize;

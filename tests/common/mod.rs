@@ -5,6 +5,7 @@
 pub mod corpus;
 pub mod moto;
 pub mod node;
+pub mod peers;
 pub mod pki;
 pub mod rawscu;
 pub mod research;

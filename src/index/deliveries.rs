@@ -1,0 +1,273 @@
+//! The queue of each DICOM destination: one row per (destination, instance), `queued → sending →
+//! sent`, or `failed` with the attempt count, the last error and when to try again. The S3 state
+//! stays in `instances`; a destination never changes it, and S3 never changes these rows.
+//!
+//! Rows are added by [`Index::enqueue_deliveries`], which the destination's worker calls: every
+//! instance recorded after the last one it queued (by rowid, which only grows) gets a row. So the
+//! ingest path does not know the destinations, and a destination added later receives the whole
+//! archive.
+
+use chrono::{DateTime, Utc};
+use rusqlite::{params, Connection};
+
+use super::{now, Index, IndexError};
+
+pub const SCHEMA: &str = r#"
+CREATE TABLE IF NOT EXISTS deliveries (
+    destination    TEXT NOT NULL,              -- export.dicom[].name
+    anon_sop_uid   TEXT NOT NULL,
+    instance_rowid INTEGER NOT NULL,           -- instances.rowid: the order of arrival
+    state          TEXT NOT NULL DEFAULT 'queued',  -- queued, sending, sent, failed
+    attempts       INTEGER NOT NULL DEFAULT 0,
+    last_error     TEXT,
+    next_try       TEXT,
+    sent_at        TEXT,
+    PRIMARY KEY (destination, anon_sop_uid)
+);
+CREATE INDEX IF NOT EXISTS deliveries_by_state ON deliveries(destination, state, instance_rowid);
+CREATE INDEX IF NOT EXISTS deliveries_by_rowid ON deliveries(destination, instance_rowid);
+"#;
+
+/// An instance to send to a destination.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivery {
+    pub anon_sop_uid: String,
+    pub sop_class_uid: String,
+    /// The pseudonyms of its study and series: what a C-FIND of the destination asks about.
+    pub anon_study_uid: String,
+    pub anon_series_uid: String,
+    /// Relative to the public directory.
+    pub path: String,
+    pub size: u64,
+    /// Earlier attempts: the destination may already hold it.
+    pub attempts: u32,
+}
+
+/// What became of a claimed instance.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeliveryRecord {
+    /// The destination has it (stored now, or found there).
+    Sent(String),
+    /// An attempt failed; try again at `next_try`.
+    Failed { uid: String, error: String, next_try: DateTime<Utc> },
+    /// Its association ended before its turn: queued again, not an attempt.
+    NotTried(String),
+}
+
+/// One destination's line in `queue status`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DestinationStatus {
+    pub destination: String,
+    pub counts: Vec<(String, u64)>,
+    /// Failed instances: anonymized UID, attempts, last error, next try.
+    pub failed: Vec<(String, u32, String, Option<String>)>,
+}
+
+fn time(t: DateTime<Utc>) -> String {
+    t.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string()
+}
+
+/// At most this many rows are queued per call, so one call never holds the writer for long.
+const ENQUEUE_BATCH: i64 = 5000;
+
+impl Index {
+    /// Queue for `destination` the instances recorded since the last one queued for it. Returns
+    /// how many were added.
+    pub fn enqueue_deliveries(&self, destination: &str) -> Result<usize, IndexError> {
+        let d = destination.to_string();
+        self.call(move |c| {
+            Ok(c.execute(
+                "INSERT OR IGNORE INTO deliveries(destination, anon_sop_uid, instance_rowid)
+                 SELECT ?1, anon_sop_uid, rowid FROM instances
+                 WHERE rowid > (SELECT COALESCE(MAX(instance_rowid), 0) FROM deliveries WHERE destination = ?1)
+                 ORDER BY rowid LIMIT ?2",
+                params![d, ENQUEUE_BATCH],
+            )?)
+        })
+    }
+
+    /// Take up to `limit` instances for `destination`, oldest first: queued ones, and failed ones
+    /// whose next try has come. They become `sending`.
+    pub fn claim_deliveries(&self, destination: &str, limit: usize) -> Result<Vec<Delivery>, IndexError> {
+        let d = destination.to_string();
+        self.call(move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT d.anon_sop_uid, i.sop_class_uid, i.path, i.size, d.attempts, st.anon_study_uid, se.anon_series_uid
+                 FROM deliveries d JOIN instances i ON i.rowid = d.instance_rowid
+                 JOIN series se ON se.series_uid = i.series_uid JOIN studies st ON st.study_uid = se.study_uid
+                 WHERE d.destination = ?1 AND (d.state = 'queued' OR (d.state = 'failed' AND d.next_try <= ?2))
+                 ORDER BY d.instance_rowid LIMIT ?3",
+            )?;
+            let rows: Vec<Delivery> = stmt
+                .query_map(params![d, now(), limit as i64], |r| {
+                    Ok(Delivery {
+                        anon_sop_uid: r.get(0)?,
+                        sop_class_uid: r.get(1)?,
+                        path: r.get(2)?,
+                        size: r.get::<_, i64>(3)? as u64,
+                        attempts: r.get(4)?,
+                        anon_study_uid: r.get(5)?,
+                        anon_series_uid: r.get(6)?,
+                    })
+                })?
+                .collect::<Result<_, _>>()?;
+            let mut mark = c.prepare_cached(
+                "UPDATE deliveries SET state = 'sending' WHERE destination = ?1 AND anon_sop_uid = ?2",
+            )?;
+            for p in &rows {
+                mark.execute(params![d, p.anon_sop_uid])?;
+            }
+            Ok(rows)
+        })
+    }
+
+    /// Record what became of claimed instances, all in one transaction.
+    pub fn record_deliveries(
+        &self,
+        destination: &str,
+        records: Vec<DeliveryRecord>,
+    ) -> Result<(), IndexError> {
+        let d = destination.to_string();
+        self.call(move |c| {
+            let mut sent = c.prepare_cached(
+                "UPDATE deliveries SET state = 'sent', sent_at = ?3, last_error = NULL, next_try = NULL
+                 WHERE destination = ?1 AND anon_sop_uid = ?2",
+            )?;
+            let mut failed = c.prepare_cached(
+                "UPDATE deliveries SET state = 'failed', attempts = attempts + 1, last_error = ?3, next_try = ?4
+                 WHERE destination = ?1 AND anon_sop_uid = ?2",
+            )?;
+            let mut untried = c.prepare_cached(
+                "UPDATE deliveries SET state = 'queued' WHERE destination = ?1 AND anon_sop_uid = ?2 AND state = 'sending'",
+            )?;
+            let at = now();
+            for r in &records {
+                match r {
+                    DeliveryRecord::Sent(uid) => sent.execute(params![d, uid, at])?,
+                    DeliveryRecord::Failed { uid, error, next_try } => {
+                        failed.execute(params![d, uid, error, time(*next_try)])?
+                    }
+                    DeliveryRecord::NotTried(uid) => untried.execute(params![d, uid])?,
+                };
+            }
+            Ok(())
+        })
+    }
+
+    /// After a restart nothing is being sent: what was is queued again. Returns how many.
+    pub fn requeue_sending(&self, destination: &str) -> Result<usize, IndexError> {
+        let d = destination.to_string();
+        self.call(move |c| {
+            Ok(c.execute(
+                "UPDATE deliveries SET state = 'queued' WHERE destination = ?1 AND state = 'sending'",
+                [d],
+            )?)
+        })
+    }
+
+    /// Every destination's counts and failed instances, as `queue status` shows them.
+    pub fn destination_status(&self) -> Result<Vec<DestinationStatus>, IndexError> {
+        self.call(destination_status)
+    }
+
+    /// Put every failed delivery back in its queue for an immediate try. Returns how many.
+    pub fn retry_failed_deliveries(&self) -> Result<usize, IndexError> {
+        self.call(|c| {
+            Ok(c.execute(
+                "UPDATE deliveries SET state = 'queued', next_try = NULL WHERE state = 'failed'",
+                [],
+            )?)
+        })
+    }
+}
+
+pub(super) fn destination_status(c: &Connection) -> Result<Vec<DestinationStatus>, IndexError> {
+    let mut out: Vec<DestinationStatus> = Vec::new();
+    let exists: i64 = c.query_row(
+        "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = 'deliveries'",
+        [],
+        |r| r.get(0),
+    )?;
+    if exists == 0 {
+        return Ok(out);
+    }
+    let mut stmt = c.prepare(
+        "SELECT destination, state, COUNT(*) FROM deliveries GROUP BY destination, state ORDER BY destination, state",
+    )?;
+    let rows: Vec<(String, String, i64)> =
+        stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?.collect::<Result<_, _>>()?;
+    for (destination, state, n) in rows {
+        if out.last().is_none_or(|s| s.destination != destination) {
+            out.push(DestinationStatus { destination: destination.clone(), ..Default::default() });
+        }
+        let last = out.last_mut().expect("pushed above");
+        last.counts.push((state, n as u64));
+    }
+    let mut stmt = c.prepare(
+        "SELECT anon_sop_uid, attempts, COALESCE(last_error, ''), next_try FROM deliveries
+         WHERE destination = ?1 AND state = 'failed' ORDER BY instance_rowid LIMIT 100",
+    )?;
+    for s in &mut out {
+        s.failed = stmt
+            .query_map([&s.destination], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
+            .collect::<Result<_, _>>()?;
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::DeliveryRecord;
+    use crate::index::{Index, Owner};
+
+    /// Queue rows for a destination from instances inserted straight into the table.
+    fn index_with_instances(n: usize) -> (tempfile::TempDir, Index) {
+        let d = tempfile::tempdir().unwrap();
+        let index = Index::open(&d.path().join("index.db"), &Owner::for_site("1")).unwrap();
+        index
+            .call(move |c| {
+                c.execute_batch(
+                    "INSERT INTO studies(study_uid, anon_study_uid, patient_id, source) VALUES ('st', 'ast', '', 'test');
+                     INSERT INTO series(series_uid, anon_series_uid, study_uid) VALUES ('s', 'as', 'st');",
+                )?;
+                for i in 0..n {
+                    c.execute(
+                        "INSERT INTO instances(sop_uid, anon_sop_uid, series_uid, sop_class_uid, path, size, stored_at)
+                         VALUES (?1, ?2, 's', '1.2', ?3, 10, 't')",
+                        rusqlite::params![format!("phi{i}"), format!("anon{i}"), format!("p/{i}.dcm")],
+                    )?;
+                }
+                Ok(())
+            })
+            .unwrap();
+        (d, index)
+    }
+
+    #[test]
+    fn each_destination_queues_every_instance_once_and_keeps_its_own_state() {
+        let (_d, index) = index_with_instances(3);
+        assert_eq!(index.enqueue_deliveries("a").unwrap(), 3);
+        assert_eq!(index.enqueue_deliveries("a").unwrap(), 0);
+        assert_eq!(index.enqueue_deliveries("b").unwrap(), 3);
+        let claimed = index.claim_deliveries("a", 2).unwrap();
+        assert_eq!(claimed.iter().map(|c| c.anon_sop_uid.as_str()).collect::<Vec<_>>(), ["anon0", "anon1"]);
+        let past = chrono::Utc::now() - chrono::Duration::seconds(1);
+        let records = vec![
+            DeliveryRecord::Sent("anon0".into()),
+            DeliveryRecord::Failed { uid: "anon1".into(), error: "0xA700".into(), next_try: past },
+        ];
+        index.record_deliveries("a", records).unwrap();
+        // The failed one is due again; the sent one never comes back.
+        let again = index.claim_deliveries("a", 10).unwrap();
+        assert_eq!(
+            again.iter().map(|c| (c.anon_sop_uid.as_str(), c.attempts)).collect::<Vec<_>>(),
+            [("anon1", 1), ("anon2", 0)]
+        );
+        assert_eq!(index.requeue_sending("a").unwrap(), 2);
+        let status = index.destination_status().unwrap();
+        assert_eq!(status.len(), 2);
+        assert_eq!(status[0].counts, [("queued".to_string(), 2), ("sent".to_string(), 1)]);
+        assert_eq!(status[1].counts, [("queued".to_string(), 3)]);
+        index.close();
+    }
+}

@@ -1,0 +1,139 @@
+//! DCMTK peers the node talks to as an SCU: dcmqrscp as a PACS (query/retrieve, and a storage
+//! destination) and storescp as a destination. DCMTK 3.6.7 has no bind-address option, so they
+//! listen on every interface; every connection in the tests goes to 127.0.0.1. Each is stopped by
+//! its PID when dropped.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use super::{files_under, tool, wait_until};
+
+/// A port nobody listens on right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn dcmtk(name: &str) -> Command {
+    let mut c = Command::new(tool(&format!("/usr/bin/{name}"), "dcmtk"));
+    c.env("TCP_NODELAY", "1");
+    c
+}
+
+fn listening(port: u16) -> bool {
+    std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+}
+
+/// A DCMTK process, killed by PID on drop.
+pub struct Peer {
+    child: Option<Child>,
+    pub port: u16,
+    pub ae: String,
+    /// Where it stores what it receives.
+    pub dir: PathBuf,
+    log: PathBuf,
+}
+
+impl Peer {
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Every file it has stored (dcmqrscp's index.dat excluded).
+    pub fn files(&self) -> Vec<PathBuf> {
+        files_under(&self.dir).into_iter().filter(|p| !p.ends_with("index.dat")).collect()
+    }
+
+    /// A peer that is not running (yet): its AE title and port, for a config.
+    pub fn placeholder(ae: &str, port: u16) -> Peer {
+        Peer { child: None, port, ae: ae.into(), dir: PathBuf::new(), log: PathBuf::new() }
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    fn wait_listening(&self, what: &str) {
+        let port = self.port;
+        wait_until(&format!("{what} listening on {port}"), Duration::from_secs(15), || listening(port));
+    }
+}
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// dcmqrscp with one AE (`ae`) storing under `dir/db`, knowing `(node_ae, 127.0.0.1,
+/// node_port)` as a move destination.
+pub fn dcmqrscp(dir: &Path, ae: &str, node_ae: &str, node_port: u16) -> Peer {
+    let port = free_port();
+    let db = dir.join("db");
+    std::fs::create_dir_all(&db).unwrap();
+    let cfg = format!(
+        "NetworkTCPPort = {port}\nMaxPDUSize = 65536\nMaxAssociations = 16\n\
+         HostTable BEGIN\nnode = ({node_ae}, 127.0.0.1, {node_port})\nHostTable END\n\
+         VendorTable BEGIN\nVendorTable END\n\
+         AETable BEGIN\n{ae} {} RW (10000, 1024mb) ANY\nAETable END\n",
+        db.display()
+    );
+    let cfg_path = dir.join("dcmqrscp.cfg");
+    std::fs::write(&cfg_path, cfg).unwrap();
+    let log = dir.join("dcmqrscp.log");
+    let child = dcmtk("dcmqrscp")
+        .args(["-c"])
+        .arg(&cfg_path)
+        .stdout(Stdio::from(std::fs::File::create(&log).unwrap()))
+        .stderr(Stdio::from(std::fs::File::options().append(true).open(&log).unwrap()))
+        .spawn()
+        .expect("dcmqrscp starts");
+    let peer = Peer { child: Some(child), port, ae: ae.into(), dir: db, log };
+    peer.wait_listening("dcmqrscp");
+    peer
+}
+
+/// storescp writing exactly the bytes it receives (`+B`) under unique names (`-uf`, so a second
+/// copy of an instance is a second file), one process per association.
+pub fn storescp(dir: &Path, ae: &str, port: u16) -> Peer {
+    storescp_with(dir, ae, port, &[])
+}
+
+/// [`storescp`] with more options (`+xi`: Implicit VR LE only; `+xa`: every syntax).
+pub fn storescp_with(dir: &Path, ae: &str, port: u16, options: &[&str]) -> Peer {
+    let out = dir.join("received");
+    std::fs::create_dir_all(&out).unwrap();
+    let log = dir.join("storescp.log");
+    let child = dcmtk("storescp")
+        .args(["--fork", "+B", "-uf", "-aet", ae])
+        .args(options)
+        .arg("-od")
+        .arg(&out)
+        .arg(port.to_string())
+        .stdout(Stdio::from(std::fs::File::options().create(true).append(true).open(&log).unwrap()))
+        .stderr(Stdio::from(std::fs::File::options().append(true).open(&log).unwrap()))
+        .spawn()
+        .expect("storescp starts");
+    let peer = Peer { child: Some(child), port, ae: ae.into(), dir: out, log };
+    peer.wait_listening("storescp");
+    peer
+}
+
+/// Send files to a peer with storescu (one association), as `calling`.
+pub fn storescu_to(port: u16, called: &str, files: &[PathBuf]) {
+    let out = dcmtk("storescu")
+        .args(["-aet", "FILLER", "-aec", called, "127.0.0.1", &port.to_string()])
+        .args(files)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "storescu to {called}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
