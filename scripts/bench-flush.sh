@@ -3,12 +3,17 @@
 # 0.5 MB instance durable (file data, its rename, a 4 KiB index WAL append) by
 #   fsync:  sync_file_range + fdatasync(WAL) + rename + fdatasync(file) + fsync(directory)
 #   syncfs: rename + syncfs (everything dirty on the file system, one journal commit)
-# first alone, then with a stranger writing a large file to the same file system (`dd`).
+# first alone, then with a stranger writing to the same file system (`dd`). One instance at a time:
+# neither side gets the batching a group commit gives it under concurrent associations.
 #   scripts/bench-flush.sh [DIR]      (default: a temp directory under /tmp)
 set -euo pipefail
 DIR=$(mktemp -d "${1:-/tmp}/bench-flush.XXXXXX")
 DD_PID=""
-cleanup() { [ -n "$DD_PID" ] && kill "$DD_PID" 2>/dev/null; rm -rf "$DIR"; }
+cleanup() {
+    rm -f "$DIR/.stranger"
+    [ -n "$DD_PID" ] && { pkill -P "$DD_PID" 2>/dev/null; wait "$DD_PID" 2>/dev/null; }
+    rm -rf "$DIR"
+}
 trap cleanup EXIT
 run() {
     python3 - "$DIR" "$1" <<'PY'
@@ -45,6 +50,8 @@ for mode, v in times.items():
 PY
 }
 run alone
-dd if=/dev/zero of="$DIR/stranger" bs=1M count=100000 status=none & DD_PID=$!
+# The stranger rewrites one 1 GiB file over and over, so the disk never fills.
+touch "$DIR/.stranger"
+(while [ -e "$DIR/.stranger" ]; do dd if=/dev/zero of="$DIR/stranger" bs=1M count=1024 status=none; done) & DD_PID=$!
 sleep 1
 run "+ stranger"

@@ -97,9 +97,12 @@ fn open_project(config: Config) -> Result<Project, NodeError> {
         let _ = std::fs::remove_file(stale.path());
     }
     let pipeline = Arc::new(Pipeline::open(&config, &config.public_dir(), Durability::EachInstance)?);
-    let swept = pipeline.sweep();
-    if swept > 0 {
-        tracing::info!(project = %config.project.name, files = swept, "removed temp files an interrupted commit left in public/");
+    let (files, rows) = pipeline.sweep()?;
+    if files > 0 {
+        tracing::info!(project = %config.project.name, files, "removed temp files an interrupted commit left in public/");
+    }
+    if rows > 0 {
+        tracing::info!(project = %config.project.name, instances = rows, "forgot index rows of instances an interrupted commit never placed in public/ (never acknowledged)");
     }
     let node = Arc::new(scp::Node::new(
         pipeline.clone(),

@@ -20,7 +20,7 @@ use crate::dicom::{
     TransferSyntax, ValueError, WriteError,
 };
 use crate::durability::{Barrier, Durability};
-use crate::index::{AuditRecord, Capture, Index, IndexError, InstanceRecord, Owner};
+use crate::index::{AuditRecord, Capture, Committed, Index, IndexError, InstanceRecord, Owner};
 use crate::queue::{Quarantine, Reason, Spill, Spool, SpoolError};
 
 const PIXEL_DATA: Tag = Tag(0x7FE0, 0x0010);
@@ -110,7 +110,9 @@ impl InstanceError {
             InstanceError::Invalid(EngineError::LookupMiss { .. }) => Data(Reason::LookupMiss),
             InstanceError::Index(IndexError::Conflict(_)) => Data(Reason::IntegrityConflict),
             InstanceError::Storage(SpoolError::Encode(_)) => Data(Reason::CannotEncode),
-            InstanceError::Panic(_) => Data(Reason::ProcessingError),
+            InstanceError::Panic(_) | InstanceError::Index(IndexError::Panicked(_)) => {
+                Data(Reason::ProcessingError)
+            }
             InstanceError::Refused(_) => Fault::Refused,
             InstanceError::Inflate(_)
             | InstanceError::TooLarge { .. }
@@ -255,9 +257,13 @@ impl Pipeline {
         &self.index
     }
 
-    /// Remove temp files a crash left in the spool; returns how many.
-    pub fn sweep(&self) -> usize {
-        self.spool.sweep()
+    /// Put right what a crash left: temp files in the spool are removed, and index rows of
+    /// instances whose file never reached `public/` (committed, then the crash before the rename;
+    /// never acknowledged) are forgotten. Returns how many of each.
+    pub fn sweep(&self) -> Result<(usize, usize), IndexError> {
+        let files = self.spool.sweep();
+        let rows = self.index.forget_unpublished(self.spool.root())?;
+        Ok((files, rows))
     }
 
     /// Anonymize one Part 10 file from disk. `source` (a path) goes into the index only.
@@ -501,20 +507,37 @@ impl Pipeline {
             size,
             uid_map: report.uid_map,
         };
-        let committed = self.index.commit(capture, record, audit)?;
-        if committed != keys.patient_id {
-            // Mappings never change once committed; another writer on this index broke that.
-            return Err(
-                IndexError::Conflict("the patient's pseudonym changed while it was written".into()).into()
-            );
+        let committed = self.index.commit(capture, record, audit, &keys.patient_id)?;
+        let dest = self.spool.root().join(&path);
+        if let Err(e) = staged.publish() {
+            return Err(self.undo(committed, false, &dest, e.into()));
         }
-        staged.publish()?;
         if self.durability == Durability::EachInstance {
             // File, directory entry and index row are in the page cache; make them durable
             // together with whatever other instances are waiting (group commit).
-            durable(&self.barrier, &self.spool)?;
+            if let Err(e) = durable(&self.barrier, &self.spool) {
+                return Err(self.undo(committed, true, &dest, e.into()));
+            }
         }
         Ok(Stored { keys, path, size, caught: report.caught })
+    }
+
+    /// After a failure that followed the commit: take back the success audit row (the caller
+    /// audits the failure) and, if the file never reached `dest`, the instance row. Returns the
+    /// failure; an index that cannot be put right is logged (the next start forgets rows whose
+    /// file is missing).
+    fn undo(
+        &self,
+        committed: Committed,
+        published: bool,
+        dest: &Path,
+        failure: InstanceError,
+    ) -> InstanceError {
+        let on_disk = std::fs::metadata(dest).ok().filter(std::fs::Metadata::is_file).map(|m| m.len());
+        if let Err(e) = self.index.undo(committed, published, on_disk) {
+            tracing::error!(error = %e, "cannot take back the index rows of an instance that failed after its commit");
+        }
+        failure
     }
 
     /// Real devices write values longer than their VR allows: they are kept (the free-text scrub
@@ -557,14 +580,8 @@ fn agree(assigned: &str, captured: Result<String, IndexError>) -> Result<String,
 /// Run `f`; a panic (a bug some input found) becomes an error about that input, so the instance
 /// is quarantined and the sender told, instead of a dead task and an endless retry.
 fn guarded(f: impl FnOnce() -> Result<Stored, InstanceError>) -> Result<Stored, InstanceError> {
-    catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|payload| {
-        let what = payload
-            .downcast_ref::<&str>()
-            .map(|s| s.to_string())
-            .or_else(|| payload.downcast_ref::<String>().cloned())
-            .unwrap_or_else(|| "panic".into());
-        Err(InstanceError::Panic(what))
-    })
+    catch_unwind(AssertUnwindSafe(f))
+        .unwrap_or_else(|payload| Err(InstanceError::Panic(crate::index::panic_message(&*payload))))
 }
 
 /// An I/O error on `path`: the node's fault, never the sender's.

@@ -351,3 +351,54 @@ fn a_known_patients_instance_that_contradicts_the_index_never_reaches_public() {
     assert_eq!(send(&first), 0x0000);
     assert_eq!(files_under(&node.public()).len(), 1);
 }
+
+#[test]
+fn an_instance_that_fails_after_its_commit_leaves_no_success_in_the_audit_or_the_queue() {
+    let d = tempfile::tempdir().unwrap();
+    let node = Node::start(d.path(), "", "  min_free_bytes: 0\n");
+    let shape = Shape::default();
+    let file = instance(&smith(), &shape);
+    let body = dicom_anon_gateway::dicom::Part10::parse(&file).unwrap().body.to_vec();
+    let send = || rawscu::store_raw(node.port, AE, CT_IMAGE, &sop_uid(&smith(), &shape), &body);
+    assert_eq!(send(), 0x0000);
+    // Its place in public/ becomes a non-empty directory: the rename of the next copy fails.
+    let stored = dcm_files(&node.public()).remove(0);
+    std::fs::remove_file(&stored).unwrap();
+    std::fs::create_dir_all(stored.join("in-the-way")).unwrap();
+    assert_eq!(send(), 0xA700, "{}", node.log());
+    let index = rusqlite::Connection::open(d.path().join("storage/private/index.db")).unwrap();
+    let statuses: Vec<String> = index
+        .prepare("SELECT status FROM audit ORDER BY id")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(statuses, ["0x0000", "0xA700"], "one row per C-STORE, each its real answer");
+    let queued: i64 =
+        index.query_row("SELECT COUNT(*) FROM instances WHERE state = 'queued'", [], |r| r.get(0)).unwrap();
+    assert_eq!(queued, 0, "no queued row points at a file that is not there");
+}
+
+#[test]
+fn a_queued_row_whose_file_never_reached_public_is_forgotten_at_the_next_start() {
+    // What a crash between an instance's commit and its rename into public/ leaves behind (that
+    // instance was never acknowledged): a queued row and no file.
+    let d = tempfile::tempdir().unwrap();
+    let node = Node::start(d.path(), "", "  min_free_bytes: 0\n");
+    let config = node.config.clone();
+    assert!(storescu(
+        node.port,
+        &[put(&d.path().join("in"), "a.dcm", &instance(&smith(), &Shape::default()))]
+    )
+    .status
+    .success());
+    let stored = dcm_files(&node.public()).remove(0);
+    assert!(node.stop().success());
+    std::fs::remove_file(&stored).unwrap();
+    let node = Node::start_with(d.path(), &config);
+    let index = rusqlite::Connection::open(d.path().join("storage/private/index.db")).unwrap();
+    let rows: i64 = index.query_row("SELECT COUNT(*) FROM instances", [], |r| r.get(0)).unwrap();
+    assert_eq!(rows, 0, "{}", node.log());
+    assert!(node.log().contains("never placed in public/"), "{}", node.log());
+}

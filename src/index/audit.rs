@@ -27,7 +27,7 @@ pub struct AuditRecord {
 impl Index {
     /// Append an audit row; returns once it is committed.
     pub fn audit(&self, r: AuditRecord) -> Result<(), IndexError> {
-        self.call(move |c| insert(c, &r))
+        self.call(move |c| insert(c, &r).map(drop))
     }
 }
 
@@ -49,8 +49,8 @@ fn read_only(index: &Path) -> Result<Connection, ExportError> {
         .map_err(|source| ExportError::Index { path: index.display().to_string(), source })
 }
 
-/// Write one audit row inside the caller's transaction.
-pub(super) fn insert(c: &Connection, r: &AuditRecord) -> Result<(), IndexError> {
+/// Write one audit row inside the caller's transaction; returns its id.
+pub(super) fn insert(c: &Connection, r: &AuditRecord) -> Result<i64, IndexError> {
     let (study, series, sop) = match &r.anon_uids {
         Some((a, b, c)) => (Some(a), Some(b), Some(c)),
         None => (None, None, None),
@@ -72,7 +72,7 @@ pub(super) fn insert(c: &Connection, r: &AuditRecord) -> Result<(), IndexError> 
         r.reason,
         r.bytes as i64
     ])?;
-    Ok(())
+    Ok(c.last_insert_rowid())
 }
 
 /// Write the audit trail from `since` (our `YYYY-MM-DDTHH:MM:SS.mmmZ` form, or a prefix of it) on,

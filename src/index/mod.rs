@@ -13,7 +13,9 @@ mod queue;
 mod schema;
 mod stats;
 
+use std::any::Any;
 use std::collections::HashMap;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -43,6 +45,9 @@ pub enum IndexError {
     Dir { path: String, source: std::io::Error },
     #[error("the PHI index writer has stopped")]
     Closed,
+    /// A bug met while running a request; only that request fails.
+    #[error("internal error in a PHI index request: {0}")]
+    Panicked(String),
 }
 
 /// What the index records about an instance's patient, study and series before it is anonymized.
@@ -132,6 +137,15 @@ impl Writer {
     }
 }
 
+/// The text a panic carried, if it carried one.
+pub fn panic_message(payload: &(dyn Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "panic".into())
+}
+
 /// A lock whose holder panicked still guards consistent data: SQLite rolled back what it did.
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -155,6 +169,11 @@ impl Owner {
     }
 }
 
+/// The writer checkpoints itself once the WAL holds this many pages (4 MiB of 4 KiB pages).
+const WAL_PAGES: i64 = 1000;
+/// A WAL that has grown past this is truncated back to it when it starts over.
+const WAL_BYTES_KEPT: i64 = 16 << 20;
+
 /// How often the WAL is copied back into the database, off the writer's path.
 const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
@@ -173,9 +192,13 @@ impl Index {
         // disk, which the caller's durability barrier (syncfs) or closing the index ensures.
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         init(&mut conn, path, owner)?;
-        // Checkpoints run on a connection of their own, so no commit waits for one to copy the
-        // WAL back; a passive checkpoint never blocks the writer.
-        conn.pragma_update(None, "wal_autocheckpoint", 0)?;
+        // Checkpoints run every second on a connection of their own, so commits rarely wait for
+        // one to copy the WAL back. But a passive checkpoint under constant commits never catches
+        // up with the end of the WAL, and the WAL only starts over once it has: so the writer
+        // still checkpoints itself past WAL_PAGES (copying what the background left, between
+        // two batches, when nothing else is writing), and the file is cut back after.
+        conn.pragma_update(None, "wal_autocheckpoint", WAL_PAGES)?;
+        conn.pragma_update(None, "journal_size_limit", WAL_BYTES_KEPT)?;
         let checkpoints = Connection::open(path)?;
         checkpoints.busy_timeout(std::time::Duration::from_secs(30))?;
         checkpoints.pragma_update(None, "synchronous", "NORMAL")?;
@@ -196,7 +219,9 @@ impl Index {
     ) -> Result<T, IndexError> {
         let (reply, answer) = mpsc::sync_channel(1);
         let job: Job = Box::new(move |conn| {
-            let result = f(conn);
+            // A bug that panics fails this request alone; the batch and the combining thread go on.
+            let result = catch_unwind(AssertUnwindSafe(|| f(conn)))
+                .unwrap_or_else(|payload| Err(IndexError::Panicked(panic_message(&*payload))));
             let ok = result.is_ok();
             let send: Reply = Box::new(move |commit_failure| {
                 let result = match commit_failure {
@@ -230,25 +255,85 @@ impl Index {
 
     /// Everything about one stored instance in one transaction: its patient, study and series
     /// (checked against what the index knows, as [`Index::capture`] does), its instance row and
-    /// UID mappings, and its audit row. Returns the patient's pseudonym.
+    /// UID mappings, and its audit row. The patient's pseudonym must be `patient_pseudonym`, the
+    /// one the file was written with; otherwise nothing is recorded (`Conflict`).
     pub fn commit(
         &self,
         capture: Capture,
         record: InstanceRecord,
         audit: Option<AuditRecord>,
-    ) -> Result<String, IndexError> {
+        patient_pseudonym: &str,
+    ) -> Result<Committed, IndexError> {
         let site_id = self.site_id.clone();
         let patient_id = capture.patient_id.clone();
-        let anon = self.call(move |c| {
+        let expected = patient_pseudonym.to_string();
+        let committed = self.call(move |c| {
             let anon = self::capture(c, &capture, &site_id)?;
-            self::record(c, &record)?;
-            if let Some(a) = &audit {
-                audit::insert(c, a)?;
+            if anon != expected {
+                // Mappings never change once committed: another writer on this index broke that.
+                return Err(IndexError::Conflict(
+                    "the patient's pseudonym in the index is not the one the instance was written with"
+                        .into(),
+                ));
             }
-            Ok(anon)
+            let replaced = self::record(c, &record)?;
+            let audit_row = match &audit {
+                Some(a) => Some(audit::insert(c, a)?),
+                None => None,
+            };
+            Ok(Committed { sop_uid: record.sop_uid.clone(), replaced, audit_row })
         })?;
-        self.remember(patient_id, &anon);
-        Ok(anon)
+        self.remember(patient_id, patient_pseudonym);
+        Ok(committed)
+    }
+
+    /// Take back what [`Index::commit`] recorded for an instance that then failed: its audit row
+    /// (the caller audits the real outcome), and, if its file never reached `public/`, its
+    /// instance row (or, if an earlier version of the file is still there, the row is made to
+    /// describe that file again). `on_disk` is the size of the file at the instance's path, if any.
+    pub fn undo(
+        &self,
+        committed: Committed,
+        published: bool,
+        on_disk: Option<u64>,
+    ) -> Result<(), IndexError> {
+        self.call(move |c| {
+            if let Some(id) = committed.audit_row {
+                c.execute("DELETE FROM audit WHERE id = ?1", [id])?;
+            }
+            if !published {
+                match on_disk {
+                    Some(size) if committed.replaced => {
+                        c.execute(
+                            "UPDATE instances SET size = ?2 WHERE sop_uid = ?1",
+                            params![committed.sop_uid, size as i64],
+                        )?;
+                    }
+                    _ => forget(c, &committed.sop_uid)?,
+                }
+            }
+            Ok(())
+        })
+    }
+
+    /// Forget instances still to be delivered whose file is not in `public`: a crash between
+    /// their commit and the rename into place (they were never acknowledged). Returns how many.
+    pub fn forget_unpublished(&self, public: &Path) -> Result<usize, IndexError> {
+        let public = public.to_path_buf();
+        self.call(move |c| {
+            let pending: Vec<(String, String)> = c
+                .prepare("SELECT sop_uid, path FROM instances WHERE state <> 'uploaded'")?
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<Result<_, _>>()?;
+            let mut forgotten = 0;
+            for (sop_uid, path) in pending {
+                if !public.join(&path).exists() {
+                    forget(c, &sop_uid)?;
+                    forgotten += 1;
+                }
+            }
+            Ok(forgotten)
+        })
     }
 
     fn remember(&self, patient_id: String, anon: &str) {
@@ -444,7 +529,30 @@ fn patient(tx: &Connection, c: &Capture, site_id: &str) -> Result<String, IndexE
     Ok(anon)
 }
 
-fn record(tx: &Connection, r: &InstanceRecord) -> Result<(), IndexError> {
+/// What [`Index::commit`] recorded, for [`Index::undo`].
+#[derive(Debug, Clone)]
+pub struct Committed {
+    sop_uid: String,
+    /// The instance was in the index before (sent again).
+    replaced: bool,
+    audit_row: Option<i64>,
+}
+
+/// Drop an instance's row and its pending deliveries.
+fn forget(c: &Connection, sop_uid: &str) -> Result<(), IndexError> {
+    let anon: Option<String> = c
+        .query_row("SELECT anon_sop_uid FROM instances WHERE sop_uid = ?1", [sop_uid], |r| r.get(0))
+        .optional()?;
+    if let Some(anon) = anon {
+        c.execute("DELETE FROM deliveries WHERE anon_sop_uid = ?1 AND state <> 'sent'", [&anon])?;
+    }
+    c.execute("DELETE FROM instances WHERE sop_uid = ?1", [sop_uid])?;
+    Ok(())
+}
+
+/// Insert or replace an instance's row; `true` if it replaced one.
+fn record(tx: &Connection, r: &InstanceRecord) -> Result<bool, IndexError> {
+    let replaced = tx.prepare_cached("SELECT 1 FROM instances WHERE sop_uid = ?1")?.exists([&r.sop_uid])?;
     tx.prepare_cached(
         "INSERT INTO instances(sop_uid, anon_sop_uid, series_uid, sop_class_uid, path, size, state, stored_at)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'queued', ?7)
@@ -457,7 +565,7 @@ fn record(tx: &Connection, r: &InstanceRecord) -> Result<(), IndexError> {
     for (phi, anon) in &r.uid_map {
         map.execute([phi, anon])?;
     }
-    Ok(())
+    Ok(replaced)
 }
 
 #[cfg(test)]
@@ -496,6 +604,45 @@ mod tests {
             .call(|c| Ok(c.query_row("SELECT COUNT(*) FROM meta WHERE key LIKE 'k%'", [], |r| r.get(0))?))
             .unwrap();
         assert_eq!(rows, threads * each);
+    }
+
+    #[test]
+    fn a_request_that_panics_fails_alone_and_the_index_goes_on() {
+        let d = tempfile::tempdir().unwrap();
+        let index = Index::open(&d.path().join("index.db"), &Owner::for_site("1")).unwrap();
+        let boom = index.call(|c| -> Result<(), IndexError> {
+            c.execute("INSERT INTO meta(key, value) VALUES ('half', 'done')", [])?;
+            panic!("a bug");
+        });
+        assert!(matches!(boom, Err(IndexError::Panicked(ref m)) if m == "a bug"), "{boom:?}");
+        let after: i64 = index
+            .call(|c| Ok(c.query_row("SELECT COUNT(*) FROM meta WHERE key = 'half'", [], |r| r.get(0))?))
+            .unwrap();
+        assert_eq!(after, 0, "the panicking request's changes are rolled back");
+    }
+
+    #[test]
+    fn the_wal_stays_bounded_under_constant_commits() {
+        // The background checkpoint alone never lets a busy WAL start over; it grew by gigabytes.
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("index.db");
+        let index = Index::open(&path, &Owner::for_site("1")).unwrap();
+        let page = "x".repeat(4000);
+        for i in 0..8000 {
+            let value = page.clone();
+            index
+                .call(move |c| {
+                    c.execute(
+                        "INSERT INTO meta(key, value) VALUES (?1, ?2)",
+                        params![format!("w{i}"), value],
+                    )?;
+                    Ok(())
+                })
+                .unwrap();
+        }
+        // 8,000 commits of a page or more each: over 32 MB written to the WAL in all.
+        let wal = std::fs::metadata(d.path().join("index.db-wal")).unwrap().len();
+        assert!(wal < 12 << 20, "WAL is {wal} bytes");
     }
 
     /// `queue retry` opens the index beside a running node that commits all the time.
