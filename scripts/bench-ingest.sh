@@ -82,8 +82,13 @@ logging: { level: warn }
 YAML
     "$BIN" serve --config "$WORK/node/config.yaml" > "$WORK/node/out" 2> "$WORK/node/log" &
     NODE_PID=$!
-    # The third start line ("tls on ADDR" or "tls disabled") comes once every listener is bound.
-    until grep -q '^tls' "$WORK/node/out" 2>/dev/null; do sleep 0.05; done
+    # The third start line ("tls on ADDR" or "tls disabled") comes once every listener is bound;
+    # a build from before TLS (BIN=...) prints only the first two.
+    local waited=0
+    until grep -q '^tls' "$WORK/node/out" 2>/dev/null || { grep -q '^listening' "$WORK/node/out" 2>/dev/null && [ "$waited" -ge 40 ]; }; do
+        kill -0 "$NODE_PID" 2>/dev/null || { echo "the node did not start:" >&2; cat "$WORK/node/log" >&2; exit 1; }
+        sleep 0.05; waited=$((waited + 1))
+    done
     NODE_PORT=$(grep -o 'listening on 127.0.0.1:[0-9]*' "$WORK/node/out" | cut -d: -f2)
     TLS_PORT=$(grep -o 'tls on 127.0.0.1:[0-9]*' "$WORK/node/out" | cut -d: -f2 || true)
 }

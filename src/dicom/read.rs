@@ -136,14 +136,15 @@ struct Reader<'a> {
 impl<'a> Reader<'a> {
     /// `n` more bytes must lie before `end`, the end of the current container.
     fn need(&self, n: u64, end: usize, what: &str) -> Result<(), ReadError> {
+        self.need_with(n, end, || what.to_string())
+    }
+
+    /// As [`Reader::need`], with the name made only when it is needed: the error is rare, and
+    /// naming an element formats its tag.
+    fn need_with(&self, n: u64, end: usize, what: impl FnOnce() -> String) -> Result<(), ReadError> {
         let available = end.saturating_sub(self.pos);
         if n > available as u64 {
-            return Err(ReadError::Truncated {
-                offset: self.pos,
-                what: what.to_string(),
-                needed: n,
-                available,
-            });
+            return Err(ReadError::Truncated { offset: self.pos, what: what(), needed: n, available });
         }
         Ok(())
     }
@@ -164,8 +165,8 @@ impl<'a> Reader<'a> {
         }
     }
 
-    fn take(&mut self, len: u32, end: usize, what: impl Fn() -> String) -> Result<&'a [u8], ReadError> {
-        self.need(len as u64, end, &what())?;
+    fn take(&mut self, len: u32, end: usize, what: impl FnOnce() -> String) -> Result<&'a [u8], ReadError> {
+        self.need_with(len as u64, end, what)?;
         let v = &self.buf[self.pos..self.pos + len as usize];
         self.pos += len as usize;
         Ok(v)
