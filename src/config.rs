@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 mod peers;
 
-pub use peers::{DicomPeer, ExportConfig, ExportDestination};
+pub use peers::{DicomPeer, ExportConfig, ExportDestination, ExportTls};
 
 use crate::anonymize::{AccessionFormat, ProfileOptions, Semantics, Settings, UnsupportedOps, Unverifiable};
 

@@ -211,6 +211,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 if let Some(table) = &config.project.lookup_table {
                     dicom_anon_gateway::anonymize::LookupTable::load(table)?;
                 }
+                node::export_tls(config)?;
             }
             let many = projects.len() > 1;
             for config in &projects {

@@ -23,6 +23,7 @@ use crate::index::{IndexError, Reader};
 use crate::pipeline::{Pipeline, SetupError};
 use crate::queue::SpoolError;
 use crate::scp;
+use crate::scu::ClientTls;
 use crate::upload::{AuthError, Credentials, Target, Uploader};
 
 /// How long puts in flight get to finish at shutdown.
@@ -253,20 +254,21 @@ pub async fn start_projects(
     }
     // Each project's queue goes to every DICOM destination, each destination on its own
     // schedule, calling as that project's AE title; the stop is the uploader's.
-    let exporters: Vec<JoinHandle<()>> = projects
-        .iter()
-        .flat_map(|p| {
-            p.config.export.dicom.iter().map(|destination| {
-                let exporter = Exporter {
-                    index: p.pipeline.index().clone(),
-                    public: p.config.public_dir(),
-                    destination: destination.clone(),
-                    calling: p.config.scp.ae_title.clone(),
-                };
-                tokio::spawn(exporter.run(uploads.clone()))
-            })
-        })
-        .collect();
+    let mut exporters: Vec<JoinHandle<()>> = Vec::new();
+    for p in &projects {
+        for (destination, tls) in
+            p.config.export.dicom.iter().zip(export_tls(&p.config).map_err(NodeError::Tls)?)
+        {
+            let exporter = Exporter {
+                index: p.pipeline.index().clone(),
+                public: p.config.public_dir(),
+                destination: destination.clone(),
+                calling: p.config.scp.ae_title.clone(),
+                tls,
+            };
+            exporters.push(tokio::spawn(exporter.run(uploads.clone())));
+        }
+    }
     let pipelines: Vec<Arc<Pipeline>> = projects.into_iter().map(|p| p.pipeline).collect();
 
     let done = tokio::spawn(async move {
@@ -320,4 +322,26 @@ async fn futures_all(tasks: Vec<JoinHandle<()>>) {
     for task in tasks {
         let _ = task.await;
     }
+}
+
+/// The DICOM TLS client of each of `config`'s export destinations (`None`: plain TCP), its files
+/// read now: a destination whose certificates cannot be read stops the start.
+pub fn export_tls(config: &Config) -> Result<Vec<Option<ClientTls>>, scp::TlsError> {
+    config
+        .export
+        .dicom
+        .iter()
+        .enumerate()
+        .map(|(i, d)| {
+            d.tls
+                .as_ref()
+                .map(|tls| {
+                    Ok(ClientTls {
+                        config: scp::tls_client_config(&format!("export.dicom[{i}].tls"), tls)?,
+                        server_name: tls.server_name.clone().unwrap_or_else(|| d.peer.host.clone()),
+                    })
+                })
+                .transpose()
+        })
+        .collect()
 }

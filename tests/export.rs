@@ -314,3 +314,61 @@ fn each_file_goes_in_its_own_syntax_or_an_uncompressed_fallback_and_never_decomp
     assert!(status.contains("in none of the syntaxes 1.2.840.10008.1.2.4.50"), "{status}");
     node.stop();
 }
+
+#[test]
+fn a_destination_over_mutual_dicom_tls_gets_everything_and_one_that_cannot_be_trusted_gets_nothing() {
+    let d = tempfile::tempdir().unwrap();
+    let pki_dir = d.path().join("pki");
+    std::fs::create_dir_all(&pki_dir).unwrap();
+    let ca = common::pki::ca(&pki_dir, "hospital-ca");
+    let server = common::pki::leaf(&pki_dir, &ca, "archive", "archive.hospital", true);
+    let client = common::pki::leaf(&pki_dir, &ca, "gateway", "gateway.hospital", false);
+    let stranger = common::pki::ca(&pki_dir, "other-ca");
+    // storescp over TLS, asking for our certificate (DCMTK requires one when it has +cf).
+    let tls_args = |pem: &common::pki::Pem| {
+        vec![
+            "+tls".to_string(),
+            pem.key.display().to_string(),
+            pem.cert.display().to_string(),
+            "+cf".to_string(),
+            ca.cert.display().to_string(),
+        ]
+    };
+    let args = tls_args(&server);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let secure = storescp_with(&d.path().join("secure"), "SECURE", free_port(), &args);
+    let doubted = storescp_with(&d.path().join("doubted"), "DOUBTED", free_port(), &args);
+    let tls = |ca_file: &Path| {
+        format!(
+            "tls: {{ ca_file: {}, cert_file: {}, key_file: {}, server_name: localhost }}",
+            ca_file.display(),
+            client.cert.display(),
+            client.key.display()
+        )
+    };
+    let export = format!(
+        "export:\n  dicom:\n    - {{ name: secure, ae_title: SECURE, host: 127.0.0.1, port: {}, timeout_s: 5, {} }}\n    - {{ name: doubted, ae_title: DOUBTED, host: 127.0.0.1, port: {}, timeout_s: 5, {} }}\n",
+        secure.port,
+        tls(&ca.cert),
+        doubted.port,
+        // We trust another CA than the one that signed this destination's certificate.
+        tls(&stranger.cert),
+    );
+    let node = Node::start_full(d.path(), "", "  min_free_bytes: 0\n", &export, &[]);
+    let files = corpus(d.path(), 0, 5);
+    let out = storescu(node.port, &files);
+    assert!(out.status.success(), "{}", text(&out));
+    wait_until("5 instances at the TLS destination", Duration::from_secs(60), || secure.files().len() >= 5);
+    wait_until("the untrusted destination recorded as failing", Duration::from_secs(30), || {
+        queue_status(&node.config).contains("destination doubted") && node.log().contains("DOUBTED@127.0.0.1")
+    });
+    let mine = local(&node);
+    let theirs = by_uid(&secure.files());
+    assert_eq!(theirs.len(), 5);
+    for (uid, body) in &mine {
+        assert!(theirs[uid] == *body, "{uid} differs at the TLS destination");
+    }
+    assert!(doubted.files().is_empty(), "nothing goes to a destination whose certificate we do not trust");
+    assert!(sent(&queue_status(&node.config), "secure", 5));
+    node.stop();
+}

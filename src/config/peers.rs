@@ -47,6 +47,25 @@ pub struct ExportDestination {
     /// Wait this long for an association, and for each response.
     #[serde(default = "default_timeout_s")]
     pub timeout_s: u64,
+    /// DICOM TLS to this destination; plain TCP without it.
+    #[serde(default)]
+    pub tls: Option<ExportTls>,
+}
+
+/// DICOM TLS as a client (TLS 1.2 and 1.3, the BCP 195 suites, as on the SCP).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExportTls {
+    /// The CA that signed the destination's certificate (PEM): the only one trusted.
+    pub ca_file: std::path::PathBuf,
+    /// Our certificate and key, for a destination that asks for one (mutual TLS).
+    #[serde(default)]
+    pub cert_file: Option<std::path::PathBuf>,
+    #[serde(default)]
+    pub key_file: Option<std::path::PathBuf>,
+    /// The name the destination's certificate must carry; default: `host`.
+    #[serde(default)]
+    pub server_name: Option<String>,
 }
 
 fn default_associations() -> usize {
@@ -98,6 +117,11 @@ pub(super) fn validate(config: &Config) -> Vec<String> {
         }
         if d.timeout_s == 0 {
             p.push(format!("{key}.timeout_s: must be at least 1 second"));
+        }
+        if let Some(tls) = &d.tls {
+            if tls.cert_file.is_some() != tls.key_file.is_some() {
+                p.push(format!("{key}.tls: cert_file and key_file go together"));
+            }
         }
     }
     duplicate_names("export.dicom", config.export.dicom.iter().map(|d| d.peer.name.as_str()), &mut p);

@@ -22,6 +22,7 @@ use tracing::{debug, info, warn};
 use crate::config::ExportDestination;
 use crate::http::METRICS;
 use crate::index::{Delivery, DeliveryRecord, Index, IndexError};
+use crate::scu::ClientTls;
 use crate::upload::worker::backoff;
 
 pub use store::{contexts, Sent};
@@ -39,6 +40,8 @@ pub struct Exporter {
     pub destination: ExportDestination,
     /// Our AE title, as the calling AE title.
     pub calling: String,
+    /// DICOM TLS to the destination (`destination.tls`, its files read at start).
+    pub tls: Option<ClientTls>,
 }
 
 impl Exporter {
@@ -116,9 +119,10 @@ impl Exporter {
             let (calling, public) = (self.calling.clone(), self.public.clone());
             let timeout = Duration::from_secs(self.destination.timeout_s);
             let check = self.destination.check_existing;
-            set.spawn(
-                async move { store::send_batch(&peer, &calling, &public, timeout, check, chunk).await },
-            );
+            let tls = self.tls.clone();
+            set.spawn(async move {
+                store::send_batch(&peer, tls.as_ref(), &calling, &public, timeout, check, chunk).await
+            });
         }
         let mut round = Round::default();
         while let Some(joined) = set.join_next().await {

@@ -13,7 +13,7 @@ use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use crate::config::DicomPeer;
 use crate::dicom::{read_dataset, write_dataset, Part10, TransferSyntax};
 use crate::index::Delivery;
-use crate::scu::{command, find, status_meaning, Association, Kind, ScuError, UNCOMPRESSED};
+use crate::scu::{command, find, status_meaning, Association, ClientTls, Kind, ScuError, UNCOMPRESSED};
 
 /// A Part 10 file's meta group must fit in this much of its beginning.
 const MAX_META: usize = 1 << 20;
@@ -91,6 +91,7 @@ pub fn contexts(items: &[(String, String)], check: bool) -> Vec<(String, Vec<Str
 /// that ended the association early, if one did.
 pub async fn send_batch(
     peer: &DicomPeer,
+    tls: Option<&ClientTls>,
     calling: &str,
     public: &Path,
     timeout: Duration,
@@ -117,7 +118,8 @@ pub async fn send_batch(
     }
     let pairs: Vec<(String, String)> =
         ready.iter().map(|(i, p)| (i.sop_class_uid.clone(), p.ts.clone())).collect();
-    let mut assoc = match Association::open(peer, calling, &contexts(&pairs, check), timeout).await {
+    let mut assoc = match Association::open_with(peer, calling, &contexts(&pairs, check), timeout, tls).await
+    {
         Ok(a) => a,
         Err(e) => {
             out.extend(ready.into_iter().map(|(i, _)| (i, Sent::NotTried)));

@@ -27,10 +27,10 @@ use crate::http::METRICS;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
-    #[error("scp.tls.{key} {}: {source}", path.display())]
-    Read { key: &'static str, path: std::path::PathBuf, source: io::Error },
-    #[error("scp.tls.{key} {}: {detail}", path.display())]
-    Pem { key: &'static str, path: std::path::PathBuf, detail: String },
+    #[error("{key} {}: {source}", path.display())]
+    Read { key: String, path: std::path::PathBuf, source: io::Error },
+    #[error("{key} {}: {detail}", path.display())]
+    Pem { key: String, path: std::path::PathBuf, detail: String },
     #[error("scp.tls: {0}")]
     Config(String),
 }
@@ -71,39 +71,84 @@ impl Tls {
 
 /// The rustls server configuration of `cfg`.
 fn server_config(cfg: &TlsConfig) -> Result<Arc<rustls::ServerConfig>, TlsError> {
-    let chain = certificates("cert_file", &cfg.cert_file)?;
-    let key =
-        PrivateKeyDer::from_pem_file(&cfg.key_file).map_err(|e| pem_error("key_file", &cfg.key_file, e))?;
-    let mut provider = rustls::crypto::aws_lc_rs::default_provider();
-    provider.cipher_suites.retain(|s| bcp195(s.suite()));
-    let provider = Arc::new(provider);
+    let chain = certificates("scp.tls.cert_file", &cfg.cert_file)?;
+    let key = private_key("scp.tls.key_file", &cfg.key_file)?;
+    let provider = bcp195_provider();
     let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .map_err(|e| TlsError::Config(e.to_string()))?;
     let builder = match &cfg.client_ca_file {
         Some(ca_file) => {
             let mut roots = rustls::RootCertStore::empty();
-            for ca in certificates("client_ca_file", ca_file)? {
+            for ca in certificates("scp.tls.client_ca_file", ca_file)? {
                 roots.add(ca).map_err(|e| TlsError::Pem {
-                    key: "client_ca_file",
+                    key: "scp.tls.client_ca_file".into(),
                     path: ca_file.clone(),
                     detail: e.to_string(),
                 })?;
             }
-            let verifier =
-                WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider).build().map_err(
-                    |e| TlsError::Pem { key: "client_ca_file", path: ca_file.clone(), detail: e.to_string() },
-                )?;
+            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                .build()
+                .map_err(|e| TlsError::Pem {
+                    key: "scp.tls.client_ca_file".into(),
+                    path: ca_file.clone(),
+                    detail: e.to_string(),
+                })?;
             builder.with_client_cert_verifier(verifier)
         }
         None => builder.with_no_client_auth(),
     };
     let config = builder.with_single_cert(chain, key).map_err(|e| TlsError::Pem {
-        key: "key_file",
+        key: "scp.tls.key_file".into(),
         path: cfg.key_file.clone(),
         detail: e.to_string(),
     })?;
     Ok(Arc::new(config))
+}
+
+/// The rustls client configuration for a DICOM destination (`key` names it in errors, as
+/// `export.dicom[0].tls`): only `ca_file` is trusted, our certificate is shown if given.
+pub fn client_config(
+    key: &str,
+    tls: &crate::config::ExportTls,
+) -> Result<Arc<rustls::ClientConfig>, TlsError> {
+    let mut roots = rustls::RootCertStore::empty();
+    let ca_key = format!("{key}.ca_file");
+    for ca in certificates(&ca_key, &tls.ca_file)? {
+        roots.add(ca).map_err(|e| TlsError::Pem {
+            key: ca_key.clone(),
+            path: tls.ca_file.clone(),
+            detail: e.to_string(),
+        })?;
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(bcp195_provider())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| TlsError::Config(e.to_string()))?
+        .with_root_certificates(roots);
+    let config = match (&tls.cert_file, &tls.key_file) {
+        (Some(cert), Some(key_file)) => {
+            let chain = certificates(&format!("{key}.cert_file"), cert)?;
+            let private = private_key(&format!("{key}.key_file"), key_file)?;
+            builder.with_client_auth_cert(chain, private).map_err(|e| TlsError::Pem {
+                key: format!("{key}.key_file"),
+                path: key_file.to_path_buf(),
+                detail: e.to_string(),
+            })?
+        }
+        _ => builder.with_no_client_auth(),
+    };
+    Ok(Arc::new(config))
+}
+
+/// aws-lc-rs with the BCP 195 suites only.
+fn bcp195_provider() -> Arc<rustls::crypto::CryptoProvider> {
+    let mut provider = rustls::crypto::aws_lc_rs::default_provider();
+    provider.cipher_suites.retain(|s| bcp195(s.suite()));
+    Arc::new(provider)
+}
+
+fn private_key(key: &str, path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+    PrivateKeyDer::from_pem_file(path).map_err(|e| pem_error(key, path, e))
 }
 
 /// TLS 1.3's suites (all AEAD) and TLS 1.2's ECDHE with AES-GCM: RFC 9325 (BCP 195) §4.2.
@@ -121,21 +166,27 @@ fn bcp195(suite: rustls::CipherSuite) -> bool {
     )
 }
 
-fn certificates(key: &'static str, path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+fn certificates(key: &str, path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let certs: Vec<_> = CertificateDer::pem_file_iter(path)
         .map_err(|e| pem_error(key, path, e))?
         .collect::<Result<_, _>>()
         .map_err(|e| pem_error(key, path, e))?;
     if certs.is_empty() {
-        return Err(TlsError::Pem { key, path: path.to_path_buf(), detail: "holds no certificate".into() });
+        return Err(TlsError::Pem {
+            key: key.into(),
+            path: path.to_path_buf(),
+            detail: "holds no certificate".into(),
+        });
     }
     Ok(certs)
 }
 
-fn pem_error(key: &'static str, path: &Path, e: rustls::pki_types::pem::Error) -> TlsError {
+fn pem_error(key: &str, path: &Path, e: rustls::pki_types::pem::Error) -> TlsError {
     match e {
-        rustls::pki_types::pem::Error::Io(source) => TlsError::Read { key, path: path.to_path_buf(), source },
-        other => TlsError::Pem { key, path: path.to_path_buf(), detail: other.to_string() },
+        rustls::pki_types::pem::Error::Io(source) => {
+            TlsError::Read { key: key.into(), path: path.to_path_buf(), source }
+        }
+        other => TlsError::Pem { key: key.into(), path: path.to_path_buf(), detail: other.to_string() },
     }
 }
 

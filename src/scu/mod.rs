@@ -6,7 +6,9 @@ pub mod find;
 
 use std::time::Duration;
 
-use dicom_ul::association::client::{AsyncClientAssociation, ClientAssociationOptions};
+use std::sync::Arc;
+
+use dicom_ul::association::client::{AsyncClientAssociation, AsyncTlsStream, ClientAssociationOptions};
 use dicom_ul::pdu::{PDataValue, PDataValueType, Pdu, PresentationContextResultReason};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -62,22 +64,56 @@ pub struct Message {
     pub data: Option<Vec<u8>>,
 }
 
+/// DICOM TLS to a peer: the client configuration and the name its certificate must carry.
+#[derive(Clone)]
+pub struct ClientTls {
+    pub config: Arc<rustls::ClientConfig>,
+    pub server_name: String,
+}
+
+/// The association over plain TCP or TLS (boxed: the two differ much in size).
+enum Link {
+    Plain(Box<AsyncClientAssociation<TcpStream>>),
+    Tls(Box<AsyncClientAssociation<AsyncTlsStream>>),
+}
+
+/// `$body` with `$a` bound to the association, whichever stream it runs on.
+macro_rules! on_link {
+    ($link:expr, $a:ident => $body:expr) => {
+        match $link {
+            Link::Plain($a) => $body,
+            Link::Tls($a) => $body,
+        }
+    };
+}
+
 /// An open association with a peer.
 pub struct Association {
-    inner: AsyncClientAssociation<TcpStream>,
+    inner: Link,
     peer: String,
     timeout: Duration,
     next_message_id: u16,
 }
 
 impl Association {
-    /// Associate with `peer` as `calling`, proposing `contexts` (abstract syntax, transfer
-    /// syntaxes in order of preference).
+    /// Associate with `peer` as `calling` over plain TCP, proposing `contexts` (abstract syntax,
+    /// transfer syntaxes in order of preference).
     pub async fn open(
         peer: &DicomPeer,
         calling: &str,
         contexts: &[(String, Vec<String>)],
         timeout: Duration,
+    ) -> Result<Association, ScuError> {
+        Association::open_with(peer, calling, contexts, timeout, None).await
+    }
+
+    /// [`Association::open`], over DICOM TLS when `tls` is given.
+    pub async fn open_with(
+        peer: &DicomPeer,
+        calling: &str,
+        contexts: &[(String, Vec<String>)],
+        timeout: Duration,
+        tls: Option<&ClientTls>,
     ) -> Result<Association, ScuError> {
         let label = peer.label();
         let mut options = ClientAssociationOptions::new()
@@ -89,13 +125,27 @@ impl Association {
             options = options.with_presentation_context(class.clone(), syntaxes.clone());
         }
         let addr = (peer.host.clone(), peer.port);
-        let mut inner = match tokio::time::timeout(timeout, options.establish_async(addr)).await {
+        let established = match tls {
+            None => tokio::time::timeout(timeout, options.establish_async(addr))
+                .await
+                .map(|r| r.map(|a| Link::Plain(Box::new(a)))),
+            Some(tls) => {
+                let options = options.tls_config(tls.config.clone()).server_name(&tls.server_name);
+                tokio::time::timeout(timeout, options.establish_tls_async(addr))
+                    .await
+                    .map(|r| r.map(|a| Link::Tls(Box::new(a))))
+            }
+        };
+        let mut inner = match established {
             Ok(Ok(a)) => a,
             Ok(Err(source)) => return Err(ScuError::Associate { peer: label, source: Box::new(source) }),
             Err(_) => return Err(ScuError::AssociateTimeout { peer: label, secs: timeout.as_secs() }),
         };
         // Nagle holds back small PDUs (a command, a short identifier) for up to 40 ms.
-        let _ = inner.inner_stream().set_nodelay(true);
+        let _ = match &mut inner {
+            Link::Plain(a) => a.inner_stream().set_nodelay(true),
+            Link::Tls(a) => a.inner_stream().get_ref().0.set_nodelay(true),
+        };
         Ok(Association { inner, peer: label, timeout, next_message_id: 1 })
     }
 
@@ -111,8 +161,7 @@ impl Association {
             pc.reason == PresentationContextResultReason::Acceptance && pc.abstract_syntax == class
         };
         wanted.iter().find_map(|ts| {
-            self.inner
-                .presentation_contexts()
+            on_link!(&self.inner, a => a.presentation_contexts())
                 .iter()
                 .filter(accepted)
                 .find(|pc| pc.transfer_syntax == *ts)
@@ -148,7 +197,8 @@ impl Association {
             }],
         };
         let peer = &self.peer;
-        match tokio::time::timeout(self.timeout, self.inner.send(&pdu)).await {
+        let inner = &mut self.inner;
+        match tokio::time::timeout(self.timeout, async { on_link!(inner, a => a.send(&pdu).await) }).await {
             Ok(r) => r.map_err(|source| ScuError::Network { peer: peer.clone(), source: Box::new(source) }),
             Err(_) => Err(ScuError::Timeout { peer: peer.clone(), secs: self.timeout.as_secs() }),
         }
@@ -163,29 +213,31 @@ impl Association {
         let (peer, timeout) = (self.peer.clone(), self.timeout);
         let stalled = || ScuError::Timeout { peer: peer.clone(), secs: timeout.as_secs() };
         let io = |source| ScuError::Io { peer: peer.clone(), source };
-        let mut writer = self.inner.send_pdata(pc_id);
         // The timeout is for a stall, chunk by chunk: a large instance on a slow link takes what
         // it takes, a peer that stops reading does not hold the association forever.
         let mut buf = vec![0u8; 256 * 1024];
-        loop {
-            let n = data.read(&mut buf).await.map_err(io)?;
-            if n == 0 {
-                break;
+        on_link!(&mut self.inner, a => {
+            let mut writer = a.send_pdata(pc_id);
+            loop {
+                let n = data.read(&mut buf).await.map_err(io)?;
+                if n == 0 {
+                    break;
+                }
+                match tokio::time::timeout(timeout, writer.write_all(&buf[..n])).await {
+                    Ok(r) => r.map_err(io)?,
+                    Err(_) => return Err(stalled()),
+                }
             }
-            match tokio::time::timeout(timeout, writer.write_all(&buf[..n])).await {
-                Ok(r) => r.map_err(io)?,
-                Err(_) => return Err(stalled()),
+            match tokio::time::timeout(timeout, async {
+                writer.flush().await?;
+                writer.finish().await
+            })
+            .await
+            {
+                Ok(r) => r.map_err(io),
+                Err(_) => Err(stalled()),
             }
-        }
-        match tokio::time::timeout(timeout, async {
-            writer.flush().await?;
-            writer.finish().await
         })
-        .await
-        {
-            Ok(r) => r.map_err(io),
-            Err(_) => Err(stalled()),
-        }
     }
 
     /// Read the next message: a command and, when it says one follows, its data set.
@@ -194,20 +246,27 @@ impl Association {
         let mut data: Vec<u8> = Vec::new();
         let mut response: Option<Response> = None;
         loop {
-            let pdu = match tokio::time::timeout(self.timeout, self.inner.receive()).await {
-                Ok(Ok(pdu)) => pdu,
-                Ok(Err(source)) => {
-                    return Err(ScuError::Network { peer: self.peer.clone(), source: Box::new(source) })
-                }
-                Err(_) => {
-                    return Err(ScuError::Timeout { peer: self.peer.clone(), secs: self.timeout.as_secs() })
-                }
-            };
+            let inner = &mut self.inner;
+            let pdu =
+                match tokio::time::timeout(self.timeout, async { on_link!(inner, a => a.receive().await) })
+                    .await
+                {
+                    Ok(Ok(pdu)) => pdu,
+                    Ok(Err(source)) => {
+                        return Err(ScuError::Network { peer: self.peer.clone(), source: Box::new(source) })
+                    }
+                    Err(_) => {
+                        return Err(ScuError::Timeout {
+                            peer: self.peer.clone(),
+                            secs: self.timeout.as_secs(),
+                        })
+                    }
+                };
             let values = match pdu {
                 Pdu::PData { data } => data,
                 Pdu::AbortRQ { .. } => return Err(ScuError::Aborted { peer: self.peer.clone() }),
                 Pdu::ReleaseRQ => {
-                    let _ = self.inner.send(&Pdu::ReleaseRP).await;
+                    let _ = on_link!(&mut self.inner, a => a.send(&Pdu::ReleaseRP).await);
                     return Err(ScuError::Released { peer: self.peer.clone() });
                 }
                 other => {
@@ -258,10 +317,14 @@ impl Association {
     /// Release; a peer that does not answer is left (the socket closes on drop).
     pub async fn release(self) {
         let timeout = self.timeout;
-        let _ = tokio::time::timeout(timeout, self.inner.release()).await;
+        on_link!(self.inner, a => {
+            let _ = tokio::time::timeout(timeout, a.release()).await;
+        })
     }
 
     pub async fn abort(self) {
-        let _ = self.inner.abort().await;
+        on_link!(self.inner, a => {
+            let _ = a.abort().await;
+        })
     }
 }
