@@ -14,18 +14,20 @@
 //! system, so a busy neighbour adds to our acknowledgement latency.
 //!
 //! Both were built and run through the test suites; the per-file variant was not kept, so it is
-//! described here, not in the history. Measured on the 2-core build machine (virtio disk) while
-//! other builds loaded it (load 5 to 7), so the absolutes are high and noisy:
-//! - `scripts/bench-ingest.sh`, 1,000 × 0.5 MB, two runs each, alternating: 8 associations,
-//!   per-file 484 and 543 instances/s, `syncfs` 558 and 655; 1 association, per-file 138 and 110,
-//!   `syncfs` 110 and 134.
-//! - `scripts/bench-flush.sh`, one instance at a time (so no batching on either side), median
-//!   latency: per-file 11.8 ms, `syncfs` 4.0 ms; beside a `dd` writing to the same file system,
-//!   8.0 ms and 4.8 ms.
+//! described here, not in the history. Measured on the 2-core build machine (virtio disk):
+//! - `scripts/bench-ingest.sh`, 1,000 × 0.5 MB, two runs each, alternating, while other builds
+//!   loaded the machine (load 5 to 7, so other writers on the disk): 8 associations, per-file 484
+//!   and 543 instances/s, `syncfs` 558 and 655; 1 association, per-file 138 and 110, `syncfs` 110
+//!   and 134.
+//! - `scripts/bench-flush.sh`, one instance at a time (no batching on either side), median and p90:
+//!   on the quiet machine per-file 1.15 / 1.55 ms, `syncfs` 1.06 / 1.50 ms; beside a `dd` rewriting
+//!   1 GiB files on the same file system, per-file 1.53 / 4.59 ms, `syncfs` 1.48 / **43 ms**.
 //!
-//! `syncfs` was never slower at 8 associations and had one flush to the other's three, so it
-//! stays. On a host where another program writes heavily to the spool's file system, give the
-//! spool (and the index) a file system of their own: `syncfs` then flushes only our writes.
+//! So the medians are equal, `syncfs` did better at 8 associations beside compilers, and its tail
+//! is ten times worse beside a writer that never stops: that is the price of flushing strangers'
+//! pages, and the reason the spool (and the index) belong on a file system of their own on a busy
+//! host, where `syncfs` flushes only our writes. `syncfs` stays; a per-file mode for hosts that
+//! cannot give the spool its own file system is the follow-up if one needs it.
 
 use std::fs::File;
 use std::io;
