@@ -26,11 +26,8 @@ pub enum Command {
     /// Anonymize DICOM files and folders (recursively) into <out>/<patient>/<study>/<series>/<sop>.dcm,
     /// using the node's script, pseudonyms and PHI index.
     Anonymize {
-        #[arg(long, default_value = "config/default.yaml")]
-        config: PathBuf,
-        /// The project (its `name`) when the config lists several.
-        #[arg(long)]
-        project: Option<String>,
+        #[command(flatten)]
+        target: ProjectArgs,
         /// Output directory (the node's public layout).
         #[arg(long)]
         out: PathBuf,
@@ -45,37 +42,28 @@ pub enum Command {
     },
     /// Sign in to AWS as the uploader would and print the Cognito sub, identity id and expiry.
     AwsLogin {
-        #[arg(long, default_value = "config/default.yaml")]
-        config: PathBuf,
-        /// The project (its `name`) when the config lists several.
-        #[arg(long)]
-        project: Option<String>,
+        #[command(flatten)]
+        target: ProjectArgs,
     },
     /// Create the uploader's Cognito user (upload.username, with the password from
     /// upload.password_env or upload.password_file) and have Cognito send it a confirmation code.
     AwsSignup {
-        #[arg(long, default_value = "config/default.yaml")]
-        config: PathBuf,
+        #[command(flatten)]
+        target: ProjectArgs,
         /// The user's e-mail address: Cognito sends the confirmation code there.
         #[arg(long)]
         email: String,
-        /// The project (its `name`) when the config lists several.
-        #[arg(long)]
-        project: Option<String>,
     },
     /// Confirm the user created by aws-signup with the code Cognito sent, or have it sent again.
     AwsConfirm {
-        #[arg(long, default_value = "config/default.yaml")]
-        config: PathBuf,
+        #[command(flatten)]
+        target: ProjectArgs,
         /// The confirmation code from Cognito's message.
         #[arg(long, required_unless_present = "resend", conflicts_with = "resend")]
         code: Option<String>,
         /// Send a new confirmation code instead.
         #[arg(long)]
         resend: bool,
-        /// The project (its `name`) when the config lists several.
-        #[arg(long)]
-        project: Option<String>,
     },
     /// The audit trail: one row per instance outcome at the SCP (no PHI).
     Audit {
@@ -90,14 +78,10 @@ pub enum Command {
     /// Pull studies from a PACS (`pacs:` in the config): C-FIND lists them, then each is moved
     /// with C-MOVE to this node's AE title and anonymized on arrival. Uses the node running on the
     /// config's port, or receives itself for the duration. Prints a report per study (PHI) on
-    /// stdout and writes it as CSV.
+    /// stdout and writes it as CSV. With several projects, they go to `--project`'s AE title.
     Retrieve {
-        #[arg(long, default_value = "config/default.yaml")]
-        config: PathBuf,
-        /// The project (its `name`) whose AE title the studies are moved to, when the config
-        /// lists several.
-        #[arg(long)]
-        project: Option<String>,
+        #[command(flatten)]
+        target: ProjectArgs,
         /// The PACS, by its name under `pacs:`.
         #[arg(long)]
         from: String,
@@ -129,6 +113,23 @@ pub enum Command {
     },
 }
 
+/// The configuration file and, when it lists several projects, the one a command acts on.
+#[derive(Debug, Args)]
+pub struct ProjectArgs {
+    #[arg(long, default_value = "config/default.yaml")]
+    pub config: PathBuf,
+    /// The project (its `name`) when the config lists several.
+    #[arg(long)]
+    pub project: Option<String>,
+}
+
+impl ProjectArgs {
+    /// The chosen project's configuration.
+    pub fn load(&self) -> Result<crate::config::Config, crate::config::ConfigError> {
+        crate::config::Config::load_project(&self.config, self.project.as_deref())
+    }
+}
+
 /// Which studies `retrieve` pulls: exactly one of these.
 #[derive(Debug, Args)]
 #[group(required = true, multiple = false)]
@@ -149,19 +150,13 @@ pub struct RetrieveSelection {
 pub enum QueueCommand {
     /// Counts per state, the oldest waiting instance, and failed items with their last error.
     Status {
-        #[arg(long, default_value = "config/default.yaml")]
-        config: PathBuf,
-        /// The project (its `name`) when the config lists several.
-        #[arg(long)]
-        project: Option<String>,
+        #[command(flatten)]
+        target: ProjectArgs,
     },
     /// Put failed items back in the queue for an immediate try.
     Retry {
-        #[arg(long, default_value = "config/default.yaml")]
-        config: PathBuf,
-        /// The project (its `name`) when the config lists several.
-        #[arg(long)]
-        project: Option<String>,
+        #[command(flatten)]
+        target: ProjectArgs,
     },
 }
 
@@ -170,11 +165,8 @@ pub enum IndexCommand {
     /// Write the PHI lookup table as CSV (RSNA's 12 columns, one row per study); with --mapping,
     /// write uid_mapping.csv and patient_id_mapping.csv (id_old,id_new) into the directory --out.
     Export {
-        #[arg(long, default_value = "config/default.yaml")]
-        config: PathBuf,
-        /// The project (its `name`) when the config lists several.
-        #[arg(long)]
-        project: Option<String>,
+        #[command(flatten)]
+        target: ProjectArgs,
         #[arg(long)]
         out: PathBuf,
         /// The id_old,id_new mappings of every UID and PatientID (PHI) instead of the lookup table.
@@ -187,11 +179,8 @@ pub enum IndexCommand {
 pub enum AuditCommand {
     /// Write the audit trail as CSV, oldest first.
     Export {
-        #[arg(long, default_value = "config/default.yaml")]
-        config: PathBuf,
-        /// The project (its `name`) when the config lists several.
-        #[arg(long)]
-        project: Option<String>,
+        #[command(flatten)]
+        target: ProjectArgs,
         #[arg(long)]
         out: PathBuf,
         /// Only rows from this time on: 2026-01-31, or 2026-01-31T08:00:00Z (UTC).

@@ -32,8 +32,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             observe::init(&config[0].logging);
             runtime()?.block_on(serve(config))
         }
-        Command::Anonymize { config, project, out, inputs } => {
-            let config = Config::load_project(&config, project.as_deref())?;
+        Command::Anonymize { target, out, inputs } => {
+            let config = target.load()?;
             observe::init(&config.logging);
             let pipeline = Pipeline::open(&config, &out, Durability::AtEnd)?;
             let started = std::time::Instant::now();
@@ -58,8 +58,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(if summary.failures() == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }
-        Command::Index { command: IndexCommand::Export { config, project, out, mapping: true } } => {
-            let config = Config::load_project(&config, project.as_deref())?;
+        Command::Index { command: IndexCommand::Export { target, out, mapping: true } } => {
+            let config = target.load()?;
             let path = config.index_path();
             std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
             let (uids, patients) = index::export_mapping(&path, &out)
@@ -71,8 +71,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
-        Command::Audit { command: AuditCommand::Export { config, project, out, since } } => {
-            let config = Config::load_project(&config, project.as_deref())?;
+        Command::Audit { command: AuditCommand::Export { target, out, since } } => {
+            let config = target.load()?;
             let since = since.as_deref().map(audit_since).transpose()?;
             let path = config.index_path();
             let rows = index::export_audit(&path, &out, since.as_deref())
@@ -80,28 +80,28 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("wrote {rows} audit rows to {}", out.display());
             Ok(ExitCode::SUCCESS)
         }
-        Command::Index { command: IndexCommand::Export { config, project, out, mapping: false } } => {
-            let config = Config::load_project(&config, project.as_deref())?;
+        Command::Index { command: IndexCommand::Export { target, out, mapping: false } } => {
+            let config = target.load()?;
             let path = config.index_path();
             let rows =
                 index::export_csv(&path, &out).with_context(|| format!("exporting {}", path.display()))?;
             println!("wrote {rows} studies to {}", out.display());
             Ok(ExitCode::SUCCESS)
         }
-        Command::AwsSignup { config: path, email, project } => {
-            let config = Config::load_project(&path, project.as_deref())?;
+        Command::AwsSignup { target, email } => {
+            let config = target.load()?;
             observe::init(&config.logging);
             runtime()?.block_on(async {
-                let signup = SignUp::new(&config.upload, &path).await?;
+                let signup = SignUp::new(&config.upload, &target.config).await?;
                 println!("{}", signup.sign_up(&email).await?);
                 anyhow::Ok(ExitCode::SUCCESS)
             })
         }
-        Command::AwsConfirm { config: path, code, resend, project } => {
-            let config = Config::load_project(&path, project.as_deref())?;
+        Command::AwsConfirm { target, code, resend } => {
+            let config = target.load()?;
             observe::init(&config.logging);
             runtime()?.block_on(async {
-                let signup = SignUp::new(&config.upload, &path).await?;
+                let signup = SignUp::new(&config.upload, &target.config).await?;
                 let said = match (resend, code) {
                     (true, _) => signup.resend().await?,
                     (false, Some(code)) => signup.confirm(&code).await?,
@@ -111,8 +111,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 anyhow::Ok(ExitCode::SUCCESS)
             })
         }
-        Command::AwsLogin { config, project } => {
-            let config = Config::load_project(&config, project.as_deref())?;
+        Command::AwsLogin { target } => {
+            let config = target.load()?;
             observe::init(&config.logging);
             runtime()?.block_on(async {
                 let credentials = Credentials::new(&config.upload).await?;
@@ -134,11 +134,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             })
         }
         Command::Queue { command } => {
-            let (config, project, retry) = match command {
-                QueueCommand::Status { config, project } => (config, project, false),
-                QueueCommand::Retry { config, project } => (config, project, true),
+            let (target, retry) = match command {
+                QueueCommand::Status { target } => (target, false),
+                QueueCommand::Retry { target } => (target, true),
             };
-            let config = Config::load_project(&config, project.as_deref())?;
+            let config = target.load()?;
             if retry {
                 let index = Index::open(&config.index_path(), &Owner::for_site(&config.project.site_id))?;
                 println!("{} failed instances queued again", index.retry_failed()?);
@@ -171,19 +171,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             print_destinations(&config, &destinations);
             Ok(ExitCode::SUCCESS)
         }
-        Command::Retrieve {
-            config,
-            project,
-            from,
-            select,
-            modality,
-            again,
-            dry_run,
-            moves,
-            csv,
-            timeout_s,
-        } => {
-            let config = Config::load_project(&config, project.as_deref())?;
+        Command::Retrieve { target, from, select, modality, again, dry_run, moves, csv, timeout_s } => {
+            let config = target.load()?;
             observe::init(&config.logging);
             let Some(pacs) = config.pacs.iter().find(|p| p.name == from).cloned() else {
                 let known: Vec<&str> = config.pacs.iter().map(|p| p.name.as_str()).collect();
