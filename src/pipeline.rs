@@ -533,7 +533,12 @@ impl Pipeline {
         dest: &Path,
         failure: InstanceError,
     ) -> InstanceError {
-        let on_disk = std::fs::metadata(dest).ok().filter(std::fs::Metadata::is_file).map(|m| m.len());
+        // Only an unpublished instance's row is put right, from the file still at its path.
+        let on_disk = if published {
+            None
+        } else {
+            std::fs::metadata(dest).ok().filter(std::fs::Metadata::is_file).map(|m| m.len())
+        };
         if let Err(e) = self.index.undo(committed, published, on_disk) {
             tracing::error!(error = %e, "cannot take back the index rows of an instance that failed after its commit");
         }

@@ -248,7 +248,7 @@ impl Index {
     pub fn capture(&self, capture: Capture) -> Result<String, IndexError> {
         let site_id = self.site_id.clone();
         let patient_id = capture.patient_id.clone();
-        let anon = self.call(move |c| self::capture(c, &capture, &site_id))?;
+        let anon = self.call(move |c| Ok(self::capture(c, &capture, &site_id)?.anon_patient_id))?;
         self.remember(patient_id, &anon);
         Ok(anon)
     }
@@ -268,20 +268,20 @@ impl Index {
         let patient_id = capture.patient_id.clone();
         let expected = patient_pseudonym.to_string();
         let committed = self.call(move |c| {
-            let anon = self::capture(c, &capture, &site_id)?;
-            if anon != expected {
+            let captured = self::capture(c, &capture, &site_id)?;
+            if captured.anon_patient_id != expected {
                 // Mappings never change once committed: another writer on this index broke that.
                 return Err(IndexError::Conflict(
                     "the patient's pseudonym in the index is not the one the instance was written with"
                         .into(),
                 ));
             }
-            let replaced = self::record(c, &record)?;
+            self::record(c, &record)?;
             let audit_row = match &audit {
                 Some(a) => Some(audit::insert(c, a)?),
                 None => None,
             };
-            Ok(Committed { sop_uid: record.sop_uid.clone(), replaced, audit_row })
+            Ok(Committed { sop_uid: record.sop_uid.clone(), replaced: captured.instance_known, audit_row })
         })?;
         self.remember(patient_id, patient_pseudonym);
         Ok(committed)
@@ -432,7 +432,7 @@ fn clone_error(e: &rusqlite::Error) -> rusqlite::Error {
     rusqlite::Error::ToSqlConversionFailure(e.to_string().into())
 }
 
-fn capture(tx: &Connection, c: &Capture, site_id: &str) -> Result<String, IndexError> {
+fn capture(tx: &Connection, c: &Capture, site_id: &str) -> Result<Captured, IndexError> {
     let anon_patient_id = patient(tx, c, site_id)?;
 
     let owner: Option<(String, Option<String>)> = tx
@@ -490,10 +490,17 @@ fn capture(tx: &Connection, c: &Capture, site_id: &str) -> Result<String, IndexE
         .prepare_cached("SELECT series_uid FROM instances WHERE sop_uid = ?1")?
         .query_row([&c.sop_uid], |r| r.get(0))
         .optional()?;
-    if matches!(series, Some(s) if s != c.series_uid) {
+    if matches!(&series, Some(s) if *s != c.series_uid) {
         return Err(IndexError::Conflict("SOPInstanceUID already belongs to another series".into()));
     }
-    Ok(anon_patient_id)
+    Ok(Captured { anon_patient_id, instance_known: series.is_some() })
+}
+
+/// What [`capture`] found and recorded.
+struct Captured {
+    anon_patient_id: String,
+    /// The instance is in the index already (it was sent before).
+    instance_known: bool,
 }
 
 /// Get or create the patient. New patients in rsna mode take the next number from a counter that
@@ -550,9 +557,8 @@ fn forget(c: &Connection, sop_uid: &str) -> Result<(), IndexError> {
     Ok(())
 }
 
-/// Insert or replace an instance's row; `true` if it replaced one.
-fn record(tx: &Connection, r: &InstanceRecord) -> Result<bool, IndexError> {
-    let replaced = tx.prepare_cached("SELECT 1 FROM instances WHERE sop_uid = ?1")?.exists([&r.sop_uid])?;
+/// Insert or replace an instance's row.
+fn record(tx: &Connection, r: &InstanceRecord) -> Result<(), IndexError> {
     tx.prepare_cached(
         "INSERT INTO instances(sop_uid, anon_sop_uid, series_uid, sop_class_uid, path, size, state, stored_at)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'queued', ?7)
@@ -565,7 +571,7 @@ fn record(tx: &Connection, r: &InstanceRecord) -> Result<bool, IndexError> {
     for (phi, anon) in &r.uid_map {
         map.execute([phi, anon])?;
     }
-    Ok(replaced)
+    Ok(())
 }
 
 #[cfg(test)]
