@@ -45,12 +45,26 @@ struct Who {
     source: String,
 }
 
+impl Who {
+    /// The audit row of one C-STORE from this peer, answered with `status`.
+    fn audit(&self, status: Status, reason: Option<Reason>, bytes: u64) -> AuditRecord {
+        AuditRecord {
+            association: self.association.clone(),
+            calling_ae: self.calling.clone(),
+            peer: self.peer.to_string(),
+            anon_uids: None,
+            status: status.to_string(),
+            reason: reason.map(|r| r.dir_name().to_string()),
+            bytes,
+        }
+    }
+}
+
 /// What storing one instance produced besides its status, for the audit trail.
 #[derive(Debug, Default)]
 struct Note {
-    anon_uids: Option<(String, String, String)>,
     reason: Option<Reason>,
-    /// The pipeline committed the audit row with the instance.
+    /// Stored: the pipeline committed the audit row, with the anonymized UIDs, with the instance.
     audited: bool,
 }
 
@@ -377,15 +391,7 @@ async fn dispatch<S: Stream>(
                         )
                     } else {
                         let ts = TransferSyntax::new(&pc.transfer_syntax);
-                        let audit = AuditRecord {
-                            association: who.association.clone(),
-                            calling_ae: who.calling.clone(),
-                            peer: who.peer.to_string(),
-                            anon_uids: None,
-                            status: Status::SUCCESS.to_string(),
-                            reason: None,
-                            bytes,
-                        };
+                        let audit = who.audit(Status::SUCCESS, None, bytes);
                         store(node, received, ts, sop_class_uid, sop_instance_uid, who, audit, tally).await
                     }
                 }
@@ -423,15 +429,7 @@ async fn dispatch<S: Stream>(
         }
         // After the response (sent or not: the outcome stands): the audit row is not part of
         // what the sender waits for, but the association waits for it, so a stop cannot lose it.
-        let record = AuditRecord {
-            association: who.association.clone(),
-            calling_ae: who.calling.clone(),
-            peer: who.peer.to_string(),
-            anon_uids: tally.note.anon_uids.take(),
-            status: status.to_string(),
-            reason: tally.note.reason.map(|r| r.dir_name().to_string()),
-            bytes,
-        };
+        let record = who.audit(status, tally.note.reason, bytes);
         let index = node.pipeline.index().clone();
         match tokio::task::spawn_blocking(move || index.audit(record)).await {
             Ok(Ok(())) => {}
@@ -513,8 +511,6 @@ async fn store(
             tally.instances += 1;
             tally.bytes += stored.size;
             METRICS.instances_stored.inc();
-            let k = &stored.keys;
-            tally.note.anon_uids = Some((k.study_uid.clone(), k.series_uid.clone(), k.sop_uid.clone()));
             tally.note.audited = true;
             METRICS.stored_bytes.inc_by(stored.size);
             ACTIVITY.instance_stored();
