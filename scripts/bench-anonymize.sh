@@ -4,15 +4,15 @@
 #   scripts/bench-anonymize.sh [COUNT] [ROWS]      (default: 1000 CT instances, 512x512 16-bit)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/bench-lib.sh
 COUNT=${1:-1000}
 ROWS=${2:-512}
 WORK=$(mktemp -d /tmp/bench-anonymize.XXXXXX)
 trap 'rm -rf "$WORK"' EXIT
 [ -x /usr/bin/dcmodify ] || { echo "dcmodify missing: apt-get install dcmtk" >&2; exit 1; }
 
-cargo build --release --quiet --bin dicom-anon-gateway --example make-corpus --example bench-engine
-BIN=target/release/dicom-anon-gateway
-target/release/examples/make-corpus "$WORK/corpus" "$COUNT" "$ROWS" 10 >/dev/null
+bench_build bench-engine
+"$TARGET"/release/examples/make-corpus "$WORK/corpus" "$COUNT" "$ROWS" 10 >/dev/null
 SIZE=$(du -sm "$WORK/corpus" | cut -f1)
 echo "corpus: $COUNT CT instances, ${ROWS}x${ROWS} 16-bit, ${SIZE} MB; $(nproc) cores"
 
@@ -56,7 +56,7 @@ t2=$(now)
 THEIRS=$(echo "$t1 - $t0" | bc -l)
 THEIRS_DURABLE=$(echo "$t2 - $t0" | bc -l)
 
-"target/release/examples/bench-engine" "$(ls "$WORK"/corpus/*.dcm | head -1)" 2000
+"$TARGET"/release/examples/bench-engine "$(ls "$WORK"/corpus/*.dcm | head -1)" 2000
 printf 'ours (anonymize, %s cores, durable at exit):  %6.2f s  %7.1f instances/s  peak RSS %s MB\n' \
     "$(nproc)" "$OURS" "$(echo "$COUNT / $OURS" | bc -l)" "$(( $(cat "$WORK/rss") / 1024 ))"
 printf 'dcmodify (%s processes, left in page cache):  %6.2f s  %7.1f instances/s\n' \

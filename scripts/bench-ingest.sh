@@ -15,9 +15,8 @@
 # Runs inside its own network namespace (only loopback), since storescp cannot bind to 127.0.0.1.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if [ -z "${BENCH_IN_NETNS:-}" ]; then
-    exec unshare -n env BENCH_IN_NETNS=1 bash -c 'ip link set lo up && exec "$0" "$@"' "$0" "$@"
-fi
+. scripts/bench-lib.sh
+bench_in_netns "$@"
 MEMORY=0; SUSTAINED=0
 if [ "${1:-}" = "--memory" ]; then MEMORY=1; shift; fi
 if [ "${1:-}" = "--sustained" ]; then SUSTAINED=1; shift; fi
@@ -31,10 +30,8 @@ cleanup() {
 }
 trap cleanup EXIT
 export TCP_NODELAY=1
-cargo build --release --quiet --bin dicom-anon-gateway --example make-corpus
-TARGET=${CARGO_TARGET_DIR:-$PWD/target}
 # BIN=path runs another build of the node (a before/after comparison in one run).
-BIN=${BIN:-$TARGET/release/dicom-anon-gateway}
+bench_build
 
 if [ "$MEMORY" = 1 ]; then
     # One 512 MB instance (16 frames of 4096x4096 16-bit); 16 senders each send it at once.

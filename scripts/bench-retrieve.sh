@@ -8,9 +8,8 @@
 # Runs inside its own network namespace (only loopback): DCMTK cannot bind to 127.0.0.1.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if [ -z "${BENCH_IN_NETNS:-}" ]; then
-    exec unshare -n env BENCH_IN_NETNS=1 bash -c 'ip link set lo up && exec "$0" "$@"' "$0" "$@"
-fi
+. scripts/bench-lib.sh
+bench_in_netns "$@"
 COUNT=${1:-500}
 ROWS=${2:-512}
 WORK=$(mktemp -d /tmp/bench-retrieve.XXXXXX)
@@ -21,9 +20,7 @@ cleanup() {
 }
 trap cleanup EXIT
 export TCP_NODELAY=1
-TARGET=${CARGO_TARGET_DIR:-$PWD/target}
-cargo build --release --quiet --bin dicom-anon-gateway --example make-corpus
-BIN=$TARGET/release/dicom-anon-gateway
+bench_build
 "$TARGET"/release/examples/make-corpus "$WORK/corpus" "$COUNT" "$ROWS" 5 >/dev/null
 now() { date +%s.%N; }
 ticks() { awk '{print $14 + $15}' /proc/"$1"/stat; }

@@ -5,6 +5,7 @@
 #   scripts/bench-upload.sh [COUNT] [CONCURRENCY]      (default 2000 instances, 8 at a time)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/bench-lib.sh
 COUNT=${1:-2000}
 CONC=${2:-8}
 WORK=$(mktemp -d /tmp/bench-upload.XXXXXX)
@@ -18,8 +19,7 @@ trap cleanup EXIT
 command -v moto_server >/dev/null || { echo "moto_server missing: pip install 'moto[server]'" >&2; exit 1; }
 export AWS_EC2_METADATA_DISABLED=true AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test AWS_REGION=us-east-1 AWS_DEFAULT_REGION=us-east-1
 
-cargo build --release --quiet --bin dicom-anon-gateway --example make-corpus
-BIN=$PWD/target/release/dicom-anon-gateway
+bench_build
 PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 moto_server -H 127.0.0.1 -p "$PORT" > "$WORK/moto.log" 2>&1 &
 MOTO_PID=$!
@@ -47,7 +47,7 @@ PY
 source "$WORK/aws.env"
 echo -n "Bench-Pass-1!" > "$WORK/password"
 
-target/release/examples/make-corpus "$WORK/corpus" "$COUNT" 512 10 >/dev/null
+"$TARGET"/release/examples/make-corpus "$WORK/corpus" "$COUNT" 512 10 >/dev/null
 cat > "$WORK/config.yaml" <<YAML
 project: { name: BENCH, site_id: "972149", script: $PWD/config/default-anonymizer.script }
 scp: { host: 127.0.0.1, port: 0 }
