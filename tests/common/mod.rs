@@ -7,6 +7,7 @@ pub mod moto;
 pub mod node;
 pub mod peers;
 pub mod pki;
+pub mod ports;
 pub mod rawscu;
 pub mod research;
 

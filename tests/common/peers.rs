@@ -3,17 +3,12 @@
 //! listen on every interface; every connection in the tests goes to 127.0.0.1. Each is stopped by
 //! its PID when dropped.
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+pub use super::ports::free_port;
 use super::{files_under, tool, wait_until};
-
-/// A port nobody listens on right now.
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
 
 fn dcmtk(name: &str) -> Command {
     let mut c = Command::new(tool(&format!("/usr/bin/{name}"), "dcmtk"));
@@ -57,9 +52,19 @@ impl Peer {
         }
     }
 
-    fn wait_listening(&self, what: &str) {
+    /// Until it listens; a peer that exits first fails the test with its log (a port taken
+    /// meanwhile shows there as "Address already in use").
+    fn wait_listening(&mut self, what: &str) {
         let port = self.port;
-        wait_until(&format!("{what} listening on {port}"), Duration::from_secs(15), || listening(port));
+        let child = self.child.as_mut().expect("a started peer");
+        let mut exited = None;
+        wait_until(&format!("{what} listening on {port}"), Duration::from_secs(15), || {
+            exited = child.try_wait().unwrap();
+            exited.is_some() || listening(port)
+        });
+        if let Some(status) = exited {
+            panic!("{what} on port {port} exited ({status}) before listening: {}", self.log());
+        }
     }
 }
 
@@ -92,7 +97,7 @@ pub fn dcmqrscp(dir: &Path, ae: &str, node_ae: &str, node_port: u16) -> Peer {
         .stderr(Stdio::from(std::fs::File::options().append(true).open(&log).unwrap()))
         .spawn()
         .expect("dcmqrscp starts");
-    let peer = Peer { child: Some(child), port, ae: ae.into(), dir: db, log };
+    let mut peer = Peer { child: Some(child), port, ae: ae.into(), dir: db, log };
     peer.wait_listening("dcmqrscp");
     peer
 }
@@ -118,7 +123,7 @@ pub fn storescp_with(dir: &Path, ae: &str, port: u16, options: &[&str]) -> Peer 
         .stderr(Stdio::from(std::fs::File::options().append(true).open(&log).unwrap()))
         .spawn()
         .expect("storescp starts");
-    let peer = Peer { child: Some(child), port, ae: ae.into(), dir: out, log };
+    let mut peer = Peer { child: Some(child), port, ae: ae.into(), dir: out, log };
     peer.wait_listening("storescp");
     peer
 }
