@@ -45,7 +45,7 @@ start_node() {
 }
 stop_node() { kill "$NODE_PID"; wait "$NODE_PID" || true; NODE_PID=""; }
 start_storescp() {
-    rm -rf "$WORK/scp"; mkdir -p "$WORK/scp"
+    retire "$WORK/scp"; mkdir -p "$WORK/scp"
     /usr/bin/storescp --fork -aet STORESCP -od "$WORK/scp" --max-pdu 65536 "$SCP_PORT" > "$WORK/scp.log" 2>&1 &
     SCP_PID=$!
     until (exec 3<>/dev/tcp/127.0.0.1/$SCP_PORT) 2>/dev/null; do sleep 0.02; done

@@ -70,7 +70,7 @@ send() {
 
 # start_node [EXTRA]: EXTRA is added to the scp: mapping (", tls: {...}").
 start_node() {
-    rm -rf "$WORK/node"; mkdir -p "$WORK/node"
+    retire "$WORK/node"; mkdir -p "$WORK/node"
     cat > "$WORK/node/config.yaml" <<YAML
 project: { name: BENCH, site_id: "972149", script: $PWD/config/default-anonymizer.script }
 scp: { ae_title: ANONYMIZER, host: 127.0.0.1, port: 0, max_pdu_length: 65536, max_instance_bytes: 1073741824${1:-} }
@@ -97,7 +97,7 @@ stop_node() {
     kill "$NODE_PID"; wait "$NODE_PID" || true; NODE_PID=""
 }
 start_storescp() {
-    rm -rf "$WORK/scp"; mkdir -p "$WORK/scp"
+    retire "$WORK/scp"; mkdir -p "$WORK/scp"
     /usr/bin/storescp --fork -aet STORESCP -od "$WORK/scp" --max-pdu 65536 11113 > "$WORK/scp.log" 2>&1 &
     SCP_PID=$!
     sleep 0.3

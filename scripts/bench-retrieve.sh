@@ -68,7 +68,7 @@ kill "$SCP_PID"; wait "$SCP_PID" 2>/dev/null || true; SCP_PID=""
 printf 'DCMTK movescu -> storescp (1 move at a time): %7.1f inst/s\n' "$(echo "$COUNT / $TD" | bc -l)"
 
 for moves in 1 2; do
-    rm -rf "$WORK/node"; mkdir -p "$WORK/node"
+    retire "$WORK/node"; mkdir -p "$WORK/node"
     cat > "$WORK/node/config.yaml" <<YAML
 project: { name: BENCH, site_id: "972149", script: $PWD/config/default-anonymizer.script }
 scp: { ae_title: ANONYMIZER, host: 127.0.0.1, port: 11112, max_pdu_length: 65536 }

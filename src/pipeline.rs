@@ -21,7 +21,7 @@ use crate::dicom::{
 };
 use crate::durability::{Barrier, Durability};
 use crate::index::{AuditRecord, Capture, Committed, Index, IndexError, InstanceRecord, Owner};
-use crate::queue::{Quarantine, Reason, Spill, Spool, SpoolError};
+use crate::queue::{Quarantine, Reason, Spill, Spool, SpoolError, StageWriter};
 
 const PIXEL_DATA: Tag = Tag(0x7FE0, 0x0010);
 
@@ -401,10 +401,9 @@ impl Pipeline {
             let split = ds.elements.partition_point(|e| e.tag < PIXEL_DATA);
             write_part10(&DataSet { elements: ds.elements[..split].to_vec() }, ts, w)?;
             if let (true, Some(span)) = (keep_pixels, span) {
-                w.flush()?;
                 let mut src = File::open(path)?;
                 src.seek(SeekFrom::Start(span.start))?;
-                io::copy(&mut src.take(span.end - span.start), w.get_mut())?;
+                w.copy_from(&mut src.take(span.end - span.start))?;
             }
             write_dataset(&DataSet { elements: ds.elements[split..].to_vec() }, ts.encoding(), w)
         })
@@ -441,7 +440,7 @@ impl Pipeline {
         enc: Encoding,
         source: &str,
         admission: Option<&Admission<'_>>,
-        write: impl FnOnce(&DataSet<'_>, &mut BufWriter<File>) -> Result<(), WriteError>,
+        write: impl FnOnce(&DataSet<'_>, &mut StageWriter) -> Result<(), WriteError>,
     ) -> Result<Stored, InstanceError> {
         let original = self.engine.read(&ds)?;
         check_vrs(&ds)?;

@@ -7,4 +7,4 @@ pub mod spool;
 
 pub use quarantine::{Quarantine, Reason};
 pub use spill::Spill;
-pub use spool::{Spool, SpoolError};
+pub use spool::{Spool, SpoolError, StageWriter};
