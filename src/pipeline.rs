@@ -401,9 +401,11 @@ impl Pipeline {
             let split = ds.elements.partition_point(|e| e.tag < PIXEL_DATA);
             write_part10(&DataSet { elements: ds.elements[..split].to_vec() }, ts, w)?;
             if let (true, Some(span)) = (keep_pixels, span) {
-                let mut src = File::open(path)?;
-                src.seek(SeekFrom::Start(span.start))?;
-                w.copy_from(&mut src.take(span.end - span.start))?;
+                let reading =
+                    |e: io::Error| io::Error::new(e.kind(), format!("reading {}: {e}", path.display()));
+                let mut src = File::open(path).map_err(reading)?;
+                src.seek(SeekFrom::Start(span.start)).map_err(reading)?;
+                w.copy_from(&mut src.take(span.end - span.start), path)?;
             }
             write_dataset(&DataSet { elements: ds.elements[split..].to_vec() }, ts.encoding(), w)
         })
