@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Ingest throughput: DCMTK storescu sends the same corpus to (a) DCMTK storescp writing files, no
 # anonymization, no fsync, and (b) our node, anonymizing and committing durably, in the same run,
-# over 1 and 8 concurrent associations. Prints instances/s, the ratio ours/storescp, the node's CPU
-# time per instance (user + system, from /proc/PID/stat) and its peak RSS.
+# over 1 and 8 concurrent associations. Prints instances/s, the ratio ours/storescp, each one's CPU
+# time per instance (user + system, from /proc/PID/stat; storescp's with the children it forks)
+# and our peak RSS.
 # Then our node over DICOM TLS against our node over plain TCP, same run, 8 associations: instances/s,
 # the ratio, and the node's CPU per instance on each (certificates made here with openssl).
 #   scripts/bench-ingest.sh [COUNT] [ROWS]          (default 1000 CT, 512x512 16-bit, 10 patients)
@@ -102,7 +103,18 @@ start_storescp() {
     SCP_PID=$!
     sleep 0.3
 }
-stop_storescp() { kill "$SCP_PID"; wait "$SCP_PID" 2>/dev/null || true; SCP_PID=""; }
+# storescp's CPU time (user + system) in clock ticks: its own, that of the children it forked (one
+# per association) and has reaped, and that of those not reaped yet (zombies keep their times).
+scp_ticks() {
+    local t c
+    t=$(awk '{print $14 + $15 + $16 + $17}' /proc/"$SCP_PID"/stat)
+    for c in $(pgrep -P "$SCP_PID"); do t=$((t + $(awk '{print $14 + $15}' /proc/"$c"/stat 2>/dev/null || echo 0))); done
+    echo "$t"
+}
+stop_storescp() {
+    SCP_TICKS=$(scp_ticks)
+    kill "$SCP_PID"; wait "$SCP_PID" 2>/dev/null || true; SCP_PID=""
+}
 
 if [ "$MEMORY" = 1 ]; then
     start_node
@@ -152,9 +164,10 @@ for n in 1 8; do
     STORED=$(find "$WORK/node/storage/public" -name '*.dcm' | wc -l)
     [ "$STORED" -eq "${#FILES[@]}" ] || { echo "node stored $STORED of ${#FILES[@]}" >&2; tail "$WORK/node/log" >&2; exit 1; }
     sync
-    printf '%d association(s): storescp %7.1f inst/s | ours (anonymized, durable) %7.1f inst/s | ratio %.2f | our CPU %.2f ms/instance | our peak RSS %d MB\n' \
+    per_instance() { echo "$1 * 1000 / $(getconf CLK_TCK) / ${#FILES[@]}" | bc -l; }
+    printf '%d association(s): storescp %7.1f inst/s | ours (anonymized, durable) %7.1f inst/s | ratio %.2f | CPU ms/instance: storescp %.2f, ours %.2f | our peak RSS %d MB\n' \
         "$n" "$(echo "${#FILES[@]} / $TS" | bc -l)" "$(echo "${#FILES[@]} / $TO" | bc -l)" "$(echo "$TS / $TO" | bc -l)" \
-        "$(echo "$TICKS * 1000 / $(getconf CLK_TCK) / ${#FILES[@]}" | bc -l)" $((PEAK_KB / 1024))
+        "$(per_instance "$SCP_TICKS")" "$(per_instance "$TICKS")" $((PEAK_KB / 1024))
 done
 
 # DICOM TLS against plain TCP, our node both times, same corpus, 8 associations. A test CA signs
