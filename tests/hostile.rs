@@ -392,7 +392,7 @@ fn part10(sop: &str, body: &[u8]) -> Vec<u8> {
 #[test]
 fn values_that_pass_as_something_needing_no_cleaning_are_caught() {
     let d = tempfile::tempdir().unwrap();
-    let cases: [(&str, Vec<u8>, bool); 12] = [
+    let cases: [(&str, Vec<u8>, bool); 13] = [
         ("address as TM", txt((0x0010, 0x1040), b"TM", "PLANTA 12 Main St"), false),
         ("other names as DT", txt((0x0010, 0x1001), b"DT", "20200101PLANTB^SMITH"), false),
         ("comments as UR", txt((0x0010, 0x4000), b"UR", "seen DOE JOHN PLANTC"), false),
@@ -413,6 +413,16 @@ fn values_that_pass_as_something_needing_no_cleaning_are_caught() {
             [
                 txt((0x0008, 0x103E), b"LO", "born 15.01.1980, seen 1980-01-15"),
                 txt((0x0010, 0x0030), b"DA", "19800115"),
+            ]
+            .concat(),
+            true,
+        ),
+        (
+            "the institution, a telephone number and the study date typed into comments",
+            [
+                txt((0x0008, 0x0020), b"DA", "20230911"),
+                txt((0x0010, 0x2154), b"SH", "555-0192-331"),
+                txt((0x0010, 0x4000), b"LT", "seen 2023-09-11 at springfield general, phone 555 0192 331"),
             ]
             .concat(),
             true,
@@ -444,7 +454,19 @@ fn values_that_pass_as_something_needing_no_cleaning_are_caught() {
     );
     for f in &stored {
         let bytes = std::fs::read(f).unwrap();
-        for planted in ["PLANT", "plant", "JOHN", "DOE", "1.2.999.777", "778899", "1980"] {
+        for planted in [
+            "PLANT",
+            "plant",
+            "JOHN",
+            "DOE",
+            "1.2.999.777",
+            "778899",
+            "1980",
+            "pringfield",
+            "2023-09",
+            "555 0192",
+            "555-0192",
+        ] {
             assert!(!contains(&bytes, planted.as_bytes()), "{planted} in {}\n{summary}", f.display());
         }
     }

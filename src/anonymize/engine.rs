@@ -79,13 +79,17 @@ impl Original {
         };
         let patient_name = decode(tags::PATIENT_NAME, "PatientName (0010,0010)")?;
         let patient_id = decode(tags::PATIENT_ID, "PatientID (0010,0020)")?.unwrap_or_default();
-        let (mut names, mut ids) = (Vec::new(), Vec::new());
-        collect_names_and_ids(ds, &mut names, &mut ids);
-        let variants: Vec<Vec<u8>> = names.iter().flat_map(|n| text::case_variants(charset, n)).collect();
-        // The birth date, as it is typed into comments ("born 15.01.1980"), is scrubbed like an ID.
-        let birth = ds.text(tags::PATIENT_BIRTH_DATE).map(birth_date_spellings).unwrap_or_default();
-        let ids = ids.into_iter().chain(birth.iter().map(|b| b.as_bytes()));
-        let scrubber = Scrubber::new(names.into_iter().chain(variants.iter().map(Vec::as_slice)), ids);
+        let mut found = Needles::default();
+        found.collect(ds);
+        let variants: Vec<Vec<u8>> =
+            found.names.iter().flat_map(|n| text::case_variants(charset, n)).collect();
+        // The instance's dates, as they are typed into comments ("born 15.01.1980", "seen
+        // 2023-09-11"), are scrubbed like IDs: a date in free text is never shifted.
+        found.dates.sort_unstable();
+        found.dates.dedup();
+        let dates: Vec<String> = found.dates.iter().flat_map(|d| date_spellings(d)).collect();
+        let ids = found.ids.into_iter().chain(dates.iter().map(|d| d.as_bytes()));
+        let scrubber = Scrubber::new(found.names.into_iter().chain(variants.iter().map(Vec::as_slice)), ids);
         let plain = |tag| ds.text(tag).filter(|v| !v.is_empty()).map(str::to_string);
         Ok(Original {
             patient_id: patient_id.trim().to_string(),
@@ -546,21 +550,39 @@ impl Walk<'_> {
 
 /// PN values at any depth, and the identifiers (with their issuers) a person could retype into
 /// free text, at any depth: the words the scrub removes from kept text.
-fn collect_names_and_ids<'a>(ds: &'a DataSet<'_>, names: &mut Vec<&'a [u8]>, ids: &mut Vec<&'a [u8]>) {
-    for e in &ds.elements {
-        match &e.value {
-            Value::Items(items) => items.iter().for_each(|item| collect_names_and_ids(item, names, ids)),
-            Value::Bytes(b) if e.vr == VR::PN => names.push(b),
-            Value::Bytes(b) if profile::is_identifier(e.tag) => ids.extend(b.split(|&c| c == b'\\')),
-            _ => {}
+/// What the scrubber looks for in free text, gathered from the whole instance, sequences included.
+#[derive(Default)]
+struct Needles<'a> {
+    /// Person names (PN values).
+    names: Vec<&'a [u8]>,
+    /// Identifiers, institutions, addresses and telephone numbers, one per value.
+    ids: Vec<&'a [u8]>,
+    /// Dates (`YYYYMMDD`) of DA values and of the date part of DT values.
+    dates: Vec<&'a [u8]>,
+}
+
+impl<'a> Needles<'a> {
+    fn collect(&mut self, ds: &'a DataSet<'_>) {
+        for e in &ds.elements {
+            match &e.value {
+                Value::Items(items) => items.iter().for_each(|item| self.collect(item)),
+                Value::Bytes(b) if e.vr == VR::PN => self.names.push(b),
+                Value::Bytes(b) if profile::is_identifier(e.tag) || profile::is_whereabouts(e.tag) => {
+                    self.ids.extend(b.split(|&c| c == b'\\'))
+                }
+                Value::Bytes(b) if matches!(e.vr, VR::DA | VR::DT) => {
+                    self.dates.extend(b.split(|&c| c == b'\\').filter_map(|v| v.get(..8)))
+                }
+                _ => {}
+            }
         }
     }
 }
 
-/// A DA birth date (`YYYYMMDD`) as people write it: ISO, day first and month first, with the
-/// common separators. Empty when the value is not a date.
-fn birth_date_spellings(da: &str) -> Vec<String> {
-    let da = da.trim();
+/// A date (`YYYYMMDD`) as people write it: ISO, day first and month first, with the common
+/// separators. Empty when the value is not a date.
+fn date_spellings(da: &[u8]) -> Vec<String> {
+    let da = std::str::from_utf8(da).unwrap_or_default().trim();
     if da.len() != 8 || !da.bytes().all(|b| b.is_ascii_digit()) {
         return Vec::new();
     }

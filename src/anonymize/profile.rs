@@ -62,6 +62,25 @@ pub fn is_identifier(tag: Tag) -> bool {
     IDENTIFIER_TAGS.contains(&((u32::from(tag.0) << 16) | u32::from(tag.1)))
 }
 
+/// Where the patient was seen and how to reach them or their physician: institutions,
+/// departments, addresses and telephone numbers. Not identifiers, but people type them into
+/// comments and descriptions just the same.
+const WHEREABOUTS_TAGS: [u32; 9] = [
+    0x0008_0080,
+    0x0008_0081,
+    0x0008_0092,
+    0x0008_0094,
+    0x0008_1040,
+    0x0010_1040,
+    0x0010_2154,
+    0x0010_2155,
+    0x0040_0243,
+];
+
+pub fn is_whereabouts(tag: Tag) -> bool {
+    WHEREABOUTS_TAGS.contains(&((u32::from(tag.0) << 16) | u32::from(tag.1)))
+}
+
 pub fn names_a_class(tag: Tag) -> bool {
     CLASS_UID_TAGS.contains(&((u32::from(tag.0) << 16) | u32::from(tag.1)))
 }

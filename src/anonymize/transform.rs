@@ -248,6 +248,12 @@ impl Scrubber {
             for run in id.split(|b| !b.is_ascii_digit()).filter(|r| r.len() >= MIN_EMBEDDED_ID) {
                 digits.push(run.to_vec());
             }
+            // All its digits together: a number written in groups ("555-0192-331") is retyped
+            // in other groups ("555 0192 331"), each too short to look for on its own.
+            let all: Vec<u8> = id.iter().copied().filter(u8::is_ascii_digit).collect();
+            if all.len() >= MIN_EMBEDDED_ID {
+                digits.push(all);
+            }
         }
         let fits = [&words, &long_ids, &digits].into_iter().flatten().all(|n| n.len() <= MAX_NEEDLE);
         let words = words.iter().map(|w| {
