@@ -19,10 +19,22 @@ fn main() -> ExitCode {
     match run(Cli::parse()) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", message(&e));
             ExitCode::from(2)
         }
     }
+}
+
+/// The error and its causes, each said once: most of our errors already end with their cause's
+/// text, which `{:#}` would repeat.
+fn message(e: &anyhow::Error) -> String {
+    let mut text = e.to_string();
+    for cause in e.chain().skip(1).map(ToString::to_string) {
+        if !text.ends_with(&cause) {
+            text = format!("{text}: {cause}");
+        }
+    }
+    text
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -197,9 +209,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 dicom_anon_gateway::scp::check_tls(tls)?;
             }
             for config in &projects {
-                if let Some(table) = &config.project.lookup_table {
-                    dicom_anon_gateway::anonymize::LookupTable::load(table)?;
-                }
+                // Script, lookup table, pseudonyms and their secret, as a start would build them.
+                dicom_anon_gateway::pipeline::Pipeline::engine(config)
+                    .with_context(|| format!("project {}", config.project.name))?;
                 node::export_tls(config)?;
             }
             let many = projects.len() > 1;

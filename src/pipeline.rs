@@ -210,6 +210,36 @@ impl Pipeline {
     /// Build the engine, open the index and the spool rooted at `out`.
     pub fn open(config: &Config, out: &Path, durability: Durability) -> Result<Pipeline, SetupError> {
         let project = &config.project;
+        let engine = Self::engine(config)?;
+        let index = Index::open(&config.index_path(), &Owner::for_site(&project.site_id))?;
+        let spool = Spool::open(out, durability == Durability::EachInstance)?;
+        let tmp = config.tmp_dir();
+        std::fs::create_dir_all(&tmp)
+            .map_err(|source| SetupError::Dir { path: tmp.display().to_string(), source })?;
+        let index_dir = config.index_path().parent().map(Path::to_path_buf).unwrap_or_default();
+        let barrier = Barrier::new(&[out, &index_dir])
+            .map_err(|source| SetupError::Dir { path: out.display().to_string(), source })?;
+        Ok(Pipeline {
+            engine,
+            index,
+            spool,
+            quarantine: Quarantine::new(&config.quarantine_dir()),
+            keyed: project.pseudonyms == PseudonymMode::Keyed,
+            durability,
+            barrier,
+            tmp,
+            limits: Limits {
+                instance: config.scp.max_instance_bytes,
+                in_memory: config.scp.max_in_memory_bytes,
+            },
+            over_long: Mutex::new(HashSet::new()),
+        })
+    }
+
+    /// The project's engine: its script, lookup table and pseudonyms, with the secret they need.
+    /// `check-config` builds it too, so that it refuses what a start would refuse.
+    pub fn engine(config: &Config) -> Result<Engine, SetupError> {
+        let project = &config.project;
         let script = Script::load(&project.script, &project.script_settings())?;
         let lookup = LookupTable::for_script(project.lookup_table.as_deref(), &script.lookups)?;
         let pseudonyms: Arc<dyn Pseudonyms> = match project.pseudonyms {
@@ -223,33 +253,11 @@ impl Pipeline {
                 project.accession_format,
             )?),
         };
-        let index = Index::open(&config.index_path(), &Owner::for_site(&project.site_id))?;
-        let spool = Spool::open(out, durability == Durability::EachInstance)?;
-        let tmp = config.tmp_dir();
-        std::fs::create_dir_all(&tmp)
-            .map_err(|source| SetupError::Dir { path: tmp.display().to_string(), source })?;
-        let index_dir = config.index_path().parent().map(Path::to_path_buf).unwrap_or_default();
-        let barrier = Barrier::new(&[out, &index_dir])
-            .map_err(|source| SetupError::Dir { path: out.display().to_string(), source })?;
         let labels = Labels { project_name: project.name.clone(), site_id: project.site_id.clone() };
         let engine = Engine::new(script, pseudonyms, labels);
-        Ok(Pipeline {
-            engine: match lookup {
-                Some(table) => engine.with_lookup(table),
-                None => engine,
-            },
-            index,
-            spool,
-            quarantine: Quarantine::new(&config.quarantine_dir()),
-            keyed: project.pseudonyms == PseudonymMode::Keyed,
-            durability,
-            barrier,
-            tmp,
-            limits: Limits {
-                instance: config.scp.max_instance_bytes,
-                in_memory: config.scp.max_in_memory_bytes,
-            },
-            over_long: Mutex::new(HashSet::new()),
+        Ok(match lookup {
+            Some(table) => engine.with_lookup(table),
+            None => engine,
         })
     }
 

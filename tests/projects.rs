@@ -92,6 +92,17 @@ async fn two_projects_keep_archives_pseudonyms_indexes_and_uploads_apart() {
         shown.contains("# project TBI (AE title TBI_ANON)") && shown.contains("# project STROKE"),
         "{shown}"
     );
+    // What a start would refuse, check-config refuses too, naming the project and the key.
+    let yaml = std::fs::read_to_string(&config).unwrap();
+    let unkeyed = yaml.replace(&secret.display().to_string(), "/nonexistent/stroke-secret");
+    let refused = cli(&["check-config"], &put(d.path(), "unkeyed.yaml", unkeyed.as_bytes()));
+    assert!(
+        !refused.status.success()
+            && text(&refused).contains("project STROKE")
+            && text(&refused).contains("secret_file"),
+        "{}",
+        text(&refused)
+    );
 
     let mut node = Node::start_env(d.path(), &config, &[("TEST_COGNITO_CLIENT_SECRET", &aws.client_secret)]);
     let tbi_files = corpus(&d.path().join("in/tbi"), &smith(), 4);
