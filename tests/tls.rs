@@ -187,9 +187,11 @@ fn dcmtk_stores_over_mutual_tls_and_bad_clients_are_refused_cleanly() {
         "{metrics}"
     );
     assert!(
-        metrics.contains("dicom_anon_associations_rejected_total{reason=\"tls_subject\"} 2"),
+        metrics.contains("dicom_anon_associations_rejected_total{reason=\"tls_subject\"} 1")
+            && metrics.contains("dicom_anon_associations_rejected_total{reason=\"tls_only\"} 1"),
         "{metrics}"
     );
+    assert!(page.contains("rejected: this AE title takes TLS only"), "{page}");
     let stopped = node.stop();
     assert!(stopped.success());
 }

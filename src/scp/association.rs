@@ -200,6 +200,7 @@ pub(super) fn rejected(peer: SocketAddr, reason: &'static str) {
             "protocol" => "rejected: protocol or application context",
             "timeout" => "rejected: no request in time",
             "tls_subject" => "rejected: certificate subject not allowed",
+            "tls_only" => "rejected: this AE title takes TLS only",
             _ => "rejected",
         },
     });

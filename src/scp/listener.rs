@@ -145,7 +145,7 @@ pub async fn serve(listeners: Listeners, routes: Arc<Routes>, shutdown: impl Fut
                 // Certificate subjects mean nothing without a certificate: such an AE title is
                 // reachable over TLS only, or plain TCP would go around its allow-list.
                 warn!(%peer, called_ae = %node.scp.ae_title, "association rejected: this AE title lists certificate subjects and takes TLS only");
-                association::rejected(peer, "tls_subject");
+                association::rejected(peer, "tls_only");
                 let no = AssociationRJSource::ServiceUser(AssociationRJServiceUserReason::NoReasonGiven);
                 reject(socket, AssociationRJResult::Permanent, no).await;
                 return;
