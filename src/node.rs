@@ -236,6 +236,7 @@ pub async fn start_projects(
                 reader: Reader::open(&p.config.index_path())?,
                 index_path: p.config.index_path(),
                 storage_dir: p.config.storage.dir.clone(),
+                public_dir: p.config.public_dir(),
                 quarantine_dir: p.config.quarantine_dir(),
                 min_free_bytes: p.config.storage.min_free_bytes,
                 uploader_enabled: p.config.upload.enabled,

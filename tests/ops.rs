@@ -227,6 +227,18 @@ fn readiness_follows_free_space_while_liveness_stays() {
     // Free it again: ready, and the same instance is taken.
     std::fs::remove_file(&filler).unwrap();
     wait_for_code(&node, "/readyz", 200);
+    // Space, but nowhere to create a file (here `public` is a file, which stops even root): not
+    // ready, and the check says why.
+    let public = node.public();
+    let away = public.with_file_name("public.away");
+    std::fs::rename(&public, &away).unwrap();
+    std::fs::write(&public, b"not a directory").unwrap();
+    let body = wait_for_code(&node, "/readyz", 503);
+    assert!(body.contains("\"spool\":{\"error\":\"cannot create a file in"), "{body}");
+    assert!(body.contains("\"disk\":{\"error\":null,\"free_bytes\":"), "{body}");
+    std::fs::remove_file(&public).unwrap();
+    std::fs::rename(&away, &public).unwrap();
+    wait_for_code(&node, "/readyz", 200);
     let out = storescu(node.port, &[f]);
     assert!(out.status.success() && !text(&out).contains("Store Failed"), "{}", text(&out));
     let m = scrape(&node);

@@ -10,7 +10,7 @@ pub mod status;
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -47,6 +47,8 @@ pub struct Ops {
     pub reader: Reader,
     pub index_path: PathBuf,
     pub storage_dir: PathBuf,
+    /// Where anonymized files are created: readiness tries to create one there.
+    pub public_dir: PathBuf,
     pub quarantine_dir: PathBuf,
     pub min_free_bytes: u64,
     pub uploader_enabled: bool,
@@ -109,12 +111,17 @@ async fn readyz(State(ops): State<Arc<Ops>>) -> Response {
     let index = index_writable(&ops).await;
     let free = fs4::available_space(&ops.storage_dir);
     let disk_ok = matches!(free, Ok(f) if f >= ops.min_free_bytes);
-    let ready = listener && index.is_ok() && disk_ok;
+    let public = ops.public_dir.clone();
+    let spool = tokio::task::spawn_blocking(move || spool_writable(&public))
+        .await
+        .unwrap_or_else(|e| Err(format!("probe did not run: {e}")));
+    let ready = listener && index.is_ok() && disk_ok && spool.is_ok();
     let body = serde_json::json!({
         "ready": ready,
         "checks": {
             "listener": { "ok": listener },
             "index": { "ok": index.is_ok(), "error": index.err() },
+            "spool": { "ok": spool.is_ok(), "error": spool.err() },
             "disk": {
                 "ok": disk_ok,
                 "free_bytes": free.as_ref().ok(),
@@ -145,6 +152,16 @@ async fn index_writable(ops: &Ops) -> Result<(), String> {
         Ok(Err(e)) => Err(format!("probe did not run: {e}")),
         Err(_) => Err(format!("no answer from the index writer in {} s", INDEX_PROBE_TIMEOUT.as_secs())),
     }
+}
+
+/// Whether a file can be created in `public/` now: a read-only remount, wrong permissions or a
+/// full inode table fail every C-STORE while free space looks fine. The probe is named like a
+/// spool temp file, so one a crash leaves behind is swept at the next start.
+fn spool_writable(dir: &Path) -> Result<(), String> {
+    let probe = dir.join(format!(".readyz-{}.part", std::process::id()));
+    std::fs::File::create(&probe)
+        .and_then(|_| std::fs::remove_file(&probe))
+        .map_err(|e| format!("cannot create a file in {}: {e}", dir.display()))
 }
 
 fn uploader_state(ops: &Ops) -> &'static str {
