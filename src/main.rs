@@ -45,6 +45,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             runtime()?.block_on(serve(config))
         }
         Command::Anonymize { target, out, inputs } => {
+            // A mistyped path is the user's error, not an instance to quarantine.
+            for input in &inputs {
+                std::fs::metadata(input).with_context(|| format!("{}", input.display()))?;
+            }
             let config = target.load()?;
             observe::init(&config.logging);
             let pipeline = Pipeline::open(&config, &out, Durability::AtEnd)?;

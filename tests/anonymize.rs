@@ -259,6 +259,14 @@ fn bad_input_is_quarantined_with_a_reason_and_the_rest_goes_through() {
     let run = anonymize(&config, &out2, &[&only]);
     assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stdout));
     assert!(String::from_utf8_lossy(&run.stdout).contains("skipped 1 non-DICOM"));
+
+    // A path that is not there is a mistake in the command, said as such: nothing is quarantined.
+    let missing = d.path().join("no-such-folder");
+    let run = anonymize(&config, &d.path().join("out3"), &[&good, &missing]);
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert_eq!(run.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("no-such-folder: No such file or directory"), "{stderr}");
+    assert!(!d.path().join("out3").exists() && count("Not_Stored") == 0, "{stderr}");
 }
 
 #[test]
