@@ -274,12 +274,15 @@ async fn run_retrieve(
     }
     let rows = result?;
     print!("{}", retrieve::table(&rows));
+    let failed =
+        if rows.iter().any(|r| r.outcome.is_failure()) { ExitCode::FAILURE } else { ExitCode::SUCCESS };
     if dry_run {
         println!(
-            "dry run: {} studies would be moved; nothing was moved",
-            rows.iter().filter(|r| r.study.is_some()).count()
+            "dry run: {} studies would be moved, {} not found; nothing was moved",
+            rows.iter().filter(|r| r.study.is_some()).count(),
+            rows.iter().filter(|r| r.outcome == retrieve::Outcome::NotFound).count()
         );
-        return Ok(ExitCode::SUCCESS);
+        return Ok(failed);
     }
     let path = csv.unwrap_or_else(|| {
         let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%SZ");
@@ -296,7 +299,7 @@ async fn run_retrieve(
         count(&|o| matches!(o, retrieve::Outcome::Failed(_))),
         path.display()
     );
-    Ok(if rows.iter().any(|r| r.outcome.is_failure()) { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+    Ok(failed)
 }
 
 /// Each configured DICOM destination's queue, and any the index knows that the config no longer lists.

@@ -127,8 +127,9 @@ fn retrieve_by_accessions_patient_and_date_moves_each_study_once_through_the_run
     // Dry run: the list (PHI) on stdout, nothing moved.
     let accessions = put(d.path(), "acc.txt", b"AccessionNumber\nRA1001\nRA1002\n# a comment\nNOSUCHACC\n");
     let dry = retrieve(&config, &["--accessions", accessions.to_str().unwrap(), "--dry-run"]);
-    assert!(dry.status.success(), "{}{}", stdout(&dry), stderr(&dry));
+    assert_eq!(dry.status.code(), Some(1), "as the real run would: {}{}", stdout(&dry), stderr(&dry));
     assert!(row(&stdout(&dry), "RA1001").contains("would move"), "{}", stdout(&dry));
+    assert!(row(&stdout(&dry), "NOSUCHACC").ends_with("| not found"), "{}", stdout(&dry));
     assert!(public_files(d.path()).is_empty(), "a dry run moved something");
 
     // By accession list: two studies (8 instances), one accession the PACS does not know.

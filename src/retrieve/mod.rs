@@ -141,7 +141,12 @@ pub async fn run(request: Request, index_path: &Path) -> Result<Vec<StudyReport>
     info!(%pacs, studies = rows.iter().filter(|r| r.study.is_some()).count(), "studies found");
     if request.dry_run {
         assoc.release().await;
-        return Ok(rows.into_iter().map(|r| r.with_outcome(Outcome::DryRun)).collect());
+        // What the PACS does not hold stays "not found": the real run would fail on it too.
+        let dry = |r: StudyReport| match r.outcome {
+            Outcome::Pending => r.with_outcome(Outcome::DryRun),
+            _ => r,
+        };
+        return Ok(rows.into_iter().map(dry).collect());
     }
     let presence = Presence::open(index_path)?;
     let mut rows = rows;
