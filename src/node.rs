@@ -198,7 +198,10 @@ pub async fn start_projects(
     for p in &projects {
         tracing::info!(project = %p.config.project.name, ae_title = %p.config.scp.ae_title, storage = %p.config.storage.dir.display(), "project ready");
     }
-    tracing::info!(addr = %scp_addr, tls = ?tls_addr, ae_titles = %ae_titles, "listening");
+    match tls_addr {
+        Some(tls) => tracing::info!(addr = %scp_addr, %tls, ae_titles = %ae_titles, "listening"),
+        None => tracing::info!(addr = %scp_addr, ae_titles = %ae_titles, "listening"),
+    }
 
     let stop = CancellationToken::new();
     let reload =

@@ -89,7 +89,7 @@ impl Exporter {
                 Some(e) => {
                     let wait = backoff(down).max(Duration::from_millis(500));
                     down = down.saturating_add(1);
-                    warn!(destination = %name, %peer, error = %e, attempt = down, retry_in_s = wait.as_secs_f32(), "destination unreachable; sends paused");
+                    warn!(destination = %name, %peer, error = %e, attempt = down, retry_in_s = format_args!("{:.1}", wait.as_secs_f32()), "destination unreachable; sends paused");
                     tokio::select! {
                         _ = stop.cancelled() => break,
                         _ = tokio::time::sleep(wait) => {}
@@ -165,7 +165,7 @@ impl Exporter {
                 round.failed += 1;
                 METRICS.exports.with_label_values(&[name, "failed"]).inc();
                 let wait = backoff(item.attempts).max(Duration::from_millis(200));
-                warn!(destination = %name, sop = %uid, attempt = item.attempts + 1, retry_in_s = wait.as_secs_f32(), error = %error, "send failed; will retry");
+                warn!(destination = %name, sop = %uid, attempt = item.attempts + 1, retry_in_s = format_args!("{:.1}", wait.as_secs_f32()), error = %error, "send failed; will retry");
                 let next_try = chrono::Utc::now() + chrono::Duration::from_std(wait).unwrap_or_default();
                 DeliveryRecord::Failed { uid, error, next_try }
             }

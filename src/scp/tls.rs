@@ -242,7 +242,7 @@ pub(super) async fn serve(
     if !node.scp.tls_allowed_subjects.is_empty()
         && !subject.as_ref().is_some_and(|cn| node.scp.tls_allowed_subjects.contains(cn))
     {
-        warn!(%peer, called_ae = %node.scp.ae_title, subject = ?subject.as_deref().unwrap_or("(none)"), "association aborted: certificate subject not allowed for this AE title");
+        warn!(%peer, called_ae = %node.scp.ae_title, subject = %subject.as_deref().unwrap_or("(none)").escape_debug(), "association aborted: certificate subject not allowed for this AE title");
         association::rejected(peer, "tls_subject");
         let _ = assoc.abort().await;
         return;
@@ -261,7 +261,7 @@ pub(super) async fn serve(
         return;
     };
     if let Some(cn) = &subject {
-        info!(%peer, called_ae = %node.scp.ae_title, subject = ?cn, "TLS association");
+        info!(%peer, called_ae = %node.scp.ae_title, subject = %cn.escape_debug(), "TLS association");
     }
     association::run_established(node, assoc, peer, stop, started).await;
     drop(permit);

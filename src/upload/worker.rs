@@ -126,7 +126,7 @@ impl Uploader {
                 METRICS.credential_failures.inc();
                 METRICS.upload_paused.set(1);
                 METRICS.credentials(self.credentials.counts());
-                warn!(error = %e, retry_in_s = wait.as_secs_f32(), attempt = *failures, "uploads paused: cannot get AWS credentials");
+                warn!(error = %e, retry_in_s = format_args!("{:.1}", wait.as_secs_f32()), attempt = *failures, "uploads paused: cannot get AWS credentials");
                 tokio::select! {
                     _ = stop.cancelled() => {}
                     _ = tokio::time::sleep(wait) => {}
@@ -222,7 +222,7 @@ impl Uploader {
                 let wait = backoff(item.attempts);
                 let step = backoff_ceiling(*failures);
                 if last_warning.is_none_or(|t| t.elapsed() >= step) {
-                    warn!(sop = %item.anon_sop_uid, attempt = item.attempts + 1, retry_in_s = wait.as_secs_f32(), error = %e, "upload failed; will retry");
+                    warn!(sop = %item.anon_sop_uid, attempt = item.attempts + 1, retry_in_s = format_args!("{:.1}", wait.as_secs_f32()), error = %e, "upload failed; will retry");
                     *last_warning = Some(Instant::now());
                 } else {
                     debug!(sop = %item.anon_sop_uid, error = %e, "upload failed");
