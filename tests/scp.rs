@@ -133,6 +133,14 @@ fn unknown_called_ae_and_calling_ae_outside_the_allow_list_are_rejected() {
     assert!(text(&stranger).contains("Calling AE Title Not Recognized"), "{}", text(&stranger));
     let friend = echoscu(node.port, "FRIEND", AE);
     assert!(friend.status.success(), "{}", text(&friend));
+    // The status page lists whom it refused, and why.
+    let url = format!("{}/", node.http_base());
+    let page = ureq::get(&url).call().unwrap().body_mut().read_to_string().unwrap();
+    let rows: Vec<&str> = page.split("<tr").collect();
+    let listed =
+        |who: &str, why: &str| rows.iter().any(|r| r.contains(&format!(">{who}<")) && r.contains(why));
+    assert!(listed("STRANGER", "rejected: calling AE title not allowed"), "{page}");
+    assert!(listed("FRIEND", "rejected: called AE title not ours"), "{page}");
 }
 
 #[test]

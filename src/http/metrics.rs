@@ -23,8 +23,18 @@ const LATENCY_BUCKETS: &[f64] =
     &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
 
 /// Why an association request was turned down (label `reason`).
-pub const REJECT_REASONS: &[&str] =
-    &["called_ae", "calling_ae", "no_context", "busy", "max_pdu", "protocol", "timeout", "other"];
+pub const REJECT_REASONS: &[&str] = &[
+    "called_ae",
+    "calling_ae",
+    "no_context",
+    "busy",
+    "max_pdu",
+    "protocol",
+    "timeout",
+    "tls_subject",
+    "tls_only",
+    "other",
+];
 /// How an established association ended (label `end`).
 pub const ENDS: &[&str] = &["released", "aborted_by_peer", "closed", "aborted"];
 /// Why a connection closed before it asked for an association (label `reason`).

@@ -86,7 +86,13 @@ struct Message {
 
 /// Run one accepted plain TCP connection to its end. Errors are logged here; nothing reaches the
 /// listener.
-pub async fn run(node: Arc<Node>, socket: TcpStream, peer: SocketAddr, shutdown: CancellationToken) {
+pub async fn run(
+    node: Arc<Node>,
+    socket: TcpStream,
+    peer: SocketAddr,
+    calling: &str,
+    shutdown: CancellationToken,
+) {
     let started = Instant::now();
     let acse = Duration::from_secs(node.scp.timeouts.acse_s);
     let assoc = match tokio::time::timeout(acse, node.options.establish_async(socket)).await {
@@ -94,12 +100,12 @@ pub async fn run(node: Arc<Node>, socket: TcpStream, peer: SocketAddr, shutdown:
         Ok(Err(e)) => {
             // Rejections (unknown AE titles, no acceptable context) land here with their reason.
             warn!(%peer, error = %e, "association not established");
-            rejected(peer, rejection_reason(&e));
+            rejected(peer, Some(calling), rejection_reason(&e));
             return;
         }
         Err(_) => {
             warn!(%peer, timeout_s = acse.as_secs(), "association request not received in time");
-            rejected(peer, "timeout");
+            rejected(peer, Some(calling), "timeout");
             return;
         }
     };
@@ -182,12 +188,14 @@ pub async fn run_established<S: Stream>(
 pub trait Stream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
 impl<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Stream for S {}
 
-/// Count a request turned down before an association existed, and list it on the status page.
-pub(super) fn rejected(peer: SocketAddr, reason: &'static str) {
+/// Count a request turned down before an association existed, and list it on the status page
+/// with the calling AE title it gave, when it could be read: whom was refused is what an operator
+/// looks for.
+pub(super) fn rejected(peer: SocketAddr, calling: Option<&str>, reason: &'static str) {
     METRICS.associations_rejected.with_label_values(&[reason]).inc();
     ACTIVITY.association(AssociationRecord {
         ended: chrono::Utc::now(),
-        calling_ae: None,
+        calling_ae: calling.map(str::to_string),
         peer,
         instances: 0,
         failures: 0,

@@ -118,7 +118,7 @@ pub async fn serve(listeners: Listeners, routes: Arc<Routes>, shutdown: impl Fut
                 r = tokio::time::timeout(HANDSHAKE_TIMEOUT, peek_request(&socket)) => r,
             };
             drop(handshake);
-            let (max_pdu, called) = match request {
+            let Request { max_pdu, called, calling } = match request {
                 Err(_) => {
                     // Debug, not warn: a flood of these is counted (connections_dropped_total), not
                     // written line by line.
@@ -136,7 +136,7 @@ pub async fn serve(listeners: Listeners, routes: Arc<Routes>, shutdown: impl Fut
             };
             let Some(node) = routes.get(&called).cloned() else {
                 warn!(%peer, called_ae = %called.escape_debug(), "association rejected: called AE title is none of this node's");
-                association::rejected(peer, "called_ae");
+                association::rejected(peer, Some(&calling), "called_ae");
                 let unknown = AssociationRJSource::ServiceUser(AssociationRJServiceUserReason::CalledAETitleNotRecognized);
                 reject(socket, AssociationRJResult::Permanent, unknown).await;
                 return;
@@ -145,25 +145,25 @@ pub async fn serve(listeners: Listeners, routes: Arc<Routes>, shutdown: impl Fut
                 // Certificate subjects mean nothing without a certificate: such an AE title is
                 // reachable over TLS only, or plain TCP would go around its allow-list.
                 warn!(%peer, called_ae = %node.scp.ae_title, "association rejected: this AE title lists certificate subjects and takes TLS only");
-                association::rejected(peer, "tls_only");
+                association::rejected(peer, Some(&calling), "tls_only");
                 let no = AssociationRJSource::ServiceUser(AssociationRJServiceUserReason::NoReasonGiven);
                 reject(socket, AssociationRJResult::Permanent, no).await;
                 return;
             }
             if let Some(n) = max_pdu.filter(|&n| n != 0 && n < MINIMUM_PDU_SIZE) {
                 warn!(%peer, max_pdu_length = n, minimum = MINIMUM_PDU_SIZE, "association rejected: the peer's maximum PDU length cannot carry a response");
-                association::rejected(peer, "max_pdu");
+                association::rejected(peer, Some(&calling), "max_pdu");
                 reject(socket, AssociationRJResult::Permanent, AssociationRJSource::ServiceUser(AssociationRJServiceUserReason::NoReasonGiven)).await;
                 return;
             }
             match limit.try_acquire_owned() {
                 Ok(permit) => {
-                    association::run(node, socket, peer, stop).await;
+                    association::run(node, socket, peer, &calling, stop).await;
                     drop(permit);
                 }
                 Err(_) => {
                     warn!(%peer, limit = max_associations, "association rejected: scp.max_associations reached");
-                    association::rejected(peer, "busy");
+                    association::rejected(peer, Some(&calling), "busy");
                     // Transient, service provider presentation, local limit exceeded (PS3.8 §9.3.4).
                     let busy = AssociationRJSource::ServiceProviderPresentation(
                         AssociationRJServiceProviderPresentationReason::LocalLimitExceeded,
@@ -181,11 +181,20 @@ pub async fn serve(listeners: Listeners, routes: Arc<Routes>, shutdown: impl Fut
     }
 }
 
+/// What the listener reads from an association request before it takes a slot.
+struct Request {
+    /// The maximum PDU length it asks for (`None`: it names none).
+    max_pdu: Option<u32>,
+    /// Chooses the project.
+    called: String,
+    /// Who asks: listed with a rejection.
+    calling: String,
+}
+
 /// Wait until the whole first PDU has arrived and look at it without consuming it: it must be an
-/// A-ASSOCIATE-RQ of at most 64 KiB that parses. Returns the maximum PDU length it asks for
-/// (`None`: it names none) and the called AE title, which chooses the project. Anything else is
-/// refused here, before it can hold an association slot.
-async fn peek_request(socket: &TcpStream) -> std::io::Result<(Option<u32>, String)> {
+/// A-ASSOCIATE-RQ of at most 64 KiB that parses. Anything else is refused here, before it can
+/// hold an association slot.
+async fn peek_request(socket: &TcpStream) -> std::io::Result<Request> {
     let invalid = |why: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, why.to_string());
     let mut header = [0u8; 6];
     let mut wait = Duration::from_millis(2);
@@ -225,7 +234,11 @@ async fn peek_request(socket: &TcpStream) -> std::io::Result<(Option<u32>, Strin
                 UserVariableItem::MaxLength(n) => Some(*n),
                 _ => None,
             });
-            Ok((max_pdu, rq.called_ae_title.trim().to_string()))
+            Ok(Request {
+                max_pdu,
+                called: rq.called_ae_title.trim().to_string(),
+                calling: rq.calling_ae_title.trim().to_string(),
+            })
         }
         _ => Err(invalid("the A-ASSOCIATE-RQ does not parse")),
     }

@@ -13,6 +13,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Instant;
 
 use dicom_ul::association::server::{AsyncServerAssociation, AsyncTlsStream};
+use dicom_ul::association::Association;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
@@ -211,7 +212,7 @@ pub(super) async fn establish(
                 METRICS.connections_dropped.with_label_values(&["tls_handshake"]).inc();
             } else {
                 warn!(%peer, error = reason, "association not established");
-                association::rejected(peer, association::rejection_reason(&e));
+                association::rejected(peer, None, association::rejection_reason(&e));
             }
             None
         }
@@ -243,20 +244,20 @@ pub(super) async fn serve(
         && !subject.as_ref().is_some_and(|cn| node.scp.tls_allowed_subjects.contains(cn))
     {
         warn!(%peer, called_ae = %node.scp.ae_title, subject = %subject.as_deref().unwrap_or("(none)").escape_debug(), "association aborted: certificate subject not allowed for this AE title");
-        association::rejected(peer, "tls_subject");
+        association::rejected(peer, Some(assoc.peer_ae_title()), "tls_subject");
         let _ = assoc.abort().await;
         return;
     }
     let peer_max = assoc.requestor_max_pdu_length();
     if peer_max != 0 && peer_max < dicom_ul::pdu::MINIMUM_PDU_SIZE {
         warn!(%peer, max_pdu_length = peer_max, "association aborted: the peer's maximum PDU length cannot carry a response");
-        association::rejected(peer, "max_pdu");
+        association::rejected(peer, Some(assoc.peer_ae_title()), "max_pdu");
         let _ = assoc.abort().await;
         return;
     }
     let Ok(permit) = limit.try_acquire_owned() else {
         warn!(%peer, limit = node.scp.max_associations, "association aborted: scp.max_associations reached");
-        association::rejected(peer, "busy");
+        association::rejected(peer, Some(assoc.peer_ae_title()), "busy");
         let _ = assoc.abort().await;
         return;
     };
