@@ -49,6 +49,9 @@ pub enum NodeError {
     Task(String),
     #[error(transparent)]
     Tls(scp::TlsError),
+    /// One project of several could not start: which one.
+    #[error("project {name}: {source}")]
+    Project { name: String, source: Box<NodeError> },
 }
 
 fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> NodeError {
@@ -153,7 +156,13 @@ pub async fn start_projects(
     };
     // A token that is configured but unreadable stops the start: the endpoint never opens unguarded.
     let token = if first.http.enabled { first.http.token()? } else { None };
-    let projects = configs.into_iter().map(open_project).collect::<Result<Vec<_>, _>>()?;
+    let projects = configs
+        .into_iter()
+        .map(|config| {
+            let name = config.project.name.clone();
+            open_project(config).map_err(|e| NodeError::Project { name, source: Box::new(e) })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
     let routes = Arc::new(scp::Routes::new(projects.iter().map(|p| p.node.clone()).collect()));
     let ae_titles: Vec<&str> = projects.iter().map(|p| p.config.scp.ae_title.as_str()).collect();
     let ae_titles = ae_titles.join(",");
