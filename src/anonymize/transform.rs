@@ -290,6 +290,9 @@ impl Scrubber {
         if let Some(replaced) = after_titles(out.as_deref().unwrap_or(text)) {
             out = Some(replaced);
         }
+        if let Some(replaced) = long_numbers(out.as_deref().unwrap_or(text)) {
+            out = Some(replaced);
+        }
         out
     }
 }
@@ -418,6 +421,28 @@ fn is_name_byte(b: u8) -> bool {
     b.is_ascii_alphabetic() || b >= 0x80 || b == b'-' || b == b'\''
 }
 
+/// Digits in a row that make a number this long are an identifier until shown otherwise (a record
+/// number, a telephone number, a date): no measurement or count in a description needs seven.
+const LONG_NUMBER: usize = 7;
+
+/// Numbers of [`LONG_NUMBER`] digits or more replaced: another patient's record number or a
+/// telephone number typed into a description is not in the instance to be looked for.
+fn long_numbers(text: &[u8]) -> Option<Vec<u8>> {
+    let mut spans = Vec::new();
+    let mut i = 0;
+    while i < text.len() {
+        let start = i;
+        while i < text.len() && text[i].is_ascii_digit() {
+            i += 1;
+        }
+        if i - start >= LONG_NUMBER {
+            spans.push((start, i));
+        }
+        i += usize::from(i == start);
+    }
+    replace(text, spans.into_iter())
+}
+
 /// The word after a title ("dr. Chase") replaced: a name that appears nowhere else in the
 /// instance (a colleague consulted, a referrer from elsewhere) is still a name.
 fn after_titles(text: &[u8]) -> Option<Vec<u8>> {
@@ -531,6 +556,13 @@ mod tests {
         assert_eq!(s.scrub(b"follow-up of mrn12345/2").unwrap(), b"follow-up of ***/2");
         assert_eq!(s.scrub(b"Smithsonian protocol"), None, "name parts match whole words only");
         assert_eq!(s.scrub(b"CT HEAD"), None);
+    }
+
+    #[test]
+    fn long_numbers_go_whoever_they_belong_to() {
+        let s = Scrubber::new([&b"DOE^JOHN"[..]], []);
+        assert_eq!(s.scrub(b"compare MRN40517763, tel 5550192").unwrap(), b"compare MRN***, tel ***");
+        assert_eq!(s.scrub(b"DLP 1234.5 mGy*cm, 120 kV, 512x512, 250000 counts"), None);
     }
 
     #[test]
