@@ -452,6 +452,14 @@ fn values_that_pass_as_something_needing_no_cleaning_are_caught() {
         !summary.contains("unreadable"),
         "each case is well-formed; only its value is at fault: {summary}"
     );
+    // What is scrubbed goes word by word; the sentence and what a study needs stay.
+    let commented: Vec<_> =
+        stored.iter().filter_map(|f| dcmdump_value(f, "PatientComments").map(|c| (f, c))).collect();
+    assert_eq!(commented.len(), 1, "{summary}");
+    let (file, comments) = &commented[0];
+    assert_eq!(comments, "seen *** at ***, phone ***");
+    assert_eq!(dcmdump_value(file, "StudyDescription").as_deref(), Some("CT CHEST for *** *** ***"));
+    assert_eq!(dcmdump_value(file, "Modality").as_deref(), Some("CT"));
     for f in &stored {
         let bytes = std::fs::read(f).unwrap();
         for planted in [

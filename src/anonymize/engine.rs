@@ -89,7 +89,8 @@ impl Original {
         found.dates.dedup();
         let dates: Vec<String> = found.dates.iter().flat_map(|d| date_spellings(d)).collect();
         let ids = found.ids.into_iter().chain(dates.iter().map(|d| d.as_bytes()));
-        let scrubber = Scrubber::new(found.names.into_iter().chain(variants.iter().map(Vec::as_slice)), ids);
+        let names = found.names.into_iter().chain(variants.iter().map(Vec::as_slice));
+        let scrubber = Scrubber::with_phrases(names, ids, found.whereabouts);
         let plain = |tag| ds.text(tag).filter(|v| !v.is_empty()).map(str::to_string);
         Ok(Original {
             patient_id: patient_id.trim().to_string(),
@@ -492,7 +493,11 @@ impl Walk<'_> {
             }
             // Codes and AE titles are short text a name can be typed into, like a description.
             vr if is_free_text(vr) || matches!(vr, VR::CS | VR::AE) => match &e.value {
-                Value::Bytes(b) => match self.original.scrubber.scrub(b) {
+                Value::Bytes(b) => match if is_prose(e.tag, vr) {
+                    self.original.scrubber.scrub_prose(b)
+                } else {
+                    self.original.scrubber.scrub(b)
+                } {
                     Some(clean) => {
                         e.value = Value::Bytes(Cow::Owned(pad_text(e.vr, clean)));
                         true
@@ -548,15 +553,16 @@ impl Walk<'_> {
     }
 }
 
-/// PN values at any depth, and the identifiers (with their issuers) a person could retype into
-/// free text, at any depth: the words the scrub removes from kept text.
-/// What the scrubber looks for in free text, gathered from the whole instance, sequences included.
+/// What the scrubber looks for in kept text, gathered from the whole instance, sequences
+/// included: what a person could retype into free text.
 #[derive(Default)]
 struct Needles<'a> {
     /// Person names (PN values).
     names: Vec<&'a [u8]>,
-    /// Identifiers, institutions, addresses and telephone numbers, one per value.
+    /// Identifiers, one per value.
     ids: Vec<&'a [u8]>,
+    /// Institutions, addresses and telephone numbers, whole values.
+    whereabouts: Vec<&'a [u8]>,
     /// Dates (`YYYYMMDD`) of DA values and of the date part of DT values.
     dates: Vec<&'a [u8]>,
 }
@@ -567,16 +573,21 @@ impl<'a> Needles<'a> {
             match &e.value {
                 Value::Items(items) => items.iter().for_each(|item| self.collect(item)),
                 Value::Bytes(b) if e.vr == VR::PN => self.names.push(b),
-                Value::Bytes(b) if profile::is_identifier(e.tag) || profile::is_whereabouts(e.tag) => {
-                    self.ids.extend(b.split(|&c| c == b'\\'))
-                }
+                Value::Bytes(b) if profile::is_identifier(e.tag) => self.ids.extend(b.split(|&c| c == b'\\')),
+                Value::Bytes(b) if profile::is_whereabouts(e.tag) => self.whereabouts.push(b),
                 Value::Bytes(b) if matches!(e.vr, VR::DA | VR::DT) => {
-                    self.dates.extend(b.split(|&c| c == b'\\').filter_map(|v| v.get(..8)))
+                    self.dates.extend(b.split(|&c| c == b'\\').filter_map(|v| v.trim_ascii().get(..8)))
                 }
                 _ => {}
             }
         }
     }
+}
+
+/// Text a person writes sentences into: report and comment text, descriptions and labels. Codes,
+/// names of things and versions are not prose: their numbers stay.
+fn is_prose(tag: Tag, vr: VR) -> bool {
+    matches!(vr, VR::ST | VR::LT | VR::UT) || super::options::is_descriptor(tag)
 }
 
 /// A date (`YYYYMMDD`) as people write it: ISO, day first and month first, with the common

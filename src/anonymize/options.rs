@@ -180,6 +180,11 @@ const DEVICE_IDENTITY: &[u32] = &[
     0x0040_4030,
 ];
 
+/// A description, comment or label (the Clean Descriptors column and the RT labels).
+pub fn is_descriptor(tag: Tag) -> bool {
+    listed(DESCRIPTORS, tag)
+}
+
 fn listed(list: &[u32], tag: Tag) -> bool {
     list.contains(&((u32::from(tag.0) << 16) | u32::from(tag.1)))
 }

@@ -63,15 +63,19 @@ pub fn is_identifier(tag: Tag) -> bool {
 }
 
 /// Where the patient was seen and how to reach them or their physician: institutions,
-/// departments, addresses and telephone numbers. Not identifiers, but people type them into
-/// comments and descriptions just the same.
-const WHEREABOUTS_TAGS: [u32; 9] = [
+/// addresses and telephone numbers. Not identifiers, but people type them into comments and
+/// descriptions just the same. (Department names are not here: "Neuro" or "Breast" are words a
+/// study needs.)
+const WHEREABOUTS_TAGS: [u32; 12] = [
     0x0008_0080,
     0x0008_0081,
     0x0008_0092,
     0x0008_0094,
-    0x0008_1040,
     0x0010_1040,
+    0x0040_1102,
+    0x0040_1103,
+    0x0040_1104,
+    0x0040_2010,
     0x0010_2154,
     0x0010_2155,
     0x0040_0243,

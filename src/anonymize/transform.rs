@@ -218,7 +218,29 @@ impl Scrubber {
         names: impl IntoIterator<Item = &'a [u8]>,
         ids: impl IntoIterator<Item = &'a [u8]>,
     ) -> Scrubber {
+        Scrubber::with_phrases(names, ids, std::iter::empty())
+    }
+
+    /// [`Scrubber::new`], and `phrases` (institutions, addresses, telephone numbers) matched
+    /// whole: each line of a value as whole words, a number also by all its digits. A line too
+    /// long to look for is left out rather than failing the instance.
+    pub fn with_phrases<'a>(
+        names: impl IntoIterator<Item = &'a [u8]>,
+        ids: impl IntoIterator<Item = &'a [u8]>,
+        phrases: impl IntoIterator<Item = &'a [u8]>,
+    ) -> Scrubber {
         let (mut words, mut long_ids, mut digits) = (Vec::new(), Vec::new(), Vec::new());
+        for line in phrases.into_iter().flat_map(|p| p.split(|&b| matches!(b, b'\\' | b'\r' | b'\n'))) {
+            let line = crate::dicom::trim_padding(line).trim_ascii();
+            if line.len() < 3 || line.len() > MAX_NEEDLE {
+                continue;
+            }
+            words.push(line.to_ascii_lowercase());
+            let all: Vec<u8> = line.iter().copied().filter(u8::is_ascii_digit).collect();
+            if all.len() >= MIN_EMBEDDED_ID {
+                digits.push(all);
+            }
+        }
         // Family, given and middle names of every component group; prefixes and suffixes
         // ("DR", "MRS", "III") are titles that identify no one and occur in ordinary text.
         let parts = names.into_iter().flat_map(|name| {
@@ -290,10 +312,15 @@ impl Scrubber {
         if let Some(replaced) = after_titles(out.as_deref().unwrap_or(text)) {
             out = Some(replaced);
         }
-        if let Some(replaced) = long_numbers(out.as_deref().unwrap_or(text)) {
-            out = Some(replaced);
-        }
         out
+    }
+
+    /// [`Scrubber::scrub`] for prose (comments, descriptions, labels, report text), which also
+    /// loses every long number, whoever it belongs to. Not for codes: a SNOMED CT code value has
+    /// eight digits.
+    pub fn scrub_prose(&self, text: &[u8]) -> Option<Vec<u8>> {
+        let scrubbed = self.scrub(text);
+        long_numbers(scrubbed.as_deref().unwrap_or(text)).or(scrubbed)
     }
 }
 
@@ -559,10 +586,32 @@ mod tests {
     }
 
     #[test]
-    fn long_numbers_go_whoever_they_belong_to() {
+    fn long_numbers_go_from_prose_whoever_they_belong_to_and_codes_stay() {
         let s = Scrubber::new([&b"DOE^JOHN"[..]], []);
-        assert_eq!(s.scrub(b"compare MRN40517763, tel 5550192").unwrap(), b"compare MRN***, tel ***");
-        assert_eq!(s.scrub(b"DLP 1234.5 mGy*cm, 120 kV, 512x512, 250000 counts"), None);
+        let prose = b"compare MRN40517763, tel 5550192";
+        assert_eq!(s.scrub_prose(prose).unwrap(), b"compare MRN***, tel ***");
+        assert_eq!(s.scrub(prose), None, "codes and short text keep their numbers");
+        assert_eq!(s.scrub(b"51185008"), None, "a SNOMED CT code value");
+        assert_eq!(s.scrub_prose(b"DLP 1234.5 mGy*cm, 120 kV, 512x512, 250000 counts"), None);
+        assert_eq!(s.scrub_prose(b"for John, MRN40517763").unwrap(), b"for ***, MRN***");
+    }
+
+    #[test]
+    fn phrases_go_whole_and_line_by_line_and_a_long_one_fails_nothing() {
+        let long = vec![b'x'; MAX_NEEDLE + 1];
+        let address = b"12 Main Street\r\nSpringfield";
+        let s = Scrubber::with_phrases(
+            [&b"DOE^JOHN"[..]],
+            [],
+            [&b"Springfield General"[..], b"555-0192-331", address, &long],
+        );
+        assert_eq!(
+            s.scrub(b"seen at springfield general, phone 555 0192 331").unwrap(),
+            b"seen at ***, phone ***"
+        );
+        assert_eq!(s.scrub(b"lives at 12 main street").unwrap(), b"lives at ***");
+        assert_eq!(s.scrub(b"Generalized edema"), None, "whole words only");
+        assert_eq!(s.scrub(b"CT HEAD"), None, "a line too long to look for fails nothing");
     }
 
     #[test]
