@@ -133,14 +133,18 @@ fn unknown_called_ae_and_calling_ae_outside_the_allow_list_are_rejected() {
     assert!(text(&stranger).contains("Calling AE Title Not Recognized"), "{}", text(&stranger));
     let friend = echoscu(node.port, "FRIEND", AE);
     assert!(friend.status.success(), "{}", text(&friend));
-    // The status page lists whom it refused, and why.
+    // The status page lists whom it refused, and why (a refusal dicom-ul answers itself is
+    // recorded just after the peer hears it: wait for it).
     let url = format!("{}/", node.http_base());
-    let page = ureq::get(&url).call().unwrap().body_mut().read_to_string().unwrap();
-    let rows: Vec<&str> = page.split("<tr").collect();
-    let listed =
-        |who: &str, why: &str| rows.iter().any(|r| r.contains(&format!(">{who}<")) && r.contains(why));
-    assert!(listed("STRANGER", "rejected: calling AE title not allowed"), "{page}");
-    assert!(listed("FRIEND", "rejected: called AE title not ours"), "{page}");
+    let page = || ureq::get(&url).call().unwrap().body_mut().read_to_string().unwrap();
+    let listed = |page: &str, who: &str, why: &str| {
+        page.split("<tr").any(|r| r.contains(&format!(">{who}<")) && r.contains(why))
+    };
+    wait_until("the refusals on the status page", Duration::from_secs(10), || {
+        let page = page();
+        listed(&page, "STRANGER", "rejected: calling AE title not allowed")
+            && listed(&page, "FRIEND", "rejected: called AE title not ours")
+    });
 }
 
 #[test]
