@@ -70,7 +70,7 @@ pub enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
-    /// The upload queue.
+    /// The S3 upload queue and the DICOM destinations' queues.
     Queue {
         #[command(subcommand)]
         command: QueueCommand,

@@ -171,6 +171,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let reader = index::Reader::open(&path)?;
             let status = reader.queue_status()?;
             let destinations = reader.destination_status()?;
+            if !config.upload.enabled {
+                println!("S3 upload: disabled (upload.enabled is false); the states below are its queue");
+            }
             for (state, n) in &status.counts {
                 println!("{state:>10}: {n}");
             }

@@ -119,6 +119,10 @@ fn every_instance_reaches_storescp_and_dcmqrscp_once_byte_for_byte() {
         status.contains(&format!("destination archive (ARCHIVE@127.0.0.1:{}): sent 30", qr.port)),
         "{status}"
     );
+    assert!(
+        status.starts_with("S3 upload: disabled"),
+        "the S3 queue's counts say they wait for nothing: {status}"
+    );
     let metrics = metrics(node.http_port.unwrap());
     for destination in ["research-scp", "archive"] {
         let line = format!("dicom_anon_exports_total{{destination=\"{destination}\",outcome=\"sent\"}} 30");
