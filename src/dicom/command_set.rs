@@ -6,8 +6,38 @@ use std::borrow::Cow;
 use dicom_core::{Tag, VR};
 
 use super::element::{DataSet, Element, Value};
+use super::read::{read_dataset, ReadError};
 use super::syntax::Encoding;
 use super::write::write_dataset;
+
+/// Command set attributes both sides of an association read or write (PS3.7 §E.1).
+pub mod command_tags {
+    use dicom_core::Tag;
+
+    pub const AFFECTED_SOP_CLASS_UID: Tag = Tag(0x0000, 0x0002);
+    pub const COMMAND_FIELD: Tag = Tag(0x0000, 0x0100);
+    pub const MESSAGE_ID: Tag = Tag(0x0000, 0x0110);
+    pub const MESSAGE_ID_BEING_RESPONDED_TO: Tag = Tag(0x0000, 0x0120);
+    pub const COMMAND_DATA_SET_TYPE: Tag = Tag(0x0000, 0x0800);
+    pub const STATUS: Tag = Tag(0x0000, 0x0900);
+    pub const ERROR_COMMENT: Tag = Tag(0x0000, 0x0902);
+    pub const AFFECTED_SOP_INSTANCE_UID: Tag = Tag(0x0000, 0x1000);
+    /// CommandDataSetType's value for "no data set follows".
+    pub const NO_DATA_SET: u16 = 0x0101;
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CommandSetError {
+    #[error("command set does not parse: {0}")]
+    Unreadable(#[from] ReadError),
+    #[error("command set lacks {0}")]
+    Missing(&'static str),
+}
+
+/// Read a command set's bytes.
+pub fn read_command(bytes: &[u8]) -> Result<DataSet<'_>, CommandSetError> {
+    Ok(read_dataset(bytes, Encoding::IMPLICIT_LE)?)
+}
 
 /// The value of a US element of a command set.
 pub fn command_us(ds: &DataSet<'_>, tag: Tag) -> Option<u16> {

@@ -17,7 +17,9 @@ mod syntax;
 mod values;
 mod write;
 
-pub use command_set::{command_us, encode_command, put_command_us};
+pub use command_set::{
+    command_tags, command_us, encode_command, put_command_us, read_command, CommandSetError,
+};
 pub use element::{pad_text, trim_padding, DataSet, Element, Value};
 pub use part10::{
     inflate_into, is_part10, write_meta, write_part10, FileMeta, InflateError, Part10, Part10Error,

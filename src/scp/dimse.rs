@@ -3,27 +3,19 @@
 
 use std::borrow::Cow;
 
-use crate::dicom::{
-    command_us, encode_command, pad_text, read_dataset, DataSet, Element, Encoding, ReadError, Tag, Value, VR,
+use crate::dicom::command_tags::{
+    AFFECTED_SOP_CLASS_UID, AFFECTED_SOP_INSTANCE_UID, COMMAND_DATA_SET_TYPE, COMMAND_FIELD, ERROR_COMMENT,
+    MESSAGE_ID, MESSAGE_ID_BEING_RESPONDED_TO, NO_DATA_SET, STATUS,
 };
-
-const AFFECTED_SOP_CLASS_UID: Tag = Tag(0x0000, 0x0002);
-const COMMAND_FIELD: Tag = Tag(0x0000, 0x0100);
-const MESSAGE_ID: Tag = Tag(0x0000, 0x0110);
-const MESSAGE_ID_BEING_RESPONDED_TO: Tag = Tag(0x0000, 0x0120);
-const COMMAND_DATA_SET_TYPE: Tag = Tag(0x0000, 0x0800);
-const STATUS: Tag = Tag(0x0000, 0x0900);
-const ERROR_COMMENT: Tag = Tag(0x0000, 0x0902);
-const AFFECTED_SOP_INSTANCE_UID: Tag = Tag(0x0000, 0x1000);
+use crate::dicom::{
+    command_us, encode_command, pad_text, read_command, CommandSetError, DataSet, Element, Tag, Value, VR,
+};
 
 const C_STORE_RQ: u16 = 0x0001;
 const C_STORE_RSP: u16 = 0x8001;
 const C_ECHO_RQ: u16 = 0x0030;
 const C_ECHO_RSP: u16 = 0x8030;
 const C_CANCEL_RQ: u16 = 0x0FFF;
-/// Command Data Set Type value meaning "no data set follows".
-const NO_DATA_SET: u16 = 0x0101;
-
 /// C-STORE and C-ECHO statuses (PS3.4 §B.2.3, PS3.7 §C).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Status(pub u16);
@@ -72,27 +64,20 @@ pub enum Command {
     },
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum CommandError {
-    #[error("command set does not parse: {0}")]
-    Unreadable(#[from] ReadError),
-    #[error("command set lacks {0}")]
-    Missing(&'static str),
-}
-
 impl Command {
     /// Parse a command set (always Implicit VR Little Endian, PS3.7 §6.3.1).
-    pub fn parse(bytes: &[u8]) -> Result<Command, CommandError> {
-        let ds = read_dataset(bytes, Encoding::IMPLICIT_LE)?;
+    pub fn parse(bytes: &[u8]) -> Result<Command, CommandSetError> {
+        let ds = read_command(bytes)?;
         let field =
-            command_us(&ds, COMMAND_FIELD).ok_or(CommandError::Missing("CommandField (0000,0100)"))?;
+            command_us(&ds, COMMAND_FIELD).ok_or(CommandSetError::Missing("CommandField (0000,0100)"))?;
         if field == C_CANCEL_RQ {
             return Ok(Command::Cancel);
         }
-        let message_id = command_us(&ds, MESSAGE_ID).ok_or(CommandError::Missing("MessageID (0000,0110)"))?;
+        let message_id =
+            command_us(&ds, MESSAGE_ID).ok_or(CommandSetError::Missing("MessageID (0000,0110)"))?;
         let has_data_set = command_us(&ds, COMMAND_DATA_SET_TYPE).is_some_and(|t| t != NO_DATA_SET);
         let uid = |tag, name| {
-            ds.text(tag).filter(|v| !v.is_empty()).map(str::to_string).ok_or(CommandError::Missing(name))
+            ds.text(tag).filter(|v| !v.is_empty()).map(str::to_string).ok_or(CommandSetError::Missing(name))
         };
         Ok(match field {
             C_ECHO_RQ => Command::Echo { message_id },
@@ -160,7 +145,7 @@ mod tests {
         let request =
             Command::Store { message_id: 7, sop_class_uid: "1.2.3".into(), sop_instance_uid: "4.5.6".into() };
         let rsp = response(&request, Status::DATA_SET_MISMATCH, Some("SOPInstanceUID differs"));
-        let ds = read_dataset(&rsp, Encoding::IMPLICIT_LE).unwrap();
+        let ds = read_command(&rsp).unwrap();
         assert_eq!(command_us(&ds, COMMAND_FIELD), Some(C_STORE_RSP));
         assert_eq!(command_us(&ds, MESSAGE_ID_BEING_RESPONDED_TO), Some(7));
         assert_eq!(command_us(&ds, STATUS), Some(0xA900));

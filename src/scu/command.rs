@@ -3,28 +3,21 @@
 
 use std::borrow::Cow;
 
+use crate::dicom::command_tags::{
+    AFFECTED_SOP_CLASS_UID, AFFECTED_SOP_INSTANCE_UID, COMMAND_DATA_SET_TYPE, COMMAND_FIELD, ERROR_COMMENT,
+    MESSAGE_ID, MESSAGE_ID_BEING_RESPONDED_TO, NO_DATA_SET, STATUS,
+};
 use crate::dicom::{
-    command_us, encode_command, pad_text, put_command_us, read_dataset, write_dataset, DataSet, Element,
-    Encoding, ReadError, Tag, Value, VR,
+    command_us, encode_command, pad_text, put_command_us, read_command, write_dataset, CommandSetError,
+    DataSet, Element, Encoding, Tag, Value, VR,
 };
 
-const AFFECTED_SOP_CLASS_UID: Tag = Tag(0x0000, 0x0002);
-const COMMAND_FIELD: Tag = Tag(0x0000, 0x0100);
-const MESSAGE_ID: Tag = Tag(0x0000, 0x0110);
-const MESSAGE_ID_BEING_RESPONDED_TO: Tag = Tag(0x0000, 0x0120);
 const MOVE_DESTINATION: Tag = Tag(0x0000, 0x0600);
 const PRIORITY: Tag = Tag(0x0000, 0x0700);
-const COMMAND_DATA_SET_TYPE: Tag = Tag(0x0000, 0x0800);
-const STATUS: Tag = Tag(0x0000, 0x0900);
-const ERROR_COMMENT: Tag = Tag(0x0000, 0x0902);
-const AFFECTED_SOP_INSTANCE_UID: Tag = Tag(0x0000, 0x1000);
 const REMAINING: Tag = Tag(0x0000, 0x1020);
 const COMPLETED: Tag = Tag(0x0000, 0x1021);
 const FAILED: Tag = Tag(0x0000, 0x1022);
 const WARNING: Tag = Tag(0x0000, 0x1023);
-
-/// Command Data Set Type value meaning "no data set follows".
-const NO_DATA_SET: u16 = 0x0101;
 
 /// The request kinds we send.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -81,22 +74,14 @@ pub struct SubOperations {
     pub warning: Option<u16>,
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum ResponseError {
-    #[error("response command does not parse: {0}")]
-    Unreadable(#[from] ReadError),
-    #[error("response command lacks {0}")]
-    Missing(&'static str),
-}
-
 impl Response {
-    pub fn parse(bytes: &[u8]) -> Result<Response, ResponseError> {
-        let ds = read_dataset(bytes, Encoding::IMPLICIT_LE)?;
+    pub fn parse(bytes: &[u8]) -> Result<Response, CommandSetError> {
+        let ds = read_command(bytes)?;
         let us = |tag| command_us(&ds, tag);
         Ok(Response {
-            command_field: us(COMMAND_FIELD).ok_or(ResponseError::Missing("CommandField (0000,0100)"))?,
+            command_field: us(COMMAND_FIELD).ok_or(CommandSetError::Missing("CommandField (0000,0100)"))?,
             message_id: us(MESSAGE_ID_BEING_RESPONDED_TO).unwrap_or(0),
-            status: us(STATUS).ok_or(ResponseError::Missing("Status (0000,0900)"))?,
+            status: us(STATUS).ok_or(CommandSetError::Missing("Status (0000,0900)"))?,
             has_data_set: us(COMMAND_DATA_SET_TYPE).is_some_and(|t| t != NO_DATA_SET),
             comment: ds.text(ERROR_COMMENT).filter(|c| !c.is_empty()).map(printable),
             counts: SubOperations {
@@ -161,7 +146,7 @@ mod tests {
     #[test]
     fn a_move_request_carries_its_destination_and_a_correct_group_length() {
         let rq = request(Kind::Move, 9, "1.2.840.10008.5.1.4.1.2.2.2", None, Some("ANONYMIZER"));
-        let ds = read_dataset(&rq, Encoding::IMPLICIT_LE).unwrap();
+        let ds = read_command(&rq).unwrap();
         assert_eq!(command_us(&ds, COMMAND_FIELD), Some(0x0021));
         assert_eq!(command_us(&ds, MESSAGE_ID), Some(9));
         assert_eq!(ds.text(MOVE_DESTINATION), Some("ANONYMIZER"));
