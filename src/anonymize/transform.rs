@@ -236,10 +236,7 @@ impl Scrubber {
                 continue;
             }
             words.push(line.to_ascii_lowercase());
-            let all: Vec<u8> = line.iter().copied().filter(u8::is_ascii_digit).collect();
-            if all.len() >= MIN_EMBEDDED_ID {
-                digits.push(all);
-            }
+            digits.extend(all_digits(line));
         }
         // Family, given and middle names of every component group; prefixes and suffixes
         // ("DR", "MRS", "III") are titles that identify no one and occur in ordinary text.
@@ -270,12 +267,7 @@ impl Scrubber {
             for run in id.split(|b| !b.is_ascii_digit()).filter(|r| r.len() >= MIN_EMBEDDED_ID) {
                 digits.push(run.to_vec());
             }
-            // All its digits together: a number written in groups ("555-0192-331") is retyped
-            // in other groups ("555 0192 331"), each too short to look for on its own.
-            let all: Vec<u8> = id.iter().copied().filter(u8::is_ascii_digit).collect();
-            if all.len() >= MIN_EMBEDDED_ID {
-                digits.push(all);
-            }
+            digits.extend(all_digits(id));
         }
         let fits = [&words, &long_ids, &digits].into_iter().flatten().all(|n| n.len() <= MAX_NEEDLE);
         let words = words.iter().map(|w| {
@@ -322,6 +314,14 @@ impl Scrubber {
         let scrubbed = self.scrub(text);
         long_numbers(scrubbed.as_deref().unwrap_or(text)).or(scrubbed)
     }
+}
+
+/// All the digits of a value together, when they are enough to look for: a number written in
+/// groups ("555-0192-331") is retyped in other groups ("555 0192 331"), each too short to look
+/// for on its own.
+fn all_digits(value: &[u8]) -> Option<Vec<u8>> {
+    let all: Vec<u8> = value.iter().copied().filter(u8::is_ascii_digit).collect();
+    (all.len() >= MIN_EMBEDDED_ID).then_some(all)
 }
 
 /// One scrub pass: the text with one automaton's matches replaced, `None` if there were none.
