@@ -52,6 +52,20 @@ impl Peer {
         }
     }
 
+    /// Start `command` (the DCMTK tool `name`) with its output appended to `log`, and wait until it
+    /// listens on `port`.
+    fn start(mut command: Command, name: &str, port: u16, ae: &str, dir: PathBuf, log: PathBuf) -> Peer {
+        let append = || Stdio::from(std::fs::File::options().create(true).append(true).open(&log).unwrap());
+        let child = command
+            .stdout(append())
+            .stderr(append())
+            .spawn()
+            .unwrap_or_else(|e| panic!("{name} starts: {e}"));
+        let mut peer = Peer { child: Some(child), port, ae: ae.into(), dir, log };
+        peer.wait_listening(name);
+        peer
+    }
+
     /// Until it listens; a peer that exits first fails the test with its log (a port taken
     /// meanwhile shows there as "Address already in use").
     fn wait_listening(&mut self, what: &str) {
@@ -89,17 +103,9 @@ pub fn dcmqrscp(dir: &Path, ae: &str, node_ae: &str, node_port: u16) -> Peer {
     );
     let cfg_path = dir.join("dcmqrscp.cfg");
     std::fs::write(&cfg_path, cfg).unwrap();
-    let log = dir.join("dcmqrscp.log");
-    let child = dcmtk("dcmqrscp")
-        .args(["-c"])
-        .arg(&cfg_path)
-        .stdout(Stdio::from(std::fs::File::create(&log).unwrap()))
-        .stderr(Stdio::from(std::fs::File::options().append(true).open(&log).unwrap()))
-        .spawn()
-        .expect("dcmqrscp starts");
-    let mut peer = Peer { child: Some(child), port, ae: ae.into(), dir: db, log };
-    peer.wait_listening("dcmqrscp");
-    peer
+    let mut command = dcmtk("dcmqrscp");
+    command.arg("-c").arg(&cfg_path);
+    Peer::start(command, "dcmqrscp", port, ae, db, dir.join("dcmqrscp.log"))
 }
 
 /// storescp writing exactly the bytes it receives (`+B`) under unique names (`-uf`, so a second
@@ -112,20 +118,14 @@ pub fn storescp(dir: &Path, ae: &str, port: u16) -> Peer {
 pub fn storescp_with(dir: &Path, ae: &str, port: u16, options: &[&str]) -> Peer {
     let out = dir.join("received");
     std::fs::create_dir_all(&out).unwrap();
-    let log = dir.join("storescp.log");
-    let child = dcmtk("storescp")
+    let mut command = dcmtk("storescp");
+    command
         .args(["--fork", "+B", "-uf", "-aet", ae])
         .args(options)
         .arg("-od")
         .arg(&out)
-        .arg(port.to_string())
-        .stdout(Stdio::from(std::fs::File::options().create(true).append(true).open(&log).unwrap()))
-        .stderr(Stdio::from(std::fs::File::options().append(true).open(&log).unwrap()))
-        .spawn()
-        .expect("storescp starts");
-    let mut peer = Peer { child: Some(child), port, ae: ae.into(), dir: out, log };
-    peer.wait_listening("storescp");
-    peer
+        .arg(port.to_string());
+    Peer::start(command, "storescp", port, ae, out, dir.join("storescp.log"))
 }
 
 /// Send files to a peer with storescu (one association), as `calling`.
