@@ -11,7 +11,12 @@ DIR=$(mktemp -d "${1:-/tmp}/bench-flush.XXXXXX")
 DD_PID=""
 cleanup() {
     rm -f "$DIR/.stranger"
-    [ -n "$DD_PID" ] && { pkill -P "$DD_PID" 2>/dev/null; wait "$DD_PID" 2>/dev/null; }
+    # The killed writer's status is no failure of ours: under `set -e` it used to end this
+    # function before the directory (and its 1 GiB file) was removed.
+    if [ -n "$DD_PID" ]; then
+        pkill -P "$DD_PID" 2>/dev/null || true
+        wait "$DD_PID" 2>/dev/null || true
+    fi
     rm -rf "$DIR"
 }
 trap cleanup EXIT
