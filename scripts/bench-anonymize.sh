@@ -7,8 +7,7 @@ cd "$(dirname "$0")/.."
 . scripts/bench-lib.sh
 COUNT=${1:-1000}
 ROWS=${2:-512}
-WORK=$(mktemp -d /tmp/bench-anonymize.XXXXXX)
-trap 'rm -rf "$WORK"' EXIT
+bench_workdir anonymize
 [ -x /usr/bin/dcmodify ] || { echo "dcmodify missing: apt-get install dcmtk" >&2; exit 1; }
 
 bench_build bench-engine

@@ -11,14 +11,8 @@ cd "$(dirname "$0")/.."
 bench_in_netns "$@"
 COUNT=${1:-500}
 ROWS=${2:-512}
-WORK=$(mktemp -d /tmp/bench-export.XXXXXX)
 NODE_PID=""; SCP_PID=""
-cleanup() {
-    [ -n "$NODE_PID" ] && kill "$NODE_PID" 2>/dev/null || true
-    [ -n "$SCP_PID" ] && kill "$SCP_PID" 2>/dev/null || true
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
+bench_workdir export NODE_PID SCP_PID
 export TCP_NODELAY=1
 bench_build
 "$TARGET"/release/examples/make-corpus "$WORK/corpus" "$COUNT" "$ROWS" 5 >/dev/null

@@ -22,14 +22,8 @@ MEMORY=0; SUSTAINED=0
 if [ "${1:-}" = "--memory" ]; then MEMORY=1; shift; fi
 if [ "${1:-}" = "--sustained" ]; then SUSTAINED=1; shift; fi
 if [ "$SUSTAINED" = 1 ]; then COUNT=${1:-50000}; ROWS=32; PATIENTS=5000; else COUNT=${1:-1000}; ROWS=${2:-512}; PATIENTS=10; fi
-WORK=$(mktemp -d /tmp/bench-ingest.XXXXXX)
 NODE_PID=""; SCP_PID=""
-cleanup() {
-    [ -n "$NODE_PID" ] && kill "$NODE_PID" 2>/dev/null || true
-    [ -n "$SCP_PID" ] && kill "$SCP_PID" 2>/dev/null || true
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
+bench_workdir ingest NODE_PID SCP_PID
 export TCP_NODELAY=1
 # BIN=path runs another build of the node (a before/after comparison in one run).
 bench_build

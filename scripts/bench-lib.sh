@@ -31,3 +31,19 @@ retire() {
         mv "$1" "$WORK/retired.$BENCH_RETIRED"
     fi
 }
+
+# bench_workdir NAME [PID_VARIABLE ...]: WORK, a fresh directory for this run, removed at exit,
+# after every process whose PID one of the named variables holds then (an empty one is skipped).
+bench_workdir() {
+    WORK=$(mktemp -d "/tmp/bench-$1.XXXXXX")
+    shift
+    BENCH_PID_VARIABLES=("$@")
+    trap bench_cleanup EXIT
+}
+bench_cleanup() {
+    local v
+    for v in "${BENCH_PID_VARIABLES[@]}"; do
+        if [ -n "${!v:-}" ]; then kill "${!v}" 2>/dev/null || true; fi
+    done
+    rm -rf "$WORK"
+}

@@ -12,13 +12,8 @@ cd "$(dirname "$0")/.."
 bench_in_netns "$@"
 COUNT=${1:-500}
 ROWS=${2:-512}
-WORK=$(mktemp -d /tmp/bench-retrieve.XXXXXX)
 NODE_PID=""; SCP_PID=""; PACS_PID=""
-cleanup() {
-    for p in "$NODE_PID" "$SCP_PID" "$PACS_PID"; do [ -n "$p" ] && kill "$p" 2>/dev/null || true; done
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
+bench_workdir retrieve NODE_PID SCP_PID PACS_PID
 export TCP_NODELAY=1
 bench_build
 "$TARGET"/release/examples/make-corpus "$WORK/corpus" "$COUNT" "$ROWS" 5 >/dev/null

@@ -8,14 +8,8 @@ cd "$(dirname "$0")/.."
 . scripts/bench-lib.sh
 COUNT=${1:-2000}
 CONC=${2:-8}
-WORK=$(mktemp -d /tmp/bench-upload.XXXXXX)
 MOTO_PID=""; NODE_PID=""
-cleanup() {
-    [ -n "$NODE_PID" ] && kill "$NODE_PID" 2>/dev/null || true
-    [ -n "$MOTO_PID" ] && kill "$MOTO_PID" 2>/dev/null || true
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
+bench_workdir upload MOTO_PID NODE_PID
 command -v moto_server >/dev/null || { echo "moto_server missing: pip install 'moto[server]'" >&2; exit 1; }
 export AWS_EC2_METADATA_DISABLED=true AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test AWS_REGION=us-east-1 AWS_DEFAULT_REGION=us-east-1
 
