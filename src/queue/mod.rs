@@ -1,6 +1,7 @@
 //! Where instances go after the engine: the durable spool of anonymized files, or quarantine; and
 //! the temporary spill files that hold large data sets on their way there.
 
+mod in_flight;
 pub mod quarantine;
 pub mod spill;
 pub mod spool;

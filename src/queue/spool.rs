@@ -15,6 +15,10 @@
 //! Direct writes must be whole blocks from aligned memory, so the bytes are gathered in an aligned
 //! buffer ([`StageWriter`]); the last partial block goes through the page cache, and so do files
 //! under 64 KiB, for which a direct write's wait for the disk costs more than the copy it saves.
+//! The last direct write of a file (for a 0.5 MB instance, the whole file but its last block)
+//! runs in the background while the index commits the instance's row ([`super::in_flight`]);
+//! [`Staged::publish`] waits for it before the file takes its name, so nobody ever reads a file
+//! whose bytes are still on their way.
 //! A file system that refuses `O_DIRECT` (tmpfs before Linux 6.6, some network file systems) is
 //! written through the page cache, with write-back started early, from its first refusal on.
 //! A batch run that makes everything durable only at its end writes through the page cache and
@@ -23,10 +27,12 @@
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
 use std::os::fd::AsRawFd;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
+use super::in_flight::{self, InFlight};
 use crate::dicom::WriteError;
 
 /// Direct writes are made of whole blocks of this size, from memory aligned to it (4 KiB is the
@@ -55,9 +61,33 @@ pub struct Spool {
     /// Each file goes to the disk at once (a node acknowledging instances, which flushes right
     /// after); a batch run leaves write-back to the system until its end.
     at_once: bool,
+    shared: Arc<Shared>,
+}
+
+/// What a staged file gives back to its spool once its last write has ended, which may be after
+/// [`Spool::stage`] returned: its buffer, and whether direct I/O worked.
+struct Shared {
     /// `O_DIRECT` works here (until a refusal shows it does not).
     direct: AtomicBool,
     spare: Mutex<Vec<Vec<u8>>>,
+}
+
+impl Shared {
+    fn take_buffer(&self) -> Option<Vec<u8>> {
+        self.spare.lock().unwrap_or_else(|p| p.into_inner()).pop()
+    }
+
+    /// Keep `writer`'s buffer for the next file, and stop direct I/O if it was refused.
+    fn give_back(&self, writer: &mut StageWriter) {
+        if writer.refused_direct {
+            self.direct.store(false, Ordering::Relaxed);
+        }
+        let buffer = std::mem::take(&mut writer.buf);
+        let mut spare = self.spare.lock().unwrap_or_else(|p| p.into_inner());
+        if spare.len() < SPARE_BUFFERS {
+            spare.push(buffer);
+        }
+    }
 }
 
 impl Spool {
@@ -70,8 +100,7 @@ impl Spool {
             root: root.to_path_buf(),
             next: AtomicU64::new(0),
             at_once,
-            direct: AtomicBool::new(at_once),
-            spare: Mutex::default(),
+            shared: Arc::new(Shared { direct: AtomicBool::new(at_once), spare: Mutex::default() }),
         })
     }
 
@@ -111,28 +140,19 @@ impl Spool {
             other => other,
         }
         .map_err(io_error(&tmp))?;
-        let mut staged = Staged { tmp, dest, size: 0, published: false };
-        let buffer = self.spare.lock().unwrap_or_else(|p| p.into_inner()).pop();
-        let mut w = StageWriter::new(file, self.direct.load(Ordering::Relaxed), buffer);
-        let written = write(&mut w).and_then(|()| Ok(w.finish()?));
-        if w.refused_direct {
-            self.direct.store(false, Ordering::Relaxed);
-        }
-        let buffer = std::mem::take(&mut w.buf);
-        let mut spare = self.spare.lock().unwrap_or_else(|p| p.into_inner());
-        if spare.len() < SPARE_BUFFERS {
-            spare.push(buffer);
-        }
-        drop(spare);
-        written.map_err(|e| match e {
+        let writer =
+            StageWriter::new(file, self.shared.direct.load(Ordering::Relaxed), self.shared.take_buffer());
+        let mut staged = Staged { tmp, dest, writer, shared: self.shared.clone(), published: false };
+        let w = &mut staged.writer;
+        // Dropped on failure, `staged` waits for its writes and deletes the temp file.
+        write(w).and_then(|()| Ok(w.finish()?)).map_err(|e| match e {
             WriteError::Io(source) => SpoolError::Io { path: staged.tmp.display().to_string(), source },
             other => SpoolError::Encode(other),
         })?;
-        staged.size = w.written;
         if self.at_once {
             // The disk starts on what went through the page cache while the index commits; the
             // flush that follows then mostly waits for writes already under way.
-            start_write_back(&w.file);
+            start_write_back(&staged.writer.file);
         }
         Ok(staged)
     }
@@ -142,6 +162,9 @@ impl Spool {
 /// `O_DIRECT` once the file is large enough and the spool uses it (see the module's
 /// documentation).
 pub struct StageWriter {
+    /// The last direct write, still running: the kernel reads `buf` and writes `file` until it
+    /// has been waited for ([`StageWriter::complete`], or the drop).
+    last: Option<LastWrite>,
     file: File,
     /// `BUFFER + BLOCK` bytes, so that an aligned window of `BUFFER` bytes fits whatever address
     /// the allocator gave.
@@ -160,11 +183,19 @@ pub struct StageWriter {
     refused_direct: bool,
 }
 
+/// A direct write of the window's first `len` bytes at `offset`, running in the background.
+struct LastWrite {
+    write: InFlight,
+    len: usize,
+    offset: u64,
+}
+
 impl StageWriter {
     fn new(file: File, want_direct: bool, buffer: Option<Vec<u8>>) -> StageWriter {
         let buf = buffer.filter(|b| b.len() == BUFFER + BLOCK).unwrap_or_else(|| vec![0; BUFFER + BLOCK]);
         let start = buf.as_ptr().align_offset(BLOCK);
         StageWriter {
+            last: None,
             file,
             buf,
             start,
@@ -209,6 +240,7 @@ impl StageWriter {
             self.set_direct(true)?;
         }
         self.write_out(whole)?;
+        self.written += whole as u64;
         let (start, filled) = (self.start, self.filled);
         self.buf.copy_within(start + whole..start + filled, start);
         self.filled -= whole;
@@ -237,7 +269,6 @@ impl StageWriter {
             // Not a full disk or a failing one: the page cache took what direct I/O did not.
             self.refuse_direct();
         }
-        self.written += len as u64;
         Ok(())
     }
 
@@ -266,16 +297,65 @@ impl StageWriter {
         self.refused_direct = true;
     }
 
-    /// Write out what is gathered: the whole blocks (directly, if the file is direct), the
-    /// partial last block through the page cache (a direct write cannot end mid-block).
+    /// Write out what is gathered: the partial last block through the page cache (a direct
+    /// write cannot end mid-block), then the whole blocks, directly if the file is direct, and
+    /// then in the background where this thread can; [`StageWriter::complete`] waits for them.
     fn finish(&mut self) -> io::Result<()> {
-        self.write_blocks()?;
-        if self.filled > 0 && self.direct {
-            self.set_direct(false)?;
+        let whole = self.filled / BLOCK * BLOCK;
+        let offset = self.written;
+        if self.filled > whole {
+            if self.direct {
+                self.set_direct(false)?;
+            }
+            let tail = &self.buf[self.start + whole..self.start + self.filled];
+            self.file.write_all_at(tail, offset + whole as u64)?;
         }
-        self.write_out(self.filled)?;
+        if self.want_direct && !self.direct && whole > 0 && offset + whole as u64 >= DIRECT_FROM {
+            self.set_direct(true)?;
+        }
+        let window = &self.buf[self.start..self.start + whole];
+        // SAFETY: the write reads `self.buf` and writes `self.file`, which stay as they are
+        // until it is waited for: `complete` and the drop do, before anything else touches them.
+        let started = match (self.direct, whole) {
+            (true, 1..) => unsafe { in_flight::write_at(self.file.as_raw_fd(), window, offset) },
+            _ => None,
+        };
+        match started {
+            Some(write) => self.last = Some(LastWrite { write, len: whole, offset }),
+            None => self.write_out(whole)?,
+        }
+        self.written += self.filled as u64;
         self.filled = 0;
         Ok(())
+    }
+
+    /// Wait for the background write. As in [`StageWriter::write_out`], a direct write that
+    /// failed or stopped short is finished through the page cache.
+    fn complete(&mut self) -> io::Result<()> {
+        let Some(LastWrite { write, len, offset }) = self.last.take() else { return Ok(()) };
+        let (done, failed) = match write.wait() {
+            Ok(n) => (n.min(len), false),
+            Err(_) => (0, true),
+        };
+        if done < len {
+            if self.direct {
+                self.set_direct(false)?;
+            }
+            self.file.write_all_at(&self.buf[self.start + done..self.start + len], offset + done as u64)?;
+            if failed {
+                self.refuse_direct();
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Drop for StageWriter {
+    /// The kernel may still be reading the buffer: it is freed only once the write has ended.
+    fn drop(&mut self) {
+        if let Some(last) = self.last.take() {
+            let _ = last.write.wait();
+        }
     }
 }
 
@@ -298,22 +378,25 @@ impl Write for StageWriter {
     }
 }
 
-/// An anonymized file written beside its destination, not yet in place.
-#[derive(Debug)]
+/// An anonymized file written beside its destination, not yet in place; its last write may
+/// still be running. It stays on the thread that staged it, whose ring runs that write.
 pub struct Staged {
     tmp: PathBuf,
     dest: PathBuf,
-    size: u64,
+    writer: StageWriter,
+    shared: Arc<Shared>,
     published: bool,
 }
 
 impl Staged {
     pub fn size(&self) -> u64 {
-        self.size
+        self.writer.written
     }
 
-    /// Rename the file into place, atomically replacing any file there.
+    /// Once every byte is written, rename the file into place, atomically replacing any file
+    /// there.
     pub fn publish(mut self) -> Result<(), SpoolError> {
+        self.writer.complete().map_err(io_error(&self.tmp))?;
         fs::rename(&self.tmp, &self.dest).map_err(io_error(&self.dest))?;
         self.published = true;
         Ok(())
@@ -322,6 +405,9 @@ impl Staged {
 
 impl Drop for Staged {
     fn drop(&mut self) {
+        // Its outcome no longer matters, but the buffer is reused only once the write has ended.
+        let _ = self.writer.complete();
+        self.shared.give_back(&mut self.writer);
         if !self.published {
             let _ = fs::remove_file(&self.tmp);
         }
@@ -377,14 +463,17 @@ mod tests {
     }
 
     /// Files of any length, from empty to several buffers, come out byte for byte, whether
-    /// written in pieces or copied from a reader, direct or through the page cache.
+    /// written in pieces or copied from a reader, direct (the last write in the background or
+    /// not) or through the page cache.
     #[test]
     fn files_of_any_length_are_written_exactly() {
         let d = tempfile::tempdir().unwrap();
         let longest = 2 * BUFFER + 3 * BLOCK + 17;
         let data: Vec<u8> = (0..longest as u32).map(|i| (i * 7 + i / 4096) as u8).collect();
-        for at_once in [true, false] {
-            let spool = Spool::open(&d.path().join(format!("public-{at_once}")), at_once).unwrap();
+        for (at_once, in_background) in [(true, true), (true, false), (false, false)] {
+            in_flight::turn_off_on_this_thread(!in_background);
+            let spool =
+                Spool::open(&d.path().join(format!("public-{at_once}-{in_background}")), at_once).unwrap();
             for len in
                 [0, 17, BLOCK, DIRECT_FROM as usize - 1, DIRECT_FROM as usize, BUFFER, BUFFER + 1, longest]
             {
@@ -401,6 +490,10 @@ mod tests {
                         })
                         .unwrap();
                     assert_eq!(staged.size(), len as u64);
+                    // Those whose last write has whole blocks, at or past the direct threshold.
+                    let background =
+                        at_once && in_background && [DIRECT_FROM as usize, longest].contains(&len);
+                    assert_eq!(staged.writer.last.is_some(), background, "{name}, in the background");
                     staged.publish().unwrap();
                     assert!(
                         fs::read(spool.root().join(&name)).unwrap() == data,
@@ -408,7 +501,7 @@ mod tests {
                     );
                 }
             }
-            assert!(spool.spare.lock().unwrap().len() == 1, "the buffer is kept for the next file");
+            assert!(spool.shared.spare.lock().unwrap().len() == 1, "the buffer is kept for the next file");
         }
     }
 
@@ -423,6 +516,7 @@ mod tests {
         w.start += 1;
         w.write_all(&data).unwrap();
         w.finish().unwrap();
+        w.complete().unwrap();
         assert!(w.refused_direct && !w.want_direct && !w.direct);
         assert_eq!(w.written, data.len() as u64);
         assert!(fs::read(d.path().join("f")).unwrap() == data);
