@@ -246,6 +246,25 @@ fn silent_connections_do_not_keep_a_real_sender_out() {
     drop(silent);
 }
 
+/// A sender that opens many associations at once may connect them all before it writes any
+/// request (16 storescu processes started together did): each is served, none is taken for a
+/// silent connection and pushed out by its siblings.
+#[test]
+fn a_burst_of_associations_from_one_address_is_served() {
+    let d = tempfile::tempdir().unwrap();
+    let node = Node::start(d.path(), "  max_associations: 32\n", "  min_free_bytes: 0\n");
+    let mut burst: Vec<TcpStream> =
+        (0..16).map(|_| TcpStream::connect(("127.0.0.1", node.port)).unwrap()).collect();
+    let request = raw_request("BURST", 16384);
+    for s in &mut burst {
+        s.write_all(&request).unwrap();
+    }
+    for (i, s) in burst.iter_mut().enumerate() {
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        assert_eq!(exchange(s, &[]), 0x02, "connection {i} of 16: A-ASSOCIATE-AC");
+    }
+}
+
 /// An A-ASSOCIATE-RQ for Verification, written by hand so nothing validates what we put in it.
 fn raw_request(calling: &str, max_pdu: u32) -> Vec<u8> {
     let rq = Pdu::AssociationRQ(AssociationRQ {

@@ -37,6 +37,11 @@ const PENDING_PER_PEER: usize = 8;
 /// Pending handshakes in all, so silent connections from many addresses cannot exhaust descriptors;
 /// past it the oldest is closed.
 const PENDING_TOTAL: usize = 512;
+/// How long an evicted connection still has to send its request. A sender that opens many
+/// associations at once (16 storescu processes started together did) may connect and be
+/// descheduled before it writes, while its siblings connect and push it out; it must not be cut
+/// off for that. Silent connections still go, this much later.
+const EVICTION_GRACE: Duration = Duration::from_millis(250);
 /// The largest A-ASSOCIATE-RQ accepted (real ones are a few hundred bytes to a few KiB).
 const MAX_REQUEST: usize = 64 * 1024;
 
@@ -94,12 +99,13 @@ pub async fn serve(listeners: Listeners, routes: Arc<Routes>, shutdown: impl Fut
                 let started = std::time::Instant::now();
                 // Pending (and evictable) until negotiated, exactly as on plain TCP.
                 let assoc = tokio::select! {
-                    _ = handshake.evicted.cancelled() => {
+                    biased;
+                    a = tls::establish(&tls, socket, peer, HANDSHAKE_TIMEOUT) => a,
+                    () = handshake.closed_out() => {
                         debug!(%peer, "pending TLS connection closed: newer connections are waiting");
                         METRICS.connections_dropped.with_label_values(&["evicted"]).inc();
                         return;
                     }
-                    a = tls::establish(&tls, socket, peer, HANDSHAKE_TIMEOUT) => a,
                 };
                 drop(handshake);
                 if let Some(assoc) = assoc {
@@ -110,12 +116,14 @@ pub async fn serve(listeners: Listeners, routes: Arc<Routes>, shutdown: impl Fut
         }
         tracker.spawn(async move {
             let request = tokio::select! {
-                _ = handshake.evicted.cancelled() => {
+                // A request already there wins over an eviction.
+                biased;
+                r = tokio::time::timeout(HANDSHAKE_TIMEOUT, peek_request(&socket)) => r,
+                () = handshake.closed_out() => {
                     debug!(%peer, "pending connection closed: newer connections are waiting");
                     METRICS.connections_dropped.with_label_values(&["evicted"]).inc();
                     return;
                 }
-                r = tokio::time::timeout(HANDSHAKE_TIMEOUT, peek_request(&socket)) => r,
             };
             drop(handshake);
             let Request { max_pdu, called, calling } = match request {
@@ -308,6 +316,14 @@ impl Pending {
         let evicted = CancellationToken::new();
         s.queue.push_back((id, ip, evicted.clone()));
         Handshake { pending: self.clone(), id, evicted }
+    }
+}
+
+impl Handshake {
+    /// Resolves once newer connections have pushed this one out and its grace has passed.
+    async fn closed_out(&self) {
+        self.evicted.cancelled().await;
+        tokio::time::sleep(EVICTION_GRACE).await;
     }
 }
 
