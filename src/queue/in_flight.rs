@@ -17,18 +17,18 @@
 //! it would without this module; the node says so once.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
 use std::io;
 use std::marker::PhantomData;
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use io_uring::{opcode, types, IoUring};
 
 /// Entries per ring: a thread waits for its write before it starts another, so a few suffice.
 const ENTRIES: u32 = 4;
 
-/// Set once any thread has failed to set up a ring: the others do not try again.
+/// Set once the kernel has refused a ring: no thread tries again.
 static UNAVAILABLE: AtomicBool = AtomicBool::new(false);
 
 thread_local! {
@@ -47,11 +47,24 @@ pub fn turn_off_on_this_thread(off: bool) {
     TURNED_OFF.set(off);
 }
 
+#[cfg(test)]
+thread_local! {
+    /// Tests that must see a write still running hold this thread's next one back this long.
+    static HOLD_BACK: std::cell::Cell<Option<Duration>> = const { std::cell::Cell::new(None) };
+}
+
+/// Start this thread's next background write only `delay` after it is asked for.
+#[cfg(test)]
+pub fn hold_back_next_write(delay: Duration) {
+    HOLD_BACK.set(Some(delay));
+}
+
 struct Ring {
     uring: IoUring,
     next_id: u64,
-    /// Completions reaped while waiting for another write of this thread.
-    done: HashMap<u64, i32>,
+    /// The write the kernel has taken and not yet completed: one at a time per thread, so that a
+    /// ring is only ever dropped with nothing of ours in the kernel.
+    in_kernel: Option<u64>,
 }
 
 /// A write started by [`write_at`] and not yet waited for. It belongs to the thread that started
@@ -63,8 +76,9 @@ pub struct InFlight {
     _this_thread: PhantomData<*const ()>,
 }
 
-/// Start writing `buf` to `fd` at `offset`, on this thread's ring. `None` if this thread has no
-/// ring (io_uring is unavailable) or cannot take the write now: the caller writes synchronously.
+/// Start writing `buf` to `fd` at `offset`, on this thread's ring. `None` if the write was not
+/// started, and never will be: this thread has no ring (io_uring is unavailable), already has a
+/// write in flight, or the kernel did not take the write. The caller then writes synchronously.
 ///
 /// # Safety
 /// `fd` must stay open, and `buf` allocated and unchanged, until the returned write has been
@@ -79,28 +93,59 @@ pub unsafe fn write_at(fd: RawFd, buf: &[u8], offset: u64) -> Option<InFlight> {
     }
     RING.with_borrow_mut(|slot| {
         if slot.is_none() {
-            *slot = Some(Ring::new()?);
+            *slot = Ring::new();
         }
         let ring = slot.as_mut()?;
+        if ring.in_kernel.is_some() {
+            return None;
+        }
         let id = ring.next_id;
+        ring.next_id += 1;
         let len = u32::try_from(buf.len()).ok()?;
         let entry = opcode::Write::new(types::Fd(fd), buf.as_ptr(), len).offset(offset).build().user_data(id);
-        // SAFETY: the caller keeps `fd` and `buf` valid until this write is waited for.
+        #[cfg(test)]
+        let held = HOLD_BACK.take().map(|delay| {
+            let timespec = Box::new(types::Timespec::from(delay));
+            let timeout = opcode::Timeout::new(&*timespec)
+                .flags(types::TimeoutFlags::ETIME_SUCCESS)
+                .build()
+                .flags(io_uring::squeue::Flags::IO_LINK)
+                .user_data(u64::MAX);
+            // SAFETY: the kernel reads the timespec when the entry is submitted, below.
+            unsafe { ring.uring.submission().push(&timeout) }.expect("room for a timeout");
+            timespec
+        });
+        // SAFETY: the caller keeps `fd` and `buf` valid until this write is waited for; if the
+        // kernel does not take it below, the ring goes and the entry with it, unread.
         unsafe { ring.uring.submission().push(&entry) }.ok()?;
-        ring.next_id += 1;
-        // A submission that fails now (the kernel short of memory) stays queued: waiting for the
-        // write submits it again.
-        let _ = ring.uring.submit();
-        Some(InFlight { id, waited: false, _this_thread: PhantomData })
+        let submitted = ring.uring.submit();
+        #[cfg(test)]
+        drop(held);
+        match submitted {
+            Ok(taken) if taken > 0 => {
+                ring.in_kernel = Some(id);
+                Some(InFlight { id, waited: false, _this_thread: PhantomData })
+            }
+            _ => {
+                // Not taken (the kernel short of memory): an entry left queued could run on a
+                // later submit, after `buf` is gone. Dropping the ring, with nothing of ours in
+                // the kernel, discards it; the next write sets up a new one.
+                *slot = None;
+                None
+            }
+        }
     })
 }
 
 impl Ring {
     fn new() -> Option<Ring> {
         match IoUring::new(ENTRIES) {
-            Ok(uring) => Some(Ring { uring, next_id: 0, done: HashMap::new() }),
+            Ok(uring) => Some(Ring { uring, next_id: 0, in_kernel: None }),
             Err(e) => {
-                if !UNAVAILABLE.swap(true, Ordering::Relaxed) {
+                // Refused (seccomp, a kernel without it or with it turned off) is for good;
+                // anything else (memory) may pass, and the next write tries again.
+                let refused = matches!(e.raw_os_error(), Some(libc::EPERM | libc::ENOSYS | libc::EACCES));
+                if refused && !UNAVAILABLE.swap(true, Ordering::Relaxed) {
                     tracing::info!(error = %e, "io_uring is unavailable: each direct write waits for the disk before the index commits");
                 }
                 None
@@ -108,47 +153,48 @@ impl Ring {
         }
     }
 
-    /// Wait until write `id` has completed; its result, as the kernel gives it.
+    /// Wait until write `id`, which the kernel has taken, has completed; its result, as the kernel
+    /// gives it. A write the kernel has taken always completes, so this waits through failures
+    /// of the wait itself: giving up would let the kernel read a buffer already reused.
     fn wait_for(&mut self, id: u64) -> i32 {
+        let mut pause = Duration::from_micros(100);
         loop {
-            if let Some(result) = self.done.remove(&id) {
+            if let Some(result) = self.uring.completion().find(|c| c.user_data() == id).map(|c| c.result()) {
+                self.in_kernel = None;
                 return result;
             }
-            // Submits what is queued (a write whose submit failed above) and waits for one.
             match self.uring.submit_and_wait(1) {
                 Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    // The ring itself failed: nothing else can be learnt about the write. Treat
-                    // it as failed; the caller then writes the bytes synchronously. The kernel
-                    // may still hold the entry, so the ring is never used again.
-                    UNAVAILABLE.store(true, Ordering::Relaxed);
-                    return -e.raw_os_error().unwrap_or(libc::EIO);
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => {
+                    std::thread::sleep(pause);
+                    pause = (pause * 2).min(Duration::from_millis(10));
                 }
-            }
-            for cqe in self.uring.completion() {
-                self.done.insert(cqe.user_data(), cqe.result());
             }
         }
     }
 }
 
 impl InFlight {
-    /// Wait for the write to end: the bytes written (possibly fewer than asked), or its error.
+    /// Wait for the write to end: the bytes written (possibly fewer than asked), or the error the
+    /// kernel gave it.
     pub fn wait(mut self) -> io::Result<usize> {
         self.waited = true;
-        let result = RING.with_borrow_mut(|slot| match slot.as_mut() {
-            Some(ring) => ring.wait_for(self.id),
-            None => -libc::EIO,
-        });
+        let result = self.wait_here();
         usize::try_from(result).map_err(|_| io::Error::from_raw_os_error(-result))
+    }
+
+    fn wait_here(&self) -> i32 {
+        // The ring that took the write is still this thread's: it is dropped only with nothing in
+        // the kernel.
+        RING.with_borrow_mut(|slot| slot.as_mut().map_or(-libc::EIO, |ring| ring.wait_for(self.id)))
     }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
         if !self.waited {
-            RING.with_borrow_mut(|slot| slot.as_mut().map(|ring| ring.wait_for(self.id)));
+            self.wait_here();
         }
     }
 }
@@ -159,15 +205,16 @@ mod tests {
     use std::os::fd::AsRawFd;
 
     #[test]
-    fn writes_complete_in_any_order_of_waiting() {
+    fn one_write_at_a_time_per_thread_and_errors_come_back() {
         let d = tempfile::tempdir().unwrap();
         let file = std::fs::File::create(d.path().join("f")).unwrap();
         let (a, b) = (vec![1u8; 5000], vec![2u8; 3000]);
-        // SAFETY: `file`, `a` and `b` outlive both writes, which are waited for below.
+        // SAFETY: `file`, `a` and `b` outlive the writes, which are waited for below.
         let first = unsafe { write_at(file.as_raw_fd(), &a, 0) }.expect("io_uring on the build machine");
-        let second = unsafe { write_at(file.as_raw_fd(), &b, 5000) }.unwrap();
-        assert_eq!(second.wait().unwrap(), 3000);
+        assert!(unsafe { write_at(file.as_raw_fd(), &b, 5000) }.is_none(), "one in flight per thread");
         assert_eq!(first.wait().unwrap(), 5000);
+        let second = unsafe { write_at(file.as_raw_fd(), &b, 5000) }.unwrap();
+        drop(second);
         let bad = unsafe { write_at(-1, &a, 0) }.unwrap();
         assert_eq!(bad.wait().unwrap_err().raw_os_error(), Some(libc::EBADF));
         let written = std::fs::read(d.path().join("f")).unwrap();
