@@ -54,8 +54,20 @@ impl Moto {
 
     /// How many requests moto logged for `method` and a path containing `fragment`.
     pub fn requests(&self, method: &str, fragment: &str) -> usize {
+        self.logged(method, fragment, "")
+    }
+
+    /// Requests moto answered with 200: a put cut off by an outage is logged too, but delivered
+    /// nothing.
+    pub fn succeeded(&self, method: &str, fragment: &str) -> usize {
+        self.logged(method, fragment, "\" 200 ")
+    }
+
+    fn logged(&self, method: &str, fragment: &str, status: &str) -> usize {
         let log = std::fs::read_to_string(&self.log).unwrap_or_default();
-        log.lines().filter(|l| l.contains(&format!("\"{method} ")) && l.contains(fragment)).count()
+        log.lines()
+            .filter(|l| l.contains(&format!("\"{method} ")) && l.contains(fragment) && l.contains(status))
+            .count()
     }
 }
 
