@@ -612,6 +612,40 @@ mod tests {
         assert_eq!(rows, threads * each);
     }
 
+    /// New indexes keep UID mappings in their key's own tree; an index made before keeps its
+    /// rowid table, and both take and give mappings alike.
+    #[test]
+    fn uid_mappings_work_in_new_and_older_indexes() {
+        let d = tempfile::tempdir().unwrap();
+        let older = d.path().join("older.db");
+        Connection::open(&older)
+            .unwrap()
+            .execute_batch("CREATE TABLE uid_map (phi_uid TEXT PRIMARY KEY, anon_uid TEXT NOT NULL);")
+            .unwrap();
+        for (name, without_rowid) in [("new.db", true), ("older.db", false)] {
+            let index = Index::open(&d.path().join(name), &Owner::for_site("1")).unwrap();
+            let (sql, mapped) = index
+                .call(|c| {
+                    let mut map =
+                        c.prepare_cached("INSERT OR IGNORE INTO uid_map(phi_uid, anon_uid) VALUES (?1, ?2)")?;
+                    for (phi, anon) in [("1.2.3", "9.1"), ("1.2.3", "9.1"), ("1.2.4", "9.2")] {
+                        map.execute([phi, anon])?;
+                    }
+                    let sql: String =
+                        c.query_row("SELECT sql FROM sqlite_master WHERE name = 'uid_map'", [], |r| {
+                            r.get(0)
+                        })?;
+                    let mut rows = c.prepare("SELECT phi_uid, anon_uid FROM uid_map ORDER BY phi_uid")?;
+                    let mapped: Vec<(String, String)> =
+                        rows.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<Result<_, _>>()?;
+                    Ok((sql, mapped))
+                })
+                .unwrap();
+            assert_eq!(sql.contains("WITHOUT ROWID"), without_rowid, "{name}: {sql}");
+            assert_eq!(mapped, [("1.2.3".into(), "9.1".into()), ("1.2.4".into(), "9.2".into())], "{name}");
+        }
+    }
+
     #[test]
     fn a_request_that_panics_fails_alone_and_the_index_goes_on() {
         let d = tempfile::tempdir().unwrap();

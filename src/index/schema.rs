@@ -85,8 +85,10 @@ CREATE INDEX IF NOT EXISTS audit_by_time ON audit(at);
 
 -- Every UID replaced, at any depth. No UNIQUE on anon_uid: mappings are deterministic, and a UID
 -- first met nested in a sequence must not block the same UID arriving later as a study (RSNA bug).
+-- WITHOUT ROWID: the rows live in the primary key's own tree, so each new UID writes one page,
+-- not two, and is stored once (indexes made before keep their rowid table, which works the same).
 CREATE TABLE IF NOT EXISTS uid_map (
     phi_uid  TEXT PRIMARY KEY,
     anon_uid TEXT NOT NULL
-);
+) WITHOUT ROWID;
 "#;
