@@ -265,6 +265,24 @@ fn a_burst_of_associations_from_one_address_is_served() {
     }
 }
 
+/// Evicted silent connections are still closed, after a short grace, long before the handshake
+/// timeout (5 s): a ninth silent connection from one address pushes out the first.
+#[test]
+fn an_evicted_silent_connection_is_closed_soon() {
+    let d = tempfile::tempdir().unwrap();
+    let node = Node::start(d.path(), "", "  min_free_bytes: 0\n");
+    let mut first = TcpStream::connect(("127.0.0.1", node.port)).unwrap();
+    let _others: Vec<TcpStream> =
+        (0..8).map(|_| TcpStream::connect(("127.0.0.1", node.port)).unwrap()).collect();
+    first.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    let mut byte = [0u8; 1];
+    match first.read(&mut byte) {
+        Ok(0) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+        other => panic!("the evicted connection is still open after 3 s: {other:?}"),
+    }
+}
+
 /// An A-ASSOCIATE-RQ for Verification, written by hand so nothing validates what we put in it.
 fn raw_request(calling: &str, max_pdu: u32) -> Vec<u8> {
     let rq = Pdu::AssociationRQ(AssociationRQ {

@@ -42,6 +42,9 @@ const PENDING_TOTAL: usize = 512;
 /// descheduled before it writes, while its siblings connect and push it out; it must not be cut
 /// off for that. Silent connections still go, this much later.
 const EVICTION_GRACE: Duration = Duration::from_millis(250);
+/// Evicted connections waiting out their grace at once; past it an eviction closes at once, so a
+/// flood of silent connections holds at most this many descriptors more than [`PENDING_TOTAL`].
+const IN_GRACE: usize = 64;
 /// The largest A-ASSOCIATE-RQ accepted (real ones are a few hundred bytes to a few KiB).
 const MAX_REQUEST: usize = 64 * 1024;
 
@@ -277,6 +280,8 @@ async fn reject(mut socket: TcpStream, result: AssociationRJResult, source: Asso
 #[derive(Default)]
 struct Pending {
     waiting: Mutex<PendingState>,
+    /// Evicted connections now in their grace.
+    in_grace: std::sync::atomic::AtomicUsize,
 }
 
 #[derive(Default)]
@@ -320,10 +325,27 @@ impl Pending {
 }
 
 impl Handshake {
-    /// Resolves once newer connections have pushed this one out and its grace has passed.
+    /// Resolves once newer connections have pushed this one out and its grace, if there is room
+    /// for one, has passed.
     async fn closed_out(&self) {
+        use std::sync::atomic::Ordering::Relaxed;
         self.evicted.cancelled().await;
-        tokio::time::sleep(EVICTION_GRACE).await;
+        let in_grace = &self.pending.in_grace;
+        if in_grace.fetch_update(Relaxed, Relaxed, |n| (n < IN_GRACE).then_some(n + 1)).is_ok() {
+            // Leaves the count however the grace ends: also when the request arrives meanwhile
+            // and this future is dropped.
+            let _counted = Counted(in_grace);
+            tokio::time::sleep(EVICTION_GRACE).await;
+        }
+    }
+}
+
+/// One connection in its grace, counted until dropped.
+struct Counted<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl Drop for Counted<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     }
 }
 
