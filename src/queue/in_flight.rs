@@ -117,7 +117,11 @@ pub unsafe fn write_at(fd: RawFd, buf: &[u8], offset: u64) -> Option<InFlight> {
         });
         // SAFETY: the caller keeps `fd` and `buf` valid until this write is waited for; if the
         // kernel does not take it below, the ring goes and the entry with it, unread.
-        unsafe { ring.uring.submission().push(&entry) }.ok()?;
+        if unsafe { ring.uring.submission().push(&entry) }.is_err() {
+            // Nothing taken yet: whatever is queued goes with the ring.
+            *slot = None;
+            return None;
+        }
         let submitted = ring.uring.submit();
         #[cfg(test)]
         drop(held);

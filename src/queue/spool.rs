@@ -251,22 +251,22 @@ impl StageWriter {
     /// reason, part-way or not, is finished through the page cache, and this spool writes through
     /// it from then on: only a failure there too is an error.
     fn write_out(&mut self, len: usize) -> io::Result<()> {
-        let (mut done, mut fell_back) = (0, false);
+        let (mut done, mut refused) = (0, false);
         while done < len {
             let start = self.start + done;
             match self.file.write(&self.buf[start..self.start + len]) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                 Ok(n) => done += n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(_) if self.direct => {
+                Err(e) if self.direct => {
                     self.set_direct(false)?;
-                    fell_back = true;
+                    refused |= refuses_direct(&e);
                 }
                 Err(e) => return Err(e),
             }
         }
-        if fell_back {
-            // Not a full disk or a failing one: the page cache took what direct I/O did not.
+        if refused {
+            // Not a full disk or a failing one: the page cache took what direct I/O refused.
             self.refuse_direct();
         }
         Ok(())
@@ -344,16 +344,16 @@ impl StageWriter {
     /// failed or stopped short is finished through the page cache.
     fn complete(&mut self) -> io::Result<()> {
         let Some(LastWrite { write, len, offset }) = self.last.take() else { return Ok(()) };
-        let (done, failed) = match write.wait() {
+        let (done, refused) = match write.wait() {
             Ok(n) => (n.min(len), false),
-            Err(_) => (0, true),
+            Err(e) => (0, refuses_direct(&e)),
         };
         if done < len {
             if self.direct {
                 self.set_direct(false)?;
             }
             self.file.write_all_at(&self.buf[self.start + done..self.start + len], offset + done as u64)?;
-            if failed {
+            if refused {
                 self.refuse_direct();
             }
         }
@@ -423,6 +423,13 @@ impl Drop for Staged {
             let _ = fs::remove_file(&self.tmp);
         }
     }
+}
+
+/// A direct write's error that means this file system does not do direct I/O (or not from this
+/// memory): the spool then stops asking. Any other error (a disk's hiccup) costs one write's
+/// fallback, not direct I/O for good.
+fn refuses_direct(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EINVAL | libc::EOPNOTSUPP))
 }
 
 /// The tail goes through the page cache before the blocks in front of it are written directly:
@@ -569,7 +576,12 @@ mod tests {
         in_flight::hold_back_next_write(std::time::Duration::from_millis(300));
         let staged = spool.stage(Path::new("held.dcm"), |w| Ok(w.write_all(&data)?)).unwrap();
         assert!(staged.writer.last.is_some(), "the last write runs in the background");
+        let started = std::time::Instant::now();
         staged.publish().unwrap();
+        // Held back and written (not cancelled and redone synchronously, as where the kernel
+        // cannot link a timeout to a write).
+        assert!(started.elapsed() >= std::time::Duration::from_millis(250), "the write was not held back");
+        assert!(spool.shared.direct.load(Ordering::Relaxed), "the held-back write went direct");
         assert!(reader.join().unwrap() == data, "published before its bytes were written");
     }
 }
