@@ -248,8 +248,9 @@ impl StageWriter {
     }
 
     /// Write the first `len` bytes of the window to the file. A direct write that fails for any
-    /// reason, part-way or not, is finished through the page cache, and this spool writes through
-    /// it from then on: only a failure there too is an error.
+    /// reason, part-way or not, is finished through the page cache (only a failure there too is
+    /// an error); one the file system refuses ([`refuses_direct`]) also stops direct I/O for the
+    /// spool.
     fn write_out(&mut self, len: usize) -> io::Result<()> {
         let (mut done, mut refused) = (0, false);
         while done < len {
@@ -297,29 +298,16 @@ impl StageWriter {
         self.refused_direct = true;
     }
 
-    /// Write out what is gathered: the partial last block through the page cache (a direct
-    /// write cannot end mid-block), then the whole blocks, directly if the file is direct, and
-    /// then in the background where this thread can; [`StageWriter::complete`] waits for them.
+    /// Write out what is gathered: the whole blocks, directly if the file is direct, and in the
+    /// background where this thread can ([`StageWriter::complete`] waits for them); the partial
+    /// last block through the page cache (a direct write cannot end mid-block). The tail goes
+    /// first, so that the blocks can still be on their way, unless its page would overlap them.
     fn finish(&mut self) -> io::Result<()> {
-        if !pages_fit_in_blocks() {
-            // The tail's page would overlap the direct write: everything in order, at once.
-            self.write_blocks()?;
-            if self.filled > 0 && self.direct {
-                self.set_direct(false)?;
-            }
-            self.write_out(self.filled)?;
-            self.written += self.filled as u64;
-            self.filled = 0;
-            return Ok(());
-        }
         let whole = self.filled / BLOCK * BLOCK;
         let offset = self.written;
-        if self.filled > whole {
-            if self.direct {
-                self.set_direct(false)?;
-            }
-            let tail = &self.buf[self.start + whole..self.start + self.filled];
-            self.file.write_all_at(tail, offset + whole as u64)?;
+        let tail_first = pages_fit_in_blocks();
+        if tail_first {
+            self.write_buffered_at(whole..self.filled, offset + whole as u64)?;
         }
         if self.want_direct && !self.direct && whole > 0 && offset + whole as u64 >= DIRECT_FROM {
             self.set_direct(true)?;
@@ -327,13 +315,16 @@ impl StageWriter {
         let window = &self.buf[self.start..self.start + whole];
         // SAFETY: the write reads `self.buf` and writes `self.file`, which stay as they are
         // until it is waited for: `complete` and the drop do, before anything else touches them.
-        let started = match (self.direct, whole) {
+        let started = match (tail_first && self.direct, whole) {
             (true, 1..) => unsafe { in_flight::write_at(self.file.as_raw_fd(), window, offset) },
             _ => None,
         };
         match started {
             Some(write) => self.last = Some(LastWrite { write, len: whole, offset }),
             None => self.write_out(whole)?,
+        }
+        if !tail_first {
+            self.write_buffered_at(whole..self.filled, offset + whole as u64)?;
         }
         self.written += self.filled as u64;
         self.filled = 0;
@@ -348,16 +339,22 @@ impl StageWriter {
             Ok(n) => (n.min(len), false),
             Err(e) => (0, refuses_direct(&e)),
         };
-        if done < len {
-            if self.direct {
-                self.set_direct(false)?;
-            }
-            self.file.write_all_at(&self.buf[self.start + done..self.start + len], offset + done as u64)?;
-            if refused {
-                self.refuse_direct();
-            }
+        self.write_buffered_at(done..len, offset + done as u64)?;
+        if refused {
+            self.refuse_direct();
         }
         Ok(())
+    }
+
+    /// Write `range` of the window at `at` through the page cache (nothing if it is empty).
+    fn write_buffered_at(&mut self, range: std::ops::Range<usize>, at: u64) -> io::Result<()> {
+        if range.is_empty() {
+            return Ok(());
+        }
+        if self.direct {
+            self.set_direct(false)?;
+        }
+        self.file.write_all_at(&self.buf[self.start + range.start..self.start + range.end], at)
     }
 }
 
