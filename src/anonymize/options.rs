@@ -185,7 +185,8 @@ pub fn is_descriptor(tag: Tag) -> bool {
     listed(DESCRIPTORS, tag)
 }
 
-fn listed(list: &[u32], tag: Tag) -> bool {
+/// Whether `tag` is on `list`, tags written as `0xGGGG_EEEE`.
+pub(super) fn listed(list: &[u32], tag: Tag) -> bool {
     list.contains(&((u32::from(tag.0) << 16) | u32::from(tag.1)))
 }
 

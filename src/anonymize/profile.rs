@@ -3,7 +3,9 @@
 
 use dicom_core::{Tag, VR};
 
-use super::options::{MethodCode, BASIC_PROFILE, RETAIN_MODIFIED_DATES, RETAIN_PATIENT_CHARACTERISTICS};
+use super::options::{
+    listed, MethodCode, BASIC_PROFILE, RETAIN_MODIFIED_DATES, RETAIN_PATIENT_CHARACTERISTICS,
+};
 
 /// Every UID registered in PS3.6 (SOP classes, transfer syntaxes, coding schemes, frames of
 /// reference the standard defines) lives under the DICOM root: such a UID identifies no one.
@@ -59,7 +61,7 @@ const IDENTIFIER_TAGS: [u32; 16] = [
 ];
 
 pub fn is_identifier(tag: Tag) -> bool {
-    IDENTIFIER_TAGS.contains(&((u32::from(tag.0) << 16) | u32::from(tag.1)))
+    listed(&IDENTIFIER_TAGS, tag)
 }
 
 /// Where the patient was seen and how to reach them or their physician: institutions,
@@ -82,11 +84,11 @@ const WHEREABOUTS_TAGS: [u32; 12] = [
 ];
 
 pub fn is_whereabouts(tag: Tag) -> bool {
-    WHEREABOUTS_TAGS.contains(&((u32::from(tag.0) << 16) | u32::from(tag.1)))
+    listed(&WHEREABOUTS_TAGS, tag)
 }
 
 pub fn names_a_class(tag: Tag) -> bool {
-    CLASS_UID_TAGS.contains(&((u32::from(tag.0) << 16) | u32::from(tag.1)))
+    listed(&CLASS_UID_TAGS, tag)
 }
 
 /// The value PS3.15 action D writes: "a non-zero length value that may be a dummy value and
