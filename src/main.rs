@@ -18,11 +18,12 @@ use dicom_anon_gateway::upload::{Credentials, SignUp};
 /// 2 MiB (PDU values, the data set, the file being written), copied whole at each step; mimalloc
 /// backs them with transparent huge pages where the kernel offers them (`madvise` mode is the
 /// common default), and copies over huge pages miss the TLB far less, the more so in a virtual
-/// machine. Measured with `scripts/bench-ingest.sh` (1,000 x 0.5 MB CT), six alternations against
-/// glibc: one association 707-782 instances/s against 592-686 (+17 %), eight associations better
-/// in five of six. The price is memory: peak RSS 50 MB instead of 20 on one association, about
-/// 100 MB instead of 32 on eight, 130 MB instead of 86 for 16 x 512 MB instances. Built without
-/// huge pages (the crate's `no_thp`), mimalloc was no faster than glibc.
+/// machine. Built without huge pages (the crate's `no_thp`), it was no faster than glibc.
+/// `.cargo/config.toml` has it commit memory as it is used, not a whole arena up front, which
+/// kept its peak RSS near glibc's. Measured with `scripts/bench-ingest.sh` (1,000 x 0.5 MB CT),
+/// alternating with glibc: one association 725-823 instances/s against 610-680, eight 978-1,157
+/// against 956-980, node CPU 0.59-0.83 ms per instance against 0.80-1.01; peak RSS 26 MB against
+/// 20 (one association), 42 against 31 (eight), 88 against 86 (16 x 512 MB instances).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use dicom_anon_gateway::{index, node, observe, offline, retrieve};
