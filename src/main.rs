@@ -13,20 +13,25 @@ use dicom_anon_gateway::durability::Durability;
 use dicom_anon_gateway::index::{Index, Owner};
 use dicom_anon_gateway::pipeline::Pipeline;
 use dicom_anon_gateway::upload::{Credentials, SignUp};
+use dicom_anon_gateway::{index, node, observe, offline, retrieve};
 
-/// mimalloc instead of glibc's malloc. A received instance passes through buffers of 64 KiB to
-/// 2 MiB (PDU values, the data set, the file being written), copied whole at each step; mimalloc
-/// backs them with transparent huge pages where the kernel offers them (`madvise` mode is the
-/// common default), and copies over huge pages miss the TLB far less, the more so in a virtual
-/// machine. Built without huge pages (the crate's `no_thp`), it was no faster than glibc.
-/// `.cargo/config.toml` has it commit memory as it is used, not a whole arena up front, which
-/// kept its peak RSS near glibc's. Measured with `scripts/bench-ingest.sh` (1,000 x 0.5 MB CT),
-/// alternating with glibc: one association 725-823 instances/s against 610-680, eight 978-1,157
-/// against 956-980, node CPU 0.59-0.83 ms per instance against 0.80-1.01; peak RSS 26 MB against
-/// 20 (one association), 42 against 31 (eight), 88 against 86 (16 x 512 MB instances).
+/// mimalloc instead of glibc's malloc, for the transparent huge pages it asks for. A received
+/// instance passes through buffers of 64 KiB to 2 MiB (PDU values, the data set, the file being
+/// written), copied whole at each step; over huge pages those copies miss the TLB far less, the
+/// more so in a virtual machine. Where the kernel offers huge pages on request (`madvise`, a
+/// common default), a 0.5 MB instance's buffers sit on them (`AnonHugePages` in
+/// `/proc/PID/smaps_rollup`: 34 MB during one association). Measured with
+/// `scripts/bench-ingest.sh` (1,000 x 0.5 MB CT), alternating with glibc in one session: one
+/// association 708-782 instances/s against 592-686 in six of six pairs (mean 739 against 664 over
+/// all runs, +11 %), eight associations better in five of six pairs (mean 1,143 against 1,021).
+/// Built without huge pages, mimalloc was no faster than glibc.
+///
+/// The price is memory, as each 2 MiB touched counts whole: peak RSS 50 MB instead of 20 on one
+/// association, about 100 instead of 32 on eight, 130 instead of 86 for 16 x 512 MB instances, and
+/// 140-160 MB flat instead of 32-38 over 50,000 instances. `MIMALLOC_ARENA_EAGER_COMMIT=0` in the
+/// environment gives that memory back (RSS 25 and 40 MB), and the huge pages with it.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-use dicom_anon_gateway::{index, node, observe, offline, retrieve};
 
 fn main() -> ExitCode {
     match run(Cli::parse()) {
