@@ -236,9 +236,7 @@ impl StageWriter {
     /// Write out the whole blocks gathered, keeping a partial last block in the buffer.
     fn write_blocks(&mut self) -> io::Result<()> {
         let whole = self.filled / BLOCK * BLOCK;
-        if self.want_direct && !self.direct && self.written + whole as u64 >= DIRECT_FROM {
-            self.set_direct(true)?;
-        }
+        self.go_direct_for(whole)?;
         self.write_out(whole)?;
         self.written += whole as u64;
         let (start, filled) = (self.start, self.filled);
@@ -269,6 +267,15 @@ impl StageWriter {
         if refused {
             // Not a full disk or a failing one: the page cache took what direct I/O refused.
             self.refuse_direct();
+        }
+        Ok(())
+    }
+
+    /// Set `O_DIRECT` before writing `whole` bytes of blocks, if they take the file to
+    /// [`DIRECT_FROM`] and direct writes are wanted.
+    fn go_direct_for(&mut self, whole: usize) -> io::Result<()> {
+        if self.want_direct && !self.direct && whole > 0 && self.written + whole as u64 >= DIRECT_FROM {
+            self.set_direct(true)?;
         }
         Ok(())
     }
@@ -309,9 +316,7 @@ impl StageWriter {
         if tail_first {
             self.write_buffered_at(whole..self.filled, offset + whole as u64)?;
         }
-        if self.want_direct && !self.direct && whole > 0 && offset + whole as u64 >= DIRECT_FROM {
-            self.set_direct(true)?;
-        }
+        self.go_direct_for(whole)?;
         let window = &self.buf[self.start..self.start + whole];
         // SAFETY: the write reads `self.buf` and writes `self.file`, which stay as they are
         // until it is waited for: `complete` and the drop do, before anything else touches them.
