@@ -27,7 +27,7 @@ use dicom_anon_gateway::{index, node, observe, offline, retrieve};
 /// Built without huge pages, mimalloc was no faster than glibc.
 ///
 /// The price is memory, as each 2 MiB touched counts whole: peak RSS 50 MB instead of 20 on one
-/// association, about 100 instead of 32 on eight, 130 instead of 86 for 16 x 512 MB instances, and
+/// association, about 100 instead of 32 on eight, 116-130 instead of 86 for 16 x 512 MB instances, and
 /// 140-160 MB flat instead of 32-38 over 50,000 instances. `MIMALLOC_ARENA_EAGER_COMMIT=0` in the
 /// environment gives that memory back (RSS 25 and 40 MB), and the huge pages with it.
 #[global_allocator]
