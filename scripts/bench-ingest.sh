@@ -6,21 +6,33 @@
 # and our peak RSS.
 # Then our node over DICOM TLS against our node over plain TCP, same run, 8 associations: instances/s,
 # the ratio, and the node's CPU per instance on each (certificates made here with openssl).
-#   scripts/bench-ingest.sh [COUNT] [ROWS]          (default 1000 CT, 512x512 16-bit, 10 patients)
+#   scripts/bench-ingest.sh [--repeat N] [COUNT] [ROWS]
+#                                                   (default 1000 CT, 512x512 16-bit, 10 patients;
+#                                                    N pairs of runs per association count, storescp
+#                                                    and ours alternating, then their medians)
 #   scripts/bench-ingest.sh --memory                (16 associations x one 512 MB multi-frame each)
 #   scripts/bench-ingest.sh --sustained [COUNT]     (default 50,000 small CT from 5,000 patients over
 #                                                    16 associations, sent in ten equal rounds: is the
 #                                                    last tenth as fast as the first, and RSS flat?)
-# With PERF_DATA=FILE set, the node is recorded with `perf record -g` during the run over
+# Each of our runs also gives, from the node's /metrics, the mean time from an instance's last byte
+# to its response (anonymize, write, index, flush) and the mean group-commit flush: what is left of
+# the time per instance is the receive, which the sender paces.
+# With PERF_DATA=FILE set, the node is recorded with `perf record -g` during the (first) run over
 # PERF_ASSOC associations (default 8).
 # Runs inside its own network namespace (only loopback), since storescp cannot bind to 127.0.0.1.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/bench-lib.sh
 bench_in_netns "$@"
-MEMORY=0; SUSTAINED=0
+MEMORY=0; SUSTAINED=0; REPEAT=1
+if [ "${1:-}" = "--repeat" ]; then REPEAT=${2:-}; shift 2 || true; fi
 if [ "${1:-}" = "--memory" ]; then MEMORY=1; shift; fi
 if [ "${1:-}" = "--sustained" ]; then SUSTAINED=1; shift; fi
+case "$REPEAT" in ''|*[!0-9]*|0) echo "--repeat takes a count of runs, 1 or more" >&2; exit 2 ;; esac
+if [ "$REPEAT" -gt 1 ] && [ $((MEMORY + SUSTAINED)) -gt 0 ]; then
+    echo "--repeat applies to the throughput runs, not to --memory or --sustained" >&2; exit 2
+fi
+command -v curl >/dev/null || { echo "bench-ingest reads the node's /metrics with curl, which is missing" >&2; exit 1; }
 if [ "$SUSTAINED" = 1 ]; then COUNT=${1:-50000}; ROWS=32; PATIENTS=5000; else COUNT=${1:-1000}; ROWS=${2:-512}; PATIENTS=10; fi
 NODE_PID=""; SCP_PID=""
 bench_workdir ingest NODE_PID SCP_PID
@@ -71,6 +83,7 @@ project: { name: BENCH, site_id: "972149", script: $PWD/config/default-anonymize
 scp: { ae_title: ANONYMIZER, host: 127.0.0.1, port: 0, max_pdu_length: 65536, max_instance_bytes: 1073741824${1:-} }
 storage: { dir: $WORK/node/storage, min_free_bytes: 0 }
 logging: { level: warn }
+http: { enabled: true, listen: "127.0.0.1:$HTTP_PORT" }
 YAML
     "$BIN" serve --config "$WORK/node/config.yaml" > "$WORK/node/out" 2> "$WORK/node/log" &
     NODE_PID=$!
@@ -84,9 +97,17 @@ YAML
     NODE_PORT=$(grep -o 'listening on 127.0.0.1:[0-9]*' "$WORK/node/out" | cut -d: -f2)
     TLS_PORT=$(grep -o 'tls on 127.0.0.1:[0-9]*' "$WORK/node/out" | cut -d: -f2 || true)
 }
+# The node's metrics endpoint: the namespace is private, so a fixed port is free.
+HTTP_PORT=18080
+# mean_ms METRIC: a histogram's mean from the running node's /metrics, in ms.
+mean_ms() {
+    curl -s "127.0.0.1:$HTTP_PORT/metrics" | awk -v m="dicom_anon_$1" \
+        '$1 == m "_sum" { s = $2 } $1 == m "_count" { c = $2 } END { printf "%.2f", c ? s * 1000 / c : 0 }'
+}
 # The node's CPU time so far (user + system), in clock ticks.
 cpu_ticks() { awk '{print $14 + $15}' /proc/"$NODE_PID"/stat; }
 stop_node() {
+    ACK_MS=$(mean_ms ack_latency_seconds); FLUSH_MS=$(mean_ms durability_flush_seconds)
     PEAK_KB=$(grep VmHWM /proc/"$NODE_PID"/status | awk '{print $2}')
     TICKS=$(cpu_ticks)
     kill "$NODE_PID"; wait "$NODE_PID" || true; NODE_PID=""
@@ -142,26 +163,44 @@ if [ "$SUSTAINED" = 1 ]; then
     exit 0
 fi
 
+# median FORMAT: the middle of the numbers on stdin (the mean of the two middle ones for an even
+# count), printed with FORMAT.
+median() { sort -g | awk -v f="$1" '{ v[NR] = $1 } END { printf f, NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+per_instance() { echo "$1 * 1000 / $(getconf CLK_TCK) / ${#FILES[@]}" | bc -l; }
 for n in 1 8; do
-    start_storescp
-    TS=$(send 11113 STORESCP "$n")
-    stop_storescp
-    sync
-    start_node
-    PERF_PID=""
-    if [ -n "${PERF_DATA:-}" ] && [ "$n" = "${PERF_ASSOC:-8}" ]; then
-        perf record -g -o "$PERF_DATA" -p "$NODE_PID" 2>/dev/null & PERF_PID=$!
+    ROWS_OUT=()
+    for ((r = 1; r <= REPEAT; r++)); do
+        start_storescp
+        TS=$(send 11113 STORESCP "$n")
+        stop_storescp
+        sync
+        start_node
+        PERF_PID=""
+        if [ -n "${PERF_DATA:-}" ] && [ "$n" = "${PERF_ASSOC:-8}" ] && [ "$r" = 1 ]; then
+            perf record -g -o "$PERF_DATA" -p "$NODE_PID" 2>/dev/null & PERF_PID=$!
+        fi
+        TO=$(send "$NODE_PORT" ANONYMIZER "$n")
+        [ -n "$PERF_PID" ] && { kill -INT "$PERF_PID"; wait "$PERF_PID" || true; }
+        stop_node
+        STORED=$(find "$WORK/node/storage/public" -name '*.dcm' | wc -l)
+        [ "$STORED" -eq "${#FILES[@]}" ] || { echo "node stored $STORED of ${#FILES[@]}" >&2; tail "$WORK/node/log" >&2; exit 1; }
+        sync
+        # One row: storescp inst/s, ours, ratio, CPU ms/instance of each, peak RSS MB, ack ms, flush ms.
+        ROW=$(printf '%.1f %.1f %.2f %.2f %.2f %d %s %s' "$(echo "${#FILES[@]} / $TS" | bc -l)" \
+            "$(echo "${#FILES[@]} / $TO" | bc -l)" "$(echo "$TS / $TO" | bc -l)" "$(per_instance "$SCP_TICKS")" \
+            "$(per_instance "$TICKS")" $((PEAK_KB / 1024)) "$ACK_MS" "$FLUSH_MS")
+        ROWS_OUT+=("$ROW")
+        # shellcheck disable=SC2086 # the row's fields are the arguments
+        printf '%d association(s): storescp %7.1f inst/s | ours (anonymized, durable) %7.1f inst/s | ratio %.2f | CPU ms/instance: storescp %.2f, ours %.2f | our peak RSS %d MB | last byte to response %.2f ms, of which flush %.2f\n' \
+            "$n" $ROW
+    done
+    if [ "$REPEAT" -gt 1 ]; then
+        med_of() { printf '%s\n' "${ROWS_OUT[@]}" | cut -d' ' -f"$1" | median "$2"; }
+        RATIOS=$(printf '%s\n' "${ROWS_OUT[@]}" | cut -d' ' -f3 | sort -g | tr '\n' ' ')
+        printf '%d association(s), median of %d pairs: storescp %s inst/s | ours %s inst/s | ratio %s (pairs: %s) | CPU ms/instance: storescp %s, ours %s | last byte to response %s ms, of which flush %s\n' \
+            "$n" "$REPEAT" "$(med_of 1 %.1f)" "$(med_of 2 %.1f)" "$(med_of 3 %.2f)" "${RATIOS% }" \
+            "$(med_of 4 %.2f)" "$(med_of 5 %.2f)" "$(med_of 7 %.2f)" "$(med_of 8 %.2f)"
     fi
-    TO=$(send "$NODE_PORT" ANONYMIZER "$n")
-    [ -n "$PERF_PID" ] && { kill -INT "$PERF_PID"; wait "$PERF_PID" || true; }
-    stop_node
-    STORED=$(find "$WORK/node/storage/public" -name '*.dcm' | wc -l)
-    [ "$STORED" -eq "${#FILES[@]}" ] || { echo "node stored $STORED of ${#FILES[@]}" >&2; tail "$WORK/node/log" >&2; exit 1; }
-    sync
-    per_instance() { echo "$1 * 1000 / $(getconf CLK_TCK) / ${#FILES[@]}" | bc -l; }
-    printf '%d association(s): storescp %7.1f inst/s | ours (anonymized, durable) %7.1f inst/s | ratio %.2f | CPU ms/instance: storescp %.2f, ours %.2f | our peak RSS %d MB\n' \
-        "$n" "$(echo "${#FILES[@]} / $TS" | bc -l)" "$(echo "${#FILES[@]} / $TO" | bc -l)" "$(echo "$TS / $TO" | bc -l)" \
-        "$(per_instance "$SCP_TICKS")" "$(per_instance "$TICKS")" $((PEAK_KB / 1024))
 done
 
 # DICOM TLS against plain TCP, our node both times, same corpus, 8 associations. A test CA signs
