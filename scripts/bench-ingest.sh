@@ -14,9 +14,9 @@
 #   scripts/bench-ingest.sh --sustained [COUNT]     (default 50,000 small CT from 5,000 patients over
 #                                                    16 associations, sent in ten equal rounds: is the
 #                                                    last tenth as fast as the first, and RSS flat?)
-# Each of our runs also gives, from the node's /metrics, the mean time from an instance's last byte
-# to its response (anonymize, write, index, flush) and the mean group-commit flush: what is left of
-# the time per instance is the receive, which the sender paces.
+# Each of our runs also gives, from the node's /metrics (read with curl), the mean time from an
+# instance's last byte to its response (anonymize, write, index, waiting for and sharing a flush)
+# and the mean duration of one group-commit flush.
 # With PERF_DATA=FILE set, the node is recorded with `perf record -g` during the (first) run over
 # PERF_ASSOC associations (default 8).
 # Runs inside its own network namespace (only loopback), since storescp cannot bind to 127.0.0.1.
@@ -24,16 +24,29 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/bench-lib.sh
 bench_in_netns "$@"
-MEMORY=0; SUSTAINED=0; REPEAT=1
-if [ "${1:-}" = "--repeat" ]; then REPEAT=${2:-}; shift 2 || true; fi
-if [ "${1:-}" = "--memory" ]; then MEMORY=1; shift; fi
-if [ "${1:-}" = "--sustained" ]; then SUSTAINED=1; shift; fi
-case "$REPEAT" in ''|*[!0-9]*|0) echo "--repeat takes a count of runs, 1 or more" >&2; exit 2 ;; esac
+MEMORY=0; SUSTAINED=0; REPEAT=1; ARGS=()
+usage() {
+    echo "usage: scripts/bench-ingest.sh [--repeat N] [COUNT] [ROWS] | --memory | --sustained [COUNT]" >&2
+    exit 2
+}
+# count VALUE: a whole number (leading zeros are decimal, not octal), or the usage.
+count() { [[ "$1" =~ ^[0-9]+$ ]] && [ $((10#$1)) -ge 1 ] || usage; echo $((10#$1)); }
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --repeat) REPEAT=$(count "${2:-}") || exit 2; shift 2 ;;
+        --memory) MEMORY=1; shift ;;
+        --sustained) SUSTAINED=1; shift ;;
+        *) ARGS+=("$(count "$1")") || exit 2; shift ;;
+    esac
+done
+case "$MEMORY$SUSTAINED:${#ARGS[@]}" in
+    00:[012] | 01:[01] | 10:0) ;;
+    *) usage ;;
+esac
 if [ "$REPEAT" -gt 1 ] && [ $((MEMORY + SUSTAINED)) -gt 0 ]; then
     echo "--repeat applies to the throughput runs, not to --memory or --sustained" >&2; exit 2
 fi
-command -v curl >/dev/null || { echo "bench-ingest reads the node's /metrics with curl, which is missing" >&2; exit 1; }
-if [ "$SUSTAINED" = 1 ]; then COUNT=${1:-50000}; ROWS=32; PATIENTS=5000; else COUNT=${1:-1000}; ROWS=${2:-512}; PATIENTS=10; fi
+if [ "$SUSTAINED" = 1 ]; then COUNT=${ARGS[0]:-50000}; ROWS=32; PATIENTS=5000; else COUNT=${ARGS[0]:-1000}; ROWS=${ARGS[1]:-512}; PATIENTS=10; fi
 NODE_PID=""; SCP_PID=""
 bench_workdir ingest NODE_PID SCP_PID
 export TCP_NODELAY=1
@@ -83,7 +96,6 @@ project: { name: BENCH, site_id: "972149", script: $PWD/config/default-anonymize
 scp: { ae_title: ANONYMIZER, host: 127.0.0.1, port: 0, max_pdu_length: 65536, max_instance_bytes: 1073741824${1:-} }
 storage: { dir: $WORK/node/storage, min_free_bytes: 0 }
 logging: { level: warn }
-http: { enabled: true, listen: "127.0.0.1:$HTTP_PORT" }
 YAML
     "$BIN" serve --config "$WORK/node/config.yaml" > "$WORK/node/out" 2> "$WORK/node/log" &
     NODE_PID=$!
@@ -95,14 +107,16 @@ YAML
         sleep 0.05; waited=$((waited + 1))
     done
     NODE_PORT=$(grep -o 'listening on 127.0.0.1:[0-9]*' "$WORK/node/out" | cut -d: -f2)
+    # The operations endpoint, on by default (a build from before it prints no such line).
+    HTTP_ADDR=$(sed -n 's/^http on //p' "$WORK/node/out")
     TLS_PORT=$(grep -o 'tls on 127.0.0.1:[0-9]*' "$WORK/node/out" | cut -d: -f2 || true)
 }
-# The node's metrics endpoint: the namespace is private, so a fixed port is free.
-HTTP_PORT=18080
-# mean_ms METRIC: a histogram's mean from the running node's /metrics, in ms.
+# mean_ms METRIC: a histogram's mean from the running node's /metrics, in ms, or n/a when the
+# node has no endpoint or no such histogram (an older build, BIN=...).
 mean_ms() {
-    curl -s "127.0.0.1:$HTTP_PORT/metrics" | awk -v m="dicom_anon_$1" \
-        '$1 == m "_sum" { s = $2 } $1 == m "_count" { c = $2 } END { printf "%.2f", c ? s * 1000 / c : 0 }'
+    { [ -n "$HTTP_ADDR" ] && curl -sf --noproxy '*' --max-time 5 "http://$HTTP_ADDR/metrics" || true; } |
+        awk -v m="dicom_anon_$1" '$1 == m "_sum" { s = $2 } $1 == m "_count" { c = $2 }
+            END { if (c) printf "%.2f", s * 1000 / c; else printf "n/a" }'
 }
 # The node's CPU time so far (user + system), in clock ticks.
 cpu_ticks() { awk '{print $14 + $15}' /proc/"$NODE_PID"/stat; }
@@ -164,42 +178,54 @@ if [ "$SUSTAINED" = 1 ]; then
 fi
 
 # median FORMAT: the middle of the numbers on stdin (the mean of the two middle ones for an even
-# count), printed with FORMAT.
-median() { sort -g | awk -v f="$1" '{ v[NR] = $1 } END { printf f, NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+# count), printed with FORMAT; n/a where there are none.
+median() {
+    { grep -E '^[0-9.]+$' || true; } | sort -g |
+        awk -v f="$1" '{ v[NR] = $1 } END { if (!NR) printf "n/a"; else printf f, NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
+}
 per_instance() { echo "$1 * 1000 / $(getconf CLK_TCK) / ${#FILES[@]}" | bc -l; }
+run_storescp() {
+    start_storescp
+    TS=$(send 11113 STORESCP "$n")
+    stop_storescp
+    sync
+}
+run_ours() {
+    start_node
+    PERF_PID=""
+    if [ "$PROFILED" = 1 ]; then
+        perf record -g -o "$PERF_DATA" -p "$NODE_PID" 2>/dev/null & PERF_PID=$!
+    fi
+    TO=$(send "$NODE_PORT" ANONYMIZER "$n")
+    [ -n "$PERF_PID" ] && { kill -INT "$PERF_PID"; wait "$PERF_PID" || true; }
+    stop_node
+    STORED=$(find "$WORK/node/storage/public" -name '*.dcm' | wc -l)
+    [ "$STORED" -eq "${#FILES[@]}" ] || { echo "node stored $STORED of ${#FILES[@]}" >&2; tail "$WORK/node/log" >&2; exit 1; }
+    sync
+}
 for n in 1 8; do
     ROWS_OUT=()
     for ((r = 1; r <= REPEAT; r++)); do
-        start_storescp
-        TS=$(send 11113 STORESCP "$n")
-        stop_storescp
-        sync
-        start_node
-        PERF_PID=""
-        if [ -n "${PERF_DATA:-}" ] && [ "$n" = "${PERF_ASSOC:-8}" ] && [ "$r" = 1 ]; then
-            perf record -g -o "$PERF_DATA" -p "$NODE_PID" 2>/dev/null & PERF_PID=$!
-        fi
-        TO=$(send "$NODE_PORT" ANONYMIZER "$n")
-        [ -n "$PERF_PID" ] && { kill -INT "$PERF_PID"; wait "$PERF_PID" || true; }
-        stop_node
-        STORED=$(find "$WORK/node/storage/public" -name '*.dcm' | wc -l)
-        [ "$STORED" -eq "${#FILES[@]}" ] || { echo "node stored $STORED of ${#FILES[@]}" >&2; tail "$WORK/node/log" >&2; exit 1; }
-        sync
+        PROFILED=0
+        if [ -n "${PERF_DATA:-}" ] && [ "$n" = "${PERF_ASSOC:-8}" ] && [ "$r" = 1 ]; then PROFILED=1; fi
+        # Every other pair runs ours first, so that neither always follows the other.
+        if ((r % 2)); then run_storescp; run_ours; else run_ours; run_storescp; fi
         # One row: storescp inst/s, ours, ratio, CPU ms/instance of each, peak RSS MB, ack ms, flush ms.
         ROW=$(printf '%.1f %.1f %.2f %.2f %.2f %d %s %s' "$(echo "${#FILES[@]} / $TS" | bc -l)" \
             "$(echo "${#FILES[@]} / $TO" | bc -l)" "$(echo "$TS / $TO" | bc -l)" "$(per_instance "$SCP_TICKS")" \
             "$(per_instance "$TICKS")" $((PEAK_KB / 1024)) "$ACK_MS" "$FLUSH_MS")
-        ROWS_OUT+=("$ROW")
+        # A profiled run is slowed by perf: shown, but kept out of the medians.
+        if [ "$PROFILED" = 1 ]; then NOTE=" | profiled, not in the medians"; else NOTE=""; ROWS_OUT+=("$ROW"); fi
         # shellcheck disable=SC2086 # the row's fields are the arguments
-        printf '%d association(s): storescp %7.1f inst/s | ours (anonymized, durable) %7.1f inst/s | ratio %.2f | CPU ms/instance: storescp %.2f, ours %.2f | our peak RSS %d MB | last byte to response %.2f ms, of which flush %.2f\n' \
-            "$n" $ROW
+        printf '%d association(s): storescp %7.1f inst/s | ours (anonymized, durable) %7.1f inst/s | ratio %.2f | CPU ms/instance: storescp %.2f, ours %.2f | our peak RSS %d MB | last byte to response %s ms | one flush %s ms%s\n' \
+            "$n" $ROW "$NOTE"
     done
     if [ "$REPEAT" -gt 1 ]; then
         med_of() { printf '%s\n' "${ROWS_OUT[@]}" | cut -d' ' -f"$1" | median "$2"; }
-        RATIOS=$(printf '%s\n' "${ROWS_OUT[@]}" | cut -d' ' -f3 | sort -g | tr '\n' ' ')
-        printf '%d association(s), median of %d pairs: storescp %s inst/s | ours %s inst/s | ratio %s (pairs: %s) | CPU ms/instance: storescp %s, ours %s | last byte to response %s ms, of which flush %s\n' \
-            "$n" "$REPEAT" "$(med_of 1 %.1f)" "$(med_of 2 %.1f)" "$(med_of 3 %.2f)" "${RATIOS% }" \
-            "$(med_of 4 %.2f)" "$(med_of 5 %.2f)" "$(med_of 7 %.2f)" "$(med_of 8 %.2f)"
+        RATIOS=$(printf '%s\n' "${ROWS_OUT[@]}" | cut -d' ' -f3 | tr '\n' ' ')
+        printf '%d association(s), median of %d pairs: storescp %s inst/s | ours %s inst/s | ratio %s (pairs in run order: %s) | CPU ms/instance: storescp %s, ours %s | our peak RSS %s MB | last byte to response %s ms | one flush %s ms\n' \
+            "$n" "${#ROWS_OUT[@]}" "$(med_of 1 %.1f)" "$(med_of 2 %.1f)" "$(med_of 3 %.2f)" "${RATIOS% }" \
+            "$(med_of 4 %.2f)" "$(med_of 5 %.2f)" "$(med_of 6 %.0f)" "$(med_of 7 %.2f)" "$(med_of 8 %.2f)"
     fi
 done
 
