@@ -134,11 +134,18 @@ start_storescp() {
 }
 # storescp's CPU time (user + system) in clock ticks: its own, that of the children it forked (one
 # per association) and has reaped, and that of those not reaped yet (zombies keep their times).
+# A child reaped while this reads would be counted twice or not at all (one run read 0.01 ms per
+# instance), so the reading is taken again until the same children are there before and after.
 scp_ticks() {
-    local t c
-    t=$(awk '{print $14 + $15 + $16 + $17}' /proc/"$SCP_PID"/stat)
-    for c in $(pgrep -P "$SCP_PID"); do t=$((t + $(awk '{print $14 + $15}' /proc/"$c"/stat 2>/dev/null || echo 0))); done
-    echo "$t"
+    local before after kids t c
+    while :; do
+        before=$(pgrep -P "$SCP_PID" | tr '\n' ' ' || true)
+        kids=0
+        for c in $before; do kids=$((kids + $(awk '{print $14 + $15}' /proc/"$c"/stat 2>/dev/null || echo 0))); done
+        t=$(awk '{print $14 + $15 + $16 + $17}' /proc/"$SCP_PID"/stat)
+        after=$(pgrep -P "$SCP_PID" | tr '\n' ' ' || true)
+        if [ "$before" = "$after" ]; then echo $((t + kids)); return; fi
+    done
 }
 stop_storescp() {
     SCP_TICKS=$(scp_ticks)

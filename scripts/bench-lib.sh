@@ -21,10 +21,14 @@ bench_build() {
 }
 
 # Move a finished run's output (a directory under $WORK) aside instead of deleting it; $WORK goes
-# at exit. On an ext4 without a journal (this build machine's) every new inode is checked against
-# those deleted in the last 30 s, so deleting one run's thousand files made the next run's file
-# creations cost up to a third of the node's CPU (perf: find_inode_bit, recently_deleted), charged
-# to whichever peer ran next.
+# at exit. On an ext4 without a journal (this build machine's) a new file will not take an inode
+# deleted in the last minute (six while its inode table block is dirty; fs/ext4/ialloc.c,
+# RECENTCY_MIN and RECENTCY_DIRTY), and looks at each such inode of its group on the way, so
+# deleting one run's thousand files made the next run's file creations cost up to a third of the
+# node's CPU (perf: find_inode_bit, recently_deleted), charged to whichever peer ran next. A
+# benchmark started within minutes of a mass deletion (`cargo test`, the last benchmark's cleanup)
+# can pay it too: in one such run storescp's own CPU per instance read 1.2-1.9 ms instead of its
+# usual 0.33-0.5, with recently_deleted its top entry.
 retire() {
     if [ -e "$1" ]; then
         BENCH_RETIRED=$((${BENCH_RETIRED:-0} + 1))
