@@ -26,9 +26,10 @@ bench_build() {
 # RECENTCY_MIN and RECENTCY_DIRTY), and looks at each such inode of its group on the way, so
 # deleting one run's thousand files made the next run's file creations cost up to a third of the
 # node's CPU (perf: find_inode_bit, recently_deleted), charged to whichever peer ran next. A
-# benchmark started within minutes of a mass deletion (`cargo test`, the last benchmark's cleanup)
-# can pay it too: in one such run storescp's own CPU per instance read 1.2-1.9 ms instead of its
-# usual 0.33-0.5, with recently_deleted its top entry.
+# benchmark started soon after a mass deletion (`cargo test`, the last benchmark's cleanup) may
+# pay it too: in one such run, where storescp's own CPU per instance read 1.1-1.9 ms instead of
+# its usual 0.33-0.5, find_inode_bit and what it calls took 29 % of storescp's samples. That is
+# not the whole story: storescp's CPU also rose in runs started 8 minutes after the last deletion.
 retire() {
     if [ -e "$1" ]; then
         BENCH_RETIRED=$((${BENCH_RETIRED:-0} + 1))
