@@ -135,17 +135,21 @@ start_storescp() {
 # storescp's CPU time (user + system) in clock ticks: its own, that of the children it forked (one
 # per association) and has reaped, and that of those not reaped yet (zombies keep their times).
 # A child reaped while this reads would be counted twice or not at all (one run read 0.01 ms per
-# instance), so the reading is taken again until the same children are there before and after.
+# instance), so the reading is taken again until the same children are there before and after
+# (each retry needs a child to have been reaped; the last of 20 readings stands regardless).
 scp_ticks() {
-    local before after kids t c
-    while :; do
+    local before after kids t c try
+    for ((try = 1; try <= 20; try++)); do
         before=$(pgrep -P "$SCP_PID" | tr '\n' ' ' || true)
         kids=0
         for c in $before; do kids=$((kids + $(awk '{print $14 + $15}' /proc/"$c"/stat 2>/dev/null || echo 0))); done
-        t=$(awk '{print $14 + $15 + $16 + $17}' /proc/"$SCP_PID"/stat)
+        # storescp gone: no reading at all, rather than its children's alone.
+        t=$(awk '{print $14 + $15 + $16 + $17}' /proc/"$SCP_PID"/stat) ||
+            { echo "storescp ended before its CPU time was read" >&2; return 1; }
         after=$(pgrep -P "$SCP_PID" | tr '\n' ' ' || true)
-        if [ "$before" = "$after" ]; then echo $((t + kids)); return; fi
+        if [ "$before" = "$after" ]; then break; fi
     done
+    echo $((t + kids))
 }
 stop_storescp() {
     SCP_TICKS=$(scp_ticks)

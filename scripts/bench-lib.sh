@@ -21,15 +21,12 @@ bench_build() {
 }
 
 # Move a finished run's output (a directory under $WORK) aside instead of deleting it; $WORK goes
-# at exit. On an ext4 without a journal (this build machine's) a new file will not take an inode
-# deleted in the last minute (six while its inode table block is dirty; fs/ext4/ialloc.c,
-# RECENTCY_MIN and RECENTCY_DIRTY), and looks at each such inode of its group on the way, so
-# deleting one run's thousand files made the next run's file creations cost up to a third of the
-# node's CPU (perf: find_inode_bit, recently_deleted), charged to whichever peer ran next. A
-# benchmark started soon after a mass deletion (`cargo test`, the last benchmark's cleanup) may
-# pay it too: in one such run, where storescp's own CPU per instance read 1.1-1.9 ms instead of
-# its usual 0.33-0.5, find_inode_bit and what it calls took 29 % of storescp's samples. That is
-# not the whole story: storescp's CPU also rose in runs started 8 minutes after the last deletion.
+# at exit. On an ext4 without a journal (this build machine's), a new file avoids inodes deleted
+# in the last 60 s (360 s while their inode-table block is dirty; fs/ext4/ialloc.c, Linux 5.x and
+# later), checking each one in its group while that block is cached, and takes one only if nothing
+# else is free. Deleting one run's thousand files made the next run's file creations cost up to a
+# third of the node's CPU (perf: find_inode_bit, recently_deleted), charged to whichever peer ran
+# next. Deletions outside a benchmark can do the same (README, Benchmarks).
 retire() {
     if [ -e "$1" ]; then
         BENCH_RETIRED=$((${BENCH_RETIRED:-0} + 1))
