@@ -1,15 +1,17 @@
 #!/usr/bin/env bash
 # Ingest throughput: DCMTK storescu sends the same corpus to (a) DCMTK storescp writing files, no
-# anonymization, no fsync, and (b) our node, anonymizing and committing durably, in the same run,
-# over 1 and 8 concurrent associations. Prints instances/s, the ratio ours/storescp, each one's CPU
-# time per instance (user + system, from /proc/PID/stat; storescp's with the children it forks)
-# and our peak RSS.
+# anonymization, no fsync, (b) the same storescp with each file made durable before it answers
+# (fdatasync and a directory fsync per file, scripts/durable-close.c preloaded: the promise our node
+# keeps, without the anonymizing) and (c) our node, anonymizing and committing durably, in the same
+# run, over 1 and 8 concurrent associations. Prints instances/s, the ratios ours/storescp and
+# ours/durable storescp, each one's CPU time per instance (user + system, from /proc/PID/stat;
+# storescp's with the children it forks) and our peak RSS.
 # Then our node over DICOM TLS against our node over plain TCP, same run, 8 associations: instances/s,
 # the ratio, and the node's CPU per instance on each (certificates made here with openssl).
 #   scripts/bench-ingest.sh [--repeat N] [COUNT] [ROWS]
 #                                                   (default 1000 CT, 512x512 16-bit, 10 patients;
-#                                                    N pairs of runs per association count, storescp
-#                                                    and ours alternating, then their medians)
+#                                                    N rounds of the three runs per association
+#                                                    count, in alternating order, then the medians)
 #   scripts/bench-ingest.sh --memory                (16 associations x one 512 MB multi-frame each)
 #   scripts/bench-ingest.sh --sustained [COUNT]     (default 50,000 small CT from 5,000 patients over
 #                                                    16 associations, sent in ten equal rounds: is the
@@ -52,6 +54,7 @@ bench_workdir ingest NODE_PID SCP_PID
 export TCP_NODELAY=1
 # BIN=path runs another build of the node (a before/after comparison in one run).
 bench_build
+cc -shared -fPIC -O2 -o "$WORK/durable-close.so" scripts/durable-close.c -ldl
 
 if [ "$MEMORY" = 1 ]; then
     # One 512 MB instance (16 frames of 4096x4096 16-bit); 16 senders each send it at once.
@@ -126,9 +129,10 @@ stop_node() {
     TICKS=$(cpu_ticks)
     kill "$NODE_PID"; wait "$NODE_PID" || true; NODE_PID=""
 }
+# start_storescp [PRELOAD]: PRELOAD, a library storescp runs with (the durable variant).
 start_storescp() {
     retire "$WORK/scp"; mkdir -p "$WORK/scp"
-    /usr/bin/storescp --fork -aet STORESCP -od "$WORK/scp" --max-pdu 65536 11113 > "$WORK/scp.log" 2>&1 &
+    env ${1:+LD_PRELOAD="$1"} /usr/bin/storescp --fork -aet STORESCP -od "$WORK/scp" --max-pdu 65536 11113 > "$WORK/scp.log" 2>&1 &
     SCP_PID=$!
     sleep 0.3
 }
@@ -201,6 +205,17 @@ run_storescp() {
     stop_storescp
     sync
 }
+run_durable_storescp() {
+    : > "$WORK/durable.count"
+    DURABLE_CLOSE_COUNT=$WORK/durable.count start_storescp "$WORK/durable-close.so"
+    TD=$(send 11113 STORESCP "$n")
+    stop_storescp
+    DURABLE_TICKS=$SCP_TICKS
+    # The library counts each file it made durable: fewer than were sent, and it did not work.
+    local synced
+    synced=$(stat -c %s "$WORK/durable.count")
+    [ "$synced" -ge "${#FILES[@]}" ] || { echo "durable storescp synced $synced of ${#FILES[@]} files" >&2; exit 1; }
+}
 run_ours() {
     start_node
     PERF_PID=""
@@ -219,24 +234,32 @@ for n in 1 8; do
     for ((r = 1; r <= REPEAT; r++)); do
         PROFILED=0
         if [ -n "${PERF_DATA:-}" ] && [ "$n" = "${PERF_ASSOC:-8}" ] && [ "$r" = 1 ]; then PROFILED=1; fi
-        # Every other pair runs ours first, so that neither always follows the other.
-        if ((r % 2)); then run_storescp; run_ours; else run_ours; run_storescp; fi
-        # One row: storescp inst/s, ours, ratio, CPU ms/instance of each, peak RSS MB, ack ms, flush ms.
-        ROW=$(printf '%.1f %.1f %.2f %.2f %.2f %d %s %s' "$(echo "${#FILES[@]} / $TS" | bc -l)" \
+        # Every other round runs them in the opposite order, so that none always follows another.
+        if ((r % 2)); then
+            run_storescp; run_durable_storescp; run_ours
+        else
+            run_ours; run_durable_storescp; run_storescp
+        fi
+        # One row: storescp inst/s, ours, ratio, CPU ms/instance of each, peak RSS MB, ack ms,
+        # flush ms; then durable storescp inst/s, ours/it, its CPU ms/instance.
+        ROW=$(printf '%.1f %.1f %.2f %.2f %.2f %d %s %s %.1f %.2f %.2f' "$(echo "${#FILES[@]} / $TS" | bc -l)" \
             "$(echo "${#FILES[@]} / $TO" | bc -l)" "$(echo "$TS / $TO" | bc -l)" "$(per_instance "$SCP_TICKS")" \
-            "$(per_instance "$TICKS")" $((PEAK_KB / 1024)) "$ACK_MS" "$FLUSH_MS")
+            "$(per_instance "$TICKS")" $((PEAK_KB / 1024)) "$ACK_MS" "$FLUSH_MS" \
+            "$(echo "${#FILES[@]} / $TD" | bc -l)" "$(echo "$TD / $TO" | bc -l)" "$(per_instance "$DURABLE_TICKS")")
         # A profiled run is slowed by perf: shown, but kept out of the medians.
         if [ "$PROFILED" = 1 ]; then NOTE=" | profiled, not in the medians"; else NOTE=""; ROWS_OUT+=("$ROW"); fi
         # shellcheck disable=SC2086 # the row's fields are the arguments
-        printf '%d association(s): storescp %7.1f inst/s | ours (anonymized, durable) %7.1f inst/s | ratio %.2f | CPU ms/instance: storescp %.2f, ours %.2f | our peak RSS %d MB | last byte to response %s ms | one flush %s ms%s\n' \
+        printf '%d association(s): storescp %7.1f inst/s | ours (anonymized, durable) %7.1f inst/s | ratio %.2f | CPU ms/instance: storescp %.2f, ours %.2f | our peak RSS %d MB | last byte to response %s ms | one flush %s ms | durable storescp %.1f inst/s, ratio %.2f, CPU %.2f ms/instance%s\n' \
             "$n" $ROW "$NOTE"
     done
     if [ "$REPEAT" -gt 1 ]; then
         med_of() { printf '%s\n' "${ROWS_OUT[@]}" | cut -d' ' -f"$1" | median "$2"; }
         RATIOS=$(printf '%s\n' "${ROWS_OUT[@]}" | cut -d' ' -f3 | tr '\n' ' ')
-        printf '%d association(s), median of %d pairs: storescp %s inst/s | ours %s inst/s | ratio %s (pairs in run order: %s) | CPU ms/instance: storescp %s, ours %s | our peak RSS %s MB | last byte to response %s ms | one flush %s ms\n' \
+        DURABLE_RATIOS=$(printf '%s\n' "${ROWS_OUT[@]}" | cut -d' ' -f10 | tr '\n' ' ')
+        printf '%d association(s), median of %d rounds: storescp %s inst/s | ours %s inst/s | ratio %s (rounds in run order: %s) | CPU ms/instance: storescp %s, ours %s | our peak RSS %s MB | last byte to response %s ms | one flush %s ms | durable storescp %s inst/s, ratio %s (%s), CPU %s ms/instance\n' \
             "$n" "${#ROWS_OUT[@]}" "$(med_of 1 %.1f)" "$(med_of 2 %.1f)" "$(med_of 3 %.2f)" "${RATIOS% }" \
-            "$(med_of 4 %.2f)" "$(med_of 5 %.2f)" "$(med_of 6 %.0f)" "$(med_of 7 %.2f)" "$(med_of 8 %.2f)"
+            "$(med_of 4 %.2f)" "$(med_of 5 %.2f)" "$(med_of 6 %.0f)" "$(med_of 7 %.2f)" "$(med_of 8 %.2f)" \
+            "$(med_of 9 %.1f)" "$(med_of 10 %.2f)" "${DURABLE_RATIOS% }" "$(med_of 11 %.2f)"
     fi
 done
 
