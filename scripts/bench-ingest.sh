@@ -11,7 +11,7 @@
 #   scripts/bench-ingest.sh [--repeat N] [COUNT] [ROWS]
 #                                                   (default 1000 CT, 512x512 16-bit, 10 patients;
 #                                                    N rounds of the three runs per association
-#                                                    count, in alternating order, then the medians)
+#                                                    count, in rotating order, then the medians)
 #   scripts/bench-ingest.sh --memory                (16 associations x one 512 MB multi-frame each)
 #   scripts/bench-ingest.sh --sustained [COUNT]     (default 50,000 small CT from 5,000 patients over
 #                                                    16 associations, sent in ten equal rounds: is the
@@ -54,7 +54,6 @@ bench_workdir ingest NODE_PID SCP_PID
 export TCP_NODELAY=1
 # BIN=path runs another build of the node (a before/after comparison in one run).
 bench_build
-cc -shared -fPIC -O2 -o "$WORK/durable-close.so" scripts/durable-close.c -ldl
 
 if [ "$MEMORY" = 1 ]; then
     # One 512 MB instance (16 frames of 4096x4096 16-bit); 16 senders each send it at once.
@@ -203,6 +202,7 @@ run_storescp() {
     start_storescp
     TS=$(send 11113 STORESCP "$n")
     stop_storescp
+    PLAIN_TICKS=$SCP_TICKS
     sync
 }
 run_durable_storescp() {
@@ -211,10 +211,11 @@ run_durable_storescp() {
     TD=$(send 11113 STORESCP "$n")
     stop_storescp
     DURABLE_TICKS=$SCP_TICKS
-    # The library counts each file it made durable: fewer than were sent, and it did not work.
+    # The library counts each file it made durable, and storescp writes nothing else.
     local synced
     synced=$(stat -c %s "$WORK/durable.count")
-    [ "$synced" -ge "${#FILES[@]}" ] || { echo "durable storescp synced $synced of ${#FILES[@]} files" >&2; exit 1; }
+    [ "$synced" -eq "${#FILES[@]}" ] || { echo "durable storescp synced $synced of ${#FILES[@]} files" >&2; exit 1; }
+    sync
 }
 run_ours() {
     start_node
@@ -229,21 +230,22 @@ run_ours() {
     [ "$STORED" -eq "${#FILES[@]}" ] || { echo "node stored $STORED of ${#FILES[@]}" >&2; tail "$WORK/node/log" >&2; exit 1; }
     sync
 }
+cc -shared -fPIC -O2 -o "$WORK/durable-close.so" scripts/durable-close.c -ldl
 for n in 1 8; do
     ROWS_OUT=()
     for ((r = 1; r <= REPEAT; r++)); do
         PROFILED=0
         if [ -n "${PERF_DATA:-}" ] && [ "$n" = "${PERF_ASSOC:-8}" ] && [ "$r" = 1 ]; then PROFILED=1; fi
-        # Every other round runs them in the opposite order, so that none always follows another.
-        if ((r % 2)); then
-            run_storescp; run_durable_storescp; run_ours
-        else
-            run_ours; run_durable_storescp; run_storescp
-        fi
+        # The order rotates, so that each runs first, second and third in turn.
+        case $((r % 3)) in
+            1) run_storescp; run_durable_storescp; run_ours ;;
+            2) run_durable_storescp; run_ours; run_storescp ;;
+            0) run_ours; run_storescp; run_durable_storescp ;;
+        esac
         # One row: storescp inst/s, ours, ratio, CPU ms/instance of each, peak RSS MB, ack ms,
         # flush ms; then durable storescp inst/s, ours/it, its CPU ms/instance.
         ROW=$(printf '%.1f %.1f %.2f %.2f %.2f %d %s %s %.1f %.2f %.2f' "$(echo "${#FILES[@]} / $TS" | bc -l)" \
-            "$(echo "${#FILES[@]} / $TO" | bc -l)" "$(echo "$TS / $TO" | bc -l)" "$(per_instance "$SCP_TICKS")" \
+            "$(echo "${#FILES[@]} / $TO" | bc -l)" "$(echo "$TS / $TO" | bc -l)" "$(per_instance "$PLAIN_TICKS")" \
             "$(per_instance "$TICKS")" $((PEAK_KB / 1024)) "$ACK_MS" "$FLUSH_MS" \
             "$(echo "${#FILES[@]} / $TD" | bc -l)" "$(echo "$TD / $TO" | bc -l)" "$(per_instance "$DURABLE_TICKS")")
         # A profiled run is slowed by perf: shown, but kept out of the medians.
