@@ -113,17 +113,19 @@ YAML
     HTTP_ADDR=$(sed -n 's/^http on //p' "$WORK/node/out")
     TLS_PORT=$(grep -o 'tls on 127.0.0.1:[0-9]*' "$WORK/node/out" | cut -d: -f2 || true)
 }
-# mean_ms METRIC: a histogram's mean from the running node's /metrics, in ms, or n/a when the
-# node has no endpoint or no such histogram (an older build, BIN=...).
+# The running node's /metrics, or nothing when it has no endpoint (an older build, BIN=...).
+node_metrics() { [ -n "$HTTP_ADDR" ] && curl -sf --noproxy '*' --max-time 5 "http://$HTTP_ADDR/metrics" || true; }
+# mean_ms METRIC: a histogram's mean, in ms, from the metrics text on stdin; n/a without it.
 mean_ms() {
-    { [ -n "$HTTP_ADDR" ] && curl -sf --noproxy '*' --max-time 5 "http://$HTTP_ADDR/metrics" || true; } |
-        awk -v m="dicom_anon_$1" '$1 == m "_sum" { s = $2 } $1 == m "_count" { c = $2 }
-            END { if (c) printf "%.2f", s * 1000 / c; else printf "n/a" }'
+    awk -v m="dicom_anon_$1" '$1 == m "_sum" { s = $2 } $1 == m "_count" { c = $2 }
+        END { if (c) printf "%.2f", s * 1000 / c; else printf "n/a" }'
 }
 # The node's CPU time so far (user + system), in clock ticks.
 cpu_ticks() { awk '{print $14 + $15}' /proc/"$NODE_PID"/stat; }
 stop_node() {
-    ACK_MS=$(mean_ms ack_latency_seconds); FLUSH_MS=$(mean_ms durability_flush_seconds)
+    local metrics
+    metrics=$(node_metrics)
+    ACK_MS=$(mean_ms ack_latency_seconds <<< "$metrics"); FLUSH_MS=$(mean_ms durability_flush_seconds <<< "$metrics")
     PEAK_KB=$(grep VmHWM /proc/"$NODE_PID"/status | awk '{print $2}')
     TICKS=$(cpu_ticks)
     kill "$NODE_PID"; wait "$NODE_PID" || true; NODE_PID=""
@@ -142,14 +144,15 @@ start_storescp() {
 # (each retry needs a child to have been reaped; the last of 20 readings stands regardless).
 scp_ticks() {
     local before after kids t c try
+    children() { pgrep -P "$SCP_PID" | tr '\n' ' ' || true; }
     for ((try = 1; try <= 20; try++)); do
-        before=$(pgrep -P "$SCP_PID" | tr '\n' ' ' || true)
+        before=$(children)
         kids=0
         for c in $before; do kids=$((kids + $(awk '{print $14 + $15}' /proc/"$c"/stat 2>/dev/null || echo 0))); done
         # storescp gone: no reading at all, rather than its children's alone.
         t=$(awk '{print $14 + $15 + $16 + $17}' /proc/"$SCP_PID"/stat) ||
             { echo "storescp ended before its CPU time was read" >&2; return 1; }
-        after=$(pgrep -P "$SCP_PID" | tr '\n' ' ' || true)
+        after=$(children)
         if [ "$before" = "$after" ]; then break; fi
     done
     echo $((t + kids))
@@ -198,6 +201,8 @@ median() {
         awk -v f="$1" '{ v[NR] = $1 } END { if (!NR) printf "n/a"; else printf f, NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
 }
 per_instance() { echo "$1 * 1000 / $(getconf CLK_TCK) / ${#FILES[@]}" | bc -l; }
+# rate SECONDS: instances/s for the corpus sent in SECONDS.
+rate() { echo "${#FILES[@]} / $1" | bc -l; }
 run_storescp() {
     start_storescp
     TS=$(send 11113 STORESCP "$n")
@@ -230,6 +235,9 @@ run_ours() {
     [ "$STORED" -eq "${#FILES[@]}" ] || { echo "node stored $STORED of ${#FILES[@]}" >&2; tail "$WORK/node/log" >&2; exit 1; }
     sync
 }
+# column_of K: field K of every row kept for the medians; med_of K FORMAT: their median.
+column_of() { printf '%s\n' "${ROWS_OUT[@]}" | cut -d' ' -f"$1"; }
+med_of() { column_of "$1" | median "$2"; }
 cc -shared -fPIC -O2 -o "$WORK/durable-close.so" scripts/durable-close.c -ldl
 for n in 1 8; do
     ROWS_OUT=()
@@ -244,10 +252,10 @@ for n in 1 8; do
         esac
         # One row: storescp inst/s, ours, ratio, CPU ms/instance of each, peak RSS MB, ack ms,
         # flush ms; then durable storescp inst/s, ours/it, its CPU ms/instance.
-        ROW=$(printf '%.1f %.1f %.2f %.2f %.2f %d %s %s %.1f %.2f %.2f' "$(echo "${#FILES[@]} / $TS" | bc -l)" \
-            "$(echo "${#FILES[@]} / $TO" | bc -l)" "$(echo "$TS / $TO" | bc -l)" "$(per_instance "$PLAIN_TICKS")" \
-            "$(per_instance "$TICKS")" $((PEAK_KB / 1024)) "$ACK_MS" "$FLUSH_MS" \
-            "$(echo "${#FILES[@]} / $TD" | bc -l)" "$(echo "$TD / $TO" | bc -l)" "$(per_instance "$DURABLE_TICKS")")
+        ROW=$(printf '%.1f %.1f %.2f %.2f %.2f %d %s %s %.1f %.2f %.2f' "$(rate "$TS")" "$(rate "$TO")" \
+            "$(echo "$TS / $TO" | bc -l)" "$(per_instance "$PLAIN_TICKS")" "$(per_instance "$TICKS")" \
+            $((PEAK_KB / 1024)) "$ACK_MS" "$FLUSH_MS" \
+            "$(rate "$TD")" "$(echo "$TD / $TO" | bc -l)" "$(per_instance "$DURABLE_TICKS")")
         # A profiled run is slowed by perf: shown, but kept out of the medians.
         if [ "$PROFILED" = 1 ]; then NOTE=" | profiled, not in the medians"; else NOTE=""; ROWS_OUT+=("$ROW"); fi
         # shellcheck disable=SC2086 # the row's fields are the arguments
@@ -255,9 +263,8 @@ for n in 1 8; do
             "$n" $ROW "$NOTE"
     done
     if [ "$REPEAT" -gt 1 ]; then
-        med_of() { printf '%s\n' "${ROWS_OUT[@]}" | cut -d' ' -f"$1" | median "$2"; }
-        RATIOS=$(printf '%s\n' "${ROWS_OUT[@]}" | cut -d' ' -f3 | tr '\n' ' ')
-        DURABLE_RATIOS=$(printf '%s\n' "${ROWS_OUT[@]}" | cut -d' ' -f10 | tr '\n' ' ')
+        RATIOS=$(column_of 3 | tr '\n' ' ')
+        DURABLE_RATIOS=$(column_of 10 | tr '\n' ' ')
         printf '%d association(s), median of %d rounds: storescp %s inst/s | ours %s inst/s | ratio %s (rounds in run order: %s) | CPU ms/instance: storescp %s, ours %s | our peak RSS %s MB | last byte to response %s ms | one flush %s ms | durable storescp %s inst/s, ratio %s (%s), CPU %s ms/instance\n' \
             "$n" "${#ROWS_OUT[@]}" "$(med_of 1 %.1f)" "$(med_of 2 %.1f)" "$(med_of 3 %.2f)" "${RATIOS% }" \
             "$(med_of 4 %.2f)" "$(med_of 5 %.2f)" "$(med_of 6 %.0f)" "$(med_of 7 %.2f)" "$(med_of 8 %.2f)" \
@@ -290,5 +297,5 @@ stop_node
 STORED=$(find "$WORK/node/storage/public" -name '*.dcm' | wc -l)
 [ "$STORED" -eq "${#FILES[@]}" ] || { echo "node stored $STORED of ${#FILES[@]} over TLS" >&2; tail "$WORK/node/log" >&2; exit 1; }
 printf 'TLS vs plain, %d associations: plain %7.1f inst/s | TLS %7.1f inst/s | ratio %.2f | node CPU/instance plain %.2f ms, TLS %.2f ms\n' \
-    "$n" "$(echo "${#FILES[@]} / $TP" | bc -l)" "$(echo "${#FILES[@]} / $TT" | bc -l)" "$(echo "$TP / $TT" | bc -l)" \
+    "$n" "$(rate "$TP")" "$(rate "$TT")" "$(echo "$TP / $TT" | bc -l)" \
     "$(echo "$CP * 1000 / ${#FILES[@]}" | bc -l)" "$(echo "$CT * 1000 / ${#FILES[@]}" | bc -l)"
