@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Runs the whole test suite on a fresh Debian machine: installs the real peers the tests talk to
-# (DCMTK, dicom3tools, Chromium for the status page, openssl for test certificates, moto_server for
-# Cognito and S3), then runs
-# cargo test. Tests never skip a missing peer: they fail loudly.
+# (DCMTK, dicom3tools, Chromium for the status page, openssl for test certificates, Tesseract and
+# DejaVu for burned-in text, moto_server for Cognito and S3), then runs cargo test. Tests never
+# skip a missing peer: they fail loudly.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -13,6 +13,11 @@ for tool in /usr/bin/dcmdump /usr/bin/storescu /usr/bin/echoscu /usr/bin/storesc
 [ -x /usr/bin/chromium ] || missing+=(chromium)
 # The TLS tests make their CA and certificates with the openssl command.
 [ -x /usr/bin/openssl ] || missing+=(openssl)
+# Burned-in text: the node reads pixels with Tesseract; the tests draw text with DejaVu and
+# compress images with DCMTK's dcmcrle.
+[ -x /usr/bin/tesseract ] || missing+=(tesseract-ocr)
+[ -f /usr/share/tesseract-ocr/5/tessdata/eng.traineddata ] || missing+=(tesseract-ocr-eng)
+[ -f /usr/share/fonts/truetype/dejavu/DejaVuSans-Bold.ttf ] || missing+=(fonts-dejavu-core)
 if [ ${#missing[@]} -gt 0 ]; then
     echo "installing: ${missing[*]}" >&2
     SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"

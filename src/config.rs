@@ -75,9 +75,13 @@ pub struct ProjectConfig {
     /// The PS3.15 options a profile script is applied with; (0012,0064) lists those applied.
     #[serde(default)]
     pub profile_options: ProfileOptions,
-    /// Encapsulated documents and burned-in annotation: quarantine (default), remove or keep.
+    /// Encapsulated documents, and images whose pixels cannot be read for burned-in text:
+    /// quarantine (default), remove or keep.
     #[serde(default)]
     pub unverifiable: Unverifiable,
+    /// The burned-in text stage: OCR, region rules, which images are read.
+    #[serde(default)]
+    pub pixels: crate::anonymize::pixels::PixelConfig,
     /// File holding the project secret (keyed mode).
     #[serde(default)]
     pub secret_file: Option<PathBuf>,

@@ -10,14 +10,15 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+use crate::anonymize::pixels::{self, Cleaning, PixelError, PixelStage};
 use crate::anonymize::{
-    Engine, EngineError, Keyed, Keys, Labels, LookupTable, Original, Pseudonyms, Rsna, Script,
+    Engine, EngineError, Keyed, Keys, Labels, LookupTable, Original, Pseudonyms, Rsna, Script, Unverifiable,
 };
 use crate::config::{Config, PseudonymMode};
 use crate::dicom::{
     check_values, check_vrs, inflate_into, locate_pixel_data, read_dataset, write_dataset, write_meta,
-    write_part10, DataSet, Encoding, InflateError, Part10, Part10Error, ReadError, SplitError, Tag,
-    TransferSyntax, ValueError, WriteError,
+    write_part10, DataSet, InflateError, Part10, Part10Error, ReadError, SplitError, Tag, TransferSyntax,
+    ValueError, WriteError, EXPLICIT_VR_LE,
 };
 use crate::durability::{Barrier, Durability};
 use crate::index::{AuditRecord, Capture, Committed, Index, IndexError, InstanceRecord, Owner};
@@ -57,6 +58,10 @@ pub enum InstanceError {
     Invalid(#[from] EngineError),
     #[error("kept value cannot leave: {0}")]
     Value(#[from] ValueError),
+    /// The pixels of an image that may carry burned-in text could not be read, or still show
+    /// the instance's PHI after masking: held.
+    #[error("held: {0}")]
+    Pixels(#[from] PixelError),
     /// The data set's UIDs differ from what the sender announced.
     #[error("{0} in the data set differs from the C-STORE request")]
     Mismatch(&'static str),
@@ -108,6 +113,8 @@ impl InstanceError {
             InstanceError::Value(_) => Data(Reason::Unreadable),
             InstanceError::Invalid(EngineError::Unverifiable(_)) => Data(Reason::Unverifiable),
             InstanceError::Invalid(EngineError::LookupMiss { .. }) => Data(Reason::LookupMiss),
+            InstanceError::Pixels(e) if e.is_readable_text() => Data(Reason::BurnedInText),
+            InstanceError::Pixels(_) => Data(Reason::PixelUnverified),
             InstanceError::Index(IndexError::Conflict(_)) => Data(Reason::IntegrityConflict),
             InstanceError::Storage(SpoolError::Encode(_)) => Data(Reason::CannotEncode),
             InstanceError::Panic(_) | InstanceError::Index(IndexError::Panicked(_)) => {
@@ -168,6 +175,9 @@ pub struct Admission<'a> {
 
 pub struct Pipeline {
     engine: Engine,
+    pixels: PixelStage,
+    /// `project.unverifiable`: what happens to an image whose pixels cannot be read.
+    unverifiable: Unverifiable,
     index: Index,
     spool: Spool,
     quarantine: Quarantine,
@@ -198,6 +208,8 @@ pub enum SetupError {
     Pseudonym(#[from] crate::anonymize::pseudonym::PseudonymError),
     #[error(transparent)]
     Lookup(#[from] crate::anonymize::LookupError),
+    #[error("project.pixels.regions: {0}")]
+    Regions(#[from] crate::anonymize::pixels::regions::RulesError),
     #[error(transparent)]
     Index(#[from] IndexError),
     #[error(transparent)]
@@ -211,6 +223,8 @@ impl Pipeline {
     pub fn open(config: &Config, out: &Path, durability: Durability) -> Result<Pipeline, SetupError> {
         let project = &config.project;
         let engine = Self::engine(config)?;
+        let pixels = PixelStage::new(&project.pixels)?;
+        pixels.announce();
         let index = Index::open(&config.index_path(), &Owner::for_site(&project.site_id))?;
         let spool = Spool::open(out, durability == Durability::EachInstance)?;
         let tmp = config.tmp_dir();
@@ -221,6 +235,8 @@ impl Pipeline {
             .map_err(|source| SetupError::Dir { path: out.display().to_string(), source })?;
         Ok(Pipeline {
             engine,
+            pixels,
+            unverifiable: project.unverifiable,
             index,
             spool,
             quarantine: Quarantine::new(&config.quarantine_dir()),
@@ -368,7 +384,7 @@ impl Pipeline {
                 if let Some(admission) = admission {
                     admit(&ds, admission)?;
                 }
-                return self.store(ds, ts.encoding(), source, admission, |ds, w| write_part10(ds, ts, w));
+                return self.store(ds, ts, source, admission, write_part10);
             }
             Body::File { path, offset } => (path, offset),
         };
@@ -404,8 +420,17 @@ impl Pipeline {
         if let Some(admission) = admission {
             admit(&ds, admission)?;
         }
+        let series = ds.text(crate::anonymize::profile::tags::SERIES_INSTANCE_UID).unwrap_or_default();
+        let pixel_bytes = span.map_or(0, |s| s.end - s.start);
+        let read_pixels = span.is_some()
+            && self.pixels.will_read(&ds, series, pixel_bytes).or_else(|e| self.unread(e).map(|()| false))?;
+        if read_pixels {
+            // An image read for burned-in text is worked on in memory, pixels and all.
+            let whole = read_range(&mut file, offset, total).map_err(io_err)?;
+            return self.run_body(Body::Memory(&whole), ts, admission, source);
+        }
         let keep_pixels = span.is_some() && self.engine.keeps(PIXEL_DATA);
-        self.store(ds, ts.encoding(), source, admission, |ds, w| {
+        self.store(ds, ts, source, admission, |ds, ts, w| {
             let split = ds.elements.partition_point(|e| e.tag < PIXEL_DATA);
             write_part10(&DataSet { elements: ds.elements[..split].to_vec() }, ts, w)?;
             if let (true, Some(span)) = (keep_pixels, span) {
@@ -447,13 +472,16 @@ impl Pipeline {
     fn store(
         &self,
         mut ds: DataSet<'_>,
-        enc: Encoding,
+        ts: &TransferSyntax,
         source: &str,
         admission: Option<&Admission<'_>>,
-        write: impl FnOnce(&DataSet<'_>, &mut StageWriter) -> Result<(), WriteError>,
+        write: impl FnOnce(&DataSet<'_>, &TransferSyntax, &mut StageWriter) -> Result<(), WriteError>,
     ) -> Result<Stored, InstanceError> {
         let original = self.engine.read(&ds)?;
         check_vrs(&ds)?;
+        // Pixels are read before anything of the instance is recorded: a held image leaves
+        // nothing in the index.
+        let cleaning = self.clean_pixels(&mut ds, ts, &original)?;
         let pseudonyms = self.engine.pseudonyms();
         // Computed once: the index records them and the engine writes them.
         let assigned = self.engine.assigned_patient_id(&original)?;
@@ -492,8 +520,11 @@ impl Pipeline {
             None => known?,
         };
         let report = self.engine.apply(&mut ds, &original, keys)?;
+        if let Some(cleaning) = &cleaning {
+            pixels::mark(&mut ds, cleaning);
+        }
         // The last look before anything is written: no kept value may hold bytes its VR forbids.
-        for tag in check_values(&ds, enc)? {
+        for tag in check_values(&ds, ts.encoding())? {
             self.report_over_long(tag);
         }
         let keys = report.keys;
@@ -501,7 +532,12 @@ impl Pipeline {
             [&keys.patient_id, &keys.study_uid, &keys.series_uid, &format!("{}.dcm", keys.sop_uid)]
                 .iter()
                 .collect();
-        let staged = self.spool.stage(&path, |w| write(&ds, w))?;
+        // Pixel data that was decompressed to be cleaned goes out uncompressed.
+        let out = match &cleaning {
+            Some(c) if c.decompressed => TransferSyntax::new(EXPLICIT_VR_LE),
+            _ => ts.clone(),
+        };
+        let staged = self.spool.stage(&path, |w| write(&ds, &out, w))?;
         let size = staged.size();
         let audit = admission.and_then(|a| a.audit).map(|a| AuditRecord {
             anon_uids: Some((keys.study_uid.clone(), keys.series_uid.clone(), keys.sop_uid.clone())),
@@ -529,6 +565,40 @@ impl Pipeline {
             }
         }
         Ok(Stored { keys, path, size, caught: report.caught })
+    }
+
+    /// The pixel stage, under the project's policy for what it cannot read.
+    fn clean_pixels(
+        &self,
+        ds: &mut DataSet<'_>,
+        ts: &TransferSyntax,
+        original: &Original,
+    ) -> Result<Option<Cleaning>, InstanceError> {
+        match self.pixels.clean(ds, ts, original) {
+            Ok(Some(cleaning)) => {
+                if cleaning.changed() {
+                    tracing::info!(
+                        frames = cleaning.frames,
+                        regions = cleaning.regions,
+                        words = cleaning.words,
+                        "burned-in text masked"
+                    );
+                }
+                Ok(Some(cleaning))
+            }
+            Ok(None) => Ok(None),
+            Err(e) => self.unread(e).map(|()| None),
+        }
+    }
+
+    /// Pixels that could not be read: held, unless the project keeps what it cannot check.
+    /// Text that was read and could not be masked is held whatever the policy.
+    fn unread(&self, e: PixelError) -> Result<(), InstanceError> {
+        if self.unverifiable == Unverifiable::Keep && !e.is_readable_text() {
+            tracing::warn!(error = %e, "pixels not read, archived as they are (project.unverifiable: keep)");
+            return Ok(());
+        }
+        Err(e.into())
     }
 
     /// After a failure that followed the commit: take back the success audit row (the caller

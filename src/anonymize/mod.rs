@@ -4,6 +4,7 @@ mod ctp;
 mod engine;
 pub mod lookup;
 pub mod options;
+pub mod pixels;
 pub mod profile;
 pub mod pseudonym;
 pub mod script;

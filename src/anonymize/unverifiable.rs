@@ -1,8 +1,9 @@
 //! Content the engine cannot check for PHI, and the project's policy for it
 //! (`project.unverifiable`).
 //!
-//! An encapsulated document (PDF, CDA, STL, ...) carries its own text, and an image that declares
-//! BurnedInAnnotation YES carries text in its pixels; the header rules cannot reach either.
+//! An encapsulated document (PDF, CDA, STL, ...) carries its own text, which the header rules
+//! cannot reach. (Text in pixels is read by the pixel stage, `pixels`; an image it cannot read
+//! follows this same policy.)
 
 use serde::{Deserialize, Serialize};
 
@@ -29,11 +30,7 @@ pub enum Unverifiable {
 
 /// What in `ds` cannot be checked; `None` when nothing.
 pub fn find(ds: &DataSet<'_>) -> Option<&'static str> {
-    if ds.get(tags::ENCAPSULATED_DOCUMENT).is_some() {
-        return Some("encapsulated document (0042,0011)");
-    }
-    let burned_in = ds.text(tags::BURNED_IN_ANNOTATION).is_some_and(|v| v.trim().eq_ignore_ascii_case("YES"));
-    burned_in.then_some("BurnedInAnnotation (0028,0301) is YES")
+    ds.get(tags::ENCAPSULATED_DOCUMENT).is_some().then_some("encapsulated document (0042,0011)")
 }
 
 #[cfg(test)]
@@ -42,13 +39,11 @@ mod tests {
     use crate::dicom::VR;
 
     #[test]
-    fn documents_and_burned_in_annotation_are_unverifiable() {
+    fn documents_are_unverifiable_and_burned_in_annotation_is_left_to_the_pixel_stage() {
         let mut ds = DataSet::default();
         assert_eq!(find(&ds), None);
-        ds.put_text(tags::BURNED_IN_ANNOTATION, VR::CS, "NO");
-        assert_eq!(find(&ds), None);
         ds.put_text(tags::BURNED_IN_ANNOTATION, VR::CS, "YES");
-        assert!(find(&ds).is_some_and(|w| w.contains("BurnedInAnnotation")));
+        assert_eq!(find(&ds), None);
         let mut doc = DataSet::default();
         doc.put_text(tags::ENCAPSULATED_DOCUMENT, VR::OB, "%PDF");
         assert!(find(&doc).is_some_and(|w| w.contains("encapsulated document")));

@@ -28,7 +28,7 @@ pub use part10::{
 pub(crate) use read::tag_str;
 pub use read::{in_dictionary, read_dataset, ReadError};
 pub use split::{locate_pixel_data, PixelSpan, SplitError};
-pub use syntax::{Encoding, TransferSyntax};
+pub use syntax::{Encoding, TransferSyntax, EXPLICIT_VR_LE};
 pub use values::{check_values, check_vrs, ValueError};
 pub use write::{write_dataset, WriteError};
 

@@ -31,6 +31,11 @@ pub enum Reason {
     Unverifiable,
     /// A value the script looks up (a PatientID, mostly) has no entry in the lookup table.
     LookupMiss,
+    /// An image that may carry burned-in text whose pixels could not be read (a syntax we do
+    /// not decode, no OCR engine, the engine failing or running out of time).
+    PixelUnverified,
+    /// Burned-in text that spells the instance's PHI was still readable after masking.
+    BurnedInText,
 }
 
 impl Reason {
@@ -45,6 +50,8 @@ impl Reason {
             Reason::ProcessingError => "Processing_Error",
             Reason::Unverifiable => "Unverifiable_Content",
             Reason::LookupMiss => "Lookup_Miss",
+            Reason::PixelUnverified => "Pixel_Unverified",
+            Reason::BurnedInText => "Burned_In_Text",
         }
     }
 }
