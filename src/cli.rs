@@ -75,6 +75,11 @@ pub enum Command {
         #[command(subcommand)]
         command: QueueCommand,
     },
+    /// Instances held in quarantine (private: they are as they came, PHI and all).
+    Quarantine {
+        #[command(subcommand)]
+        command: QuarantineCommand,
+    },
     /// Pull studies from a PACS (`pacs:` in the config): C-FIND lists them, then each is moved
     /// with C-MOVE to this node's AE title and anonymized on arrival. Uses the node running on the
     /// config's port, or receives itself for the duration. Prints a report per study (PHI) on
@@ -144,6 +149,29 @@ pub struct RetrieveSelection {
     /// A study date or range: 20240101-20240131, 20240101-, -20240131 or 20240115.
     #[arg(long)]
     pub study_date: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum QuarantineCommand {
+    /// One line per held instance, oldest first: reason, when, from where, what went wrong.
+    List {
+        #[command(flatten)]
+        target: ProjectArgs,
+        /// Only this reason (its directory name, e.g. Pixel_Unverified).
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Run held instances through the pipeline again, after a rule, a policy or the node itself
+    /// changed (an OCR engine installed, a lookup table completed). Each one stored leaves the
+    /// quarantine; each one held again stays, under its new reason. Stop the node first: this
+    /// writes its index.
+    Retry {
+        #[command(flatten)]
+        target: ProjectArgs,
+        /// Only this reason (its directory name, e.g. Pixel_Unverified).
+        #[arg(long)]
+        reason: Option<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]

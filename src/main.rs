@@ -7,11 +7,14 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Parser;
 
-use dicom_anon_gateway::cli::{AuditCommand, Cli, Command, IndexCommand, QueueCommand, RetrieveSelection};
+use dicom_anon_gateway::cli::{
+    AuditCommand, Cli, Command, IndexCommand, QuarantineCommand, QueueCommand, RetrieveSelection,
+};
 use dicom_anon_gateway::config::Config;
 use dicom_anon_gateway::durability::Durability;
 use dicom_anon_gateway::index::{Index, Owner};
 use dicom_anon_gateway::pipeline::Pipeline;
+use dicom_anon_gateway::queue::Quarantine;
 use dicom_anon_gateway::upload::{Credentials, SignUp};
 use dicom_anon_gateway::{index, node, observe, offline, retrieve};
 
@@ -166,6 +169,37 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
                 anyhow::Ok(ExitCode::SUCCESS)
             })
+        }
+        Command::Quarantine { command: QuarantineCommand::List { target, reason } } => {
+            let config = target.load()?;
+            let quarantine = Quarantine::new(&config.quarantine_dir());
+            let held = quarantine.list(reason.as_deref())?;
+            for h in &held {
+                println!("{}  {}  {}  {}\n    {}", h.time, h.reason, h.source, h.detail, h.file.display());
+            }
+            println!("{} held", held.len());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Quarantine { command: QuarantineCommand::Retry { target, reason } } => {
+            let config = target.load()?;
+            observe::init(&config.logging);
+            let pipeline = Pipeline::open(&config, &config.public_dir(), Durability::AtEnd)?;
+            let quarantine = Quarantine::new(&config.quarantine_dir());
+            let done = offline::retry(&pipeline, &quarantine, reason.as_deref())?;
+            pipeline.close()?;
+            println!(
+                "stored {}; held again {}; not tried (this machine failed) {}",
+                done.stored,
+                done.held.len(),
+                done.failed.len()
+            );
+            for (reason, detail) in &done.held {
+                println!("  {reason}: {detail}");
+            }
+            for detail in &done.failed {
+                println!("  not stored: {detail}");
+            }
+            Ok(if done.failed.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }
         Command::Queue { command } => {
             let (target, retry) = match command {

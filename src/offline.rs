@@ -10,6 +10,7 @@ use rayon::prelude::*;
 
 use crate::dicom::is_part10;
 use crate::pipeline::{Outcome, Pipeline};
+use crate::queue::Quarantine;
 
 /// One input file, and whether the user named it (a named file that is not DICOM is a failure; one
 /// met while walking a folder is skipped).
@@ -115,4 +116,51 @@ fn collect(inputs: &[PathBuf]) -> Vec<Input> {
         }
     }
     files
+}
+
+/// What `quarantine retry` did.
+#[derive(Debug, Default)]
+pub struct Retried {
+    /// Stored this time, and taken out of the quarantine.
+    pub stored: usize,
+    /// Held again: the reason it is held under now, per instance.
+    pub held: Vec<(String, String)>,
+    /// Not tried to the end: this machine failed (disk, index, a limit); still held as before.
+    pub failed: Vec<String>,
+}
+
+/// Run every held instance (of `reason`, when given) through `pipeline` again. One stored, or held
+/// again under a new entry, leaves its old entry; one this machine failed on stays as it was.
+pub fn retry(pipeline: &Pipeline, quarantine: &Quarantine, reason: Option<&str>) -> std::io::Result<Retried> {
+    let held = quarantine.list(reason)?;
+    let bar = ProgressBar::new(held.len() as u64);
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} held instances")
+            .expect("the template is a literal"),
+    );
+    let mut done = Retried::default();
+    for h in &held {
+        let source = if h.source.is_empty() { h.file.display().to_string() } else { h.source.clone() };
+        let outcome = pipeline.process_file(&h.file, &source);
+        let release = match outcome {
+            Outcome::Stored(_) => {
+                done.stored += 1;
+                true
+            }
+            Outcome::Quarantined { reason, detail, .. } => {
+                done.held.push((reason.to_string(), detail));
+                true
+            }
+            Outcome::Refused(detail) | Outcome::Failed(detail) => {
+                done.failed.push(detail);
+                false
+            }
+        };
+        if release {
+            quarantine.release(h)?;
+        }
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    Ok(done)
 }

@@ -748,3 +748,39 @@ fn the_node_keeps_serving_while_the_ocr_engine_is_killed() {
     let status = node.stop();
     assert!(status.success(), "the node exits cleanly");
 }
+
+#[test]
+fn held_images_are_listed_and_stored_by_a_retry_once_the_engine_works() {
+    let d = tempfile::tempdir().unwrap();
+    let img = Image::new(US_IMAGE, "US", "RGB");
+    let input = write(&d.path().join("in"), "us.dcm", &img, EXPLICIT_LE);
+    let broken = fake_tesseract(d.path(), "kill -9 $$");
+    let (out, _) =
+        anonymize_with(d.path(), &format!("  pixels:\n    tesseract: {}\n", broken.display()), &[&input]);
+    assert!(files_under(&out).is_empty());
+    let config = d.path().join("config.yaml");
+    let list = || binary().args(["quarantine", "list", "--config"]).arg(&config).output().unwrap();
+    let listed = text(&list());
+    assert!(listed.contains("Pixel_Unverified") && listed.contains("1 held"), "{listed}");
+
+    // The engine repaired (the config names the real one again): the retry stores it, clean.
+    let config = common::config(d.path(), SITE, ROOT, &profile_script(), "");
+    let retry = binary()
+        .args(["quarantine", "retry", "--reason", "Pixel_Unverified", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(retry.status.success(), "{}", text(&retry));
+    assert!(text(&retry).contains("stored 1; held again 0"), "{}", text(&retry));
+    let listed = text(&list());
+    assert!(listed.contains("0 held"), "{listed}");
+    let public: Vec<PathBuf> = files_under(&d.path().join("storage/public"))
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "dcm"))
+        .collect();
+    assert_eq!(public.len(), 1, "{public:?}");
+    let left = ocr(&native_pixels(&public[0], d.path()), &img, d.path());
+    for word in PHI_WORDS {
+        assert!(!readable(&left, word), "{word} still readable after the retry: {left:?}");
+    }
+}

@@ -6,6 +6,6 @@ pub mod quarantine;
 pub mod spill;
 pub mod spool;
 
-pub use quarantine::{Quarantine, Reason};
+pub use quarantine::{Held, Quarantine, Reason};
 pub use spill::Spill;
 pub use spool::{Spool, SpoolError, StageWriter};

@@ -76,9 +76,69 @@ struct Sidecar<'a> {
     size: u64,
 }
 
+/// One instance in quarantine, as its sidecar describes it.
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct Held {
+    pub reason: String,
+    pub detail: String,
+    pub source: String,
+    pub time: String,
+    pub size: u64,
+    /// The instance as it came.
+    #[serde(skip)]
+    pub file: PathBuf,
+}
+
 impl Quarantine {
     pub fn new(dir: &Path) -> Quarantine {
         Quarantine { dir: dir.to_path_buf(), next: AtomicU64::new(0) }
+    }
+
+    /// Every held instance (whose reason directory is `reason`, when given), oldest first. A file
+    /// without a readable sidecar is listed with what can be said of it.
+    pub fn list(&self, reason: Option<&str>) -> std::io::Result<Vec<Held>> {
+        let mut held = Vec::new();
+        let dirs = match fs::read_dir(&self.dir) {
+            Ok(dirs) => dirs,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(held),
+            Err(e) => return Err(e),
+        };
+        for dir in dirs.flatten() {
+            let name = dir.file_name().to_string_lossy().into_owned();
+            if !dir.path().is_dir() || reason.is_some_and(|r| !r.eq_ignore_ascii_case(&name)) {
+                continue;
+            }
+            for entry in fs::read_dir(dir.path())?.flatten() {
+                let file = entry.path();
+                if file.extension().is_none_or(|e| e != "dcm") {
+                    continue;
+                }
+                let sidecar = fs::read(file.with_extension("json")).ok();
+                let described = sidecar.and_then(|j| serde_json::from_slice::<Held>(&j).ok());
+                held.push(match described {
+                    Some(h) => Held { file, ..h },
+                    None => Held {
+                        reason: name.clone(),
+                        detail: "(no readable sidecar)".into(),
+                        source: String::new(),
+                        time: String::new(),
+                        size: entry.metadata().map_or(0, |m| m.len()),
+                        file,
+                    },
+                });
+            }
+        }
+        held.sort_by(|a, b| (&a.time, &a.file).cmp(&(&b.time, &b.file)));
+        Ok(held)
+    }
+
+    /// Take a held instance out (it was stored, or held again under a new entry).
+    pub fn release(&self, held: &Held) -> std::io::Result<()> {
+        fs::remove_file(&held.file)?;
+        match fs::remove_file(held.file.with_extension("json")) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
     }
 
     /// Keep a file's bytes with the reason; returns the stored file.
