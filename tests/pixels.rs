@@ -143,7 +143,9 @@ fn pixels(img: &Image) -> (Vec<u8>, Vec<Box>) {
                 let background = ((x + y + frame * 3) % 64) as u32 * max / 400;
                 let c = u32::from(coverage[y * cols + x]);
                 let mut v = (background * (255 - c) + max * c) / 255;
-                if img.photometric == "MONOCHROME1" {
+                // MONOCHROME1 displays high values dark; the test palette maps index i to the
+                // grey 255 - i (with a tint), so the darkest colour is the highest index.
+                if matches!(img.photometric, "MONOCHROME1" | "PALETTE COLOR") {
                     v = max - v;
                 }
                 for s in 0..img.samples {
@@ -210,6 +212,13 @@ fn write(dir: &Path, name: &str, img: &Image, ts: &str) -> PathBuf {
     }
     if img.samples == 3 {
         o.put(us(0x0028, 0x0006, 0));
+    }
+    if img.photometric == "PALETTE COLOR" {
+        for (n, tint) in [(0x1101u16, 0u16), (0x1102, 8), (0x1103, 24)] {
+            o.put(DataElement::new(Tag(0x0028, n), VR::US, PrimitiveValue::U16(vec![256, 0, 16].into())));
+            let lut: Vec<u16> = (0..256u16).map(|i| (255 - i).saturating_sub(tint) * 257).collect();
+            o.put(DataElement::new(Tag(0x0028, n + 0x100), VR::OW, PrimitiveValue::U16(lut.into())));
+        }
     }
     if let Some(b) = img.burned_in {
         o.put(text_element(0x0028, 0x0301, VR::CS, b));
@@ -326,7 +335,7 @@ fn ocr(pixels: &[u8], img: &Image, scratch: &Path) -> String {
             for y in 0..rows * 2 {
                 for x in 0..cols * 2 {
                     let mut g = (grey[(y / 2) * cols + x / 2] * 255 / max) as u8;
-                    if (img.photometric == "MONOCHROME1") != invert {
+                    if matches!(img.photometric, "MONOCHROME1" | "PALETTE COLOR") != invert {
                         g = 255 - g;
                     }
                     pgm.push(g);
@@ -445,7 +454,12 @@ fn text_burned_into_ultrasound_radiographs_and_captures_is_masked_and_nothing_el
     sc.burned_in = Some("YES");
     sc.instance = 4;
     sc.series = "4";
-    for (name, img) in [("us", us_rgb), ("cr-mono1", cr), ("cr-mono2", cr2), ("sc", sc)] {
+    let mut palette = Image::new(US_IMAGE, "US", "PALETTE COLOR");
+    palette.instance = 5;
+    palette.series = "5";
+    for (name, img) in
+        [("us", us_rgb), ("us-palette", palette), ("cr-mono1", cr), ("cr-mono2", cr2), ("sc", sc)]
+    {
         let d = tempfile::tempdir().unwrap();
         let input = write(&d.path().join("in"), &format!("{name}.dcm"), &img, EXPLICIT_LE);
         let (out, run) = anonymize_with(d.path(), "", &[&input]);

@@ -18,6 +18,8 @@ const BITS_ALLOCATED: Tag = Tag(0x0028, 0x0100);
 const BITS_STORED: Tag = Tag(0x0028, 0x0101);
 const PIXEL_REPRESENTATION: Tag = Tag(0x0028, 0x0103);
 const WINDOW_CENTER: Tag = Tag(0x0028, 0x1050);
+/// Red, green and blue palette descriptors; their data is 0x100 further on.
+const PALETTE_DESCRIPTORS: [Tag; 3] = [Tag(0x0028, 0x1101), Tag(0x0028, 0x1102), Tag(0x0028, 0x1103)];
 const WINDOW_WIDTH: Tag = Tag(0x0028, 0x1051);
 
 /// How the samples of one frame are laid out.
@@ -37,6 +39,76 @@ pub struct Geometry {
     pub big_endian: bool,
     /// The first window of the instance, for rendering monochrome frames as a reader sees them.
     pub window: Option<(f64, f64)>,
+    /// PALETTE COLOR: how bright each stored value is displayed.
+    pub palette: Option<Palette>,
+}
+
+/// A palette colour image's lookup tables, reduced to what OCR and masking need: the displayed
+/// brightness (0-255) of each stored value from `first` on.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Palette {
+    pub first: i32,
+    pub luma: Vec<u8>,
+}
+
+impl Palette {
+    fn read(ds: &DataSet<'_>, big_endian: bool) -> Result<Palette, PixelError> {
+        let bad = |why: &str| PixelError::Geometry(format!("PALETTE COLOR: {why}"));
+        let words = |b: &[u8]| -> Vec<u16> {
+            b.chunks_exact(2)
+                .map(|c| {
+                    if big_endian {
+                        u16::from_be_bytes([c[0], c[1]])
+                    } else {
+                        u16::from_le_bytes([c[0], c[1]])
+                    }
+                })
+                .collect()
+        };
+        let mut channels = Vec::with_capacity(3);
+        let mut first = 0;
+        for tag in PALETTE_DESCRIPTORS {
+            let descriptor = words(ds.bytes(tag).ok_or_else(|| bad("a lookup table descriptor is missing"))?);
+            let [entries, start, bits] = descriptor[..] else {
+                return Err(bad("a descriptor is not three numbers"));
+            };
+            let entries = if entries == 0 { 65536 } else { usize::from(entries) };
+            first = i32::from(start);
+            let data =
+                ds.bytes(Tag(tag.0, tag.1 + 0x100)).ok_or_else(|| bad("a lookup table's data is missing"))?;
+            let values: Vec<u8> = if bits == 8 && data.len() == entries {
+                data.to_vec()
+            } else {
+                let w = words(data);
+                if w.len() < entries {
+                    return Err(bad("a lookup table is shorter than its descriptor"));
+                }
+                // 8-bit entries may also come packed two to a word, low byte first.
+                w[..entries].iter().map(|&v| if bits == 8 { v as u8 } else { (v >> 8) as u8 }).collect()
+            };
+            channels.push(values);
+        }
+        let n = channels.iter().map(Vec::len).min().unwrap_or(0);
+        let luma = (0..n)
+            .map(|i| {
+                let (r, g, b) =
+                    (u32::from(channels[0][i]), u32::from(channels[1][i]), u32::from(channels[2][i]));
+                ((299 * r + 587 * g + 114 * b) / 1000) as u8
+            })
+            .collect();
+        Ok(Palette { first, luma })
+    }
+
+    fn luma(&self, v: i32) -> u8 {
+        let i = (v - self.first).clamp(0, self.luma.len() as i32 - 1);
+        self.luma.get(i as usize).copied().unwrap_or(0)
+    }
+
+    /// The stored value displayed darkest.
+    fn darkest(&self) -> i32 {
+        let i = self.luma.iter().enumerate().min_by_key(|(_, &l)| l).map_or(0, |(i, _)| i);
+        self.first + i as i32
+    }
 }
 
 /// A rectangle in frame coordinates, clipped to the frame when applied.
@@ -97,6 +169,10 @@ impl Geometry {
             return Err(PixelError::Geometry(format!("SamplesPerPixel {samples} is not 1 or 3")));
         }
         let window = first_number(ds.text(WINDOW_CENTER)).zip(first_number(ds.text(WINDOW_WIDTH)));
+        let palette = match photometric.as_str() {
+            "PALETTE COLOR" => Some(Palette::read(ds, big_endian)?),
+            _ => None,
+        };
         Ok(Geometry {
             rows,
             cols,
@@ -109,6 +185,7 @@ impl Geometry {
             frames,
             big_endian,
             window: window.filter(|&(_, w)| w >= 1.0),
+            palette,
         })
     }
 
@@ -156,6 +233,9 @@ impl Geometry {
     /// 0 for colour (for YBR, luminance 0 and neutral chroma).
     fn black(&self, s: usize) -> i32 {
         let max = (1i32 << self.bits_stored) - 1;
+        if let Some(palette) = &self.palette {
+            return palette.darkest();
+        }
         match self.photometric.as_str() {
             "MONOCHROME1" if self.signed => max / 2,
             "MONOCHROME1" => max,
@@ -200,10 +280,17 @@ impl Geometry {
     }
 
     /// The frame as a reader sees it, in 8-bit grey: monochrome through its window (or the
-    /// frame's own range), MONOCHROME1 inverted, colour as luminance. Palette colour is rendered
-    /// by index: text drawn in a palette image differs from its background in index as well.
+    /// frame's own range), MONOCHROME1 inverted, colour and palette colour as luminance.
     pub fn grey(&self, frame: &[u8]) -> Vec<u8> {
         let mut out = Vec::with_capacity(self.rows * self.cols);
+        if let Some(palette) = &self.palette {
+            for y in 0..self.rows {
+                for x in 0..self.cols {
+                    out.push(palette.luma(self.sample(frame, x, y, 0)));
+                }
+            }
+            return out;
+        }
         if self.samples == 3 {
             let ybr = self.photometric.starts_with("YBR");
             for y in 0..self.rows {
@@ -220,7 +307,7 @@ impl Geometry {
             return out;
         }
         let (lo, hi) = match self.window {
-            Some((c, w)) if self.photometric != "PALETTE COLOR" => (c - w / 2.0, c + w / 2.0),
+            Some((c, w)) => (c - w / 2.0, c + w / 2.0),
             _ => {
                 let (mut lo, mut hi) = (i32::MAX, i32::MIN);
                 for y in 0..self.rows {
@@ -274,6 +361,7 @@ mod tests {
             frames: 1,
             big_endian: false,
             window: None,
+            palette: None,
         }
     }
 
@@ -307,6 +395,30 @@ mod tests {
         let g = mono(16, true, "MONOCHROME2");
         g.mask(&mut frame, Rect { x: 0, y: 0, w: 1, h: 1 });
         assert_eq!(g.sample(&frame, 0, 0, 0), -32768);
+    }
+
+    #[test]
+    fn palette_images_are_rendered_through_their_tables_and_masked_with_their_darkest_entry() {
+        let mut ds = DataSet::default();
+        for (n, tint) in [(0x1101u16, 0u16), (0x1102, 0), (0x1103, 0)] {
+            let us = |v: &[u16]| v.iter().flat_map(|w| w.to_le_bytes()).collect::<Vec<u8>>();
+            let put = |ds: &mut DataSet<'static>, tag, vr, bytes: Vec<u8>| {
+                ds.put(crate::dicom::Element { tag, vr, value: crate::dicom::Value::Bytes(bytes.into()) })
+            };
+            put(&mut ds, Tag(0x0028, n), crate::dicom::VR::US, us(&[4, 10, 16]));
+            let lut: Vec<u16> = [65535u16, 30000, 0, 20000].iter().map(|v| v.saturating_sub(tint)).collect();
+            put(&mut ds, Tag(0x0028, n + 0x100), crate::dicom::VR::OW, us(&lut));
+        }
+        let palette = Palette::read(&ds, false).unwrap();
+        let mut g = mono(8, false, "PALETTE COLOR");
+        g.palette = Some(palette);
+        // Stored 10..13 map to entries 0..3; below and above clamp to the ends.
+        let mut frame = vec![10u8, 11, 12, 13, 200];
+        frame.resize(g.frame_len(), 10);
+        assert_eq!(&g.grey(&frame)[..5], &[255, 117, 0, 78, 78]);
+        g.mask(&mut frame, Rect { x: 0, y: 0, w: 2, h: 1 });
+        assert_eq!(&frame[..2], &[12, 12], "the darkest entry, not index 0");
+        assert!(Palette::read(&DataSet::default(), false).is_err(), "no tables: cannot be rendered");
     }
 
     #[test]
