@@ -74,6 +74,7 @@ fn main() {
                         status: "0x0000".into(),
                         reason: None,
                         bytes: 500_000,
+                        pixels: None,
                     };
                     index.commit(capture, record, Some(audit), &anon).unwrap();
                 }

@@ -541,6 +541,10 @@ impl Pipeline {
         let size = staged.size();
         let audit = admission.and_then(|a| a.audit).map(|a| AuditRecord {
             anon_uids: Some((keys.study_uid.clone(), keys.series_uid.clone(), keys.sop_uid.clone())),
+            pixels: cleaning
+                .as_ref()
+                .filter(|c| c.changed())
+                .map(|c| format!("frames={} regions={} words={}", c.frames, c.regions, c.words)),
             ..a.clone()
         });
         let record = InstanceRecord {

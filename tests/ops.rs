@@ -393,7 +393,7 @@ fn the_audit_trail_and_the_id_mappings_export_what_happened() {
     assert!(out.status.success(), "{}", text(&out));
     let audit = std::fs::read_to_string(&csv).unwrap();
     let rows: Vec<Vec<&str>> = audit.lines().skip(1).map(|l| l.split(',').collect()).collect();
-    assert_eq!(audit.lines().next().unwrap(), "time,association,calling_ae,peer,anon_study_uid,anon_series_uid,anon_sop_uid,status,quarantine_reason,bytes");
+    assert_eq!(audit.lines().next().unwrap(), "time,association,calling_ae,peer,anon_study_uid,anon_series_uid,anon_sop_uid,status,quarantine_reason,bytes,pixels_masked");
     assert_eq!(rows.len(), 4, "{audit}");
     let (stored, others) = rows.split_at(2);
     for r in stored {

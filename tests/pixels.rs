@@ -798,3 +798,44 @@ fn held_images_are_listed_and_stored_by_a_retry_once_the_engine_works() {
         assert!(!readable(&left, word), "{word} still readable after the retry: {left:?}");
     }
 }
+
+#[test]
+fn the_node_masks_what_it_receives_and_its_audit_row_counts_what_was_masked() {
+    let d = tempfile::tempdir().unwrap();
+    let yaml = format!(
+        "project:\n  name: TEST_PROJECT\n  site_id: \"{SITE}\"\n  uid_root: \"{ROOT}\"\n  script: {}\n\
+         scp:\n  ae_title: {AE}\n  host: 127.0.0.1\n  port: 0\nstorage:\n  dir: {}\n  min_free_bytes: 0\nhttp:\n  listen: 127.0.0.1:0\nlogging:\n  level: debug\n",
+        profile_script().display(),
+        d.path().join("storage").display()
+    );
+    let config = put(d.path(), "node.yaml", yaml.as_bytes());
+    let node = Node::start_with(d.path(), &config);
+    let img = Image::new(US_IMAGE, "US", "RGB");
+    let input = write(&d.path().join("in"), "us.dcm", &img, EXPLICIT_LE);
+    let body =
+        dicom_anon_gateway::dicom::Part10::parse(&std::fs::read(&input).unwrap()).unwrap().body.to_vec();
+    assert_eq!(
+        rawscu::store_raw(node.port, AE, US_IMAGE, "1.2.999.31.3.1.1", &body),
+        0x0000,
+        "{}",
+        node.log()
+    );
+    let public: Vec<PathBuf> = files_under(&node.public())
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "dcm"))
+        .collect();
+    assert_eq!(public.len(), 1);
+    check_cleaned(d.path(), &img, &input, &public[0]);
+    let log = node.log();
+    assert!(node.stop().success());
+    let csv = d.path().join("audit.csv");
+    let export =
+        binary().args(["audit", "export", "--config"]).arg(&config).arg("--out").arg(&csv).output().unwrap();
+    assert!(export.status.success(), "{}", text(&export));
+    let audit = std::fs::read_to_string(&csv).unwrap();
+    let row = audit.lines().nth(1).unwrap_or_default();
+    assert!(row.contains("0x0000") && row.contains("frames=1 regions=0 words="), "{audit}");
+    for phi in ["HARTMANN", "GRETA", ID, "19580412", "1958-04-12"] {
+        assert!(!audit.contains(phi) && !log.contains(phi), "{phi} in the audit trail or the log");
+    }
+}

@@ -22,6 +22,8 @@ pub struct AuditRecord {
     /// The quarantine directory name, when quarantined.
     pub reason: Option<String>,
     pub bytes: u64,
+    /// What the pixel stage masked (`frames=N regions=N words=N`): counts, never what was read.
+    pub pixels: Option<String>,
 }
 
 impl Index {
@@ -31,7 +33,7 @@ impl Index {
     }
 }
 
-const AUDIT_HEADER: [&str; 10] = [
+const AUDIT_HEADER: [&str; 11] = [
     "time",
     "association",
     "calling_ae",
@@ -42,6 +44,7 @@ const AUDIT_HEADER: [&str; 10] = [
     "status",
     "quarantine_reason",
     "bytes",
+    "pixels_masked",
 ];
 
 fn read_only(index: &Path) -> Result<Connection, ExportError> {
@@ -57,8 +60,8 @@ pub(super) fn insert(c: &Connection, r: &AuditRecord) -> Result<i64, IndexError>
     };
     c.prepare_cached(
         "INSERT INTO audit(at, association, calling_ae, peer, anon_study_uid, anon_series_uid,
-                           anon_sop_uid, status, reason, bytes)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                           anon_sop_uid, status, reason, bytes, pixels)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
     )?
     .execute(params![
         now(),
@@ -70,7 +73,8 @@ pub(super) fn insert(c: &Connection, r: &AuditRecord) -> Result<i64, IndexError>
         sop,
         r.status,
         r.reason,
-        r.bytes as i64
+        r.bytes as i64,
+        r.pixels
     ])?;
     Ok(c.last_insert_rowid())
 }
@@ -85,7 +89,7 @@ pub fn export_audit(index: &Path, out: &Path, since: Option<&str>) -> Result<usi
         .prepare(
             "SELECT at, association, calling_ae, peer, COALESCE(anon_study_uid, ''),
                     COALESCE(anon_series_uid, ''), COALESCE(anon_sop_uid, ''), status,
-                    COALESCE(reason, ''), bytes
+                    COALESCE(reason, ''), bytes, COALESCE(pixels, '')
              FROM audit WHERE at >= ?1 ORDER BY id",
         )
         .map_err(db_err)?;
@@ -99,6 +103,7 @@ pub fn export_audit(index: &Path, out: &Path, since: Option<&str>) -> Result<usi
             record.push(r.get::<_, String>(i).map_err(db_err)?);
         }
         record.push(r.get::<_, i64>(9).map_err(db_err)?.to_string());
+        record.push(r.get::<_, String>(10).map_err(db_err)?);
         w.write_record(record.iter().map(|c| super::export::spreadsheet_safe(c))).map_err(csv_err)?;
         n += 1;
     }
@@ -166,6 +171,7 @@ mod tests {
             status: status.into(),
             reason: None,
             bytes: 10,
+            pixels: Some("frames=1 regions=0 words=3".into()),
         };
         index.audit(row("1.3", "0x0000")).unwrap();
         index
@@ -180,8 +186,18 @@ mod tests {
         let text = std::fs::read_to_string(&out).unwrap();
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines[0], AUDIT_HEADER.join(","));
-        assert!(lines[1].ends_with(",a-1,PACS,127.0.0.1:104,1.1,1.2,1.3,0x0000,,10"), "{}", lines[1]);
-        assert!(lines[2].ends_with(",a-1,PACS,127.0.0.1:104,,,,0xC000,DICOM_Read_Error,10"), "{}", lines[2]);
+        assert!(
+            lines[1].ends_with(",a-1,PACS,127.0.0.1:104,1.1,1.2,1.3,0x0000,,10,frames=1 regions=0 words=3"),
+            "{}",
+            lines[1]
+        );
+        assert!(
+            lines[2].ends_with(
+                ",a-1,PACS,127.0.0.1:104,,,,0xC000,DICOM_Read_Error,10,frames=1 regions=0 words=3"
+            ),
+            "{}",
+            lines[2]
+        );
         assert_eq!(export_audit(&path, &out, Some("2999")).unwrap(), 0);
         assert_eq!(export_audit(&path, &out, Some("2000-01-01")).unwrap(), 2);
         index.close();

@@ -352,11 +352,15 @@ impl Index {
 
 /// Add columns that an index created by an earlier version lacks.
 fn migrate(conn: &Connection) -> Result<(), IndexError> {
-    let mut stmt = conn.prepare("SELECT name FROM pragma_table_info('instances')")?;
-    let have: Vec<String> = stmt.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?;
-    for (column, decl) in schema::ADDED_INSTANCE_COLUMNS {
-        if !have.iter().any(|c| c == column) {
-            conn.execute_batch(&format!("ALTER TABLE instances ADD COLUMN {column} {decl}"))?;
+    for (table, added) in
+        [("instances", schema::ADDED_INSTANCE_COLUMNS), ("audit", schema::ADDED_AUDIT_COLUMNS)]
+    {
+        let mut stmt = conn.prepare(&format!("SELECT name FROM pragma_table_info('{table}')"))?;
+        let have: Vec<String> = stmt.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?;
+        for (column, decl) in added {
+            if !have.iter().any(|c| c == column) {
+                conn.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column} {decl}"))?;
+            }
         }
     }
     Ok(())

@@ -9,6 +9,9 @@ pub const ADDED_INSTANCE_COLUMNS: &[(&str, &str)] = &[
     ("uploaded_at", "TEXT"),
 ];
 
+/// Columns added to `audit` since its first version.
+pub const ADDED_AUDIT_COLUMNS: &[(&str, &str)] = &[("pixels", "TEXT")];
+
 pub const SCHEMA: &str = r#"
 PRAGMA journal_mode = WAL;
 PRAGMA foreign_keys = ON;
@@ -79,7 +82,8 @@ CREATE TABLE IF NOT EXISTS audit (
     anon_sop_uid    TEXT,
     status          TEXT NOT NULL,             -- the C-STORE response status, 0xNNNN
     reason          TEXT,                      -- the quarantine reason, when quarantined
-    bytes           INTEGER NOT NULL           -- data set bytes received
+    bytes           INTEGER NOT NULL,          -- data set bytes received
+    pixels          TEXT                       -- what was masked in the pixels: counts, never words
 );
 CREATE INDEX IF NOT EXISTS audit_by_time ON audit(at);
 

@@ -56,6 +56,7 @@ impl Who {
             status: status.to_string(),
             reason: reason.map(|r| r.dir_name().to_string()),
             bytes,
+            pixels: None,
         }
     }
 }
