@@ -48,6 +48,8 @@ struct Image {
     instance: u32,
     image_type: &'static str,
     manufacturer: &'static str,
+    /// Uniform noise over the whole range instead of the soft gradient (OCR reads "words" in it).
+    noise: bool,
 }
 
 impl Image {
@@ -72,6 +74,7 @@ impl Image {
             instance: 1,
             image_type: "ORIGINAL\\PRIMARY",
             manufacturer: "Imaginary Devices",
+            noise: false,
         }
     }
 
@@ -137,10 +140,19 @@ fn pixels(img: &Image) -> (Vec<u8>, Vec<Box>) {
         img.text.iter().map(|&(t, x, y, px)| draw(&mut coverage, cols, rows, t, x, y, px)).collect();
     let max = (1u32 << img.bits_stored) - 1;
     let mut out = Vec::new();
+    let mut seed = 0x9E37_79B9u32 ^ img.instance;
     for frame in 0..img.frames {
         for y in 0..rows {
             for x in 0..cols {
-                let background = ((x + y + frame * 3) % 64) as u32 * max / 400;
+                let background = if img.noise {
+                    // xorshift32
+                    seed ^= seed << 13;
+                    seed ^= seed >> 17;
+                    seed ^= seed << 5;
+                    seed % (max + 1)
+                } else {
+                    ((x + y + frame * 3) % 64) as u32 * max / 400
+                };
                 let c = u32::from(coverage[y * cols + x]);
                 let mut v = (background * (255 - c) + max * c) / 255;
                 // MONOCHROME1 displays high values dark; the test palette maps index i to the
@@ -570,6 +582,8 @@ fn a_ct_series_without_text_is_written_unchanged_and_one_with_text_is_read_whole
             ct.bits_stored = 12;
             ct.text = vec![];
             ct.instance = n;
+            // Noise, where Tesseract reads "words" of low confidence: none may be masked.
+            ct.noise = true;
             write(&d.path().join("in"), &format!("ct{n}.dcm"), &ct, EXPLICIT_LE)
         })
         .collect();

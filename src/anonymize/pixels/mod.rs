@@ -104,7 +104,8 @@ pub struct PixelConfig {
     /// Words kept under `mask_all` (orientation markers, units, scale labels), any case.
     pub keep_words: Vec<String>,
     /// Words OCR reads with less confidence than this (0-100) are taken for noise under
-    /// `mask_all`; a word that spells PHI is masked whatever its confidence.
+    /// `mask_all` (Tesseract reads "words" of 20-50 in speckle and noise; printed text reads
+    /// 80-96); a word that spells PHI is masked whatever its confidence.
     pub min_confidence: f32,
     /// Modalities read in full.
     pub at_risk_modalities: Vec<String>,
@@ -130,7 +131,7 @@ impl Default for PixelConfig {
                 .iter()
                 .map(|s| s.to_string())
                 .collect(),
-            min_confidence: 30.0,
+            min_confidence: 60.0,
             at_risk_modalities: risk::AT_RISK_MODALITIES.iter().map(|s| s.to_string()).collect(),
             at_risk_sop_classes: risk::AT_RISK_CLASSES.iter().map(|s| s.to_string()).collect(),
             volumes: Volumes::default(),
@@ -364,9 +365,11 @@ impl PixelStage {
             TextMode::MaskPhi => false,
             // A "word" a quarter of the frame high is a shape read as letters; burned-in text
             // is a line of small print.
+            // One character alone must be read surely: noise reads as single letters.
             TextMode::MaskAll => {
+                let sure = if norm.chars().count() >= 2 { self.config.min_confidence } else { 85.0 };
                 !norm.is_empty()
-                    && word.confidence >= self.config.min_confidence
+                    && word.confidence >= sure
                     && word.h * 4 <= rows
                     && !self.keep.contains(&norm)
             }

@@ -7,6 +7,9 @@
 use super::super::Original;
 use super::ocr::Word;
 
+/// How sure OCR must be of a short word before it counts as a short value.
+const SURE: f32 = 60.0;
+
 /// Letters and digits, upper case.
 pub fn normalize(text: &str) -> String {
     text.chars().filter(|c| c.is_alphanumeric()).flat_map(char::to_uppercase).collect()
@@ -42,13 +45,16 @@ impl Needles {
         Needles { targets }
     }
 
-    /// Whether a normalized word is, or holds, or is a large part of one of the values.
-    fn hit(&self, word: &str) -> bool {
+    /// Whether a normalized word, read with `confidence`, is, holds, or is a large part of one
+    /// of the values. A short value (two or three characters) counts only when read surely:
+    /// noise reads as short words.
+    fn hit(&self, word: &str, confidence: f32) -> bool {
         let n = word.chars().count();
         n >= 2
             && self.targets.iter().any(|t| {
-                t == word
-                    || (t.chars().count() >= 4 && word.contains(t.as_str()))
+                let long = t.chars().count() >= 4;
+                (t == word && (long || confidence >= SURE))
+                    || (long && word.contains(t.as_str()))
                     || (n >= 4 && t.contains(word))
             })
     }
@@ -56,7 +62,8 @@ impl Needles {
     /// Indexes of the words that spell a value, alone or with the other words of their line.
     pub fn find(&self, words: &[Word]) -> Vec<usize> {
         let norms: Vec<String> = words.iter().map(|w| normalize(&w.text)).collect();
-        let mut out: Vec<usize> = (0..words.len()).filter(|&i| self.hit(&norms[i])).collect();
+        let mut out: Vec<usize> =
+            (0..words.len()).filter(|&i| self.hit(&norms[i], words[i].confidence)).collect();
         // A value split over a line: the line's words joined contain it.
         let mut lines: Vec<(u32, u32, u32)> = words.iter().map(|w| w.line).collect();
         lines.sort_unstable();
@@ -119,5 +126,11 @@ mod tests {
     fn short_and_unrelated_words_are_not_phi() {
         let n = needles();
         assert!(n.find(&[word("JO", 1), word("cm", 1), word("1.5", 1), word("SMI", 2)]).is_empty());
+        // A short name part counts only when read surely.
+        let short = Needles { targets: vec!["LI".into()] };
+        let mut unsure = word("li", 1);
+        unsure.confidence = 30.0;
+        assert!(short.find(&[unsure]).is_empty());
+        assert_eq!(short.find(&[word("LI", 1)]), vec![0]);
     }
 }
