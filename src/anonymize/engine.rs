@@ -388,6 +388,11 @@ impl Walk<'_> {
         }
         let engine = self.engine;
         let Some(op) = engine.rule(tag, e.vr) else { return false };
+        // A value still of unknown type (the reader gives UN back its VR where the dictionary
+        // knows it, and reads a UN sequence's items) cannot be checked, so it is never kept.
+        if e.vr == VR::UN && matches!(&*op, Op::Keep) && !matches!(e.value, Value::Items(_)) {
+            return false;
+        }
         if let Value::Items(items) = &mut e.value {
             match &*op {
                 Op::Remove => return false,

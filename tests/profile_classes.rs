@@ -1,0 +1,190 @@
+//! The shipped profile on the classes of input issue 19 found in real variety, one regression test
+//! per class, each through the pipeline as a received data set: what leaked, what was refused,
+//! what was corrupted. Every test also shows that the same kind of valid input passes.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use dicom_anon_gateway::config::Config;
+use dicom_anon_gateway::dicom::{read_dataset, DataSet, Part10, Tag, TransferSyntax, Value, VR};
+use dicom_anon_gateway::durability::Durability;
+use dicom_anon_gateway::pipeline::{Admission, Body, Outcome, Pipeline};
+
+use common::*;
+
+const CT: &str = "1.2.840.10008.5.1.4.1.1.2";
+const EXPLICIT: &str = "1.2.840.10008.1.2.1";
+
+/// An explicit VR little endian element.
+fn el(tag: (u16, u16), vr: &[u8; 2], value: &[u8]) -> Vec<u8> {
+    let mut b = [tag.0.to_le_bytes(), tag.1.to_le_bytes()].concat();
+    b.extend(vr);
+    if matches!(vr, b"OB" | b"OW" | b"SQ" | b"UN" | b"UT" | b"UR" | b"UC") {
+        b.extend([0, 0]);
+        b.extend((value.len() as u32).to_le_bytes());
+    } else {
+        b.extend((value.len() as u16).to_le_bytes());
+    }
+    b.extend(value);
+    b
+}
+
+/// An implicit VR little endian element.
+fn imp(tag: (u16, u16), value: &[u8]) -> Vec<u8> {
+    let mut b = [tag.0.to_le_bytes(), tag.1.to_le_bytes()].concat();
+    b.extend((value.len() as u32).to_le_bytes());
+    b.extend(value);
+    b
+}
+
+fn padded(v: &str, vr: &[u8; 2]) -> Vec<u8> {
+    let mut b = v.as_bytes().to_vec();
+    if b.len() % 2 == 1 {
+        b.push(if vr == b"UI" { 0 } else { b' ' });
+    }
+    b
+}
+
+fn txt(tag: (u16, u16), vr: &[u8; 2], v: &str) -> Vec<u8> {
+    el(tag, vr, &padded(v, vr))
+}
+
+/// A defined-length item holding `elements`.
+fn item(elements: &[u8]) -> Vec<u8> {
+    let mut b = vec![0xFE, 0xFF, 0x00, 0xE0];
+    b.extend((elements.len() as u32).to_le_bytes());
+    b.extend(elements);
+    b
+}
+
+/// The identifying elements of a CT of patient DOE^JOHN, as (tag, VR, value), in tag order.
+fn identity(sop: &str) -> Vec<((u16, u16), &'static [u8; 2], String)> {
+    vec![
+        ((0x0008, 0x0016), b"UI", CT.to_string()),
+        ((0x0008, 0x0018), b"UI", sop.to_string()),
+        ((0x0008, 0x0050), b"SH", "ACC90817263".to_string()),
+        ((0x0008, 0x0060), b"CS", "CT".to_string()),
+        ((0x0010, 0x0010), b"PN", "DOE^JOHN".to_string()),
+        ((0x0010, 0x0020), b"LO", "MRN00482913".to_string()),
+        ((0x0020, 0x000D), b"UI", "1.2.999.19.1".to_string()),
+        ((0x0020, 0x000E), b"UI", "1.2.999.19.2".to_string()),
+    ]
+}
+
+/// `identity` with `extra` elements (explicit VR) sorted in.
+fn explicit_body(sop: &str, extra: Vec<((u16, u16), Vec<u8>)>) -> Vec<u8> {
+    let mut all: Vec<((u16, u16), Vec<u8>)> =
+        identity(sop).into_iter().map(|(t, vr, v)| (t, txt(t, vr, &v))).collect();
+    all.extend(extra);
+    all.sort_by_key(|(t, _)| *t);
+    all.into_iter().flat_map(|(_, b)| b).collect()
+}
+
+struct Node {
+    _dir: tempfile::TempDir,
+    pipeline: Pipeline,
+    out: PathBuf,
+}
+
+fn node(script: &Path, extra: &str) -> Node {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(dir.path(), "972149", "1.2.826.0.1.3680043.10.474.2", script, extra);
+    let config = Config::load(&config).unwrap();
+    let out = dir.path().join("public");
+    let pipeline = Pipeline::open(&config, &out, Durability::AtEnd).unwrap();
+    Node { _dir: dir, pipeline, out }
+}
+
+impl Node {
+    /// The stored output's bytes, or a panic naming the outcome.
+    fn store(&self, body: &[u8], ts: &str, sop: &str) -> Vec<u8> {
+        let admission = Admission { sop_class_uid: CT, sop_instance_uid: sop, modalities: &[], audit: None };
+        match self.pipeline.process_received(Body::Memory(body), &TransferSyntax::new(ts), &admission, "test")
+        {
+            Outcome::Stored(stored) => std::fs::read(self.out.join(&stored.path)).unwrap(),
+            Outcome::Quarantined { reason, detail, .. } => panic!("quarantined as {reason}: {detail}"),
+            Outcome::Refused(d) | Outcome::Failed(d) => panic!("not stored: {d}"),
+        }
+    }
+}
+
+/// The data set of a stored Part 10 file, read with our reader, owning its values.
+fn parsed(file: &[u8]) -> DataSet<'static> {
+    let p10 = Part10::parse(file).unwrap();
+    into_owned(&read_dataset(p10.body, p10.meta.transfer_syntax.encoding()).unwrap())
+}
+
+fn into_owned(ds: &DataSet<'_>) -> DataSet<'static> {
+    use std::borrow::Cow;
+    DataSet {
+        elements: ds
+            .elements
+            .iter()
+            .map(|e| dicom_anon_gateway::dicom::Element {
+                tag: e.tag,
+                vr: e.vr,
+                value: match &e.value {
+                    Value::Bytes(b) => Value::Bytes(Cow::Owned(b.to_vec())),
+                    Value::Items(items) => Value::Items(items.iter().map(into_owned).collect()),
+                    Value::Fragments(f) => {
+                        Value::Fragments(f.iter().map(|x| Cow::Owned(x.to_vec())).collect())
+                    }
+                },
+            })
+            .collect(),
+    }
+}
+
+fn assert_free_of(file: &[u8], planted: &[&str]) {
+    for p in planted {
+        assert!(!contains(file, p.as_bytes()), "{p} is in the output");
+    }
+}
+
+/// Class 1: a public sequence that arrives as UN (its items in Implicit VR LE, PS3.5 §6.2.2) is
+/// read as a sequence, so the rules clean its items; one that cannot be read is removed.
+#[test]
+fn a_sequence_sent_as_un_is_cleaned_inside_or_removed() {
+    let n = node(&profile_script(), "");
+    let inner = [
+        imp((0x0008, 0x0050), b"ACC90817263 "),
+        imp((0x0032, 0x1060), b"CT for DOE JOHN MRN00482913 "),
+        imp((0x0040, 0x1001), b"RP66120934"),
+    ]
+    .concat();
+    let defined = ((0x0040, 0x0275), el((0x0040, 0x0275), b"UN", &item(&inner)));
+    let out = n.store(&explicit_body("1.2.999.19.3.1", vec![defined]), EXPLICIT, "1.2.999.19.3.1");
+    assert_free_of(&out, &["DOE", "JOHN", "MRN00482913", "ACC90817263", "RP66120934"]);
+    let ds = parsed(&out);
+    let seq = ds.get(Tag(0x0040, 0x0275)).expect("the sequence is kept, cleaned");
+    assert_eq!(seq.vr, VR::SQ);
+    let Value::Items(items) = &seq.value else { panic!("not a sequence") };
+    assert_eq!(items.len(), 1);
+    assert!(items[0].text(Tag(0x0032, 0x1060)).is_some_and(|d| d.starts_with("CT for")), "{:?}", items[0]);
+
+    // Undefined length, the form most nodes write.
+    let mut undefined = el((0x0040, 0x0275), b"UN", &[]);
+    undefined.truncate(undefined.len() - 4);
+    undefined.extend(u32::MAX.to_le_bytes());
+    undefined.extend([0xFE, 0xFF, 0x00, 0xE0, 0xFF, 0xFF, 0xFF, 0xFF]);
+    undefined.extend(&inner);
+    undefined.extend([0xFE, 0xFF, 0x0D, 0xE0, 0, 0, 0, 0, 0xFE, 0xFF, 0xDD, 0xE0, 0, 0, 0, 0]);
+    let body = explicit_body("1.2.999.19.3.2", vec![((0x0040, 0x0275), undefined)]);
+    assert_free_of(
+        &n.store(&body, EXPLICIT, "1.2.999.19.3.2"),
+        &["DOE", "JOHN", "MRN00482913", "ACC90817263"],
+    );
+
+    // Bytes that are no items: removed, never kept unread.
+    let junk = ((0x0040, 0x0275), el((0x0040, 0x0275), b"UN", b"DOE^JOHN MRN00482913"));
+    let out = n.store(&explicit_body("1.2.999.19.3.3", vec![junk]), EXPLICIT, "1.2.999.19.3.3");
+    assert_free_of(&out, &["DOE", "JOHN", "MRN00482913"]);
+    assert!(parsed(&out).get(Tag(0x0040, 0x0275)).is_none());
+
+    // A kept description sent as UN is scrubbed like the LO it is.
+    let described = ((0x0008, 0x1030), el((0x0008, 0x1030), b"UN", b"CT CHEST for JOHN DOE "));
+    let out = n.store(&explicit_body("1.2.999.19.3.4", vec![described]), EXPLICIT, "1.2.999.19.3.4");
+    assert_free_of(&out, &["DOE", "JOHN"]);
+    assert!(parsed(&out).text(Tag(0x0008, 0x1030)).is_some_and(|d| d.starts_with("CT CHEST")));
+}
