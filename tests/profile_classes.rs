@@ -15,6 +15,7 @@ use common::*;
 
 const CT: &str = "1.2.840.10008.5.1.4.1.1.2";
 const EXPLICIT: &str = "1.2.840.10008.1.2.1";
+const IMPLICIT: &str = "1.2.840.10008.1.2";
 
 /// An explicit VR little endian element.
 fn el(tag: (u16, u16), vr: &[u8; 2], value: &[u8]) -> Vec<u8> {
@@ -76,6 +77,15 @@ fn identity(sop: &str) -> Vec<((u16, u16), &'static [u8; 2], String)> {
 fn explicit_body(sop: &str, extra: Vec<((u16, u16), Vec<u8>)>) -> Vec<u8> {
     let mut all: Vec<((u16, u16), Vec<u8>)> =
         identity(sop).into_iter().map(|(t, vr, v)| (t, txt(t, vr, &v))).collect();
+    all.extend(extra);
+    all.sort_by_key(|(t, _)| *t);
+    all.into_iter().flat_map(|(_, b)| b).collect()
+}
+
+/// `identity` with `extra` elements (implicit VR) sorted in.
+fn implicit_body(sop: &str, extra: Vec<((u16, u16), Vec<u8>)>) -> Vec<u8> {
+    let mut all: Vec<((u16, u16), Vec<u8>)> =
+        identity(sop).into_iter().map(|(t, vr, v)| (t, imp(t, &padded(&v, vr)))).collect();
     all.extend(extra);
     all.sort_by_key(|(t, _)| *t);
     all.into_iter().flat_map(|(_, b)| b).collect()
@@ -187,4 +197,26 @@ fn a_sequence_sent_as_un_is_cleaned_inside_or_removed() {
     let out = n.store(&explicit_body("1.2.999.19.3.4", vec![described]), EXPLICIT, "1.2.999.19.3.4");
     assert_free_of(&out, &["DOE", "JOHN"]);
     assert!(parsed(&out).text(Tag(0x0008, 0x1030)).is_some_and(|d| d.starts_with("CT CHEST")));
+}
+
+/// Class 5: values real devices send are repaired, not refused: zero floats in Implicit VR, a
+/// control byte in text, a person's name in another text VR.
+#[test]
+fn odd_values_of_valid_instances_are_repaired_not_refused() {
+    let n = node(&profile_script(), "");
+    let zeros = vec![
+        ((0x0018, 0x9087), imp((0x0018, 0x9087), &[0; 8])),
+        ((0x0018, 0x9089), imp((0x0018, 0x9089), &[0; 24])),
+    ];
+    let out = n.store(&implicit_body("1.2.999.19.5.1", zeros), IMPLICIT, "1.2.999.19.5.1");
+    assert_eq!(parsed(&out).bytes(Tag(0x0018, 0x9089)), Some(&[0u8; 24][..]));
+
+    let odd = vec![
+        ((0x0008, 0x1070), txt((0x0008, 0x1070), b"LO", "COURTIER^ANNA")),
+        ((0x0032, 0x1030), txt((0x0032, 0x1030), b"LO", "PAIN\rfor JOHN DOE")),
+    ];
+    let out = n.store(&explicit_body("1.2.999.19.5.2", odd), EXPLICIT, "1.2.999.19.5.2");
+    assert_free_of(&out, &["COURTIER", "ANNA", "DOE", "JOHN"]);
+    let ds = parsed(&out);
+    assert!(ds.text(Tag(0x0032, 0x1030)).is_some_and(|r| r.starts_with("PAIN for")), "{ds:?}");
 }
