@@ -73,10 +73,11 @@ fn identity(sop: &str) -> Vec<((u16, u16), &'static [u8; 2], String)> {
     ]
 }
 
-/// `identity` with `extra` elements (explicit VR) sorted in.
+/// `identity` with `extra` elements (explicit VR) sorted in, replacing its own of the same tag.
 fn explicit_body(sop: &str, extra: Vec<((u16, u16), Vec<u8>)>) -> Vec<u8> {
     let mut all: Vec<((u16, u16), Vec<u8>)> =
         identity(sop).into_iter().map(|(t, vr, v)| (t, txt(t, vr, &v))).collect();
+    all.retain(|(t, _)| extra.iter().all(|(x, _)| x != t));
     all.extend(extra);
     all.sort_by_key(|(t, _)| *t);
     all.into_iter().flat_map(|(_, b)| b).collect()
@@ -219,4 +220,51 @@ fn odd_values_of_valid_instances_are_repaired_not_refused() {
     assert_free_of(&out, &["COURTIER", "ANNA", "DOE", "JOHN"]);
     let ds = parsed(&out);
     assert!(ds.text(Tag(0x0032, 0x1030)).is_some_and(|r| r.starts_with("PAIN for")), "{ds:?}");
+}
+
+/// Class 4: the safety net leaves coded values alone (CS, code values and designators, the
+/// manufacturer and model) and does not take common words or short codes for names in prose.
+#[test]
+fn coded_values_and_common_words_are_not_masked() {
+    let n = node(&profile_script(), "");
+    let t = txt;
+    let code = [
+        t((0x0008, 0x0100), b"SH", "T-D3000"),
+        t((0x0008, 0x0102), b"SH", "TEST"),
+        t((0x0008, 0x0104), b"LO", "Chest"),
+    ]
+    .concat();
+    let sop = "1.2.999.19.4.1";
+    let body = explicit_body(
+        sop,
+        vec![
+            ((0x0008, 0x0060), t((0x0008, 0x0060), b"CS", "CT")),
+            ((0x0008, 0x0070), t((0x0008, 0x0070), b"LO", "TOSHIBA_MEC")),
+            ((0x0008, 0x0080), t((0x0008, 0x0080), b"LO", "TOSHIBA")),
+            ((0x0008, 0x0081), t((0x0008, 0x0081), b"ST", "Here")),
+            ((0x0008, 0x1030), t((0x0008, 0x1030), b"LO", "CT test here for OB")),
+            ((0x0008, 0x1090), t((0x0008, 0x1090), b"LO", "Manufacturer name here")),
+            ((0x0008, 0x2218), el((0x0008, 0x2218), b"SQ", &item(&code))),
+            ((0x0010, 0x0010), t((0x0010, 0x0010), b"PN", "CQ500-CT-310^OB^TEST")),
+            ((0x0010, 0x0020), t((0x0010, 0x0020), b"LO", "CQ500-CT-310")),
+            ((0x0018, 0x5020), t((0x0018, 0x5020), b"LO", "OB_GENERAL")),
+        ],
+    );
+    let ds = parsed(&n.store(&body, EXPLICIT, sop));
+    assert_eq!(ds.text(Tag(0x0008, 0x0060)), Some("CT"));
+    assert_eq!(ds.text(Tag(0x0008, 0x0070)), Some("TOSHIBA_MEC"));
+    assert_eq!(ds.text(Tag(0x0008, 0x1090)), Some("Manufacturer name here"));
+    assert_eq!(ds.text(Tag(0x0008, 0x1030)), Some("CT test here for OB"));
+    assert_eq!(ds.text(Tag(0x0018, 0x5020)), Some("OB_GENERAL"));
+    let Some(Value::Items(items)) = ds.get(Tag(0x0008, 0x2218)).map(|e| &e.value) else {
+        panic!("AnatomicRegionSequence is kept: {ds:?}")
+    };
+    assert_eq!(items[0].text(Tag(0x0008, 0x0102)), Some("TEST"));
+    // A coded value that is itself the patient's identifier is emptied, never masked.
+    let n = node(&profile_script(), "");
+    let sop = "1.2.999.19.4.2";
+    let body = explicit_body(sop, vec![((0x0018, 0x0015), t((0x0018, 0x0015), b"CS", "MRN00482913"))]);
+    let out = n.store(&body, EXPLICIT, sop);
+    assert_free_of(&out, &["MRN00482913", "00482913"]);
+    assert_eq!(parsed(&out).text(Tag(0x0018, 0x0015)), Some(""));
 }

@@ -9,7 +9,7 @@ use crate::dicom::{pad_text, trim_padding, DataSet, Element, Tag, Value, VR};
 
 use super::lookup::{LookupTable, PATIENT_ID as PTID};
 use super::options::{MethodCode, BASIC_PROFILE, RETAIN_MODIFIED_DATES};
-use super::profile::{self, is_free_text, is_registered_uid, names_a_class, tags};
+use super::profile::{self, is_coded, is_free_text, is_registered_uid, names_a_class, tags};
 use super::pseudonym::Pseudonyms;
 use super::script::{Op, Script, Semantics};
 use super::text;
@@ -484,6 +484,8 @@ impl Walk<'_> {
                 e.value = Value::Bytes(Cow::Borrowed(&[]));
                 changed
             }
+            // Codes are not prose: see `coded`. Before the UR rule: a URN code value is a code.
+            vr if matches!(vr, VR::CS | VR::AE) || is_coded(e.tag) => self.coded(e),
             VR::DA | VR::DT => self.shift_dates(e),
             // A time of day identifies no one, but only a time may stay: anything else is emptied.
             VR::TM if !is_time(&value_str(e)) => {
@@ -496,8 +498,7 @@ impl Walk<'_> {
                 e.value = Value::Bytes(Cow::Borrowed(&[]));
                 changed
             }
-            // Codes and AE titles are short text a name can be typed into, like a description.
-            vr if is_free_text(vr) || matches!(vr, VR::CS | VR::AE) => match &e.value {
+            vr if is_free_text(vr) => match &e.value {
                 Value::Bytes(b) => match if is_prose(e.tag, vr) {
                     self.original.scrubber.scrub_prose(b)
                 } else {
@@ -516,6 +517,21 @@ impl Walk<'_> {
         if changed {
             self.caught.push(e.tag);
         }
+    }
+
+    /// A coded value (CS, AE title, code value or designator, manufacturer, model) is left as it
+    /// is: masking a token inside it ("CT" of PatientID "CQ500-CT-310" in Modality) writes a
+    /// value its VR forbids or another code. Only a value that is itself identifying, every word
+    /// of it a name or identifier of the instance, is emptied. `true` if it was.
+    fn coded(&mut self, e: &mut Element<'_>) -> bool {
+        let Value::Bytes(b) = &e.value else { return false };
+        let Some(masked) = self.original.scrubber.scrub(b) else { return false };
+        let identifying =
+            masked.iter().all(|c| matches!(c, b'*' | b' ' | b'^' | b'_' | b'-' | b'.' | b',' | 0));
+        if identifying {
+            e.value = Value::Bytes(Cow::Borrowed(&[]));
+        }
+        identifying
     }
 
     /// Map every unregistered UID in the value; `true` if any changed.

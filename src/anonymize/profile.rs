@@ -87,6 +87,25 @@ pub fn is_whereabouts(tag: Tag) -> bool {
     listed(&WHEREABOUTS_TAGS, tag)
 }
 
+/// Coded values that are no CS: code values and designators of code sequences, and the
+/// manufacturer and model the profile keeps. A vendor's or a coding scheme's token in them is
+/// meaning, not prose: masking a word of them writes another code.
+const CODED_TAGS: [u32; 9] = [
+    0x0008_0070,
+    0x0008_0100,
+    0x0008_0102,
+    0x0008_0103,
+    0x0008_0105,
+    0x0008_010F,
+    0x0008_0119,
+    0x0008_0120,
+    0x0008_1090,
+];
+
+pub fn is_coded(tag: Tag) -> bool {
+    listed(&CODED_TAGS, tag)
+}
+
 pub fn names_a_class(tag: Tag) -> bool {
     listed(&CLASS_UID_TAGS, tag)
 }

@@ -201,6 +201,99 @@ impl Passes {
     }
 }
 
+/// Words too common to be scrub targets, though a name part or an institution may be spelled
+/// so ("Here", "Test", "OB"): masking them corrupts ordinary text and codes (a modality, a
+/// vendor's "TEST" scheme) and hides nobody. Lowercase, sorted.
+const COMMON_WORDS: &[&[u8]] = &[
+    b"a",
+    b"an",
+    b"and",
+    b"anon",
+    b"anonymous",
+    b"are",
+    b"as",
+    b"at",
+    b"au",
+    b"be",
+    b"body",
+    b"brain",
+    b"by",
+    b"chest",
+    b"cr",
+    b"ct",
+    b"da",
+    b"de",
+    b"del",
+    b"den",
+    b"der",
+    b"di",
+    b"do",
+    b"doctor",
+    b"dr",
+    b"du",
+    b"dx",
+    b"ecg",
+    b"el",
+    b"es",
+    b"female",
+    b"for",
+    b"from",
+    b"general",
+    b"hand",
+    b"head",
+    b"here",
+    b"in",
+    b"is",
+    b"it",
+    b"la",
+    b"le",
+    b"left",
+    b"male",
+    b"mg",
+    b"mr",
+    b"mrs",
+    b"ms",
+    b"name",
+    b"neck",
+    b"new",
+    b"nm",
+    b"no",
+    b"none",
+    b"not",
+    b"ob",
+    b"of",
+    b"old",
+    b"on",
+    b"or",
+    b"ot",
+    b"other",
+    b"patient",
+    b"pr",
+    b"pt",
+    b"rf",
+    b"right",
+    b"sc",
+    b"seg",
+    b"sr",
+    b"study",
+    b"test",
+    b"the",
+    b"there",
+    b"this",
+    b"to",
+    b"unknown",
+    b"us",
+    b"van",
+    b"von",
+    b"with",
+    b"xa",
+    b"yes",
+];
+
+fn is_common_word(word: &[u8]) -> bool {
+    COMMON_WORDS.binary_search(&word).is_ok()
+}
+
 /// Name parts shorter than this are too likely to be ordinary words or initials.
 const MIN_NAME_PART: usize = 2;
 /// Identifiers shorter than this are matched as words only; longer ones anywhere.
@@ -269,6 +362,7 @@ impl Scrubber {
             }
             digits.extend(all_digits(id));
         }
+        words.retain(|w| !is_common_word(w));
         let fits = [&words, &long_ids, &digits].into_iter().flatten().all(|n| n.len() <= MAX_NEEDLE);
         let words = words.iter().map(|w| {
             let marked = mark_words(w);
@@ -510,6 +604,14 @@ fn after_titles(text: &[u8]) -> Option<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn common_words_are_sorted_for_the_binary_search_and_never_masked() {
+        assert!(COMMON_WORDS.windows(2).all(|w| w[0] < w[1]));
+        let s = Scrubber::new([&b"HERE^OB"[..], b"DOE^JOHN"], [&b"TEST"[..]]);
+        assert_eq!(s.scrub(b"here OB test"), None);
+        assert_eq!(s.scrub(b"here DOE").as_deref(), Some(&b"here ***"[..]));
+    }
 
     #[test]
     fn dates_shift_like_rsna() {
