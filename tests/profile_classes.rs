@@ -268,3 +268,42 @@ fn coded_values_and_common_words_are_not_masked() {
     assert_free_of(&out, &["MRN00482913", "00482913"]);
     assert_eq!(parsed(&out).text(Tag(0x0018, 0x0015)), Some(""));
 }
+
+/// Class 8: under the profile, patients without a PatientID are told apart by name and birth
+/// date, else by study; the RSNA script keeps its one default patient.
+#[test]
+fn patients_without_an_id_are_not_merged_under_the_profile() {
+    let without_id = |n: u32, name: &str, birth: &str| {
+        let sop = format!("1.2.999.19.8.{n}");
+        let study = format!("1.2.999.19.8.{n}.1");
+        let body = explicit_body(
+            &sop,
+            vec![
+                ((0x0010, 0x0010), txt((0x0010, 0x0010), b"PN", name)),
+                ((0x0010, 0x0020), txt((0x0010, 0x0020), b"LO", "")),
+                ((0x0010, 0x0030), txt((0x0010, 0x0030), b"DA", birth)),
+                ((0x0020, 0x000D), txt((0x0020, 0x000D), b"UI", &study)),
+                ((0x0020, 0x000E), txt((0x0020, 0x000E), b"UI", &format!("{study}.1"))),
+            ],
+        );
+        (sop, body)
+    };
+    let patient_of = |n: &Node, (sop, body): (String, Vec<u8>)| {
+        parsed(&n.store(&body, EXPLICIT, &sop)).text(Tag(0x0010, 0x0020)).unwrap().to_string()
+    };
+    let profile = node(&profile_script(), "");
+    let doe = patient_of(&profile, without_id(1, "DOE^JOHN", "19580312"));
+    let roe = patient_of(&profile, without_id(2, "ROE^JANE", "19610101"));
+    let doe_again = patient_of(&profile, without_id(3, "DOE^JOHN", "19580312"));
+    let unnamed = patient_of(&profile, without_id(4, "", ""));
+    let unnamed_other = patient_of(&profile, without_id(5, "", ""));
+    assert_ne!(doe, roe);
+    assert_eq!(doe, doe_again, "the same name and birth date are the same patient");
+    assert_ne!(unnamed, unnamed_other, "without a name, each study is its own patient");
+    assert!(![&doe, &roe, &unnamed].iter().any(|p| p.ends_with("-000000")), "{doe} {roe} {unnamed}");
+
+    let rsna = node(&default_script(), "");
+    let doe = patient_of(&rsna, without_id(1, "DOE^JOHN", "19580312"));
+    let roe = patient_of(&rsna, without_id(2, "ROE^JANE", "19610101"));
+    assert!(doe.ends_with("-000000") && roe == doe, "RSNA's rule: {doe} {roe}");
+}

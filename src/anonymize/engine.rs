@@ -109,6 +109,20 @@ impl Original {
     }
 }
 
+impl Original {
+    /// What stands for the PatientID of a patient who has none, under the profile: the name and
+    /// birth date when both are known, else the study. Two patients without an ID are never
+    /// merged under one pseudonym (RSNA's script gives them all its default patient). The
+    /// backslashes make it a value no single PatientID can be; like an ID, it stays in the index.
+    fn key_without_id(&self) -> String {
+        let name = self.patient_name.as_deref().map(str::trim).unwrap_or_default();
+        match self.birth_date.as_deref().map(str::trim) {
+            Some(birth) if !name.is_empty() && !birth.is_empty() => format!("\\name\\{name}\\{birth}"),
+            _ => format!("\\study\\{}", self.study_uid),
+        }
+    }
+}
+
 /// The pseudonyms of the instance's identifying keys.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Keys {
@@ -178,7 +192,10 @@ impl Engine {
     /// Read what the index and the walk need, and apply the project's policy for content the
     /// engine cannot check (`project.unverifiable`), before anything is recorded.
     pub fn read(&self, ds: &DataSet<'_>) -> Result<Original, EngineError> {
-        let original = Original::read(ds)?;
+        let mut original = Original::read(ds)?;
+        if self.script.profile && original.patient_id.is_empty() {
+            original.patient_id = original.key_without_id();
+        }
         let Some(what) = unverifiable::find(ds) else { return Ok(original) };
         match self.script.unverifiable {
             Unverifiable::Quarantine => {
