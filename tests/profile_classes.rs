@@ -307,3 +307,51 @@ fn patients_without_an_id_are_not_merged_under_the_profile() {
     let roe = patient_of(&rsna, without_id(2, "ROE^JANE", "19610101"));
     assert!(doe.ends_with("-000000") && roe == doe, "RSNA's rule: {doe} {roe}");
 }
+
+/// Class 3: a reference sequence the profile empties is kept with its UIDs mapped, a Type 3
+/// sequence is removed rather than left with no items, a Type 2 one stays empty, and a Type 1C
+/// attribute goes with its condition.
+#[test]
+fn references_are_kept_mapped_and_no_sequence_is_left_invalid() {
+    let n = node(&profile_script(), "");
+    let reference = item(
+        &[
+            txt((0x0008, 0x1150), b"UI", "1.2.840.10008.3.1.2.3.1"),
+            txt((0x0008, 0x1155), b"UI", "1.2.999.19.1"),
+        ]
+        .concat(),
+    );
+    let requested = item(&el((0x0008, 0x1110), b"SQ", &reference));
+    let institution =
+        item(&[txt((0x0008, 0x0100), b"SH", "SPRNGFLD"), txt((0x0008, 0x0102), b"SH", "L")].concat());
+    let sop = "1.2.999.19.31.1";
+    let body = explicit_body(
+        sop,
+        vec![
+            ((0x0008, 0x0082), el((0x0008, 0x0082), b"SQ", &institution)),
+            ((0x0008, 0x1110), el((0x0008, 0x1110), b"SQ", &reference)),
+            ((0x0010, 0x2297), txt((0x0010, 0x2297), b"PN", "ROE^RICHARD")),
+            ((0x0010, 0x2298), txt((0x0010, 0x2298), b"CS", "FATHER")),
+            ((0x0040, 0x0275), el((0x0040, 0x0275), b"SQ", &requested)),
+            ((0x0040, 0xA088), el((0x0040, 0xA088), b"SQ", &institution)),
+        ],
+    );
+    let out = n.store(&body, EXPLICIT, sop);
+    assert_free_of(&out, &["1.2.999.19.1", "ROE", "SPRNGFLD"]);
+    let ds = parsed(&out);
+    let items = |ds: &DataSet<'static>, tag| match ds.get(tag).map(|e| &e.value) {
+        Some(Value::Items(items)) => Some(items.clone()),
+        _ => None,
+    };
+    let study_uid = ds.text(Tag(0x0020, 0x000D)).unwrap().to_string();
+    let referenced = items(&ds, Tag(0x0008, 0x1110)).expect("ReferencedStudySequence kept");
+    assert_eq!(referenced.len(), 1);
+    assert_eq!(referenced[0].text(Tag(0x0008, 0x1155)), Some(study_uid.as_str()), "mapped as the study is");
+    assert_eq!(referenced[0].text(Tag(0x0008, 0x1150)), Some("1.2.840.10008.3.1.2.3.1"));
+    let request = items(&ds, Tag(0x0040, 0x0275)).expect("RequestAttributesSequence kept");
+    let nested = items(&request[0], Tag(0x0008, 0x1110)).expect("its ReferencedStudySequence kept");
+    assert_eq!(nested[0].text(Tag(0x0008, 0x1155)), Some(study_uid.as_str()));
+    assert_eq!(items(&ds, Tag(0x0008, 0x0082)), None, "a Type 3 sequence is removed, not emptied");
+    assert_eq!(items(&ds, Tag(0x0040, 0xA088)), Some(vec![]), "a Type 2 sequence is emptied");
+    assert!(ds.get(Tag(0x0010, 0x2298)).is_none(), "ResponsiblePersonRole goes with ResponsiblePerson");
+}

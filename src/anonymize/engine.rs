@@ -393,6 +393,15 @@ struct Walk<'e> {
 impl Walk<'_> {
     fn dataset(&mut self, ds: &mut DataSet<'_>) {
         ds.elements.retain_mut(|e| self.element(e));
+        // A Type 1C attribute whose condition went with the values it depended on goes too.
+        for (dependent, condition) in profile::CONDITIONAL {
+            if ds
+                .get(*condition)
+                .is_none_or(|c| matches!(&c.value, Value::Bytes(b) if trim_padding(b).is_empty()))
+            {
+                ds.elements.retain(|e| e.tag != *dependent);
+            }
+        }
     }
 
     /// Apply the rule for one element; `false` removes it.
@@ -413,6 +422,16 @@ impl Walk<'_> {
         if let Value::Items(items) = &mut e.value {
             match &*op {
                 Op::Remove => return false,
+                // A reference carries UIDs that map consistently: emptied, it breaks the link
+                // between objects that research needs. It is kept, its items cleaned.
+                Op::Empty
+                    if items.iter().any(|item| item.get(tags::REFERENCED_SOP_INSTANCE_UID).is_some()) =>
+                {
+                    items.iter_mut().for_each(|item| self.dataset(item))
+                }
+                // A sequence with no items is valid only where the IOD makes it Type 2; elsewhere
+                // (Type 3) the profile's "zero length" is its absence.
+                Op::Empty if engine.script.profile && !profile::may_be_empty(tag) => return false,
                 Op::Empty => items.clear(),
                 // A dummy sequence is the sequence with every item cleaned by the rules.
                 _ => items.iter_mut().for_each(|item| self.dataset(item)),
