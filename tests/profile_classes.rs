@@ -355,3 +355,27 @@ fn references_are_kept_mapped_and_no_sequence_is_left_invalid() {
     assert_eq!(items(&ds, Tag(0x0040, 0xA088)), Some(vec![]), "a Type 2 sequence is emptied");
     assert!(ds.get(Tag(0x0010, 0x2298)).is_none(), "ResponsiblePersonRole goes with ResponsiblePerson");
 }
+
+/// Class 6: under the profile, dates move backward by the patient's offset (never into the
+/// future, never left as they were); RSNA's script keeps its forward shift; the config chooses.
+#[test]
+fn dates_move_backward_under_the_profile_and_forward_under_rsna() {
+    let study_date = |n: &Node, sop: &str| {
+        let body = explicit_body(sop, vec![((0x0008, 0x0020), txt((0x0008, 0x0020), b"DA", "20210314"))]);
+        let ds = parsed(&n.store(&body, EXPLICIT, sop));
+        ds.text(Tag(0x0008, 0x0020)).unwrap().to_string()
+    };
+    let profile = study_date(&node(&profile_script(), ""), "1.2.999.19.6.1");
+    assert!(profile.len() == 8 && profile.as_str() < "20210314", "{profile}");
+    assert!(profile.as_str() >= "20110314", "at most ten years: {profile}");
+    let rsna = study_date(&node(&default_script(), ""), "1.2.999.19.6.2");
+    assert!(rsna.as_str() > "20210314", "{rsna}");
+    let forward = study_date(&node(&profile_script(), "  date_shift: forward\n"), "1.2.999.19.6.3");
+    assert!(forward.as_str() > "20210314", "{forward}");
+    // Keyed pseudonyms are no RSNA archive's: backward there too, whatever the script.
+    let secret = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(secret.path(), b"a-project-secret-of-some-length\n").unwrap();
+    let keyed = format!("  pseudonyms: keyed\n  secret_file: {}\n", secret.path().display());
+    let keyed = study_date(&node(&default_script(), &keyed), "1.2.999.19.6.4");
+    assert!(keyed.as_str() < "20210314", "{keyed}");
+}

@@ -11,7 +11,7 @@ use super::lookup::{LookupTable, PATIENT_ID as PTID};
 use super::options::{MethodCode, BASIC_PROFILE, RETAIN_MODIFIED_DATES};
 use super::profile::{self, is_coded, is_free_text, is_registered_uid, names_a_class, tags};
 use super::pseudonym::Pseudonyms;
-use super::script::{Op, Script, Semantics};
+use super::script::{DateDirection, Op, Script, Semantics};
 use super::text;
 use super::transform::{is_time, round_age, shift_values, DateShift, Scrubber};
 use super::unverifiable::{self, Unverifiable};
@@ -131,8 +131,8 @@ pub struct Keys {
     pub series_uid: String,
     pub sop_uid: String,
     pub accession: Option<String>,
-    /// Days added to every date (negative from a lookup table); `None` when the patient has no
-    /// ID (RSNA's fixed 20000101 dates).
+    /// Days added to every date (negative when dates move backward, or from a lookup table);
+    /// `None` when the patient has no ID (RSNA's fixed 20000101 dates).
     pub date_offset: Option<i32>,
 }
 
@@ -262,8 +262,15 @@ impl Engine {
                 let offset = self.lookup.as_ref().and_then(|t| t.offset(keytype, &original.patient_id));
                 Some(offset.ok_or_else(|| patient_miss(keytype))?)
             }
-            // Hash offsets are below 3652 days.
-            None => (!original.patient_id.is_empty()).then(|| p.date_offset(&original.patient_id) as i32),
+            // Hash offsets are below 3652 days. Backward, they start at one day: a shift of
+            // none would keep the dates.
+            None => (!original.patient_id.is_empty()).then(|| {
+                let days = p.date_offset(&original.patient_id) as i32;
+                match self.script.date_shift {
+                    DateDirection::Forward => days,
+                    DateDirection::Backward => -days - 1,
+                }
+            }),
         };
         Ok(Keys {
             patient_id: anon_patient_id.to_string(),

@@ -15,5 +15,5 @@ pub use engine::{Engine, EngineError, Keys, Labels, Original, Report};
 pub use lookup::{LookupError, LookupTable};
 pub use options::ProfileOptions;
 pub use pseudonym::{AccessionFormat, Keyed, Pseudonyms, Rsna};
-pub use script::{Lookups, Op, Script, ScriptError, Semantics, Settings, UnsupportedOps};
+pub use script::{DateDirection, Lookups, Op, Script, ScriptError, Semantics, Settings, UnsupportedOps};
 pub use unverifiable::Unverifiable;
