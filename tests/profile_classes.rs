@@ -379,3 +379,40 @@ fn dates_move_backward_under_the_profile_and_forward_under_rsna() {
     let keyed = study_date(&node(&default_script(), &keyed), "1.2.999.19.6.4");
     assert!(keyed.as_str() < "20210314", "{keyed}");
 }
+
+/// Class 2: kept free text loses what a careful reader would remove although the instance does
+/// not state it (telephone numbers in groups, e-mail addresses, dates in prose), and the
+/// instance's names however their bytes hide them (full-width, soft hyphen, written together).
+#[test]
+fn free_text_loses_identifiers_by_shape_and_names_however_written() {
+    let n = node(&profile_script(), "");
+    let sop = "1.2.999.19.2.1";
+    let comments = "Call +1 555 0147 2291 or +44 1632 960418, j.roe@example.org. Seen 13/03/2019, \
+                    05/21/2019, April 2, 2019, 2 avril 2019 for \u{FF2A}\u{FF2F}\u{FF28}\u{FF2E} D\u{AD}OE \
+                    (JohnDoe). CT 120 kV 0.5 mm.";
+    let body = explicit_body(
+        sop,
+        vec![
+            ((0x0008, 0x0005), txt((0x0008, 0x0005), b"CS", "ISO_IR 192")),
+            ((0x0032, 0x4000), txt((0x0032, 0x4000), b"LT", comments)),
+        ],
+    );
+    let out = n.store(&body, EXPLICIT, sop);
+    let planted = [
+        "555",
+        "0147",
+        "2291",
+        "1632",
+        "960418",
+        "example.org",
+        "2019",
+        "\u{FF2A}",
+        "JOHN",
+        "John",
+        "D\u{AD}OE",
+    ];
+    let kept = parsed(&out).text(Tag(0x0032, 0x4000)).unwrap().to_string();
+    // Short digit groups may occur in the UID pseudonyms: the text is what is judged.
+    assert_free_of(kept.as_bytes(), &planted);
+    assert!(kept.starts_with("Call ") && kept.ends_with("CT 120 kV 0.5 mm."), "{kept}");
+}

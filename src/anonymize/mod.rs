@@ -4,6 +4,7 @@ mod ctp;
 mod engine;
 pub mod lookup;
 pub mod options;
+mod patterns;
 pub mod profile;
 pub mod pseudonym;
 pub mod script;
