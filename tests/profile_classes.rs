@@ -416,3 +416,26 @@ fn free_text_loses_identifiers_by_shape_and_names_however_written() {
     assert_free_of(kept.as_bytes(), &planted);
     assert!(kept.starts_with("Call ") && kept.ends_with("CT 120 kV 0.5 mm."), "{kept}");
 }
+
+/// Class 2, ISO 2022: a name in JIS X 0208 between escape sequences is found in the text as it
+/// reads, family and given name written together included, and the text is written back in its
+/// character set.
+#[test]
+fn names_in_iso_2022_text_are_found_decoded() {
+    let n = node(&profile_script(), "");
+    let sop = "1.2.999.19.2.2";
+    // 山田^太郎 and "CT 山田太郎様" / "MR 山田" in ISO 2022 IR 87.
+    let name = "Yamada^Tarou=\x1b$B;3ED\x1b(B^\x1b$BB@O:\x1b(B";
+    let body = explicit_body(
+        sop,
+        vec![
+            ((0x0008, 0x0005), txt((0x0008, 0x0005), b"CS", "ISO 2022 IR 6\\ISO 2022 IR 87")),
+            ((0x0008, 0x1030), txt((0x0008, 0x1030), b"LO", "CT \x1b$B;3EDB@O:MM\x1b(B")),
+            ((0x0008, 0x103E), txt((0x0008, 0x103E), b"LO", "MR \x1b$B;3ED\x1b(B")),
+            ((0x0010, 0x0010), txt((0x0010, 0x0010), b"PN", name)),
+        ],
+    );
+    let ds = parsed(&n.store(&body, EXPLICIT, sop));
+    assert_eq!(ds.bytes(Tag(0x0008, 0x1030)), Some(&b"CT ***\x1b$BMM\x1b(B"[..]));
+    assert_eq!(ds.text(Tag(0x0008, 0x103E)), Some("MR ***"));
+}

@@ -15,6 +15,7 @@ use super::script::{DateDirection, Op, Script, Semantics};
 use super::text;
 use super::transform::{is_time, round_age, shift_values, DateShift, Scrubber};
 use super::unverifiable::{self, Unverifiable};
+use dicom_encoding::text::{SpecificCharacterSet, TextCodec};
 
 /// Something wrong with the instance itself: it goes to quarantine, never to the archive.
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -48,6 +49,9 @@ pub struct Original {
     pub study_date: Option<String>,
     pub modality: Option<String>,
     scrubber: Scrubber,
+    /// Under a character set with ISO 2022 code extensions: its codec, and a scrubber for the
+    /// instance's needles decoded (see [`text::code_extension`]).
+    extended: Option<(SpecificCharacterSet, Scrubber)>,
 }
 
 impl Original {
@@ -88,7 +92,19 @@ impl Original {
         found.dates.sort_unstable();
         found.dates.dedup();
         let dates: Vec<String> = found.dates.iter().flat_map(|d| date_spellings(d)).collect();
-        let ids = found.ids.into_iter().chain(dates.iter().map(|d| d.as_bytes()));
+        let ids: Vec<&[u8]> = found.ids.into_iter().chain(dates.iter().map(|d| d.as_bytes())).collect();
+        let extended = text::code_extension(charset).map(|cs| {
+            let decoded = |raw: &[&[u8]]| -> Vec<String> {
+                raw.iter().filter_map(|v| cs.decode(trim_padding(v)).ok()).collect()
+            };
+            let (names, whereabouts) = (decoded(&found.names), decoded(&found.whereabouts));
+            let scrubber = Scrubber::with_phrases(
+                names.iter().map(|n| n.as_bytes()),
+                ids.iter().copied(),
+                whereabouts.iter().map(|w| w.as_bytes()),
+            );
+            (cs, scrubber)
+        });
         let names = found.names.into_iter().chain(variants.iter().map(Vec::as_slice));
         let scrubber = Scrubber::with_phrases(names, ids, found.whereabouts);
         let plain = |tag| ds.text(tag).filter(|v| !v.is_empty()).map(str::to_string);
@@ -105,6 +121,7 @@ impl Original {
             study_date: plain(tags::STUDY_DATE),
             modality: plain(tags::MODALITY),
             scrubber,
+            extended,
         })
     }
 }
@@ -393,7 +410,8 @@ struct Walk<'e> {
     dates_changed: bool,
     /// A date was replaced by a dummy (PS3.15 D without the modified-dates option).
     dates_replaced: bool,
-    /// The first value lookup that found no entry: the instance fails.
+    /// The first value that fails the instance: a lookup that found no entry, kept text that
+    /// cannot be decoded.
     miss: Option<EngineError>,
 }
 
@@ -541,25 +559,40 @@ impl Walk<'_> {
                 e.value = Value::Bytes(Cow::Borrowed(&[]));
                 changed
             }
-            vr if is_free_text(vr) => match &e.value {
-                Value::Bytes(b) => match if is_prose(e.tag, vr) {
-                    self.original.scrubber.scrub_prose(b)
-                } else {
-                    self.original.scrubber.scrub(b)
-                } {
-                    Some(clean) => {
-                        e.value = Value::Bytes(Cow::Owned(pad_text(e.vr, clean)));
-                        true
-                    }
-                    None => false,
-                },
-                _ => false,
-            },
+            vr if is_free_text(vr) => self.free_text(e),
             _ => false,
         };
         if changed {
             self.caught.push(e.tag);
         }
+    }
+
+    /// Kept free text with every name and identifier of the instance masked (prose loses more:
+    /// see [`Scrubber::scrub_prose`]). Text that switches to a multi-byte set is scrubbed as it
+    /// reads, decoded, and written back in its character set; text that cannot be decoded fails
+    /// the instance. `true` if the value changed.
+    fn free_text(&mut self, e: &mut Element<'_>) -> bool {
+        let Value::Bytes(b) = &e.value else { return false };
+        let prose = is_prose(e.tag, e.vr);
+        let scrub = |s: &Scrubber, text: &[u8]| if prose { s.scrub_prose(text) } else { s.scrub(text) };
+        let original = self.original;
+        let clean = match &original.extended {
+            Some((cs, decoded)) if b.contains(&0x1B) => match cs.decode(trim_padding(b)) {
+                Ok(text) => scrub(decoded, text.as_bytes()).map(|clean| {
+                    // What was read decodes and re-encodes; masks are ASCII.
+                    let encoded = cs.encode(&String::from_utf8_lossy(&clean));
+                    encoded.map(back_to_ascii).unwrap_or_else(|_| b"***".to_vec())
+                }),
+                Err(_) => {
+                    self.miss.get_or_insert(EngineError::InvalidText("a kept text value"));
+                    Some(Vec::new())
+                }
+            },
+            _ => scrub(&original.scrubber, b),
+        };
+        let Some(clean) = clean else { return false };
+        e.value = Value::Bytes(Cow::Owned(pad_text(e.vr, clean)));
+        true
     }
 
     /// A coded value (CS, AE title, code value or designator, manufacturer, model) is left as it
@@ -669,6 +702,17 @@ fn date_spellings(da: &[u8]) -> Vec<String> {
         out.push(format!("{m}{sep}{d}{sep}{y}"));
     }
     out
+}
+
+/// `encoded` ISO 2022 text that ends in ASCII, as a DICOM value must (PS3.5 §6.1.2.5.3): the
+/// encoder leaves the last set it switched to designated, and the padding after it would be
+/// read in that set.
+fn back_to_ascii(mut encoded: Vec<u8>) -> Vec<u8> {
+    let last_escape = encoded.iter().rposition(|&b| b == 0x1B);
+    if last_escape.is_some_and(|at| !encoded[at + 1..].starts_with(b"(B")) {
+        encoded.extend_from_slice(b"\x1b(B");
+    }
+    encoded
 }
 
 /// The trimmed value as text; values we act on (UIDs, dates, ages, IDs) are ASCII.
