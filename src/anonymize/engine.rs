@@ -124,9 +124,7 @@ impl Original {
             extended,
         })
     }
-}
 
-impl Original {
     /// What stands for the PatientID of a patient who has none, under the profile: the name and
     /// birth date when both are known, else the study. Two patients without an ID are never
     /// merged under one pseudonym (RSNA's script gives them all its default patient). The
