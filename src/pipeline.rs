@@ -20,7 +20,7 @@ use crate::dicom::{
     Tag, TransferSyntax, ValueError, WriteError,
 };
 use crate::durability::{Barrier, Durability};
-use crate::index::{AuditRecord, Capture, Committed, Index, IndexError, InstanceRecord, Owner};
+use crate::index::{AuditRecord, Capture, Committed, Index, IndexError, InstanceRecord, Owner, Phrases};
 use crate::queue::{Quarantine, Reason, Spill, Spool, SpoolError, StageWriter};
 
 const PIXEL_DATA: Tag = Tag(0x7FE0, 0x0010);
@@ -483,6 +483,10 @@ impl Pipeline {
             anon_series_uid: keys.series_uid.clone(),
             modality: original.modality.clone(),
             sop_uid: original.sop_uid.clone(),
+            phrases: {
+                let [names, places, institutions] = original.stated().clone();
+                Phrases { names, places, institutions }
+            },
         };
         let known = match self.index.known_patient(&original.patient_id) {
             Some(known) => Ok(known),
@@ -493,6 +497,11 @@ impl Pipeline {
             Some(id) => agree(id, known)?,
             None => known?,
         };
+        // What the patient's other instances, and any instance, stated may be typed into this
+        // one's free text.
+        let seen = self.index.seen(&original.patient_id)?;
+        let mut original = original;
+        original.add_seen(&seen.names, &[seen.places, seen.institutions].concat());
         let report = self.engine.apply(&mut ds, &original, keys)?;
         // The last look before anything is written: no kept value may hold bytes its VR forbids.
         for tag in check_values(&ds, enc)? {

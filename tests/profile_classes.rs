@@ -93,21 +93,29 @@ fn implicit_body(sop: &str, extra: Vec<((u16, u16), Vec<u8>)>) -> Vec<u8> {
 }
 
 struct Node {
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
     pipeline: Pipeline,
     out: PathBuf,
+    config: PathBuf,
 }
 
 fn node(script: &Path, extra: &str) -> Node {
     let dir = tempfile::tempdir().unwrap();
     let config = config(dir.path(), "972149", "1.2.826.0.1.3680043.10.474.2", script, extra);
-    let config = Config::load(&config).unwrap();
     let out = dir.path().join("public");
-    let pipeline = Pipeline::open(&config, &out, Durability::AtEnd).unwrap();
-    Node { _dir: dir, pipeline, out }
+    let pipeline = Pipeline::open(&Config::load(&config).unwrap(), &out, Durability::AtEnd).unwrap();
+    Node { dir, pipeline, out, config }
 }
 
 impl Node {
+    /// The same node started again: a new pipeline on the same storage and index.
+    fn restarted(self) -> Node {
+        let Node { dir, pipeline, out, config } = self;
+        drop(pipeline);
+        let pipeline = Pipeline::open(&Config::load(&config).unwrap(), &out, Durability::AtEnd).unwrap();
+        Node { dir, pipeline, out, config }
+    }
+
     /// The stored output's bytes, or a panic naming the outcome.
     fn store(&self, body: &[u8], ts: &str, sop: &str) -> Vec<u8> {
         let admission = Admission { sop_class_uid: CT, sop_instance_uid: sop, modalities: &[], audit: None };
@@ -438,4 +446,36 @@ fn names_in_iso_2022_text_are_found_decoded() {
     let ds = parsed(&n.store(&body, EXPLICIT, sop));
     assert_eq!(ds.bytes(Tag(0x0008, 0x1030)), Some(&b"CT ***\x1b$BMM\x1b(B"[..]));
     assert_eq!(ds.text(Tag(0x0008, 0x103E)), Some("MR ***"));
+}
+
+/// Class 2, the index: a name an earlier instance of the patient stated, and an institution any
+/// instance stated, are found in free text that does not state them, after a restart too.
+#[test]
+fn names_and_places_earlier_instances_stated_are_found() {
+    let n = node(&profile_script(), "");
+    let first = explicit_body(
+        "1.2.999.19.2.3",
+        vec![
+            ((0x0008, 0x0080), txt((0x0008, 0x0080), b"LO", "Ziekenhuis Noord")),
+            ((0x0008, 0x1070), txt((0x0008, 0x1070), b"PN", "COURTIER^ANNA")),
+        ],
+    );
+    n.store(&first, EXPLICIT, "1.2.999.19.2.3");
+    let n = n.restarted();
+    let comment = |sop: &str, patient: &str, study: &str| {
+        let body = explicit_body(
+            sop,
+            vec![
+                ((0x0010, 0x0020), txt((0x0010, 0x0020), b"LO", patient)),
+                ((0x0010, 0x4000), txt((0x0010, 0x4000), b"LT", "seen by Courtier at Ziekenhuis Noord")),
+                ((0x0020, 0x000D), txt((0x0020, 0x000D), b"UI", study)),
+                ((0x0020, 0x000E), txt((0x0020, 0x000E), b"UI", &format!("{study}.1"))),
+            ],
+        );
+        let ds = parsed(&n.store(&body, EXPLICIT, sop));
+        ds.text(Tag(0x0010, 0x4000)).unwrap().to_string()
+    };
+    assert_eq!(comment("1.2.999.19.2.4", "MRN00482913", "1.2.999.19.1"), "seen by *** at ***");
+    // Another patient: the site's institution goes, the first patient's operator is no name here.
+    assert_eq!(comment("1.2.999.19.2.5", "MRN777", "1.2.999.19.9"), "seen by Courtier at ***");
 }

@@ -52,6 +52,12 @@ pub struct Original {
     /// Under a character set with ISO 2022 code extensions: its codec, and a scrubber for the
     /// instance's needles decoded (see [`text::code_extension`]).
     extended: Option<(SpecificCharacterSet, Scrubber)>,
+    /// The person names, whereabouts and institutions this instance states (trimmed raw
+    /// values, sorted), for the index.
+    stated: [Vec<Vec<u8>>; 3],
+    /// Names and whereabouts other instances stated and this one does not (see
+    /// [`Original::add_seen`]).
+    seen: Option<Scrubber>,
 }
 
 impl Original {
@@ -105,6 +111,14 @@ impl Original {
             );
             (cs, scrubber)
         });
+        let owned = |values: &[&[u8]]| -> Vec<Vec<u8>> {
+            let mut v: Vec<Vec<u8>> =
+                values.iter().map(|v| trim_padding(v).to_vec()).filter(|v| !v.is_empty()).collect();
+            v.sort_unstable();
+            v.dedup();
+            v
+        };
+        let stated = [owned(&found.names), owned(&found.whereabouts), owned(&found.institutions)];
         let names = found.names.into_iter().chain(variants.iter().map(Vec::as_slice));
         let scrubber = Scrubber::with_phrases(names, ids, found.whereabouts);
         let plain = |tag| ds.text(tag).filter(|v| !v.is_empty()).map(str::to_string);
@@ -122,7 +136,34 @@ impl Original {
             modality: plain(tags::MODALITY),
             scrubber,
             extended,
+            stated,
+            seen: None,
         })
+    }
+
+    /// The person names, the whereabouts (institutions, addresses, telephone numbers) and,
+    /// among them, the institutions this instance states, as raw values.
+    pub fn stated(&self) -> &[Vec<Vec<u8>>; 3] {
+        &self.stated
+    }
+
+    /// Also scrub kept free text of `names` and `places` (the patient's from its other
+    /// instances, the site's institutions), which this instance may not state: a surname or an
+    /// institution typed into a comment is found though only an earlier instance carried it.
+    pub fn add_seen(&mut self, names: &[Vec<u8>], places: &[Vec<u8>]) {
+        let new = |seen: &[Vec<u8>], own: &[Vec<u8>]| -> Vec<Vec<u8>> {
+            seen.iter().filter(|v| own.binary_search(v).is_err()).cloned().collect()
+        };
+        let (names, places) = (new(names, &self.stated[0]), new(places, &self.stated[1]));
+        if names.is_empty() && places.is_empty() {
+            return;
+        }
+        let scrubber = Scrubber::with_phrases(
+            names.iter().map(Vec::as_slice),
+            std::iter::empty(),
+            places.iter().map(Vec::as_slice),
+        );
+        self.seen = Some(scrubber);
     }
 
     /// What stands for the PatientID of a patient who has none, under the profile: the name and
@@ -586,7 +627,11 @@ impl Walk<'_> {
                     Some(Vec::new())
                 }
             },
-            _ => scrub(&original.scrubber, b),
+            _ => {
+                let own = scrub(&original.scrubber, b);
+                let seen = original.seen.as_ref().and_then(|s| s.scrub(own.as_deref().unwrap_or(b)));
+                seen.or(own)
+            }
         };
         let Some(clean) = clean else { return false };
         e.value = Value::Bytes(Cow::Owned(pad_text(e.vr, clean)));
@@ -658,6 +703,8 @@ struct Needles<'a> {
     ids: Vec<&'a [u8]>,
     /// Institutions, addresses and telephone numbers, whole values.
     whereabouts: Vec<&'a [u8]>,
+    /// Of the whereabouts, the institutions' names and addresses: the site's.
+    institutions: Vec<&'a [u8]>,
     /// Dates (`YYYYMMDD`) of DA values and of the date part of DT values.
     dates: Vec<&'a [u8]>,
 }
@@ -669,7 +716,12 @@ impl<'a> Needles<'a> {
                 Value::Items(items) => items.iter().for_each(|item| self.collect(item)),
                 Value::Bytes(b) if e.vr == VR::PN => self.names.push(b),
                 Value::Bytes(b) if profile::is_identifier(e.tag) => self.ids.extend(b.split(|&c| c == b'\\')),
-                Value::Bytes(b) if profile::is_whereabouts(e.tag) => self.whereabouts.push(b),
+                Value::Bytes(b) if profile::is_whereabouts(e.tag) => {
+                    self.whereabouts.push(b);
+                    if profile::is_institution(e.tag) {
+                        self.institutions.push(b);
+                    }
+                }
                 Value::Bytes(b) if matches!(e.vr, VR::DA | VR::DT) => {
                     self.dates.extend(b.split(|&c| c == b'\\').filter_map(|v| v.trim_ascii().get(..8)))
                 }

@@ -87,6 +87,11 @@ pub fn is_whereabouts(tag: Tag) -> bool {
     listed(&WHEREABOUTS_TAGS, tag)
 }
 
+/// Institution Name and Address: the site's, not the patient's.
+pub fn is_institution(tag: Tag) -> bool {
+    listed(&[0x0008_0080, 0x0008_0081], tag)
+}
+
 /// Coded values that are no CS: code values and designators of code sequences, and the
 /// manufacturer and model the profile keeps. A vendor's or a coding scheme's token in them is
 /// meaning, not prose: masking a word of them writes another code.
