@@ -273,7 +273,8 @@ impl<'a> Reader<'a> {
             (Value::Bytes(b), Some(known))
                 if known != VR::SQ
                     && !self.enc.big_endian
-                    && (has_long_length(known) || b.len() <= 0xFFFF) =>
+                    && (has_long_length(known) || b.len() <= 0xFFFF)
+                    && b.len() % value_size(known) == 0 =>
             {
                 known
             }
@@ -380,6 +381,16 @@ pub(crate) fn has_long_length(vr: VR) -> bool {
 /// Whether the standard dictionary defines `tag` (repeating groups included).
 pub fn in_dictionary(tag: Tag) -> bool {
     StandardDataDictionary.by_tag(tag).is_some()
+}
+
+/// The size of one value of a binary VR (its length is a multiple of it); 1 for the others.
+fn value_size(vr: VR) -> usize {
+    match vr {
+        VR::US | VR::SS | VR::OW => 2,
+        VR::UL | VR::SL | VR::FL | VR::OF | VR::AT | VR::OL => 4,
+        VR::FD | VR::OD | VR::SV | VR::UV | VR::OV => 8,
+        _ => 1,
+    }
 }
 
 /// The VR the standard dictionary gives a public `tag`, when it gives exactly one.
@@ -491,6 +502,10 @@ pub(crate) mod tests {
         buf.extend(un((0x0040, 0x0275), &item));
         let ds = read_dataset(&buf, Encoding::EXPLICIT_LE).unwrap();
         assert_eq!(ds.elements[0].vr, VR::LO, "a UN description is a description");
+        let vr_of =
+            |tag, value: &[u8]| read_dataset(&un(tag, value), Encoding::EXPLICIT_LE).unwrap().elements[0].vr;
+        assert_eq!(vr_of((0x0028, 0x0010), &[1, 2, 3, 0]), VR::US, "two Rows values");
+        assert_eq!(vr_of((0x0018, 0x9087), &[1, 2, 3, 0]), VR::UN, "four bytes are no FD: of unknown type");
         let Value::Items(items) = &ds.elements[1].value else { panic!("not read as a sequence") };
         assert_eq!(ds.elements[1].vr, VR::SQ);
         assert_eq!(items[0].get(Tag(0x0010, 0x0010)).map(|e| e.vr), Some(VR::PN));
