@@ -362,6 +362,25 @@ fn references_are_kept_mapped_and_no_sequence_is_left_invalid() {
     assert_eq!(items(&ds, Tag(0x0008, 0x0082)), None, "a Type 3 sequence is removed, not emptied");
     assert_eq!(items(&ds, Tag(0x0040, 0xA088)), Some(vec![]), "a Type 2 sequence is emptied");
     assert!(ds.get(Tag(0x0010, 0x2298)).is_none(), "ResponsiblePersonRole goes with ResponsiblePerson");
+    assert!(ds.get(Tag(0x0010, 0x2297)).is_none(), "a person's patient has no responsible person");
+
+    // Of an animal, a Responsible Person or Organization is Type 2C: one stays, empty.
+    let sop = "1.2.999.19.31.2";
+    let body = explicit_body(
+        sop,
+        vec![
+            ((0x0010, 0x2201), txt((0x0010, 0x2201), b"LO", "Canine species")),
+            ((0x0010, 0x2297), txt((0x0010, 0x2297), b"PN", "ROE^RICHARD")),
+            ((0x0010, 0x2298), txt((0x0010, 0x2298), b"CS", "OWNER")),
+            ((0x0010, 0x2299), txt((0x0010, 0x2299), b"LO", "ROE KENNELS")),
+        ],
+    );
+    let n = node(&profile_script(), "");
+    let out = n.store(&body, EXPLICIT, sop);
+    assert_free_of(&out, &["ROE"]);
+    let ds = parsed(&out);
+    assert_eq!(ds.text(Tag(0x0010, 0x2297)), Some(""));
+    assert!(ds.get(Tag(0x0010, 0x2298)).is_none() && ds.get(Tag(0x0010, 0x2299)).is_none());
 }
 
 /// Class 6: under the profile, dates move backward by the patient's offset (never into the

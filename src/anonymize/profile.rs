@@ -126,7 +126,7 @@ pub fn may_be_empty(tag: Tag) -> bool {
 /// Type 1C attributes and the attribute whose value their condition is: when the profile removes
 /// or empties the second, the first must go (PS3.3 C.7.1.1: Responsible Person Role is required
 /// if Responsible Person is present and has a value).
-pub const CONDITIONAL: &[(Tag, Tag)] = &[(Tag(0x0010, 0x2298), Tag(0x0010, 0x2297))];
+pub const CONDITIONAL: &[(Tag, Tag)] = &[(Tag(0x0010, 0x2298), tags::RESPONSIBLE_PERSON)];
 
 pub fn names_a_class(tag: Tag) -> bool {
     listed(&CLASS_UID_TAGS, tag)
@@ -164,6 +164,10 @@ pub mod tags {
     pub const CODING_SCHEME_DESIGNATOR: Tag = Tag(0x0008, 0x0102);
     pub const CODE_MEANING: Tag = Tag(0x0008, 0x0104);
     pub const REFERENCED_SOP_INSTANCE_UID: Tag = Tag(0x0008, 0x1155);
+    pub const PATIENT_SPECIES_DESCRIPTION: Tag = Tag(0x0010, 0x2201);
+    pub const PATIENT_SPECIES_CODES: Tag = Tag(0x0010, 0x2202);
+    pub const RESPONSIBLE_PERSON: Tag = Tag(0x0010, 0x2297);
+    pub const RESPONSIBLE_ORGANIZATION: Tag = Tag(0x0010, 0x2299);
     pub const PATIENT_NAME: Tag = Tag(0x0010, 0x0010);
     pub const PATIENT_ID: Tag = Tag(0x0010, 0x0020);
     pub const PATIENT_BIRTH_DATE: Tag = Tag(0x0010, 0x0030);
