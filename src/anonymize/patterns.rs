@@ -1,7 +1,8 @@
 //! What a careful reader removes from prose whoever it belongs to, by its shape: telephone
-//! numbers written in groups, e-mail addresses, and dates in the common numeric forms and in
-//! words, in the languages of the character sets we read. The instance's own names and
-//! identifiers are the scrubber's; these are the identifiers the instance does not state.
+//! numbers written in groups, e-mail addresses, and dates in the common numeric forms, in words
+//! (Western European languages) and with the year, month and day signs of Chinese, Japanese and
+//! Korean. The instance's own names and identifiers are the scrubber's; these are the identifiers
+//! the instance does not state.
 
 use std::sync::LazyLock;
 
@@ -37,8 +38,13 @@ static SHAPES: LazyLock<Regex> = LazyLock::new(|| {
     let day_first =
         format!(r"\d{{1,2}}(?:st|nd|rd|th|er|\.)?\s+(?:of\s+|de\s+)?{MONTHS}\.?,?\s+(?:de\s+)?\d{{4}}");
     let month_year = format!(r"{MONTHS}\.?\s+\d{{4}}");
+    // 2019年3月13日 and 2019년 3월 13일, in UTF-8, GB18030/GBK (ISO_IR 58) and KS X 1001 (IR 149).
+    let year = r"(?:\xE5\xB9\xB4|\xEB\x85\x84|\xC4\xEA|\xB3\xE2)";
+    let month = r"(?:\xE6\x9C\x88|\xEC\x9B\x94|\xD4\xC2|\xBF\xF9)";
+    let day = r"(?:\xE6\x97\xA5|\xEC\x9D\xBC|\xC8\xD5|\xC0\xCF)";
+    let cjk = format!(r"\d{{2,4}}\s*{year}\s*\d{{1,2}}\s*{month}(?:\s*\d{{1,2}}\s*{day})?");
     let pattern = format!(
-        r"(?i-u)\b(?P<email>{email})\b|\b(?P<date>{numeric_date}|{month_first}|{day_first}|{month_year})\b|(?P<phone>{phone})\b"
+        r"(?i-u)\b(?P<email>{email})\b|\b(?P<date>{numeric_date}|{month_first}|{day_first}|{month_year})\b|\b(?P<cjk>{cjk})|(?P<phone>{phone})\b"
     );
     Regex::new(&pattern).expect("the shapes are a valid pattern")
 });
@@ -60,7 +66,7 @@ pub fn spans(text: &[u8]) -> Vec<(usize, usize)> {
                 let decimal = m.as_bytes().windows(3).any(|w| w[1] == b'.' && w[0].is_ascii_digit());
                 let plus = m.as_bytes()[0] == b'+';
                 (plus && digits >= PLUS_PHONE_DIGITS) || (!decimal && digits >= PHONE_DIGITS)
-            } else if c.name("date").is_some() {
+            } else if c.name("date").is_some() || c.name("cjk").is_some() {
                 is_date(m.as_bytes())
             } else {
                 true
@@ -118,6 +124,9 @@ mod tests {
             ("am 2. März 2019, le 1er février 2020, 5 de mayo de 2018", "am #, le #, #"),
             ("in March 2019", "in #"),
             ("2 f\u{e9}v 2020", "#"),
+            ("検査日 2019年3月13日 撮影", "検査日 # 撮影"),
+            ("2019년 3월 13일 검사", "# 검사"),
+            ("2019年3月", "#"),
         ] {
             assert_eq!(masked(text), want, "{text}");
         }
