@@ -40,6 +40,7 @@ fn main() {
                         anon_series_uid: format!("2.25.2{patient}{series}"),
                         modality: Some("CT".into()),
                         sop_uid: format!("1.2.3.{patient}.{series}.{i}"),
+                        phrases: Default::default(),
                     };
                     let anon = match index.known_patient(&capture.patient_id) {
                         Some(anon) => anon,

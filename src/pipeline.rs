@@ -16,12 +16,12 @@ use crate::anonymize::{
 };
 use crate::config::{Config, PseudonymMode};
 use crate::dicom::{
-    check_values, check_vrs, inflate_into, locate_pixel_data, read_dataset, write_dataset, write_meta,
-    write_part10, DataSet, InflateError, Part10, Part10Error, ReadError, SplitError, Tag, TransferSyntax,
-    ValueError, WriteError, EXPLICIT_VR_LE,
+    check_values, check_vrs, inflate_into, locate_pixel_data, read_dataset, repair_values, write_dataset,
+    write_meta, write_part10, DataSet, InflateError, Part10, Part10Error, ReadError, SplitError, Tag,
+    TransferSyntax, ValueError, WriteError, EXPLICIT_VR_LE,
 };
 use crate::durability::{Barrier, Durability};
-use crate::index::{AuditRecord, Capture, Committed, Index, IndexError, InstanceRecord, Owner};
+use crate::index::{AuditRecord, Capture, Committed, Index, IndexError, InstanceRecord, Owner, Phrases};
 use crate::queue::{Quarantine, Reason, Spill, Spool, SpoolError, StageWriter};
 
 const PIXEL_DATA: Tag = Tag(0x7FE0, 0x0010);
@@ -477,6 +477,8 @@ impl Pipeline {
         admission: Option<&Admission<'_>>,
         write: impl FnOnce(&DataSet<'_>, &TransferSyntax, &mut StageWriter) -> Result<(), WriteError>,
     ) -> Result<Stored, InstanceError> {
+        // Odd values real devices send are repaired before anything reads them.
+        repair_values(&mut ds, ts.encoding())?;
         let original = self.engine.read(&ds)?;
         check_vrs(&ds)?;
         // Pixels are read before anything of the instance is recorded: a held image leaves
@@ -509,6 +511,10 @@ impl Pipeline {
             anon_series_uid: keys.series_uid.clone(),
             modality: original.modality.clone(),
             sop_uid: original.sop_uid.clone(),
+            phrases: {
+                let [names, places, institutions] = original.stated().clone();
+                Phrases { names, places, institutions }
+            },
         };
         let known = match self.index.known_patient(&original.patient_id) {
             Some(known) => Ok(known),
@@ -519,6 +525,11 @@ impl Pipeline {
             Some(id) => agree(id, known)?,
             None => known?,
         };
+        // What the patient's other instances, and any instance, stated may be typed into this
+        // one's free text.
+        let seen = self.index.seen(&original.patient_id)?;
+        let mut original = original;
+        original.add_seen(&seen.names, &[seen.places, seen.institutions].concat());
         let report = self.engine.apply(&mut ds, &original, keys)?;
         if let Some(cleaning) = &cleaning {
             pixels::mark(&mut ds, cleaning);

@@ -71,7 +71,24 @@ pub struct Capture {
     pub anon_series_uid: String,
     pub modality: Option<String>,
     pub sop_uid: String,
+    /// What the instance states that other instances' free text may name; recorded at commit.
+    pub phrases: Phrases,
 }
+
+/// What an instance states that other instances' free text may name, as raw values: person
+/// names and whereabouts (institutions, addresses, telephone numbers) of its patient, and the
+/// institutions (names and addresses) of the site.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Phrases {
+    pub names: Vec<Vec<u8>>,
+    pub places: Vec<Vec<u8>>,
+    pub institutions: Vec<Vec<u8>>,
+}
+
+/// Rows of `seen_phrases` by kind.
+const NAME: i64 = 0;
+const PLACE: i64 = 1;
+const INSTITUTION: i64 = 2;
 
 /// An instance whose anonymized file is durable, with every UID it mapped.
 #[derive(Debug, Clone)]
@@ -99,6 +116,16 @@ pub struct Index {
     /// committed, so this is never stale; it spares an instance of a known patient the round trip
     /// that would otherwise have to precede its anonymization.
     known_patients: Arc<Mutex<HashMap<String, String>>>,
+    /// The names and places recorded for each patient asked about (see [`Index::seen`]), and
+    /// the site's institutions, read once at open; kept up to date by commits.
+    seen: Arc<Mutex<Seen>>,
+}
+
+#[derive(Default)]
+struct Seen {
+    /// By PHI PatientID: names, places.
+    patients: HashMap<String, [Vec<Vec<u8>>; 2]>,
+    institutions: Vec<Vec<u8>>,
 }
 
 /// The write side, shared by every handle; closed when the last handle goes.
@@ -208,7 +235,19 @@ impl Index {
             .spawn(move || checkpoint_loop(checkpoints, stopped))
             .map_err(|source| IndexError::Dir { path: "phi-checkpoint thread".into(), source })?;
         let writer = Writer { queue: Mutex::default(), conn: Mutex::new(conn), _stop_checkpoints: stop };
-        Ok(Index { writer: Arc::new(writer), site_id: owner.site_id.clone(), known_patients: Arc::default() })
+        let places = {
+            let conn = lock(&writer.conn);
+            let mut query = conn.prepare("SELECT DISTINCT phrase FROM seen_phrases WHERE kind = ?1")?;
+            let rows = query.query_map([INSTITUTION], |r| r.get::<_, Vec<u8>>(0))?;
+            rows.collect::<Result<Vec<_>, _>>()?
+        };
+        let seen = Seen { patients: HashMap::new(), institutions: places };
+        Ok(Index {
+            writer: Arc::new(writer),
+            site_id: owner.site_id.clone(),
+            known_patients: Arc::default(),
+            seen: Arc::new(Mutex::new(seen)),
+        })
     }
 
     /// Run `f` in the next batch transaction and return its result once that batch is committed.
@@ -236,6 +275,50 @@ impl Index {
         lock(&self.writer.queue).push(job);
         self.writer.combine();
         answer.recv().map_err(|_| IndexError::Closed)?
+    }
+
+    /// The names and places earlier instances of `patient_id` stated, and the institutions any
+    /// instance stated: one round trip the first time a patient is asked about in this process.
+    pub fn seen(&self, patient_id: &str) -> Result<Phrases, IndexError> {
+        let cached = lock(&self.seen).patients.get(patient_id).cloned();
+        let [names, places] = match cached {
+            Some(known) => known,
+            None => {
+                let id = patient_id.to_string();
+                let known = self.call(move |c| {
+                    let mut query = c.prepare_cached(
+                        "SELECT phrase FROM seen_phrases WHERE patient_id = ?1 AND kind = ?2",
+                    )?;
+                    let mut of = |kind: i64| -> Result<Vec<Vec<u8>>, rusqlite::Error> {
+                        query.query_map(params![id, kind], |r| r.get::<_, Vec<u8>>(0))?.collect()
+                    };
+                    Ok([of(NAME)?, of(PLACE)?])
+                })?;
+                let mut seen = lock(&self.seen);
+                if seen.patients.len() >= KNOWN_PATIENTS {
+                    seen.patients.clear();
+                }
+                seen.patients.entry(patient_id.to_string()).or_insert(known).clone()
+            }
+        };
+        Ok(Phrases { names, places, institutions: lock(&self.seen).institutions.clone() })
+    }
+
+    /// Add what a committed instance stated to the memory of [`Index::seen`].
+    fn learn(&self, patient_id: &str, phrases: &Phrases) {
+        fn add(known: &mut Vec<Vec<u8>>, new: &[Vec<u8>]) {
+            for v in new {
+                if !known.contains(v) {
+                    known.push(v.clone());
+                }
+            }
+        }
+        let mut seen = lock(&self.seen);
+        if let Some([names, places]) = seen.patients.get_mut(patient_id) {
+            add(names, &phrases.names);
+            add(places, &phrases.places);
+        }
+        add(&mut seen.institutions, &phrases.institutions);
     }
 
     /// The pseudonym of a patient already committed, if this process has seen it.
@@ -266,6 +349,7 @@ impl Index {
     ) -> Result<Committed, IndexError> {
         let site_id = self.site_id.clone();
         let patient_id = capture.patient_id.clone();
+        let phrases = capture.phrases.clone();
         let expected = patient_pseudonym.to_string();
         let committed = self.call(move |c| {
             let captured = self::capture(c, &capture, &site_id)?;
@@ -277,12 +361,14 @@ impl Index {
                 ));
             }
             self::record(c, &record)?;
+            remember_phrases(c, &capture.patient_id, &capture.phrases)?;
             let audit_row = match &audit {
                 Some(a) => Some(audit::insert(c, a)?),
                 None => None,
             };
             Ok(Committed { sop_uid: record.sop_uid.clone(), replaced: captured.instance_known, audit_row })
         })?;
+        self.learn(&patient_id, &phrases);
         self.remember(patient_id, patient_pseudonym);
         Ok(committed)
     }
@@ -538,6 +624,20 @@ fn patient(tx: &Connection, c: &Capture, site_id: &str) -> Result<String, IndexE
     )?
     .execute(params![c.patient_id, anon, c.patient_name, c.sex, c.birth_date, now()])?;
     Ok(anon)
+}
+
+/// Record the names and places an instance of `patient_id` stated.
+fn remember_phrases(tx: &Connection, patient_id: &str, phrases: &Phrases) -> Result<(), IndexError> {
+    let mut insert = tx
+        .prepare_cached("INSERT OR IGNORE INTO seen_phrases(patient_id, kind, phrase) VALUES (?1, ?2, ?3)")?;
+    for (kind, values) in
+        [(NAME, &phrases.names), (PLACE, &phrases.places), (INSTITUTION, &phrases.institutions)]
+    {
+        for v in values {
+            insert.execute(params![patient_id, kind, v])?;
+        }
+    }
+    Ok(())
 }
 
 /// What [`Index::commit`] recorded, for [`Index::undo`].

@@ -91,6 +91,17 @@ CREATE INDEX IF NOT EXISTS audit_by_time ON audit(at);
 -- first met nested in a sequence must not block the same UID arriving later as a study (RSNA bug).
 -- WITHOUT ROWID: the rows live in the primary key's own tree, so each new UID writes one page,
 -- not two, and is stored once (indexes made before keep their rowid table, which works the same).
+-- Person names (raw PN values, kind 0), whereabouts (institutions, addresses, telephone numbers,
+-- kind 1) and institutions (names and addresses, kind 2) every stored instance stated, by patient:
+-- the scrub looks for kinds 0 and 1 in the free text of the patient's other instances, and for
+-- kind 2 in every instance's, which may not state them themselves.
+CREATE TABLE IF NOT EXISTS seen_phrases (
+    patient_id TEXT NOT NULL,
+    kind       INTEGER NOT NULL,
+    phrase     BLOB NOT NULL,
+    PRIMARY KEY (patient_id, kind, phrase)
+) WITHOUT ROWID;
+
 CREATE TABLE IF NOT EXISTS uid_map (
     phi_uid  TEXT PRIMARY KEY,
     anon_uid TEXT NOT NULL
