@@ -72,11 +72,14 @@ rows = [
     ("identifying values searched (found in their input)", lambda t: f"{t['values_searched']} ({t['values_found_in_input']})"),
     ("hard leaks (files)", lambda t: f"{t['hard_leaks']} ({t['hard_leak_files']})"),
     ("planted values left", lambda t: f"{t['planted_left']}"),
+    ("adversarial values left (files)", lambda t: f"{t['adversarial_left']} ({t['adversarial_left_files']})"),
     ("name parts / dates left (files)", lambda t: f"{t['soft_leaks']} ({t['soft_leak_files']})"),
     ("new dciodvfy errors (files)", lambda t: f"{t['new_errors']} ({t['new_error_files']})"),
     ("broken references (of checked)", lambda t: f"{t['broken_references']} ({t['references_checked']})"),
     ("coded values changed (files)", lambda t: f"{t['coded_changed']} ({t['coded_changed_files']})"),
     ("valid instances quarantined", lambda t: f"{t['valid_quarantined']}"),
+    ("dates in the future (files)", lambda t: f"{t['future_dates']} ({t['future_date_files']})"),
+    ("patients merged into another's pseudonym", lambda t: f"{t['merged_patients']}"),
 ]
 print("| | " + " | ".join(n for n, _ in tables) + " |")
 print("|---|" + "---|" * len(tables))

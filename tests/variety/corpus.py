@@ -6,7 +6,10 @@
 
 Sources (installed by scripts/test.sh, never downloaded by this script): the test files inside the
 pydicom and pynetdicom wheels, deid-data's images (its cine zips unpacked), and studies made offline
-with dicomgenerator carrying PHI we plant (marked "planted": every value of theirs must be gone).
+with dicomgenerator carrying PHI we plant (marked "planted": every value of theirs must be gone),
+and nine files of issue 19's classes made from pydicom's (folder "adversarial": UN sequences, free
+text, ISO 2022, values a strict reader refuses, patients without an ID), their planted values listed
+as kind "adversarial".
 Only files present in the installed packages are used: pydicom's get_testdata_file() would try the
 network for the names in its urls.json, so the package folder is walked instead.
 
@@ -138,6 +141,116 @@ def make_generated(dst):
     return n
 
 
+def implicit_le(ds):
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_dataset
+
+    fp = DicomBytesIO()
+    fp.is_little_endian = True
+    fp.is_implicit_VR = True
+    write_dataset(fp, ds)
+    return fp.getvalue()
+
+
+def un_sequence(tag, items, undefined):
+    """A sequence as a sender that lost its VR writes it (PS3.5 6.2.2): explicit VR UN, items in
+    implicit VR little endian, of undefined or defined length."""
+    body = b""
+    for item in items:
+        content = implicit_le(item)
+        if undefined:
+            body += b"\xfe\xff\x00\xe0\xff\xff\xff\xff" + content + b"\xfe\xff\x0d\xe0\x00\x00\x00\x00"
+        else:
+            body += b"\xfe\xff\x00\xe0" + len(content).to_bytes(4, "little") + content
+    if undefined:
+        body += b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"
+    length = b"\xff\xff\xff\xff" if undefined else len(body).to_bytes(4, "little")
+    return (tag >> 16).to_bytes(2, "little") + (tag & 0xFFFF).to_bytes(2, "little") + b"UN\x00\x00" + length + body
+
+
+def renewed(source, name, label, **values):
+    """A copy of one of pydicom's files as a new instance of a new patient."""
+    ds = pydicom.dcmread(site_packages(pydicom) / "data" / source)
+    for key, uid in (("StudyInstanceUID", "study"), ("SeriesInstanceUID", "series"), ("SOPInstanceUID", "sop")):
+        setattr(ds, key, generate_uid(entropy_srcs=[f"variety-adversarial-{label}-{uid}"]))
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.PatientName = name
+    for key, value in values.items():
+        setattr(ds, key, value)
+    return ds
+
+
+def make_adversarial(dst):
+    """Files of issue 19's classes, made from pydicom's CT_small.dcm, MR_small_implicit.dcm and
+    chrH31.dcm. Each maps its path to the values planted in it (searched for in its output)."""
+    dst.mkdir(parents=True, exist_ok=True)
+    planted = {}
+
+    # Class 1: RequestAttributesSequence encoded as UN, undefined and defined length.
+    for undefined in (True, False):
+        label = "un-undefined" if undefined else "un-defined"
+        ds = renewed("test_files/CT_small.dcm", "Brisingamen^Odalys", label, PatientID=f"ADV-{label}-4471")
+        # pydicom writes a known sequence as SQ: a placeholder of an unknown tag just before it.
+        ds.add_new(0x00400274, "UN", b"PLACEHOLDER!")
+        item = Dataset()
+        item.AccessionNumber = "ACQUN4471"
+        item.RequestedProcedureID = "RP4471"
+        item.RequestedProcedureDescription = "CT for Odalys Brisingamen"
+        item.ScheduledProcedureStepID = "SPS4471"
+        path = dst / f"{label}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        raw = path.read_bytes()
+        marker = b"\x40\x00\x74\x02UN\x00\x00\x0c\x00\x00\x00PLACEHOLDER!"
+        assert raw.count(marker) == 1, label
+        path.write_bytes(raw.replace(marker, un_sequence(0x00400275, [item], undefined)))
+        planted[path] = ["Brisingamen", "Odalys", "ACQUN4471", f"ADV-{label}-4471"]
+
+    # Class 2: identifiers in kept free text that the instance's own values do not give.
+    ds = renewed("test_files/CT_small.dcm", "Wexcombe^Ilsabet", "free-text", PatientID="ADV-FT-5521",
+                 PatientTelephoneNumbers="+44 1632 960418")
+    ds.ImageComments = ("Ilsabet Wexcombe, tel +44 1632 960418 or +1 555 0147 2291, ilsabet.wexcombe@example.org; "
+                        "seen 13/03/2019 and April 2, 2019 at Kliniek Vossenberg")
+    path = dst / "free-text.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    planted[path] = ["Wexcombe", "Ilsabet", "1632 960418", "555 0147 2291", "ilsabet.wexcombe@example.org",
+                     "13/03/2019", "April 2, 2019", "Vossenberg"]
+    # ... an institution another instance of the same patient named.
+    ds = renewed("test_files/CT_small.dcm", "Wexcombe^Ilsabet", "free-text-2", PatientID="ADV-FT-5521",
+                 InstitutionName="Kliniek Vossenberg")
+    path = dst / "free-text-institution.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    planted[path] = ["Wexcombe", "Vossenberg"]
+    # ... names in ISO 2022 (JIS X 0208) in free text.
+    ds = renewed("charset_files/chrH31.dcm", "Yamada^Tarou=山田^太郎=やまだ^たろう", "iso2022", PatientID="ADV-JIS-6631")
+    ds.ImageComments = "山田太郎様の検査"
+    path = dst / "iso2022-text.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    planted[path] = ["Yamada", "山田", "太郎"]
+
+    # Class 5: valid values the strict reader refused: FD 0.0 in implicit VR, OperatorsName as LO,
+    # a CR in a text value.
+    ds = renewed("test_files/MR_small_implicit.dcm", "Halvorsen^Tindra", "fd-zero", PatientID="ADV-FD-7741")
+    ds.DiffusionBValue = 0.0
+    ds.DiffusionGradientOrientation = [0.0, 0.0, 0.0]
+    path = dst / "fd-zero-implicit.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    planted[path] = ["Halvorsen", "Tindra", "ADV-FD-7741"]
+    ds = renewed("test_files/CT_small.dcm", "Fennick^Rowan", "operators-lo", PatientID="ADV-LO-8811")
+    ds.add_new(0x00081070, "LO", "Quarrington^Edme")
+    ds.ReasonForStudy = "pain\rleft side"
+    path = dst / "operators-lo-cr.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    planted[path] = ["Fennick", "Quarrington", "ADV-LO-8811"]
+
+    # Class 8: two patients without a PatientID.
+    for label, name, birth in (("no-id-a", "Ostrander^Wilhelmina", "19500101"), ("no-id-b", "Pemberton^Cosmo", "19620202")):
+        ds = renewed("test_files/CT_small.dcm", name, label, PatientID="", PatientBirthDate=birth)
+        path = dst / f"{label}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        planted[path] = name.split("^")
+    return planted
+
+
 def build(dst):
     import deid_data
     import pynetdicom
@@ -164,12 +277,20 @@ def build(dst):
                 n += 1
     counts["deid-data"] = n
     counts["dicomgenerator"] = make_generated(dst / "dicomgenerator")
+    adversarial = make_adversarial(dst / "adversarial")
+    counts["adversarial"] = len(adversarial)
     files = {}
     for p in sorted(dst.rglob("*")):
         if p.is_file() and p.name != "manifest.json":
             facts = inspect_file(p)
             facts["source"] = p.relative_to(dst).parts[0]
             facts["planted"] = facts["source"] == "dicomgenerator"
+            if p in adversarial:
+                charset = pydicom.dcmread(p, stop_before_pixels=True).get("SpecificCharacterSet", "ISO_IR 6")
+                encodings = pydicom.charset.convert_encodings(charset)
+            for text in adversarial.get(p, []):
+                facts["phi"].append({"kind": "adversarial", "tag": "", "text": text,
+                                     "bytes": encodings_of(text, encodings)})
             files[str(p.relative_to(dst))] = facts
     (dst / "manifest.json").write_text(json.dumps({"counts": counts, "files": files}, indent=0))
     print(json.dumps(counts))
@@ -195,7 +316,11 @@ def encodings_of(s, encodings):
         except UnicodeEncodeError:
             pass
     try:
-        out.add(pydicom.charset.encode_string(s, encodings).hex())
+        encoded = pydicom.charset.encode_string(s, encodings)
+        out.add(encoded.hex())
+        # In running ISO 2022 text the return to ASCII comes later, or not at all.
+        if encoded.endswith(b"\x1b(B"):
+            out.add(encoded[:-3].hex())
     except Exception:
         pass
     return sorted(out)
@@ -256,6 +381,10 @@ def walk(ds, path, encodings, facts):
                                             "bytes": encodings_of(part, encodings)})
             if tag == 0x00081155:
                 facts["refs"].extend(text_of(elem))
+            if elem.VR == "DA":
+                facts["dates"].extend(text_of(elem))
+            elif elem.VR == "DT":
+                facts["dates"].extend(v[:8] for v in text_of(elem))
             if elem.VR == "CS" or tag in CODED_LO:
                 facts["coded"][here] = "\\".join(text_of(elem))
         except Exception as e:
@@ -264,7 +393,8 @@ def walk(ds, path, encodings, facts):
 
 def inspect_file(p):
     facts = {"dicom": False, "sop_class": "", "sop": "", "study": "", "series": "", "patient_id": "",
-             "modality": "", "transfer_syntax": "", "phi": [], "refs": [], "coded": {}, "errors": []}
+             "patient_name": "", "birth_date": "", "modality": "", "transfer_syntax": "", "phi": [], "refs": [],
+             "coded": {}, "dates": [], "errors": []}
     try:
         ds = pydicom.dcmread(p, force=False)
     except Exception as e:
@@ -274,7 +404,8 @@ def inspect_file(p):
     meta = getattr(ds, "file_meta", None)
     facts["transfer_syntax"] = str(meta.get("TransferSyntaxUID", "")) if meta else ""
     for key, attr in (("sop_class", "SOPClassUID"), ("sop", "SOPInstanceUID"), ("study", "StudyInstanceUID"),
-                      ("series", "SeriesInstanceUID"), ("patient_id", "PatientID"), ("modality", "Modality")):
+                      ("series", "SeriesInstanceUID"), ("patient_id", "PatientID"), ("modality", "Modality"),
+                      ("patient_name", "PatientName"), ("birth_date", "PatientBirthDate")):
         try:
             facts[key] = str(ds.get(attr, "") or "")
         except Exception as e:
