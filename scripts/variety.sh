@@ -9,24 +9,30 @@
 #
 # The test binary and the corpus come from this tree; each REF contributes its anonymizer binary and
 # its config/. Needs what scripts/test.sh installs (dicom3tools, pydicom, pynetdicom, deid-data,
-# dicomgenerator). Builds go to $CARGO_TARGET_DIR (default ./target), one after another.
+# dicomgenerator).
+#
+# Each REF's worktree stays (detached) in $VARIETY_TREES (default /tmp/variety-trees) between runs,
+# and every tree is built, one after another, into the target folder $VARIETY_TARGET (default
+# $VARIETY_TREES/target), never into one that other builds use: cargo gives every checkout of this
+# crate the same artifact names, so a build elsewhere could swap the binary being measured. Seed it
+# with a copy of a warm target folder to save the first build.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 here=$(pwd)
-target=${CARGO_TARGET_DIR:-$here/target}
+trees=${VARIETY_TREES:-/tmp/variety-trees}
+target=${VARIETY_TARGET:-$trees/target}
+mkdir -p "$trees" "$target"
 work=$(mktemp -d /tmp/variety.XXXXXX)
 logs=$(mktemp -d /tmp/variety-logs.XXXXXX)
-trap 'cd "$here"; for w in "$work"/tree-*; do [ -d "$w" ] && git worktree remove --force "$w"; done; rm -rf "$work"' EXIT
+trap 'rm -rf "$work"' EXIT
 
-# The binary a build in tree $1 just made. A shared target folder uplifts every tree's binary to the
-# same path, as a hard link to the tree's own file in deps/: take that file, before another build
-# replaces the link.
+# Build tree $1 and copy its binary to $2 (the next tree's build overwrites it). The crate's
+# artifacts have the same names whichever tree built them, and cargo finds them fresh when the last
+# build is newer than this tree's files: touch them so that this tree's sources are compiled.
 build_binary() {
+    find "$1/src" -name '*.rs' -exec touch {} +
     (cd "$1" && CARGO_TARGET_DIR=$target cargo build --quiet --bin dicom-anon-gateway)
-    local own
-    own=$(find "$target/debug/deps" -maxdepth 1 -samefile "$target/debug/dicom-anon-gateway" | head -1)
-    [ -n "$own" ] || { echo "cannot find the binary built in $1" >&2; exit 1; }
-    ln -f "$own" "$2" 2>/dev/null || cp "$own" "$2"
+    cp "$target/debug/dicom-anon-gateway" "$2"
 }
 
 test_binary=$(CARGO_TARGET_DIR=$target cargo test --quiet --test variety --no-run --message-format=json 2>/dev/null |
@@ -45,8 +51,12 @@ for ref in "${refs[@]}"; do
         tree=$here
         name="working tree"
     else
-        tree="$work/tree-${#columns[@]}"
-        git worktree add --quiet --detach "$tree" "$ref"
+        tree="$trees/$(printf '%s' "$ref" | tr -c 'A-Za-z0-9_.-' _)"
+        if [ -d "$tree" ]; then
+            git -C "$tree" checkout --quiet --detach "$(git rev-parse "$ref")"
+        else
+            git worktree add --quiet --detach "$tree" "$ref"
+        fi
         name="$ref ($(git rev-parse --short "$ref"))"
     fi
     bin="$work/bin-${#columns[@]}"

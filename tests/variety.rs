@@ -163,16 +163,17 @@ fn gateway(args: &[&std::ffi::OsStr]) -> std::process::Output {
     Command::new(binary_path()).current_dir(root()).args(args).output().unwrap()
 }
 
-/// One `anonymize` run's failures: input path to quarantine reason.
-fn failures_of(stdout: &str) -> BTreeMap<String, String> {
+/// One `anonymize` run's failures: input path to quarantine reason and detail.
+fn failures_of(stdout: &str) -> BTreeMap<String, (String, String)> {
     let mut reason = String::new();
     let mut out = BTreeMap::new();
     for line in stdout.lines() {
         if let Some(r) = line.strip_prefix("  ").filter(|r| !r.starts_with(' ')) {
             reason = r.split(':').next().unwrap_or("").to_string();
         } else if let Some(rest) = line.strip_prefix("    ") {
-            if let Some((path, _)) = rest.split_once(": ") {
-                out.insert(path.to_string(), reason.clone());
+            if let Some((path, detail)) = rest.split_once(": ") {
+                let detail = detail.split(" -> ").next().unwrap_or(detail);
+                out.insert(path.to_string(), (reason.clone(), detail.to_string()));
             }
         }
     }
@@ -199,18 +200,38 @@ fn blank_values(line: &str) -> String {
         }
     }
     out.push_str(rest);
-    out
+    // UIDs are mapped: "StudyInstanceUID has same value as FrameOfReferenceUID <uid>" is the input's
+    // error still, with the pseudonym in it.
+    let mut blanked = String::with_capacity(out.len());
+    let mut token = String::new();
+    let flush = |token: &mut String, blanked: &mut String| {
+        let uid = token.matches('.').count() >= 2 && token.chars().all(|c| c.is_ascii_digit() || c == '.');
+        blanked.push_str(if uid { "UID" } else { token });
+        token.clear();
+    };
+    for c in out.chars() {
+        if c.is_ascii_digit() || c == '.' {
+            token.push(c);
+        } else {
+            flush(&mut token, &mut blanked);
+            blanked.push(c);
+        }
+    }
+    flush(&mut token, &mut blanked);
+    blanked
 }
 
 fn is_structure_error(line: &str) -> bool {
     STRUCTURE_ERRORS.iter().any(|e| line.contains(e))
 }
 
-/// Where `needle` occurs in `hay` as a whole value or word: an edge of the needle that is a letter
-/// or digit (for UIDs a digit or dot) must not continue into a longer token. Edges in other scripts
+/// Where `needle` occurs in `hay` as a whole value or word: an edge of the needle that is a letter,
+/// digit or underscore (for UIDs a digit or dot) must not continue into a longer token (an
+/// InstitutionName "TOSHIBA" is not in the Manufacturer "TOSHIBA_MEC"). Edges in other scripts
 /// (ISO 2022 escapes, UTF-8) are not checked.
 fn occurs(hay: &[u8], needle: &[u8], uid: bool) -> bool {
-    let inner = |b: u8| if uid { b.is_ascii_digit() || b == b'.' } else { b.is_ascii_alphanumeric() };
+    let inner =
+        |b: u8| if uid { b.is_ascii_digit() || b == b'.' } else { b.is_ascii_alphanumeric() || b == b'_' };
     let (first, last) = (needle[0], needle[needle.len() - 1]);
     memchr::memmem::find_iter(hay, needle).any(|at| {
         let before = at.checked_sub(1).map(|i| hay[i]);
@@ -380,12 +401,12 @@ fn the_shipped_default_on_files_others_wrote() {
         }
         t.dicom_inputs += 1;
         let input_errors = &errors[&corpus.join(path)];
-        if let Some(reason) = failed.get(path) {
+        if let Some((reason, detail)) = failed.get(path) {
             *t.quarantined.entry(reason.clone()).or_default() += 1;
             let structural = input_errors.iter().any(|e| is_structure_error(e));
             if !structural && !POLICY_REASONS.contains(&reason.as_str()) {
                 t.valid_quarantined += 1;
-                note("valid instances quarantined", format!("{path}: {reason}"));
+                note("valid instances quarantined", format!("{path}: {reason}: {detail}"));
             }
             continue;
         }
