@@ -12,7 +12,9 @@ mod peers;
 
 pub use peers::{DicomPeer, ExportConfig, ExportDestination, ExportTls};
 
-use crate::anonymize::{AccessionFormat, ProfileOptions, Semantics, Settings, UnsupportedOps, Unverifiable};
+use crate::anonymize::{
+    AccessionFormat, DateDirection, ProfileOptions, Semantics, Settings, UnsupportedOps, Unverifiable,
+};
 
 /// One project's view of the configuration: its own identity, anonymization, filters, storage and
 /// upload target, with the node-wide sections (listener, logging, http) alongside. A file with
@@ -78,6 +80,10 @@ pub struct ProjectConfig {
     /// Encapsulated documents and burned-in annotation: quarantine (default), remove or keep.
     #[serde(default)]
     pub unverifiable: Unverifiable,
+    /// `backward` or `forward`; absent: backward under a profile script or in keyed mode,
+    /// forward (RSNA's rule) otherwise.
+    #[serde(default)]
+    pub date_shift: Option<DateDirection>,
     /// File holding the project secret (keyed mode).
     #[serde(default)]
     pub secret_file: Option<PathBuf>,
@@ -98,6 +104,9 @@ impl ProjectConfig {
             semantics: self.script_semantics,
             options: self.profile_options,
             unverifiable: self.unverifiable,
+            date_shift: self
+                .date_shift
+                .or((self.pseudonyms == PseudonymMode::Keyed).then_some(DateDirection::Backward)),
         }
     }
 }

@@ -15,9 +15,9 @@ use crate::anonymize::{
 };
 use crate::config::{Config, PseudonymMode};
 use crate::dicom::{
-    check_values, check_vrs, inflate_into, locate_pixel_data, read_dataset, write_dataset, write_meta,
-    write_part10, DataSet, Encoding, InflateError, Part10, Part10Error, ReadError, SplitError, Tag,
-    TransferSyntax, ValueError, WriteError,
+    check_values, check_vrs, inflate_into, locate_pixel_data, read_dataset, repair_values, write_dataset,
+    write_meta, write_part10, DataSet, Encoding, InflateError, Part10, Part10Error, ReadError, SplitError,
+    Tag, TransferSyntax, ValueError, WriteError,
 };
 use crate::durability::{Barrier, Durability};
 use crate::index::{AuditRecord, Capture, Committed, Index, IndexError, InstanceRecord, Owner};
@@ -452,6 +452,8 @@ impl Pipeline {
         admission: Option<&Admission<'_>>,
         write: impl FnOnce(&DataSet<'_>, &mut StageWriter) -> Result<(), WriteError>,
     ) -> Result<Stored, InstanceError> {
+        // Odd values real devices send are repaired before anything reads them.
+        repair_values(&mut ds, enc)?;
         let original = self.engine.read(&ds)?;
         check_vrs(&ds)?;
         let pseudonyms = self.engine.pseudonyms();

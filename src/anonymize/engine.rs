@@ -9,12 +9,13 @@ use crate::dicom::{pad_text, trim_padding, DataSet, Element, Tag, Value, VR};
 
 use super::lookup::{LookupTable, PATIENT_ID as PTID};
 use super::options::{MethodCode, BASIC_PROFILE, RETAIN_MODIFIED_DATES};
-use super::profile::{self, is_free_text, is_registered_uid, names_a_class, tags};
+use super::profile::{self, is_coded, is_free_text, is_registered_uid, names_a_class, tags};
 use super::pseudonym::Pseudonyms;
-use super::script::{Op, Script, Semantics};
+use super::script::{DateDirection, Op, Script, Semantics};
 use super::text;
 use super::transform::{is_time, round_age, shift_values, DateShift, Scrubber};
 use super::unverifiable::{self, Unverifiable};
+use dicom_encoding::text::{SpecificCharacterSet, TextCodec};
 
 /// Something wrong with the instance itself: it goes to quarantine, never to the archive.
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -48,6 +49,9 @@ pub struct Original {
     pub study_date: Option<String>,
     pub modality: Option<String>,
     scrubber: Scrubber,
+    /// Under a character set with ISO 2022 code extensions: its codec, and a scrubber for the
+    /// instance's needles decoded (see [`text::code_extension`]).
+    extended: Option<(SpecificCharacterSet, Scrubber)>,
 }
 
 impl Original {
@@ -88,7 +92,19 @@ impl Original {
         found.dates.sort_unstable();
         found.dates.dedup();
         let dates: Vec<String> = found.dates.iter().flat_map(|d| date_spellings(d)).collect();
-        let ids = found.ids.into_iter().chain(dates.iter().map(|d| d.as_bytes()));
+        let ids: Vec<&[u8]> = found.ids.into_iter().chain(dates.iter().map(|d| d.as_bytes())).collect();
+        let extended = text::code_extension(charset).map(|cs| {
+            let decoded = |raw: &[&[u8]]| -> Vec<String> {
+                raw.iter().filter_map(|v| cs.decode(trim_padding(v)).ok()).collect()
+            };
+            let (names, whereabouts) = (decoded(&found.names), decoded(&found.whereabouts));
+            let scrubber = Scrubber::with_phrases(
+                names.iter().map(|n| n.as_bytes()),
+                ids.iter().copied(),
+                whereabouts.iter().map(|w| w.as_bytes()),
+            );
+            (cs, scrubber)
+        });
         let names = found.names.into_iter().chain(variants.iter().map(Vec::as_slice));
         let scrubber = Scrubber::with_phrases(names, ids, found.whereabouts);
         let plain = |tag| ds.text(tag).filter(|v| !v.is_empty()).map(str::to_string);
@@ -105,7 +121,20 @@ impl Original {
             study_date: plain(tags::STUDY_DATE),
             modality: plain(tags::MODALITY),
             scrubber,
+            extended,
         })
+    }
+
+    /// What stands for the PatientID of a patient who has none, under the profile: the name and
+    /// birth date when both are known, else the study. Two patients without an ID are never
+    /// merged under one pseudonym (RSNA's script gives them all its default patient). The
+    /// backslashes make it a value no single PatientID can be; like an ID, it stays in the index.
+    fn key_without_id(&self) -> String {
+        let name = self.patient_name.as_deref().map(str::trim).unwrap_or_default();
+        match self.birth_date.as_deref().map(str::trim) {
+            Some(birth) if !name.is_empty() && !birth.is_empty() => format!("\\name\\{name}\\{birth}"),
+            _ => format!("\\study\\{}", self.study_uid),
+        }
     }
 }
 
@@ -117,8 +146,8 @@ pub struct Keys {
     pub series_uid: String,
     pub sop_uid: String,
     pub accession: Option<String>,
-    /// Days added to every date (negative from a lookup table); `None` when the patient has no
-    /// ID (RSNA's fixed 20000101 dates).
+    /// Days added to every date (negative when dates move backward, or from a lookup table);
+    /// `None` when the patient has no ID (RSNA's fixed 20000101 dates).
     pub date_offset: Option<i32>,
 }
 
@@ -178,7 +207,10 @@ impl Engine {
     /// Read what the index and the walk need, and apply the project's policy for content the
     /// engine cannot check (`project.unverifiable`), before anything is recorded.
     pub fn read(&self, ds: &DataSet<'_>) -> Result<Original, EngineError> {
-        let original = Original::read(ds)?;
+        let mut original = Original::read(ds)?;
+        if self.script.profile && original.patient_id.is_empty() {
+            original.patient_id = original.key_without_id();
+        }
         let Some(what) = unverifiable::find(ds) else { return Ok(original) };
         match self.script.unverifiable {
             Unverifiable::Quarantine => {
@@ -245,8 +277,15 @@ impl Engine {
                 let offset = self.lookup.as_ref().and_then(|t| t.offset(keytype, &original.patient_id));
                 Some(offset.ok_or_else(|| patient_miss(keytype))?)
             }
-            // Hash offsets are below 3652 days.
-            None => (!original.patient_id.is_empty()).then(|| p.date_offset(&original.patient_id) as i32),
+            // Hash offsets are below 3652 days. Backward, they start at one day: a shift of
+            // none would keep the dates.
+            None => (!original.patient_id.is_empty()).then(|| {
+                let days = p.date_offset(&original.patient_id) as i32;
+                match self.script.date_shift {
+                    DateDirection::Forward => days,
+                    DateDirection::Backward => -days - 1,
+                }
+            }),
         };
         Ok(Keys {
             patient_id: anon_patient_id.to_string(),
@@ -369,13 +408,23 @@ struct Walk<'e> {
     dates_changed: bool,
     /// A date was replaced by a dummy (PS3.15 D without the modified-dates option).
     dates_replaced: bool,
-    /// The first value lookup that found no entry: the instance fails.
+    /// The first value that fails the instance: a lookup that found no entry, kept text that
+    /// cannot be decoded.
     miss: Option<EngineError>,
 }
 
 impl Walk<'_> {
     fn dataset(&mut self, ds: &mut DataSet<'_>) {
         ds.elements.retain_mut(|e| self.element(e));
+        // A Type 1C attribute whose condition went with the values it depended on goes too.
+        for (dependent, condition) in profile::CONDITIONAL {
+            if ds
+                .get(*condition)
+                .is_none_or(|c| matches!(&c.value, Value::Bytes(b) if trim_padding(b).is_empty()))
+            {
+                ds.elements.retain(|e| e.tag != *dependent);
+            }
+        }
     }
 
     /// Apply the rule for one element; `false` removes it.
@@ -388,9 +437,24 @@ impl Walk<'_> {
         }
         let engine = self.engine;
         let Some(op) = engine.rule(tag, e.vr) else { return false };
+        // A value still of unknown type (the reader gives UN back its VR where the dictionary
+        // knows it, and reads a UN sequence's items) cannot be checked, so it is never kept.
+        if e.vr == VR::UN && matches!(&*op, Op::Keep) && !matches!(e.value, Value::Items(_)) {
+            return false;
+        }
         if let Value::Items(items) = &mut e.value {
             match &*op {
                 Op::Remove => return false,
+                // A reference carries UIDs that map consistently: emptied, it breaks the link
+                // between objects that research needs. It is kept, its items cleaned.
+                Op::Empty
+                    if items.iter().any(|item| item.get(tags::REFERENCED_SOP_INSTANCE_UID).is_some()) =>
+                {
+                    items.iter_mut().for_each(|item| self.dataset(item))
+                }
+                // A sequence with no items is valid only where the IOD makes it Type 2; elsewhere
+                // (Type 3) the profile's "zero length" is its absence.
+                Op::Empty if engine.script.profile && !profile::may_be_empty(tag) => return false,
                 Op::Empty => items.clear(),
                 // A dummy sequence is the sequence with every item cleaned by the rules.
                 _ => items.iter_mut().for_each(|item| self.dataset(item)),
@@ -479,6 +543,8 @@ impl Walk<'_> {
                 e.value = Value::Bytes(Cow::Borrowed(&[]));
                 changed
             }
+            // Codes are not prose: see `coded`. Before the UR rule: a URN code value is a code.
+            vr if matches!(vr, VR::CS | VR::AE) || is_coded(e.tag) => self.coded(e),
             VR::DA | VR::DT => self.shift_dates(e),
             // A time of day identifies no one, but only a time may stay: anything else is emptied.
             VR::TM if !is_time(&value_str(e)) => {
@@ -491,26 +557,55 @@ impl Walk<'_> {
                 e.value = Value::Bytes(Cow::Borrowed(&[]));
                 changed
             }
-            // Codes and AE titles are short text a name can be typed into, like a description.
-            vr if is_free_text(vr) || matches!(vr, VR::CS | VR::AE) => match &e.value {
-                Value::Bytes(b) => match if is_prose(e.tag, vr) {
-                    self.original.scrubber.scrub_prose(b)
-                } else {
-                    self.original.scrubber.scrub(b)
-                } {
-                    Some(clean) => {
-                        e.value = Value::Bytes(Cow::Owned(pad_text(e.vr, clean)));
-                        true
-                    }
-                    None => false,
-                },
-                _ => false,
-            },
+            vr if is_free_text(vr) => self.free_text(e),
             _ => false,
         };
         if changed {
             self.caught.push(e.tag);
         }
+    }
+
+    /// Kept free text with every name and identifier of the instance masked (prose loses more:
+    /// see [`Scrubber::scrub_prose`]). Text that switches to a multi-byte set is scrubbed as it
+    /// reads, decoded, and written back in its character set; text that cannot be decoded fails
+    /// the instance. `true` if the value changed.
+    fn free_text(&mut self, e: &mut Element<'_>) -> bool {
+        let Value::Bytes(b) = &e.value else { return false };
+        let prose = is_prose(e.tag, e.vr);
+        let scrub = |s: &Scrubber, text: &[u8]| if prose { s.scrub_prose(text) } else { s.scrub(text) };
+        let original = self.original;
+        let clean = match &original.extended {
+            Some((cs, decoded)) if b.contains(&0x1B) => match cs.decode(trim_padding(b)) {
+                Ok(text) => scrub(decoded, text.as_bytes()).map(|clean| {
+                    // What was read decodes and re-encodes; masks are ASCII.
+                    let encoded = cs.encode(&String::from_utf8_lossy(&clean));
+                    encoded.map(back_to_ascii).unwrap_or_else(|_| b"***".to_vec())
+                }),
+                Err(_) => {
+                    self.miss.get_or_insert(EngineError::InvalidText("a kept text value"));
+                    Some(Vec::new())
+                }
+            },
+            _ => scrub(&original.scrubber, b),
+        };
+        let Some(clean) = clean else { return false };
+        e.value = Value::Bytes(Cow::Owned(pad_text(e.vr, clean)));
+        true
+    }
+
+    /// A coded value (CS, AE title, code value or designator, manufacturer, model) is left as it
+    /// is: masking a token inside it ("CT" of PatientID "CQ500-CT-310" in Modality) writes a
+    /// value its VR forbids or another code. Only a value that is itself identifying, every word
+    /// of it a name or identifier of the instance, is emptied. `true` if it was.
+    fn coded(&mut self, e: &mut Element<'_>) -> bool {
+        let Value::Bytes(b) = &e.value else { return false };
+        let Some(masked) = self.original.scrubber.scrub(b) else { return false };
+        let identifying =
+            masked.iter().all(|c| matches!(c, b'*' | b' ' | b'^' | b'_' | b'-' | b'.' | b',' | 0));
+        if identifying {
+            e.value = Value::Bytes(Cow::Borrowed(&[]));
+        }
+        identifying
     }
 
     /// Map every unregistered UID in the value; `true` if any changed.
@@ -605,6 +700,17 @@ fn date_spellings(da: &[u8]) -> Vec<String> {
         out.push(format!("{m}{sep}{d}{sep}{y}"));
     }
     out
+}
+
+/// `encoded` ISO 2022 text that ends in ASCII, as a DICOM value must (PS3.5 §6.1.2.5.3): the
+/// encoder leaves the last set it switched to designated, and the padding after it would be
+/// read in that set.
+fn back_to_ascii(mut encoded: Vec<u8>) -> Vec<u8> {
+    let last_escape = encoded.iter().rposition(|&b| b == 0x1B);
+    if last_escape.is_some_and(|at| !encoded[at + 1..].starts_with(b"(B")) {
+        encoded.extend_from_slice(b"\x1b(B");
+    }
+    encoded
 }
 
 /// The trimmed value as text; values we act on (UIDs, dates, ages, IDs) are ASCII.

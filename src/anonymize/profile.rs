@@ -87,6 +87,42 @@ pub fn is_whereabouts(tag: Tag) -> bool {
     listed(&WHEREABOUTS_TAGS, tag)
 }
 
+/// Coded values that are no CS: code values and designators of code sequences, and the
+/// manufacturer and model the profile keeps. A vendor's or a coding scheme's token in them is
+/// meaning, not prose: masking a word of them writes another code.
+const CODED_TAGS: [u32; 9] = [
+    0x0008_0070,
+    0x0008_0100,
+    0x0008_0102,
+    0x0008_0103,
+    0x0008_0105,
+    0x0008_010F,
+    0x0008_0119,
+    0x0008_0120,
+    0x0008_1090,
+];
+
+pub fn is_coded(tag: Tag) -> bool {
+    listed(&CODED_TAGS, tag)
+}
+
+/// Sequences the profile empties (Z) that some IOD makes Type 2, so that zero items are valid
+/// there: the performed procedure step reference (SR Document Series module), specimen
+/// identification and preparation (Specimen module), acquisition context (Acquisition Context
+/// module), the verifying observer's code (SR Document General module). Every other emptied
+/// sequence is Type 3 wherever it occurs, and is removed instead.
+const TYPE2_SEQUENCES: [u32; 6] =
+    [0x0008_1111, 0x0040_0513, 0x0040_0555, 0x0040_0562, 0x0040_0610, 0x0040_A088];
+
+pub fn may_be_empty(tag: Tag) -> bool {
+    listed(&TYPE2_SEQUENCES, tag)
+}
+
+/// Type 1C attributes and the attribute whose value their condition is: when the profile removes
+/// or empties the second, the first must go (PS3.3 C.7.1.1: Responsible Person Role is required
+/// if Responsible Person is present and has a value).
+pub const CONDITIONAL: &[(Tag, Tag)] = &[(Tag(0x0010, 0x2298), Tag(0x0010, 0x2297))];
+
 pub fn names_a_class(tag: Tag) -> bool {
     listed(&CLASS_UID_TAGS, tag)
 }
@@ -122,6 +158,7 @@ pub mod tags {
     pub const CODE_VALUE: Tag = Tag(0x0008, 0x0100);
     pub const CODING_SCHEME_DESIGNATOR: Tag = Tag(0x0008, 0x0102);
     pub const CODE_MEANING: Tag = Tag(0x0008, 0x0104);
+    pub const REFERENCED_SOP_INSTANCE_UID: Tag = Tag(0x0008, 0x1155);
     pub const PATIENT_NAME: Tag = Tag(0x0010, 0x0010);
     pub const PATIENT_ID: Tag = Tag(0x0010, 0x0020);
     pub const PATIENT_BIRTH_DATE: Tag = Tag(0x0010, 0x0030);

@@ -110,6 +110,16 @@ pub enum Semantics {
     Ctp,
 }
 
+/// Which way dates move (`project.date_shift`). Absent: backward under a profile script and in
+/// keyed mode, so that no shifted date lies after the date it was; forward otherwise, as RSNA's
+/// Anonymizer does (a study up to ten years in the future), which its script keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DateDirection {
+    Backward,
+    Forward,
+}
+
 /// Everything from the config that shapes how a script is applied.
 #[derive(Debug, Clone, Default)]
 pub struct Settings {
@@ -119,6 +129,8 @@ pub struct Settings {
     /// Applied only to profile scripts (root `profile="ps3.15-basic"`).
     pub options: ProfileOptions,
     pub unverifiable: Unverifiable,
+    /// `None`: backward for a profile script, forward otherwise (see [`DateDirection`]).
+    pub date_shift: Option<DateDirection>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -163,6 +175,8 @@ pub struct Script {
     pub options: ProfileOptions,
     pub removals: Removals,
     pub unverifiable: Unverifiable,
+    /// Which way the date offsets of `Engine::keys` move dates.
+    pub date_shift: DateDirection,
     pub lookups: Lookups,
     rules: HashMap<Tag, Op>,
     keep_groups: Vec<u16>,
@@ -224,10 +238,13 @@ impl Script {
             );
         }
         let inferred = if ctp_only { Semantics::Ctp } else { Semantics::Rsna };
+        let profile = root.attribute("profile") == Some(PROFILE_MARK);
+        let by_script = if profile { DateDirection::Backward } else { DateDirection::Forward };
         Ok(Script {
             name: name.to_string(),
             semantics: settings.semantics.or(declared).unwrap_or(inferred),
-            profile: root.attribute("profile") == Some(PROFILE_MARK),
+            date_shift: settings.date_shift.unwrap_or(by_script),
+            profile,
             options: settings.options,
             removals,
             unverifiable: settings.unverifiable,

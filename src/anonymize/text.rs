@@ -14,9 +14,22 @@ pub fn decode(charset: &str, raw: &[u8]) -> Result<String, std::str::Utf8Error> 
     if codes.is_empty() || codes.iter().all(|c| *c == "ISO_IR 192" || *c == "ISO_IR 6") {
         return std::str::from_utf8(raw).map(str::to_string);
     }
-    let decoded =
-        codes.iter().find_map(|c| SpecificCharacterSet::from_code(c)).and_then(|cs| cs.decode(raw).ok());
+    let decoded = code_extension(charset)
+        .or_else(|| codes.iter().find_map(|c| SpecificCharacterSet::from_code(c)))
+        .and_then(|cs| cs.decode(raw).ok());
     Ok(decoded.unwrap_or_else(|| String::from_utf8_lossy(raw).into_owned()))
+}
+
+/// The multi-byte set an instance switches to with ISO 2022 escapes (Japanese kanji, Korean,
+/// Chinese), if it declares one. Its text can only be read decoded: its two-byte codes are
+/// ASCII bytes, and a name's bytes change with the escapes around it. Its codec decodes the
+/// single-byte sets around it too.
+pub fn code_extension(charset: &str) -> Option<SpecificCharacterSet> {
+    charset
+        .split('\\')
+        .map(str::trim)
+        .filter(|c| matches!(*c, "ISO 2022 IR 87" | "ISO 2022 IR 149" | "ISO 2022 IR 58"))
+        .find_map(SpecificCharacterSet::from_code)
 }
 
 /// `raw` (a name in the data set's character set) in lower case, upper case and capitalised
@@ -82,6 +95,12 @@ mod tests {
             super::case_variants("ISO 2022 IR 100", b"\x1b-AM\xdcLLER").is_empty(),
             "escapes: left alone"
         );
+    }
+
+    #[test]
+    fn iso_2022_names_decode_with_the_multi_byte_set_declared_second() {
+        let raw = b"Yamada^Tarou=\x1b$B;3ED\x1b(B^\x1b$BB@O:\x1b(B";
+        assert_eq!(super::decode("ISO 2022 IR 6\\ISO 2022 IR 87", raw).unwrap(), "Yamada^Tarou=山田^太郎");
     }
 
     #[test]

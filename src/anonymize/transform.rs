@@ -201,6 +201,99 @@ impl Passes {
     }
 }
 
+/// Words too common to be scrub targets, though a name part or an institution may be spelled
+/// so ("Here", "Test", "OB"): masking them corrupts ordinary text and codes (a modality, a
+/// vendor's "TEST" scheme) and hides nobody. Lowercase, sorted.
+const COMMON_WORDS: &[&[u8]] = &[
+    b"a",
+    b"an",
+    b"and",
+    b"anon",
+    b"anonymous",
+    b"are",
+    b"as",
+    b"at",
+    b"au",
+    b"be",
+    b"body",
+    b"brain",
+    b"by",
+    b"chest",
+    b"cr",
+    b"ct",
+    b"da",
+    b"de",
+    b"del",
+    b"den",
+    b"der",
+    b"di",
+    b"do",
+    b"doctor",
+    b"dr",
+    b"du",
+    b"dx",
+    b"ecg",
+    b"el",
+    b"es",
+    b"female",
+    b"for",
+    b"from",
+    b"general",
+    b"hand",
+    b"head",
+    b"here",
+    b"in",
+    b"is",
+    b"it",
+    b"la",
+    b"le",
+    b"left",
+    b"male",
+    b"mg",
+    b"mr",
+    b"mrs",
+    b"ms",
+    b"name",
+    b"neck",
+    b"new",
+    b"nm",
+    b"no",
+    b"none",
+    b"not",
+    b"ob",
+    b"of",
+    b"old",
+    b"on",
+    b"or",
+    b"ot",
+    b"other",
+    b"patient",
+    b"pr",
+    b"pt",
+    b"rf",
+    b"right",
+    b"sc",
+    b"seg",
+    b"sr",
+    b"study",
+    b"test",
+    b"the",
+    b"there",
+    b"this",
+    b"to",
+    b"unknown",
+    b"us",
+    b"van",
+    b"von",
+    b"with",
+    b"xa",
+    b"yes",
+];
+
+fn is_common_word(word: &[u8]) -> bool {
+    COMMON_WORDS.binary_search(&word).is_ok()
+}
+
 /// Name parts shorter than this are too likely to be ordinary words or initials.
 const MIN_NAME_PART: usize = 2;
 /// Identifiers shorter than this are matched as words only; longer ones anywhere.
@@ -238,9 +331,22 @@ impl Scrubber {
             words.push(line.to_ascii_lowercase());
             digits.extend(all_digits(line));
         }
+        let names: Vec<&[u8]> = names.into_iter().collect();
+        // A family and a given name written as one word, either way round ("YamadaTaro" for
+        // YAMADA^TARO): the whole-word match of either part does not see them there. (Ideographic
+        // and other non-ASCII text has a word boundary at every byte, so 山田太郎 is seen.)
+        for group in names.iter().flat_map(|name| name.split(|&b| b == b'=')) {
+            let mut parts = group.split(|&b| b == b'^').map(crate::dicom::trim_padding);
+            if let (Some(family), Some(given)) = (parts.next(), parts.next()) {
+                if family.len() >= MIN_NAME_PART && given.len() >= MIN_NAME_PART {
+                    words.push([family, given].concat().to_ascii_lowercase());
+                    words.push([given, family].concat().to_ascii_lowercase());
+                }
+            }
+        }
         // Family, given and middle names of every component group; prefixes and suffixes
         // ("DR", "MRS", "III") are titles that identify no one and occur in ordinary text.
-        let parts = names.into_iter().flat_map(|name| {
+        let parts = names.iter().flat_map(|name| {
             name.split(|&b| b == b'=').flat_map(|group| group.split(|&b| b == b'^').take(3))
         });
         for component in parts {
@@ -269,6 +375,7 @@ impl Scrubber {
             }
             digits.extend(all_digits(id));
         }
+        words.retain(|w| !is_common_word(w));
         let fits = [&words, &long_ids, &digits].into_iter().flatten().all(|n| n.len() <= MAX_NEEDLE);
         let words = words.iter().map(|w| {
             let marked = mark_words(w);
@@ -288,8 +395,16 @@ impl Scrubber {
     /// The text with each match replaced by asterisks (at most three, never longer than the
     /// match, so the value still fits its VR). `None` when nothing matched. Identifiers first,
     /// then their digits, then names, each pass on what the one before left, then the words
-    /// after titles.
+    /// after titles. A name a reader sees but the bytes hide (full-width letters, a soft hyphen
+    /// or a zero-width character inside it) is matched in the text as a reader sees it
+    /// ([`reader_form`]), and the text is then written in that form.
     pub fn scrub(&self, text: &[u8]) -> Option<Vec<u8>> {
+        let out = self.scrub_bytes(text);
+        let current = out.as_deref().unwrap_or(text);
+        reader_form(current).and_then(|plain| self.scrub_bytes(&plain)).or(out)
+    }
+
+    fn scrub_bytes(&self, text: &[u8]) -> Option<Vec<u8>> {
         let Some(p) = &self.passes else {
             return (!text.is_empty()).then(|| vec![b'*'; text.len().min(3)]);
         };
@@ -311,9 +426,37 @@ impl Scrubber {
     /// loses every long number, whoever it belongs to. Not for codes: a SNOMED CT code value has
     /// eight digits.
     pub fn scrub_prose(&self, text: &[u8]) -> Option<Vec<u8>> {
-        let scrubbed = self.scrub(text);
+        // Shapes first: a name inside an e-mail address would otherwise break its shape.
+        let shaped = replace(text, super::patterns::spans(text).into_iter());
+        let scrubbed = self.scrub(shaped.as_deref().unwrap_or(text)).or(shaped);
         long_numbers(scrubbed.as_deref().unwrap_or(text)).or(scrubbed)
     }
+}
+
+/// `text` as a reader sees it, when those are other bytes: UTF-8 in NFKC (full-width Latin is
+/// Latin) without the format characters that show as nothing (soft hyphen, zero-width space and
+/// joiners, direction marks); in a single-byte set, without a soft hyphen (0xAD in the ISO 8859
+/// sets) between two ASCII letters. `None` when the text reads as its bytes.
+fn reader_form(text: &[u8]) -> Option<Vec<u8>> {
+    use unicode_normalization::UnicodeNormalization;
+    if text.is_ascii() {
+        return None;
+    }
+    let plain: Vec<u8> = match std::str::from_utf8(text) {
+        Ok(s) => s.chars().filter(|&c| !is_invisible(c)).nfkc().collect::<String>().into_bytes(),
+        Err(_) => {
+            let letter = |i: Option<&u8>| i.is_some_and(u8::is_ascii_alphabetic);
+            let hidden =
+                |i: usize| text[i] == 0xAD && i > 0 && letter(text.get(i - 1)) && letter(text.get(i + 1));
+            (0..text.len()).filter(|&i| !hidden(i)).map(|i| text[i]).collect()
+        }
+    };
+    (plain != text).then_some(plain)
+}
+
+/// Format characters a reader does not see.
+fn is_invisible(c: char) -> bool {
+    matches!(c, '\u{AD}' | '\u{180E}' | '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{2064}' | '\u{2066}'..='\u{2069}' | '\u{FEFF}')
 }
 
 /// All the digits of a value together, when they are enough to look for: a number written in
@@ -510,6 +653,40 @@ fn after_titles(text: &[u8]) -> Option<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn names_hidden_by_their_bytes_or_written_together_are_found() {
+        let s = Scrubber::new([&b"DOE^JOHN"[..], "山田^太郎".as_bytes(), b"YAMADA^TARO"], []);
+        let scrub = |t: &str| s.scrub(t.as_bytes()).map(|v| String::from_utf8(v).unwrap());
+        assert_eq!(scrub("seen: ＪＯＨＮ ＤＯＥ").as_deref(), Some("seen: *** ***"), "full-width Latin");
+        assert_eq!(scrub("for Do\u{AD}e").as_deref(), Some("for ***"), "a soft hyphen");
+        assert_eq!(scrub("for J\u{200B}ohn").as_deref(), Some("for ***"), "a zero-width space");
+        assert_eq!(scrub("patient YamadaTaro, TaroYamada").as_deref(), Some("patient ***, ***"));
+        assert_eq!(scrub("患者山田太郎様").as_deref(), Some("患者***様"));
+        assert_eq!(scrub("CT ＨＥＡＤ ½"), None, "what hides no name is left as it is");
+        // Latin-1: a soft hyphen byte between letters.
+        assert_eq!(s.scrub(b"for Do\xADe").as_deref(), Some(&b"for ***"[..]));
+    }
+
+    #[test]
+    fn prose_loses_telephone_numbers_addresses_and_dates_by_their_shape() {
+        let s = Scrubber::new([&b"DOE^JOHN"[..]], []);
+        let prose = b"Call +44 1632 960418 or j.doe@example.org; seen 13/03/2019 and April 2, 2019.";
+        assert_eq!(s.scrub_prose(prose).unwrap(), b"Call *** or ***; seen *** and ***.");
+        let short = s.scrub(prose).unwrap();
+        assert!(
+            short.starts_with(b"Call +44 1632 960418 or j.***@"),
+            "short text keeps its shapes: the name goes"
+        );
+    }
+
+    #[test]
+    fn common_words_are_sorted_for_the_binary_search_and_never_masked() {
+        assert!(COMMON_WORDS.windows(2).all(|w| w[0] < w[1]));
+        let s = Scrubber::new([&b"HERE^OB"[..], b"DOE^JOHN"], [&b"TEST"[..]]);
+        assert_eq!(s.scrub(b"here OB test"), None);
+        assert_eq!(s.scrub(b"here DOE").as_deref(), Some(&b"here ***"[..]));
+    }
 
     #[test]
     fn dates_shift_like_rsna() {

@@ -239,10 +239,24 @@ impl<'a> Reader<'a> {
         if tag.0 == 0xFFFE {
             return Err(ReadError::Unexpected { found: tag_str(tag), offset: start, expected: "an element" });
         }
+        let known = if vr == VR::UN { dictionary_vr(tag) } else { None };
         let value = if vr == VR::SQ || (vr == VR::UN && len == UNDEFINED) {
             // An undefined-length UN is a sequence whose content is Implicit VR LE (PS3.5 §6.2.2).
             let inner = if vr == VR::UN { Encoding::IMPLICIT_LE } else { self.enc };
             Value::Items(self.items(len, end, inner)?)
+        } else if known == Some(VR::SQ) {
+            // A sequence whose VR a node lost: its items, in Implicit VR LE, are read so that the
+            // rules see inside. Bytes that are no items stay UN, which the engine never keeps.
+            self.need_with(len as u64, end, || format!("value of {}", tag_str(tag)))?;
+            let (pos, depth, enc) = (self.pos, self.depth, self.enc);
+            match self.items(len, end, Encoding::IMPLICIT_LE) {
+                Ok(items) => Value::Items(items),
+                Err(ReadError::TooDeep) => return Err(ReadError::TooDeep),
+                Err(_) => {
+                    (self.pos, self.depth, self.enc) = (pos, depth, enc);
+                    Value::Bytes(Cow::Borrowed(self.take(len, end, || format!("value of {}", tag_str(tag)))?))
+                }
+            }
         } else if len == UNDEFINED {
             if !matches!(vr, VR::OB | VR::OW) {
                 return Err(ReadError::UndefinedLength { tag: tag_str(tag), offset: start });
@@ -251,7 +265,20 @@ impl<'a> Reader<'a> {
         } else {
             Value::Bytes(Cow::Borrowed(self.take(len, end, || format!("value of {}", tag_str(tag)))?))
         };
-        let vr = if matches!(value, Value::Items(_)) { VR::SQ } else { vr };
+        let vr = match (&value, known) {
+            (Value::Items(_), _) => VR::SQ,
+            // A UN value of a standard attribute is that attribute's value in the byte order of
+            // the transfer syntax (PS3.5 §6.2.2): it is given its VR back, so that the rules
+            // and the safety net treat it for what it is, when its length fits that VR's header.
+            (Value::Bytes(b), Some(known))
+                if known != VR::SQ
+                    && !self.enc.big_endian
+                    && (has_long_length(known) || b.len() <= 0xFFFF) =>
+            {
+                known
+            }
+            _ => vr,
+        };
         Ok(Element { tag, vr, value })
     }
 
@@ -355,6 +382,17 @@ pub fn in_dictionary(tag: Tag) -> bool {
     StandardDataDictionary.by_tag(tag).is_some()
 }
 
+/// The VR the standard dictionary gives a public `tag`, when it gives exactly one.
+fn dictionary_vr(tag: Tag) -> Option<VR> {
+    if tag.0 % 2 == 1 {
+        return None;
+    }
+    match StandardDataDictionary.by_tag(tag).map(|e| e.vr) {
+        Some(VirtualVr::Exact(vr)) if vr != VR::UN => Some(vr),
+        _ => None,
+    }
+}
+
 /// The VR of an implicit-VR element, from the standard dictionary. Context-dependent VRs take the
 /// form that keeps the bytes intact (OW, US); unknown and private tags are UN.
 pub(crate) fn implicit_vr(tag: Tag) -> VR {
@@ -418,6 +456,51 @@ pub(crate) mod tests {
             buf.extend([0xFE, 0xFF, 0x00, 0xE0, 0xFF, 0xFF, 0xFF, 0xFF]);
         }
         assert_eq!(read_dataset(&buf, Encoding::EXPLICIT_LE), Err(ReadError::TooDeep));
+    }
+
+    /// An implicit VR little endian element.
+    fn implicit(tag: (u16, u16), value: &[u8]) -> Vec<u8> {
+        let mut b = Vec::new();
+        b.extend(tag.0.to_le_bytes());
+        b.extend(tag.1.to_le_bytes());
+        b.extend((value.len() as u32).to_le_bytes());
+        b.extend(value);
+        b
+    }
+
+    /// A UN element as explicit VR writes it (reserved bytes, 32-bit length).
+    fn un(tag: (u16, u16), value: &[u8]) -> Vec<u8> {
+        let mut b = Vec::new();
+        b.extend(tag.0.to_le_bytes());
+        b.extend(tag.1.to_le_bytes());
+        b.extend(b"UN\0\0");
+        b.extend((value.len() as u32).to_le_bytes());
+        b.extend(value);
+        b
+    }
+
+    #[test]
+    fn a_un_sequence_of_defined_length_is_read_as_items_and_a_un_attribute_gets_its_vr() {
+        // RequestAttributesSequence whose VR a node lost: one defined-length item, Implicit VR LE.
+        let inner =
+            [implicit((0x0008, 0x0050), b"ACC90817"), implicit((0x0010, 0x0010), b"DOE^JOHN")].concat();
+        let mut item = vec![0xFE, 0xFF, 0x00, 0xE0];
+        item.extend((inner.len() as u32).to_le_bytes());
+        item.extend(&inner);
+        let mut buf = un((0x0008, 0x1030), b"CT HEAD ");
+        buf.extend(un((0x0040, 0x0275), &item));
+        let ds = read_dataset(&buf, Encoding::EXPLICIT_LE).unwrap();
+        assert_eq!(ds.elements[0].vr, VR::LO, "a UN description is a description");
+        let Value::Items(items) = &ds.elements[1].value else { panic!("not read as a sequence") };
+        assert_eq!(ds.elements[1].vr, VR::SQ);
+        assert_eq!(items[0].get(Tag(0x0010, 0x0010)).map(|e| e.vr), Some(VR::PN));
+        assert_eq!(items[0].text(Tag(0x0010, 0x0010)), Some("DOE^JOHN"));
+        // Bytes that are no items stay UN (the engine removes them), and the rest is read on.
+        let mut buf = un((0x0040, 0x0275), b"DOE^JOHN");
+        buf.extend(explicit((0x0040, 0x0280), b"ST", b"OK"));
+        let ds = read_dataset(&buf, Encoding::EXPLICIT_LE).unwrap();
+        assert_eq!(ds.elements[0].vr, VR::UN);
+        assert_eq!(ds.elements[1].value, Value::Bytes(Cow::Borrowed(b"OK")));
     }
 
     #[test]

@@ -71,6 +71,107 @@ fn family(vr: VR) -> Option<u8> {
     })
 }
 
+/// Repair, at every depth, the values real devices send that only look wrong, before anything
+/// reads them: a text attribute in another text VR gets its dictionary VR back (so the rule for
+/// what it is applies: a PN rule to Operators' Name sent as LO), and control bytes a text value's
+/// VR does not allow become spaces (then the value is scrubbed like any other). A text value
+/// that holds what parses as an element header where it stands is no device's text but the
+/// elements a lying length swallowed: that is a fault, never repaired.
+pub fn repair_values(ds: &mut DataSet<'_>, enc: Encoding) -> Result<(), ValueError> {
+    for e in &mut ds.elements {
+        let b = match &mut e.value {
+            Value::Items(items) => {
+                items.iter_mut().try_for_each(|item| repair_values(item, enc))?;
+                continue;
+            }
+            Value::Fragments(_) => continue,
+            Value::Bytes(b) => b,
+        };
+        if let Some(defined) = text_vr_instead(e.tag, e.vr, b.len()) {
+            e.vr = defined;
+        }
+        let Some(rule) = rule(e.vr) else { continue };
+        if let Some(at) = header_in_text(b, enc) {
+            return Err(ValueError::Swallowed { tag: tag_str(e.tag), vr: e.vr.to_string(), at });
+        }
+        let (start, end) = padding_bounds(b);
+        if b[start..end].iter().any(|&c| rule.forbids(c)) {
+            for c in &mut b.to_mut()[start..end] {
+                if rule.forbids(*c) {
+                    *c = b' ';
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Where the value between its padding starts and ends (see [`trim_padding`]).
+fn padding_bounds(b: &[u8]) -> (usize, usize) {
+    let value = trim_padding(b);
+    let start = value.as_ptr() as usize - b.as_ptr() as usize;
+    (start, start + value.len())
+}
+
+/// Character string VRs: their values are text, so a writer's choice between them changes what
+/// the value is taken for, never how it is stored.
+fn is_string_vr(vr: VR) -> bool {
+    matches!(
+        vr,
+        VR::AE
+            | VR::AS
+            | VR::CS
+            | VR::DA
+            | VR::DS
+            | VR::DT
+            | VR::IS
+            | VR::LO
+            | VR::LT
+            | VR::PN
+            | VR::SH
+            | VR::ST
+            | VR::TM
+            | VR::UC
+            | VR::UI
+            | VR::UR
+            | VR::UT
+    )
+}
+
+/// The dictionary's text VR for a standard attribute that arrived as another text VR, when a
+/// value of `len` bytes fits its header.
+fn text_vr_instead(tag: Tag, vr: VR, len: usize) -> Option<VR> {
+    use dicom_core::dictionary::{DataDictionary, VirtualVr};
+    if tag.0 % 2 == 1 || tag.1 == 0 || !is_string_vr(vr) {
+        return None;
+    }
+    let Some(VirtualVr::Exact(defined)) =
+        dicom_dictionary_std::StandardDataDictionary.by_tag(tag).map(|d| d.vr)
+    else {
+        return None;
+    };
+    let fits = super::read::has_long_length(defined) || len <= 0xFFFF;
+    (defined != vr && is_string_vr(defined) && fits).then_some(defined)
+}
+
+/// The first offset (any, odd ones included: text has no alignment) in a text value where an
+/// element or item header stands that a lying length would have swallowed: a standard attribute
+/// or item tag (or, in explicit VR, a private one with its VR), which text never spells: its
+/// bytes hold the NULs and control bytes of small group and length numbers.
+fn header_in_text(value: &[u8], enc: Encoding) -> Option<usize> {
+    if !value.iter().any(|&c| c < 0x20 && c != ESC) {
+        return None;
+    }
+    (0..value.len().saturating_sub(7)).find(|&at| match decode_header(&value[at..], enc, at) {
+        Ok(Some(h)) => {
+            h.tag.0 == 0xFFFE && matches!(h.tag.1, 0xE000 | 0xE00D | 0xE0DD)
+                || (h.tag.0 != 0 && in_dictionary(h.tag))
+                || (enc.explicit_vr && h.tag.0 % 2 == 1 && h.tag.1 >= 0x0010)
+        }
+        _ => false,
+    })
+}
+
 /// Check every value at every depth of a data set in `enc`. Returns the tags whose values are longer
 /// than their VR allows (kept as they are).
 pub fn check_values(ds: &DataSet<'_>, enc: Encoding) -> Result<Vec<Tag>, ValueError> {
@@ -94,9 +195,7 @@ fn walk(ds: &DataSet<'_>, enc: Encoding, over_long: &mut Vec<Tag>) -> Result<(),
                 };
                 // Padding (a trailing NUL on UIs, spaces elsewhere) is not part of the value.
                 let value = trim_padding(b);
-                if let Some(&byte) = value.iter().find(|&&c| {
-                    c < 0x20 && c != ESC && !(rule.multiline && matches!(c, b'\r' | b'\n' | 0x0C | b'\t'))
-                }) {
+                if let Some(&byte) = value.iter().find(|&&c| rule.forbids(c)) {
                     return Err(ValueError::Forbidden { tag: tag_str(e.tag), vr: e.vr.to_string(), byte });
                 }
                 if let Some(max) = rule.max_len {
@@ -119,7 +218,7 @@ fn walk(ds: &DataSet<'_>, enc: Encoding, over_long: &mut Vec<Tag>) -> Result<(),
 /// Where, if anywhere, the value of `tag` ends in elements it should have been followed by: the first
 /// even offset from which element headers and their defined-length values follow one another to
 /// the value's end (or to fewer than 8 bytes before it), in a chain of which at least one element is
-/// plausible (known to the dictionary, or private). Computed backwards in one pass, so the cost is
+/// plausible (a tag after the value's own, known to the dictionary or private). Computed backwards in one pass, so the cost is
 /// linear in the value's size. Pixel Data is left out: nothing but padding may follow it, and large
 /// pixel data is copied file to file unread, so checking it would make the answer depend on size.
 fn trailing_elements(tag: Tag, value: &[u8], enc: Encoding) -> Option<usize> {
@@ -138,7 +237,9 @@ fn trailing_elements(tag: Tag, value: &[u8], enc: Encoding) -> Option<usize> {
     for at in (0..=(end - 8) / 2).rev().map(|k| 2 * k) {
         let Some(h) = header(at) else { continue };
         let next = at + h.size + h.len as usize;
-        let plausible = in_dictionary(h.tag) || (h.tag.0 % 2 == 1 && h.tag.1 >= 0x0010);
+        // Only an element that could have followed this one: a tag after its own (which rules
+        // out the zero group and the bytes of a 0.0), known or private.
+        let plausible = h.tag > tag && (in_dictionary(h.tag) || (h.tag.0 % 2 == 1 && h.tag.1 >= 0x0010));
         let own = if plausible { PLAUSIBLE } else { CHAIN };
         reach[at / 2] = match next {
             // Up to 7 bytes may follow the last element: too few for another header.
@@ -158,6 +259,13 @@ struct Rule {
     /// In bytes; PN's limit is per component group and SH/LO's in characters, so this is the
     /// single-byte reading, which is what a log line needs.
     max_len: Option<usize>,
+}
+
+impl Rule {
+    /// A control byte the VR does not allow (ESC is the start of a character set switch).
+    fn forbids(&self, c: u8) -> bool {
+        c < 0x20 && c != ESC && !(self.multiline && matches!(c, b'\r' | b'\n' | 0x0C | b'\t'))
+    }
 }
 
 fn rule(vr: VR) -> Option<Rule> {
@@ -187,7 +295,7 @@ fn rule(vr: VR) -> Option<Rule> {
 mod tests {
     use super::*;
     use crate::dicom::read::tests::explicit as one;
-    use crate::dicom::{read_dataset, Encoding};
+    use crate::dicom::{read_dataset, Element, Encoding};
 
     #[test]
     fn element_headers_inside_a_kept_value_are_a_fault() {
@@ -199,6 +307,44 @@ mod tests {
         let err = check_values(&ds, Encoding::EXPLICIT_LE).unwrap_err();
         let ValueError::Forbidden { tag, byte, .. } = err else { panic!("{err:?}") };
         assert_eq!((tag.as_str(), byte), ("(0008,0070)", 0x10));
+        // Nor does the repair take them for a device's control bytes.
+        let mut ds = ds;
+        let err = repair_values(&mut ds, Encoding::EXPLICIT_LE).unwrap_err();
+        assert_eq!(err, ValueError::Swallowed { tag: "(0008,0070)".into(), vr: "LO", at: 4 });
+        let mut ds = DataSet::default();
+        let implicit = [&b"ACME"[..], &[0x10, 0, 0x10, 0, 8, 0, 0, 0], b"DOE^JOHN"].concat();
+        ds.elements =
+            vec![Element { tag: Tag(0x0008, 0x0070), vr: VR::LO, value: Value::Bytes(implicit.into()) }];
+        assert!(repair_values(&mut ds, Encoding::IMPLICIT_LE).is_err());
+    }
+
+    /// A value of 0.0 in Implicit VR reads as a (0000,0000) header of length 0.
+    #[test]
+    fn zero_floats_in_implicit_vr_are_numbers_not_headers() {
+        let implicit = |tag: (u16, u16), value: &[u8]| {
+            let mut b = [tag.0.to_le_bytes(), tag.1.to_le_bytes()].concat();
+            b.extend((value.len() as u32).to_le_bytes());
+            b.extend(value);
+            b
+        };
+        let mut buf = implicit((0x0018, 0x9087), &[0; 8]); // DiffusionBValue 0
+        buf.extend(implicit((0x0018, 0x9089), &[0; 24])); // DiffusionGradientOrientation 0\0\0
+        buf.extend(implicit((0x0070, 0x0022), &[0; 16])); // GraphicData 0\0\0\0
+        let ds = read_dataset(&buf, Encoding::IMPLICIT_LE).unwrap();
+        assert_eq!(check_values(&ds, Encoding::IMPLICIT_LE), Ok(vec![]));
+    }
+
+    #[test]
+    fn control_bytes_in_text_are_replaced_and_a_text_vr_swapped_for_another_is_given_back() {
+        let mut buf = one((0x0008, 0x1070), b"LO", b"SMITH^ANNA");
+        buf.extend(one((0x0032, 0x1030), b"LO", b"PAIN\r\nDOE "));
+        buf.extend(one((0x4008, 0x010B), b"ST", b"line\r\nnext"));
+        let mut ds = read_dataset(&buf, Encoding::EXPLICIT_LE).unwrap();
+        repair_values(&mut ds, Encoding::EXPLICIT_LE).unwrap();
+        assert_eq!(ds.elements[0].vr, VR::PN, "Operators' Name is a person's name whatever VR it came in");
+        assert_eq!(ds.text(Tag(0x0032, 0x1030)), Some("PAIN  DOE"));
+        assert_eq!(ds.text(Tag(0x4008, 0x010B)), Some("line\r\nnext"), "ST allows line breaks");
+        assert_eq!(check_values(&ds, Encoding::EXPLICIT_LE), Ok(vec![]));
     }
 
     #[test]
@@ -250,12 +396,10 @@ mod tests {
         let ds = read_dataset(&lie, Encoding::EXPLICIT_LE).unwrap();
         let err = check_values(&ds, Encoding::EXPLICIT_LE).unwrap_err();
         assert_eq!(err, ValueError::Swallowed { tag: "(0028,0010)".into(), vr: "US", at: 2 });
-        // A chain of private elements, a chain followed by a few bytes, and one whose tags are lower
-        // than the carrier's are caught too.
+        // A chain of private elements and a chain followed by a few bytes are caught too.
         for tail in [
-            [one((0x0009, 0x0010), b"LO", b"ACME"), one((0x0009, 0x1001), b"LO", b"DOE^JOHN")].concat(),
-            [one((0x0010, 0x1000), b"LO", b"DOE^JOHN"), vec![0xAB, 0xCD]].concat(),
-            one((0x0008, 0x0090), b"PN", b"DOE^JOHN"),
+            [one((0x0029, 0x0010), b"LO", b"ACME"), one((0x0029, 0x1001), b"LO", b"DOE^JOHN")].concat(),
+            [one((0x0032, 0x1030), b"LO", b"DOE^JOHN"), vec![0xAB, 0xCD]].concat(),
         ] {
             let mut value = 512u16.to_le_bytes().to_vec();
             value.extend(&tail);
@@ -263,6 +407,12 @@ mod tests {
             let ds = read_dataset(&lie, Encoding::EXPLICIT_LE).unwrap();
             assert!(check_values(&ds, Encoding::EXPLICIT_LE).is_err(), "{tail:?}");
         }
+        // Elements that could not have followed the value (tags before its own) are not looked for.
+        let mut value = 512u16.to_le_bytes().to_vec();
+        value.extend(one((0x0008, 0x0090), b"PN", b"DOE^JOHN"));
+        let early = one((0x0028, 0x0010), b"US", &value);
+        let ds = read_dataset(&early, Encoding::EXPLICIT_LE).unwrap();
+        assert_eq!(check_values(&ds, Encoding::EXPLICIT_LE), Ok(vec![]));
         // Pixel data is not judged: its size must not change the answer.
         let mut pixels = lie.clone();
         pixels[0..4].copy_from_slice(&[0xE0, 0x7F, 0x10, 0x00]);
