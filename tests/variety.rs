@@ -230,20 +230,54 @@ fn is_structure_error(line: &str) -> bool {
     STRUCTURE_ERRORS.iter().any(|e| line.contains(e))
 }
 
-/// Where `needle` occurs in `hay` as a whole value or word: an edge of the needle that is a letter,
-/// digit or underscore (for UIDs a digit or dot) must not continue into a longer token (an
-/// InstitutionName "TOSHIBA" is not in the Manufacturer "TOSHIBA_MEC"). Edges in other scripts
-/// (ISO 2022 escapes, UTF-8) are not checked.
-fn occurs(hay: &[u8], needle: &[u8], uid: bool) -> bool {
-    let inner =
-        |b: u8| if uid { b.is_ascii_digit() || b == b'.' } else { b.is_ascii_alphanumeric() || b == b'_' };
-    let (first, last) = (needle[0], needle[needle.len() - 1]);
-    memchr::memmem::find_iter(hay, needle).any(|at| {
-        let before = at.checked_sub(1).map(|i| hay[i]);
-        let after = hay.get(at + needle.len()).copied();
-        let runs_on = inner(first) && before.is_some_and(inner) || inner(last) && after.is_some_and(inner);
-        !runs_on
-    })
+/// Which of `needles` (bytes, and whether a UID) occur in `hay` as a whole value or word, in one
+/// pass over it: an edge of the needle that is a letter, digit or underscore (for UIDs a digit or
+/// dot) must not continue into a longer token (an InstitutionName "TOSHIBA" is not in the
+/// Manufacturer "TOSHIBA_MEC"). Edges in other scripts (ISO 2022 escapes, UTF-8) are not checked.
+fn occurring(hay: &[u8], needles: &[(Vec<u8>, bool)]) -> Vec<bool> {
+    let mut found = vec![false; needles.len()];
+    if needles.is_empty() {
+        return found;
+    }
+    let automaton = aho_corasick::AhoCorasick::new(needles.iter().map(|(n, _)| n)).unwrap();
+    for m in automaton.find_overlapping_iter(hay) {
+        let i = m.pattern().as_usize();
+        let (needle, uid) = (&needles[i].0, needles[i].1);
+        let inner = |b: u8| {
+            if uid {
+                b.is_ascii_digit() || b == b'.'
+            } else {
+                b.is_ascii_alphanumeric() || b == b'_'
+            }
+        };
+        let before = m.start().checked_sub(1).map(|i| hay[i]);
+        let after = hay.get(m.end()).copied();
+        let runs_on = inner(needle[0]) && before.is_some_and(inner)
+            || inner(needle[needle.len() - 1]) && after.is_some_and(inner);
+        found[i] |= !runs_on;
+    }
+    found
+}
+
+/// The bytes to search for identifying values: all but the value of the top-level pixel data
+/// (samples, not text), whose place the inspector gives.
+fn without_pixels(mut bytes: Vec<u8>, facts: &Facts) -> Vec<u8> {
+    let Some([start, len]) = facts.get("pixels").and_then(Value::as_array).map(Vec::as_slice) else {
+        return bytes;
+    };
+    let (start, len) = (start.as_u64().unwrap() as usize, len.as_u64().unwrap());
+    if start > bytes.len() {
+        return bytes;
+    }
+    let end = if len == 0xFFFF_FFFF {
+        // Encapsulated: up to the sequence delimitation item.
+        memchr::memmem::rfind(&bytes[start..], b"\xfe\xff\xdd\xe0\x00\x00\x00\x00")
+            .map_or(bytes.len(), |i| start + i + 8)
+    } else {
+        start.saturating_add(len as usize).min(bytes.len())
+    };
+    bytes.drain(start..end);
+    bytes
 }
 
 /// The bytes to search: a Deflated data set inflated, since its text is not in the file's bytes.
@@ -299,6 +333,7 @@ fn the_shipped_default_on_files_others_wrote() {
     let d = tempfile::tempdir().unwrap();
     let corpus = d.path().join("corpus");
     let inputs = build_corpus(&corpus);
+    let mut phases = vec![("corpus", started.elapsed())];
     let config = shipped_config(d.path(), rsna);
 
     // Files that share a SOP Instance UID (pydicom's MR_small in six encodings) would overwrite each
@@ -342,6 +377,7 @@ fn the_shipped_default_on_files_others_wrote() {
         pass_dirs.push((k, out));
     }
 
+    phases.push(("anonymize", started.elapsed()));
     // Inputs to outputs through the index's UID mapping: the output is named by its pseudonym.
     let mapping = d.path().join("mapping");
     let run = gateway(&[
@@ -360,10 +396,7 @@ fn the_shipped_default_on_files_others_wrote() {
         .skip(1)
         .filter_map(|l| l.split_once(',').map(|(a, b)| (a.to_string(), b.to_string())))
         .collect();
-    let mut outputs: BTreeMap<String, Facts> = BTreeMap::new();
-    for (_, dir) in &pass_dirs {
-        outputs.extend(inspect(dir));
-    }
+    let outputs = inspect(&d.path().join("out"));
     let by_name: HashMap<String, PathBuf> = outputs
         .keys()
         .map(|p| (Path::new(p).file_stem().unwrap().to_string_lossy().into_owned(), PathBuf::from(p)))
@@ -380,6 +413,7 @@ fn the_shipped_default_on_files_others_wrote() {
         }
     }
 
+    phases.push(("inspect", started.elapsed()));
     // dciodvfy on every DICOM input and every output, two at a time per core.
     let jobs: Vec<PathBuf> = inputs
         .iter()
@@ -393,6 +427,7 @@ fn the_shipped_default_on_files_others_wrote() {
         jobs.par_iter().map(|p| (p.clone(), dciodvfy(p))).collect()
     });
 
+    phases.push(("dciodvfy", started.elapsed()));
     let mut t = Table { files: inputs.len(), ..Table::default() };
     let mut details: BTreeMap<&str, Vec<String>> = BTreeMap::new();
     let mut note = |what: &'static str, line: String| details.entry(what).or_default().push(line);
@@ -420,35 +455,47 @@ fn the_shipped_default_on_files_others_wrote() {
             continue;
         };
         t.stored += 1;
-        let bytes = searchable(std::fs::read(out).unwrap());
-        let input_bytes = searchable(std::fs::read(corpus.join(path)).unwrap());
         let o = &outputs[&out.display().to_string()];
+        let bytes = without_pixels(searchable(std::fs::read(out).unwrap()), o);
+        let input_bytes = without_pixels(searchable(std::fs::read(corpus.join(path)).unwrap()), f);
         let planted = f.get("planted").and_then(Value::as_bool) == Some(true);
 
         // Identifying values left anywhere in the output's bytes.
         let (mut hard, mut soft, mut adversarial) = (0, 0, 0);
         let mut counted = BTreeSet::new();
+        let mut values = Vec::new();
+        let mut needles: Vec<(Vec<u8>, bool)> = Vec::new();
+        let mut needles_of = Vec::new();
         for phi in f["phi"].as_array().unwrap() {
             let kind = phi["kind"].as_str().unwrap();
             let text = phi["text"].as_str().unwrap();
-            let uid = kind == "uid";
             if text.trim().len() < 3 || !counted.insert((kind, text)) {
                 continue;
             }
-            let needles: Vec<Vec<u8>> = phi["bytes"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|h| hex::decode(h.as_str().unwrap()).unwrap().trim_ascii().to_vec())
-                .filter(|n| n.len() >= 3)
-                .collect();
+            let first = needles.len();
+            needles.extend(
+                phi["bytes"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|h| hex::decode(h.as_str().unwrap()).unwrap().trim_ascii().to_vec())
+                    .filter(|n| n.len() >= 3)
+                    .map(|n| (n, kind == "uid")),
+            );
+            values.push(phi);
+            needles_of.push(first..needles.len());
+        }
+        let (in_input, in_output) = (occurring(&input_bytes, &needles), occurring(&bytes, &needles));
+        for (phi, range) in values.into_iter().zip(needles_of) {
+            let kind = phi["kind"].as_str().unwrap();
+            let text = phi["text"].as_str().unwrap();
             t.values_searched += 1;
-            if needles.iter().any(|n| occurs(&input_bytes, n, uid)) {
+            if in_input[range.clone()].contains(&true) {
                 t.values_found_in_input += 1;
             } else {
                 note("identifying values not found in their own input", format!("{path}: {kind} {text:?}"));
             }
-            if !needles.iter().any(|n| occurs(&bytes, n, uid)) {
+            if !in_output[range].contains(&true) {
                 continue;
             }
             let what = if kind == "adversarial" {
@@ -544,7 +591,13 @@ fn the_shipped_default_on_files_others_wrote() {
     } else {
         "shipped profile (config/default.yaml)"
     };
-    println!("\nvariety corpus through the {script}, in {:.1} s", started.elapsed().as_secs_f64());
+    let times: Vec<String> =
+        phases.iter().map(|(what, at)| format!("{what} done at {:.1} s", at.as_secs_f64())).collect();
+    println!(
+        "\nvariety corpus through the {script}, in {:.1} s ({})",
+        started.elapsed().as_secs_f64(),
+        times.join(", ")
+    );
     for (what, lines) in &details {
         println!("\n{what} ({}):", lines.len());
         for l in lines.iter().take(25) {

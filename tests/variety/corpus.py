@@ -414,6 +414,14 @@ def inspect_file(p):
         encodings = pydicom.charset.convert_encodings(ds.get("SpecificCharacterSet", "ISO_IR 6"))
     except Exception:
         encodings = ["iso8859"]
+    # Where the top-level pixel data's value lies, for the leak search to skip (pixel samples are
+    # not text, and a 100 MB cine would dominate the test's time); not in a Deflated file.
+    try:
+        raw = ds.get_item(0x7FE00010)
+        if raw is not None and facts["transfer_syntax"] != "1.2.840.10008.1.2.1.99" and raw.value_tell:
+            facts["pixels"] = [raw.value_tell, raw.length]
+    except Exception as e:
+        facts["errors"].append(f"pixels: {e}")
     walk(ds, "", encodings, facts)
     # Generic placeholders are not identifying; keep the rest.
     facts["phi"] = [f for f in facts["phi"] if f["text"].strip().upper() not in GENERIC]
