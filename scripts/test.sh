@@ -31,9 +31,10 @@ if ! command -v moto_server >/dev/null 2>&1; then
 fi
 command -v moto_server >/dev/null || { echo "moto_server is not on PATH after installing moto[server]" >&2; exit 1; }
 # tests/variety.rs runs the anonymizer over DICOM files other people wrote, shipped inside these
-# packages (tests/variety/corpus.py copies them; nothing is downloaded at test time).
+# packages (tests/variety/corpus.py copies them; nothing is downloaded at test time). The versions
+# its bounds were measured with: another release may ship other files.
 variety=()
-for pkg in pydicom:pydicom pynetdicom:pynetdicom deid_data:deid-data dicomgenerator:dicomgenerator; do
+for pkg in pydicom:pydicom==3.0.2 pynetdicom:pynetdicom==3.0.4 deid_data:deid-data==0.0.20 dicomgenerator:dicomgenerator==0.4.0; do
     python3 -c "import ${pkg%%:*}" 2>/dev/null || variety+=("${pkg#*:}")
 done
 if [ ${#variety[@]} -gt 0 ]; then
