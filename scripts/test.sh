@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Runs the whole test suite on a fresh Debian machine: installs the real peers the tests talk to
 # (DCMTK, dicom3tools, Chromium for the status page, openssl for test certificates, Tesseract and
-# DejaVu for burned-in text, moto_server for Cognito and S3), then runs cargo test. Tests never
-# skip a missing peer: they fail loudly.
+# DejaVu for burned-in text, moto_server for Cognito and S3, the pip packages whose DICOM files
+# make the variety corpus), then runs cargo test. Tests never skip a missing peer: they fail loudly.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -35,6 +35,17 @@ if ! command -v moto_server >/dev/null 2>&1; then
     hash -r
 fi
 command -v moto_server >/dev/null || { echo "moto_server is not on PATH after installing moto[server]" >&2; exit 1; }
+# tests/variety.rs runs the anonymizer over DICOM files other people wrote, shipped inside these
+# packages (tests/variety/corpus.py copies them; nothing is downloaded at test time). The versions
+# its bounds were measured with: another release may ship other files.
+variety=()
+for pkg in pydicom:pydicom==3.0.2 pynetdicom:pynetdicom==3.0.4 deid_data:deid-data==0.0.20 dicomgenerator:dicomgenerator==0.4.0; do
+    python3 -c "import ${pkg%%:*}" 2>/dev/null || variety+=("${pkg#*:}")
+done
+if [ ${#variety[@]} -gt 0 ]; then
+    echo "installing: ${variety[*]}" >&2
+    python3 -m pip install --quiet "${variety[@]}"
+fi
 
 # The AWS SDK must never probe the instance metadata service from a test.
 export AWS_EC2_METADATA_DISABLED=true
