@@ -223,7 +223,13 @@ impl Pipeline {
     pub fn open(config: &Config, out: &Path, durability: Durability) -> Result<Pipeline, SetupError> {
         let project = &config.project;
         let engine = Self::engine(config)?;
-        let pixels = PixelStage::new(&project.pixels)?;
+        // A batch (the offline commands) has the machine to itself: one OCR process per core. A
+        // node keeps to `pixels.workers`, so that the intake beside the OCR keeps a core.
+        let mut pixel_config = project.pixels.clone();
+        if durability == Durability::AtEnd {
+            pixel_config.workers = std::thread::available_parallelism().map_or(1, usize::from);
+        }
+        let pixels = PixelStage::new(&pixel_config)?;
         pixels.announce();
         let index = Index::open(&config.index_path(), &Owner::for_site(&project.site_id))?;
         let spool = Spool::open(out, durability == Durability::EachInstance)?;

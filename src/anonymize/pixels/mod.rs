@@ -94,7 +94,8 @@ pub enum Volumes {
 pub struct PixelConfig {
     /// The Tesseract program; found on PATH when not a path.
     pub tesseract: PathBuf,
-    /// Images read at once (each is one OCR process on one core).
+    /// Images the node reads at once (each is one OCR process on one core); the offline commands
+    /// read one per core.
     pub workers: usize,
     /// Seconds one OCR read may take before the engine is killed and the image held.
     pub timeout_s: u64,
@@ -318,7 +319,12 @@ impl PixelStage {
         // come out the same whichever of them the sample took.
         cleaning.read = matches!(risk, Risk::AtRisk(_));
         let needles = phi::Needles::of(original);
-        let found = self.read_frames(&frames, &(0..frames.data.len()).collect::<Vec<_>>())?;
+        let (cols, rows) = (frames.geometry.cols, frames.geometry.rows);
+        let whole: Vec<Crop> = (0..frames.data.len())
+            .map(|frame| Crop { frame, rect: Rect { x: 0, y: 0, w: cols, h: rows } })
+            .collect();
+        let found = self.read(&frames, &whole)?;
+        // Around each masked word, the part of its frame that is read again.
         let mut reread = Vec::new();
         for (index, words) in found.into_iter().enumerate() {
             let phi = needles.find(&words);
@@ -327,26 +333,21 @@ impl PixelStage {
                 if !self.masks(word, phi.contains(&i), g.rows) {
                     continue;
                 }
-                let pad = 2 + word.h / 5;
-                if g.mask(
-                    &mut frames.data[index],
-                    Rect { x: word.x, y: word.y, w: word.w, h: word.h }.padded(pad),
-                ) {
+                let rect = Rect { x: word.x, y: word.y, w: word.w, h: word.h }.padded(2 + word.h / 5);
+                if g.mask(&mut frames.data[index], rect) {
                     frames.changed[index] = true;
                     cleaning.words += 1;
+                    reread.push(Crop { frame: index, rect: rect.padded(rect.h.max(16)) });
                 }
-            }
-            if frames.changed[index] {
-                reread.push(index);
             }
         }
         if cleaning.words > 0 && *risk == Risk::Volume {
             self.sampler.found_text(&original.series_uid);
         }
-        // What was masked is read again: the instance's own PHI must not be readable any more.
+        // What was masked is read again, with what surrounds it: the instance's own PHI must not
+        // be readable any more. (The rest of each frame was read above and did not change.)
         if !reread.is_empty() && !needles.is_empty() {
-            let still: usize =
-                self.read_frames(&frames, &reread)?.iter().map(|w| needles.find(w).len()).sum();
+            let still: usize = self.read(&frames, &reread)?.iter().map(|w| needles.find(w).len()).sum();
             if still > 0 {
                 return Err(PixelError::StillReadable(still));
             }
@@ -376,59 +377,111 @@ impl PixelStage {
         }
     }
 
-    /// OCR of the frames `which`, each in both polarities; words in frame coordinates, by frame.
-    fn read_frames(&self, frames: &Frames, which: &[usize]) -> Result<Vec<Vec<Word>>, PixelError> {
+    /// OCR of each crop, in both polarities: its words in frame coordinates, by crop.
+    fn read(&self, frames: &Frames, crops: &[Crop]) -> Result<Vec<Vec<Word>>, PixelError> {
         let g = &frames.geometry;
         // Small text needs about 20 px of height to be read: small images are read at twice
         // their size.
         let scale = if g.rows.max(g.cols) <= 1024 { 2 } else { 1 };
-        let (w, h) = (g.cols * scale, g.rows * scale);
         const GAP: usize = 16;
-        // At most this many pixels go to one OCR process.
-        let per_call = (12_000_000 / ((h + GAP) * 2 * w).max(1)).max(1);
-        let mut out = Vec::with_capacity(which.len());
-        for batch in which.chunks(per_call) {
-            let width = w.max(64);
-            let mut pixels = Vec::new();
+        // About this many pixels go to one OCR process, in fewer rows than Tesseract takes
+        // (32,767; an image higher than that fails, and so would every image in it).
+        const PER_CALL: usize = 12_000_000;
+        const MAX_ROWS: usize = 30_000;
+        let crops: Vec<Crop> = crops.iter().map(|c| c.clipped(g.cols, g.rows)).collect();
+        let mut out = vec![Vec::new(); crops.len()];
+        let mut next = 0;
+        while next < crops.len() {
+            let mut batch = vec![next];
+            let mut area = crops[next].area(scale, GAP);
+            let mut rows = crops[next].rows(scale, GAP);
+            while let Some(more) = crops.get(next + batch.len()) {
+                if area + more.area(scale, GAP) > PER_CALL || rows + more.rows(scale, GAP) > MAX_ROWS {
+                    break;
+                }
+                area += more.area(scale, GAP);
+                rows += more.rows(scale, GAP);
+                batch.push(next + batch.len());
+            }
+            next += batch.len();
+            let width = batch.iter().map(|&i| crops[i].rect.w * scale).max().unwrap_or(0).max(64);
+            let mut pixels = Vec::with_capacity(area);
+            // (first row, crop) of each tile; two tiles a crop.
             let mut tiles = Vec::new();
-            for &index in batch {
-                let grey = g.grey(&frames.data[index]);
+            let mut grey: Option<(usize, Vec<u8>)> = None;
+            for &i in &batch {
+                let Crop { frame, rect } = crops[i];
+                if grey.as_ref().is_none_or(|(f, _)| *f != frame) {
+                    grey = Some((frame, g.grey(&frames.data[frame])));
+                }
+                let Some((_, grey)) = &grey else { continue };
                 for invert in [false, true] {
-                    tiles.push(pixels.len() / width);
-                    for y in 0..h {
-                        let row = &grey[(y / scale) * g.cols..(y / scale + 1) * g.cols];
+                    tiles.push((pixels.len() / width, i));
+                    for y in 0..rect.h * scale {
+                        let row = (rect.y + y / scale) * g.cols;
                         let start = pixels.len();
-                        pixels.extend(
-                            (0..w).map(|x| if invert { 255 - row[x / scale] } else { row[x / scale] }),
-                        );
+                        pixels.extend((0..rect.w * scale).map(|x| {
+                            let v = grey[row + rect.x + x / scale];
+                            if invert {
+                                255 - v
+                            } else {
+                                v
+                            }
+                        }));
                         pixels.resize(start + width, 128);
                     }
                     pixels.resize(pixels.len() + GAP * width, 128);
                 }
             }
             let image = Grey { width, height: pixels.len() / width, pixels };
-            let words = self.ocr.read(&image)?;
-            let mut by_frame = vec![Vec::new(); batch.len()];
-            for word in words {
+            for word in self.ocr.read(&image)? {
                 let centre = word.y + word.h / 2;
-                let Some(tile) = tiles.iter().rposition(|&top| top <= centre) else { continue };
-                let top = tiles[tile];
+                let Some(tile) = tiles.iter().rposition(|&(top, _)| top <= centre) else { continue };
+                let (top, i) = tiles[tile];
+                let rect = crops[i].rect;
                 // A "word" that runs over the gap between two tiles is a pattern read as text
                 // (stripes, a gradient), never text drawn in one frame.
-                if word.y < top || word.y + word.h > top + h {
+                if word.y < top || word.y + word.h > top + rect.h * scale || word.x + word.w > rect.w * scale
+                {
                     continue;
                 }
-                by_frame[tile / 2].push(Word {
-                    x: word.x / scale,
-                    y: word.y.saturating_sub(top) / scale,
+                out[i].push(Word {
+                    x: rect.x + word.x / scale,
+                    y: rect.y + (word.y - top) / scale,
                     w: word.w.div_ceil(scale),
                     h: word.h.div_ceil(scale),
                     ..word
                 });
             }
-            out.extend(by_frame);
         }
         Ok(out)
+    }
+}
+
+/// A part of a frame to read.
+#[derive(Debug, Clone, Copy)]
+struct Crop {
+    frame: usize,
+    rect: Rect,
+}
+
+impl Crop {
+    fn clipped(self, cols: usize, rows: usize) -> Crop {
+        let x = self.rect.x.min(cols);
+        let y = self.rect.y.min(rows);
+        let w = self.rect.w.min(cols - x);
+        let h = self.rect.h.min(rows - y);
+        Crop { frame: self.frame, rect: Rect { x, y, w, h } }
+    }
+
+    /// Rows its two tiles take in an OCR image.
+    fn rows(&self, scale: usize, gap: usize) -> usize {
+        2 * (self.rect.h * scale + gap)
+    }
+
+    /// Pixels its two tiles take in an OCR image.
+    fn area(&self, scale: usize, gap: usize) -> usize {
+        self.rows(scale, gap) * (self.rect.w * scale).max(64)
     }
 }
 

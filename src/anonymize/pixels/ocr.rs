@@ -90,7 +90,7 @@ impl Ocr {
             .env("OMP_THREAD_LIMIT", "1")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
-            .stderr(Stdio::null());
+            .stderr(Stdio::piped());
         limit_memory(&mut command, self.memory_bytes);
         let mut child = command
             .spawn()
@@ -98,6 +98,7 @@ impl Ocr {
         let pid = child.id();
         let mut stdin = child.stdin.take();
         let mut stdout = child.stdout.take();
+        let mut stderr = child.stderr.take();
         let pgm = image.pgm();
         let (done, finished) = mpsc::channel();
         std::thread::scope(|s| {
@@ -113,6 +114,12 @@ impl Ocr {
                 let read = stdout.as_mut().map_or(Ok(0), |r| r.read_to_end(&mut text));
                 let _ = done.send(read.map(|_| text));
             });
+            // What the engine says of a failure: its last line goes into the reason.
+            let said = s.spawn(move || {
+                let mut text = Vec::new();
+                let _ = stderr.as_mut().map(|r| r.take(64 << 10).read_to_end(&mut text));
+                String::from_utf8_lossy(&text).lines().last().unwrap_or_default().trim().to_string()
+            });
             let text = match finished.recv_timeout(self.timeout) {
                 Ok(text) => text,
                 Err(_) => {
@@ -127,7 +134,8 @@ impl Ocr {
             };
             let status = child.wait().map_err(|e| PixelError::Ocr(format!("waiting for tesseract: {e}")))?;
             if !status.success() {
-                return Err(PixelError::Ocr(format!("tesseract failed ({status})")));
+                let said = said.join().unwrap_or_default();
+                return Err(PixelError::Ocr(format!("tesseract failed ({status}): {said}")));
             }
             let text = text.map_err(|e| PixelError::Ocr(format!("reading tesseract's output: {e}")))?;
             Ok(parse_tsv(&String::from_utf8_lossy(&text)))
