@@ -52,11 +52,14 @@ const MAX_BROKEN_REFERENCES: usize = 0;
 /// with another value than its input (class 4; issue19: ValueType "TEXT" emptied twice in
 /// reportsi_with_empty_number_tags.dcm; main: "CT" -> "**", "TOSHIBA_MEC" -> "***_MEC" ...).
 const MAX_CODED_CHANGED: usize = 2;
-/// Instances without a structural error that end in quarantine (class 5; issue19: deid-data's
-/// GREYSCALE_CINE, GREYSCALE_IMAGE and RGB_IMAGE, AdditionalPatientHistory "ends in what parses as
-/// element headers", and examples_ybr_color.dcm's private UT; main: RGB_IMAGE's CR in
-/// ReasonForStudy, OperatorsName as LO, FD 0.0 in implicit VR).
-const MAX_VALID_QUARANTINED: usize = 4;
+/// Instances without a structural error that end in quarantine (class 5). Left: deid-data's
+/// GREYSCALE_IMAGE, whose StudyInstanceUID GREYSCALE_CINE states for another PatientID (an
+/// integrity conflict between two inputs, not a value refused; whichever comes second is held).
+/// Fixed: text whose bytes read as a header where no element could stand (AdditionalPatientHistory
+/// "...es\rRIS C..." in GREYSCALE_CINE, GREYSCALE_IMAGE and RGB_IMAGE; 4 before) and private values
+/// (examples_ybr_color.dcm's XML UT), which are removed unjudged; main also had RGB_IMAGE's CR in
+/// ReasonForStudy, OperatorsName as LO, FD 0.0 in implicit VR.
+const MAX_VALID_QUARANTINED: usize = 1;
 /// Dates in outputs after today (class 6: the forward shift). Fewer as time passes.
 const MAX_FUTURE_DATES: usize = 0;
 /// Pseudonymous PatientIDs shared by patients the inputs tell apart (class 8; main: seven patients

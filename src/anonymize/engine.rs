@@ -5,7 +5,7 @@ use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
-use crate::dicom::{pad_text, trim_padding, DataSet, Element, Tag, Value, VR};
+use crate::dicom::{never_kept, pad_text, trim_padding, DataSet, Element, Tag, Value, VR};
 
 use super::lookup::{LookupTable, PATIENT_ID as PTID};
 use super::options::{MethodCode, BASIC_PROFILE, RETAIN_MODIFIED_DATES};
@@ -486,7 +486,7 @@ impl Walk<'_> {
         let tag = e.tag;
         // Private groups, group lengths (stale once values change), command elements (they belong
         // to a DIMSE message, never to a data set), file meta and padding always go.
-        if tag.0 % 2 == 1 || tag.1 == 0 || tag.0 == 0x0000 || tag.0 == 0x0002 || tag == tags::ITEM_PADDING {
+        if never_kept(tag) {
             return false;
         }
         let engine = self.engine;

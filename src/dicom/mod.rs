@@ -29,7 +29,7 @@ pub(crate) use read::tag_str;
 pub use read::{in_dictionary, read_dataset, ReadError};
 pub use split::{locate_pixel_data, PixelSpan, SplitError};
 pub use syntax::{Encoding, TransferSyntax, EXPLICIT_VR_LE};
-pub use values::{check_values, check_vrs, repair_values, ValueError};
+pub use values::{check_values, check_vrs, never_kept, repair_values, ValueError};
 pub use write::{write_dataset, WriteError};
 
 pub use dicom_core::{Tag, VR};

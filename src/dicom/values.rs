@@ -75,10 +75,14 @@ fn family(vr: VR) -> Option<u8> {
 /// reads them: a text attribute in another text VR gets its dictionary VR back (so the rule for
 /// what it is applies: a PN rule to Operators' Name sent as LO), and control bytes a text value's
 /// VR does not allow become spaces (then the value is scrubbed like any other). A text value
-/// that holds what parses as an element header where it stands is no device's text but the
-/// elements a lying length swallowed: that is a fault, never repaired.
+/// that ends in what parses as the elements that should have followed it is no device's text but
+/// the elements a lying length swallowed: that is a fault, never repaired. Elements that never
+/// leave (private ones, see [`never_kept`]) are neither repaired nor judged.
 pub fn repair_values(ds: &mut DataSet<'_>, enc: Encoding) -> Result<(), ValueError> {
     for e in &mut ds.elements {
+        if never_kept(e.tag) {
+            continue;
+        }
         let b = match &mut e.value {
             Value::Items(items) => {
                 items.iter_mut().try_for_each(|item| repair_values(item, enc))?;
@@ -91,7 +95,7 @@ pub fn repair_values(ds: &mut DataSet<'_>, enc: Encoding) -> Result<(), ValueErr
             e.vr = defined;
         }
         let Some(rule) = rule(e.vr) else { continue };
-        if let Some(at) = header_in_text(b, enc) {
+        if let Some(at) = header_in_text(e.tag, b, enc) {
             return Err(ValueError::Swallowed { tag: tag_str(e.tag), vr: e.vr.to_string(), at });
         }
         let (start, end) = padding_bounds(b);
@@ -104,6 +108,13 @@ pub fn repair_values(ds: &mut DataSet<'_>, enc: Encoding) -> Result<(), ValueErr
         }
     }
     Ok(())
+}
+
+/// Elements that never leave whatever the rules say: private ones (their values cannot be
+/// checked), group lengths (stale once values change), command elements and file meta (they
+/// belong elsewhere than in a data set) and item padding.
+pub fn never_kept(tag: Tag) -> bool {
+    tag.0 % 2 == 1 || tag.1 == 0 || tag.0 == 0x0000 || tag.0 == 0x0002 || tag == Tag(0xFFFC, 0xFFFC)
 }
 
 /// Where the value between its padding starts and ends (see [`trim_padding`]).
@@ -154,22 +165,16 @@ fn text_vr_instead(tag: Tag, vr: VR, len: usize) -> Option<VR> {
     (defined != vr && is_string_vr(defined) && fits).then_some(defined)
 }
 
-/// The first offset (any, odd ones included: text has no alignment) in a text value where an
-/// element or item header stands that a lying length would have swallowed: a standard attribute
-/// or item tag (or, in explicit VR, a private one with its VR), which text never spells: its
-/// bytes hold the NULs and control bytes of small group and length numbers.
-fn header_in_text(value: &[u8], enc: Encoding) -> Option<usize> {
+/// The first offset (any, odd ones included: text has no alignment) in the text value of `tag`
+/// from which it ends in the elements a lying length swallowed (see [`trailing_elements`]). Text
+/// that holds no control byte cannot hold such a header (its small group and length numbers are
+/// NULs and control bytes), and text that does (a line break, an `IS` after it) is still text
+/// unless a header stands where the elements after `tag` would, and they reach the value's end.
+fn header_in_text(tag: Tag, value: &[u8], enc: Encoding) -> Option<usize> {
     if !value.iter().any(|&c| c < 0x20 && c != ESC) {
         return None;
     }
-    (0..value.len().saturating_sub(7)).find(|&at| match decode_header(&value[at..], enc, at) {
-        Ok(Some(h)) => {
-            h.tag.0 == 0xFFFE && matches!(h.tag.1, 0xE000 | 0xE00D | 0xE0DD)
-                || (h.tag.0 != 0 && in_dictionary(h.tag))
-                || (enc.explicit_vr && h.tag.0 % 2 == 1 && h.tag.1 >= 0x0010)
-        }
-        _ => false,
-    })
+    trailing_elements(tag, value, enc, 1)
 }
 
 /// Check every value at every depth of a data set in `enc`. Returns the tags whose values are longer
@@ -188,7 +193,7 @@ fn walk(ds: &DataSet<'_>, enc: Encoding, over_long: &mut Vec<Tag>) -> Result<(),
             Value::Items(items) => items.iter().try_for_each(|item| walk(item, enc, over_long))?,
             Value::Bytes(b) => {
                 let Some(rule) = rule(e.vr) else {
-                    if let Some(at) = trailing_elements(e.tag, b, enc) {
+                    if let Some(at) = trailing_elements(e.tag, b, enc, 2) {
                         return Err(ValueError::Swallowed { tag: tag_str(e.tag), vr: e.vr.to_string(), at });
                     }
                     continue;
@@ -215,13 +220,15 @@ fn walk(ds: &DataSet<'_>, enc: Encoding, over_long: &mut Vec<Tag>) -> Result<(),
     Ok(())
 }
 
-/// Where, if anywhere, the value of `tag` ends in elements it should have been followed by: the first
-/// even offset from which element headers and their defined-length values follow one another to
-/// the value's end (or to fewer than 8 bytes before it), in a chain of which at least one element is
-/// plausible (a tag after the value's own, known to the dictionary or private). Computed backwards in one pass, so the cost is
-/// linear in the value's size. Pixel Data is left out: nothing but padding may follow it, and large
-/// pixel data is copied file to file unread, so checking it would make the answer depend on size.
-fn trailing_elements(tag: Tag, value: &[u8], enc: Encoding) -> Option<usize> {
+/// Where, if anywhere, the value of `tag` ends in elements it should have been followed by: the
+/// first offset (a multiple of `step`: 2 for binary values, 1 for text) from which element headers
+/// and their values follow one another to the value's end (or to fewer than 8 bytes before it: a
+/// lie may end inside a header), in a chain of which at least one element is plausible where it
+/// stands. A sequence or item of undefined length is entered, so its delimiters chain too.
+/// Computed backwards in one pass, so the cost is linear in the value's size. Pixel Data is left
+/// out: nothing but padding may follow it, and large pixel data is copied file to file unread, so
+/// checking it would make the answer depend on size.
+fn trailing_elements(tag: Tag, value: &[u8], enc: Encoding, step: usize) -> Option<usize> {
     if tag.0 == 0x7FE0 || value.len() < 8 {
         return None;
     }
@@ -229,26 +236,68 @@ fn trailing_elements(tag: Tag, value: &[u8], enc: Encoding) -> Option<usize> {
     const CHAIN: u8 = 1;
     const PLAUSIBLE: u8 = 2;
     let header = |at: usize| match decode_header(&value[at..], enc, at) {
-        Ok(Some(h)) if h.len != UNDEFINED && (enc.explicit_vr || in_dictionary(h.tag)) => Some(h),
+        Ok(Some(h)) if enc.explicit_vr || h.tag.0 == 0xFFFE || in_dictionary(h.tag) => Some(h),
         _ => None,
     };
     let end = value.len();
-    let mut reach = vec![0u8; end / 2 + 1];
-    for at in (0..=(end - 8) / 2).rev().map(|k| 2 * k) {
+    let mut reach = vec![0u8; end / step + 1];
+    for at in (0..=(end - 8) / step).rev().map(|k| step * k) {
         let Some(h) = header(at) else { continue };
-        let next = at + h.size + h.len as usize;
-        // Only an element that could have followed this one: a tag after its own (which rules
-        // out the zero group and the bytes of a 0.0), known or private.
-        let plausible = h.tag > tag && (in_dictionary(h.tag) || (h.tag.0 % 2 == 1 && h.tag.1 >= 0x0010));
-        let own = if plausible { PLAUSIBLE } else { CHAIN };
-        reach[at / 2] = match next {
+        let next = if h.len == UNDEFINED {
+            // Only a container may have an undefined length; its content follows its header.
+            let container =
+                if h.tag.0 == 0xFFFE { h.tag.1 == 0xE000 } else { matches!(h.vr, VR::SQ | VR::UN) };
+            if !container {
+                continue;
+            }
+            at + h.size
+        } else {
+            match at.checked_add(h.size).and_then(|n| n.checked_add(h.len as usize)) {
+                Some(n) => n,
+                None => continue,
+            }
+        };
+        let own = if plausible_after(tag, &h, enc) { PLAUSIBLE } else { CHAIN };
+        reach[at / step] = match next {
             // Up to 7 bytes may follow the last element: too few for another header.
             n if n <= end && end - n < 8 => own,
-            n if n < end && n % 2 == 0 && reach[n / 2] != 0 => reach[n / 2].max(own),
+            n if n < end && n % step == 0 && reach[n / step] != 0 => reach[n / step].max(own),
             _ => 0,
         };
     }
-    (0..end / 2).map(|k| 2 * k).find(|&at| reach[at / 2] == PLAUSIBLE)
+    (0..end / step).map(|k| step * k).find(|&at| reach[at / step] == PLAUSIBLE)
+}
+
+/// Whether an element with header `h` could have followed the element `tag` in a data set: its
+/// tag comes after `tag` (which rules out the zero group, so the bytes of a 0.0, and the groups
+/// before it) and is an item tag, a standard attribute (in explicit VR, with a VR the standard
+/// gives it, or UN) or, in explicit VR, a private creator (LO) or private element.
+fn plausible_after(tag: Tag, h: &super::read::Header, enc: Encoding) -> bool {
+    use dicom_core::dictionary::{DataDictionary, VirtualVr};
+    if h.tag <= tag {
+        return false;
+    }
+    if h.tag.0 == 0xFFFE {
+        return matches!(h.tag.1, 0xE000 | 0xE00D | 0xE0DD);
+    }
+    if h.tag.0 % 2 == 1 {
+        // In implicit VR a private header is any eight bytes: nothing to judge it by.
+        return enc.explicit_vr
+            && (matches!(h.tag.1, 0x0010..=0x00FF) && matches!(h.vr, VR::LO | VR::UN) || h.tag.1 >= 0x1000);
+    }
+    let Some(defined) = dicom_dictionary_std::StandardDataDictionary.by_tag(h.tag).map(|d| d.vr) else {
+        return false;
+    };
+    if !enc.explicit_vr || h.vr == VR::UN {
+        return true;
+    }
+    match defined {
+        VirtualVr::Exact(vr) => vr == h.vr || family(vr).is_some_and(|f| family(h.vr) == Some(f)),
+        VirtualVr::Xs => matches!(h.vr, VR::US | VR::SS),
+        VirtualVr::Ox | VirtualVr::Px => matches!(h.vr, VR::OB | VR::OW),
+        VirtualVr::Lt => matches!(h.vr, VR::US | VR::SS | VR::OW),
+        _ => true,
+    }
 }
 
 struct Rule {
@@ -427,5 +476,70 @@ mod tests {
         let mut ds = ds;
         ds.elements[1].value = Value::Bytes(lut.into());
         assert_eq!(check_values(&ds, Encoding::EXPLICIT_LE), Ok(vec![]));
+    }
+
+    /// An explicit VR element with a 32-bit length (UT, OB, ...).
+    fn long(tag: (u16, u16), vr: &[u8; 2], value: &[u8]) -> Vec<u8> {
+        let mut b = [tag.0.to_le_bytes(), tag.1.to_le_bytes()].concat();
+        b.extend(vr);
+        b.extend([0, 0]);
+        b.extend((value.len() as u32).to_le_bytes());
+        b.extend(value);
+        b
+    }
+
+    /// Issue 19, class 5: real devices' text that reads as a header where no element could stand.
+    /// deid-data's ultrasounds hold AdditionalPatientHistory "...diagnoses\rRIS COMMENTS-...", whose
+    /// "es\rRIS C" reads in explicit VR as a private (7365,520D) IS of length 17184; pydicom's
+    /// examples_ybr_color.dcm holds a private UT of XML whose "117.DAT</Cli" reads as a
+    /// (3131,2E37) DA of length 15444 that fits the value but is followed by more XML.
+    #[test]
+    fn text_that_reads_as_a_header_where_no_element_could_stand_is_text() {
+        let history = b"multiple diagnoses\rRIS COMMENTS- Q53.21-Abdominal testis, bilateral;; \
+                        Z13.820-Encounter for screening for osteoporosis;; ;";
+        let mut xml =
+            b"<?xml version=\"1.0\" encoding=\"ISO-8859-1\" standalone=\"yes\"?>\r\n<Clip>\r\n".to_vec();
+        xml.extend(
+            b"  <ClipDataPath>\\Storage Card\\var\\patient\\S0002171\\C0016117.DAT</ClipDataPath>\r\n",
+        );
+        while xml.len() < 20_000 {
+            xml.extend(
+                b"    <Item><FrameOffset>3480</FrameOffset><FrameLength>85420</FrameLength></Item>\r\n",
+            );
+        }
+        xml.extend(b"</Clip>\r\n ");
+        for (tag, vr, value) in [
+            ((0x0010, 0x21B0), b"LT", &history[..]),
+            ((0x0010, 0x21B0), b"LT", b"test\rRIS COMMENTS-"),
+            ((0x0040, 0xA160), b"UT", &xml),
+        ] {
+            let mut buf = one((0x0010, 0x0020), b"LO", b"ID1 ");
+            buf.extend(if vr == b"UT" { long(tag, vr, value) } else { one(tag, vr, value) });
+            let mut ds = read_dataset(&buf, Encoding::EXPLICIT_LE).unwrap();
+            assert_eq!(repair_values(&mut ds, Encoding::EXPLICIT_LE), Ok(()), "{tag:04X?}");
+            assert_eq!(ds.elements[1].value, Value::Bytes(value.into()), "kept as it came");
+            assert_eq!(check_values(&ds, Encoding::EXPLICIT_LE), Ok(vec![]));
+        }
+        // A private value is removed whatever it holds: it is not judged, even when it holds the
+        // elements that should have followed it.
+        let mut lie = b"XML".to_vec();
+        lie.extend(one((0x0019, 0x1051), b"LO", b"DOE^JOHN"));
+        for value in [&xml, &lie] {
+            let buf = long((0x0019, 0x1050), b"UT", value);
+            let mut ds = read_dataset(&buf, Encoding::EXPLICIT_LE).unwrap();
+            assert_eq!(repair_values(&mut ds, Encoding::EXPLICIT_LE), Ok(()));
+        }
+        // The same lie in a public value is caught, and so is one that ends inside a header.
+        let mut lie = b"History\r".to_vec();
+        lie.extend(one((0x0010, 0x21C0), b"US", &[4, 0]));
+        lie.extend(one((0x0010, 0x4000), b"LT", b"DOE^JOHN"));
+        let buf = one((0x0010, 0x21B0), b"LT", &lie);
+        let mut ds = read_dataset(&buf, Encoding::EXPLICIT_LE).unwrap();
+        let err = repair_values(&mut ds, Encoding::EXPLICIT_LE).unwrap_err();
+        assert_eq!(err, ValueError::Swallowed { tag: "(0010,21B0)".into(), vr: "LT", at: 8 });
+        lie.extend([0x20, 0x00, 0x0D, 0x00]);
+        let buf = one((0x0010, 0x21B0), b"LT", &lie);
+        let mut ds = read_dataset(&buf, Encoding::EXPLICIT_LE).unwrap();
+        assert!(repair_values(&mut ds, Encoding::EXPLICIT_LE).is_err());
     }
 }
