@@ -275,6 +275,17 @@ fn coded_values_and_common_words_are_not_masked() {
     let out = n.store(&body, EXPLICIT, sop);
     assert_free_of(&out, &["MRN00482913", "00482913"]);
     assert_eq!(parsed(&out).text(Tag(0x0018, 0x0015)), Some(""));
+    // A one-word code stays whatever it spells: an SR's ValueType TEXT beside an observer named
+    // "Enter text" (pydicom's reportsi_with_empty_number_tags.dcm).
+    let n = node(&profile_script(), "");
+    let sop = "1.2.999.19.4.3";
+    let observer = [t((0x0040, 0xA040), b"CS", "TEXT"), t((0x0040, 0xA123), b"PN", "Enter text")].concat();
+    let body = explicit_body(sop, vec![((0x0040, 0xA730), el((0x0040, 0xA730), b"SQ", &item(&observer)))]);
+    let ds = parsed(&n.store(&body, EXPLICIT, sop));
+    let Some(Value::Items(items)) = ds.get(Tag(0x0040, 0xA730)).map(|e| &e.value) else {
+        panic!("ContentSequence is kept: {ds:?}")
+    };
+    assert_eq!(items[0].text(Tag(0x0040, 0xA040)), Some("TEXT"));
 }
 
 /// Class 8: under the profile, patients without a PatientID are told apart by name and birth

@@ -654,9 +654,15 @@ impl Walk<'_> {
     /// A coded value (CS, AE title, code value or designator, manufacturer, model) is left as it
     /// is: masking a token inside it ("CT" of PatientID "CQ500-CT-310" in Modality) writes a
     /// value its VR forbids or another code. Only a value that is itself identifying, every word
-    /// of it a name or identifier of the instance, is emptied. `true` if it was.
+    /// of it a name or identifier of the instance, is emptied. A CS value that is one word of
+    /// letters is a code whatever it spells: ValueType `TEXT` stays though an observer is named
+    /// "Enter text" (emptied, a Type 1 attribute broke the SR). `true` if it was emptied.
     fn coded(&mut self, e: &mut Element<'_>) -> bool {
         let Value::Bytes(b) = &e.value else { return false };
+        let word = trim_padding(b);
+        if e.vr == VR::CS && !word.is_empty() && word.iter().all(|c| c.is_ascii_alphabetic() || *c == b'_') {
+            return false;
+        }
         let Some(masked) = self.original.scrubber.scrub(b) else { return false };
         let identifying =
             masked.iter().all(|c| matches!(c, b'*' | b' ' | b'^' | b'_' | b'-' | b'.' | b',' | 0));
