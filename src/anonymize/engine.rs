@@ -456,19 +456,20 @@ struct Walk<'e> {
 
 impl Walk<'_> {
     fn dataset(&mut self, ds: &mut DataSet<'_>) {
-        let responsible =
-            ds.get(tags::RESPONSIBLE_PERSON).is_some() || ds.get(tags::RESPONSIBLE_ORGANIZATION).is_some();
+        let person = ds.get(tags::RESPONSIBLE_PERSON).is_some();
+        let organization = ds.get(tags::RESPONSIBLE_ORGANIZATION).is_some();
         ds.elements.retain_mut(|e| self.element(e));
-        // Of an animal, Responsible Person or Organization is Type 2C (PS3.3 C.7.1.1): when the
-        // rules removed both, the person stays, empty.
+        // Of an animal, Responsible Organization is Type 2C, and Responsible Person when a person
+        // is responsible (PS3.3 C.7.1.1): what the rules removed stays, empty.
         let animal = ds.get(tags::PATIENT_SPECIES_DESCRIPTION).is_some()
             || ds.get(tags::PATIENT_SPECIES_CODES).is_some();
-        if animal
-            && responsible
-            && ds.get(tags::RESPONSIBLE_ORGANIZATION).is_none()
-            && ds.get(tags::RESPONSIBLE_PERSON).is_none()
-        {
-            ds.put_text(tags::RESPONSIBLE_PERSON, VR::PN, "");
+        if animal && (person || organization) {
+            if ds.get(tags::RESPONSIBLE_ORGANIZATION).is_none() {
+                ds.put_text(tags::RESPONSIBLE_ORGANIZATION, VR::LO, "");
+            }
+            if person && ds.get(tags::RESPONSIBLE_PERSON).is_none() {
+                ds.put_text(tags::RESPONSIBLE_PERSON, VR::PN, "");
+            }
         }
         // A Type 1C attribute whose condition went with the values it depended on goes too.
         for (dependent, condition) in profile::CONDITIONAL {
