@@ -61,6 +61,14 @@ pub struct Original {
 }
 
 impl Original {
+    /// Whether `word` is the patient's ID or one part of the patient's name, in any case.
+    fn names_the_patient(&self, word: &[u8]) -> bool {
+        let name = self.patient_name.as_deref().unwrap_or_default();
+        std::iter::once(self.patient_id.as_str())
+            .chain(name.split(['^', '=', ' ', ',']))
+            .any(|part| !part.is_empty() && part.as_bytes().eq_ignore_ascii_case(word))
+    }
+
     pub fn read(ds: &DataSet<'_>) -> Result<Original, EngineError> {
         let uid = |tag| ds.text(tag).filter(|v| !v.is_empty()).map(str::to_string);
         let (sop_class, sop, study, series) = (
@@ -656,12 +664,14 @@ impl Walk<'_> {
     /// is: masking a token inside it ("CT" of PatientID "CQ500-CT-310" in Modality) writes a
     /// value its VR forbids or another code. Only a value that is itself identifying, every word
     /// of it a name or identifier of the instance, is emptied. A CS value that is one word of
-    /// letters is a code whatever it spells: ValueType `TEXT` stays though an observer is named
-    /// "Enter text" (emptied, a Type 1 attribute broke the SR). `true` if it was emptied.
+    /// letters is a code unless it is a part of the patient's own name: ValueType `TEXT` stays
+    /// though an observer is named "Enter text" (emptied, a Type 1 attribute broke the SR), while
+    /// BodyPartExamined `JOHN` of patient DOE^JOHN goes. `true` if it was emptied.
     fn coded(&mut self, e: &mut Element<'_>) -> bool {
         let Value::Bytes(b) = &e.value else { return false };
         let word = trim_padding(b);
-        if e.vr == VR::CS && !word.is_empty() && word.iter().all(|c| c.is_ascii_alphabetic() || *c == b'_') {
+        let one_word = !word.is_empty() && word.iter().all(|c| c.is_ascii_alphabetic() || *c == b'_');
+        if e.vr == VR::CS && one_word && !self.original.names_the_patient(word) {
             return false;
         }
         let Some(masked) = self.original.scrubber.scrub(b) else { return false };
