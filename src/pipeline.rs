@@ -3,6 +3,7 @@
 //! decides what a failure means (see [`Outcome`]): the callers only translate it into a status or
 //! an exit code.
 
+use std::borrow::Cow;
 use std::collections::HashSet;
 use std::fs::File;
 use std::io::{self, BufWriter, Read, Seek, SeekFrom, Write};
@@ -17,8 +18,8 @@ use crate::anonymize::{
 use crate::config::{Config, PseudonymMode};
 use crate::dicom::{
     check_values, check_vrs, inflate_into, locate_pixel_data, read_dataset, repair_values, write_dataset,
-    write_meta, write_part10, DataSet, InflateError, Part10, Part10Error, ReadError, SplitError, Tag,
-    TransferSyntax, ValueError, WriteError, EXPLICIT_VR_LE,
+    write_meta, write_part10, DataSet, Element, InflateError, Part10, Part10Error, ReadError, SplitError,
+    Tag, TransferSyntax, Value, ValueError, WriteError, EXPLICIT_VR_LE, VR,
 };
 use crate::durability::{Barrier, Durability};
 use crate::index::{AuditRecord, Capture, Committed, Index, IndexError, InstanceRecord, Owner, Phrases};
@@ -435,7 +436,17 @@ impl Pipeline {
             let whole = read_range(&mut file, offset, total).map_err(io_err)?;
             return self.run_body(Body::Memory(&whole), ts, admission, source);
         }
-        let keep_pixels = span.is_some() && self.engine.keeps(PIXEL_DATA);
+        let keep_pixels = span.is_some() && self.engine.keeps_value(PIXEL_DATA);
+        if let (Some(span), false) = (span, keep_pixels) {
+            // Any other rule gives what it gives a small instance's pixel data (empty, a dummy,
+            // a set value, nothing) whatever the value: it is applied to the element without
+            // its value, which is never read.
+            let vr = match read_range(&mut file, span.start + 4, span.start + 6).map_err(io_err)?.as_slice() {
+                b"OB" if ts.encoding().explicit_vr => VR::OB,
+                _ => VR::OW,
+            };
+            ds.put(Element { tag: PIXEL_DATA, vr, value: Value::Bytes(Cow::Borrowed(&[])) });
+        }
         self.store(ds, ts, source, admission, |ds, ts, w| {
             let split = ds.elements.partition_point(|e| e.tag < PIXEL_DATA);
             write_part10(&DataSet { elements: ds.elements[..split].to_vec() }, ts, w)?;

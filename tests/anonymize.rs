@@ -441,3 +441,34 @@ fn a_ctp_script_keeps_what_it_does_not_name_and_rsna_semantics_remove_it() {
     assert_eq!(sop(&ctp), sop(&rsna), "@hashuid is our UID pseudonym");
     assert_eq!(dcmdump_value(&ctp, "PatientID"), dcmdump_value(&rsna, "PatientID"));
 }
+
+/// Issue 19, class 7: the pixel data's rule is the same whatever the instance's size. An instance
+/// over 2 MiB is worked on from its file; it gets `@empty()` or `@remove()` as a small one does
+/// (it lost the element to `@empty()` and kept its pixels under a dummy).
+#[test]
+fn the_pixel_datas_rule_does_not_depend_on_the_instance_size() {
+    for (rule, present) in [("@empty()", true), ("@remove()", false)] {
+        let d = tempfile::tempdir().unwrap();
+        let line = format!("  <e en=\"T\" t=\"7FE00010\" n=\"PixelData\">{rule}</e>\n</script>");
+        let script_text = std::fs::read_to_string(profile_script()).unwrap().replace("</script>", &line);
+        let script = put(d.path(), "pixels.script", script_text.as_bytes());
+        // The stage reads neither (a volume over its limit passes unread), so the big one stays in
+        // its file all the way.
+        let config = config(d.path(), SITE, ROOT, &script, "  pixels:\n    max_pixel_bytes: 1048576\n");
+        let small = put(&d.path().join("in"), "small.dcm", &instance(&smith(), &Shape::default()));
+        let big = Shape { rows: 1100, instance: 2, series: 2, ..Shape::default() };
+        let big = put(&d.path().join("in"), "big.dcm", &instance(&smith(), &big));
+        assert!(std::fs::metadata(&big).unwrap().len() > 2 << 20);
+        let out = d.path().join("out");
+        let run = anonymize(&config, &out, &[&small, &big]);
+        assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stdout));
+        let outputs = files_under(&out);
+        assert_eq!(outputs.len(), 2);
+        for file in outputs {
+            let obj = dicom_object::open_file(&file).unwrap();
+            let pixels =
+                obj.element(dicom_core::Tag(0x7FE0, 0x0010)).ok().map(|e| e.to_bytes().unwrap().len());
+            assert_eq!(pixels, present.then_some(0), "{rule}: {}", file.display());
+        }
+    }
+}

@@ -248,9 +248,10 @@ impl Engine {
         id.map(|id| Some(id.to_string())).ok_or_else(|| patient_miss(PTID))
     }
 
-    /// Whether the script keeps `tag` (with its value) at the top level.
-    pub fn keeps(&self, tag: Tag) -> bool {
-        !matches!(self.rule(tag, VR::OB).as_deref(), None | Some(Op::Remove) | Some(Op::Empty))
+    /// Whether the rule for `tag` at the top level keeps its value as it is: the only rule whose
+    /// result depends on the value (a dummy, an empty or a set value does not).
+    pub fn keeps_value(&self, tag: Tag) -> bool {
+        matches!(self.rule(tag, VR::OB).as_deref(), Some(Op::Keep))
     }
 
     /// Read what the index and the walk need, and apply the project's policy for content the
