@@ -91,7 +91,7 @@ impl Ocr {
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        limit_memory(&mut command, self.memory_bytes);
+        limit(&mut command, self.memory_bytes);
         let mut child = command
             .spawn()
             .map_err(|e| PixelError::Ocr(format!("cannot start {}: {e}", self.program.display())))?;
@@ -143,17 +143,20 @@ impl Ocr {
     }
 }
 
-/// An address-space limit for the engine process.
-fn limit_memory(command: &mut Command, bytes: u64) {
+/// An address-space limit for the engine process, and a lower CPU priority: intake beside it
+/// (a CT stream, the sender waiting on its acknowledgement) comes first, OCR takes what is left.
+fn limit(command: &mut Command, bytes: u64) {
     use std::os::unix::process::CommandExt;
-    // SAFETY: setrlimit is async-signal-safe and touches only the child's own limits; nothing
-    // else runs between fork and exec here.
+    // SAFETY: setrlimit and setpriority are async-signal-safe and touch only the child itself;
+    // nothing else runs between fork and exec here.
     unsafe {
         command.pre_exec(move || {
             let limit = libc::rlimit { rlim_cur: bytes as libc::rlim_t, rlim_max: bytes as libc::rlim_t };
             if libc::setrlimit(libc::RLIMIT_AS, &limit) != 0 {
                 return Err(std::io::Error::last_os_error());
             }
+            // Best effort: a priority that cannot be lowered still reads the image.
+            libc::setpriority(libc::PRIO_PROCESS, 0, 10);
             Ok(())
         });
     }
