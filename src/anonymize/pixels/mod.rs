@@ -220,13 +220,20 @@ impl PixelStage {
 
     /// Whether `ds` (its header) has pixels this stage will read; sampling counts the image
     /// as seen, so ask once per instance.
-    pub fn wants(&self, ds: &DataSet<'_>, series_uid: &str) -> Option<Risk> {
+    fn wants(&self, ds: &DataSet<'_>, series_uid: &str) -> Option<Risk> {
         ds.get(PIXEL_DATA)?;
-        let risk = risk::classify(ds, &self.config.at_risk_modalities, &self.config.at_risk_sop_classes);
-        match (&risk, self.config.volumes) {
-            (Risk::AtRisk(_), _) | (Risk::Volume, Volumes::All) => Some(risk),
-            (Risk::Volume, Volumes::Sample) => self.sampler.wants(ds, series_uid).then_some(risk),
-        }
+        let risk = self.classify(ds);
+        self.reads(&risk, || self.sampler.wants(ds, series_uid)).then_some(risk)
+    }
+
+    fn classify(&self, ds: &DataSet<'_>) -> Risk {
+        risk::classify(ds, &self.config.at_risk_modalities, &self.config.at_risk_sop_classes)
+    }
+
+    /// Whether an image of `risk` is read: at risk always, a volume when the project reads all
+    /// of them or `sampled` takes it.
+    fn reads(&self, risk: &Risk, sampled: impl FnOnce() -> bool) -> bool {
+        matches!(risk, Risk::AtRisk(_)) || self.config.volumes == Volumes::All || sampled()
     }
 
     /// Whether an image with this header and `pixel_bytes` of pixel data, left out of `ds`
@@ -239,11 +246,8 @@ impl PixelStage {
         series_uid: &str,
         pixel_bytes: u64,
     ) -> Result<bool, PixelError> {
-        let risk = risk::classify(ds, &self.config.at_risk_modalities, &self.config.at_risk_sop_classes);
-        let wanted = match risk {
-            Risk::AtRisk(_) => true,
-            Risk::Volume => self.config.volumes == Volumes::All || self.sampler.would_want(ds, series_uid),
-        };
+        let risk = self.classify(ds);
+        let wanted = self.reads(&risk, || self.sampler.would_want(ds, series_uid));
         if !wanted || pixel_bytes <= self.config.max_pixel_bytes {
             return Ok(wanted);
         }
