@@ -88,6 +88,7 @@ rows = [
     ("broken references (of checked)", lambda t: f"{t['broken_references']} ({t['references_checked']})"),
     ("coded values changed (files)", lambda t: f"{t['coded_changed']} ({t['coded_changed_files']})"),
     ("valid instances quarantined", lambda t: f"{t['valid_quarantined']}"),
+    ("images held: pixels not readable", lambda t: f"{t.get('pixels_held', 'n/a')}"),
     ("dates in the future (files)", lambda t: f"{t['future_dates']} ({t['future_date_files']})"),
     ("patients merged into another's pseudonym", lambda t: f"{t['merged_patients']}"),
 ]

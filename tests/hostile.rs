@@ -20,22 +20,6 @@ const DEFLATED_TS: &str = "1.2.840.10008.1.2.1.99";
 const SOP: &str = "1.2.999.777.1.1.3.1";
 const VERIFICATION: &str = "1.2.840.10008.1.1";
 
-/// An explicit VR little endian element.
-fn el(tag: (u16, u16), vr: &[u8; 2], value: &[u8]) -> Vec<u8> {
-    let mut b = Vec::new();
-    b.extend(tag.0.to_le_bytes());
-    b.extend(tag.1.to_le_bytes());
-    b.extend(vr);
-    if matches!(vr, b"OB" | b"OW" | b"SQ" | b"UN" | b"UT" | b"UR" | b"UC") {
-        b.extend([0, 0]);
-        b.extend((value.len() as u32).to_le_bytes());
-    } else {
-        b.extend((value.len() as u16).to_le_bytes());
-    }
-    b.extend(value);
-    b
-}
-
 fn padded(v: &str, pad: u8) -> Vec<u8> {
     let mut b = v.as_bytes().to_vec();
     if b.len() % 2 == 1 {

@@ -17,20 +17,6 @@ const CT: &str = "1.2.840.10008.5.1.4.1.1.2";
 const EXPLICIT: &str = "1.2.840.10008.1.2.1";
 const IMPLICIT: &str = "1.2.840.10008.1.2";
 
-/// An explicit VR little endian element.
-fn el(tag: (u16, u16), vr: &[u8; 2], value: &[u8]) -> Vec<u8> {
-    let mut b = [tag.0.to_le_bytes(), tag.1.to_le_bytes()].concat();
-    b.extend(vr);
-    if matches!(vr, b"OB" | b"OW" | b"SQ" | b"UN" | b"UT" | b"UR" | b"UC") {
-        b.extend([0, 0]);
-        b.extend((value.len() as u32).to_le_bytes());
-    } else {
-        b.extend((value.len() as u16).to_le_bytes());
-    }
-    b.extend(value);
-    b
-}
-
 /// An implicit VR little endian element.
 fn imp(tag: (u16, u16), value: &[u8]) -> Vec<u8> {
     let mut b = [tag.0.to_le_bytes(), tag.1.to_le_bytes()].concat();

@@ -27,6 +27,21 @@ pub fn binary() -> Command {
     Command::new(env!("CARGO_BIN_EXE_dicom-anon-gateway"))
 }
 
+/// The bytes of one explicit VR little endian element, for tests that write hostile data sets
+/// by hand.
+pub fn el(tag: (u16, u16), vr: &[u8; 2], value: &[u8]) -> Vec<u8> {
+    let mut b = [tag.0.to_le_bytes(), tag.1.to_le_bytes()].concat();
+    b.extend(vr);
+    if matches!(vr, b"OB" | b"OW" | b"SQ" | b"UN" | b"UT" | b"UR" | b"UC") {
+        b.extend([0, 0]);
+        b.extend((value.len() as u32).to_le_bytes());
+    } else {
+        b.extend((value.len() as u16).to_le_bytes());
+    }
+    b.extend(value);
+    b
+}
+
 /// A config file for a test project in `dir`; `extra` is appended under `project:`.
 pub fn config(dir: &Path, site_id: &str, uid_root: &str, script: &Path, extra: &str) -> PathBuf {
     let yaml = format!(
