@@ -51,4 +51,5 @@ fi
 export AWS_EC2_METADATA_DISABLED=true
 # DCMTK leaves Nagle on unless told otherwise; small PDUs then stall for 40 ms each.
 export TCP_NODELAY=1
-cargo test --all-targets "$@"
+# Every test binary runs even after a failure, so one flake hides nothing.
+cargo test --all-targets --no-fail-fast "$@"
