@@ -201,6 +201,15 @@ pub enum IndexCommand {
         #[arg(long)]
         mapping: bool,
     },
+    /// Copy the whole index into one file, consistent and complete without a -wal file, while
+    /// the node runs. Restore by putting it in place of index.db (with no -wal or -shm beside it).
+    Backup {
+        #[command(flatten)]
+        target: ProjectArgs,
+        /// The copy to write; must not exist yet.
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]

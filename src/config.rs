@@ -9,8 +9,10 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 mod peers;
+mod secret;
 
 pub use peers::{DicomPeer, ExportConfig, ExportDestination, ExportTls};
+pub use secret::SecretSource;
 
 use crate::anonymize::{
     AccessionFormat, DateDirection, ProfileOptions, Semantics, Settings, UnsupportedOps, Unverifiable,
@@ -331,23 +333,6 @@ impl UploadConfig {
     }
 }
 
-/// A secret named in the configuration: from a file, else from an environment variable. Never
-/// logged; errors name where it was looked for, not what it is.
-pub fn read_secret(key: &str, env: Option<&str>, file: Option<&Path>) -> Result<Option<String>, ConfigError> {
-    if let Some(file) = file {
-        let text = std::fs::read_to_string(file)
-            .map_err(|e| ConfigError::MissingSecret(format!("{key}_file {}: {e}", file.display())))?;
-        return Ok(Some(text.trim_end_matches(['\n', '\r']).to_string()));
-    }
-    match env {
-        Some(var) => match std::env::var(var) {
-            Ok(v) if !v.is_empty() => Ok(Some(v)),
-            _ => Err(ConfigError::MissingSecret(format!("{key}_env names ${var}, which is not set"))),
-        },
-        None => Ok(None),
-    }
-}
-
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct StorageConfig {
@@ -395,25 +380,16 @@ impl HttpConfig {
     /// The bearer token, when one is configured. A configured token that cannot be read is an
     /// error: the endpoint never falls back to open.
     pub fn token(&self) -> Result<Option<String>, ConfigError> {
-        let (token, from) = if let Some(file) = &self.token_file {
-            let text = std::fs::read_to_string(file).map_err(|e| {
-                ConfigError::MissingSecret(format!("http.token_file {}: {e}", file.display()))
-            })?;
-            (text, format!("http.token_file {}", file.display()))
-        } else if let Some(var) = &self.token_env {
-            let text = std::env::var(var)
-                .map_err(|_| ConfigError::MissingSecret(format!("http.token_env: ${var} is not set")))?;
-            (text, format!("${var} (http.token_env)"))
-        } else {
-            return Ok(None);
+        let source = SecretSource {
+            key: "http.token",
+            env: self.token_env.as_deref(),
+            file: self.token_file.as_deref(),
         };
-        let token = token.trim();
-        if token.len() < MIN_TOKEN_LEN || token.chars().any(|c| c.is_control() || c == ' ') {
-            return Err(ConfigError::MissingSecret(format!(
-                "{from} must hold at least {MIN_TOKEN_LEN} characters and no spaces"
-            )));
+        let Some(token) = source.read_at_least(MIN_TOKEN_LEN)? else { return Ok(None) };
+        if token.chars().any(|c| c.is_control() || c == ' ') {
+            return Err(ConfigError::MissingSecret("http.token: a bearer token holds no spaces".into()));
         }
-        Ok(Some(token.to_string()))
+        Ok(Some(token))
     }
 }
 
@@ -562,30 +538,18 @@ impl Config {
     /// The project secret for keyed pseudonyms: from `secret_file`, else from `secret_env`.
     pub fn project_secret(&self) -> Result<Vec<u8>, ConfigError> {
         let project = &self.project;
-        if let Some(file) = &project.secret_file {
-            let secret = std::fs::read(file).map_err(|e| {
-                ConfigError::MissingSecret(format!("project.secret_file {}: {e}", file.display()))
-            })?;
-            let secret = crate::dicom::trim_padding(&secret).to_vec();
-            if secret.len() < 16 {
-                return Err(ConfigError::MissingSecret(format!(
-                    "project.secret_file {} holds fewer than 16 bytes",
-                    file.display()
-                )));
-            }
-            return Ok(secret);
-        }
-        match std::env::var(&project.secret_env) {
-            Ok(s) if s.trim().len() >= 16 => Ok(s.trim().as_bytes().to_vec()),
-            Ok(_) => Err(ConfigError::MissingSecret(format!(
-                "${} holds fewer than 16 characters",
-                project.secret_env
-            ))),
-            Err(_) => Err(ConfigError::MissingSecret(format!(
+        let source = SecretSource {
+            key: "project.secret",
+            env: Some(&project.secret_env),
+            file: project.secret_file.as_deref(),
+        };
+        let secret = source.read_at_least(16)?.ok_or_else(|| {
+            ConfigError::MissingSecret(format!(
                 "set project.secret_file, or put the secret in ${}",
                 project.secret_env
-            ))),
-        }
+            ))
+        })?;
+        Ok(secret.into_bytes())
     }
 
     /// The effective configuration as YAML, for `check-config`. Holds no secret: only where

@@ -28,13 +28,50 @@
 //! pages, and the reason the spool (and the index) belong on a file system of their own on a busy
 //! host, where `syncfs` flushes only our writes. `syncfs` stays; a per-file mode for hosts that
 //! cannot give the spool its own file system is the follow-up if one needs it.
+//!
+//! ## After a failed flush
+//! The kernel reports a write-back error once per open file: a second `syncfs` on the same
+//! descriptor returns 0 although the pages it lost are gone. So a failed flush is final for the
+//! barrier (PostgreSQL's rule after a failed fsync): every waiter at that moment and every later
+//! caller gets the error, nothing is acknowledged again, and the node needs an operator's restart
+//! once the device is repaired. [`failure`] tells readiness and the status page why. `syncfs`
+//! reports write-back errors from Linux 5.8; on older kernels it returns 0 after a lost write.
 
 use std::fs::File;
 use std::io;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
-use std::sync::{Condvar, Mutex};
+use std::sync::{Condvar, Mutex, OnceLock};
+
+use chrono::{DateTime, Utc};
+
+/// The first flush that failed in this process, for readiness and the status page.
+static FAILED: OnceLock<FlushFailure> = OnceLock::new();
+
+/// A flush to stable storage that failed: what the kernel said, when.
+#[derive(Debug, Clone)]
+pub struct FlushFailure {
+    pub at: DateTime<Utc>,
+    pub error: String,
+}
+
+impl std::fmt::Display for FlushFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "a flush to disk failed at {} ({}): nothing is acknowledged until the node is restarted \
+             with the storage device repaired",
+            self.at.format("%Y-%m-%d %H:%M:%S UTC"),
+            self.error
+        )
+    }
+}
+
+/// The first failed flush of this process, if any: the node is not ready after it.
+pub fn failure() -> Option<&'static FlushFailure> {
+    FAILED.get()
+}
 
 /// The node acknowledges an instance only once it is durable. A batch run on files has nobody to
 /// acknowledge: a crash means re-running it, so it makes everything durable once, at the end.
@@ -51,9 +88,14 @@ pub enum Durability {
 pub struct Barrier {
     /// One open directory per file system to flush.
     file_systems: Vec<File>,
+    /// `syncfs` over `file_systems`; the tests put a device of their own making here.
+    flush: Box<Flush>,
     state: Mutex<Epochs>,
     done: Condvar,
 }
+
+/// How a barrier flushes its file systems.
+type Flush = dyn Fn(&[File]) -> io::Result<()> + Send + Sync;
 
 #[derive(Default)]
 struct Epochs {
@@ -61,6 +103,8 @@ struct Epochs {
     next: u64,
     flushed: u64,
     flushing: bool,
+    /// Set by the first failed flush, never cleared.
+    failed: Option<FlushFailure>,
 }
 
 impl Barrier {
@@ -78,17 +122,22 @@ impl Barrier {
         }
         Ok(Barrier {
             file_systems,
+            flush: Box::new(syncfs),
             state: Mutex::new(Epochs { next: 1, ..Epochs::default() }),
             done: Condvar::new(),
         })
     }
 
-    /// Block until everything written before this call is durable.
+    /// Block until everything written before this call is durable. After a failed flush, every
+    /// call fails (see the module docs).
     pub fn wait(&self) -> io::Result<()> {
         let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
         // A flush already running may have started before our writes: only the next one counts.
         let mine = st.next;
         loop {
+            if let Some(failed) = &st.failed {
+                return Err(io::Error::other(failed.to_string()));
+            }
             if st.flushed >= mine {
                 return Ok(());
             }
@@ -101,54 +150,129 @@ impl Barrier {
             st.next += 1;
             drop(st);
             let started = std::time::Instant::now();
-            let result = self.flush();
+            let result = (self.flush)(&self.file_systems);
             crate::http::METRICS.flushed(started.elapsed(), result.is_ok());
             st = self.state.lock().unwrap_or_else(|p| p.into_inner());
             st.flushing = false;
-            if result.is_ok() {
-                st.flushed = epoch;
+            match result {
+                Ok(()) => st.flushed = epoch,
+                Err(e) => st.failed = Some(Self::failed(&e)),
             }
             self.done.notify_all();
-            // On failure every waiter retries as the next leader; the caller sees the error.
-            result?;
         }
     }
 
-    fn flush(&self) -> io::Result<()> {
-        for fs in &self.file_systems {
-            // SAFETY: syncfs only reads the descriptor, which `fs` keeps open for the call.
-            if unsafe { libc::syncfs(fs.as_raw_fd()) } != 0 {
-                return Err(io::Error::last_os_error());
-            }
-        }
-        Ok(())
+    /// The failure that stops this barrier for good, if a flush failed.
+    pub fn failure(&self) -> Option<FlushFailure> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner()).failed.clone()
     }
+
+    /// Record a failed flush: logged once, and kept for the process.
+    fn failed(e: &io::Error) -> FlushFailure {
+        let failure = FlushFailure { at: Utc::now(), error: e.to_string() };
+        tracing::error!(error = %e, "a flush to disk failed: instances waiting for it are not acknowledged, and no instance will be until the node is restarted with the storage device repaired");
+        let _ = FAILED.set(failure.clone());
+        failure
+    }
+}
+
+/// Flush each file system in turn; the first failure stops.
+fn syncfs(file_systems: &[File]) -> io::Result<()> {
+    for fs in file_systems {
+        // SAFETY: syncfs only reads the descriptor, which `fs` keeps open for the call.
+        if unsafe { libc::syncfs(fs.as_raw_fd()) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::Ordering;
     use std::sync::Arc;
+
+    /// A barrier over a temporary directory whose flush is `flush`.
+    fn barrier(
+        flush: impl Fn(&[File]) -> io::Result<()> + Send + Sync + 'static,
+    ) -> (tempfile::TempDir, Arc<Barrier>) {
+        let d = tempfile::tempdir().unwrap();
+        let mut barrier = Barrier::new(&[d.path(), d.path()]).unwrap();
+        assert_eq!(barrier.file_systems.len(), 1, "one file system, one flush");
+        barrier.flush = Box::new(flush);
+        (d, Arc::new(barrier))
+    }
+
+    /// `n` threads wait at `barrier` at once; each result, in no order.
+    fn wait_all(barrier: &Arc<Barrier>, n: usize) -> Vec<io::Result<()>> {
+        let threads: Vec<_> = (0..n)
+            .map(|_| {
+                let b = barrier.clone();
+                std::thread::spawn(move || b.wait())
+            })
+            .collect();
+        threads.into_iter().map(|t| t.join().unwrap()).collect()
+    }
 
     #[test]
     fn concurrent_waiters_share_flushes_and_all_return() {
-        let d = tempfile::tempdir().unwrap();
-        let barrier = Arc::new(Barrier::new(&[d.path(), d.path()]).unwrap());
-        assert_eq!(barrier.file_systems.len(), 1, "one file system, one flush");
+        // The first flush holds on until every thread has called `wait`, as a slow device does:
+        // all that arrive meanwhile must share the next flush, not take one each.
+        let arrived = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let flushes = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (a, f) = (arrived.clone(), flushes.clone());
+        let (_d, barrier) = barrier(move |_| {
+            if f.fetch_add(1, Ordering::SeqCst) == 0 {
+                let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+                while a.load(Ordering::SeqCst) < 16 && std::time::Instant::now() < deadline {
+                    std::thread::yield_now();
+                }
+            }
+            Ok(())
+        });
         let threads: Vec<_> = (0..16)
-            .map(|i| {
-                let (b, dir) = (barrier.clone(), d.path().to_path_buf());
+            .map(|_| {
+                let (b, a) = (barrier.clone(), arrived.clone());
                 std::thread::spawn(move || {
-                    std::fs::write(dir.join(format!("{i}")), b"x").unwrap();
-                    b.wait().unwrap();
+                    a.fetch_add(1, Ordering::SeqCst);
+                    b.wait()
                 })
             })
             .collect();
         for t in threads {
-            t.join().unwrap();
+            t.join().unwrap().unwrap();
         }
-        let st = barrier.state.lock().unwrap();
-        assert!(st.flushed >= 1 && st.flushed < 16 + 1, "flushed epochs: {}", st.flushed);
-        assert!(!st.flushing);
+        // One flush for the first to arrive, one shared by the fifteen waiting behind it; a third
+        // when a thread counted itself but reached the lock only after the first flush ended.
+        let n = flushes.load(Ordering::SeqCst);
+        assert!((2..=3).contains(&n), "16 waiters took {n} flushes");
+        assert!(!barrier.state.lock().unwrap().flushing);
+    }
+
+    #[test]
+    fn a_failed_flush_is_never_followed_by_an_acknowledgement() {
+        // The kernel's behaviour: a write-back error is reported once, and the next syncfs on
+        // the same descriptor returns 0 although the pages are lost.
+        let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let c = calls.clone();
+        let (_d, barrier) = barrier(move |_| match c.fetch_add(1, Ordering::SeqCst) {
+            0 => Err(io::Error::from_raw_os_error(libc::EIO)),
+            _ => Ok(()),
+        });
+        let results = wait_all(&barrier, 8);
+        assert!(results.iter().all(Result::is_err), "a waiter was acknowledged after the failed flush");
+        assert_eq!(calls.load(Ordering::SeqCst), 1, "nobody flushes again after a failure");
+        // Later callers too, with the reason.
+        let later = barrier.wait().unwrap_err().to_string();
+        assert!(later.contains("flush to disk failed") && later.contains("restarted"), "{later}");
+        assert!(barrier.failure().is_some() && failure().is_some());
+    }
+
+    #[test]
+    fn a_working_barrier_reports_no_failure() {
+        let (_d, barrier) = barrier(syncfs);
+        assert!(wait_all(&barrier, 4).iter().all(Result::is_ok));
+        assert!(barrier.failure().is_none());
     }
 }

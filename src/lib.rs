@@ -15,6 +15,7 @@ pub mod offline;
 pub mod pipeline;
 pub mod projects;
 pub mod queue;
+pub mod recovery;
 pub mod retrieve;
 pub mod scp;
 pub mod scu;

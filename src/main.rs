@@ -108,6 +108,18 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
+        Command::Index { command: IndexCommand::Backup { target, out } } => {
+            let config = target.load()?;
+            let path = config.index_path();
+            let size =
+                index::backup(&path, &out).with_context(|| format!("backing up {}", path.display()))?;
+            println!(
+                "wrote a copy of {} to {} ({size} bytes; PHI: keep it where the index is kept)",
+                path.display(),
+                out.display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Audit { command: AuditCommand::Export { target, out, since } } => {
             let config = target.load()?;
             let since = since.as_deref().map(audit_since).transpose()?;
@@ -198,6 +210,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             for detail in &done.failed {
                 println!("  not stored: {detail}");
+            }
+            if done.orphans > 0 {
+                println!(
+                    "not retried: {} Orphan_After_Crash (anonymized already; have the sender send them again)",
+                    done.orphans
+                );
             }
             Ok(if done.failed.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }

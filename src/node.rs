@@ -40,6 +40,8 @@ pub enum NodeError {
     #[error(transparent)]
     Index(#[from] IndexError),
     #[error(transparent)]
+    Recovery(#[from] crate::recovery::RecoveryError),
+    #[error(transparent)]
     Upload(#[from] AuthError),
     #[error("closing the spool: {0}")]
     Close(#[from] SpoolError),
@@ -101,12 +103,15 @@ fn open_project(config: Config) -> Result<Project, NodeError> {
         let _ = std::fs::remove_file(stale.path());
     }
     let pipeline = Arc::new(Pipeline::open(&config, &config.public_dir(), Durability::EachInstance)?);
-    let (files, rows) = pipeline.sweep()?;
-    if files > 0 {
-        tracing::info!(project = %config.project.name, files, "removed temp files an interrupted commit left in public/");
+    let recovered = pipeline.recover(&config, config.scp.max_associations)?;
+    if recovered.temp_files > 0 {
+        tracing::info!(project = %config.project.name, files = recovered.temp_files, "removed temp files an interrupted commit left in public/");
     }
-    if rows > 0 {
-        tracing::info!(project = %config.project.name, instances = rows, "forgot index rows of instances an interrupted commit never placed in public/ (never acknowledged)");
+    if recovered.forgotten_rows > 0 {
+        tracing::info!(project = %config.project.name, instances = recovered.forgotten_rows, "forgot index rows of instances an interrupted commit never placed in public/ (never acknowledged)");
+    }
+    if recovered.orphans > 0 {
+        tracing::warn!(project = %config.project.name, instances = recovered.orphans, "moved files found in public/ without an index row after a crash to quarantine as Orphan_After_Crash (never acknowledged)");
     }
     let node = Arc::new(scp::Node::new(
         pipeline.clone(),

@@ -10,7 +10,7 @@ use rayon::prelude::*;
 
 use crate::dicom::is_part10;
 use crate::pipeline::{Outcome, Pipeline};
-use crate::queue::Quarantine;
+use crate::queue::{Quarantine, Reason};
 
 /// One input file, and whether the user named it (a named file that is not DICOM is a failure; one
 /// met while walking a folder is skipped).
@@ -127,6 +127,8 @@ pub struct Retried {
     pub held: Vec<(String, String)>,
     /// Not tried to the end: this machine failed (disk, index, a limit); still held as before.
     pub failed: Vec<String>,
+    /// Not tried: found after a crash in anonymized form, so only the sender can send it again.
+    pub orphans: usize,
 }
 
 /// Run every held instance (of `reason`, when given) through `pipeline` again. One stored, or held
@@ -140,6 +142,12 @@ pub fn retry(pipeline: &Pipeline, quarantine: &Quarantine, reason: Option<&str>)
     );
     let mut done = Retried::default();
     for h in &held {
+        // Already anonymized: its original is with the sender, who has to send it again.
+        if h.reason == Reason::OrphanAfterCrash.dir_name() {
+            done.orphans += 1;
+            bar.inc(1);
+            continue;
+        }
         let source = if h.source.is_empty() { h.file.display().to_string() } else { h.source.clone() };
         let outcome = pipeline.process_file(&h.file, &source);
         let release = match outcome {

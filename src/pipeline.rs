@@ -24,6 +24,7 @@ use crate::dicom::{
 use crate::durability::{Barrier, Durability};
 use crate::index::{AuditRecord, Capture, Committed, Index, IndexError, InstanceRecord, Owner, Phrases};
 use crate::queue::{Quarantine, Reason, Spill, Spool, SpoolError, StageWriter};
+use crate::recovery::{self, Recovered, RecoveryError};
 
 const PIXEL_DATA: Tag = Tag(0x7FE0, 0x0010);
 
@@ -232,7 +233,11 @@ impl Pipeline {
         }
         let pixels = PixelStage::new(&pixel_config)?;
         pixels.announce();
-        let index = Index::open(&config.index_path(), &Owner::for_site(&project.site_id))?;
+        let owner = match project.pseudonyms {
+            PseudonymMode::Keyed => Owner::keyed(&project.site_id, &config.project_secret()?),
+            PseudonymMode::Rsna => Owner::for_site(&project.site_id),
+        };
+        let index = Index::open(&config.index_path(), &owner)?;
         let spool = Spool::open(out, durability == Durability::EachInstance)?;
         let tmp = config.tmp_dir();
         std::fs::create_dir_all(&tmp)
@@ -288,17 +293,24 @@ impl Pipeline {
         &self.index
     }
 
-    /// Put right what a crash left: temp files in the spool are removed, and index rows of
-    /// instances whose file never reached `public/` (committed, then the crash before the rename;
-    /// never acknowledged) are forgotten. Returns how many of each.
-    pub fn sweep(&self) -> Result<(usize, usize), IndexError> {
-        let files = self.spool.sweep();
-        let rows = self.index.forget_unpublished(self.spool.root())?;
-        Ok((files, rows))
+    /// Put right what a crash left, or refuse an index older than its files (see `recovery`).
+    /// `in_flight`: how many instances can be between commit and acknowledgement at once.
+    pub fn recover(&self, config: &Config, in_flight: usize) -> Result<Recovered, RecoveryError> {
+        recovery::recover(
+            &self.spool,
+            &self.index,
+            &self.quarantine,
+            &config.index_path(),
+            in_flight,
+            &config.project.site_id,
+        )
     }
 
     /// Anonymize one Part 10 file from disk. `source` (a path) goes into the index only.
     pub fn process_file(&self, path: &Path, source: &str) -> Outcome {
+        if let Some(failed) = self.barrier.failure() {
+            return Outcome::Failed(failed.to_string());
+        }
         let result = guarded(|| self.run_file(path, source));
         self.settle(result, source, |f| io::copy(&mut File::open(path)?, f).map(drop))
     }
@@ -311,6 +323,10 @@ impl Pipeline {
         admission: &Admission<'_>,
         source: &str,
     ) -> Outcome {
+        // After a failed flush nothing more is written, not even to quarantine (see durability).
+        if let Some(failed) = self.barrier.failure() {
+            return Outcome::Failed(failed.to_string());
+        }
         let result = guarded(|| self.run_body(body, ts, Some(admission), source));
         // Kept as a Part 10 file, so it can be inspected and imported again as it came.
         self.settle(result, source, |f| {

@@ -5,6 +5,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
+use common::node::text;
 use common::*;
 
 const SITE: &str = "99.99";
@@ -215,7 +216,12 @@ fn the_rsna_script_loads_and_runs() {
         assert!(!contains(&bytes, &phi), "{:?} leaked", String::from_utf8_lossy(&phi));
     }
     // RSNA's script keeps TargetFrameOfReferenceUID-like UIDs blank-op; our net maps them anyway:
-    // the nested FrameOfReferenceUID is mapped (it is @uid at any depth).
+    // the FrameOfReferenceUID is mapped, at the top and nested (it is @uid at any depth).
+    let original = dcmdump_value(&input, "FrameOfReferenceUID").unwrap();
+    let mapped = dicom_anon_gateway::anonymize::Rsna::new(SITE, ROOT, Default::default()).unwrap();
+    let mapped = dicom_anon_gateway::anonymize::Pseudonyms::uid(&mapped, &original);
+    assert_eq!(dcmdump_value(o, "FrameOfReferenceUID").as_deref(), Some(mapped.as_str()));
+    assert!(!contains(&bytes, original.as_bytes()), "the original FrameOfReferenceUID is left somewhere");
     assert!(dcmdump_value(o, "StudyDescription").is_some_and(|s| s.starts_with("CT CHEST for")));
 }
 
@@ -341,6 +347,51 @@ fn keyed_mode_nodes_agree_without_sharing_an_index() {
     let run = anonymize(&config, &dir.join("out"), &[&input]);
     assert_eq!(run.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&run.stderr).contains("NO_SUCH_SECRET_VAR"));
+}
+
+/// Class 3 of issue 21: the project secret is read one way wherever it comes from, and a changed
+/// secret stops the start instead of giving every patient a second pseudonym.
+#[test]
+fn a_secret_moved_into_a_file_keeps_every_pseudonym_and_a_changed_one_is_refused() {
+    let d = tempfile::tempdir().unwrap();
+    let input = put(&d.path().join("in"), "a.dcm", &instance(&smith(), &Shape::default()));
+    let dir = d.path().join("node");
+    let run = |extra: &str, env: &[(&str, &str)], out: &str| {
+        let config = config(&dir, SITE, ROOT, &default_script(), &format!("  pseudonyms: keyed\n{extra}"));
+        binary()
+            .args(["anonymize", "--config"])
+            .arg(&config)
+            .arg("--out")
+            .arg(d.path().join(out))
+            .arg(&input)
+            .envs(env.iter().copied())
+            .output()
+            .unwrap()
+    };
+    let tree = |out: &str| {
+        let root = d.path().join(out);
+        files_under(&root)
+            .iter()
+            .map(|f| (f.strip_prefix(&root).unwrap().to_path_buf(), std::fs::read(f).unwrap()))
+            .collect::<Vec<_>>()
+    };
+    let value = "a-project-secret-of-some-length";
+    let from_env =
+        run("  secret_env: DAG_TEST_PROJECT_SECRET\n", &[("DAG_TEST_PROJECT_SECRET", value)], "env");
+    assert!(from_env.status.success(), "{}", text(&from_env));
+    // `echo SECRET > file` adds a newline: the same secret, the same pseudonyms, the same index.
+    let file = put(d.path(), "secret", format!("{value}\n").as_bytes());
+    let from_file = run(&format!("  secret_file: {}\n", file.display()), &[], "file");
+    assert!(from_file.status.success(), "{}", text(&from_file));
+    assert_eq!(tree("env"), tree("file"));
+    assert_eq!(tree("env").len(), 1);
+
+    let other = put(d.path(), "other", b"another-secret-of-some-length\n");
+    let changed = run(&format!("  secret_file: {}\n", other.display()), &[], "changed");
+    let said = text(&changed);
+    assert!(!changed.status.success() && said.contains("another project secret"), "{said}");
+    assert!(!said.contains("another-secret") && !said.contains(value), "a secret was printed: {said}");
+    assert!(tree("changed").is_empty());
 }
 
 #[test]

@@ -272,7 +272,9 @@ fn an_instance_that_cannot_be_sent_holds_back_nothing_else() {
     });
     assert_eq!(by_uid(&scp.files()).len(), 5);
     let status = queue_status(&node.config);
-    assert!(status.contains("not a DICOM Part 10 file") && status.contains("attempts 1"), "{status}");
+    // The bad file is retried with backoff like any failed send (an operator may put it right),
+    // so how many attempts it has had by now depends on the machine's speed: not asserted.
+    assert!(status.contains("not a DICOM Part 10 file") && status.contains("attempts "), "{status}");
     node.stop();
 }
 

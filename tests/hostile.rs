@@ -385,10 +385,9 @@ fn two_hundred_fifty_thousand_reversed_elements_parse() {
         let (group, element) = (0x0041 + 2 * (i >> 16) as u16, i as u16);
         body.extend(el((group, element), b"LO", b"XY"));
     }
-    let started = Instant::now();
+    // Quadratic insertion would take hours here: the suite's time limit is this test's bound.
     let ds = dicom_anon_gateway::dicom::read_dataset(&body, dicom_anon_gateway::dicom::Encoding::EXPLICIT_LE)
         .unwrap();
-    println!("{n} reversed elements parsed in {:?} (debug build)", started.elapsed());
     assert_eq!(ds.elements.len(), n as usize);
     assert!(ds.elements.windows(2).all(|w| w[0].tag < w[1].tag));
 }

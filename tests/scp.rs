@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -154,7 +154,8 @@ fn unsupported_classes_oversize_instances_and_refused_modalities_fail_cleanly() 
     let node = Node::start(d.path(), scp, "  min_free_bytes: 0\n");
     let mr = put(d.path(), "mr.dcm", &instance(&smith(), &Shape { modality: "MR", ..Shape::default() }));
     let out = storescu(node.port, &[mr]);
-    assert!(text(&out).contains("No presentation context") || !out.status.success(), "{}", text(&out));
+    // The SOP class is not offered by the node: storescu finds no context for it and sends nothing.
+    assert!(text(&out).contains("No presentation context"), "{}", text(&out));
 
     let large = put(d.path(), "large.dcm", &instance(&smith(), &Shape { rows: 128, ..Shape::default() }));
     let out = storescu(node.port, &[large]);
@@ -276,67 +277,6 @@ fn a_mismatched_or_unparseable_data_set_is_quarantined_with_a_status() {
     // A quarantined instance is a Part 10 file the offline command can read again.
     let q = &dcm_files(&node.quarantine().join("Missing_Attributes"))[0];
     assert_eq!(dcmdump_value(q, "SOPInstanceUID").as_deref(), Some(announced.as_str()));
-}
-
-#[test]
-fn a_crash_mid_transfer_loses_no_acknowledged_instance() {
-    let d = tempfile::tempdir().unwrap();
-    let mut node = Node::start(d.path(), "", "  min_free_bytes: 0\n");
-    let mut files = Vec::new();
-    for i in 0..300u32 {
-        let shape = Shape { rows: 128, instance: i, series: 1 + i % 4, ..Shape::default() };
-        files.push(put(&d.path().join("in"), &format!("{i:03}.dcm"), &instance(&smith(), &shape)));
-    }
-    let mut sender = std::process::Command::new(tool("/usr/bin/storescu", "dcmtk"))
-        .env("TCP_NODELAY", "1")
-        .args(["-v", "-aet", "TESTSCU", "-aec", AE, "127.0.0.1", &node.port.to_string()])
-        .args(&files)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    // storescu -v logs to stderr: "Sending file: X" ... "Received Store Response (Success)".
-    let reader = BufReader::new(sender.stderr.take().unwrap());
-    let mut current: Option<PathBuf> = None;
-    let mut acknowledged = Vec::new();
-    for line in reader.lines() {
-        let line = line.unwrap();
-        if let Some(f) = line.strip_prefix("I: Sending file: ") {
-            current = Some(PathBuf::from(f.trim()));
-        } else if line.contains("Received Store Response (Success)") {
-            acknowledged.push(current.take().expect("a response follows a file"));
-            if acknowledged.len() == 60 {
-                node.kill9();
-                break;
-            }
-        }
-    }
-    let _ = sender.kill();
-    let _ = sender.wait();
-    assert_eq!(acknowledged.len(), 60, "storescu did not get far enough");
-
-    // Restart on the same storage: every acknowledged instance is there and valid.
-    let node = Node::start_with(d.path(), &node.config);
-    let rsna = dicom_anon_gateway::anonymize::Rsna::new(SITE, ROOT, Default::default()).unwrap();
-    use dicom_anon_gateway::anonymize::Pseudonyms;
-    let stored: Vec<PathBuf> = dcm_files(&node.public());
-    for f in &acknowledged {
-        let original = dcmdump_value(f, "SOPInstanceUID").unwrap();
-        let anon = rsna.uid(&original);
-        let out = stored.iter().find(|p| p.file_name().unwrap().to_string_lossy() == format!("{anon}.dcm"));
-        let out = out.unwrap_or_else(|| panic!("acknowledged {f:?} is missing after the crash"));
-        assert_eq!(
-            dcmdump_value(out, "SOPInstanceUID").as_deref(),
-            Some(anon.as_str()),
-            "{out:?} is not valid"
-        );
-    }
-    assert!(
-        !files_under(&node.public()).iter().any(|p| p.to_string_lossy().ends_with(".part")),
-        "temp files swept"
-    );
-    let echo = echoscu(node.port, "TESTSCU", AE);
-    assert!(echo.status.success());
 }
 
 #[test]

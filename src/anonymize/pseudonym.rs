@@ -122,6 +122,14 @@ impl Keyed {
         })
     }
 
+    /// What the index keeps of the secret, to notice at start that it changed: the MAC of a label
+    /// no value uses, 64 bits of it. It names the secret without revealing it.
+    pub fn fingerprint(secret: &[u8]) -> String {
+        let mut m = Hmac::<Sha256>::new_from_slice(secret).expect("HMAC takes a key of any length");
+        m.update(b"dicom-anon-gateway secret fingerprint");
+        hex::encode(&m.finalize().into_bytes()[..8])
+    }
+
     fn tag(&self, label: &str, value: &str) -> [u8; 32] {
         let mut m = self.mac.clone();
         m.update(label.as_bytes());
@@ -228,7 +236,15 @@ mod tests {
         assert_ne!(a.uid("1.2.3"), c.uid("1.2.3"));
         assert_ne!(a.patient_id("MRN1"), c.patient_id("MRN1"));
         assert!(a.uid("1.2.3").starts_with("1.2.826.0.1.3680043.10.474.972149.3."));
-        assert!(a.date_offset("MRN1") < 3652);
+        // Offsets spread over the ten years for different patients, and follow the secret.
+        let offsets: std::collections::HashSet<u32> =
+            (0..1000).map(|i| a.date_offset(&format!("MRN{i}"))).collect();
+        assert!(offsets.len() > 800, "1000 patients share {} offsets", offsets.len());
+        assert!(offsets.iter().any(|&o| o < 365) && offsets.iter().any(|&o| o > 3287));
+        assert_eq!(a.date_offset("MRN1"), b.date_offset("MRN1"));
+        let moved =
+            (0..20).filter(|i| a.date_offset(&format!("MRN{i}")) != c.date_offset(&format!("MRN{i}")));
+        assert!(moved.count() >= 19, "another secret gives other offsets");
         assert_eq!(a.accession("A1").len(), 16);
     }
 }

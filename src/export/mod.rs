@@ -143,7 +143,7 @@ impl Exporter {
 
     /// Count, log and turn an outcome into what the index records.
     fn settle(&self, item: Delivery, sent: Sent, round: &mut Round) -> DeliveryRecord {
-        let uid = item.anon_sop_uid;
+        let (uid, generation) = (item.anon_sop_uid, item.generation);
         let name = self.name();
         match sent {
             Sent::Stored { warning } => {
@@ -153,13 +153,13 @@ impl Exporter {
                     info!(destination = %name, sop = %uid, status = format!("0x{status:04X}"), "stored with a warning");
                 }
                 debug!(destination = %name, sop = %uid, "sent");
-                DeliveryRecord::Sent(uid)
+                DeliveryRecord::Sent { uid, generation }
             }
             Sent::AlreadyHeld => {
                 round.sent += 1;
                 METRICS.exports.with_label_values(&[name, "already_held"]).inc();
                 debug!(destination = %name, sop = %uid, "already at the destination; not sent");
-                DeliveryRecord::Sent(uid)
+                DeliveryRecord::Sent { uid, generation }
             }
             Sent::Failed(error) => {
                 round.failed += 1;
@@ -167,7 +167,7 @@ impl Exporter {
                 let wait = backoff(item.attempts).max(Duration::from_millis(200));
                 warn!(destination = %name, sop = %uid, attempt = item.attempts + 1, retry_in_s = format_args!("{:.1}", wait.as_secs_f32()), error = %error, "send failed; will retry");
                 let next_try = chrono::Utc::now() + chrono::Duration::from_std(wait).unwrap_or_default();
-                DeliveryRecord::Failed { uid, error, next_try }
+                DeliveryRecord::Failed { uid, generation, error, next_try }
             }
             Sent::NotTried => DeliveryRecord::NotTried(uid),
         }

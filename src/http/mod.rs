@@ -115,11 +115,14 @@ async fn readyz(State(ops): State<Arc<Ops>>) -> Response {
     let spool = tokio::task::spawn_blocking(move || spool_writable(&public))
         .await
         .unwrap_or_else(|e| Err(format!("probe did not run: {e}")));
-    let ready = listener && index.is_ok() && disk_ok && spool.is_ok();
+    // A failed flush is final: the node acknowledges nothing until it is restarted.
+    let flushed = crate::durability::failure().map(ToString::to_string);
+    let ready = listener && index.is_ok() && disk_ok && spool.is_ok() && flushed.is_none();
     let body = serde_json::json!({
         "ready": ready,
         "checks": {
             "listener": { "ok": listener },
+            "flush": { "ok": flushed.is_none(), "error": flushed },
             "index": { "ok": index.is_ok(), "error": index.err() },
             "spool": { "ok": spool.is_ok(), "error": spool.err() },
             "disk": {
@@ -240,6 +243,7 @@ fn gather(ops: &Ops) -> status::Page {
         tls: ops.tls.clone(),
         other_projects: ops.other_projects.clone(),
         listener_up: m.listener_up.get() == 1,
+        flush_failure: crate::durability::failure().map(ToString::to_string),
         started: ops.started,
         now: Utc::now(),
         counts: ops.reader.counts().map_err(|e| e.to_string()),

@@ -23,6 +23,8 @@ pub struct Page {
     /// The node's other projects, "NAME (AE title)"; their counts are not on this page.
     pub other_projects: Vec<String>,
     pub listener_up: bool,
+    /// Why the node acknowledges nothing until restarted: a flush to disk failed.
+    pub flush_failure: Option<String>,
     pub started: DateTime<Utc>,
     pub now: DateTime<Utc>,
     /// `Err`: why the index could not be read.
@@ -115,6 +117,9 @@ fn write_page(h: &mut String, p: &Page) -> std::fmt::Result {
         p.now.format("%Y-%m-%d %H:%M:%S UTC"),
     )?;
 
+    if let Some(failure) = &p.flush_failure {
+        write!(h, "<p id=\"flush-failure\" class=\"bad\">Not accepting instances: {}</p>", escape(failure))?;
+    }
     h.push_str("<div class=\"grid\"><section><h2>Node</h2><table>");
     let (state, class) = if p.listener_up { ("accepting", "ok") } else { ("not listening", "bad") };
     write!(
@@ -283,6 +288,7 @@ mod tests {
             tls: "off".into(),
             other_projects: vec!["B<2> (B_AE)".into()],
             listener_up: true,
+            flush_failure: None,
             started: Utc::now(),
             now: Utc::now(),
             counts: Ok(Counts { patients: 1, studies: 2, series: 3, instances: 4 }),
@@ -316,6 +322,16 @@ mod tests {
         assert!(html.contains("id=\"quarantine-DICOM_Read_Error\">2<"));
         assert!(html.contains("<svg id=\"chart\""));
         assert!(html.contains("5.0 GiB"));
+    }
+
+    #[test]
+    fn a_failed_flush_is_said_first_and_only_then() {
+        assert!(!render(&page()).contains("flush-failure"));
+        let failed = Page { flush_failure: Some("a flush to disk failed at <then>".into()), ..page() };
+        let html = render(&failed);
+        let said = html.find("id=\"flush-failure\"").expect("the failure is on the page");
+        assert!(said < html.find("<h2>Node</h2>").unwrap(), "above everything else");
+        assert!(html.contains("a flush to disk failed at &lt;then&gt;"));
     }
 
     #[test]

@@ -5,7 +5,8 @@
 //! Rows are added by [`Index::enqueue_deliveries`], which the destination's worker calls: every
 //! instance recorded after the last one it queued (by rowid, which only grows) gets a row. So the
 //! ingest path does not know the destinations, and a destination added later receives the whole
-//! archive.
+//! archive. A re-sent instance keeps its rowid: recording it queues its rows again, and a send of
+//! the version it replaced, still under way, settles nothing (the instance's `generation` moved).
 
 use chrono::{DateTime, Utc};
 use rusqlite::{params, Connection};
@@ -41,15 +42,17 @@ pub struct Delivery {
     pub size: u64,
     /// Earlier attempts: the destination may already hold it.
     pub attempts: u32,
+    /// The version of the instance claimed (`instances.generation`).
+    pub generation: i64,
 }
 
 /// What became of a claimed instance.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DeliveryRecord {
-    /// The destination has it (stored now, or found there).
-    Sent(String),
+    /// The destination has version `generation` (stored now, or found there).
+    Sent { uid: String, generation: i64 },
     /// An attempt failed; try again at `next_try`.
-    Failed { uid: String, error: String, next_try: DateTime<Utc> },
+    Failed { uid: String, generation: i64, error: String, next_try: DateTime<Utc> },
     /// Its association ended before its turn: queued again, not an attempt.
     NotTried(String),
 }
@@ -92,7 +95,8 @@ impl Index {
         let d = destination.to_string();
         self.call(move |c| {
             let mut stmt = c.prepare_cached(
-                "SELECT d.anon_sop_uid, i.sop_class_uid, i.path, i.size, d.attempts, st.anon_study_uid, se.anon_series_uid
+                "SELECT d.anon_sop_uid, i.sop_class_uid, i.path, i.size, d.attempts, st.anon_study_uid, se.anon_series_uid,
+                        i.generation
                  FROM deliveries d JOIN instances i ON i.rowid = d.instance_rowid
                  JOIN series se ON se.series_uid = i.series_uid JOIN studies st ON st.study_uid = se.study_uid
                  WHERE d.destination = ?1 AND (d.state = 'queued' OR (d.state = 'failed' AND d.next_try <= ?2))
@@ -108,6 +112,7 @@ impl Index {
                         attempts: r.get(4)?,
                         anon_study_uid: r.get(5)?,
                         anon_series_uid: r.get(6)?,
+                        generation: r.get(7)?,
                     })
                 })?
                 .collect::<Result<_, _>>()?;
@@ -129,13 +134,16 @@ impl Index {
     ) -> Result<(), IndexError> {
         let d = destination.to_string();
         self.call(move |c| {
+            // Only the version claimed settles its row: a re-send meanwhile queued it again.
             let mut sent = c.prepare_cached(
                 "UPDATE deliveries SET state = 'sent', sent_at = ?3, last_error = NULL, next_try = NULL
-                 WHERE destination = ?1 AND anon_sop_uid = ?2",
+                 WHERE destination = ?1 AND anon_sop_uid = ?2 AND state = 'sending'
+                   AND (SELECT generation FROM instances WHERE rowid = deliveries.instance_rowid) = ?4",
             )?;
             let mut failed = c.prepare_cached(
                 "UPDATE deliveries SET state = 'failed', attempts = attempts + 1, last_error = ?3, next_try = ?4
-                 WHERE destination = ?1 AND anon_sop_uid = ?2",
+                 WHERE destination = ?1 AND anon_sop_uid = ?2 AND state = 'sending'
+                   AND (SELECT generation FROM instances WHERE rowid = deliveries.instance_rowid) = ?5",
             )?;
             let mut untried = c.prepare_cached(
                 "UPDATE deliveries SET state = 'queued' WHERE destination = ?1 AND anon_sop_uid = ?2 AND state = 'sending'",
@@ -143,9 +151,9 @@ impl Index {
             let at = now();
             for r in &records {
                 match r {
-                    DeliveryRecord::Sent(uid) => sent.execute(params![d, uid, at])?,
-                    DeliveryRecord::Failed { uid, error, next_try } => {
-                        failed.execute(params![d, uid, error, time(*next_try)])?
+                    DeliveryRecord::Sent { uid, generation } => sent.execute(params![d, uid, at, generation])?,
+                    DeliveryRecord::Failed { uid, generation, error, next_try } => {
+                        failed.execute(params![d, uid, error, time(*next_try), generation])?
                     }
                     DeliveryRecord::NotTried(uid) => untried.execute(params![d, uid])?,
                 };
@@ -253,8 +261,13 @@ mod tests {
         assert_eq!(claimed.iter().map(|c| c.anon_sop_uid.as_str()).collect::<Vec<_>>(), ["anon0", "anon1"]);
         let past = chrono::Utc::now() - chrono::Duration::seconds(1);
         let records = vec![
-            DeliveryRecord::Sent("anon0".into()),
-            DeliveryRecord::Failed { uid: "anon1".into(), error: "0xA700".into(), next_try: past },
+            DeliveryRecord::Sent { uid: "anon0".into(), generation: 0 },
+            DeliveryRecord::Failed {
+                uid: "anon1".into(),
+                generation: 0,
+                error: "0xA700".into(),
+                next_try: past,
+            },
         ];
         index.record_deliveries("a", records).unwrap();
         // The failed one is due again; the sent one never comes back.
@@ -268,6 +281,78 @@ mod tests {
         assert_eq!(status.len(), 2);
         assert_eq!(status[0].counts, [("queued".to_string(), 2), ("sent".to_string(), 1)]);
         assert_eq!(status[1].counts, [("queued".to_string(), 3)]);
+        index.close();
+    }
+
+    /// Record instance `i` again, as a re-send does.
+    fn resend(index: &Index, i: usize) {
+        index
+            .call(move |c| {
+                crate::index::record(
+                    c,
+                    &crate::index::InstanceRecord {
+                        sop_uid: format!("phi{i}"),
+                        anon_sop_uid: format!("anon{i}"),
+                        series_uid: "s".into(),
+                        sop_class_uid: "1.2".into(),
+                        path: format!("p/{i}.dcm"),
+                        size: 11,
+                        uid_map: Vec::new(),
+                    },
+                )
+            })
+            .unwrap();
+    }
+
+    #[test]
+    fn an_instance_re_sent_during_its_send_is_sent_again_and_after_it_too() {
+        let (_d, index) = index_with_instances(2);
+        index.enqueue_deliveries("a").unwrap();
+        let claimed = index.claim_deliveries("a", 10).unwrap();
+        assert_eq!(claimed.len(), 2);
+        // anon0 is re-sent while both are on their way; then both sends succeed.
+        resend(&index, 0);
+        let sent = claimed
+            .iter()
+            .map(|c| DeliveryRecord::Sent { uid: c.anon_sop_uid.clone(), generation: c.generation })
+            .collect();
+        index.record_deliveries("a", sent).unwrap();
+        let again = index.claim_deliveries("a", 10).unwrap();
+        assert_eq!(
+            again.iter().map(|c| (c.anon_sop_uid.as_str(), c.generation)).collect::<Vec<_>>(),
+            [("anon0", 1)]
+        );
+        index
+            .record_deliveries("a", vec![DeliveryRecord::Sent { uid: "anon0".into(), generation: 1 }])
+            .unwrap();
+        assert!(index.claim_deliveries("a", 10).unwrap().is_empty());
+        // Sent, then re-sent: sent again (the high-water mark alone never saw it).
+        resend(&index, 1);
+        assert_eq!(index.enqueue_deliveries("a").unwrap(), 0);
+        let again = index.claim_deliveries("a", 10).unwrap();
+        assert_eq!(again.iter().map(|c| c.anon_sop_uid.as_str()).collect::<Vec<_>>(), ["anon1"]);
+        index.close();
+    }
+
+    #[test]
+    fn an_upload_of_a_version_re_sent_meanwhile_settles_nothing() {
+        let (_d, index) = index_with_instances(1);
+        let claimed = index.claim(10).unwrap();
+        resend(&index, 0);
+        assert!(
+            !index.mark_uploaded(&claimed[0], None).unwrap(),
+            "the old version's upload settled the new one"
+        );
+        index.mark_failed(&claimed[0], "late", chrono::Utc::now()).unwrap();
+        let again = index.claim(10).unwrap();
+        assert_eq!((again.len(), again[0].generation, again[0].attempts), (1, 1, 0), "{again:?}");
+        assert!(index.mark_uploaded(&again[0], None).unwrap());
+        assert!(index.claim(10).unwrap().is_empty());
+        // A restart with an upload under way: tried again as an attempt, so the bucket is asked first.
+        resend(&index, 0);
+        assert_eq!(index.claim(10).unwrap().len(), 1);
+        assert_eq!(index.requeue_interrupted().unwrap(), 1);
+        assert_eq!(index.claim(10).unwrap()[0].attempts, 1);
         index.close();
     }
 }

@@ -25,6 +25,22 @@ pub enum ExportError {
     Index { path: String, source: rusqlite::Error },
     #[error("cannot write {path}: {source}")]
     Csv { path: String, source: csv::Error },
+    #[error("cannot write {path}: {source}")]
+    Write { path: String, source: std::io::Error },
+}
+
+/// A consistent copy of the whole index in one file (`VACUUM INTO`): complete on its own, with no
+/// `-wal` beside it, taken while a node keeps writing. Refuses to overwrite `out`. Returns its size.
+pub fn backup(index: &Path, out: &Path) -> Result<u64, ExportError> {
+    let db_err = |source| ExportError::Index { path: index.display().to_string(), source };
+    let conn = Connection::open_with_flags(index, OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(db_err)?;
+    let write_err = |source| ExportError::Write { path: out.display().to_string(), source };
+    let target = out.to_str().ok_or_else(|| db_err(rusqlite::Error::InvalidPath(out.to_path_buf())))?;
+    conn.execute("VACUUM INTO ?1", [target]).map_err(db_err)?;
+    // VACUUM INTO does not sync what it wrote: a backup is only one once it is on the disk.
+    let file = std::fs::File::open(out).map_err(write_err)?;
+    file.sync_all().map_err(write_err)?;
+    Ok(file.metadata().map_err(write_err)?.len())
 }
 
 /// Write the lookup table; returns the number of studies. Reads through its own read-only

@@ -24,7 +24,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 
 pub use audit::{export_audit, export_mapping, AuditRecord, PATIENT_ID_MAPPING, UID_MAPPING};
 pub use deliveries::{Delivery, DeliveryRecord, DestinationStatus};
-pub use export::{export_csv, ExportError};
+pub use export::{backup, export_csv, ExportError};
 pub use presence::Presence;
 pub use queue::{Pending, QueueStatus, StuckItem};
 pub use stats::{Counts, Reader};
@@ -39,6 +39,8 @@ pub enum IndexError {
     Conflict(String),
     #[error("the index at {path} belongs to site {stored:?}, but project.site_id is {configured:?}; site ids cannot change")]
     SiteMismatch { path: String, stored: String, configured: String },
+    #[error("the index at {path} was built with another project secret (fingerprint {stored}, the configured secret's is {configured}): every patient, study and UID would get new pseudonyms and the archive would split in two. Configure the secret this index was built with, or give a new archive a new storage directory")]
+    SecretMismatch { path: String, stored: String, configured: String },
     #[error("PHI index: {0}")]
     Sqlite(#[from] rusqlite::Error),
     #[error("cannot create {path}: {source}")]
@@ -138,6 +140,23 @@ struct Writer {
     _stop_checkpoints: mpsc::Sender<()>,
 }
 
+/// The last handle closes the index: everything in the WAL goes into `index.db`, and the WAL is
+/// cut to nothing, so a copy of `index.db` alone made after a clean stop is the whole index.
+impl Drop for Writer {
+    fn drop(&mut self) {
+        let conn = self.conn.get_mut().unwrap_or_else(|p| p.into_inner());
+        match conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get::<_, i64>(0)) {
+            Ok(0) => {}
+            Ok(_) => tracing::warn!(
+                "the index's last checkpoint was blocked by a reader; index.db needs its -wal file"
+            ),
+            Err(e) => {
+                tracing::warn!(error = %e, "the index's last checkpoint failed; index.db needs its -wal file")
+            }
+        }
+    }
+}
+
 impl Writer {
     /// Run queued requests until none is left, unless another thread is doing it: that one then
     /// takes ours too. Whoever lets go of the connection looks at the queue once more, so a
@@ -184,6 +203,8 @@ pub struct Owner {
     pub site_id: String,
     /// The pseudonym of the patient with no PatientID.
     pub default_patient_id: String,
+    /// Keyed pseudonyms: the fingerprint of the project secret they are made with.
+    pub secret_fingerprint: Option<String>,
 }
 
 impl Owner {
@@ -192,6 +213,15 @@ impl Owner {
         Owner {
             site_id: site_id.to_string(),
             default_patient_id: crate::anonymize::Rsna::numbered_patient_id(site_id, 0),
+            secret_fingerprint: None,
+        }
+    }
+
+    /// The owner for a site whose pseudonyms are keyed with `secret`.
+    pub fn keyed(site_id: &str, secret: &[u8]) -> Owner {
+        Owner {
+            secret_fingerprint: Some(crate::anonymize::Keyed::fingerprint(secret)),
+            ..Owner::for_site(site_id)
         }
     }
 }
@@ -422,6 +452,29 @@ impl Index {
         })
     }
 
+    /// The path of every instance the index knows, relative to `public/`.
+    pub fn paths(&self) -> Result<Vec<String>, IndexError> {
+        self.call(|c| {
+            let paths = c
+                .prepare("SELECT path FROM instances")?
+                .query_map([], |r| r.get(0))?
+                .collect::<Result<_, _>>()?;
+            Ok(paths)
+        })
+    }
+
+    /// Never hand out a patient number up to `highest` again (it is on a folder already).
+    pub fn reserve_patient_numbers(&self, highest: u64) -> Result<(), IndexError> {
+        let highest = i64::try_from(highest).unwrap_or(i64::MAX);
+        self.call(move |c| {
+            c.execute(
+                "UPDATE meta SET value = CAST(?1 AS TEXT) WHERE key = 'last_patient_number' AND CAST(value AS INTEGER) < ?1",
+                [highest],
+            )?;
+            Ok(())
+        })
+    }
+
     fn remember(&self, patient_id: String, anon: &str) {
         if let Ok(mut known) = self.known_patients.lock() {
             if known.len() >= KNOWN_PATIENTS {
@@ -475,6 +528,24 @@ fn init(conn: &mut Connection, path: &Path, owner: &Owner) -> Result<(), IndexEr
         None => {
             tx.execute("INSERT INTO meta(key, value) VALUES ('site_id', ?1)", [&owner.site_id])?;
             tx.execute("INSERT INTO meta(key, value) VALUES ('last_patient_number', '0')", [])?;
+        }
+    }
+    if let Some(configured) = &owner.secret_fingerprint {
+        let stored: Option<String> = tx
+            .query_row("SELECT value FROM meta WHERE key = 'secret_fingerprint'", [], |r| r.get(0))
+            .optional()?;
+        match stored {
+            Some(stored) if stored != *configured => {
+                return Err(IndexError::SecretMismatch {
+                    path: path.display().to_string(),
+                    stored,
+                    configured: configured.clone(),
+                })
+            }
+            Some(_) => {}
+            None => {
+                tx.execute("INSERT INTO meta(key, value) VALUES ('secret_fingerprint', ?1)", [configured])?;
+            }
         }
     }
     tx.execute(
@@ -662,15 +733,23 @@ fn forget(c: &Connection, sop_uid: &str) -> Result<(), IndexError> {
 }
 
 /// Insert or replace an instance's row.
-fn record(tx: &Connection, r: &InstanceRecord) -> Result<(), IndexError> {
+pub(crate) fn record(tx: &Connection, r: &InstanceRecord) -> Result<(), IndexError> {
     tx.prepare_cached(
         "INSERT INTO instances(sop_uid, anon_sop_uid, series_uid, sop_class_uid, path, size, state, stored_at)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'queued', ?7)
          ON CONFLICT(sop_uid) DO UPDATE SET path = excluded.path, size = excluded.size,
              state = 'queued', stored_at = excluded.stored_at, attempts = 0, last_error = NULL,
-             next_try = NULL",
+             next_try = NULL, generation = generation + 1",
     )?
     .execute(params![r.sop_uid, r.anon_sop_uid, r.series_uid, r.sop_class_uid, r.path, r.size as i64, now()])?;
+    // A re-sent instance goes to every destination again; a send of the version it replaces, still
+    // under way, settles nothing (see `deliveries`).
+    tx.prepare_cached(
+        "UPDATE deliveries SET state = 'queued', attempts = 0, last_error = NULL, next_try = NULL,
+             instance_rowid = (SELECT rowid FROM instances WHERE anon_sop_uid = ?1)
+         WHERE anon_sop_uid = ?1",
+    )?
+    .execute([&r.anon_sop_uid])?;
     let mut map = tx.prepare_cached("INSERT OR IGNORE INTO uid_map(phi_uid, anon_uid) VALUES (?1, ?2)")?;
     for (phi, anon) in &r.uid_map {
         map.execute([phi, anon])?;

@@ -15,6 +15,9 @@ pub struct Pending {
     pub size: u64,
     /// Earlier attempts: a retried object may already be in the bucket.
     pub attempts: u32,
+    /// Which version of the instance was claimed: a re-send during the upload makes a new one,
+    /// and the old upload then settles nothing.
+    pub generation: i64,
 }
 
 /// What `queue status` prints.
@@ -43,7 +46,7 @@ impl Index {
     pub fn claim(&self, limit: usize) -> Result<Vec<Pending>, IndexError> {
         self.call(move |c| {
             let mut stmt = c.prepare_cached(
-                "SELECT anon_sop_uid, path, size, attempts FROM instances
+                "SELECT anon_sop_uid, path, size, attempts, generation FROM instances
                  WHERE state = 'queued' OR (state = 'failed' AND next_try <= ?1)
                  ORDER BY stored_at LIMIT ?2",
             )?;
@@ -54,6 +57,7 @@ impl Index {
                         path: r.get(1)?,
                         size: r.get::<_, i64>(2)? as u64,
                         attempts: r.get(3)?,
+                        generation: r.get(4)?,
                     })
                 })?
                 .collect::<Result<_, _>>()?;
@@ -66,31 +70,34 @@ impl Index {
         })
     }
 
-    pub fn mark_uploaded(&self, anon_sop_uid: &str, etag: Option<String>) -> Result<(), IndexError> {
-        let uid = anon_sop_uid.to_string();
+    /// Record an upload of the version `claimed`. Returns false, and changes nothing, when the
+    /// instance was re-sent meanwhile: the new version is queued and will be uploaded too.
+    pub fn mark_uploaded(&self, claimed: &Pending, etag: Option<String>) -> Result<bool, IndexError> {
+        let (uid, generation) = (claimed.anon_sop_uid.clone(), claimed.generation);
         self.call(move |c| {
-            c.execute(
+            let n = c.execute(
                 "UPDATE instances SET state = 'uploaded', etag = ?2, uploaded_at = ?3, last_error = NULL,
-                 next_try = NULL WHERE anon_sop_uid = ?1",
-                params![uid, etag, now()],
+                 next_try = NULL WHERE anon_sop_uid = ?1 AND generation = ?4 AND state = 'uploading'",
+                params![uid, etag, now(), generation],
             )?;
-            Ok(())
+            Ok(n > 0)
         })
     }
 
-    /// Record a failed attempt; it is tried again at `next_try`.
+    /// Record a failed attempt of the version `claimed`; it is tried again at `next_try`. A
+    /// version re-sent meanwhile is queued afresh, and keeps that.
     pub fn mark_failed(
         &self,
-        anon_sop_uid: &str,
+        claimed: &Pending,
         error: &str,
         next_try: DateTime<Utc>,
     ) -> Result<(), IndexError> {
-        let (uid, error) = (anon_sop_uid.to_string(), error.to_string());
+        let (uid, generation, error) = (claimed.anon_sop_uid.clone(), claimed.generation, error.to_string());
         self.call(move |c| {
             c.execute(
                 "UPDATE instances SET state = 'failed', attempts = attempts + 1, last_error = ?2, next_try = ?3
-                 WHERE anon_sop_uid = ?1",
-                params![uid, error, time(next_try)],
+                 WHERE anon_sop_uid = ?1 AND generation = ?4 AND state = 'uploading'",
+                params![uid, error, time(next_try), generation],
             )?;
             Ok(())
         })
@@ -109,9 +116,16 @@ impl Index {
         })
     }
 
-    /// After a restart nothing is uploading: what was is queued again. Returns how many.
+    /// After a restart nothing is uploading: what was is queued again, as an attempt made, so
+    /// that a put whose answer the crash lost is found in the bucket rather than made twice.
+    /// Returns how many.
     pub fn requeue_interrupted(&self) -> Result<usize, IndexError> {
-        self.call(|c| Ok(c.execute("UPDATE instances SET state = 'queued' WHERE state = 'uploading'", [])?))
+        self.call(|c| {
+            Ok(c.execute(
+                "UPDATE instances SET state = 'queued', attempts = attempts + 1 WHERE state = 'uploading'",
+                [],
+            )?)
+        })
     }
 
     /// Put every failed instance back in the queue for an immediate try. Returns how many.

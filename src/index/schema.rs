@@ -7,6 +7,7 @@ pub const ADDED_INSTANCE_COLUMNS: &[(&str, &str)] = &[
     ("next_try", "TEXT"),
     ("etag", "TEXT"),
     ("uploaded_at", "TEXT"),
+    ("generation", "INTEGER NOT NULL DEFAULT 0"),
 ];
 
 /// Columns added to `audit` since its first version.
@@ -62,7 +63,8 @@ CREATE TABLE IF NOT EXISTS instances (
     last_error    TEXT,
     next_try      TEXT,                             -- failed: not before this time
     etag          TEXT,
-    uploaded_at   TEXT
+    uploaded_at   TEXT,
+    generation    INTEGER NOT NULL DEFAULT 0        -- grows with each re-send of the instance
 );
 CREATE INDEX IF NOT EXISTS instances_by_series ON instances(series_uid);
 CREATE INDEX IF NOT EXISTS instances_by_state ON instances(state, stored_at);

@@ -36,6 +36,9 @@ pub enum Reason {
     PixelUnverified,
     /// Burned-in text that spells the instance's PHI was still readable after masking.
     BurnedInText,
+    /// An anonymized file found in `public/` without its index row after a crash: never
+    /// acknowledged, kept for review. It is anonymized already, so it is never retried.
+    OrphanAfterCrash,
 }
 
 impl Reason {
@@ -52,6 +55,7 @@ impl Reason {
             Reason::LookupMiss => "Lookup_Miss",
             Reason::PixelUnverified => "Pixel_Unverified",
             Reason::BurnedInText => "Burned_In_Text",
+            Reason::OrphanAfterCrash => "Orphan_After_Crash",
         }
     }
 }

@@ -11,7 +11,7 @@ use base64::Engine as _;
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
 
-use crate::config::{read_secret, UploadConfig};
+use crate::config::{SecretSource, UploadConfig};
 
 /// base64(HMAC-SHA256(key = client secret, message = username ‖ app client id)).
 pub fn secret_hash(username: &str, client_id: &str, client_secret: &str) -> String {
@@ -79,12 +79,17 @@ pub(super) fn describe<E: std::error::Error + 'static>(e: &E) -> String {
 
 /// The app client's secret, when the configuration names where it is.
 pub(super) fn client_secret(cfg: &UploadConfig) -> Result<Option<String>, crate::config::ConfigError> {
-    read_secret("upload.client_secret", cfg.client_secret_env.as_deref(), cfg.client_secret_file.as_deref())
+    SecretSource {
+        key: "upload.client_secret",
+        env: cfg.client_secret_env.as_deref(),
+        file: cfg.client_secret_file.as_deref(),
+    }
+    .read()
 }
 
 /// The user's password from where the configuration says; never from the command line.
 pub(super) fn password(env: Option<&str>, file: Option<&std::path::Path>) -> Result<String, AuthError> {
-    Ok(read_secret("upload.password", env, file)?.ok_or_else(|| {
+    Ok(SecretSource { key: "upload.password", env, file }.read()?.ok_or_else(|| {
         crate::config::ConfigError::MissingSecret("upload.password_env or upload.password_file".into())
     })?)
 }
@@ -106,11 +111,12 @@ impl Cognito {
     pub async fn new(cfg: &UploadConfig) -> Result<Cognito, AuthError> {
         let client_secret = client_secret(cfg)?;
         // Only needed to answer NEW_PASSWORD_REQUIRED; its absence is reported if that happens.
-        let new_password = read_secret(
-            "upload.new_password",
-            cfg.new_password_env.as_deref(),
-            cfg.new_password_file.as_deref(),
-        )
+        let new_password = SecretSource {
+            key: "upload.new_password",
+            env: cfg.new_password_env.as_deref(),
+            file: cfg.new_password_file.as_deref(),
+        }
+        .read()
         .unwrap_or_default();
         let shared = unsigned_config(cfg).await;
         let cognito = Cognito {

@@ -200,10 +200,18 @@ impl Uploader {
                 if !skipped {
                     METRICS.upload_bytes.inc_by(item.size);
                 }
-                let uid = item.anon_sop_uid.clone();
-                if let Err(e) = self.blocking(move |i| i.mark_uploaded(&uid, etag)).await {
-                    warn!(sop = %item.anon_sop_uid, error = %e, "uploaded, but cannot record it; it will be checked again");
-                    return;
+                let claimed = item.clone();
+                match self.blocking(move |i| i.mark_uploaded(&claimed, etag)).await {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        // Its file is the new version's now: kept, and uploaded in its turn.
+                        info!(sop = %item.anon_sop_uid, "re-sent while it was being uploaded; the new version is queued");
+                        return;
+                    }
+                    Err(e) => {
+                        warn!(sop = %item.anon_sop_uid, error = %e, "uploaded, but cannot record it; it will be checked again");
+                        return;
+                    }
                 }
                 debug!(sop = %item.anon_sop_uid, size = item.size, skipped, "uploaded");
                 if self.delete_after_upload {
@@ -228,8 +236,8 @@ impl Uploader {
                     debug!(sop = %item.anon_sop_uid, error = %e, "upload failed");
                 }
                 let next = chrono::Utc::now() + chrono::Duration::from_std(wait).unwrap_or_default();
-                let (uid, error) = (item.anon_sop_uid.clone(), e.to_string());
-                if let Err(e) = self.blocking(move |i| i.mark_failed(&uid, &error, next)).await {
+                let (claimed, error) = (item.clone(), e.to_string());
+                if let Err(e) = self.blocking(move |i| i.mark_failed(&claimed, &error, next)).await {
                     warn!(sop = %item.anon_sop_uid, error = %e, "cannot record a failed upload");
                 }
             }

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod corpus;
+pub mod device;
 pub mod moto;
 pub mod node;
 pub mod peers;
