@@ -14,10 +14,15 @@ for tool in /usr/bin/dcmdump /usr/bin/storescu /usr/bin/echoscu /usr/bin/storesc
 # The TLS tests make their CA and certificates with the openssl command.
 [ -x /usr/bin/openssl ] || missing+=(openssl)
 # Burned-in text: the node reads pixels with Tesseract; the tests draw text with DejaVu and
-# compress images with DCMTK's dcmcrle.
+# compress images with DCMTK's dcmcrle and dcmcjpeg.
 [ -x /usr/bin/tesseract ] || missing+=(tesseract-ocr)
 [ -f /usr/share/tesseract-ocr/5/tessdata/eng.traineddata ] || missing+=(tesseract-ocr-eng)
 [ -f /usr/share/fonts/truetype/dejavu/DejaVuSans-Bold.ttf ] || missing+=(fonts-dejavu-core)
+# JPEG 2000 test images are coded by OpenJPEG's own encoder.
+[ -x /usr/bin/opj_compress ] || missing+=(libopenjp2-tools)
+# tests/faults.rs builds a failing device: a loop device, ext4 and a tmpfs (mount, losetup).
+[ -x /usr/sbin/mkfs.ext4 ] || missing+=(e2fsprogs)
+[ -x /sbin/losetup ] || [ -x /usr/sbin/losetup ] || missing+=(mount)
 if [ ${#missing[@]} -gt 0 ]; then
     echo "installing: ${missing[*]}" >&2
     SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"

@@ -22,6 +22,7 @@ use crate::dicom::{
     Tag, TransferSyntax, Value, ValueError, WriteError, EXPLICIT_VR_LE, VR,
 };
 use crate::durability::{Barrier, Durability};
+use crate::http::METRICS;
 use crate::index::{AuditRecord, Capture, Committed, Index, IndexError, InstanceRecord, Owner, Phrases};
 use crate::queue::{Quarantine, Reason, Spill, Spool, SpoolError, StageWriter};
 use crate::recovery::{self, Recovered, RecoveryError};
@@ -622,7 +623,10 @@ impl Pipeline {
         ts: &TransferSyntax,
         original: &Original,
     ) -> Result<Option<Cleaning>, InstanceError> {
-        match self.pixels.clean(ds, ts, original) {
+        let reading = ReadingPixels::start();
+        let result = self.pixels.clean(ds, ts, original);
+        reading.finish(&result, self.unverifiable);
+        match result {
             Ok(Some(cleaning)) => {
                 if cleaning.changed() {
                     tracing::info!(
@@ -763,6 +767,30 @@ impl Write for Inflating<'_> {
 
     fn flush(&mut self) -> io::Result<()> {
         self.writer.as_mut().map_or(Ok(()), Write::flush)
+    }
+}
+
+/// One image in the pixel stage, as `/metrics` and the status page count it.
+struct ReadingPixels(std::time::Instant);
+
+impl ReadingPixels {
+    fn start() -> ReadingPixels {
+        METRICS.pixel_reads_in_progress.inc();
+        ReadingPixels(std::time::Instant::now())
+    }
+
+    /// Count the outcome of an image that was read (one the stage passed over is not counted).
+    fn finish(self, result: &Result<Option<Cleaning>, PixelError>, unverifiable: Unverifiable) {
+        METRICS.pixel_reads_in_progress.dec();
+        let outcome = match result {
+            Ok(None) => return,
+            Ok(Some(c)) if c.changed() => "masked",
+            Ok(Some(_)) => "clean",
+            Err(e) if unverifiable == Unverifiable::Keep && !e.is_readable_text() => "kept_unread",
+            Err(_) => "held",
+        };
+        METRICS.pixel_reads.with_label_values(&[outcome]).inc();
+        METRICS.pixel_read_seconds.observe(self.0.elapsed().as_secs_f64());
     }
 }
 

@@ -26,6 +26,7 @@ const SC_IMAGE: &str = "1.2.840.10008.5.1.4.1.1.7";
 const RLE: &str = "1.2.840.10008.1.2.5";
 const JPEG_LOSSLESS: &str = "1.2.840.10008.1.2.4.57";
 const JPEG_2000: &str = "1.2.840.10008.1.2.4.90";
+const JPEG_LS: &str = "1.2.840.10008.1.2.4.80";
 
 /// What is drawn: the instance's own PHI, and a word that is not PHI.
 const PHI_WORDS: [&str; 4] = ["HARTMANN", "GRETA", "PX99317", "1958-04-12"];
@@ -185,6 +186,12 @@ fn us(group: u16, element: u16, v: u16) -> DataElement<InMemDicomObject> {
 /// A Part 10 file of `img` in Explicit VR Little Endian (or, for any other `ts`, one fragment
 /// that decodes to nothing), with the patient's PHI in the header as in the pixels.
 fn write(dir: &Path, name: &str, img: &Image, ts: &str) -> PathBuf {
+    // A compressed syntax gets one fragment that is no image at all.
+    write_frames(dir, name, img, ts, vec![vec![0xFF, 0xD8, 0xFF, 0xDB, 0, 4, 1, 2, 0xFF, 0xD9]])
+}
+
+/// As `write`, with these compressed frames as the pixel data when `ts` is not Explicit LE.
+fn write_frames(dir: &Path, name: &str, img: &Image, ts: &str, fragments: Vec<Vec<u8>>) -> PathBuf {
     let uid = |kind: &str| format!("1.2.999.31.{kind}.{}.{}", img.series, img.instance);
     let sop_uid = uid("3");
     let mut o = InMemDicomObject::new_empty();
@@ -249,7 +256,6 @@ fn write(dir: &Path, name: &str, img: &Image, ts: &str) -> PathBuf {
         o.put(text_element(0x0018, 0x5101, VR::CS, "PA"));
     }
     let pixel_element = if ts != EXPLICIT_LE {
-        let fragments = vec![vec![0xFF, 0xD8, 0xFF, 0xDB, 0, 4, 1, 2, 0xFF, 0xD9]];
         DataElement::new(
             Tag(0x7FE0, 0x0010),
             VR::OB,
@@ -422,7 +428,11 @@ fn changes_only_near_text(before: &[u8], after: &[u8], img: &Image) {
 /// Assert the whole promise for one image: the input shows its PHI to OCR, the output stored in
 /// `public/` shows none, only pixels near the text changed, and the header says what was done.
 fn check_cleaned(dir: &Path, img: &Image, input: &Path, output: &Path) {
-    let before = native_pixels(input, dir);
+    check_cleaned_from(dir, img, native_pixels(input, dir), input, output);
+}
+
+/// As `check_cleaned`, with the input's native pixels given (a syntax DCMTK cannot decompress).
+fn check_cleaned_from(dir: &Path, img: &Image, before: Vec<u8>, input: &Path, output: &Path) {
     let after = native_pixels(output, dir);
     let seen = ocr(&before, img, dir);
     assert!(
@@ -573,6 +583,54 @@ fn jpeg_images_are_decoded_masked_and_written_uncompressed() {
     }
 }
 
+/// `img`'s pixels as a JPEG 2000 codestream made by OpenJPEG's own encoder (lossless; the
+/// component transform on for colour, as DICOM's YBR_RCT says).
+fn jpeg_2000(img: &Image, dir: &Path) -> Vec<u8> {
+    let (bytes, _) = pixels(img);
+    let (magic, max) = if img.samples == 3 { ("P6", 255) } else { ("P5", (1u32 << img.bits_stored) - 1) };
+    let mut pnm = format!("{magic}\n{} {}\n{max}\n", img.cols, img.rows).into_bytes();
+    if img.bytes_per_sample() == 2 {
+        // PNM's 16-bit samples are big endian.
+        pnm.extend(bytes.chunks(2).flat_map(|c| [c[1], c[0]]));
+    } else {
+        pnm.extend(&bytes);
+    }
+    let source = dir.join(if img.samples == 3 { "src.ppm" } else { "src.pgm" });
+    std::fs::write(&source, pnm).unwrap();
+    let coded = dir.join("coded.j2k");
+    let out = Command::new(tool("/usr/bin/opj_compress", "libopenjp2-tools"))
+        .arg("-i")
+        .arg(&source)
+        .arg("-o")
+        .arg(&coded)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "opj_compress: {}", String::from_utf8_lossy(&out.stderr));
+    std::fs::read(coded).unwrap()
+}
+
+#[test]
+fn jpeg_2000_images_are_decoded_masked_and_written_uncompressed() {
+    let us = Image::new(US_IMAGE, "US", "RGB");
+    let mut cr = Image::new(CR_IMAGE, "CR", "MONOCHROME2");
+    cr.bits_stored = 12;
+    for (name, img, coded_as) in [("us", us, "YBR_RCT"), ("cr", cr, "MONOCHROME2")] {
+        let d = tempfile::tempdir().unwrap();
+        let codestream = jpeg_2000(&img, d.path());
+        let header = Image { photometric: coded_as, ..img.clone() };
+        let input =
+            write_frames(&d.path().join("in"), &format!("{name}.dcm"), &header, JPEG_2000, vec![codestream]);
+        let (out, run) = anonymize_with(d.path(), "", &[&input]);
+        assert!(run.status.success(), "{name}: {}", text(&run));
+        let output = only_output(&out, &run);
+        assert_eq!(dcmdump_value_meta(&output), EXPLICIT_LE, "{name}: written uncompressed");
+        let photometric = if img.samples == 3 { "RGB" } else { "MONOCHROME2" };
+        assert_eq!(dcmdump_value(&output, "PhotometricInterpretation").as_deref(), Some(photometric));
+        // Lossless: the drawn pixels are what was coded, so every unmasked one must be equal.
+        check_cleaned_from(d.path(), &img, pixels(&img).0, &input, &output);
+    }
+}
+
 #[test]
 fn a_ct_series_without_text_is_written_unchanged_and_one_with_text_is_read_whole() {
     let d = tempfile::tempdir().unwrap();
@@ -636,8 +694,8 @@ fn fake_tesseract(dir: &Path, behaviour: &str) -> PathBuf {
 #[test]
 fn images_whose_pixels_cannot_be_read_are_held_with_a_reason() {
     let img = Image::new(US_IMAGE, "US", "RGB");
-    // A syntax the stage does not decode, and a JPEG stream that does not decode.
-    for (ts, says) in [(JPEG_2000, JPEG_2000), (JPEG_BASELINE, "JPEG: ")] {
+    // A syntax the stage does not decode, and JPEG and JPEG 2000 streams that do not decode.
+    for (ts, says) in [(JPEG_LS, JPEG_LS), (JPEG_BASELINE, "JPEG: "), (JPEG_2000, "JPEG 2000: ")] {
         let d = tempfile::tempdir().unwrap();
         let input = write(&d.path().join("in"), "us-compressed.dcm", &img, ts);
         let (out, run) = anonymize_with(d.path(), "", &[&input]);
@@ -840,6 +898,18 @@ fn the_node_masks_what_it_receives_and_its_audit_row_counts_what_was_masked() {
         .collect();
     assert_eq!(public.len(), 1);
     check_cleaned(d.path(), &img, &input, &public[0]);
+    // Operations see the stage: counted on /metrics and on the status page.
+    let scrape = ureq::get(format!("{}/metrics", node.http_base()))
+        .call()
+        .unwrap()
+        .body_mut()
+        .read_to_string()
+        .unwrap();
+    assert!(scrape.contains("dicom_anon_pixel_reads_total{outcome=\"masked\"} 1"), "{scrape}");
+    assert!(scrape.contains("dicom_anon_pixel_reads_in_progress 0"), "{scrape}");
+    assert!(scrape.contains("dicom_anon_pixel_read_seconds_count 1"), "{scrape}");
+    let page = ureq::get(node.http_base()).call().unwrap().body_mut().read_to_string().unwrap();
+    assert!(page.contains("id=\"pixels-masked\">1<"), "{page}");
     let log = node.log();
     assert!(node.stop().success());
     let csv = d.path().join("audit.csv");

@@ -78,6 +78,10 @@ pub struct Metrics {
     pub flushes: IntCounter,
     pub flush_failures: IntCounter,
     pub flush_latency: Histogram,
+    /// Images whose pixels were read for burned-in text, by outcome.
+    pub pixel_reads: IntCounterVec,
+    pub pixel_reads_in_progress: IntGauge,
+    pub pixel_read_seconds: Histogram,
     pub uploads: IntCounterVec,
     pub upload_bytes: IntCounter,
     /// DICOM destinations (`export.dicom[].name`, no PHI): sent, already held, failed.
@@ -175,6 +179,19 @@ impl Metrics {
                 "Group-commit flushes that failed."
             )),
             flush_latency: reg!(histogram("durability_flush_seconds", "Duration of one group-commit flush.")),
+            pixel_reads: reg!(counter_vec(
+                "pixel_reads_total",
+                "Images read for burned-in text, by outcome: clean, masked, held, kept_unread.",
+                "outcome"
+            )),
+            pixel_reads_in_progress: reg!(gauge(
+                "pixel_reads_in_progress",
+                "Images being read for burned-in text now (each holds its sender's acknowledgement)."
+            )),
+            pixel_read_seconds: reg!(histogram(
+                "pixel_read_seconds",
+                "Time to read (and mask) one image's pixels, OCR included."
+            )),
             uploads: reg!(counter_vec("uploads_total", "Upload attempts, by outcome.", "outcome")),
             upload_bytes: reg!(counter("upload_bytes_total", "Bytes uploaded.")),
             exports: reg!(IntCounterVec::new(

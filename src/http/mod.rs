@@ -260,6 +260,20 @@ fn gather(ops: &Ops) -> status::Page {
         free_bytes: fs4::available_space(&ops.storage_dir).ok(),
         min_free_bytes: ops.min_free_bytes,
         per_minute: ACTIVITY.per_minute(),
+        pixels: pixel_reads(),
+    }
+}
+
+/// The pixel stage's counters since start.
+fn pixel_reads() -> status::PixelReads {
+    let m = &*METRICS;
+    let outcome = |o: &str| m.pixel_reads.with_label_values(&[o]).get();
+    status::PixelReads {
+        in_progress: m.pixel_reads_in_progress.get().max(0) as u64,
+        clean: outcome("clean"),
+        masked: outcome("masked"),
+        held: outcome("held"),
+        kept_unread: outcome("kept_unread"),
     }
 }
 

@@ -40,6 +40,17 @@ pub struct Page {
     pub min_free_bytes: u64,
     /// Instances stored in each of the last 60 minutes, oldest first.
     pub per_minute: Vec<u64>,
+    pub pixels: PixelReads,
+}
+
+/// The pixel stage since start: images read for burned-in text, and being read now.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PixelReads {
+    pub in_progress: u64,
+    pub clean: u64,
+    pub masked: u64,
+    pub held: u64,
+    pub kept_unread: u64,
 }
 
 /// Counters since this process started.
@@ -169,6 +180,18 @@ fn write_page(h: &mut String, p: &Page) -> std::fmt::Result {
         Err(e) => write!(h, "<tr><td class=\"bad\">cannot read the index: {}</td></tr>", escape(e))?,
     }
     h.push_str("</table></section>");
+
+    let px = &p.pixels;
+    write!(
+        h,
+        "<section><h2>Burned-in text</h2><table>\
+         <tr><th>being read now</th><td class=\"n\" id=\"pixels-in-progress\">{}</td></tr>\
+         <tr><th>read, nothing found</th><td class=\"n\" id=\"pixels-clean\">{}</td></tr>\
+         <tr><th>text masked</th><td class=\"n\" id=\"pixels-masked\">{}</td></tr>\
+         <tr><th>held (quarantined)</th><td class=\"n\" id=\"pixels-held\">{}</td></tr>\
+         <tr><th>kept unread</th><td class=\"n\" id=\"pixels-kept-unread\">{}</td></tr></table></section>",
+        px.in_progress, px.clean, px.masked, px.held, px.kept_unread
+    )?;
 
     h.push_str("<section><h2>Quarantine</h2><table>");
     if p.quarantine.is_empty() {
@@ -307,6 +330,7 @@ mod tests {
             free_bytes: Some(5 << 30),
             min_free_bytes: 1 << 30,
             per_minute: vec![0; 60],
+            pixels: PixelReads { in_progress: 1, masked: 7, ..PixelReads::default() },
         }
     }
 
@@ -322,6 +346,7 @@ mod tests {
         assert!(html.contains("id=\"quarantine-DICOM_Read_Error\">2<"));
         assert!(html.contains("<svg id=\"chart\""));
         assert!(html.contains("5.0 GiB"));
+        assert!(html.contains("id=\"pixels-masked\">7<") && html.contains("id=\"pixels-in-progress\">1<"));
     }
 
     #[test]

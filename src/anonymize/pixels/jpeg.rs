@@ -19,6 +19,8 @@ pub const SYNTAXES: &[&str] =
 pub fn decode(frame: &[u8], geometry: &Geometry) -> Result<Vec<u8>, PixelError> {
     let bad = |why: String| PixelError::Codec(format!("JPEG: {why}"));
     let mut decoder = Decoder::new(frame);
+    // A stream that claims a larger image than the header never gets to allocate it.
+    decoder.set_max_decoding_buffer_size(geometry.frame_len());
     // The header says what the components are; the JPEG stream often does not.
     let transform = match geometry.photometric.as_str() {
         p if p.starts_with("YBR") => ColorTransform::YCbCr,

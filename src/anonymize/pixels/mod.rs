@@ -16,11 +16,13 @@
 
 pub mod image;
 mod jpeg;
+mod jpeg2000;
 pub mod ocr;
 mod phi;
 pub mod regions;
 pub mod risk;
 mod rle;
+mod ybr422;
 
 use std::borrow::Cow;
 use std::path::PathBuf;
@@ -182,11 +184,17 @@ struct Frames {
     codec: Codec,
 }
 
+/// A codec's frame decoder: compressed frame and header geometry in, native frame out.
+type Decoder = fn(&[u8], &Geometry) -> Result<Vec<u8>, PixelError>;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Codec {
     Native,
     Rle,
-    Jpeg,
+    /// Decoded by a codec we do not encode with (JPEG, JPEG 2000): written native when masked.
+    Decoded,
+    /// Native YBR_FULL_422, expanded to a sample per pixel and packed back in place.
+    Ybr422,
 }
 
 impl PixelStage {
@@ -496,6 +504,22 @@ fn decode(ds: &DataSet<'_>, ts: &TransferSyntax, big_endian: bool) -> Result<Fra
     let frame_len = geometry.frame_len();
     let total = geometry.total_len().ok_or(PixelError::Geometry("pixel data size overflows".into()))?;
     let (data, codec): (Vec<Vec<u8>>, Codec) = match &element.value {
+        Value::Bytes(b) if is_ybr_422(&geometry) => {
+            let packed = ybr422::packed_len(geometry.rows, geometry.cols);
+            if geometry.cols % 2 == 1 || b.len() < packed * geometry.frames {
+                return Err(PixelError::Geometry(format!(
+                    "YBR_FULL_422 pixel data of {} bytes for {} frames of {}x{}",
+                    b.len(),
+                    geometry.frames,
+                    geometry.cols,
+                    geometry.rows
+                )));
+            }
+            let frames = b.chunks_exact(packed).take(geometry.frames).map(ybr422::expand).collect();
+            geometry.photometric = "YBR_FULL".into();
+            geometry.planar = false;
+            (frames, Codec::Ybr422)
+        }
         Value::Bytes(b) => {
             if b.len() < total {
                 return Err(PixelError::Geometry(format!(
@@ -516,22 +540,28 @@ fn decode(ds: &DataSet<'_>, ts: &TransferSyntax, big_endian: bool) -> Result<Fra
             geometry.big_endian = false;
             (decoded, Codec::Rle)
         }
-        Value::Fragments(fragments) if jpeg::SYNTAXES.contains(&ts.uid.as_str()) => {
+        Value::Fragments(fragments)
+            if jpeg::SYNTAXES.contains(&ts.uid.as_str()) || jpeg2000::SYNTAXES.contains(&ts.uid.as_str()) =>
+        {
+            let is_jpeg = jpeg::SYNTAXES.contains(&ts.uid.as_str());
+            let decode: Decoder = if is_jpeg { jpeg::decode } else { jpeg2000::decode };
             let decoded = frame_fragments(fragments, geometry.frames)?
                 .iter()
-                .map(|f| jpeg::decode(f, &geometry))
+                .map(|f| decode(f, &geometry))
                 .collect::<Result<_, _>>()?;
-            // Decoded colour is RGB, colour by pixel.
+            // Colour comes out by pixel: RGB from JPEG (the decoder undoes YCbCr) and from JPEG
+            // 2000's component transforms (YBR_ICT, YBR_RCT); anything else as it was coded.
             geometry.planar = false;
             geometry.big_endian = false;
-            if geometry.samples == 3 {
+            let transformed = matches!(geometry.photometric.as_str(), "YBR_ICT" | "YBR_RCT");
+            if geometry.samples == 3 && (is_jpeg || transformed) {
                 geometry.photometric = "RGB".into();
             }
-            (decoded, Codec::Jpeg)
+            (decoded, Codec::Decoded)
         }
         Value::Fragments(_) => {
             return Err(PixelError::Unsupported(format!(
-                "pixel data in transfer syntax {} is not decoded here (native, RLE Lossless and JPEG 8-bit and lossless are)",
+                "pixel data in transfer syntax {} is not decoded here (native, RLE Lossless, JPEG 8-bit and lossless, and JPEG 2000 are)",
                 ts.uid
             )))
         }
@@ -539,6 +569,11 @@ fn decode(ds: &DataSet<'_>, ts: &TransferSyntax, big_endian: bool) -> Result<Fra
     };
     let changed = vec![false; data.len()];
     Ok(Frames { geometry, data, changed, codec })
+}
+
+/// Native 8-bit colour in YBR_FULL_422: two bytes per pixel, not three.
+fn is_ybr_422(g: &Geometry) -> bool {
+    g.photometric == "YBR_FULL_422" && g.samples == 3 && g.bits_allocated == 8
 }
 
 /// Each frame's compressed bytes: one fragment per frame, all fragments for a single frame, or
@@ -572,15 +607,15 @@ fn frame_fragments(fragments: &[Cow<'_, [u8]>], frames: usize) -> Result<Vec<Vec
     Ok(out)
 }
 
-/// Put changed frames back into `ds`: native bytes in place, RLE frames encoded again, JPEG
-/// frames written native. Returns `true` when the pixel data is no longer in `ts` (it was
+/// Put changed frames back into `ds`: native bytes in place, RLE frames encoded again, JPEG and
+/// JPEG 2000 frames written native. Returns `true` when the pixel data is no longer in `ts` (it was
 /// decompressed), so the instance is written in Explicit VR Little Endian.
 fn encode(ds: &mut DataSet<'_>, ts: &TransferSyntax, frames: Frames) -> Result<bool, PixelError> {
     if !frames.changed.iter().any(|&c| c) {
         return Ok(false);
     }
     let g = &frames.geometry;
-    if frames.codec == Codec::Jpeg {
+    if frames.codec == Codec::Decoded {
         let mut bytes = frames.data.concat();
         if bytes.len() % 2 == 1 {
             bytes.push(0);
@@ -599,6 +634,13 @@ fn encode(ds: &mut DataSet<'_>, ts: &TransferSyntax, frames: Frames) -> Result<b
     }
     let Some(element) = ds.elements.iter_mut().find(|e| e.tag == PIXEL_DATA) else { return Ok(false) };
     match &mut element.value {
+        Value::Bytes(b) if frames.codec == Codec::Ybr422 => {
+            let bytes = b.to_mut();
+            let packed = ybr422::packed_len(g.rows, g.cols);
+            for (i, frame) in frames.data.iter().enumerate().filter(|(i, _)| frames.changed[*i]) {
+                ybr422::pack(frame, &mut bytes[i * packed..(i + 1) * packed]);
+            }
+        }
         Value::Bytes(b) => {
             let bytes = b.to_mut();
             for (i, frame) in frames.data.iter().enumerate().filter(|(i, _)| frames.changed[*i]) {
