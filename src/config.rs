@@ -594,16 +594,21 @@ impl Config {
         serde_norway::to_string(self).unwrap_or_default()
     }
 
+    /// Everything that holds PHI: index, quarantine, spills, retrieve reports.
+    pub fn private_dir(&self) -> PathBuf {
+        self.storage.dir.join("private")
+    }
+
     pub fn tmp_dir(&self) -> PathBuf {
-        self.storage.dir.join("private").join("tmp")
+        self.private_dir().join("tmp")
     }
 
     pub fn index_path(&self) -> PathBuf {
-        self.storage.dir.join("private").join("index.db")
+        self.private_dir().join("index.db")
     }
 
     pub fn quarantine_dir(&self) -> PathBuf {
-        self.storage.dir.join("private").join("quarantine")
+        self.private_dir().join("quarantine")
     }
 
     pub fn public_dir(&self) -> PathBuf {

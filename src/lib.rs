@@ -7,6 +7,7 @@ pub mod config;
 pub mod dicom;
 pub mod durability;
 pub mod export;
+pub mod file_modes;
 pub mod http;
 pub mod index;
 pub mod node;

@@ -37,6 +37,8 @@ use dicom_anon_gateway::{index, node, observe, offline, retrieve};
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
+    // Before anything is created: the index, quarantine, spills and exports hold PHI.
+    dicom_anon_gateway::file_modes::restrict_umask();
     match run(Cli::parse()) {
         Ok(code) => code,
         Err(e) => {
@@ -98,7 +100,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Index { command: IndexCommand::Export { target, out, mapping: true } } => {
             let config = target.load()?;
             let path = config.index_path();
-            std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+            dicom_anon_gateway::file_modes::missing_dirs(&out)
+                .with_context(|| format!("creating {}", out.display()))?;
             let (uids, patients) = index::export_mapping(&path, &out)
                 .with_context(|| format!("exporting {}", path.display()))?;
             println!(
@@ -341,7 +344,7 @@ async fn run_retrieve(
     }
     let path = csv.unwrap_or_else(|| {
         let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%SZ");
-        config.storage.dir.join("private").join("retrieve").join(format!("{stamp}.csv"))
+        config.private_dir().join("retrieve").join(format!("{stamp}.csv"))
     });
     retrieve::write_csv(&rows, &path).with_context(|| format!("writing the report {}", path.display()))?;
     let count = |f: &dyn Fn(&retrieve::Outcome) -> bool| rows.iter().filter(|r| f(&r.outcome)).count();

@@ -232,10 +232,13 @@ impl Pipeline {
         }
         let pixels = PixelStage::new(&pixel_config)?;
         pixels.announce();
+        let private = config.private_dir();
+        crate::file_modes::private_dir(&private)
+            .map_err(|source| SetupError::Dir { path: private.display().to_string(), source })?;
         let index = Index::open(&config.index_path(), &Owner::for_site(&project.site_id))?;
         let spool = Spool::open(out, durability == Durability::EachInstance)?;
         let tmp = config.tmp_dir();
-        std::fs::create_dir_all(&tmp)
+        crate::file_modes::private_dir(&tmp)
             .map_err(|source| SetupError::Dir { path: tmp.display().to_string(), source })?;
         let index_dir = config.index_path().parent().map(Path::to_path_buf).unwrap_or_default();
         let barrier = Barrier::new(&[out, &index_dir])

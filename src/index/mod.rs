@@ -207,7 +207,7 @@ const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 impl Index {
     pub fn open(path: &Path, owner: &Owner) -> Result<Index, IndexError> {
         if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)
+            crate::file_modes::missing_dirs(dir)
                 .map_err(|source| IndexError::Dir { path: dir.display().to_string(), source })?;
         }
         let mut conn = Connection::open(path)?;
