@@ -515,9 +515,10 @@ impl Config {
             p.push("project.name: must not be empty".into());
         } else if project.name.len() > 16
             || project.name.contains(['\\', '/'])
+            || project.name.starts_with('.')
             || project.name.chars().any(char::is_control)
         {
-            p.push(format!("project.name: {:?} must be at most 16 characters with no '\\', '/' or control characters (it is written as SH and used in upload keys)", project.name));
+            p.push(format!("project.name: {:?} must be at most 16 characters, not starting with '.', with no '\\', '/' or control characters (it is written as SH and used in upload keys)", project.name));
         }
         if project.site_id.is_empty()
             || project.site_id.len() > 16

@@ -13,6 +13,7 @@ pub mod index;
 pub mod node;
 pub mod observe;
 pub mod offline;
+pub mod path_component;
 pub mod pipeline;
 pub mod projects;
 pub mod queue;

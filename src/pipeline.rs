@@ -23,6 +23,7 @@ use crate::dicom::{
 };
 use crate::durability::{Barrier, Durability};
 use crate::index::{AuditRecord, Capture, Committed, Index, IndexError, InstanceRecord, Owner, Phrases};
+use crate::path_component::{component, ComponentError};
 use crate::queue::{Quarantine, Reason, Spill, Spool, SpoolError, StageWriter};
 
 const PIXEL_DATA: Tag = Tag(0x7FE0, 0x0010);
@@ -63,6 +64,9 @@ pub enum InstanceError {
     /// the instance's PHI after masking: held.
     #[error("held: {0}")]
     Pixels(#[from] PixelError),
+    /// A value that names a directory or file of the spool is not one normal path component.
+    #[error("the anonymized {what} cannot name a file or directory: it {why}")]
+    PathComponent { what: &'static str, why: ComponentError },
     /// The data set's UIDs differ from what the sender announced.
     #[error("{0} in the data set differs from the C-STORE request")]
     Mismatch(&'static str),
@@ -110,7 +114,8 @@ impl InstanceError {
                 Data(Reason::MissingAttributes)
             }
             InstanceError::Invalid(EngineError::InvalidText(_))
-            | InstanceError::Value(ValueError::Forbidden { .. }) => Data(Reason::InvalidText),
+            | InstanceError::Value(ValueError::Forbidden { .. })
+            | InstanceError::PathComponent { .. } => Data(Reason::InvalidText),
             InstanceError::Value(_) => Data(Reason::Unreadable),
             InstanceError::Invalid(EngineError::Unverifiable(_)) => Data(Reason::Unverifiable),
             InstanceError::Invalid(EngineError::LookupMiss { .. }) => Data(Reason::LookupMiss),
@@ -559,10 +564,7 @@ impl Pipeline {
             self.report_over_long(tag);
         }
         let keys = report.keys;
-        let path: PathBuf =
-            [&keys.patient_id, &keys.study_uid, &keys.series_uid, &format!("{}.dcm", keys.sop_uid)]
-                .iter()
-                .collect();
+        let path = spool_path(&keys)?;
         // Pixel data that was decompressed to be cleaned goes out uncompressed.
         let out = match &cleaning {
             Some(c) if c.decompressed => TransferSyntax::new(EXPLICIT_VR_LE),
@@ -783,4 +785,44 @@ fn admit(ds: &DataSet<'_>, admission: &Admission<'_>) -> Result<(), InstanceErro
         }
     }
     Ok(())
+}
+
+/// `<patient>/<study>/<series>/<sop>.dcm`, each step checked: a lookup table's subject ID or a
+/// UID the script keeps comes from outside and must not climb out of `public/`.
+fn spool_path(keys: &Keys) -> Result<PathBuf, InstanceError> {
+    let step = |what: &'static str, value: &str| {
+        component(value).map(drop).map_err(|why| InstanceError::PathComponent { what, why })
+    };
+    step("PatientID", &keys.patient_id)?;
+    step("StudyInstanceUID", &keys.study_uid)?;
+    step("SeriesInstanceUID", &keys.series_uid)?;
+    step("SOPInstanceUID", &keys.sop_uid)?;
+    Ok([&keys.patient_id, &keys.study_uid, &keys.series_uid, &format!("{}.dcm", keys.sop_uid)]
+        .iter()
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_spool_path_is_four_normal_steps_or_a_data_fault() {
+        let keys = |patient: &str, study: &str| Keys {
+            patient_id: patient.into(),
+            study_uid: study.into(),
+            series_uid: "1.3".into(),
+            sop_uid: "1.4".into(),
+            accession: None,
+            date_offset: None,
+        };
+        assert_eq!(spool_path(&keys("TRIAL-1", "1.2")).unwrap(), Path::new("TRIAL-1/1.2/1.3/1.4.dcm"));
+        for (patient, study) in
+            [("../x", "1.2"), ("..", "1.2"), ("TRIAL-1", ".."), ("", "1.2"), ("a\0", "1.2")]
+        {
+            let e = spool_path(&keys(patient, study)).unwrap_err();
+            assert_eq!(e.fault(), Fault::Data(Reason::InvalidText), "{patient:?} {study:?}");
+            assert!(!e.to_string().contains(patient) || patient.is_empty(), "{e}");
+        }
+    }
 }
