@@ -251,6 +251,33 @@ fn readiness_follows_free_space_while_liveness_stays() {
 }
 
 #[test]
+fn concurrent_readiness_probes_on_a_healthy_node_all_answer_ready() {
+    let d = tempfile::tempdir().unwrap();
+    let node = Node::start(d.path(), "", "  min_free_bytes: 0\n");
+    let port = node.http_port.unwrap();
+    wait_for_code(&node, "/readyz", 200);
+    // Eight probers at once, as several load balancers and an orchestrator do.
+    let failures: Vec<String> = std::thread::scope(|s| {
+        let probers: Vec<_> = (0..8)
+            .map(|_| {
+                s.spawn(move || {
+                    (0..150)
+                        .map(|_| get(port, "/readyz", None))
+                        .filter(|(code, _)| *code != 200)
+                        .map(|(code, body)| format!("{code} {body}"))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        probers.into_iter().flat_map(|p| p.join().unwrap()).collect()
+    });
+    assert!(failures.is_empty(), "{} of 1200 probes not ready, first: {}", failures.len(), failures[0]);
+    let leftovers: Vec<_> = files_under(&node.public());
+    assert!(leftovers.is_empty(), "probe files left behind: {leftovers:?}");
+    assert!(node.stop().success());
+}
+
+#[test]
 fn the_token_guards_everything_but_healthz() {
     let d = tempfile::tempdir().unwrap();
     let token = "s3cr3t-0123456789-abcdef";

@@ -11,6 +11,7 @@ pub mod status;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -156,12 +157,14 @@ async fn index_writable(ops: &Ops) -> Result<(), String> {
 
 /// Whether a file can be created in `public/` now: a read-only remount, wrong permissions or a
 /// full inode table fail every C-STORE while free space looks fine. The probe is named like a
-/// spool temp file, so one a crash leaves behind is swept at the next start.
+/// spool temp file, so one a crash leaves behind is swept at the next start; each probe has a name
+/// of its own, so that two at once never remove each other's file.
 fn spool_writable(dir: &Path) -> Result<(), String> {
-    let probe = dir.join(format!(".readyz-{}.part", std::process::id()));
-    std::fs::File::create(&probe)
-        .and_then(|_| std::fs::remove_file(&probe))
-        .map_err(|e| format!("cannot create a file in {}: {e}", dir.display()))
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let probe = dir.join(format!(".readyz-{}-{n}.part", std::process::id()));
+    std::fs::File::create(&probe).map_err(|e| format!("cannot create a file in {}: {e}", dir.display()))?;
+    std::fs::remove_file(&probe).map_err(|e| format!("cannot remove the probe file {}: {e}", probe.display()))
 }
 
 fn uploader_state(ops: &Ops) -> &'static str {
