@@ -254,6 +254,7 @@ pub async fn start_projects(
                 uploader_enabled: p.config.upload.enabled,
                 token,
                 started: chrono::Utc::now(),
+                readiness: http::Readiness::default(),
             });
             (Some(http_addr), Some(tokio::spawn(http::serve(l, ops, http_stop.clone().cancelled_owned()))))
         }

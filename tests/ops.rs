@@ -277,6 +277,40 @@ fn concurrent_readiness_probes_on_a_healthy_node_all_answer_ready() {
     assert!(node.stop().success());
 }
 
+/// Threads of process `pid`.
+fn threads(pid: u32) -> usize {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("Threads:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+#[test]
+fn probes_against_a_stuck_index_share_one_check_and_leave_no_thread_behind() {
+    let d = tempfile::tempdir().unwrap();
+    let node = Node::start(d.path(), "", "  min_free_bytes: 0\n");
+    let port = node.http_port.unwrap();
+    wait_for_code(&node, "/readyz", 200);
+    let before = threads(node.pid());
+    // Another writer holds the index: the node's writer waits (its busy timeout is 30 s).
+    let lock = rusqlite::Connection::open(d.path().join("storage/private/index.db")).unwrap();
+    lock.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    let answers: Vec<(u16, String)> = std::thread::scope(|s| {
+        let probes: Vec<_> = (0..16).map(|_| s.spawn(move || get(port, "/readyz", None))).collect();
+        probes.into_iter().map(|p| p.join().unwrap()).collect()
+    });
+    let during = threads(node.pid());
+    lock.execute_batch("COMMIT").unwrap();
+    for (code, body) in &answers {
+        assert_eq!(*code, 503, "{body}");
+        assert!(body.contains("no answer from the index writer for"), "{body}");
+    }
+    // One probe ran; the others waited for it. Each probe left on its own would leave a thread
+    // blocked on the index behind it.
+    assert!(during < before + 4, "{before} threads before the probes, {during} after");
+    wait_for_code(&node, "/readyz", 200);
+    assert!(node.stop().success());
+}
+
 #[test]
 fn the_token_guards_everything_but_healthz() {
     let d = tempfile::tempdir().unwrap();

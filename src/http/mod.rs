@@ -6,14 +6,13 @@
 
 pub mod activity;
 pub mod metrics;
+mod readiness;
 pub mod status;
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
@@ -26,11 +25,9 @@ use prometheus::core::Collector;
 
 pub use activity::ACTIVITY;
 pub use metrics::METRICS;
+pub use readiness::Readiness;
 
 use crate::index::{Index, Reader};
-
-/// How long `/readyz` waits for the index writer before calling it stuck.
-const INDEX_PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// What the endpoint reads: the node's identity, its storage and its index.
 pub struct Ops {
@@ -56,6 +53,8 @@ pub struct Ops {
     /// Required as `Authorization: Bearer <token>` when set.
     pub token: Option<String>,
     pub started: DateTime<Utc>,
+    /// `/readyz`'s one probe in flight.
+    pub readiness: Readiness,
 }
 
 /// Serve on `listener` until `shutdown` completes; requests in progress are finished.
@@ -108,63 +107,9 @@ async fn healthz() -> impl IntoResponse {
 }
 
 async fn readyz(State(ops): State<Arc<Ops>>) -> Response {
-    let listener = METRICS.listener_up.get() == 1;
-    let index = index_writable(&ops).await;
-    let free = fs4::available_space(&ops.storage_dir);
-    let disk_ok = matches!(free, Ok(f) if f >= ops.min_free_bytes);
-    let public = ops.public_dir.clone();
-    let spool = tokio::task::spawn_blocking(move || spool_writable(&public))
-        .await
-        .unwrap_or_else(|e| Err(format!("probe did not run: {e}")));
-    let ready = listener && index.is_ok() && disk_ok && spool.is_ok();
-    let body = serde_json::json!({
-        "ready": ready,
-        "checks": {
-            "listener": { "ok": listener },
-            "index": { "ok": index.is_ok(), "error": index.err() },
-            "spool": { "ok": spool.is_ok(), "error": spool.err() },
-            "disk": {
-                "ok": disk_ok,
-                "free_bytes": free.as_ref().ok(),
-                "min_free_bytes": ops.min_free_bytes,
-                "error": free.as_ref().err().map(|e| e.to_string()),
-            },
-        },
-        // Uploads do not decide readiness: intake goes on while they wait.
-        "uploader": uploader_state(&ops),
-    });
-    let code = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-    json(code, body).into_response()
-}
-
-/// A write through the index writer, rolled into its next batch: proves the writer runs and the
-/// database accepts writes.
-async fn index_writable(ops: &Ops) -> Result<(), String> {
-    let index = ops.index.clone();
-    let probe = tokio::task::spawn_blocking(move || {
-        index.call(|c| {
-            c.execute("UPDATE meta SET value = value WHERE key = 'site_id'", [])?;
-            Ok(())
-        })
-    });
-    match tokio::time::timeout(INDEX_PROBE_TIMEOUT, probe).await {
-        Ok(Ok(Ok(()))) => Ok(()),
-        Ok(Ok(Err(e))) => Err(e.to_string()),
-        Ok(Err(e)) => Err(format!("probe did not run: {e}")),
-        Err(_) => Err(format!("no answer from the index writer in {} s", INDEX_PROBE_TIMEOUT.as_secs())),
-    }
-}
-
-/// Whether a file can be created in `public/` now: a read-only remount, wrong permissions or a
-/// full inode table fail every C-STORE while free space looks fine. The probe is named like a
-/// spool temp file, so one a crash leaves behind is swept at the next start; each probe has a name
-/// of its own, so that two at once never remove each other's file.
-fn spool_writable(dir: &Path) -> Result<(), String> {
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    let n = NEXT.fetch_add(1, Ordering::Relaxed);
-    let probe = dir.join(format!(".readyz-{}-{n}.part", std::process::id()));
-    std::fs::File::create(&probe).map_err(|e| format!("cannot create a file in {}: {e}", dir.display()))?;
-    std::fs::remove_file(&probe).map_err(|e| format!("cannot remove the probe file {}: {e}", probe.display()))
+    let answer = ops.readiness.answer(&ops).await;
+    let (code, body) = &*answer;
+    json(*code, body.clone()).into_response()
 }
 
 fn uploader_state(ops: &Ops) -> &'static str {
