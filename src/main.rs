@@ -39,6 +39,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 fn main() -> ExitCode {
     // Before anything is created: the index, quarantine, spills and exports hold PHI.
     dicom_anon_gateway::file_modes::restrict_umask();
+    raise_open_files_limit();
     match run(Cli::parse()) {
         Ok(code) => code,
         Err(e) => {
@@ -392,6 +393,20 @@ fn audit_since(since: &str) -> anyhow::Result<String> {
         Err(_) => anyhow::bail!(
             "--since {since:?}: expected a date (2026-01-31) or an RFC 3339 time (2026-01-31T08:00:00Z)"
         ),
+    }
+}
+
+/// The soft limit on open files up to the hard one: the usual soft 1,024 is a few hundred
+/// associations, spills and index files, and the HTTP port's connections come on top. Failing to
+/// raise it is not fatal: the node runs within the limit it has.
+fn raise_open_files_limit() {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit/setrlimit with a valid pointer to a struct we own.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
     }
 }
 

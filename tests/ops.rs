@@ -311,6 +311,66 @@ fn probes_against_a_stuck_index_share_one_check_and_leave_no_thread_behind() {
     assert!(node.stop().success());
 }
 
+/// Set this process's (or, in `pre_exec`, a child's) limit on open files.
+fn limit_open_files(soft: u64, hard: u64) -> std::io::Result<()> {
+    let limit = libc::rlimit { rlim_cur: soft, rlim_max: hard };
+    // SAFETY: setrlimit with a valid pointer; async-signal-safe, so fine in pre_exec.
+    match unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) } {
+        0 => Ok(()),
+        _ => Err(std::io::Error::last_os_error()),
+    }
+}
+
+#[test]
+fn dicom_intake_goes_on_while_idle_http_connections_are_held_open() {
+    use std::os::unix::process::CommandExt;
+    // This process holds the connections: its soft limit up to its hard one.
+    let mut own = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit with a valid pointer.
+    assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut own) }, 0);
+    assert!(own.rlim_max >= 1024, "this test needs 1024 open files, the hard limit is {}", own.rlim_max);
+    limit_open_files(own.rlim_max, own.rlim_max).unwrap();
+
+    let d = tempfile::tempdir().unwrap();
+    let config = Node::write_config(d.path(), "", "  min_free_bytes: 0\n", "");
+    // 128 descriptors, soft and hard, so raising the soft limit at start gives nothing more:
+    // without a cap, the idle connections below take every one of them. (180 of them fit the
+    // cap and the listen backlog of 128, so none waits for a SYN to be sent again.)
+    let mut command = binary();
+    // SAFETY: the closure only calls setrlimit.
+    unsafe { command.pre_exec(|| limit_open_files(128, 128)) };
+    let node = Node::start_command(d.path(), &config, command);
+    let port = node.http_port.unwrap();
+    let fds = || std::fs::read_dir(format!("/proc/{}/fd", node.pid())).unwrap().count();
+    let before = fds();
+    let held: Vec<TcpStream> = (0..180)
+        .map(|i| TcpStream::connect(("127.0.0.1", port)).unwrap_or_else(|e| panic!("connection {i}: {e}")))
+        .collect();
+    // As many as the cap allows are accepted; the rest wait in the listen backlog.
+    wait_until("the endpoint holding 64 connections", Duration::from_secs(10), || fds() >= before + 64);
+
+    let f = put(d.path(), "a.dcm", &ct(&smith(), 1, 1));
+    let out = storescu(node.port, &[f]);
+    assert!(
+        out.status.success() && !text(&out).contains("Store Failed"),
+        "{}\nlog:\n{}",
+        text(&out),
+        node.log()
+    );
+    assert_eq!(files_under(&node.public()).len(), 1);
+
+    // An idle connection is closed by the node (header-read timeout), not kept for ever.
+    let mut first = &held[0];
+    first.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut byte = [0u8; 1];
+    let started = Instant::now();
+    assert_eq!(first.read(&mut byte).unwrap(), 0, "closed without an answer");
+    assert!(started.elapsed() < Duration::from_secs(20), "closed after {:?}", started.elapsed());
+    drop(held);
+    wait_for_code(&node, "/healthz", 200);
+    assert!(node.stop().success());
+}
+
 #[test]
 fn the_token_guards_everything_but_healthz() {
     let d = tempfile::tempdir().unwrap();

@@ -7,6 +7,7 @@
 pub mod activity;
 pub mod metrics;
 mod readiness;
+mod serve;
 pub mod status;
 
 use std::future::Future;
@@ -63,7 +64,20 @@ pub async fn serve(
     ops: Arc<Ops>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(ops)).with_graceful_shutdown(shutdown).await
+    serve::serve(listener, router(ops), shutdown).await
+}
+
+/// The status page and the metrics each read the index and the disk on the blocking pool: this
+/// many at once, so a burst of requests queues here instead of growing the pool and the memory.
+static PAGE_WORK: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(2);
+
+/// Run `f` on the blocking pool once a [`PAGE_WORK`] permit is free.
+async fn page_work<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, tokio::task::JoinError> {
+    // Never closed.
+    let _permit = PAGE_WORK.acquire().await.expect("open semaphore");
+    tokio::task::spawn_blocking(f).await
 }
 
 fn router(ops: Arc<Ops>) -> Router {
@@ -123,7 +137,7 @@ fn uploader_state(ops: &Ops) -> &'static str {
 }
 
 async fn metrics(State(ops): State<Arc<Ops>>) -> Response {
-    let refreshed = tokio::task::spawn_blocking(move || refresh_gauges(&ops)).await;
+    let refreshed = page_work(move || refresh_gauges(&ops)).await;
     if let Ok(Err(e)) = &refreshed {
         // The rest is still worth scraping; the queue gauges keep their last values.
         tracing::warn!(error = %e, "metrics: cannot read the upload queue");
@@ -158,7 +172,7 @@ fn index_size(ops: &Ops) -> u64 {
 }
 
 async fn page(State(ops): State<Arc<Ops>>) -> Response {
-    let page = tokio::task::spawn_blocking(move || gather(&ops)).await;
+    let page = page_work(move || gather(&ops)).await;
     match page {
         Ok(p) => {
             let mut rsp = status::render(&p).into_response();
