@@ -45,8 +45,9 @@ pub enum Outcome {
     /// A filter of this node does not accept it; nothing is wrong with the data, nothing is kept.
     Refused(String),
     /// An environment fault: disk, index or a limit of this node. Nothing was written; the sender
-    /// keeps its copy and may try again.
-    Failed(String),
+    /// keeps its copy and may try again. `detail` is for the log (it names paths); `told` is
+    /// what a peer may hear: what failed, in our words, never where.
+    Failed { detail: String, told: String },
 }
 
 /// Why an instance was not stored. [`InstanceError::fault`] says whose fault it is.
@@ -102,6 +103,22 @@ enum Fault {
 }
 
 impl InstanceError {
+    /// What a peer is told of an environment fault: which part of this node failed, never a path
+    /// of its storage (the log has those).
+    fn told(&self) -> String {
+        match self {
+            InstanceError::TooLarge { .. } | InstanceError::Inflate(InflateError::TooLarge { .. }) => {
+                self.to_string()
+            }
+            InstanceError::Index(_) => "the node's index could not record the instance".into(),
+            InstanceError::Storage(_) => "the node could not write the instance to its storage".into(),
+            InstanceError::Inflate(_) | InstanceError::Io { .. } => {
+                "the node could not read back its buffered copy of the instance".into()
+            }
+            _ => "the node could not store the instance".into(),
+        }
+    }
+
     /// The one place that decides: every failure is the data's, a filter's or the environment's.
     fn fault(&self) -> Fault {
         use Fault::{Data, Environment};
@@ -353,10 +370,13 @@ impl Pipeline {
         match e.fault() {
             Fault::Data(reason) => match self.quarantine.put_with(reason, &detail, source, keep) {
                 Ok(path) => Outcome::Quarantined { reason, detail, path },
-                Err(q) => Outcome::Failed(format!("{detail}; and it cannot be quarantined: {q}")),
+                Err(q) => Outcome::Failed {
+                    detail: format!("{detail}; and it cannot be quarantined: {q}"),
+                    told: "the node could not write the instance to its quarantine".into(),
+                },
             },
             Fault::Refused => Outcome::Refused(detail),
-            Fault::Environment => Outcome::Failed(detail),
+            Fault::Environment => Outcome::Failed { told: e.told(), detail },
         }
     }
 

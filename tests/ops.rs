@@ -400,6 +400,15 @@ fn the_token_guards_everything_but_healthz() {
     let mut raw = String::new();
     s.read_to_string(&mut raw).unwrap();
     assert!(raw.to_lowercase().contains("www-authenticate: bearer"), "{raw}");
+    // The scheme is case-insensitive (RFC 9110 §11.1).
+    for scheme in ["bearer", "BEARER"] {
+        let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        write!(s, "GET /metrics HTTP/1.1\r\nHost: x\r\nauthorization: {scheme} {token}\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let mut raw = String::new();
+        s.read_to_string(&mut raw).unwrap();
+        assert!(raw.starts_with("HTTP/1.1 200"), "{scheme}: {raw}");
+    }
     let config = node.config.clone();
     assert!(node.stop().success());
 

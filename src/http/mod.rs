@@ -100,7 +100,10 @@ async fn authorize(State(ops): State<Arc<Ops>>, request: Request, next: Next) ->
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
+        // RFC 9110 §11.1: the scheme is case-insensitive.
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token);
     if presented.is_some_and(|p| same(p.trim().as_bytes(), token.as_bytes())) {
         return next.run(request).await;
     }

@@ -515,7 +515,10 @@ async fn store(
             outcome
         }
         // The pipeline catches panics; this is the blocking pool itself failing (shutdown).
-        Err(join) => Outcome::Failed(format!("the storing task did not run: {join}")),
+        Err(join) => Outcome::Failed {
+            detail: format!("the storing task did not run: {join}"),
+            told: "the node is stopping".into(),
+        },
     };
     match outcome {
         Outcome::Stored(stored) => {
@@ -546,9 +549,9 @@ async fn store(
             warn!(status = %Status::NOT_AUTHORIZED, error = %detail, "instance refused by a filter");
             refused(Status::NOT_AUTHORIZED, &detail)
         }
-        Outcome::Failed(detail) => {
+        Outcome::Failed { detail, told } => {
             warn!(status = %Status::OUT_OF_RESOURCES, error = %detail, "instance not stored");
-            refused(Status::OUT_OF_RESOURCES, &detail)
+            refused(Status::OUT_OF_RESOURCES, &told)
         }
     }
 }
