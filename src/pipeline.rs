@@ -699,21 +699,14 @@ impl Pipeline {
 }
 
 /// The index must agree with a pseudonym the lookup table assigns. A PatientID that already has
-/// another pseudonym, or a pseudonym that already belongs to another PatientID (the table was
-/// edited), is a conflict for someone to review (quarantined), not this node's error to retry.
+/// another pseudonym is a conflict for someone to review (quarantined), not this node's error to
+/// retry; so is a pseudonym that already belongs to another PatientID, which the index reports.
 fn agree(assigned: &str, captured: Result<String, IndexError>) -> Result<String, IndexError> {
     match captured {
         Ok(id) if id == assigned => Ok(id),
         Ok(_) => Err(IndexError::Conflict(
             "the PatientID has another pseudonym in the index than project.lookup_table assigns".into(),
         )),
-        Err(IndexError::Sqlite(rusqlite::Error::SqliteFailure(f, _)))
-            if f.code == rusqlite::ErrorCode::ConstraintViolation =>
-        {
-            Err(IndexError::Conflict(
-                "the pseudonym project.lookup_table assigns belongs to another PatientID in the index".into(),
-            ))
-        }
         Err(e) => Err(e),
     }
 }
