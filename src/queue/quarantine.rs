@@ -174,6 +174,10 @@ impl Quarantine {
         let mut j = crate::file_modes::private_file(&dir.join(format!("{name}.json")))?;
         j.write_all(&json)?;
         j.sync_all()?;
+        // The files' names, and the reason's directory itself (made by its first instance), are
+        // entries of their directories: durable only once those are synced too.
+        fs::File::open(&dir)?.sync_all()?;
+        fs::File::open(&self.dir)?.sync_all()?;
         Ok(file)
     }
 }
