@@ -491,9 +491,10 @@ impl Config {
             p.push("project.name: must not be empty".into());
         } else if project.name.len() > 16
             || project.name.contains(['\\', '/'])
+            || project.name.starts_with('.')
             || project.name.chars().any(char::is_control)
         {
-            p.push(format!("project.name: {:?} must be at most 16 characters with no '\\', '/' or control characters (it is written as SH and used in upload keys)", project.name));
+            p.push(format!("project.name: {:?} must be at most 16 characters, not starting with '.', with no '\\', '/' or control characters (it is written as SH and used in upload keys)", project.name));
         }
         if project.site_id.is_empty()
             || project.site_id.len() > 16
@@ -558,16 +559,21 @@ impl Config {
         serde_norway::to_string(self).unwrap_or_default()
     }
 
+    /// Everything that holds PHI: index, quarantine, spills, retrieve reports.
+    pub fn private_dir(&self) -> PathBuf {
+        self.storage.dir.join("private")
+    }
+
     pub fn tmp_dir(&self) -> PathBuf {
-        self.storage.dir.join("private").join("tmp")
+        self.private_dir().join("tmp")
     }
 
     pub fn index_path(&self) -> PathBuf {
-        self.storage.dir.join("private").join("index.db")
+        self.private_dir().join("index.db")
     }
 
     pub fn quarantine_dir(&self) -> PathBuf {
-        self.storage.dir.join("private").join("quarantine")
+        self.private_dir().join("quarantine")
     }
 
     pub fn public_dir(&self) -> PathBuf {

@@ -37,6 +37,9 @@ use dicom_anon_gateway::{index, node, observe, offline, retrieve};
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
+    // Before anything is created: the index, quarantine, spills and exports hold PHI.
+    dicom_anon_gateway::file_modes::restrict_umask();
+    raise_open_files_limit();
     match run(Cli::parse()) {
         Ok(code) => code,
         Err(e) => {
@@ -98,7 +101,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Index { command: IndexCommand::Export { target, out, mapping: true } } => {
             let config = target.load()?;
             let path = config.index_path();
-            std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+            dicom_anon_gateway::file_modes::missing_dirs(&out)
+                .with_context(|| format!("creating {}", out.display()))?;
             let (uids, patients) = index::export_mapping(&path, &out)
                 .with_context(|| format!("exporting {}", path.display()))?;
             println!(
@@ -359,7 +363,7 @@ async fn run_retrieve(
     }
     let path = csv.unwrap_or_else(|| {
         let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%SZ");
-        config.storage.dir.join("private").join("retrieve").join(format!("{stamp}.csv"))
+        config.private_dir().join("retrieve").join(format!("{stamp}.csv"))
     });
     retrieve::write_csv(&rows, &path).with_context(|| format!("writing the report {}", path.display()))?;
     let count = |f: &dyn Fn(&retrieve::Outcome) -> bool| rows.iter().filter(|r| f(&r.outcome)).count();
@@ -407,6 +411,20 @@ fn audit_since(since: &str) -> anyhow::Result<String> {
         Err(_) => anyhow::bail!(
             "--since {since:?}: expected a date (2026-01-31) or an RFC 3339 time (2026-01-31T08:00:00Z)"
         ),
+    }
+}
+
+/// The soft limit on open files up to the hard one: the usual soft 1,024 is a few hundred
+/// associations, spills and index files, and the HTTP port's connections come on top. Failing to
+/// raise it is not fatal: the node runs within the limit it has.
+fn raise_open_files_limit() {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit/setrlimit with a valid pointer to a struct we own.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
     }
 }
 

@@ -97,7 +97,7 @@ struct Project {
 /// Open one project's pipeline (its own index, spool, quarantine) and its SCP view.
 fn open_project(config: Config) -> Result<Project, NodeError> {
     let tmp = config.tmp_dir();
-    std::fs::create_dir_all(&tmp).map_err(io_err(format!("creating {}", tmp.display())))?;
+    crate::file_modes::private_dir(&tmp).map_err(io_err(format!("creating {}", tmp.display())))?;
     // Spilled data sets of a previous run were never acknowledged: their senders still have them.
     for stale in std::fs::read_dir(&tmp).map_err(io_err(format!("reading {}", tmp.display())))?.flatten() {
         let _ = std::fs::remove_file(stale.path());
@@ -259,6 +259,7 @@ pub async fn start_projects(
                 uploader_enabled: p.config.upload.enabled,
                 token,
                 started: chrono::Utc::now(),
+                readiness: http::Readiness::default(),
             });
             (Some(http_addr), Some(tokio::spawn(http::serve(l, ops, http_stop.clone().cancelled_owned()))))
         }

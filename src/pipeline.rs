@@ -24,6 +24,7 @@ use crate::dicom::{
 use crate::durability::{Barrier, Durability};
 use crate::http::METRICS;
 use crate::index::{AuditRecord, Capture, Committed, Index, IndexError, InstanceRecord, Owner, Phrases};
+use crate::path_component::{component, ComponentError};
 use crate::queue::{Quarantine, Reason, Spill, Spool, SpoolError, StageWriter};
 use crate::recovery::{self, Recovered, RecoveryError};
 
@@ -46,9 +47,13 @@ pub enum Outcome {
     /// A filter of this node does not accept it; nothing is wrong with the data, nothing is kept.
     Refused(String),
     /// An environment fault: disk, index or a limit of this node. Nothing was written; the sender
-    /// keeps its copy and may try again.
-    Failed(String),
+    /// keeps its copy and may try again. `detail` is for the log (it names paths); `told` is
+    /// what a peer may hear: what failed, in our words, never where.
+    Failed { detail: String, told: String },
 }
+
+/// What a peer hears after a failed flush (the log says when and what the kernel said).
+const FLUSH_FAILED_TOLD: &str = "a flush to this node's storage failed; it takes nothing until restarted";
 
 /// Why an instance was not stored. [`InstanceError::fault`] says whose fault it is.
 #[derive(Debug, thiserror::Error)]
@@ -65,6 +70,9 @@ pub enum InstanceError {
     /// the instance's PHI after masking: held.
     #[error("held: {0}")]
     Pixels(#[from] PixelError),
+    /// A value that names a directory or file of the spool is not one normal path component.
+    #[error("the anonymized {what} cannot name a file or directory: it {why}")]
+    PathComponent { what: &'static str, why: ComponentError },
     /// The data set's UIDs differ from what the sender announced.
     #[error("{0} in the data set differs from the C-STORE request")]
     Mismatch(&'static str),
@@ -100,6 +108,22 @@ enum Fault {
 }
 
 impl InstanceError {
+    /// What a peer is told of an environment fault: which part of this node failed, never a path
+    /// of its storage (the log has those).
+    fn told(&self) -> String {
+        match self {
+            InstanceError::TooLarge { .. } | InstanceError::Inflate(InflateError::TooLarge { .. }) => {
+                self.to_string()
+            }
+            InstanceError::Index(_) => "the node's index could not record the instance".into(),
+            InstanceError::Storage(_) => "the node could not write the instance to its storage".into(),
+            InstanceError::Inflate(_) | InstanceError::Io { .. } => {
+                "the node could not read back its buffered copy of the instance".into()
+            }
+            _ => "the node could not store the instance".into(),
+        }
+    }
+
     /// The one place that decides: every failure is the data's, a filter's or the environment's.
     fn fault(&self) -> Fault {
         use Fault::{Data, Environment};
@@ -112,7 +136,8 @@ impl InstanceError {
                 Data(Reason::MissingAttributes)
             }
             InstanceError::Invalid(EngineError::InvalidText(_))
-            | InstanceError::Value(ValueError::Forbidden { .. }) => Data(Reason::InvalidText),
+            | InstanceError::Value(ValueError::Forbidden { .. })
+            | InstanceError::PathComponent { .. } => Data(Reason::InvalidText),
             InstanceError::Value(_) => Data(Reason::Unreadable),
             InstanceError::Invalid(EngineError::Unverifiable(_)) => Data(Reason::Unverifiable),
             InstanceError::Invalid(EngineError::LookupMiss { .. }) => Data(Reason::LookupMiss),
@@ -234,6 +259,9 @@ impl Pipeline {
         }
         let pixels = PixelStage::new(&pixel_config)?;
         pixels.announce();
+        let private = config.private_dir();
+        crate::file_modes::private_dir(&private)
+            .map_err(|source| SetupError::Dir { path: private.display().to_string(), source })?;
         let owner = match project.pseudonyms {
             PseudonymMode::Keyed => Owner::keyed(&project.site_id, &config.project_secret()?),
             PseudonymMode::Rsna => Owner::for_site(&project.site_id),
@@ -241,7 +269,7 @@ impl Pipeline {
         let index = Index::open(&config.index_path(), &owner)?;
         let spool = Spool::open(out, durability == Durability::EachInstance)?;
         let tmp = config.tmp_dir();
-        std::fs::create_dir_all(&tmp)
+        crate::file_modes::private_dir(&tmp)
             .map_err(|source| SetupError::Dir { path: tmp.display().to_string(), source })?;
         let index_dir = config.index_path().parent().map(Path::to_path_buf).unwrap_or_default();
         let barrier = Barrier::new(&[out, &index_dir])
@@ -310,7 +338,7 @@ impl Pipeline {
     /// Anonymize one Part 10 file from disk. `source` (a path) goes into the index only.
     pub fn process_file(&self, path: &Path, source: &str) -> Outcome {
         if let Some(failed) = self.barrier.failure() {
-            return Outcome::Failed(failed.to_string());
+            return Outcome::Failed { detail: failed.to_string(), told: FLUSH_FAILED_TOLD.into() };
         }
         let result = guarded(|| self.run_file(path, source));
         self.settle(result, source, |f| io::copy(&mut File::open(path)?, f).map(drop))
@@ -326,7 +354,7 @@ impl Pipeline {
     ) -> Outcome {
         // After a failed flush nothing more is written, not even to quarantine (see durability).
         if let Some(failed) = self.barrier.failure() {
-            return Outcome::Failed(failed.to_string());
+            return Outcome::Failed { detail: failed.to_string(), told: FLUSH_FAILED_TOLD.into() };
         }
         let result = guarded(|| self.run_body(body, ts, Some(admission), source));
         // Kept as a Part 10 file, so it can be inspected and imported again as it came.
@@ -362,10 +390,13 @@ impl Pipeline {
         match e.fault() {
             Fault::Data(reason) => match self.quarantine.put_with(reason, &detail, source, keep) {
                 Ok(path) => Outcome::Quarantined { reason, detail, path },
-                Err(q) => Outcome::Failed(format!("{detail}; and it cannot be quarantined: {q}")),
+                Err(q) => Outcome::Failed {
+                    detail: format!("{detail}; and it cannot be quarantined: {q}"),
+                    told: "the node could not write the instance to its quarantine".into(),
+                },
             },
             Fault::Refused => Outcome::Refused(detail),
-            Fault::Environment => Outcome::Failed(detail),
+            Fault::Environment => Outcome::Failed { told: e.told(), detail },
         }
     }
 
@@ -573,10 +604,7 @@ impl Pipeline {
             self.report_over_long(tag);
         }
         let keys = report.keys;
-        let path: PathBuf =
-            [&keys.patient_id, &keys.study_uid, &keys.series_uid, &format!("{}.dcm", keys.sop_uid)]
-                .iter()
-                .collect();
+        let path = spool_path(&keys)?;
         // Pixel data that was decompressed to be cleaned goes out uncompressed.
         let out = match &cleaning {
             Some(c) if c.decompressed => TransferSyntax::new(EXPLICIT_VR_LE),
@@ -694,21 +722,14 @@ impl Pipeline {
 }
 
 /// The index must agree with a pseudonym the lookup table assigns. A PatientID that already has
-/// another pseudonym, or a pseudonym that already belongs to another PatientID (the table was
-/// edited), is a conflict for someone to review (quarantined), not this node's error to retry.
+/// another pseudonym is a conflict for someone to review (quarantined), not this node's error to
+/// retry; so is a pseudonym that already belongs to another PatientID, which the index reports.
 fn agree(assigned: &str, captured: Result<String, IndexError>) -> Result<String, IndexError> {
     match captured {
         Ok(id) if id == assigned => Ok(id),
         Ok(_) => Err(IndexError::Conflict(
             "the PatientID has another pseudonym in the index than project.lookup_table assigns".into(),
         )),
-        Err(IndexError::Sqlite(rusqlite::Error::SqliteFailure(f, _)))
-            if f.code == rusqlite::ErrorCode::ConstraintViolation =>
-        {
-            Err(IndexError::Conflict(
-                "the pseudonym project.lookup_table assigns belongs to another PatientID in the index".into(),
-            ))
-        }
         Err(e) => Err(e),
     }
 }
@@ -824,4 +845,44 @@ fn admit(ds: &DataSet<'_>, admission: &Admission<'_>) -> Result<(), InstanceErro
         }
     }
     Ok(())
+}
+
+/// `<patient>/<study>/<series>/<sop>.dcm`, each step checked: a lookup table's subject ID or a
+/// UID the script keeps comes from outside and must not climb out of `public/`.
+fn spool_path(keys: &Keys) -> Result<PathBuf, InstanceError> {
+    let step = |what: &'static str, value: &str| {
+        component(value).map(drop).map_err(|why| InstanceError::PathComponent { what, why })
+    };
+    step("PatientID", &keys.patient_id)?;
+    step("StudyInstanceUID", &keys.study_uid)?;
+    step("SeriesInstanceUID", &keys.series_uid)?;
+    step("SOPInstanceUID", &keys.sop_uid)?;
+    Ok([&keys.patient_id, &keys.study_uid, &keys.series_uid, &format!("{}.dcm", keys.sop_uid)]
+        .iter()
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_spool_path_is_four_normal_steps_or_a_data_fault() {
+        let keys = |patient: &str, study: &str| Keys {
+            patient_id: patient.into(),
+            study_uid: study.into(),
+            series_uid: "1.3".into(),
+            sop_uid: "1.4".into(),
+            accession: None,
+            date_offset: None,
+        };
+        assert_eq!(spool_path(&keys("TRIAL-1", "1.2")).unwrap(), Path::new("TRIAL-1/1.2/1.3/1.4.dcm"));
+        for (patient, study) in
+            [("../x", "1.2"), ("..", "1.2"), ("TRIAL-1", ".."), ("", "1.2"), ("a\0", "1.2")]
+        {
+            let e = spool_path(&keys(patient, study)).unwrap_err();
+            assert_eq!(e.fault(), Fault::Data(Reason::InvalidText), "{patient:?} {study:?}");
+            assert!(!e.to_string().contains(patient) || patient.is_empty(), "{e}");
+        }
+    }
 }

@@ -217,6 +217,36 @@ fn a_malformed_table_stops_the_start_with_its_line_numbers() {
 }
 
 #[test]
+fn a_table_value_that_is_a_path_is_refused_with_its_line_and_nothing_lands_outside_out() {
+    let d = tempfile::tempdir().unwrap();
+    let input = put(&d.path().join("in"), "smith.dcm", &instance(&smith(), &Shape::default()));
+    let out = d.path().join("a/b/out");
+    for (value, why) in
+        [("../../../escaped", "holds a path separator"), ("..", "starts with '.'"), ("SITE/1", "separator")]
+    {
+        let table = format!("dateoffset/MRN12345=-42\nptid/MRN12345={value}\nsite/Springfield\\ General=S\n");
+        let config = lookup_config(d.path(), &table);
+        let run = anonymize(&config, &out, &[&input]);
+        let stderr = String::from_utf8_lossy(&run.stderr).into_owned();
+        assert!(!d.path().join("escaped").exists(), "written outside --out: {:?}", files_under(d.path()));
+        assert_eq!(run.status.code(), Some(2), "{value}: {stderr}");
+        assert!(
+            stderr.contains("line 2: a ptid replacement names a directory") && stderr.contains(why),
+            "{stderr}"
+        );
+        assert!(
+            value.len() < 3 || !stderr.contains(value),
+            "the value is a pseudonym, not for messages: {stderr}"
+        );
+    }
+    assert!(
+        !d.path().join("escaped").exists() && dcm_files(d.path()).len() == 1,
+        "{:?}",
+        files_under(d.path())
+    );
+}
+
+#[test]
 fn a_table_that_contradicts_the_index_is_a_conflict_to_review_not_a_retry() {
     let d = tempfile::tempdir().unwrap();
     let input = d.path().join("in");

@@ -341,7 +341,7 @@ impl Tally {
                         .push(format!("{case}: quarantined as {reason} but {} is missing", path.display()));
                 }
             }
-            Outcome::Refused(d) | Outcome::Failed(d) => {
+            Outcome::Refused(d) | Outcome::Failed { detail: d, .. } => {
                 self.problems.push(format!("{case}: an environment fault or refusal for bad data: {d}"));
             }
         }

@@ -251,6 +251,127 @@ fn readiness_follows_free_space_while_liveness_stays() {
 }
 
 #[test]
+fn concurrent_readiness_probes_on_a_healthy_node_all_answer_ready() {
+    let d = tempfile::tempdir().unwrap();
+    let node = Node::start(d.path(), "", "  min_free_bytes: 0\n");
+    let port = node.http_port.unwrap();
+    wait_for_code(&node, "/readyz", 200);
+    // Eight probers at once, as several load balancers and an orchestrator do.
+    let failures: Vec<String> = std::thread::scope(|s| {
+        let probers: Vec<_> = (0..8)
+            .map(|_| {
+                s.spawn(move || {
+                    (0..150)
+                        .map(|_| get(port, "/readyz", None))
+                        .filter(|(code, _)| *code != 200)
+                        .map(|(code, body)| format!("{code} {body}"))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        probers.into_iter().flat_map(|p| p.join().unwrap()).collect()
+    });
+    assert!(failures.is_empty(), "{} of 1200 probes not ready, first: {}", failures.len(), failures[0]);
+    let leftovers: Vec<_> = files_under(&node.public());
+    assert!(leftovers.is_empty(), "probe files left behind: {leftovers:?}");
+    assert!(node.stop().success());
+}
+
+/// Threads of process `pid`.
+fn threads(pid: u32) -> usize {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("Threads:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+#[test]
+fn probes_against_a_stuck_index_share_one_check_and_leave_no_thread_behind() {
+    let d = tempfile::tempdir().unwrap();
+    let node = Node::start(d.path(), "", "  min_free_bytes: 0\n");
+    let port = node.http_port.unwrap();
+    wait_for_code(&node, "/readyz", 200);
+    let before = threads(node.pid());
+    // Another writer holds the index: the node's writer waits (its busy timeout is 30 s).
+    let lock = rusqlite::Connection::open(d.path().join("storage/private/index.db")).unwrap();
+    lock.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    let answers: Vec<(u16, String)> = std::thread::scope(|s| {
+        let probes: Vec<_> = (0..16).map(|_| s.spawn(move || get(port, "/readyz", None))).collect();
+        probes.into_iter().map(|p| p.join().unwrap()).collect()
+    });
+    let during = threads(node.pid());
+    lock.execute_batch("COMMIT").unwrap();
+    for (code, body) in &answers {
+        assert_eq!(*code, 503, "{body}");
+        assert!(body.contains("no answer from the index writer for"), "{body}");
+    }
+    // One probe ran; the others waited for it. Each probe left on its own would leave a thread
+    // blocked on the index behind it.
+    assert!(during < before + 4, "{before} threads before the probes, {during} after");
+    wait_for_code(&node, "/readyz", 200);
+    assert!(node.stop().success());
+}
+
+/// Set this process's (or, in `pre_exec`, a child's) limit on open files.
+fn limit_open_files(soft: u64, hard: u64) -> std::io::Result<()> {
+    let limit = libc::rlimit { rlim_cur: soft, rlim_max: hard };
+    // SAFETY: setrlimit with a valid pointer; async-signal-safe, so fine in pre_exec.
+    match unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) } {
+        0 => Ok(()),
+        _ => Err(std::io::Error::last_os_error()),
+    }
+}
+
+#[test]
+fn dicom_intake_goes_on_while_idle_http_connections_are_held_open() {
+    use std::os::unix::process::CommandExt;
+    // This process holds the connections: its soft limit up to its hard one.
+    let mut own = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit with a valid pointer.
+    assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut own) }, 0);
+    assert!(own.rlim_max >= 1024, "this test needs 1024 open files, the hard limit is {}", own.rlim_max);
+    limit_open_files(own.rlim_max, own.rlim_max).unwrap();
+
+    let d = tempfile::tempdir().unwrap();
+    let config = Node::write_config(d.path(), "", "  min_free_bytes: 0\n", "");
+    // 128 descriptors, soft and hard, so raising the soft limit at start gives nothing more:
+    // without a cap, the idle connections below take every one of them. (180 of them fit the
+    // cap and the listen backlog of 128, so none waits for a SYN to be sent again.)
+    let mut command = binary();
+    // SAFETY: the closure only calls setrlimit.
+    unsafe { command.pre_exec(|| limit_open_files(128, 128)) };
+    let node = Node::start_command(d.path(), &config, command);
+    let port = node.http_port.unwrap();
+    let fds = || std::fs::read_dir(format!("/proc/{}/fd", node.pid())).unwrap().count();
+    let before = fds();
+    let held: Vec<TcpStream> = (0..180)
+        .map(|i| TcpStream::connect(("127.0.0.1", port)).unwrap_or_else(|e| panic!("connection {i}: {e}")))
+        .collect();
+    // As many as the cap allows are accepted; the rest wait in the listen backlog.
+    wait_until("the endpoint holding 64 connections", Duration::from_secs(10), || fds() >= before + 64);
+
+    let f = put(d.path(), "a.dcm", &ct(&smith(), 1, 1));
+    let out = storescu(node.port, &[f]);
+    assert!(
+        out.status.success() && !text(&out).contains("Store Failed"),
+        "{}\nlog:\n{}",
+        text(&out),
+        node.log()
+    );
+    assert_eq!(files_under(&node.public()).len(), 1);
+
+    // An idle connection is closed by the node (header-read timeout), not kept for ever.
+    let mut first = &held[0];
+    first.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut byte = [0u8; 1];
+    let started = Instant::now();
+    assert_eq!(first.read(&mut byte).unwrap(), 0, "closed without an answer");
+    assert!(started.elapsed() < Duration::from_secs(20), "closed after {:?}", started.elapsed());
+    drop(held);
+    wait_for_code(&node, "/healthz", 200);
+    assert!(node.stop().success());
+}
+
+#[test]
 fn the_token_guards_everything_but_healthz() {
     let d = tempfile::tempdir().unwrap();
     let token = "s3cr3t-0123456789-abcdef";
@@ -279,6 +400,15 @@ fn the_token_guards_everything_but_healthz() {
     let mut raw = String::new();
     s.read_to_string(&mut raw).unwrap();
     assert!(raw.to_lowercase().contains("www-authenticate: bearer"), "{raw}");
+    // The scheme is case-insensitive (RFC 9110 §11.1).
+    for scheme in ["bearer", "BEARER"] {
+        let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        write!(s, "GET /metrics HTTP/1.1\r\nHost: x\r\nauthorization: {scheme} {token}\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let mut raw = String::new();
+        s.read_to_string(&mut raw).unwrap();
+        assert!(raw.starts_with("HTTP/1.1 200"), "{scheme}: {raw}");
+    }
     let config = node.config.clone();
     assert!(node.stop().success());
 

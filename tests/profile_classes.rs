@@ -109,7 +109,7 @@ impl Node {
         {
             Outcome::Stored(stored) => std::fs::read(self.out.join(&stored.path)).unwrap(),
             Outcome::Quarantined { reason, detail, .. } => panic!("quarantined as {reason}: {detail}"),
-            Outcome::Refused(d) | Outcome::Failed(d) => panic!("not stored: {d}"),
+            Outcome::Refused(d) | Outcome::Failed { detail: d, .. } => panic!("not stored: {d}"),
         }
     }
 }

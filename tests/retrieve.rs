@@ -144,6 +144,9 @@ fn retrieve_by_accessions_patient_and_date_moves_each_study_once_through_the_run
     assert!(row(&out, "NOSUCHACC").ends_with("| not found"), "{out}");
     let report = std::fs::read_to_string(&csv).unwrap();
     assert_eq!(report.lines().count(), 4, "{report}");
+    // PHI (accessions, PatientIDs): the user's alone.
+    let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&csv).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o600, "the report's mode");
     assert!(
         report.lines().any(|l| l.starts_with("RA1002,RA1002,MRN12345,20230615,") && l.ends_with(",moved")),
         "{report}"

@@ -333,6 +333,33 @@ fn an_instance_that_fails_after_its_commit_leaves_no_success_in_the_audit_or_the
 }
 
 #[test]
+fn a_peer_told_0xa700_hears_what_failed_and_not_where_the_node_keeps_its_files() {
+    let d = tempfile::tempdir().unwrap();
+    let node = Node::start(d.path(), "", "  min_free_bytes: 0\n");
+    // public/ becomes a file: nothing can be written under it.
+    let public = node.public();
+    std::fs::remove_dir_all(&public).unwrap();
+    std::fs::write(&public, b"not a directory").unwrap();
+    let shape = Shape::default();
+    let file = instance(&smith(), &shape);
+    let body = dicom_anon_gateway::dicom::Part10::parse(&file).unwrap().body.to_vec();
+    let (status, comment) = rawscu::store_raw_answer(
+        node.port,
+        AE,
+        CT_IMAGE,
+        &sop_uid(&smith(), &shape),
+        "1.2.840.10008.1.2.1",
+        &body,
+    );
+    assert_eq!(status, 0xA700, "{}", node.log());
+    let comment = comment.expect("an error comment");
+    assert!(comment.contains("could not write the instance to its storage"), "{comment}");
+    let storage = d.path().join("storage");
+    assert!(!comment.contains(storage.to_str().unwrap()) && !comment.contains('/'), "{comment}");
+    assert!(node.log().contains(public.to_str().unwrap()), "the log keeps the path:\n{}", node.log());
+}
+
+#[test]
 fn a_queued_row_whose_file_never_reached_public_is_forgotten_at_the_next_start() {
     // What a crash between an instance's commit and its rename into public/ leaves behind (that
     // instance was never acknowledged): a queued row and no file.

@@ -157,6 +157,10 @@ impl LookupTable {
                     "a ptid replacement must be at most {MAX_PATIENT_ID} printable ASCII characters, without '\\'"
                 ));
             }
+            // It names the patient's directory in public/ and in the upload keys.
+            if let Err(why) = crate::path_component::component(value) {
+                return Err(format!("a ptid replacement names a directory, and this one {why}"));
+            }
         }
         let entries = self.entries.entry(keytype.to_string()).or_default();
         if let Some(first) = entries.get(original) {
@@ -259,7 +263,10 @@ mod tests {
                     ptid/MRN5=MRN5\n\
                     ptid/MRN6=TRIAL-001\n\
                     ptid/MRN7=@ptid/MRN1\n\
-                    ptid/MRN8=PROBAND-\\u00dc1\n";
+                    ptid/MRN8=PROBAND-\\u00dc1\n\
+                    ptid/MRN9=../../etc\n\
+                    ptid/MRN10=..\n\
+                    ptid/MRN11=SITE/001\n";
         let p = problems(text);
         for expected in [
             "line 2: expected keytype/",
@@ -271,10 +278,13 @@ mod tests {
             "line 8: gives the same ptid replacement as line 1",
             "line 9: a replacement that refers to another entry",
             "line 10: a ptid replacement must be at most 64 printable ASCII",
+            "line 11: a ptid replacement names a directory, and this one holds a path separator",
+            "line 12: a ptid replacement names a directory, and this one starts with '.'",
+            "line 13: a ptid replacement names a directory, and this one holds a path separator",
         ] {
             assert!(p.contains(expected), "{expected:?} missing from:\n{p}");
         }
-        for phi in ["MRN1", "MRN2", "MRN5", "TRIAL-001", "ten"] {
+        for phi in ["MRN1", "MRN2", "MRN5", "TRIAL-001", "ten", "etc", "SITE/001"] {
             assert!(!p.contains(phi), "{phi} in the message:\n{p}");
         }
     }

@@ -6,13 +6,14 @@
 
 pub mod activity;
 pub mod metrics;
+mod readiness;
+mod serve;
 pub mod status;
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
@@ -25,11 +26,9 @@ use prometheus::core::Collector;
 
 pub use activity::ACTIVITY;
 pub use metrics::METRICS;
+pub use readiness::Readiness;
 
 use crate::index::{Index, Reader};
-
-/// How long `/readyz` waits for the index writer before calling it stuck.
-const INDEX_PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// What the endpoint reads: the node's identity, its storage and its index.
 pub struct Ops {
@@ -55,6 +54,8 @@ pub struct Ops {
     /// Required as `Authorization: Bearer <token>` when set.
     pub token: Option<String>,
     pub started: DateTime<Utc>,
+    /// `/readyz`'s one probe in flight.
+    pub readiness: Readiness,
 }
 
 /// Serve on `listener` until `shutdown` completes; requests in progress are finished.
@@ -63,7 +64,20 @@ pub async fn serve(
     ops: Arc<Ops>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(ops)).with_graceful_shutdown(shutdown).await
+    serve::serve(listener, router(ops), shutdown).await
+}
+
+/// The status page and the metrics each read the index and the disk on the blocking pool: this
+/// many at once, so a burst of requests queues here instead of growing the pool and the memory.
+static PAGE_WORK: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(2);
+
+/// Run `f` on the blocking pool once a [`PAGE_WORK`] permit is free.
+async fn page_work<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, tokio::task::JoinError> {
+    // Never closed.
+    let _permit = PAGE_WORK.acquire().await.expect("open semaphore");
+    tokio::task::spawn_blocking(f).await
 }
 
 fn router(ops: Arc<Ops>) -> Router {
@@ -86,7 +100,10 @@ async fn authorize(State(ops): State<Arc<Ops>>, request: Request, next: Next) ->
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
+        // RFC 9110 §11.1: the scheme is case-insensitive.
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token);
     if presented.is_some_and(|p| same(p.trim().as_bytes(), token.as_bytes())) {
         return next.run(request).await;
     }
@@ -107,64 +124,9 @@ async fn healthz() -> impl IntoResponse {
 }
 
 async fn readyz(State(ops): State<Arc<Ops>>) -> Response {
-    let listener = METRICS.listener_up.get() == 1;
-    let index = index_writable(&ops).await;
-    let free = fs4::available_space(&ops.storage_dir);
-    let disk_ok = matches!(free, Ok(f) if f >= ops.min_free_bytes);
-    let public = ops.public_dir.clone();
-    let spool = tokio::task::spawn_blocking(move || spool_writable(&public))
-        .await
-        .unwrap_or_else(|e| Err(format!("probe did not run: {e}")));
-    // A failed flush is final: the node acknowledges nothing until it is restarted.
-    let flushed = crate::durability::failure().map(ToString::to_string);
-    let ready = listener && index.is_ok() && disk_ok && spool.is_ok() && flushed.is_none();
-    let body = serde_json::json!({
-        "ready": ready,
-        "checks": {
-            "listener": { "ok": listener },
-            "flush": { "ok": flushed.is_none(), "error": flushed },
-            "index": { "ok": index.is_ok(), "error": index.err() },
-            "spool": { "ok": spool.is_ok(), "error": spool.err() },
-            "disk": {
-                "ok": disk_ok,
-                "free_bytes": free.as_ref().ok(),
-                "min_free_bytes": ops.min_free_bytes,
-                "error": free.as_ref().err().map(|e| e.to_string()),
-            },
-        },
-        // Uploads do not decide readiness: intake goes on while they wait.
-        "uploader": uploader_state(&ops),
-    });
-    let code = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-    json(code, body).into_response()
-}
-
-/// A write through the index writer, rolled into its next batch: proves the writer runs and the
-/// database accepts writes.
-async fn index_writable(ops: &Ops) -> Result<(), String> {
-    let index = ops.index.clone();
-    let probe = tokio::task::spawn_blocking(move || {
-        index.call(|c| {
-            c.execute("UPDATE meta SET value = value WHERE key = 'site_id'", [])?;
-            Ok(())
-        })
-    });
-    match tokio::time::timeout(INDEX_PROBE_TIMEOUT, probe).await {
-        Ok(Ok(Ok(()))) => Ok(()),
-        Ok(Ok(Err(e))) => Err(e.to_string()),
-        Ok(Err(e)) => Err(format!("probe did not run: {e}")),
-        Err(_) => Err(format!("no answer from the index writer in {} s", INDEX_PROBE_TIMEOUT.as_secs())),
-    }
-}
-
-/// Whether a file can be created in `public/` now: a read-only remount, wrong permissions or a
-/// full inode table fail every C-STORE while free space looks fine. The probe is named like a
-/// spool temp file, so one a crash leaves behind is swept at the next start.
-fn spool_writable(dir: &Path) -> Result<(), String> {
-    let probe = dir.join(format!(".readyz-{}.part", std::process::id()));
-    std::fs::File::create(&probe)
-        .and_then(|_| std::fs::remove_file(&probe))
-        .map_err(|e| format!("cannot create a file in {}: {e}", dir.display()))
+    let answer = ops.readiness.answer(&ops).await;
+    let (code, body) = &*answer;
+    json(*code, body.clone()).into_response()
 }
 
 fn uploader_state(ops: &Ops) -> &'static str {
@@ -178,7 +140,7 @@ fn uploader_state(ops: &Ops) -> &'static str {
 }
 
 async fn metrics(State(ops): State<Arc<Ops>>) -> Response {
-    let refreshed = tokio::task::spawn_blocking(move || refresh_gauges(&ops)).await;
+    let refreshed = page_work(move || refresh_gauges(&ops)).await;
     if let Ok(Err(e)) = &refreshed {
         // The rest is still worth scraping; the queue gauges keep their last values.
         tracing::warn!(error = %e, "metrics: cannot read the upload queue");
@@ -213,7 +175,7 @@ fn index_size(ops: &Ops) -> u64 {
 }
 
 async fn page(State(ops): State<Arc<Ops>>) -> Response {
-    let page = tokio::task::spawn_blocking(move || gather(&ops)).await;
+    let page = page_work(move || gather(&ops)).await;
     match page {
         Ok(p) => {
             let mut rsp = status::render(&p).into_response();

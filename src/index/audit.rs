@@ -93,7 +93,8 @@ pub fn export_audit(index: &Path, out: &Path, since: Option<&str>) -> Result<usi
              FROM audit WHERE at >= ?1 ORDER BY id",
         )
         .map_err(db_err)?;
-    let mut w = csv::Writer::from_path(out).map_err(csv_err)?;
+    let file = crate::file_modes::private_file(out).map_err(|e| csv_err(e.into()))?;
+    let mut w = csv::Writer::from_writer(file);
     w.write_record(AUDIT_HEADER).map_err(csv_err)?;
     let mut rows = stmt.query([since.unwrap_or("")]).map_err(db_err)?;
     let mut n = 0;
@@ -139,7 +140,8 @@ fn mapping(conn: &Connection, index: &Path, out: &Path, sql: &str) -> Result<usi
     let db_err = |source| ExportError::Index { path: index.display().to_string(), source };
     let csv_err = |source| ExportError::Csv { path: out.display().to_string(), source };
     let mut stmt = conn.prepare(sql).map_err(db_err)?;
-    let mut w = csv::Writer::from_path(out).map_err(csv_err)?;
+    let file = crate::file_modes::private_file(out).map_err(|e| csv_err(e.into()))?;
+    let mut w = csv::Writer::from_writer(file);
     w.write_record(["id_old", "id_new"]).map_err(csv_err)?;
     let mut rows = stmt.query([]).map_err(db_err)?;
     let mut n = 0;

@@ -60,7 +60,8 @@ pub fn export_csv(index: &Path, out: &Path) -> Result<usize, ExportError> {
              ORDER BY p.anon_patient_id, s.study_uid",
         )
         .map_err(db_err)?;
-    let mut w = csv::Writer::from_path(out).map_err(csv_err)?;
+    let file = crate::file_modes::private_file(out).map_err(|e| csv_err(e.into()))?;
+    let mut w = csv::Writer::from_writer(file);
     w.write_record(HEADER).map_err(csv_err)?;
     let mut rows = stmt.query([]).map_err(db_err)?;
     let mut n = 0;

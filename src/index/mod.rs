@@ -237,7 +237,7 @@ const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 impl Index {
     pub fn open(path: &Path, owner: &Owner) -> Result<Index, IndexError> {
         if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)
+            crate::file_modes::missing_dirs(dir)
                 .map_err(|source| IndexError::Dir { path: dir.display().to_string(), source })?;
         }
         let mut conn = Connection::open(path)?;
@@ -664,6 +664,11 @@ struct Captured {
     instance_known: bool,
 }
 
+/// Why a new patient's pseudonym cannot be recorded.
+const PSEUDONYM_TAKEN: &str =
+    "the pseudonym of this PatientID already belongs to another PatientID in the index \
+     (two PatientIDs share a keyed pseudonym, or project.lookup_table gives one to another patient)";
+
 /// Get or create the patient. New patients in rsna mode take the next number from a counter that
 /// only grows, so a number is never handed out twice (RSNA's MAX+1 can reuse one).
 fn patient(tx: &Connection, c: &Capture, site_id: &str) -> Result<String, IndexError> {
@@ -675,7 +680,19 @@ fn patient(tx: &Connection, c: &Capture, site_id: &str) -> Result<String, IndexE
         return Ok(id);
     }
     let anon = match &c.anon_patient_id {
-        Some(id) => id.clone(),
+        Some(id) => {
+            // A keyed pseudonym is 48 bits of a hash: two PatientIDs can share one, and a lookup
+            // table can be edited to give one away. Either is for someone to review, not a write
+            // to retry forever.
+            let taken = tx
+                .prepare_cached("SELECT 1 FROM patients WHERE anon_patient_id = ?1")?
+                .query_row([id], |_| Ok(()))
+                .optional()?;
+            if taken.is_some() {
+                return Err(IndexError::Conflict(PSEUDONYM_TAKEN.into()));
+            }
+            id.clone()
+        }
         None => {
             let last: i64 = tx.query_row(
                 "SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'last_patient_number'",
@@ -890,5 +907,42 @@ mod tests {
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
         busy.join().unwrap();
         node.close();
+    }
+
+    #[test]
+    fn a_pseudonym_that_belongs_to_another_patient_is_a_conflict_not_a_database_error() {
+        let d = tempfile::tempdir().unwrap();
+        let index = Index::open(&d.path().join("index.db"), &Owner::for_site("1")).unwrap();
+        let capture = |patient: &str, study: &str| Capture {
+            patient_id: patient.into(),
+            patient_name: None,
+            sex: None,
+            birth_date: None,
+            anon_patient_id: Some("SHARED-48-BITS".into()),
+            study_uid: study.into(),
+            anon_study_uid: format!("9.{study}"),
+            accession: None,
+            anon_accession: None,
+            date_offset: None,
+            study_date: None,
+            source: "test".into(),
+            series_uid: format!("{study}.1"),
+            anon_series_uid: format!("9.{study}.1"),
+            modality: None,
+            sop_uid: format!("{study}.1.1"),
+            phrases: Phrases::default(),
+        };
+        assert_eq!(index.capture(capture("MRN-A", "1.1")).unwrap(), "SHARED-48-BITS");
+        assert_eq!(
+            index.capture(capture("MRN-A", "1.2")).unwrap(),
+            "SHARED-48-BITS",
+            "the same patient again"
+        );
+        match index.capture(capture("MRN-B", "1.3")) {
+            Err(IndexError::Conflict(why)) => {
+                assert!(why.contains("belongs to another PatientID") && !why.contains("MRN"), "{why}")
+            }
+            other => panic!("expected a conflict, got {other:?}"),
+        }
     }
 }

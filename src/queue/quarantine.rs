@@ -160,7 +160,7 @@ impl Quarantine {
         write: impl FnOnce(&mut fs::File) -> std::io::Result<()>,
     ) -> std::io::Result<PathBuf> {
         let dir = self.dir.join(reason.dir_name());
-        fs::create_dir_all(&dir)?;
+        crate::file_modes::private_dir(&dir)?;
         let now = chrono::Utc::now();
         let name = format!(
             "{}-{}-{}",
@@ -169,15 +169,19 @@ impl Quarantine {
             self.next.fetch_add(1, Ordering::Relaxed)
         );
         let file = dir.join(format!("{name}.dcm"));
-        let mut f = fs::File::create(&file)?;
+        let mut f = crate::file_modes::private_file(&file)?;
         write(&mut f)?;
         f.sync_all()?;
         let size = f.metadata()?.len();
         let sidecar = Sidecar { reason: reason.dir_name(), detail, source, time: now.to_rfc3339(), size };
         let json = serde_json::to_vec_pretty(&sidecar).map_err(std::io::Error::other)?;
-        let mut j = fs::File::create(dir.join(format!("{name}.json")))?;
+        let mut j = crate::file_modes::private_file(&dir.join(format!("{name}.json")))?;
         j.write_all(&json)?;
         j.sync_all()?;
+        // The files' names, and the reason's directory itself (made by its first instance), are
+        // entries of their directories: durable only once those are synced too.
+        fs::File::open(&dir)?.sync_all()?;
+        fs::File::open(&self.dir)?.sync_all()?;
         Ok(file)
     }
 }

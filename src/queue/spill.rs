@@ -20,7 +20,8 @@ impl Spill {
     pub fn create(dir: &Path) -> io::Result<(Spill, File)> {
         let path =
             dir.join(format!("{}-{}.spill", std::process::id(), NEXT_SPILL.fetch_add(1, Ordering::Relaxed)));
-        let file = File::create(&path)?;
+        // Received as sent: PHI.
+        let file = crate::file_modes::private_file(&path)?;
         Ok((Spill { path }, file))
     }
 

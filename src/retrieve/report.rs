@@ -131,9 +131,9 @@ const HEADER: [&str; 14] = [
 /// The report as CSV, one row per study.
 pub fn write_csv(rows: &[StudyReport], path: &Path) -> Result<(), csv::Error> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir)?;
+        crate::file_modes::missing_dirs(dir)?;
     }
-    let mut w = csv::Writer::from_path(path)?;
+    let mut w = csv::Writer::from_writer(crate::file_modes::private_file(path)?);
     w.write_record(HEADER)?;
     for row in rows {
         w.write_record(row.fields())?;

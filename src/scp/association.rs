@@ -480,19 +480,16 @@ async fn store(
         }
         other => other,
     };
-    if let Some(free) = node.free_space_short() {
-        warn!(
-            free_bytes = free,
-            min_free_bytes = node.min_free_bytes,
-            "instance refused: disk below storage.min_free_bytes"
-        );
-        return refused(Status::OUT_OF_RESOURCES, "storage is full");
-    }
     let pipeline = node.pipeline.clone();
+    let (storage_dir, min_free_bytes) = (node.storage_dir.clone(), node.min_free_bytes);
     let modalities = node.scp.modalities.clone();
     let (class, instance, source) =
         (sop_class_uid.to_string(), sop_instance_uid.to_string(), who.source.clone());
     let job = tokio::task::spawn_blocking(move || {
+        // Here rather than before the job: statvfs blocks.
+        if let Some(free) = super::free_space_short(&storage_dir, min_free_bytes) {
+            return (Err(free), received);
+        }
         let admission = Admission {
             sop_class_uid: &class,
             sop_instance_uid: &instance,
@@ -500,10 +497,14 @@ async fn store(
             audit: Some(&audit),
         };
         let outcome = pipeline.process_received(body_of(&received), &ts, &admission, &source);
-        (outcome, received)
+        (Ok(outcome), received)
     });
     let outcome = match job.await {
-        Ok((outcome, received)) => {
+        Ok((Err(free), _)) => {
+            warn!(free_bytes = free, min_free_bytes, "instance refused: disk below storage.min_free_bytes");
+            return refused(Status::OUT_OF_RESOURCES, "storage is full");
+        }
+        Ok((Ok(outcome), received)) => {
             // Kept only while small, so idle associations hold little.
             if let Received::Memory(mut buffer) = received {
                 if buffer.capacity() <= crate::pipeline::IN_MEMORY_UP_TO {
@@ -514,7 +515,10 @@ async fn store(
             outcome
         }
         // The pipeline catches panics; this is the blocking pool itself failing (shutdown).
-        Err(join) => Outcome::Failed(format!("the storing task did not run: {join}")),
+        Err(join) => Outcome::Failed {
+            detail: format!("the storing task did not run: {join}"),
+            told: "the node is stopping".into(),
+        },
     };
     match outcome {
         Outcome::Stored(stored) => {
@@ -545,9 +549,9 @@ async fn store(
             warn!(status = %Status::NOT_AUTHORIZED, error = %detail, "instance refused by a filter");
             refused(Status::NOT_AUTHORIZED, &detail)
         }
-        Outcome::Failed(detail) => {
+        Outcome::Failed { detail, told } => {
             warn!(status = %Status::OUT_OF_RESOURCES, error = %detail, "instance not stored");
-            refused(Status::OUT_OF_RESOURCES, &detail)
+            refused(Status::OUT_OF_RESOURCES, &told)
         }
     }
 }

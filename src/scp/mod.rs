@@ -60,15 +60,16 @@ impl Node {
     fn accepts(&self, class: &str, ts: &str) -> bool {
         accepts(&self.scp, class, ts)
     }
+}
 
-    /// `Some(free bytes)` when the storage disk is below `storage.min_free_bytes`.
-    fn free_space_short(&self) -> Option<u64> {
-        match fs4::available_space(&self.storage_dir) {
-            Ok(free) if free < self.min_free_bytes => Some(free),
-            Ok(_) => None,
-            // Unknown free space must not stop intake; a write failure still answers 0xA700.
-            Err(_) => None,
-        }
+/// `Some(free bytes)` when the disk of `storage_dir` is below `min_free_bytes`. `statvfs` can
+/// block on a slow or stuck disk: call it on the blocking pool, never on an async worker.
+fn free_space_short(storage_dir: &Path, min_free_bytes: u64) -> Option<u64> {
+    match fs4::available_space(storage_dir) {
+        Ok(free) if free < min_free_bytes => Some(free),
+        Ok(_) => None,
+        // Unknown free space must not stop intake; a write failure still answers 0xA700.
+        Err(_) => None,
     }
 }
 

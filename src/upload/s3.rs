@@ -21,6 +21,10 @@ pub enum PutError {
     /// Network, throttling, a 5xx, an unexpected answer: retry later.
     #[error("S3: {0}")]
     Retry(String),
+    /// A step of the key is not one normal path component: never put (the pipeline checks the
+    /// same before a file reaches `public/`, so only an index edited by hand gets here).
+    #[error("the object key's {what} {why}")]
+    Key { what: &'static str, why: crate::path_component::ComponentError },
     /// The local file cannot be read.
     #[error("cannot read {path}: {source}")]
     Local { path: String, source: std::io::Error },
@@ -49,8 +53,18 @@ impl Target {
         format!("{}/", parts.join("/"))
     }
 
-    pub fn key(&self, sub: Option<&str>, rel_path: &str) -> String {
-        format!("{}{}", self.base(sub), rel_path.replace('\\', "/"))
+    /// The key of the file at `rel_path` under `public/`. The Cognito `sub` and every step of the
+    /// path must each be one normal component: nothing may step out of this node's prefix.
+    pub fn key(&self, sub: Option<&str>, rel_path: &str) -> Result<String, PutError> {
+        use crate::path_component::component;
+        if let Some(sub) = sub {
+            component(sub).map_err(|why| PutError::Key { what: "identity (sub)", why })?;
+        }
+        let rel = rel_path.replace('\\', "/");
+        for step in rel.split('/') {
+            component(step).map_err(|why| PutError::Key { what: "path", why })?;
+        }
+        Ok(format!("{}{rel}", self.base(sub)))
     }
 
     /// Upload `file` to `key`; returns the ETag.
@@ -247,9 +261,18 @@ mod tests {
             multipart_threshold: 1,
         };
         assert_eq!(
-            t.key(Some("sub-1"), "99.99-000001/1.2/1.3/1.4.dcm"),
+            t.key(Some("sub-1"), "99.99-000001/1.2/1.3/1.4.dcm").unwrap(),
             "private/sub-1/TBI/99.99-000001/1.2/1.3/1.4.dcm"
         );
+        for (sub, rel) in [
+            (Some("sub-1"), "../../other/1.2/1.3/1.4.dcm"),
+            (Some("sub-1"), "TRIAL/../../1.3/1.4.dcm"),
+            (Some("sub-1"), "/1.2/1.3/1.4.dcm"),
+            (Some("../sub-2"), "99.99-000001/1.2/1.3/1.4.dcm"),
+            (Some("sub/2"), "99.99-000001/1.2/1.3/1.4.dcm"),
+        ] {
+            assert!(t.key(sub, rel).is_err(), "{sub:?} {rel}");
+        }
         assert_eq!(t.base(None), "private/TBI/");
     }
 }

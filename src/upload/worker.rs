@@ -170,7 +170,10 @@ impl Uploader {
     }
 
     async fn upload(&self, access: &Access, item: &Pending) -> Outcome {
-        let key = self.target.key(access.sub.as_deref(), &item.path);
+        let key = match self.target.key(access.sub.as_deref(), &item.path) {
+            Ok(key) => key,
+            Err(e) => return Outcome::Failed(e),
+        };
         let file = self.public.join(&item.path);
         // Only an object tried before can already be there (a put whose answer was lost).
         if item.attempts > 0 {

@@ -33,6 +33,12 @@ impl Node {
     /// As `start`, with more top-level YAML (`extra`) and environment variables for the node.
     /// Unless `extra` has an `http:` section, the operations endpoint takes a free port.
     pub fn start_full(dir: &Path, scp: &str, storage: &str, extra: &str, env: &[(&str, &str)]) -> Node {
+        let config = Node::write_config(dir, scp, storage, extra);
+        Node::start_env(dir, &config, env)
+    }
+
+    /// The config [`Node::start_full`] starts with, written to `dir/node.yaml`.
+    pub fn write_config(dir: &Path, scp: &str, storage: &str, extra: &str) -> PathBuf {
         let http =
             if extra.lines().any(|l| l.starts_with("http:")) { "" } else { "http:\n  listen: 127.0.0.1:0\n" };
         let extra = format!("{extra}{http}");
@@ -43,8 +49,7 @@ impl Node {
             default_script().display(),
             dir.join("storage").display()
         );
-        let config = put(dir, "node.yaml", yaml.as_bytes());
-        Node::start_env(dir, &config, env)
+        put(dir, "node.yaml", yaml.as_bytes())
     }
 
     /// Start (or restart) with an existing config file.
@@ -53,12 +58,19 @@ impl Node {
     }
 
     pub fn start_env(dir: &Path, config: &Path, env: &[(&str, &str)]) -> Node {
+        let mut command = binary();
+        command.envs(env.iter().copied());
+        Node::start_command(dir, config, command)
+    }
+
+    /// `serve` with `config`, run by `command` (the binary, with whatever environment or limits
+    /// the test gives it).
+    pub fn start_command(dir: &Path, config: &Path, mut command: Command) -> Node {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("node.log")).unwrap();
-        let mut child = binary()
+        let mut child = command
             .arg("serve")
             .arg("--config")
             .arg(config)
-            .envs(env.iter().copied())
             .env("AWS_EC2_METADATA_DISABLED", "true")
             .stdout(Stdio::piped())
             .stderr(log)

@@ -40,7 +40,34 @@ pub fn store_raw_ts(
     ts: &str,
     data: &[u8],
 ) -> u16 {
+    store_raw_answer(port, called, sop_class, sop_instance, ts, data).0
+}
+
+/// [`store_raw_ts`], returning the status and the Error Comment (0000,0902) of the response.
+pub fn store_raw_answer(
+    port: u16,
+    called: &str,
+    sop_class: &str,
+    sop_instance: &str,
+    ts: &str,
+    data: &[u8],
+) -> (u16, Option<String>) {
     let mut scu = associate(port, "RAWSCU", called, sop_class, ts);
+    send_store(&mut scu, sop_class, sop_instance, data, true);
+    let answer = response(scu.receive().unwrap());
+    let _ = scu.release();
+    answer
+}
+
+/// The C-STORE-RQ command and `data` in PDVs that fit any peer's maximum PDU length; with
+/// `complete`, the last one says so, without it the data set stays open (the peer waits for more).
+pub fn send_store(
+    scu: &mut ClientAssociation<TcpStream>,
+    sop_class: &str,
+    sop_instance: &str,
+    data: &[u8],
+    complete: bool,
+) {
     let pc = scu.presentation_contexts()[0].id;
     let us = |tag: Tag, v: u16| DataElement::new(tag, VR::US, PrimitiveValue::from(v));
     let ui = |tag: Tag, v: &str| DataElement::new(tag, VR::UI, PrimitiveValue::from(v));
@@ -61,20 +88,21 @@ pub fn store_raw_ts(
         data,
     };
     scu.send(&Pdu::PData { data: vec![pdv(PDataValueType::Command, command_bytes)] }).unwrap();
-    // PDVs that fit any peer's maximum PDU length; the last one says so.
     let chunks: Vec<&[u8]> = if data.is_empty() { vec![data] } else { data.chunks(16_000).collect() };
     for (i, chunk) in chunks.iter().enumerate() {
         let mut value = pdv(PDataValueType::Data, chunk.to_vec());
-        value.is_last = i + 1 == chunks.len();
+        value.is_last = complete && i + 1 == chunks.len();
         scu.send(&Pdu::PData { data: vec![value] }).unwrap();
     }
-    let status = response_status(scu.receive().unwrap());
-    let _ = scu.release();
-    status
 }
 
 /// The Status (0000,0900) of a DIMSE response PDU.
 pub fn response_status(pdu: Pdu) -> u16 {
+    response(pdu).0
+}
+
+/// The Status (0000,0900) and Error Comment (0000,0902) of a DIMSE response PDU.
+pub fn response(pdu: Pdu) -> (u16, Option<String>) {
     match pdu {
         Pdu::PData { data } => {
             let rsp = InMemDicomObject::read_dataset_with_ts(
@@ -82,7 +110,10 @@ pub fn response_status(pdu: Pdu) -> u16 {
                 &IMPLICIT_VR_LITTLE_ENDIAN.erased(),
             )
             .unwrap();
-            rsp.element(Tag(0x0000, 0x0900)).unwrap().to_int::<u16>().unwrap()
+            let status = rsp.element(Tag(0x0000, 0x0900)).unwrap().to_int::<u16>().unwrap();
+            let comment =
+                rsp.element(Tag(0x0000, 0x0902)).ok().and_then(|e| e.to_str().ok()).map(|c| c.to_string());
+            (status, comment)
         }
         other => panic!("expected a DIMSE response, got {other:?}"),
     }

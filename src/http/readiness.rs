@@ -1,0 +1,161 @@
+//! `/readyz`: whether the node can take instances now. Its checks block (a write through the index
+//! writer, `statvfs`, creating a file), so they run on the blocking pool, never on the runtime's
+//! workers; and one probe runs at a time: a probe that arrives while another runs waits for it and
+//! answers with its result, so a burst of probes costs one set of checks.
+//!
+//! A check that does not finish in time is left running, not started again: the next probe waits
+//! on that same job. However long the index or the disk is stuck, each check holds at most one
+//! blocking thread.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::http::StatusCode;
+use tokio::task::JoinHandle;
+
+use super::{Ops, METRICS};
+
+/// How long a probe waits for the index writer before calling it stuck.
+const INDEX_PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a probe waits for the storage disk (free space, creating a file).
+const DISK_PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The status code and body of one probe, shared by every request that waited for it.
+pub type Answer = (StatusCode, serde_json::Value);
+
+/// The one probe in flight, the last answer, and checks still running from earlier probes.
+#[derive(Default)]
+pub struct Readiness {
+    state: tokio::sync::Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    /// The last answer and when it was complete.
+    last: Option<(Instant, Arc<Answer>)>,
+    index: Check<Result<(), String>>,
+    disk: Check<Disk>,
+}
+
+/// Free space and whether a file can be created in `public/`.
+struct Disk {
+    free: Result<u64, String>,
+    spool: Result<(), String>,
+}
+
+impl Readiness {
+    /// The answer of a probe that completed after this call began: a new one, or the one that
+    /// was running when it was asked.
+    pub async fn answer(&self, ops: &Arc<Ops>) -> Arc<Answer> {
+        let asked = Instant::now();
+        let mut state = self.state.lock().await;
+        if let Some((done, answer)) = &state.last {
+            if *done >= asked {
+                return answer.clone();
+            }
+        }
+        let answer = Arc::new(probe(ops, &mut state).await);
+        state.last = Some((Instant::now(), answer.clone()));
+        answer
+    }
+}
+
+async fn probe(ops: &Arc<Ops>, state: &mut State) -> Answer {
+    let listener = METRICS.listener_up.get() == 1;
+    let index = {
+        let index = ops.index.clone();
+        // A write through the index writer, rolled into its next batch: proves the writer runs and
+        // the database accepts writes.
+        let write = move || {
+            index
+                .call(|c| {
+                    c.execute("UPDATE meta SET value = value WHERE key = 'site_id'", [])?;
+                    Ok(())
+                })
+                .map_err(|e| e.to_string())
+        };
+        state.index.run(write, INDEX_PROBE_TIMEOUT, "the index writer").await.and_then(|r| r)
+    };
+    let disk = {
+        let (storage, public) = (ops.storage_dir.clone(), ops.public_dir.clone());
+        let look = move || Disk {
+            free: fs4::available_space(&storage)
+                .map_err(|e| format!("cannot read the free space of {}: {e}", storage.display())),
+            spool: spool_writable(&public),
+        };
+        state.disk.run(look, DISK_PROBE_TIMEOUT, "the storage disk").await
+    };
+    let (free, spool) = match disk {
+        Ok(Disk { free, spool }) => (free, spool),
+        Err(stuck) => (Err(stuck.clone()), Err(stuck)),
+    };
+    let disk_ok = matches!(free, Ok(f) if f >= ops.min_free_bytes);
+    // A failed flush is final: the node acknowledges nothing until it is restarted.
+    let flushed = crate::durability::failure().map(ToString::to_string);
+    let ready = listener && index.is_ok() && disk_ok && spool.is_ok() && flushed.is_none();
+    let body = serde_json::json!({
+        "ready": ready,
+        "checks": {
+            "listener": { "ok": listener },
+            "flush": { "ok": flushed.is_none(), "error": flushed },
+            "index": { "ok": index.is_ok(), "error": index.err() },
+            "spool": { "ok": spool.is_ok(), "error": spool.err() },
+            "disk": {
+                "ok": disk_ok,
+                "free_bytes": free.as_ref().ok(),
+                "min_free_bytes": ops.min_free_bytes,
+                "error": free.err(),
+            },
+        },
+        // Uploads do not decide readiness: intake goes on while they wait.
+        "uploader": super::uploader_state(ops),
+    });
+    (if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE }, body)
+}
+
+/// A blocking check, and the job of an earlier probe that has not finished yet.
+struct Check<T> {
+    running: Option<(Instant, JoinHandle<T>)>,
+}
+
+impl<T> Default for Check<T> {
+    fn default() -> Self {
+        Check { running: None }
+    }
+}
+
+impl<T: Send + 'static> Check<T> {
+    /// Wait up to `limit` for the job still running, or for `job` started now. A job that does not
+    /// finish in time is kept for the next probe; `Err` names `what` and how long it has waited.
+    async fn run(
+        &mut self,
+        job: impl FnOnce() -> T + Send + 'static,
+        limit: Duration,
+        what: &str,
+    ) -> Result<T, String> {
+        let (since, handle) =
+            self.running.get_or_insert_with(|| (Instant::now(), tokio::task::spawn_blocking(job)));
+        let since = *since;
+        match tokio::time::timeout(limit, handle).await {
+            Ok(done) => {
+                self.running = None;
+                done.map_err(|e| format!("the check of {what} did not run: {e}"))
+            }
+            Err(_) => Err(format!("no answer from {what} for {} s", since.elapsed().as_secs())),
+        }
+    }
+}
+
+/// Whether a file can be created in `public/` now: a read-only remount, wrong permissions or a
+/// full inode table fail every C-STORE while free space looks fine. The probe is named like a
+/// spool temp file, so one a crash leaves behind is swept at the next start; each probe has a name
+/// of its own, so that two at once never remove each other's file.
+fn spool_writable(dir: &Path) -> Result<(), String> {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let probe = dir.join(format!(".readyz-{}-{n}.part", std::process::id()));
+    std::fs::File::create(&probe).map_err(|e| format!("cannot create a file in {}: {e}", dir.display()))?;
+    std::fs::remove_file(&probe).map_err(|e| format!("cannot remove the probe file {}: {e}", probe.display()))
+}
