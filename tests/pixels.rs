@@ -910,6 +910,13 @@ fn the_node_masks_what_it_receives_and_its_audit_row_counts_what_was_masked() {
     assert!(scrape.contains("dicom_anon_pixel_read_seconds_count 1"), "{scrape}");
     let page = ureq::get(node.http_base()).call().unwrap().body_mut().read_to_string().unwrap();
     assert!(page.contains("id=\"pixels-masked\">1<"), "{page}");
+    let ready = ureq::get(format!("{}/readyz", node.http_base()))
+        .call()
+        .unwrap()
+        .body_mut()
+        .read_to_string()
+        .unwrap();
+    assert!(ready.contains("\"pixel_reads_in_progress\":0"), "{ready}");
     let log = node.log();
     assert!(node.stop().success());
     let csv = d.path().join("audit.csv");

@@ -41,11 +41,13 @@ const MAX_SOFT_LEAKS: usize = 0;
 /// (none now; issue19 at a02dc44 left the institution "Vossenberg" that only the same patient's
 /// other instance names, class 2; main also left a telephone number and two dates in prose).
 const MAX_ADVERSARIAL_LEFT: usize = 0;
-/// dciodvfy error lines in outputs that their input did not have (class 3; now: a deflated SC's
-/// Laterality, Type 2C, and two evidence sequence errors in reportsi_with_empty_number_tags.dcm).
-/// Main: ReferencedStudySequence emptied at the top level and in RequestAttributesSequence, 148
-/// times.
-const MAX_NEW_DCIODVFY_ERRORS: usize = 3;
+/// dciodvfy error lines in outputs that their input did not have (class 3). Main had
+/// ReferencedStudySequence emptied at the top level and in RequestAttributesSequence, 148 times.
+/// The last three were the measure's: a deflated SC's missing Laterality (dciodvfy cannot read a
+/// Deflated input, so its own error counted as new; inputs are now judged inflated by DCMTK) and
+/// reportsi_with_empty_number_tags.dcm's "not listed in the evidence sequence" quoting the UID "0"
+/// before and its pseudonym after (a value after a UID's name now compares as a UID).
+const MAX_NEW_DCIODVFY_ERRORS: usize = 0;
 /// References from an output to another instance of the corpus that no longer resolve.
 const MAX_BROKEN_REFERENCES: usize = 0;
 /// Coded values (CS, code values and designators, manufacturer and model) that the output holds
@@ -226,7 +228,10 @@ fn blank_values(line: &str) -> String {
     let mut blanked = String::with_capacity(out.len());
     let mut token = String::new();
     let flush = |token: &mut String, blanked: &mut String| {
-        let uid = token.matches('.').count() >= 2 && token.chars().all(|c| c.is_ascii_digit() || c == '.');
+        // A value quoted after a UID attribute's name is mapped too, even one that is no UID ("0").
+        let uid = !token.is_empty()
+            && token.chars().all(|c| c.is_ascii_digit() || c == '.')
+            && (token.matches('.').count() >= 2 || blanked.ends_with("UID "));
         blanked.push_str(if uid { "UID" } else { token });
         token.clear();
     };
@@ -439,9 +444,30 @@ fn the_shipped_default_on_files_others_wrote() {
         .chain(output_of.values().cloned())
         .collect();
     let pool = rayon::ThreadPoolBuilder::new().num_threads(4).build().unwrap();
+    // dciodvfy cannot read a Deflated data set: such an input is judged by DCMTK's inflated copy,
+    // so that its own errors are not counted as the output's new ones.
+    let inflated = corpus.join("inflated");
+    std::fs::create_dir_all(&inflated).unwrap();
+    let judged = |p: &Path| -> PathBuf {
+        let deflated = inputs.iter().any(|(q, f)| corpus.join(q) == p && s(f, "transfer_syntax") == DEFLATED);
+        if !deflated {
+            return p.to_path_buf();
+        }
+        let name = p.strip_prefix(&corpus).unwrap_or(p).to_string_lossy().replace('/', "__");
+        let copy = inflated.join(name);
+        let out =
+            Command::new(tool("/usr/bin/dcmconv", "dcmtk")).arg("+te").arg(p).arg(&copy).output().unwrap();
+        assert!(
+            out.status.success(),
+            "dcmconv +te {}: {}",
+            p.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        copy
+    };
     let errors: HashMap<PathBuf, Vec<String>> = pool.install(|| {
         use rayon::prelude::*;
-        jobs.par_iter().map(|p| (p.clone(), dciodvfy(p))).collect()
+        jobs.par_iter().map(|p| (p.clone(), dciodvfy(&judged(p)))).collect()
     });
 
     phases.push(("dciodvfy", started.elapsed()));

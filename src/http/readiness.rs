@@ -111,6 +111,8 @@ async fn probe(ops: &Arc<Ops>, state: &mut State) -> Answer {
         },
         // Uploads do not decide readiness: intake goes on while they wait.
         "uploader": super::uploader_state(ops),
+        // Nor does OCR: images whose senders wait for their pixels to be read, for a probe to alert on.
+        "pixel_reads_in_progress": METRICS.pixel_reads_in_progress.get(),
     });
     (if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE }, body)
 }
