@@ -151,7 +151,7 @@ impl Barrier {
             drop(st);
             let started = std::time::Instant::now();
             let result = (self.flush)(&self.file_systems);
-            crate::http::METRICS.flushed(started.elapsed(), result.is_ok());
+            crate::observe::METRICS.flushed(started.elapsed(), result.is_ok());
             st = self.state.lock().unwrap_or_else(|p| p.into_inner());
             st.flushing = false;
             match result {

@@ -3,7 +3,7 @@
 //! with the bound addresses once the node accepts associations. It runs until the `shutdown`
 //! future completes; [`Handle::stopped`] then resolves after the drain and the index's close.
 //!
-//! Metrics and the status page's activity are process-wide (see `http::metrics`): two nodes in one
+//! Metrics and the status page's activity are process-wide (see `observe::metrics`): two nodes in one
 //! process share them.
 
 use std::future::Future;
@@ -18,8 +18,9 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{Config, ConfigError};
 use crate::durability::Durability;
 use crate::export::Exporter;
-use crate::http::{self, METRICS};
+use crate::http;
 use crate::index::{IndexError, Reader};
+use crate::observe::METRICS;
 use crate::pipeline::{Pipeline, SetupError};
 use crate::queue::SpoolError;
 use crate::scp;

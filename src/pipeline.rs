@@ -22,8 +22,8 @@ use crate::dicom::{
     Tag, TransferSyntax, Value, ValueError, WriteError, EXPLICIT_VR_LE, VR,
 };
 use crate::durability::{Barrier, Durability};
-use crate::http::METRICS;
 use crate::index::{AuditRecord, Capture, Committed, Index, IndexError, InstanceRecord, Owner, Phrases};
+use crate::observe::METRICS;
 use crate::path_component::{component, ComponentError};
 use crate::queue::{Quarantine, Reason, Spill, Spool, SpoolError, StageWriter};
 use crate::recovery::{self, Recovered, RecoveryError};

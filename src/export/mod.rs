@@ -20,8 +20,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::config::ExportDestination;
-use crate::http::METRICS;
 use crate::index::{Delivery, DeliveryRecord, Index, IndexError};
+use crate::observe::METRICS;
 use crate::scu::ClientTls;
 use crate::upload::worker::backoff;
 

@@ -4,8 +4,6 @@
 //! without a secret. Nothing served here holds PHI: counts, our own words, anonymized values, and
 //! peers named by AE title and address, escaped.
 
-pub mod activity;
-pub mod metrics;
 mod readiness;
 mod serve;
 pub mod status;
@@ -24,11 +22,10 @@ use axum::Router;
 use chrono::{DateTime, Utc};
 use prometheus::core::Collector;
 
-pub use activity::ACTIVITY;
-pub use metrics::METRICS;
 pub use readiness::Readiness;
 
 use crate::index::{Index, Reader};
+use crate::observe::{metrics, ACTIVITY, METRICS};
 
 /// What the endpoint reads: the node's identity, its storage and its index.
 pub struct Ops {

@@ -15,7 +15,8 @@ use std::time::{Duration, Instant};
 use axum::http::StatusCode;
 use tokio::task::JoinHandle;
 
-use super::{Ops, METRICS};
+use super::Ops;
+use crate::observe::METRICS;
 
 /// How long a probe waits for the index writer before calling it stuck.
 const INDEX_PROBE_TIMEOUT: Duration = Duration::from_secs(5);

@@ -6,8 +6,9 @@ use std::fmt::Write;
 
 use chrono::{DateTime, Utc};
 
-use super::activity::AssociationRecord;
 use crate::index::{Counts, QueueStatus};
+use crate::observe::activity::{self, AssociationRecord};
+use crate::observe::metrics;
 
 /// Seconds between reloads.
 pub const REFRESH_S: u32 = 10;
@@ -214,7 +215,7 @@ fn write_page(h: &mut String, p: &Page) -> std::fmt::Result {
     )?;
     match &p.queue {
         Ok(q) => {
-            for state in super::metrics::QUEUE_STATES {
+            for state in metrics::QUEUE_STATES {
                 let n = q.counts.iter().find(|(s, _)| s == state).map_or(0, |(_, n)| *n);
                 write!(h, "<tr><th>{state}</th><td class=\"n\" id=\"queue-{state}\">{n}</td></tr>")?;
             }
@@ -236,7 +237,7 @@ fn write_page(h: &mut String, p: &Page) -> std::fmt::Result {
     h.push_str("<h2>Instances stored per minute, last hour</h2>");
     chart(h, &p.per_minute)?;
 
-    write!(h, "<h2>Last {} associations</h2>", super::activity::RECENT)?;
+    write!(h, "<h2>Last {} associations</h2>", activity::RECENT)?;
     h.push_str(
         "<table id=\"associations\"><tr><th>ended (UTC)</th><th>calling AE</th><th>peer</th>\
          <th>instances</th><th>failures</th><th>how it ended</th></tr>",

@@ -16,9 +16,9 @@ use super::dimse::{response, Command, Status};
 use super::receive::{Incoming, Received};
 use super::Node;
 use crate::dicom::TransferSyntax;
-use crate::http::activity::AssociationRecord;
-use crate::http::{ACTIVITY, METRICS};
 use crate::index::AuditRecord;
+use crate::observe::activity::AssociationRecord;
+use crate::observe::{ACTIVITY, METRICS};
 use crate::pipeline::{Admission, Body, Outcome};
 use crate::queue::Reason;
 

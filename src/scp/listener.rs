@@ -25,7 +25,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 use super::{association, tls, Routes, Tls};
-use crate::http::METRICS;
+use crate::observe::METRICS;
 
 /// How long running associations get to finish after shutdown is requested.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);

@@ -24,7 +24,7 @@ use tracing::{info, warn};
 
 use super::{association, Options, Routes};
 use crate::config::TlsConfig;
-use crate::http::METRICS;
+use crate::observe::METRICS;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {

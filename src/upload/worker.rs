@@ -11,8 +11,8 @@ use tracing::{debug, info, warn};
 
 use super::credentials::{Access, Credentials};
 use super::s3::{PutError, Target};
-use crate::http::METRICS;
 use crate::index::{Index, IndexError, Pending};
+use crate::observe::METRICS;
 
 const BACKOFF_BASE: Duration = Duration::from_secs(1);
 const BACKOFF_CAP: Duration = Duration::from_secs(300);

@@ -1,15 +1,25 @@
-//! Logging setup. Log lines name instances by anonymized UIDs and peers by AE title and address,
-//! never by a patient value.
+//! What the node says about itself: logging, metrics and the recent activity the status page shows.
+//! They sit below everything that counts (the barrier, the pipeline, the SCP), which the web layer
+//! only renders.
+//!
+//! Log lines name instances by anonymized UIDs and peers by AE title and address, never by a
+//! patient value.
 //!
 //! Peers choose some of the strings we log (AE titles, UIDs, the text of their errors). In the text
 //! format a newline or an escape sequence in one of them would forge a log line or rewrite the
 //! terminal, so every record is escaped on its way out: each control character but the record's
 //! final newline becomes `\n`, `\r`, `\t` or `\xNN`. JSON escapes its strings itself.
 
+pub mod activity;
+pub mod metrics;
+
 use std::io::{self, Write};
 
 use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::EnvFilter;
+
+pub use activity::ACTIVITY;
+pub use metrics::METRICS;
 
 use crate::config::{LogFormat, LoggingConfig};
 
