@@ -15,6 +15,7 @@ use dicom_anon_gateway::durability::Durability;
 use dicom_anon_gateway::index::{Index, Owner};
 use dicom_anon_gateway::pipeline::Pipeline;
 use dicom_anon_gateway::queue::Quarantine;
+use dicom_anon_gateway::storage_lock::StorageLock;
 use dicom_anon_gateway::upload::{Credentials, SignUp};
 use dicom_anon_gateway::{index, node, observe, offline, retrieve};
 
@@ -99,6 +100,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let config = target.load()?;
             let path = config.index_path();
             std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+            say_if_live(&config);
             let (uids, patients) = index::export_mapping(&path, &out)
                 .with_context(|| format!("exporting {}", path.display()))?;
             println!(
@@ -111,6 +113,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Index { command: IndexCommand::Backup { target, out } } => {
             let config = target.load()?;
             let path = config.index_path();
+            say_if_live(&config);
             let size =
                 index::backup(&path, &out).with_context(|| format!("backing up {}", path.display()))?;
             println!(
@@ -124,6 +127,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let config = target.load()?;
             let since = since.as_deref().map(audit_since).transpose()?;
             let path = config.index_path();
+            say_if_live(&config);
             let rows = index::export_audit(&path, &out, since.as_deref())
                 .with_context(|| format!("exporting the audit trail of {}", path.display()))?;
             println!("wrote {rows} audit rows to {}", out.display());
@@ -132,6 +136,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Index { command: IndexCommand::Export { target, out, mapping: false } } => {
             let config = target.load()?;
             let path = config.index_path();
+            say_if_live(&config);
             let rows =
                 index::export_csv(&path, &out).with_context(|| format!("exporting {}", path.display()))?;
             println!("wrote {rows} studies to {}", out.display());
@@ -226,6 +231,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             let config = target.load()?;
             if retry {
+                // The node's uploader and exporters claim from these rows: one writer at a time.
+                let _lock = StorageLock::acquire(&config.storage.dir)?;
                 let index = Index::open(&config.index_path(), &Owner::for_site(&config.project.site_id))?;
                 println!("{} failed instances queued again", index.retry_failed()?);
                 println!("{} failed DICOM sends queued again", index.retry_failed_deliveries()?);
@@ -238,6 +245,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 return Ok(ExitCode::SUCCESS);
             }
             // Read-only, beside a running node: a writer here would race the node's commits.
+            say_if_live(&config);
             let reader = index::Reader::open(&path)?;
             let status = reader.queue_status()?;
             let destinations = reader.destination_status()?;
@@ -394,6 +402,17 @@ fn print_destinations(config: &Config, status: &[index::DestinationStatus]) {
             let next = next.as_deref().unwrap_or("now");
             println!("  failed {uid} (attempts {attempts}, next try {next}): {error}");
         }
+    }
+}
+
+/// A read-only command beside a node that writes the same index reads it as it is now: say so
+/// on stderr, so that a count that moves between two runs surprises no one.
+fn say_if_live(config: &Config) {
+    if let Some(pid) = StorageLock::holder(&config.storage.dir) {
+        eprintln!(
+            "note: reading the live index of {} (process {pid} writes it now)",
+            config.storage.dir.display()
+        );
     }
 }
 

@@ -475,3 +475,60 @@ async fn the_node_runs_in_process_on_port_zero_and_stops_on_its_future() {
     assert!(TcpStream::connect(("127.0.0.1", http)).is_err(), "the endpoint is closed");
     assert_eq!(files_under(&d.path().join("storage/public")).len(), 1);
 }
+
+/// Issue 23: a second node on a storage directory that a node serves stops at once and names the
+/// holder, offline commands that write its index refuse, and read-only ones say they read it live.
+#[test]
+fn a_second_writer_on_a_served_storage_dir_is_refused_and_names_the_node() {
+    let d = tempfile::tempdir().unwrap();
+    let node = Node::start(d.path(), "", "  min_free_bytes: 0\n");
+    let storage = d.path().join("storage");
+    let in_use = format!("storage dir {} is in use by process {}", storage.display(), node.pid());
+    let config = node.config.clone();
+    let run = |args: &[&str]| binary().args(args).arg("--config").arg(&config).output().unwrap();
+
+    // `serve` ends by itself (no signal): it must not get as far as listening.
+    let mut child = binary()
+        .args(["serve", "--config"])
+        .arg(&config)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let second = child.wait_with_output().unwrap();
+            panic!("a second node serves the same storage dir: {}", text(&second));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let second = child.wait_with_output().unwrap();
+    assert_eq!(second.status.code(), Some(2), "{}", text(&second));
+    assert!(text(&second).contains(&in_use), "{}", text(&second));
+    assert!(!text(&second).contains("listening on"), "{}", text(&second));
+
+    let input = put(&d.path().join("in"), "1.dcm", &ct(&smith(), 1, 1));
+    let out = d.path().join("out");
+    let anonymize = run(&["anonymize", "--out", out.to_str().unwrap(), input.to_str().unwrap()]);
+    assert_eq!(anonymize.status.code(), Some(2), "{}", text(&anonymize));
+    assert!(text(&anonymize).contains(&in_use), "{}", text(&anonymize));
+    for args in [&["queue", "retry"][..], &["quarantine", "retry"]] {
+        let o = run(args);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {}", text(&o));
+        assert!(text(&o).contains(&in_use), "{args:?}: {}", text(&o));
+    }
+    let status = run(&["queue", "status"]);
+    assert!(status.status.success(), "{}", text(&status));
+    let live = format!("reading the live index of {} (process {}", storage.display(), node.pid());
+    assert!(String::from_utf8_lossy(&status.stderr).contains(&live), "{}", text(&status));
+
+    // The first node still serves; once it is gone, the directory is free again.
+    assert!(echoscu(node.port, "TESTSCU", AE).status.success(), "{}", node.log());
+    assert!(node.stop().success());
+    let status = run(&["queue", "status"]);
+    assert!(!text(&status).contains("live index"), "{}", text(&status));
+    let again = Node::start(d.path(), "", "  min_free_bytes: 0\n");
+    assert!(echoscu(again.port, "TESTSCU", AE).status.success(), "{}", again.log());
+}
