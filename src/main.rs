@@ -79,12 +79,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             pipeline.close()?;
             let secs = started.elapsed().as_secs_f64();
             println!(
-                "anonymized {} files ({:.1} MB) in {secs:.2} s ({:.0} files/s); quarantined {}; skipped {} non-DICOM",
+                "anonymized {} files ({:.1} MB) in {secs:.2} s ({:.0} files/s); quarantined {}; skipped {} non-DICOM, {} DICOMDIR",
                 summary.anonymized,
                 summary.bytes as f64 / 1e6,
                 summary.anonymized as f64 / secs.max(1e-9),
                 summary.failures(),
-                summary.skipped_non_dicom
+                summary.skipped_non_dicom,
+                summary.skipped_dicomdir
             );
             for (reason, failures) in &summary.failed {
                 println!("  {reason}: {}", failures.len());

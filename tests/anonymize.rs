@@ -560,3 +560,31 @@ fn relative_paths_follow_the_config_file_not_the_working_directory() {
     assert!(d.path().join("storage/private/index.db").exists(), "the index is beside etc/, not under /");
     run("config/ps315-basic-profile.script", "out-shipped");
 }
+
+/// Issue 23: a patient CD's DICOMDIR is an index of the medium, not an instance: `anonymize`
+/// skips it with a count and succeeds, named or met in a folder.
+#[test]
+fn a_dicomdir_made_by_dcmtk_is_skipped_with_a_count() {
+    let d = tempfile::tempdir().unwrap();
+    let cd = d.path().join("cd");
+    for i in 1..=2 {
+        let shape = Shape { instance: i, ..Shape::default() };
+        put(&cd.join("IMAGES"), &format!("IM{i}"), &instance(&smith(), &shape));
+    }
+    let made = std::process::Command::new(tool("/usr/bin/dcmmkdir", "dcmtk"))
+        .current_dir(&cd)
+        .args(["+r", "+I", "+D", "DICOMDIR", "IMAGES"])
+        .output()
+        .unwrap();
+    assert!(made.status.success() && cd.join("DICOMDIR").exists(), "dcmmkdir: {}", text(&made));
+    let config = config(d.path(), SITE, ROOT, &default_script(), "");
+    let out = d.path().join("out");
+    let run = anonymize(&config, &out, &[&cd]);
+    let said = String::from_utf8_lossy(&run.stdout);
+    assert!(run.status.success(), "{}", text(&run));
+    assert!(said.contains("anonymized 2 files") && said.contains("1 DICOMDIR"), "{said}");
+    assert_eq!(files_under(&out).len(), 2);
+    let named = anonymize(&config, &out, &[&cd.join("DICOMDIR")]);
+    assert!(named.status.success(), "{}", text(&named));
+    assert!(String::from_utf8_lossy(&named.stdout).contains("1 DICOMDIR"), "{}", text(&named));
+}
