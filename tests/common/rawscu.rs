@@ -40,7 +40,21 @@ pub fn store_raw_ts(
     ts: &str,
     data: &[u8],
 ) -> u16 {
-    let mut scu = associate(port, "RAWSCU", called, sop_class, ts);
+    store_in_context(port, called, sop_class, sop_class, sop_instance, ts, data)
+}
+
+/// [`store_raw_ts`] on a presentation context of `context_class`, which a correct SCU makes the
+/// command's `sop_class` (the SCP answers 0x0122 when they differ).
+pub fn store_in_context(
+    port: u16,
+    called: &str,
+    context_class: &str,
+    sop_class: &str,
+    sop_instance: &str,
+    ts: &str,
+    data: &[u8],
+) -> u16 {
+    let mut scu = associate(port, "RAWSCU", called, context_class, ts);
     let pc = scu.presentation_contexts()[0].id;
     let us = |tag: Tag, v: u16| DataElement::new(tag, VR::US, PrimitiveValue::from(v));
     let ui = |tag: Tag, v: &str| DataElement::new(tag, VR::UI, PrimitiveValue::from(v));
