@@ -606,6 +606,7 @@ impl Pipeline {
             sop_class_uid: original.sop_class_uid.clone(),
             path: path.to_string_lossy().into_owned(),
             size,
+            digest: staged.digest(),
             uid_map: report.uid_map,
         };
         let committed = self.index.commit(capture, record, audit, &keys.patient_id)?;

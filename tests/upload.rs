@@ -344,3 +344,39 @@ async fn a_user_signed_up_and_confirmed_from_the_tool_logs_in_and_uploads() {
     let objects = wait_for_objects(&moto.url(), files.len(), &node).await;
     check_objects(&objects, &node, &Aws { sub, ..aws.clone() }, &moto);
 }
+
+/// Issue 23: a sender re-sending what it sent (a retry, a second route) costs no upload: the
+/// anonymized bytes are those already in the bucket, so the instances are not queued again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_identical_re_send_is_not_uploaded_again() {
+    let (d, moto, aws, password) = world(PASSWORD).await;
+    let upload = upload_yaml(&aws, &moto.url(), "site-user", &password, "");
+    let node = start(d.path(), &upload, &aws);
+    let files = corpus(&d.path().join("in"), 6, false);
+    let out = storescu(node.port, &files);
+    assert!(out.status.success(), "{}", text(&out));
+    wait_for_objects(&moto.url(), files.len(), &node).await;
+    wait_for_queue(&node, &format!("uploaded: {}", files.len())).await;
+    assert_eq!(moto.requests("PUT", ".dcm"), files.len());
+
+    // The same files again, then a new one. The queue is empty only once every queued instance
+    // is uploaded, so a re-sent one queued again would be put before the wait ends.
+    let out = storescu(node.port, &files);
+    assert!(out.status.success(), "{}", text(&out));
+    let new = put(
+        &d.path().join("new"),
+        "new.dcm",
+        &instance(&smith(), &Shape { instance: 50, ..Shape::default() }),
+    );
+    let out = storescu(node.port, &[new]);
+    assert!(out.status.success(), "{}", text(&out));
+    wait_for_objects(&moto.url(), files.len() + 1, &node).await;
+    wait_for_queue(&node, &format!("uploaded: {}", files.len() + 1)).await;
+    assert_eq!(
+        moto.requests("PUT", ".dcm"),
+        files.len() + 1,
+        "{}",
+        std::fs::read_to_string(&moto.log).unwrap()
+    );
+    assert!(node.stop().success());
+}
