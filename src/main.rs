@@ -386,19 +386,16 @@ async fn run_retrieve(
 
 /// Each configured DICOM destination's queue, and any the index knows that the config no longer lists.
 fn print_destinations(config: &Config, status: &[index::DestinationStatus]) {
-    let mut names: Vec<&str> = config.export.dicom.iter().map(|d| d.peer.name.as_str()).collect();
-    names.extend(
-        status.iter().map(|s| s.destination.as_str()).filter(|n| !names.contains(n)).collect::<Vec<_>>(),
-    );
-    for name in names {
-        let peer = config.export.dicom.iter().find(|d| d.peer.name == name).map(|d| d.peer.label());
-        let row = status.iter().find(|s| s.destination == name);
-        let counts = row
-            .map(|r| r.counts.iter().map(|(state, n)| format!("{state} {n}")).collect::<Vec<_>>().join(", "))
-            .filter(|c| !c.is_empty())
-            .unwrap_or_else(|| "nothing queued yet".into());
-        let peer = peer.unwrap_or_else(|| "no longer in the config".into());
-        println!("destination {name} ({peer}): {counts}");
+    for d in dicom_anon_gateway::export::status::destinations(&config.export.dicom, status) {
+        let counts: Vec<String> =
+            d.counts.iter().filter(|(_, n)| *n > 0).map(|(state, n)| format!("{state} {n}")).collect();
+        let counts = if counts.is_empty() { "nothing queued yet".into() } else { counts.join(", ") };
+        let peer = d.peer.as_deref().unwrap_or("no longer in the config");
+        println!("destination {} ({peer}): {counts}", d.name);
+        if let Some(oldest) = &d.oldest_waiting {
+            println!("  oldest waiting since {oldest}");
+        }
+        let row = status.iter().find(|s| s.destination == d.name);
         for (uid, attempts, error, next) in row.map(|r| r.failed.as_slice()).unwrap_or_default() {
             let next = next.as_deref().unwrap_or("now");
             println!("  failed {uid} (attempts {attempts}, next try {next}): {error}");

@@ -259,6 +259,7 @@ pub async fn start_projects(
                 quarantine_dir: p.config.quarantine_dir(),
                 min_free_bytes: p.config.storage.min_free_bytes,
                 uploader_enabled: p.config.upload.enabled,
+                destinations: p.config.export.dicom.clone(),
                 token,
                 started: chrono::Utc::now(),
             });

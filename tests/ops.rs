@@ -294,9 +294,36 @@ fn the_token_guards_everything_but_healthz() {
     assert!(text(&out).contains("OPS_TEST_TOKEN"), "{}", text(&out));
 }
 
+fn chromium() -> PathBuf {
+    tool("/usr/bin/chromium", "chromium")
+}
+
+/// Headless Chromium on `url` with `extra` arguments, in a profile of its own under `profile`.
+fn headless(chromium: &Path, url: &str, profile: &Path, extra: &[&str]) -> std::process::Output {
+    let out = Command::new(chromium)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--hide-scrollbars",
+        ])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .args(extra)
+        .arg(url)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "chromium failed: {}", text(&out));
+    out
+}
+
 #[test]
 fn the_status_page_in_chromium_shows_the_counts_and_no_phi() {
-    let chromium = tool("/usr/bin/chromium", "chromium");
+    let chromium = chromium();
     let d = tempfile::tempdir().unwrap();
     let node = Node::start(d.path(), "", "  min_free_bytes: 0\n");
     // Two patients, two studies, three series, five instances.
@@ -324,27 +351,7 @@ fn the_status_page_in_chromium_shows_the_counts_and_no_phi() {
 
     let url = format!("{}/", node.http_base());
     let profile = tempfile::tempdir().unwrap();
-    let browser = |extra: &[&str]| {
-        let out = Command::new(&chromium)
-            .args([
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-quic",
-                "--no-first-run",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                "--hide-scrollbars",
-            ])
-            .arg(format!("--user-data-dir={}", profile.path().display()))
-            .args(extra)
-            .arg(&url)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "chromium failed: {}", text(&out));
-        out
-    };
+    let browser = |extra: &[&str]| headless(&chromium, &url, profile.path(), extra);
     let shot = Path::new(env!("CARGO_TARGET_TMPDIR")).join("ops-status-page.png");
     let _ = std::fs::remove_file(&shot);
     browser(&[&format!("--screenshot={}", shot.display()), "--window-size=1280,900"]);
@@ -531,4 +538,48 @@ fn a_second_writer_on_a_served_storage_dir_is_refused_and_names_the_node() {
     assert!(!text(&status).contains("live index"), "{}", text(&status));
     let again = Node::start(d.path(), "", "  min_free_bytes: 0\n");
     assert!(echoscu(again.port, "TESTSCU", AE).status.success(), "{}", again.log());
+}
+
+/// Issue 23: DICOM export is visible to operations. A destination that does not answer shows on
+/// the page (headless Chromium) with its state, queue, oldest instance and error, and in
+/// `/metrics` as gauges labelled by its configured name; an export-only node's S3 queue says that
+/// no uploader is configured rather than looking stuck.
+#[test]
+fn an_unreachable_destination_shows_on_the_page_and_in_its_gauges() {
+    let chromium = chromium();
+    let d = tempfile::tempdir().unwrap();
+    let closed = common::ports::free_port();
+    let export = format!(
+        "export:\n  dicom:\n    - {{ name: research, ae_title: RESEARCH, host: 127.0.0.1, port: {closed}, timeout_s: 2 }}\n"
+    );
+    let node = Node::start_full(d.path(), "", "  min_free_bytes: 0\n", &export, &[]);
+    let files: Vec<PathBuf> =
+        (1..=3).map(|i| put(d.path(), &format!("{i}.dcm"), &ct(&smith(), 1, i))).collect();
+    let out = storescu(node.port, &files);
+    assert!(out.status.success() && !text(&out).contains("Store Failed"), "{}", text(&out));
+
+    let series = |state: &str| {
+        format!("dicom_anon_export_queue_instances{{destination=\"research\",state=\"{state}\"}}")
+    };
+    let m = wait_for_metrics(&node, "research unreachable with three queued", |m| {
+        m.get("dicom_anon_export_unreachable{destination=\"research\"}") == Some(&1.0)
+            && m.get(&series("queued")) == Some(&3.0)
+    });
+    assert_eq!(value(&m, &series("sent")), 0.0);
+    assert!(value(&m, "dicom_anon_export_oldest_queued_age_seconds{destination=\"research\"}") >= 0.0);
+    assert_eq!(value(&m, "dicom_anon_upload_enabled"), 0.0);
+
+    let profile = tempfile::tempdir().unwrap();
+    let url = format!("{}/", node.http_base());
+    let dom = String::from_utf8(headless(&chromium, &url, profile.path(), &["--dump-dom"]).stdout).unwrap();
+    let row = dom
+        .split("<tr ")
+        .find(|r| r.starts_with("id=\"destination-research\""))
+        .unwrap_or_else(|| panic!("no row for the destination:\n{dom}"));
+    let row = &row[..row.find("</tr>").unwrap_or(row.len())];
+    for want in [&format!("RESEARCH@127.0.0.1:{closed}")[..], "unreachable (paused)", ">3<", "refused"] {
+        assert!(row.to_lowercase().contains(&want.to_lowercase()), "{want} not in {row}");
+    }
+    assert!(row.contains(&chrono::Utc::now().format("%Y-%m-%dT").to_string()), "oldest waiting: {row}");
+    assert!(dom.contains("off (upload.enabled is false)"), "{dom}");
 }

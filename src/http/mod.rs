@@ -26,6 +26,7 @@ use prometheus::core::Collector;
 pub use activity::ACTIVITY;
 pub use metrics::METRICS;
 
+use crate::export::status::Destination;
 use crate::index::{Index, Reader};
 
 /// How long `/readyz` waits for the index writer before calling it stuck.
@@ -52,6 +53,8 @@ pub struct Ops {
     pub quarantine_dir: PathBuf,
     pub min_free_bytes: u64,
     pub uploader_enabled: bool,
+    /// The DICOM destinations (`export.dicom`), whose queues the page and the gauges show.
+    pub destinations: Vec<crate::config::ExportDestination>,
     /// Required as `Authorization: Bearer <token>` when set.
     pub token: Option<String>,
     pub started: DateTime<Utc>,
@@ -204,7 +207,14 @@ fn refresh_gauges(ops: &Ops) -> Result<(), crate::index::IndexError> {
     let oldest = queue.oldest_queued.as_deref().and_then(|t| DateTime::parse_from_rfc3339(t).ok());
     let age = oldest.map_or(0.0, |t| (Utc::now() - t.with_timezone(&Utc)).num_milliseconds() as f64 / 1e3);
     m.upload_oldest_queued_age.set(age.max(0.0));
+    m.upload_enabled.set(i64::from(ops.uploader_enabled));
+    m.destinations(&destinations(ops)?);
     Ok(())
+}
+
+/// Each DICOM destination's queue now.
+fn destinations(ops: &Ops) -> Result<Vec<Destination>, crate::index::IndexError> {
+    Ok(crate::export::status::destinations(&ops.destinations, &ops.reader.destination_status()?))
 }
 
 fn index_size(ops: &Ops) -> u64 {
@@ -257,6 +267,7 @@ fn gather(ops: &Ops) -> status::Page {
         quarantine: quarantine_counts(&ops.quarantine_dir),
         uploader: uploader_state(ops),
         queue: ops.reader.queue_status().map_err(|e| e.to_string()),
+        destinations: destinations(ops).map_err(|e| e.to_string()),
         free_bytes: fs4::available_space(&ops.storage_dir).ok(),
         min_free_bytes: ops.min_free_bytes,
         per_minute: ACTIVITY.per_minute(),

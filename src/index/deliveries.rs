@@ -64,6 +64,8 @@ pub struct DestinationStatus {
     pub counts: Vec<(String, u64)>,
     /// Failed instances: anonymized UID, attempts, last error, next try.
     pub failed: Vec<(String, u32, String, Option<String>)>,
+    /// When the oldest instance not yet sent was stored.
+    pub oldest_waiting: Option<String>,
 }
 
 fn time(t: DateTime<Utc>) -> String {
@@ -215,10 +217,15 @@ pub(super) fn destination_status(c: &Connection) -> Result<Vec<DestinationStatus
         "SELECT anon_sop_uid, attempts, COALESCE(last_error, ''), next_try FROM deliveries
          WHERE destination = ?1 AND state = 'failed' ORDER BY instance_rowid LIMIT 100",
     )?;
+    let mut oldest = c.prepare(
+        "SELECT MIN(i.stored_at) FROM deliveries d JOIN instances i ON i.rowid = d.instance_rowid
+         WHERE d.destination = ?1 AND d.state <> 'sent'",
+    )?;
     for s in &mut out {
         s.failed = stmt
             .query_map([&s.destination], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
             .collect::<Result<_, _>>()?;
+        s.oldest_waiting = oldest.query_row([&s.destination], |r| r.get(0))?;
     }
     Ok(out)
 }
