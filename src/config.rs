@@ -447,12 +447,25 @@ impl Default for LoggingConfig {
 pub enum ConfigError {
     #[error("cannot read {path}: {source}")]
     Read { path: String, source: std::io::Error },
-    #[error("{path}: {source}")]
+    #[error("{path}: {}", in_words(&source.to_string()))]
     Parse { path: String, source: serde_norway::Error },
     #[error("{path} has problems:\n  {}", problems.join("\n  "))]
     Invalid { path: String, problems: Vec<String> },
     #[error("a secret is missing: {0}")]
     MissingSecret(String),
+}
+
+/// A parse error with Rust's type names said as the values they take (`expected u16` means
+/// nothing to someone editing a YAML file).
+fn in_words(message: &str) -> String {
+    const TYPES: [(&str, &str); 5] = [
+        ("expected u16", "expected a whole number from 0 to 65535"),
+        ("expected u32", "expected a whole number from 0 to 4294967295"),
+        ("expected u64", "expected a whole number, 0 or more"),
+        ("expected usize", "expected a whole number, 0 or more"),
+        ("expected a boolean", "expected true or false"),
+    ];
+    TYPES.iter().fold(message.to_string(), |m, (rust, words)| m.replace(rust, words))
 }
 
 impl Config {
@@ -751,6 +764,7 @@ mod tests {
         assert!(err.contains("acse"), "{err}");
         let err = parse("project: { name: P, site_id: '1' }\nscp: { port: many }").unwrap_err();
         assert!(err.contains("scp.port"), "{err}");
+        assert!(in_words(&err).contains("a whole number from 0 to 65535"), "{}", in_words(&err));
     }
 
     #[test]
