@@ -583,3 +583,27 @@ fn an_unreachable_destination_shows_on_the_page_and_in_its_gauges() {
     assert!(row.contains(&chrono::Utc::now().format("%Y-%m-%dT").to_string()), "oldest waiting: {row}");
     assert!(dom.contains("off (upload.enabled is false)"), "{dom}");
 }
+
+/// Issue 23: the chart of instances stored per minute is read from the audit trail, so a restart
+/// does not blank it.
+#[test]
+fn the_per_minute_chart_survives_a_restart() {
+    let d = tempfile::tempdir().unwrap();
+    let node = Node::start(d.path(), "", "  min_free_bytes: 0\n");
+    let files: Vec<PathBuf> =
+        (1..=3).map(|i| put(d.path(), &format!("{i}.dcm"), &ct(&smith(), 1, i))).collect();
+    let out = storescu(node.port, &files);
+    assert!(out.status.success() && !text(&out).contains("Store Failed"), "{}", text(&out));
+    let config = node.config.clone();
+    assert!(node.stop().success());
+
+    let node = Node::start_with(d.path(), &config);
+    let url = format!("{}/", node.http_base());
+    let page = ureq::get(&url).call().unwrap().body_mut().read_to_string().unwrap();
+    let charted: u64 = page
+        .split("<title>")
+        .skip(1)
+        .filter_map(|t| t.split(" instances, ").next()?.parse::<u64>().ok())
+        .sum();
+    assert_eq!(charted, 3, "{page}");
+}

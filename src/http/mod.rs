@@ -270,7 +270,10 @@ fn gather(ops: &Ops) -> status::Page {
         destinations: destinations(ops).map_err(|e| e.to_string()),
         free_bytes: fs4::available_space(&ops.storage_dir).ok(),
         min_free_bytes: ops.min_free_bytes,
-        per_minute: ACTIVITY.per_minute(),
+        per_minute: ops
+            .reader
+            .stored_per_minute(Utc::now(), activity::MINUTES)
+            .unwrap_or_else(|_| vec![0; activity::MINUTES]),
     }
 }
 

@@ -151,9 +151,11 @@ fn write_page(h: &mut String, p: &Page) -> std::fmt::Result {
         }
         None => h.push_str("<tr><th>Disk free</th><td id=\"disk\" class=\"bad\">unknown</td></tr>"),
     }
+    // Counted by the process, so every project's: said so beside this project's boxes.
+    let since = if p.other_projects.is_empty() { "Since start" } else { "Since start, every project" };
     write!(
         h,
-        "<tr><th>Since start</th><td>received {} · stored {} · quarantined {} · refused {}</td></tr></table></section>",
+        "<tr><th>{since}</th><td>received {} · stored {} · quarantined {} · refused {}</td></tr></table></section>",
         p.since_start.received, p.since_start.stored, p.since_start.quarantined, p.since_start.refused
     )?;
 
@@ -221,7 +223,7 @@ fn write_page(h: &mut String, p: &Page) -> std::fmt::Result {
     h.push_str("</table></section></div>");
     destinations(h, &p.destinations)?;
 
-    h.push_str("<h2>Instances stored per minute, last hour</h2>");
+    h.push_str("<h2>Instances stored per minute, last hour (this project)</h2>");
     chart(h, &p.per_minute)?;
 
     write!(h, "<h2>Last {} associations</h2>", super::activity::RECENT)?;
@@ -366,6 +368,7 @@ mod tests {
         assert!(html.contains("&lt;script&gt;x&lt;/script&gt;&quot;"));
         assert!(html.contains("P&lt;1&gt;"));
         assert!(html.contains("B&lt;2&gt; (B_AE)"), "other projects are named");
+        assert!(html.contains("Since start, every project"), "process-wide counts say so");
         assert!(html.contains("id=\"tls\">off<"));
         assert!(html.contains("id=\"count-instances\">4<"));
         assert!(html.contains("id=\"quarantine-DICOM_Read_Error\">2<"));

@@ -535,7 +535,6 @@ async fn store(
             METRICS.instances_stored.inc();
             tally.note.audited = true;
             METRICS.stored_bytes.inc_by(stored.size);
-            ACTIVITY.instance_stored();
             debug!(sop = %stored.keys.sop_uid, series = %stored.keys.series_uid, size = stored.size, "stored");
             (Status::SUCCESS, None)
         }
