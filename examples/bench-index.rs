@@ -57,6 +57,8 @@ fn main() {
                             capture.anon_study_uid, capture.anon_series_uid
                         ),
                         size: 500_000,
+                        // A SHA-256 in hex, as the pipeline records it.
+                        digest: format!("{i:064x}"),
                         uid_map: vec![
                             (capture.study_uid.clone(), capture.anon_study_uid.clone()),
                             (capture.series_uid.clone(), capture.anon_series_uid.clone()),

@@ -19,7 +19,7 @@ cat > "$WORK/config.yaml" <<YAML
 project:
   name: BENCH
   site_id: "972149"
-  script: config/default-anonymizer.script
+  script: $PWD/config/default-anonymizer.script
 storage:
   dir: $WORK/storage
 logging:

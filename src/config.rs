@@ -63,7 +63,9 @@ pub struct ProjectConfig {
     pub site_id: String,
     #[serde(default = "default_uid_root")]
     pub uid_root: String,
-    /// The anonymizer script, relative to the config file's directory's parent when relative.
+    /// The anonymizer script; a relative path is relative to the config file's directory, and a
+    /// shipped script's name (`config/ps315-basic-profile.script`) that is not found there is
+    /// read from the copy built into the binary.
     #[serde(default = "default_script")]
     pub script: PathBuf,
     #[serde(default)]
@@ -445,12 +447,25 @@ impl Default for LoggingConfig {
 pub enum ConfigError {
     #[error("cannot read {path}: {source}")]
     Read { path: String, source: std::io::Error },
-    #[error("{path}: {source}")]
+    #[error("{path}: {}", in_words(&source.to_string()))]
     Parse { path: String, source: serde_norway::Error },
     #[error("{path} has problems:\n  {}", problems.join("\n  "))]
     Invalid { path: String, problems: Vec<String> },
     #[error("a secret is missing: {0}")]
     MissingSecret(String),
+}
+
+/// A parse error with Rust's type names said as the values they take (`expected u16` means
+/// nothing to someone editing a YAML file).
+fn in_words(message: &str) -> String {
+    const TYPES: [(&str, &str); 5] = [
+        ("expected u16", "expected a whole number from 0 to 65535"),
+        ("expected u32", "expected a whole number from 0 to 4294967295"),
+        ("expected u64", "expected a whole number, 0 or more"),
+        ("expected usize", "expected a whole number, 0 or more"),
+        ("expected a boolean", "expected true or false"),
+    ];
+    TYPES.iter().fold(message.to_string(), |m, (rust, words)| m.replace(rust, words))
 }
 
 impl Config {
@@ -471,16 +486,59 @@ impl Config {
 
     /// Every project in the file, each resolved over the shared defaults and validated.
     pub fn load_all(path: &Path) -> Result<Vec<Config>, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { path: path.display().to_string(), source })?;
-        crate::projects::parse(&text).map_err(|e| match e {
+        let read = |source| ConfigError::Read { path: path.display().to_string(), source };
+        let text = std::fs::read_to_string(path).map_err(read)?;
+        let mut configs = crate::projects::parse(&text).map_err(|e| match e {
             crate::projects::ParseError::Yaml(source) => {
                 ConfigError::Parse { path: path.display().to_string(), source }
             }
             crate::projects::ParseError::Invalid(problems) => {
                 ConfigError::Invalid { path: path.display().to_string(), problems }
             }
-        })
+        })?;
+        let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        let dir = std::path::absolute(dir).map_err(read)?;
+        for config in &mut configs {
+            config.resolve_paths(&dir);
+        }
+        Ok(configs)
+    }
+
+    /// Make every relative path in the file relative to the file's directory (`dir`), not to the
+    /// working directory: a service manager starts the node from `/`, and where it was started
+    /// must not decide which script, secret or storage directory a project gets. A program name
+    /// without a `/` (`pixels.tesseract: tesseract`) is still looked up on `PATH`.
+    fn resolve_paths(&mut self, dir: &Path) {
+        let at = |p: &mut PathBuf| {
+            if p.is_relative() && !p.as_os_str().is_empty() {
+                *p = dir.join(&*p);
+            }
+        };
+        let project = &mut self.project;
+        at(&mut project.script);
+        project.secret_file.iter_mut().for_each(at);
+        project.lookup_table.iter_mut().for_each(at);
+        project.pixels.regions.iter_mut().for_each(at);
+        if project.pixels.tesseract.components().count() > 1 {
+            at(&mut project.pixels.tesseract);
+        }
+        let upload = &mut self.upload;
+        for file in [&mut upload.client_secret_file, &mut upload.password_file, &mut upload.new_password_file]
+        {
+            file.iter_mut().for_each(at);
+        }
+        at(&mut self.storage.dir);
+        self.http.token_file.iter_mut().for_each(at);
+        if let Some(tls) = &mut self.scp.tls {
+            at(&mut tls.cert_file);
+            at(&mut tls.key_file);
+            tls.client_ca_file.iter_mut().for_each(at);
+        }
+        for tls in self.export.dicom.iter_mut().filter_map(|d| d.tls.as_mut()) {
+            at(&mut tls.ca_file);
+            tls.cert_file.iter_mut().for_each(at);
+            tls.key_file.iter_mut().for_each(at);
+        }
     }
 
     /// Every problem, each naming the dotted key. Nothing is clamped or replaced silently.
@@ -712,6 +770,7 @@ mod tests {
         assert!(err.contains("acse"), "{err}");
         let err = parse("project: { name: P, site_id: '1' }\nscp: { port: many }").unwrap_err();
         assert!(err.contains("scp.port"), "{err}");
+        assert!(in_words(&err).contains("a whole number from 0 to 65535"), "{}", in_words(&err));
     }
 
     #[test]

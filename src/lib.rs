@@ -21,4 +21,5 @@ pub mod recovery;
 pub mod retrieve;
 pub mod scp;
 pub mod scu;
+pub mod storage_lock;
 pub mod upload;

@@ -15,6 +15,7 @@ use dicom_anon_gateway::durability::Durability;
 use dicom_anon_gateway::index::{Index, Owner};
 use dicom_anon_gateway::pipeline::Pipeline;
 use dicom_anon_gateway::queue::Quarantine;
+use dicom_anon_gateway::storage_lock::StorageLock;
 use dicom_anon_gateway::upload::{Credentials, SignUp};
 use dicom_anon_gateway::{index, node, observe, offline, retrieve};
 
@@ -81,12 +82,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             pipeline.close()?;
             let secs = started.elapsed().as_secs_f64();
             println!(
-                "anonymized {} files ({:.1} MB) in {secs:.2} s ({:.0} files/s); quarantined {}; skipped {} non-DICOM",
+                "anonymized {} files ({:.1} MB) in {secs:.2} s ({:.0} files/s); quarantined {}; skipped {} non-DICOM, {} DICOMDIR",
                 summary.anonymized,
                 summary.bytes as f64 / 1e6,
                 summary.anonymized as f64 / secs.max(1e-9),
                 summary.failures(),
-                summary.skipped_non_dicom
+                summary.skipped_non_dicom,
+                summary.skipped_dicomdir
             );
             for (reason, failures) in &summary.failed {
                 println!("  {reason}: {}", failures.len());
@@ -103,6 +105,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let path = config.index_path();
             dicom_anon_gateway::file_modes::missing_dirs(&out)
                 .with_context(|| format!("creating {}", out.display()))?;
+            say_if_live(&config);
             let (uids, patients) = index::export_mapping(&path, &out)
                 .with_context(|| format!("exporting {}", path.display()))?;
             println!(
@@ -115,6 +118,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Index { command: IndexCommand::Backup { target, out } } => {
             let config = target.load()?;
             let path = config.index_path();
+            say_if_live(&config);
             let size =
                 index::backup(&path, &out).with_context(|| format!("backing up {}", path.display()))?;
             println!(
@@ -128,6 +132,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let config = target.load()?;
             let since = since.as_deref().map(audit_since).transpose()?;
             let path = config.index_path();
+            say_if_live(&config);
             let rows = index::export_audit(&path, &out, since.as_deref())
                 .with_context(|| format!("exporting the audit trail of {}", path.display()))?;
             println!("wrote {rows} audit rows to {}", out.display());
@@ -136,6 +141,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Index { command: IndexCommand::Export { target, out, mapping: false } } => {
             let config = target.load()?;
             let path = config.index_path();
+            say_if_live(&config);
             let rows =
                 index::export_csv(&path, &out).with_context(|| format!("exporting {}", path.display()))?;
             println!("wrote {rows} studies to {}", out.display());
@@ -230,6 +236,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             let config = target.load()?;
             if retry {
+                // The node's uploader and exporters claim from these rows: one writer at a time.
+                let _lock = StorageLock::acquire(&config.storage.dir)?;
                 let index = Index::open(&config.index_path(), &Owner::for_site(&config.project.site_id))?;
                 println!("{} failed instances queued again", index.retry_failed()?);
                 println!("{} failed DICOM sends queued again", index.retry_failed_deliveries()?);
@@ -242,6 +250,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 return Ok(ExitCode::SUCCESS);
             }
             // Read-only, beside a running node: a writer here would race the node's commits.
+            say_if_live(&config);
             let reader = index::Reader::open(&path)?;
             let status = reader.queue_status()?;
             let destinations = reader.destination_status()?;
@@ -381,23 +390,31 @@ async fn run_retrieve(
 
 /// Each configured DICOM destination's queue, and any the index knows that the config no longer lists.
 fn print_destinations(config: &Config, status: &[index::DestinationStatus]) {
-    let mut names: Vec<&str> = config.export.dicom.iter().map(|d| d.peer.name.as_str()).collect();
-    names.extend(
-        status.iter().map(|s| s.destination.as_str()).filter(|n| !names.contains(n)).collect::<Vec<_>>(),
-    );
-    for name in names {
-        let peer = config.export.dicom.iter().find(|d| d.peer.name == name).map(|d| d.peer.label());
-        let row = status.iter().find(|s| s.destination == name);
-        let counts = row
-            .map(|r| r.counts.iter().map(|(state, n)| format!("{state} {n}")).collect::<Vec<_>>().join(", "))
-            .filter(|c| !c.is_empty())
-            .unwrap_or_else(|| "nothing queued yet".into());
-        let peer = peer.unwrap_or_else(|| "no longer in the config".into());
-        println!("destination {name} ({peer}): {counts}");
+    for d in dicom_anon_gateway::export::status::destinations(&config.export.dicom, status) {
+        let counts: Vec<String> =
+            d.counts.iter().filter(|(_, n)| *n > 0).map(|(state, n)| format!("{state} {n}")).collect();
+        let counts = if counts.is_empty() { "nothing queued yet".into() } else { counts.join(", ") };
+        let peer = d.peer.as_deref().unwrap_or("no longer in the config");
+        println!("destination {} ({peer}): {counts}", d.name);
+        if let Some(oldest) = &d.oldest_waiting {
+            println!("  oldest waiting since {oldest}");
+        }
+        let row = status.iter().find(|s| s.destination == d.name);
         for (uid, attempts, error, next) in row.map(|r| r.failed.as_slice()).unwrap_or_default() {
             let next = next.as_deref().unwrap_or("now");
             println!("  failed {uid} (attempts {attempts}, next try {next}): {error}");
         }
+    }
+}
+
+/// A read-only command beside a node that writes the same index reads it as it is now: say so
+/// on stderr, so that a count that moves between two runs surprises no one.
+fn say_if_live(config: &Config) {
+    if let Some(pid) = StorageLock::holder(&config.storage.dir) {
+        eprintln!(
+            "note: reading the live index of {} (process {pid} writes it now)",
+            config.storage.dir.display()
+        );
     }
 }
 

@@ -97,13 +97,15 @@ struct Project {
 
 /// Open one project's pipeline (its own index, spool, quarantine) and its SCP view.
 fn open_project(config: Config) -> Result<Project, NodeError> {
+    // First, as it takes the storage directory's lock: a second node on it stops here, before it
+    // touches the first one's files.
+    let pipeline = Arc::new(Pipeline::open(&config, &config.public_dir(), Durability::EachInstance)?);
     let tmp = config.tmp_dir();
     crate::file_modes::private_dir(&tmp).map_err(io_err(format!("creating {}", tmp.display())))?;
     // Spilled data sets of a previous run were never acknowledged: their senders still have them.
     for stale in std::fs::read_dir(&tmp).map_err(io_err(format!("reading {}", tmp.display())))?.flatten() {
         let _ = std::fs::remove_file(stale.path());
     }
-    let pipeline = Arc::new(Pipeline::open(&config, &config.public_dir(), Durability::EachInstance)?);
     let recovered = pipeline.recover(&config, config.scp.max_associations)?;
     if recovered.temp_files > 0 {
         tracing::info!(project = %config.project.name, files = recovered.temp_files, "removed temp files an interrupted commit left in public/");
@@ -258,6 +260,7 @@ pub async fn start_projects(
                 quarantine_dir: p.config.quarantine_dir(),
                 min_free_bytes: p.config.storage.min_free_bytes,
                 uploader_enabled: p.config.upload.enabled,
+                destinations: p.config.export.dicom.clone(),
                 token,
                 started: chrono::Utc::now(),
                 readiness: http::Readiness::default(),

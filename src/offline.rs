@@ -8,7 +8,7 @@ use std::sync::Mutex;
 use indicatif::{ProgressBar, ProgressStyle};
 use rayon::prelude::*;
 
-use crate::dicom::is_part10;
+use crate::dicom::{is_part10, media_storage_sop_class, MEDIA_STORAGE_DIRECTORY};
 use crate::pipeline::{Outcome, Pipeline};
 use crate::queue::{Quarantine, Reason};
 
@@ -25,6 +25,8 @@ pub struct Summary {
     pub anonymized: usize,
     pub bytes: u64,
     pub skipped_non_dicom: usize,
+    /// DICOMDIR files (every patient CD has one): an index of the medium, no instance.
+    pub skipped_dicomdir: usize,
     /// Per kind of failure (a quarantine reason, or "Not_Stored" when this machine failed): the
     /// input file, what went wrong and where the quarantined copy is.
     pub failed: BTreeMap<String, Vec<Failure>>,
@@ -58,11 +60,12 @@ pub fn run(pipeline: &Pipeline, inputs: &[PathBuf]) -> Summary {
         let outcome = one(pipeline, input);
         let mut s = summary.lock().unwrap_or_else(|p| p.into_inner());
         match outcome {
-            Ok(Some(size)) => {
+            Ok(Done::Stored(size)) => {
                 s.anonymized += 1;
                 s.bytes += size;
             }
-            Ok(None) => s.skipped_non_dicom += 1,
+            Ok(Done::NotDicom) => s.skipped_non_dicom += 1,
+            Ok(Done::Dicomdir) => s.skipped_dicomdir += 1,
             Err(f) => s.failed.entry(f.0).or_default().push(f.1),
         }
         bar.inc(1);
@@ -71,18 +74,31 @@ pub fn run(pipeline: &Pipeline, inputs: &[PathBuf]) -> Summary {
     summary.into_inner().unwrap_or_else(|p| p.into_inner())
 }
 
-/// `Ok(Some(size))` stored, `Ok(None)` skipped as not DICOM, `Err` failed (and quarantined when
-/// the file is at fault).
-fn one(pipeline: &Pipeline, input: &Input) -> Result<Option<u64>, (String, Failure)> {
+/// What became of one input that did not fail.
+enum Done {
+    /// Stored, this many bytes.
+    Stored(u64),
+    /// Skipped: met while walking a folder and not DICOM.
+    NotDicom,
+    /// Skipped: a DICOMDIR, named or met while walking.
+    Dicomdir,
+}
+
+/// `Err`: failed (and quarantined when the file is at fault).
+fn one(pipeline: &Pipeline, input: &Input) -> Result<Done, (String, Failure)> {
     let failure = |detail: String, quarantined| Failure { input: input.path.clone(), detail, quarantined };
-    if !input.named && !looks_like_part10(&input.path) {
-        return Ok(None);
+    let head = head_of(&input.path);
+    if !input.named && !is_part10(&head) {
+        return Ok(Done::NotDicom);
+    }
+    if media_storage_sop_class(&head).as_deref() == Some(MEDIA_STORAGE_DIRECTORY) {
+        return Ok(Done::Dicomdir);
     }
     let source = input.path.display().to_string();
     match pipeline.process_file(&input.path, &source) {
         Outcome::Stored(stored) => {
             tracing::debug!(sop = %stored.keys.sop_uid, size = stored.size, "stored");
-            Ok(Some(stored.size))
+            Ok(Done::Stored(stored.size))
         }
         Outcome::Quarantined { reason, detail, path } => {
             // The log names the reason only: an input path can itself carry a patient's name.
@@ -96,11 +112,16 @@ fn one(pipeline: &Pipeline, input: &Input) -> Result<Option<u64>, (String, Failu
     }
 }
 
-/// A file met while walking a folder is skipped unless it starts like a Part 10 file.
-fn looks_like_part10(path: &Path) -> bool {
-    let mut start = Vec::with_capacity(132);
-    std::fs::File::open(path).and_then(|f| f.take(132).read_to_end(&mut start)).is_ok() && is_part10(&start)
+/// The beginning of a file: enough for the preamble and a usual meta group, which say whether it
+/// is a Part 10 file and which kind. Empty when it cannot be read (the pipeline then says why).
+fn head_of(path: &Path) -> Vec<u8> {
+    let mut start = Vec::with_capacity(HEAD);
+    let _ = std::fs::File::open(path).and_then(|f| f.take(HEAD as u64).read_to_end(&mut start));
+    start
 }
+
+/// How much of a file [`head_of`] reads.
+const HEAD: usize = 4096;
 
 fn collect(inputs: &[PathBuf]) -> Vec<Input> {
     let mut files = Vec::new();

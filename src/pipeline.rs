@@ -27,6 +27,7 @@ use crate::observe::METRICS;
 use crate::path_component::{component, ComponentError};
 use crate::queue::{Quarantine, Reason, Spill, Spool, SpoolError, StageWriter};
 use crate::recovery::{self, Recovered, RecoveryError};
+use crate::storage_lock::{LockError, StorageLock};
 
 const PIXEL_DATA: Tag = Tag(0x7FE0, 0x0010);
 
@@ -217,6 +218,8 @@ pub struct Pipeline {
     limits: Limits,
     /// Tags already reported as longer than their VR allows: each is logged once per process.
     over_long: Mutex<HashSet<Tag>>,
+    /// The storage directory is ours (index, spool, queue) while the pipeline is open.
+    _lock: StorageLock,
 }
 
 /// What this node accepts, from `scp.max_instance_bytes` and `scp.max_in_memory_bytes`.
@@ -244,12 +247,16 @@ pub enum SetupError {
     Spool(#[from] SpoolError),
     #[error("cannot prepare {path}: {source}")]
     Dir { path: String, source: io::Error },
+    #[error(transparent)]
+    Locked(#[from] LockError),
 }
 
 impl Pipeline {
     /// Build the engine, open the index and the spool rooted at `out`.
     pub fn open(config: &Config, out: &Path, durability: Durability) -> Result<Pipeline, SetupError> {
         let project = &config.project;
+        // First: a second writer learns who holds the directory before anything else is done.
+        let lock = StorageLock::acquire(&config.storage.dir)?;
         let engine = Self::engine(config)?;
         // A batch (the offline commands) has the machine to itself: one OCR process per core. A
         // node keeps to `pixels.workers`, so that the intake beside the OCR keeps a core.
@@ -290,6 +297,7 @@ impl Pipeline {
                 in_memory: config.scp.max_in_memory_bytes,
             },
             over_long: Mutex::new(HashSet::new()),
+            _lock: lock,
         })
     }
 
@@ -627,6 +635,7 @@ impl Pipeline {
             sop_class_uid: original.sop_class_uid.clone(),
             path: path.to_string_lossy().into_owned(),
             size,
+            digest: staged.digest(),
             uid_map: report.uid_map,
         };
         let committed = self.index.commit(capture, record, audit, &keys.patient_id)?;

@@ -523,3 +523,68 @@ fn the_pixel_datas_rule_does_not_depend_on_the_instance_size() {
         }
     }
 }
+
+/// Issue 23: relative paths in a config are relative to the config file, whatever the working
+/// directory (a service manager starts the node from `/`), and a shipped script named by a path
+/// that does not exist there is read from the copy built into the binary.
+#[test]
+fn relative_paths_follow_the_config_file_not_the_working_directory() {
+    let d = tempfile::tempdir().unwrap();
+    let input = put(&d.path().join("in"), "1.dcm", &instance(&smith(), &Shape::default()));
+    std::fs::create_dir_all(d.path().join("etc/scripts")).unwrap();
+    std::fs::copy(default_script(), d.path().join("etc/scripts/mine.script")).unwrap();
+    put(&d.path().join("etc"), "secret", b"0123456789abcdef0123456789abcdef\n");
+    let run = |script: &str, out: &str| {
+        let yaml = format!(
+            "project:\n  name: TEST_PROJECT\n  site_id: \"{SITE}\"\n  uid_root: \"{ROOT}\"\n  script: {script}\n  \
+             pseudonyms: keyed\n  secret_file: secret\n  secret_env: DAG_TEST_UNSET_SECRET\n\
+             storage:\n  dir: ../storage\n  min_free_bytes: 0\nlogging:\n  level: warn\n"
+        );
+        let config = put(&d.path().join("etc"), "config.yaml", yaml.as_bytes());
+        let out = d.path().join(out);
+        let o = binary()
+            .current_dir("/")
+            .env_remove("DAG_TEST_UNSET_SECRET")
+            .args(["anonymize", "--config"])
+            .arg(&config)
+            .arg("--out")
+            .arg(&out)
+            .arg(&input)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "script {script}: {}", text(&o));
+        assert!(text(&o).contains("anonymized 1 files"), "{}", text(&o));
+        assert_eq!(files_under(&out).len(), 1, "{}", text(&o));
+    };
+    run("scripts/mine.script", "out-own");
+    assert!(d.path().join("storage/private/index.db").exists(), "the index is beside etc/, not under /");
+    run("config/ps315-basic-profile.script", "out-shipped");
+}
+
+/// Issue 23: a patient CD's DICOMDIR is an index of the medium, not an instance: `anonymize`
+/// skips it with a count and succeeds, named or met in a folder.
+#[test]
+fn a_dicomdir_made_by_dcmtk_is_skipped_with_a_count() {
+    let d = tempfile::tempdir().unwrap();
+    let cd = d.path().join("cd");
+    for i in 1..=2 {
+        let shape = Shape { instance: i, ..Shape::default() };
+        put(&cd.join("IMAGES"), &format!("IM{i}"), &instance(&smith(), &shape));
+    }
+    let made = std::process::Command::new(tool("/usr/bin/dcmmkdir", "dcmtk"))
+        .current_dir(&cd)
+        .args(["+r", "+I", "+D", "DICOMDIR", "IMAGES"])
+        .output()
+        .unwrap();
+    assert!(made.status.success() && cd.join("DICOMDIR").exists(), "dcmmkdir: {}", text(&made));
+    let config = config(d.path(), SITE, ROOT, &default_script(), "");
+    let out = d.path().join("out");
+    let run = anonymize(&config, &out, &[&cd]);
+    let said = String::from_utf8_lossy(&run.stdout);
+    assert!(run.status.success(), "{}", text(&run));
+    assert!(said.contains("anonymized 2 files") && said.contains("1 DICOMDIR"), "{said}");
+    assert_eq!(files_under(&out).len(), 2);
+    let named = anonymize(&config, &out, &[&cd.join("DICOMDIR")]);
+    assert!(named.status.success(), "{}", text(&named));
+    assert!(String::from_utf8_lossy(&named.stdout).contains("1 DICOMDIR"), "{}", text(&named));
+}

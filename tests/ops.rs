@@ -424,9 +424,36 @@ fn the_token_guards_everything_but_healthz() {
     assert!(text(&out).contains("OPS_TEST_TOKEN"), "{}", text(&out));
 }
 
+fn chromium() -> PathBuf {
+    tool("/usr/bin/chromium", "chromium")
+}
+
+/// Headless Chromium on `url` with `extra` arguments, in a profile of its own under `profile`.
+fn headless(chromium: &Path, url: &str, profile: &Path, extra: &[&str]) -> std::process::Output {
+    let out = Command::new(chromium)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--hide-scrollbars",
+        ])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .args(extra)
+        .arg(url)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "chromium failed: {}", text(&out));
+    out
+}
+
 #[test]
 fn the_status_page_in_chromium_shows_the_counts_and_no_phi() {
-    let chromium = tool("/usr/bin/chromium", "chromium");
+    let chromium = chromium();
     let d = tempfile::tempdir().unwrap();
     let node = Node::start(d.path(), "", "  min_free_bytes: 0\n");
     // Two patients, two studies, three series, five instances.
@@ -454,27 +481,7 @@ fn the_status_page_in_chromium_shows_the_counts_and_no_phi() {
 
     let url = format!("{}/", node.http_base());
     let profile = tempfile::tempdir().unwrap();
-    let browser = |extra: &[&str]| {
-        let out = Command::new(&chromium)
-            .args([
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-quic",
-                "--no-first-run",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                "--hide-scrollbars",
-            ])
-            .arg(format!("--user-data-dir={}", profile.path().display()))
-            .args(extra)
-            .arg(&url)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "chromium failed: {}", text(&out));
-        out
-    };
+    let browser = |extra: &[&str]| headless(&chromium, &url, profile.path(), extra);
     let shot = Path::new(env!("CARGO_TARGET_TMPDIR")).join("ops-status-page.png");
     let _ = std::fs::remove_file(&shot);
     browser(&[&format!("--screenshot={}", shot.display()), "--window-size=1280,900"]);
@@ -604,4 +611,129 @@ async fn the_node_runs_in_process_on_port_zero_and_stops_on_its_future() {
     assert!(TcpStream::connect(("127.0.0.1", port)).is_err(), "the listener is closed");
     assert!(TcpStream::connect(("127.0.0.1", http)).is_err(), "the endpoint is closed");
     assert_eq!(files_under(&d.path().join("storage/public")).len(), 1);
+}
+
+/// Issue 23: a second node on a storage directory that a node serves stops at once and names the
+/// holder, offline commands that write its index refuse, and read-only ones say they read it live.
+#[test]
+fn a_second_writer_on_a_served_storage_dir_is_refused_and_names_the_node() {
+    let d = tempfile::tempdir().unwrap();
+    let node = Node::start(d.path(), "", "  min_free_bytes: 0\n");
+    let storage = d.path().join("storage");
+    let in_use = format!("storage dir {} is in use by process {}", storage.display(), node.pid());
+    let config = node.config.clone();
+    let run = |args: &[&str]| binary().args(args).arg("--config").arg(&config).output().unwrap();
+
+    // `serve` ends by itself (no signal): it must not get as far as listening.
+    let mut child = binary()
+        .args(["serve", "--config"])
+        .arg(&config)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let second = child.wait_with_output().unwrap();
+            panic!("a second node serves the same storage dir: {}", text(&second));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let second = child.wait_with_output().unwrap();
+    assert_eq!(second.status.code(), Some(2), "{}", text(&second));
+    assert!(text(&second).contains(&in_use), "{}", text(&second));
+    assert!(!text(&second).contains("listening on"), "{}", text(&second));
+
+    let input = put(&d.path().join("in"), "1.dcm", &ct(&smith(), 1, 1));
+    let out = d.path().join("out");
+    let anonymize = run(&["anonymize", "--out", out.to_str().unwrap(), input.to_str().unwrap()]);
+    assert_eq!(anonymize.status.code(), Some(2), "{}", text(&anonymize));
+    assert!(text(&anonymize).contains(&in_use), "{}", text(&anonymize));
+    for args in [&["queue", "retry"][..], &["quarantine", "retry"]] {
+        let o = run(args);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {}", text(&o));
+        assert!(text(&o).contains(&in_use), "{args:?}: {}", text(&o));
+    }
+    let status = run(&["queue", "status"]);
+    assert!(status.status.success(), "{}", text(&status));
+    let live = format!("reading the live index of {} (process {}", storage.display(), node.pid());
+    assert!(String::from_utf8_lossy(&status.stderr).contains(&live), "{}", text(&status));
+
+    // The first node still serves; once it is gone, the directory is free again.
+    assert!(echoscu(node.port, "TESTSCU", AE).status.success(), "{}", node.log());
+    assert!(node.stop().success());
+    let status = run(&["queue", "status"]);
+    assert!(!text(&status).contains("live index"), "{}", text(&status));
+    let again = Node::start(d.path(), "", "  min_free_bytes: 0\n");
+    assert!(echoscu(again.port, "TESTSCU", AE).status.success(), "{}", again.log());
+}
+
+/// Issue 23: DICOM export is visible to operations. A destination that does not answer shows on
+/// the page (headless Chromium) with its state, queue, oldest instance and error, and in
+/// `/metrics` as gauges labelled by its configured name; an export-only node's S3 queue says that
+/// no uploader is configured rather than looking stuck.
+#[test]
+fn an_unreachable_destination_shows_on_the_page_and_in_its_gauges() {
+    let chromium = chromium();
+    let d = tempfile::tempdir().unwrap();
+    let closed = common::ports::free_port();
+    let export = format!(
+        "export:\n  dicom:\n    - {{ name: research, ae_title: RESEARCH, host: 127.0.0.1, port: {closed}, timeout_s: 2 }}\n"
+    );
+    let node = Node::start_full(d.path(), "", "  min_free_bytes: 0\n", &export, &[]);
+    let files: Vec<PathBuf> =
+        (1..=3).map(|i| put(d.path(), &format!("{i}.dcm"), &ct(&smith(), 1, i))).collect();
+    let out = storescu(node.port, &files);
+    assert!(out.status.success() && !text(&out).contains("Store Failed"), "{}", text(&out));
+
+    let series = |state: &str| {
+        format!("dicom_anon_export_queue_instances{{destination=\"research\",state=\"{state}\"}}")
+    };
+    let m = wait_for_metrics(&node, "research unreachable with three queued", |m| {
+        m.get("dicom_anon_export_unreachable{destination=\"research\"}") == Some(&1.0)
+            && m.get(&series("queued")) == Some(&3.0)
+    });
+    assert_eq!(value(&m, &series("sent")), 0.0);
+    assert!(value(&m, "dicom_anon_export_oldest_queued_age_seconds{destination=\"research\"}") >= 0.0);
+    assert_eq!(value(&m, "dicom_anon_upload_enabled"), 0.0);
+
+    let profile = tempfile::tempdir().unwrap();
+    let url = format!("{}/", node.http_base());
+    let dom = String::from_utf8(headless(&chromium, &url, profile.path(), &["--dump-dom"]).stdout).unwrap();
+    let row = dom
+        .split("<tr ")
+        .find(|r| r.starts_with("id=\"destination-research\""))
+        .unwrap_or_else(|| panic!("no row for the destination:\n{dom}"));
+    let row = &row[..row.find("</tr>").unwrap_or(row.len())];
+    for want in [&format!("RESEARCH@127.0.0.1:{closed}")[..], "unreachable (paused)", ">3<", "refused"] {
+        assert!(row.to_lowercase().contains(&want.to_lowercase()), "{want} not in {row}");
+    }
+    assert!(row.contains(&chrono::Utc::now().format("%Y-%m-%dT").to_string()), "oldest waiting: {row}");
+    assert!(dom.contains("off (upload.enabled is false)"), "{dom}");
+}
+
+/// Issue 23: the chart of instances stored per minute is read from the audit trail, so a restart
+/// does not blank it.
+#[test]
+fn the_per_minute_chart_survives_a_restart() {
+    let d = tempfile::tempdir().unwrap();
+    let node = Node::start(d.path(), "", "  min_free_bytes: 0\n");
+    let files: Vec<PathBuf> =
+        (1..=3).map(|i| put(d.path(), &format!("{i}.dcm"), &ct(&smith(), 1, i))).collect();
+    let out = storescu(node.port, &files);
+    assert!(out.status.success() && !text(&out).contains("Store Failed"), "{}", text(&out));
+    let config = node.config.clone();
+    assert!(node.stop().success());
+
+    let node = Node::start_with(d.path(), &config);
+    let url = format!("{}/", node.http_base());
+    let page = ureq::get(&url).call().unwrap().body_mut().read_to_string().unwrap();
+    let charted: u64 = page
+        .split("<title>")
+        .skip(1)
+        .filter_map(|t| t.split(" instances, ").next()?.parse::<u64>().ok())
+        .sum();
+    assert_eq!(charted, 3, "{page}");
 }

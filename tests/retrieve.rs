@@ -270,3 +270,45 @@ fn without_a_running_node_retrieve_receives_itself_and_names_an_unreachable_pacs
     assert!(stderr(&bad_date).contains("expected YYYYMMDD-YYYYMMDD"), "{}", stderr(&bad_date));
     assert_eq!(public_files(d.path()).len(), 2);
 }
+
+/// Issue 23: `retrieve` makes sure the node that receives is this config's. A node serving
+/// another storage dir on the configured port is refused before anything moves; and should the
+/// moves reach a foreign node anyway (this config's node runs, on another port), a study the
+/// PACS moved but this index does not hold is a failure, not "moved".
+#[test]
+fn retrieve_refuses_a_foreign_node_on_the_port_and_fails_a_move_that_missed_this_index() {
+    let d = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let pacs = pacs_with_corpus(d.path(), port);
+    let foreign_dir = d.path().join("foreign");
+    let foreign = Node::start_with(&foreign_dir, &node_config(&foreign_dir, port, pacs.port));
+    assert_eq!(foreign.port, port);
+    let ours = d.path().join("ours");
+    let config = node_config(&ours, port, pacs.port);
+
+    let refused = retrieve(&config, &["--patient-id", "DE-998877"]);
+    assert_eq!(refused.status.code(), Some(2), "{}{}", stdout(&refused), stderr(&refused));
+    let said = stderr(&refused);
+    assert!(
+        said.contains("is another node") && said.contains(&ours.join("storage").display().to_string()),
+        "{said}"
+    );
+    assert!(public_files(&foreign_dir).is_empty(), "moved into the foreign archive");
+
+    // This config's node on another port holds its storage: the check above passes, the PACS
+    // moves to the foreign node, and the report says so.
+    let elsewhere = put(
+        &ours,
+        "elsewhere.yaml",
+        std::fs::read_to_string(&config).unwrap().replace(&format!("port: {port}\n"), "port: 0\n").as_bytes(),
+    );
+    let own = Node::start_with(&ours, &elsewhere);
+    let missed = retrieve(&config, &["--patient-id", "DE-998877"]);
+    let out = stdout(&missed);
+    assert_eq!(missed.status.code(), Some(1), "{out}{}", stderr(&missed));
+    assert!(row(&out, "DE-998877").contains("moved 4 but 0 in this index"), "{out}");
+    assert_eq!(public_files(&foreign_dir).len(), 4);
+    assert!(public_files(&ours).is_empty());
+    own.stop();
+    foreign.stop();
+}

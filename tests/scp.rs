@@ -145,6 +145,43 @@ fn unknown_called_ae_and_calling_ae_outside_the_allow_list_are_rejected() {
         listed(&page, "STRANGER", "rejected: calling AE title not allowed")
             && listed(&page, "FRIEND", "rejected: called AE title not ours")
     });
+    // Issue 23: the log line names whom it refused.
+    let log = node.log();
+    assert!(
+        log.lines().any(|l| l.contains("association not established")
+            && l.contains("calling_ae=STRANGER")
+            && l.contains("calling AE title not recognized")),
+        "{log}"
+    );
+}
+
+/// Issue 23: a C-STORE whose SOP class is not its presentation context's is refused with 0x0122,
+/// and that refusal has its log line, as every failure status does.
+#[test]
+fn a_sop_class_refusal_has_a_log_line() {
+    let d = tempfile::tempdir().unwrap();
+    let node = Node::start(d.path(), "", "  min_free_bytes: 0\n");
+    let shape = Shape { modality: "MR", ..Shape::default() };
+    let mr = instance(&smith(), &shape);
+    let body = dicom_anon_gateway::dicom::Part10::parse(&mr).unwrap().body;
+    let status = common::rawscu::store_in_context(
+        node.port,
+        AE,
+        "1.2.840.10008.5.1.4.1.1.2",
+        "1.2.840.10008.5.1.4.1.1.4",
+        &sop_uid(&smith(), &shape),
+        "1.2.840.10008.1.2.1",
+        body,
+    );
+    assert_eq!(status, 0x0122);
+    let log = node.log();
+    assert!(
+        log.lines().any(|l| l.contains("instance refused")
+            && l.contains("0x0122")
+            && l.contains("calling_ae=RAWSCU")
+            && l.contains("1.2.840.10008.5.1.4.1.1.4")),
+        "{log}"
+    );
 }
 
 #[test]

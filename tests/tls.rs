@@ -192,6 +192,15 @@ fn dcmtk_stores_over_mutual_tls_and_bad_clients_are_refused_cleanly() {
         "{metrics}"
     );
     assert!(page.contains("rejected: this AE title takes TLS only"), "{page}");
+    // Issue 23: a refusal dicom-ul answers inside the TLS stream names the calling AE title too,
+    // on the page and in the log (it showed `—` and nothing).
+    let refused_row = page.split("<tr").find(|r| r.contains("rejected: called AE title not ours"));
+    assert!(refused_row.is_some_and(|r| r.contains(">TESTSCU<")), "{page}");
+    let log = node.log();
+    assert!(
+        log.lines().any(|l| l.contains("association not established") && l.contains("calling_ae=TESTSCU")),
+        "{log}"
+    );
     let stopped = node.stop();
     assert!(stopped.success());
 }

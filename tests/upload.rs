@@ -106,7 +106,9 @@ fn check_objects(objects: &[(String, Vec<u8>, Option<String>)], node: &Node, aws
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_drain_uploads_every_instance_once_with_refreshes_and_multipart() {
     let (d, moto, aws, password) = world(PASSWORD).await;
-    // moto's credentials live 90 s: a 600 s margin makes every use refresh them.
+    // moto's credentials live 90 s, less than the 600 s margin: the margin is clamped to half
+    // their life (45 s), so the drain signs in once, where it refreshed before nearly every
+    // object (issue 23: 298 refreshes for 300 objects), and the clamp is said once.
     let upload = upload_yaml(
         &aws,
         &moto.url(),
@@ -114,6 +116,7 @@ async fn a_drain_uploads_every_instance_once_with_refreshes_and_multipart() {
         &password,
         "  multipart_threshold_bytes: 5242880\n  refresh_margin_s: 600\n",
     );
+    let started = Instant::now();
     let node = start(d.path(), &upload, &aws);
     let files = corpus(&d.path().join("in"), 12, true);
     let out = storescu(node.port, &files);
@@ -121,20 +124,34 @@ async fn a_drain_uploads_every_instance_once_with_refreshes_and_multipart() {
     let objects = wait_for_objects(&moto.url(), files.len(), &node).await;
     check_objects(&objects, &node, &aws, &moto);
     assert!(moto.requests("POST", "?uploads") >= 1, "the large instance went multipart");
+    let obtained = |log: &str| log.matches("AWS credentials obtained through Cognito").count();
     let log = node.log();
-    assert!(
-        log.matches("AWS credentials obtained through Cognito").count() >= 2,
-        "credentials were refreshed:\n{log}"
+    assert_eq!(obtained(&log), 1, "one sign-in for the drain, no refresh storm:\n{log}");
+    assert_eq!(log.matches("longer than half the credentials' lifetime").count(), 1, "{log}");
+
+    // Every instance ends `uploaded` in the queue (a multipart answer moto garbles is retried and
+    // found already there, not sent again).
+    wait_for_queue(&node, &format!("uploaded: {}", files.len())).await;
+
+    // Past half their life the credentials are refreshed (REFRESH_TOKEN_AUTH, on which moto
+    // checks SECRET_HASH) before the next upload. moto's lifetime is fixed, so this waits for it.
+    let half_life = started + Duration::from_secs(50);
+    tokio::time::sleep(half_life.saturating_duration_since(Instant::now())).await;
+    let late = put(
+        &d.path().join("late"),
+        "late.dcm",
+        &instance(&smith(), &Shape { instance: 99, ..Shape::default() }),
     );
+    let out = storescu(node.port, &[late]);
+    assert!(out.status.success(), "{}", text(&out));
+    wait_for_objects(&moto.url(), files.len() + 1, &node).await;
+    let log = node.log();
+    assert_eq!(obtained(&log), 2, "refreshed once, at half-life:\n{log}");
     assert!(
         !log.contains("token refresh failed"),
         "REFRESH_TOKEN_AUTH (which moto checks SECRET_HASH on) worked:\n{log}"
     );
     assert!(!log.contains(PASSWORD) && !log.contains(&aws.client_secret), "a secret reached the log");
-
-    // Every instance ends `uploaded` in the queue (a multipart answer moto garbles is retried and
-    // found already there, not sent again).
-    wait_for_queue(&node, &format!("uploaded: {}", files.len())).await;
     assert!(node.stop().success());
 }
 
@@ -326,4 +343,40 @@ async fn a_user_signed_up_and_confirmed_from_the_tool_logs_in_and_uploads() {
     assert!(out.status.success(), "{}", text(&out));
     let objects = wait_for_objects(&moto.url(), files.len(), &node).await;
     check_objects(&objects, &node, &Aws { sub, ..aws.clone() }, &moto);
+}
+
+/// Issue 23: a sender re-sending what it sent (a retry, a second route) costs no upload: the
+/// anonymized bytes are those already in the bucket, so the instances are not queued again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_identical_re_send_is_not_uploaded_again() {
+    let (d, moto, aws, password) = world(PASSWORD).await;
+    let upload = upload_yaml(&aws, &moto.url(), "site-user", &password, "");
+    let node = start(d.path(), &upload, &aws);
+    let files = corpus(&d.path().join("in"), 6, false);
+    let out = storescu(node.port, &files);
+    assert!(out.status.success(), "{}", text(&out));
+    wait_for_objects(&moto.url(), files.len(), &node).await;
+    wait_for_queue(&node, &format!("uploaded: {}", files.len())).await;
+    assert_eq!(moto.requests("PUT", ".dcm"), files.len());
+
+    // The same files again, then a new one. The queue is empty only once every queued instance
+    // is uploaded, so a re-sent one queued again would be put before the wait ends.
+    let out = storescu(node.port, &files);
+    assert!(out.status.success(), "{}", text(&out));
+    let new = put(
+        &d.path().join("new"),
+        "new.dcm",
+        &instance(&smith(), &Shape { instance: 50, ..Shape::default() }),
+    );
+    let out = storescu(node.port, &[new]);
+    assert!(out.status.success(), "{}", text(&out));
+    wait_for_objects(&moto.url(), files.len() + 1, &node).await;
+    wait_for_queue(&node, &format!("uploaded: {}", files.len() + 1)).await;
+    assert_eq!(
+        moto.requests("PUT", ".dcm"),
+        files.len() + 1,
+        "{}",
+        std::fs::read_to_string(&moto.log).unwrap()
+    );
+    assert!(node.stop().success());
 }

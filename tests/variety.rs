@@ -161,13 +161,13 @@ fn files_of(v: &Value) -> BTreeMap<String, Facts> {
 fn shipped_config(dir: &Path, rsna: bool) -> PathBuf {
     let shipped = std::fs::read_to_string(root().join("config/default.yaml")).unwrap();
     let storage = format!("  dir: {}", dir.join("storage").display());
-    assert!(shipped.contains("\n  dir: ./data\n"), "config/default.yaml changed its storage line");
-    let mut yaml = shipped.replace("\n  dir: ./data\n", &format!("\n{storage}\n"));
-    if rsna {
-        let profile = "script: config/ps315-basic-profile.script";
-        assert!(yaml.contains(profile), "config/default.yaml no longer ships the profile");
-        yaml = yaml.replace(profile, "script: config/default-anonymizer.script");
-    }
+    let line = "\n  dir: ../data ";
+    assert!(shipped.contains(line), "config/default.yaml changed its storage line");
+    let mut yaml = shipped.replace(line, &format!("\n{storage} "));
+    let profile = "script: ps315-basic-profile.script";
+    assert!(yaml.contains(profile), "config/default.yaml no longer ships the profile");
+    let script = if rsna { "default-anonymizer.script" } else { "ps315-basic-profile.script" };
+    yaml = yaml.replace(profile, &format!("script: {}", root().join("config").join(script).display()));
     put(dir, "config.yaml", yaml.as_bytes())
 }
 

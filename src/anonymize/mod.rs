@@ -9,6 +9,7 @@ pub mod pixels;
 pub mod profile;
 pub mod pseudonym;
 pub mod script;
+mod shipped;
 mod text;
 pub mod transform;
 pub mod unverifiable;

@@ -184,9 +184,15 @@ pub struct Script {
 
 impl Script {
     pub fn load(path: &Path, settings: &Settings) -> Result<Script, ScriptError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ScriptError::Read { path: path.display().to_string(), source })?;
         let name = path.file_name().map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+        let text = match (std::fs::read_to_string(path), super::shipped::script(&name)) {
+            (Ok(text), _) => text,
+            (Err(e), Some(built_in)) if e.kind() == std::io::ErrorKind::NotFound => {
+                tracing::info!(script = %path.display(), "no such file; using the copy of {name} built into this binary");
+                built_in.to_string()
+            }
+            (Err(source), _) => return Err(ScriptError::Read { path: path.display().to_string(), source }),
+        };
         Script::parse(&text, &name, settings).map_err(|e| match e {
             ScriptError::Xml { source, .. } => ScriptError::Xml { path: path.display().to_string(), source },
             ScriptError::Invalid { problems, .. } => {

@@ -22,8 +22,8 @@ pub use command_set::{
 };
 pub use element::{pad_text, trim_padding, DataSet, Element, Value};
 pub use part10::{
-    inflate_into, is_part10, write_meta, write_part10, FileMeta, InflateError, Part10, Part10Error,
-    IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME,
+    inflate_into, is_part10, media_storage_sop_class, write_meta, write_part10, FileMeta, InflateError,
+    Part10, Part10Error, IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME, MEDIA_STORAGE_DIRECTORY,
 };
 pub(crate) use read::tag_str;
 pub use read::{in_dictionary, read_dataset, ReadError};

@@ -82,6 +82,20 @@ pub fn is_part10(buf: &[u8]) -> bool {
     buf.len() >= 132 && &buf[128..132] == b"DICM"
 }
 
+/// The Media Storage SOP Class UID of a DICOMDIR (PS3.10 §8.6): a directory of a medium's
+/// files, not an instance.
+pub const MEDIA_STORAGE_DIRECTORY: &str = "1.2.840.10008.1.3.10";
+
+/// The MediaStorageSOPClassUID (0002,0002) of a Part 10 file, from its beginning `buf` when the
+/// meta group is there: what the file is, without reading its data set.
+pub fn media_storage_sop_class(buf: &[u8]) -> Option<String> {
+    if !is_part10(buf) {
+        return None;
+    }
+    let (meta, _) = read_prefix(&buf[132..], Encoding::EXPLICIT_LE, |t| t.0 == 0x0002).ok()?;
+    meta.text(Tag(0x0002, 0x0002)).map(str::to_string)
+}
+
 /// Write `ds` as a Part 10 file. The media storage UIDs come from the data set itself, so they can
 /// never disagree with it (or carry an original UID the data set no longer has).
 pub fn write_part10(ds: &DataSet<'_>, ts: &TransferSyntax, out: &mut impl Write) -> Result<(), WriteError> {

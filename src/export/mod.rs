@@ -10,6 +10,7 @@
 //! `check_existing` (a C-FIND per series before sending, RSNA's rule) closes even that gap for
 //! destinations that answer C-FIND.
 
+pub mod status;
 mod store;
 
 use std::path::PathBuf;
@@ -90,6 +91,7 @@ impl Exporter {
                     let wait = backoff(down).max(Duration::from_millis(500));
                     down = down.saturating_add(1);
                     warn!(destination = %name, %peer, error = %e, attempt = down, retry_in_s = format_args!("{:.1}", wait.as_secs_f32()), "destination unreachable; sends paused");
+                    status::set_unreachable(&name, Some(e.as_str()));
                     tokio::select! {
                         _ = stop.cancelled() => break,
                         _ = tokio::time::sleep(wait) => {}
@@ -98,6 +100,7 @@ impl Exporter {
                 None => {
                     if down > 0 {
                         info!(destination = %name, "destination reachable again; sends resume");
+                        status::set_unreachable(&name, None);
                     }
                     down = 0;
                 }
@@ -128,7 +131,7 @@ impl Exporter {
         while let Some(joined) = set.join_next().await {
             let Ok((outcomes, error)) = joined else { continue };
             if let Some(e) = error {
-                round.association_error = Some(e.to_string());
+                round.association_error = Some(crate::observe::error_chain(&e));
             }
             let records: Vec<DeliveryRecord> =
                 outcomes.into_iter().map(|(item, sent)| self.settle(item, sent, &mut round)).collect();

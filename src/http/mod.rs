@@ -24,8 +24,9 @@ use prometheus::core::Collector;
 
 pub use readiness::Readiness;
 
+use crate::export::status::Destination;
 use crate::index::{Index, Reader};
-use crate::observe::{metrics, ACTIVITY, METRICS};
+use crate::observe::{activity, metrics, ACTIVITY, METRICS};
 
 /// What the endpoint reads: the node's identity, its storage and its index.
 pub struct Ops {
@@ -48,6 +49,8 @@ pub struct Ops {
     pub quarantine_dir: PathBuf,
     pub min_free_bytes: u64,
     pub uploader_enabled: bool,
+    /// The DICOM destinations (`export.dicom`), whose queues the page and the gauges show.
+    pub destinations: Vec<crate::config::ExportDestination>,
     /// Required as `Authorization: Bearer <token>` when set.
     pub token: Option<String>,
     pub started: DateTime<Utc>,
@@ -163,7 +166,14 @@ fn refresh_gauges(ops: &Ops) -> Result<(), crate::index::IndexError> {
     let oldest = queue.oldest_queued.as_deref().and_then(|t| DateTime::parse_from_rfc3339(t).ok());
     let age = oldest.map_or(0.0, |t| (Utc::now() - t.with_timezone(&Utc)).num_milliseconds() as f64 / 1e3);
     m.upload_oldest_queued_age.set(age.max(0.0));
+    m.upload_enabled.set(i64::from(ops.uploader_enabled));
+    m.destinations(&destinations(ops)?);
     Ok(())
+}
+
+/// Each DICOM destination's queue now.
+fn destinations(ops: &Ops) -> Result<Vec<Destination>, crate::index::IndexError> {
+    Ok(crate::export::status::destinations(&ops.destinations, &ops.reader.destination_status()?))
 }
 
 fn index_size(ops: &Ops) -> u64 {
@@ -216,9 +226,13 @@ fn gather(ops: &Ops) -> status::Page {
         quarantine: quarantine_counts(&ops.quarantine_dir),
         uploader: uploader_state(ops),
         queue: ops.reader.queue_status().map_err(|e| e.to_string()),
+        destinations: destinations(ops).map_err(|e| e.to_string()),
         free_bytes: fs4::available_space(&ops.storage_dir).ok(),
         min_free_bytes: ops.min_free_bytes,
-        per_minute: ACTIVITY.per_minute(),
+        per_minute: ops
+            .reader
+            .stored_per_minute(Utc::now(), activity::MINUTES)
+            .unwrap_or_else(|_| vec![0; activity::MINUTES]),
         pixels: pixel_reads(),
     }
 }

@@ -6,6 +6,7 @@ use std::fmt::Write;
 
 use chrono::{DateTime, Utc};
 
+use crate::export::status::Destination;
 use crate::index::{Counts, QueueStatus};
 use crate::observe::activity::{self, AssociationRecord};
 use crate::observe::metrics;
@@ -37,6 +38,8 @@ pub struct Page {
     /// "disabled", "running" or "paused (no credentials)".
     pub uploader: &'static str,
     pub queue: Result<QueueStatus, String>,
+    /// Each DICOM destination's queue; `Err`: why it could not be read.
+    pub destinations: Result<Vec<Destination>, String>,
     pub free_bytes: Option<u64>,
     pub min_free_bytes: u64,
     /// Instances stored in each of the last 60 minutes, oldest first.
@@ -160,9 +163,11 @@ fn write_page(h: &mut String, p: &Page) -> std::fmt::Result {
         }
         None => h.push_str("<tr><th>Disk free</th><td id=\"disk\" class=\"bad\">unknown</td></tr>"),
     }
+    // Counted by the process, so every project's: said so beside this project's boxes.
+    let since = if p.other_projects.is_empty() { "Since start" } else { "Since start, every project" };
     write!(
         h,
-        "<tr><th>Since start</th><td>received {} · stored {} · quarantined {} · refused {}</td></tr></table></section>",
+        "<tr><th>{since}</th><td>received {} · stored {} · quarantined {} · refused {}</td></tr></table></section>",
         p.since_start.received, p.since_start.stored, p.since_start.quarantined, p.since_start.refused
     )?;
 
@@ -208,10 +213,17 @@ fn write_page(h: &mut String, p: &Page) -> std::fmt::Result {
     }
     h.push_str("</table></section>");
 
+    // Off, the queue below waits for an uploader that is not there: say so, so that it does not
+    // read as a stuck one (an export-only node keeps every instance `queued` here).
+    let uploader = match p.uploader {
+        "disabled" => {
+            "off (upload.enabled is false): nothing goes to S3; the counts below wait for an uploader"
+        }
+        running => running,
+    };
     write!(
         h,
-        "<section><h2>Uploads</h2><table><tr><th>uploader</th><td id=\"uploader\">{}</td></tr>",
-        p.uploader
+        "<section><h2>S3 uploads</h2><table><tr><th>uploader</th><td id=\"uploader\">{uploader}</td></tr>"
     )?;
     match &p.queue {
         Ok(q) => {
@@ -233,8 +245,9 @@ fn write_page(h: &mut String, p: &Page) -> std::fmt::Result {
         Err(e) => write!(h, "<tr><td class=\"bad\">cannot read the queue: {}</td></tr>", escape(e))?,
     }
     h.push_str("</table></section></div>");
+    destinations(h, &p.destinations)?;
 
-    h.push_str("<h2>Instances stored per minute, last hour</h2>");
+    h.push_str("<h2>Instances stored per minute, last hour (this project)</h2>");
     chart(h, &p.per_minute)?;
 
     write!(h, "<h2>Last {} associations</h2>", activity::RECENT)?;
@@ -259,6 +272,43 @@ fn write_page(h: &mut String, p: &Page) -> std::fmt::Result {
         )?;
     }
     h.push_str("</table></body></html>");
+    Ok(())
+}
+
+/// The DICOM destinations (`export.dicom`), one row each; nothing without any.
+fn destinations(h: &mut String, destinations: &Result<Vec<Destination>, String>) -> std::fmt::Result {
+    let list = match destinations {
+        Ok(list) if list.is_empty() => return Ok(()),
+        Ok(list) => list,
+        Err(e) => {
+            return write!(
+                h,
+                "<h2>DICOM destinations</h2><p class=\"bad\">cannot read their queues: {}</p>",
+                escape(e)
+            )
+        }
+    };
+    h.push_str(
+        "<h2>DICOM destinations</h2><table id=\"destinations\"><tr><th>name</th><th>peer</th><th>state</th>\
+         <th>queued</th><th>failed</th><th>sent</th><th>oldest waiting since</th><th>last error</th></tr>",
+    );
+    for d in list {
+        let state = d.state();
+        let class = if matches!(state, "idle" | "sending") { "ok" } else { "bad" };
+        let name = escape(&d.name);
+        write!(
+            h,
+            "<tr id=\"destination-{name}\"><td>{name}</td><td>{}</td><td class=\"{class}\">{state}</td>\
+             <td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td>{}</td><td>{}</td></tr>",
+            escape(d.peer.as_deref().unwrap_or("—")),
+            d.count("queued") + d.count("sending"),
+            d.count("failed"),
+            d.count("sent"),
+            escape(d.oldest_waiting.as_deref().unwrap_or("none waiting")),
+            escape(d.last_error.as_deref().unwrap_or("")),
+        )?;
+    }
+    h.push_str("</table>");
     Ok(())
 }
 
@@ -328,6 +378,7 @@ mod tests {
             quarantine: vec![("DICOM_Read_Error".into(), 2)],
             uploader: "disabled",
             queue: Ok(QueueStatus::default()),
+            destinations: Ok(Vec::new()),
             free_bytes: Some(5 << 30),
             min_free_bytes: 1 << 30,
             per_minute: vec![0; 60],
@@ -342,6 +393,7 @@ mod tests {
         assert!(html.contains("&lt;script&gt;x&lt;/script&gt;&quot;"));
         assert!(html.contains("P&lt;1&gt;"));
         assert!(html.contains("B&lt;2&gt; (B_AE)"), "other projects are named");
+        assert!(html.contains("Since start, every project"), "process-wide counts say so");
         assert!(html.contains("id=\"tls\">off<"));
         assert!(html.contains("id=\"count-instances\">4<"));
         assert!(html.contains("id=\"quarantine-DICOM_Read_Error\">2<"));

@@ -64,6 +64,8 @@ pub struct DestinationStatus {
     pub counts: Vec<(String, u64)>,
     /// Failed instances: anonymized UID, attempts, last error, next try.
     pub failed: Vec<(String, u32, String, Option<String>)>,
+    /// When the oldest instance not yet sent was stored.
+    pub oldest_waiting: Option<String>,
 }
 
 fn time(t: DateTime<Utc>) -> String {
@@ -215,10 +217,15 @@ pub(super) fn destination_status(c: &Connection) -> Result<Vec<DestinationStatus
         "SELECT anon_sop_uid, attempts, COALESCE(last_error, ''), next_try FROM deliveries
          WHERE destination = ?1 AND state = 'failed' ORDER BY instance_rowid LIMIT 100",
     )?;
+    let mut oldest = c.prepare(
+        "SELECT MIN(i.stored_at) FROM deliveries d JOIN instances i ON i.rowid = d.instance_rowid
+         WHERE d.destination = ?1 AND d.state <> 'sent'",
+    )?;
     for s in &mut out {
         s.failed = stmt
             .query_map([&s.destination], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
             .collect::<Result<_, _>>()?;
+        s.oldest_waiting = oldest.query_row([&s.destination], |r| r.get(0))?;
     }
     Ok(out)
 }
@@ -284,8 +291,8 @@ mod tests {
         index.close();
     }
 
-    /// Record instance `i` again, as a re-send does.
-    fn resend(index: &Index, i: usize) {
+    /// Record instance `i` again, as a re-send does, its anonymized file's digest `digest`.
+    fn resend(index: &Index, i: usize, digest: &'static str) {
         index
             .call(move |c| {
                 crate::index::record(
@@ -297,6 +304,7 @@ mod tests {
                         sop_class_uid: "1.2".into(),
                         path: format!("p/{i}.dcm"),
                         size: 11,
+                        digest: digest.into(),
                         uid_map: Vec::new(),
                     },
                 )
@@ -311,7 +319,7 @@ mod tests {
         let claimed = index.claim_deliveries("a", 10).unwrap();
         assert_eq!(claimed.len(), 2);
         // anon0 is re-sent while both are on their way; then both sends succeed.
-        resend(&index, 0);
+        resend(&index, 0, "v1");
         let sent = claimed
             .iter()
             .map(|c| DeliveryRecord::Sent { uid: c.anon_sop_uid.clone(), generation: c.generation })
@@ -327,7 +335,7 @@ mod tests {
             .unwrap();
         assert!(index.claim_deliveries("a", 10).unwrap().is_empty());
         // Sent, then re-sent: sent again (the high-water mark alone never saw it).
-        resend(&index, 1);
+        resend(&index, 1, "v1");
         assert_eq!(index.enqueue_deliveries("a").unwrap(), 0);
         let again = index.claim_deliveries("a", 10).unwrap();
         assert_eq!(again.iter().map(|c| c.anon_sop_uid.as_str()).collect::<Vec<_>>(), ["anon1"]);
@@ -338,7 +346,7 @@ mod tests {
     fn an_upload_of_a_version_re_sent_meanwhile_settles_nothing() {
         let (_d, index) = index_with_instances(1);
         let claimed = index.claim(10).unwrap();
-        resend(&index, 0);
+        resend(&index, 0, "v1");
         assert!(
             !index.mark_uploaded(&claimed[0], None).unwrap(),
             "the old version's upload settled the new one"
@@ -349,10 +357,32 @@ mod tests {
         assert!(index.mark_uploaded(&again[0], None).unwrap());
         assert!(index.claim(10).unwrap().is_empty());
         // A restart with an upload under way: tried again as an attempt, so the bucket is asked first.
-        resend(&index, 0);
+        resend(&index, 0, "v2");
         assert_eq!(index.claim(10).unwrap().len(), 1);
         assert_eq!(index.requeue_interrupted().unwrap(), 1);
         assert_eq!(index.claim(10).unwrap()[0].attempts, 1);
+        index.close();
+    }
+
+    /// Issue 23: a re-send whose anonymized bytes are those already uploaded and sent queues
+    /// nothing; one whose bytes changed queues both again.
+    #[test]
+    fn an_identical_re_send_is_neither_uploaded_nor_sent_again() {
+        let (_d, index) = index_with_instances(1);
+        resend(&index, 0, "v1");
+        index.enqueue_deliveries("a").unwrap();
+        let upload = index.claim(10).unwrap();
+        assert!(index.mark_uploaded(&upload[0], None).unwrap());
+        let send = index.claim_deliveries("a", 10).unwrap();
+        let sent = DeliveryRecord::Sent { uid: "anon0".into(), generation: send[0].generation };
+        index.record_deliveries("a", vec![sent]).unwrap();
+
+        resend(&index, 0, "v1");
+        assert!(index.claim(10).unwrap().is_empty(), "uploaded again");
+        assert!(index.claim_deliveries("a", 10).unwrap().is_empty(), "sent again");
+        resend(&index, 0, "v2");
+        assert_eq!(index.claim(10).unwrap().len(), 1);
+        assert_eq!(index.claim_deliveries("a", 10).unwrap().len(), 1);
         index.close();
     }
 }

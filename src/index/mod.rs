@@ -101,6 +101,8 @@ pub struct InstanceRecord {
     pub sop_class_uid: String,
     pub path: String,
     pub size: u64,
+    /// SHA-256 of the anonymized file, in hex.
+    pub digest: String,
     pub uid_map: Vec<(String, String)>,
 }
 
@@ -751,22 +753,44 @@ fn forget(c: &Connection, sop_uid: &str) -> Result<(), IndexError> {
 
 /// Insert or replace an instance's row.
 pub(crate) fn record(tx: &Connection, r: &InstanceRecord) -> Result<(), IndexError> {
+    // A re-send whose anonymized bytes are those already delivered is not queued again: a
+    // sender that re-sends a study (a retry, a second route) would otherwise cost one upload and
+    // one export per instance. One whose bytes changed is queued again everywhere.
+    let previous: Option<Option<String>> = tx
+        .prepare_cached("SELECT digest FROM instances WHERE sop_uid = ?1")?
+        .query_row([&r.sop_uid], |row| row.get(0))
+        .optional()?;
+    let unchanged = previous.flatten().as_deref() == Some(r.digest.as_str());
     tx.prepare_cached(
-        "INSERT INTO instances(sop_uid, anon_sop_uid, series_uid, sop_class_uid, path, size, state, stored_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'queued', ?7)
+        "INSERT INTO instances(sop_uid, anon_sop_uid, series_uid, sop_class_uid, path, size, state, stored_at, digest)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'queued', ?7, ?8)
          ON CONFLICT(sop_uid) DO UPDATE SET path = excluded.path, size = excluded.size,
-             state = 'queued', stored_at = excluded.stored_at, attempts = 0, last_error = NULL,
-             next_try = NULL, generation = generation + 1",
+             stored_at = excluded.stored_at, digest = excluded.digest,
+             state = CASE WHEN ?9 AND state = 'uploaded' THEN state ELSE 'queued' END,
+             attempts = CASE WHEN ?9 AND state = 'uploaded' THEN attempts ELSE 0 END,
+             last_error = CASE WHEN ?9 AND state = 'uploaded' THEN last_error END,
+             next_try = CASE WHEN ?9 AND state = 'uploaded' THEN next_try END,
+             generation = CASE WHEN ?9 THEN generation ELSE generation + 1 END",
     )?
-    .execute(params![r.sop_uid, r.anon_sop_uid, r.series_uid, r.sop_class_uid, r.path, r.size as i64, now()])?;
-    // A re-sent instance goes to every destination again; a send of the version it replaces, still
-    // under way, settles nothing (see `deliveries`).
+    .execute(params![
+        r.sop_uid,
+        r.anon_sop_uid,
+        r.series_uid,
+        r.sop_class_uid,
+        r.path,
+        r.size as i64,
+        now(),
+        r.digest,
+        unchanged
+    ])?;
+    // A re-sent instance goes to every destination again, but for one that has these very bytes;
+    // a send of the version it replaces, still under way, settles nothing (see `deliveries`).
     tx.prepare_cached(
         "UPDATE deliveries SET state = 'queued', attempts = 0, last_error = NULL, next_try = NULL,
              instance_rowid = (SELECT rowid FROM instances WHERE anon_sop_uid = ?1)
-         WHERE anon_sop_uid = ?1",
+         WHERE anon_sop_uid = ?1 AND NOT (?2 AND state = 'sent')",
     )?
-    .execute([&r.anon_sop_uid])?;
+    .execute(params![r.anon_sop_uid, unchanged])?;
     let mut map = tx.prepare_cached("INSERT OR IGNORE INTO uid_map(phi_uid, anon_uid) VALUES (?1, ?2)")?;
     for (phi, anon) in &r.uid_map {
         map.execute([phi, anon])?;

@@ -8,6 +8,7 @@ pub const ADDED_INSTANCE_COLUMNS: &[(&str, &str)] = &[
     ("etag", "TEXT"),
     ("uploaded_at", "TEXT"),
     ("generation", "INTEGER NOT NULL DEFAULT 0"),
+    ("digest", "TEXT"),
 ];
 
 /// Columns added to `audit` since its first version.
@@ -64,7 +65,8 @@ CREATE TABLE IF NOT EXISTS instances (
     next_try      TEXT,                             -- failed: not before this time
     etag          TEXT,
     uploaded_at   TEXT,
-    generation    INTEGER NOT NULL DEFAULT 0        -- grows with each re-send of the instance
+    generation    INTEGER NOT NULL DEFAULT 0,       -- grows with each re-send that changed the file
+    digest        TEXT                              -- SHA-256 of the anonymized file (hex)
 );
 CREATE INDEX IF NOT EXISTS instances_by_series ON instances(series_uid);
 CREATE INDEX IF NOT EXISTS instances_by_state ON instances(state, stored_at);

@@ -5,6 +5,7 @@
 use std::path::Path;
 use std::sync::Mutex;
 
+use chrono::{DateTime, NaiveDateTime, Utc};
 use rusqlite::{Connection, OpenFlags};
 
 use super::queue::QueueStatus;
@@ -53,6 +54,31 @@ impl Reader {
         super::queue::status(&c)
     }
 
+    /// Instances the SCP stored in each of the `minutes` minutes up to `now`, oldest first, read
+    /// from the audit trail, so that the status page's chart survives a restart.
+    pub fn stored_per_minute(&self, now: DateTime<Utc>, minutes: usize) -> Result<Vec<u64>, IndexError> {
+        let last = now.timestamp().div_euclid(60);
+        let first = last - minutes as i64 + 1;
+        let since = DateTime::from_timestamp(first * 60, 0).unwrap_or_default();
+        let c = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        let mut stmt = c.prepare_cached(
+            "SELECT substr(at, 1, 16), COUNT(*) FROM audit WHERE at >= ?1 AND status = '0x0000' GROUP BY 1",
+        )?;
+        let rows = stmt.query_map([since.format("%Y-%m-%dT%H:%M").to_string()], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
+        })?;
+        let mut out = vec![0; minutes];
+        for row in rows {
+            let (minute, n) = row?;
+            let Ok(t) = NaiveDateTime::parse_from_str(&minute, "%Y-%m-%dT%H:%M") else { continue };
+            let at = t.and_utc().timestamp().div_euclid(60);
+            if (first..=last).contains(&at) {
+                out[(at - first) as usize] = n as u64;
+            }
+        }
+        Ok(out)
+    }
+
     /// Each DICOM destination's queue (none in an index no exporting node has opened yet).
     pub fn destination_status(&self) -> Result<Vec<super::DestinationStatus>, IndexError> {
         let c = self.conn.lock().unwrap_or_else(|p| p.into_inner());
@@ -73,6 +99,7 @@ mod tests {
         let reader = Reader::open(&path).unwrap();
         assert_eq!(reader.counts().unwrap(), Counts::default());
         assert!(reader.queue_status().unwrap().counts.is_empty());
+        assert_eq!(reader.stored_per_minute(chrono::Utc::now(), 60).unwrap(), vec![0; 60]);
         let c = reader.conn.lock().unwrap();
         assert!(c.execute("DELETE FROM meta", []).is_err());
         drop(c);

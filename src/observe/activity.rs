@@ -1,5 +1,5 @@
-//! What the status page shows that the index does not keep: the last associations and the
-//! instances stored per minute over the last hour. Both are bounded in memory.
+//! What the status page shows that the index does not keep: the last associations, bounded in
+//! memory. (The instances stored per minute come from the audit trail, which outlives a restart.)
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -31,8 +31,6 @@ pub struct AssociationRecord {
 #[derive(Default)]
 pub struct Activity {
     recent: Mutex<VecDeque<AssociationRecord>>,
-    /// (minute since the epoch, instances stored in it), oldest first, the last hour only.
-    per_minute: Mutex<VecDeque<(i64, u64)>>,
 }
 
 impl Activity {
@@ -44,41 +42,9 @@ impl Activity {
         recent.push_back(record);
     }
 
-    pub fn instance_stored(&self) {
-        self.stored_at(Utc::now().timestamp().div_euclid(60));
-    }
-
-    fn stored_at(&self, minute: i64) {
-        let mut m = self.per_minute.lock().unwrap_or_else(|p| p.into_inner());
-        match m.back_mut() {
-            Some((last, n)) if *last == minute => *n += 1,
-            _ => m.push_back((minute, 1)),
-        }
-        while m.front().is_some_and(|(first, _)| *first <= minute - MINUTES as i64) {
-            m.pop_front();
-        }
-    }
-
     /// The last associations, newest first.
     pub fn recent(&self) -> Vec<AssociationRecord> {
         self.recent.lock().unwrap_or_else(|p| p.into_inner()).iter().rev().cloned().collect()
-    }
-
-    /// Instances stored in each of the last [`MINUTES`] minutes, oldest first, ending now.
-    pub fn per_minute(&self) -> Vec<u64> {
-        self.per_minute_until(Utc::now().timestamp().div_euclid(60))
-    }
-
-    fn per_minute_until(&self, now: i64) -> Vec<u64> {
-        let m = self.per_minute.lock().unwrap_or_else(|p| p.into_inner());
-        let first = now - MINUTES as i64 + 1;
-        let mut out = vec![0; MINUTES];
-        for &(minute, n) in m.iter() {
-            if (first..=now).contains(&minute) {
-                out[(minute - first) as usize] = n;
-            }
-        }
-        out
     }
 }
 
@@ -103,21 +69,5 @@ mod tests {
         assert_eq!(recent.len(), RECENT);
         assert_eq!(recent[0].instances, RECENT as u64 + 6);
         assert_eq!(recent[RECENT - 1].instances, 7);
-    }
-
-    #[test]
-    fn minutes_older_than_an_hour_fall_out_of_the_chart() {
-        let a = Activity::default();
-        a.stored_at(1000);
-        a.stored_at(1000);
-        a.stored_at(1030);
-        a.stored_at(1059);
-        assert_eq!(a.per_minute_until(1059)[0], 2);
-        assert_eq!(a.per_minute_until(1059)[59], 1);
-        a.stored_at(1060);
-        let chart = a.per_minute_until(1060);
-        assert_eq!(chart.iter().sum::<u64>(), 3, "minute 1000 has left: {chart:?}");
-        assert_eq!(chart[29], 1);
-        assert_eq!(a.per_minute.lock().unwrap().len(), 3);
     }
 }

@@ -9,10 +9,11 @@
 use std::sync::{LazyLock, Mutex};
 
 use prometheus::{
-    Encoder, Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
+    Opts, Registry, TextEncoder,
 };
 
+use crate::export::status::Destination;
 use crate::queue::Reason;
 
 /// Every metric name starts with this.
@@ -86,6 +87,12 @@ pub struct Metrics {
     pub upload_bytes: IntCounter,
     /// DICOM destinations (`export.dicom[].name`, no PHI): sent, already held, failed.
     pub exports: IntCounterVec,
+    /// Read at scrape time: each destination's queue by state, and its oldest waiting instance.
+    pub export_queue: IntGaugeVec,
+    pub export_oldest_queued_age: GaugeVec,
+    pub export_unreachable: IntGaugeVec,
+    /// 1 when `upload.enabled`: without it the upload queue's gauges wait for no one.
+    pub upload_enabled: IntGauge,
     pub credential_failures: IntCounter,
     pub sign_ins: IntCounter,
     pub credential_refreshes: IntCounter,
@@ -198,6 +205,28 @@ impl Metrics {
                 opts("exports_total", "C-STOREs to DICOM destinations, by destination and outcome."),
                 &["destination", "outcome"]
             )),
+            export_queue: reg!(IntGaugeVec::new(
+                opts("export_queue_instances", "Instances in each DICOM destination's queue, by state."),
+                &["destination", "state"]
+            )),
+            export_oldest_queued_age: reg!(GaugeVec::new(
+                opts(
+                    "export_oldest_queued_age_seconds",
+                    "Age of the oldest instance a DICOM destination has not yet received; 0 when none waits."
+                ),
+                &["destination"]
+            )),
+            export_unreachable: reg!(IntGaugeVec::new(
+                opts(
+                    "export_unreachable",
+                    "1 while a DICOM destination does not associate and its sends are paused."
+                ),
+                &["destination"]
+            )),
+            upload_enabled: reg!(gauge(
+                "upload_enabled",
+                "1 when upload.enabled is true; with 0 the upload queue gauges wait for no uploader."
+            )),
             credential_failures: reg!(counter(
                 "upload_credential_failures_total",
                 "Failures to sign in or to get AWS credentials."
@@ -252,6 +281,22 @@ impl Metrics {
             m.upload_queue.with_label_values(&[s]);
         }
         m
+    }
+
+    /// Set the destinations' gauges from their queues now.
+    pub fn destinations(&self, destinations: &[Destination]) {
+        let now = chrono::Utc::now();
+        for d in destinations {
+            for (state, n) in &d.counts {
+                self.export_queue.with_label_values(&[d.name.as_str(), state]).set(*n as i64);
+            }
+            let oldest =
+                d.oldest_waiting.as_deref().and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok());
+            let age =
+                oldest.map_or(0.0, |t| (now - t.with_timezone(&chrono::Utc)).num_milliseconds() as f64 / 1e3);
+            self.export_oldest_queued_age.with_label_values(&[d.name.as_str()]).set(age.max(0.0));
+            self.export_unreachable.with_label_values(&[d.name.as_str()]).set(i64::from(d.unreachable));
+        }
     }
 
     /// Everything in the Prometheus text exposition format.

@@ -23,6 +23,23 @@ pub use metrics::METRICS;
 
 use crate::config::{LogFormat, LoggingConfig};
 
+/// An error and its causes in words, each said once: `a: b: c`. Library errors (the AWS SDK's,
+/// rustls') are chains whose `Debug` form is a dump of nested structs, unreadable in a log line;
+/// and many of them repeat their cause's text, so a cause the text already ends with is skipped.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let said = cause.to_string();
+        if !said.is_empty() && !text.ends_with(&said) {
+            text.push_str(": ");
+            text.push_str(&said);
+        }
+        source = cause.source();
+    }
+    text
+}
+
 /// Install the global subscriber (stderr). `RUST_LOG`, when set, overrides the configured level.
 /// A plain level applies to this program only; libraries log warnings and errors, since the AWS
 /// SDK's debug output includes request signing details.

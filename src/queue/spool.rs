@@ -32,6 +32,8 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use sha2::{Digest, Sha256};
+
 use super::in_flight::{self, InFlight};
 use crate::dicom::WriteError;
 
@@ -181,6 +183,9 @@ pub struct StageWriter {
     direct: bool,
     /// The file system refused a direct write; this file went on through the page cache.
     refused_direct: bool,
+    /// SHA-256 of every byte written, taken as the bytes pass: the index compares it with the
+    /// last version's, so that an identical re-send is not uploaded or exported again.
+    digest: Sha256,
 }
 
 /// A direct write of the window's first `len` bytes at `offset`, running in the background.
@@ -204,6 +209,7 @@ impl StageWriter {
             want_direct,
             direct: false,
             refused_direct: false,
+            digest: Sha256::new(),
         }
     }
 
@@ -228,6 +234,7 @@ impl StageWriter {
                     return Err(io::Error::new(e.kind(), format!("reading {}: {e}", src_path.display())))
                 }
             };
+            self.digest.update(&self.buf[self.start + filled..self.start + filled + n]);
             self.filled += n;
             copied += n as u64;
         }
@@ -380,6 +387,7 @@ impl Write for StageWriter {
         let filled = self.filled;
         let n = data.len().min(BUFFER - filled);
         self.window()[filled..filled + n].copy_from_slice(&data[..n]);
+        self.digest.update(&data[..n]);
         self.filled += n;
         Ok(n)
     }
@@ -404,6 +412,11 @@ pub struct Staged {
 impl Staged {
     pub fn size(&self) -> u64 {
         self.writer.written
+    }
+
+    /// The SHA-256 of the file's bytes, in hex.
+    pub fn digest(&self) -> String {
+        hex::encode(self.writer.digest.clone().finalize())
     }
 
     /// Once every byte is written, rename the file into place, atomically replacing any file

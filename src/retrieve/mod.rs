@@ -181,11 +181,26 @@ pub async fn run(request: Request, index_path: &Path) -> Result<Vec<StudyReport>
             }
         }
     }
+    for row in rows.iter_mut() {
+        missing_from_index(row);
+    }
     for (i, row) in rows.iter().enumerate() {
         let anon = row.anon_study_uid.as_deref().unwrap_or("-");
         info!(%pacs, study = i + 1, anon_study_uid = anon, outcome = row.outcome.label(), moved = row.moved, failed = row.failed, in_index = row.in_index, "study done");
     }
     Ok(rows)
+}
+
+/// A move the PACS completed whose instances this index does not hold went somewhere else: a
+/// node that answers as our AE title on our port but writes another archive. That is a failure,
+/// whatever the PACS said.
+fn missing_from_index(row: &mut StudyReport) {
+    if row.outcome == Outcome::Moved && row.moved > 0 && row.in_index < row.moved {
+        row.outcome = Outcome::Failed(format!(
+            "moved {} but {} in this index: the node that received them is not this config's (another storage dir answers on scp.port)",
+            row.moved, row.in_index
+        ));
+    }
 }
 
 /// Every study the selection names, in the order asked, each once.

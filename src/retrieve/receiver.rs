@@ -9,6 +9,7 @@ use tokio::sync::oneshot;
 use crate::config::{Config, DicomPeer};
 use crate::node::{self, Handle};
 use crate::scu::{command, Association, Kind};
+use crate::storage_lock::StorageLock;
 
 use super::RetrieveError;
 
@@ -45,6 +46,16 @@ impl Receiver {
 /// The running node, or a new one.
 pub async fn receiver(config: &Config) -> Result<Receiver, RetrieveError> {
     if echo(config).await {
+        // The node of this config holds its storage directory's lock. One that answers on the
+        // port while no process holds it serves another archive: moving would fill that one.
+        if StorageLock::holder(&config.storage.dir).is_none() {
+            return Err(RetrieveError::Receiver(format!(
+                "a node answers as {} on port {}, but no process serves this config's storage.dir {}: it is another node, and the moved instances would go into its archive; stop it, or give this config its own scp.port",
+                config.scp.ae_title,
+                config.scp.port,
+                config.storage.dir.display()
+            )));
+        }
         return Ok(Receiver::Running);
     }
     let mut own = config.clone();

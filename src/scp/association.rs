@@ -99,8 +99,9 @@ pub async fn run(
     let assoc = match tokio::time::timeout(acse, node.options.establish_async(socket)).await {
         Ok(Ok(a)) => a,
         Ok(Err(e)) => {
-            // Rejections (unknown AE titles, no acceptable context) land here with their reason.
-            warn!(%peer, error = %e, "association not established");
+            // Rejections (unknown AE titles, no acceptable context) land here with their reason,
+            // and with the calling AE title the peer gave: whom was refused is what ops look for.
+            warn!(%peer, calling_ae = %calling.escape_debug(), error = %e, "association not established");
             rejected(peer, Some(calling), rejection_reason(&e));
             return;
         }
@@ -386,18 +387,22 @@ async fn dispatch<S: Stream>(
                     warn!(error = %e, "cannot complete the spilled data set");
                     refused(Status::OUT_OF_RESOURCES, "cannot buffer the data set")
                 }
-                (Ok(_), None) => refused(Status::CANNOT_UNDERSTAND, "unknown presentation context"),
+                (Ok(_), None) => {
+                    refused_here(Status::CANNOT_UNDERSTAND, "unknown presentation context", sop_class_uid)
+                }
                 (Ok(received), Some(pc)) => {
                     if pc.abstract_syntax != *sop_class_uid {
-                        refused(
+                        refused_here(
                             Status::SOP_CLASS_NOT_SUPPORTED,
                             "SOP class differs from the presentation context",
+                            sop_class_uid,
                         )
                     } else if !node.accepts(&pc.abstract_syntax, &pc.transfer_syntax) {
                         // Negotiated for the node's projects together (TLS), outside this one's filters.
-                        refused(
+                        refused_here(
                             Status::SOP_CLASS_NOT_SUPPORTED,
                             "SOP class or transfer syntax not accepted by this AE title",
+                            sop_class_uid,
                         )
                     } else {
                         let ts = TransferSyntax::new(&pc.transfer_syntax);
@@ -451,6 +456,13 @@ async fn dispatch<S: Stream>(
 }
 
 /// A C-STORE answered with a failure and nothing kept: counted by its status.
+/// A refusal decided here, before the pipeline, with its log line: every failure status sent has
+/// one (the README promises it). The SOP class UID is the peer's word, so it is escaped.
+fn refused_here(status: Status, comment: &str, sop_class_uid: &str) -> (Status, Option<String>) {
+    warn!(%status, sop_class = %sop_class_uid.escape_debug(), reason = comment, "instance refused");
+    refused(status, comment)
+}
+
 fn refused(status: Status, comment: &str) -> (Status, Option<String>) {
     METRICS.refused(&status.to_string());
     (status, Some(comment.to_string()))
@@ -527,7 +539,6 @@ async fn store(
             METRICS.instances_stored.inc();
             tally.note.audited = true;
             METRICS.stored_bytes.inc_by(stored.size);
-            ACTIVITY.instance_stored();
             debug!(sop = %stored.keys.sop_uid, series = %stored.keys.series_uid, size = stored.size, "stored");
             (Status::SUCCESS, None)
         }

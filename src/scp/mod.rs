@@ -124,6 +124,26 @@ fn options_for(scps: &[&ScpConfig]) -> Options {
     options
 }
 
+tokio::task_local! {
+    /// The calling AE title of the request the gate last judged in this task. Over TLS the
+    /// request arrives inside the encrypted stream and dicom-ul reads it, so a refusal would not
+    /// otherwise know whom it refused; `tls::establish` reads it back (see [`calling_seen`]).
+    static CALLING_AE: std::cell::RefCell<Option<String>>;
+}
+
+/// Run `negotiation` (dicom-ul's establish) and return its result with the calling AE title the
+/// gate saw during it, if the request got that far.
+pub(crate) async fn calling_seen<T>(
+    negotiation: impl std::future::Future<Output = T>,
+) -> (T, Option<String>) {
+    CALLING_AE
+        .scope(std::cell::RefCell::new(None), async {
+            let result = negotiation.await;
+            (result, CALLING_AE.with(|c| c.borrow_mut().take()))
+        })
+        .await
+}
+
 /// Called AE title must be one of ours; calling AE title must be on that AE title's allow-list
 /// when it has one.
 #[derive(Debug, Clone)]
@@ -140,6 +160,9 @@ impl AccessControl for Gate {
         called_ae_title: &str,
         _user_identity: Option<&UserIdentity>,
     ) -> Result<(), AssociationRJServiceUserReason> {
+        // Outside `calling_seen` (plain TCP, where the listener read the request itself) there is
+        // no slot, and nothing to record.
+        let _ = CALLING_AE.try_with(|c| *c.borrow_mut() = Some(calling_ae_title.to_string()));
         let Some((_, allowed)) = self.routes.iter().find(|(ae, _)| ae == called_ae_title) else {
             return Err(AssociationRJServiceUserReason::CalledAETitleNotRecognized);
         };

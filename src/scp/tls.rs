@@ -203,16 +203,18 @@ pub(super) async fn establish(
     timeout: std::time::Duration,
 ) -> Option<TlsAssociation> {
     let options = tls.options();
-    match tokio::time::timeout(timeout, options.establish_tls_async(socket)).await {
-        Ok(Ok(a)) => Some(a),
-        Ok(Err(e)) => {
-            let reason = chain(&e);
+    let negotiation = super::calling_seen(options.establish_tls_async(socket));
+    match tokio::time::timeout(timeout, negotiation).await {
+        Ok((Ok(a), _)) => Some(a),
+        Ok((Err(e), calling)) => {
+            let reason = crate::observe::error_chain(&e);
             if matches!(e, dicom_ul::association::Error::TlsHandshake { .. }) {
                 warn!(%peer, reason, "TLS handshake failed");
                 METRICS.connections_dropped.with_label_values(&["tls_handshake"]).inc();
             } else {
-                warn!(%peer, error = reason, "association not established");
-                association::rejected(peer, None, association::rejection_reason(&e));
+                let calling_ae = calling.as_deref().unwrap_or("").escape_debug();
+                warn!(%peer, %calling_ae, error = reason, "association not established");
+                association::rejected(peer, calling.as_deref(), association::rejection_reason(&e));
             }
             None
         }
@@ -277,18 +279,6 @@ fn client_subject(
     let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref()).ok()?;
     let cn = cert.subject().iter_common_name().next()?.as_str().ok()?.to_string();
     Some(cn)
-}
-
-/// An error and its sources on one line.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }
 
 /// Re-read the certificates on every SIGHUP until `stop`. Without TLS the signal is logged and

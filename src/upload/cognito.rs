@@ -74,7 +74,7 @@ pub struct Cognito {
 }
 
 pub(super) fn describe<E: std::error::Error + 'static>(e: &E) -> String {
-    aws_sdk_s3::error::DisplayErrorContext(e).to_string()
+    crate::observe::error_chain(e)
 }
 
 /// The app client's secret, when the configuration names where it is.

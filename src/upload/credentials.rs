@@ -1,6 +1,7 @@
 //! The S3 client with current credentials: signed in once, cached, refreshed before expiry, one
 //! refresh at a time however many uploads wait for it.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime};
 
 use tokio::sync::Mutex;
@@ -18,11 +19,29 @@ pub struct Access {
 
 pub struct Credentials {
     source: Source,
+    /// `upload.refresh_margin_s`; see [`refresh_margin`] for the margin applied.
     margin: Duration,
+    /// Whether the margin was found too long for the credentials' lifetime and said so.
+    clamp_reported: AtomicBool,
     region: String,
     endpoint_url: Option<String>,
     /// Held across a refresh, so concurrent callers wait for the one refresh in progress.
-    cache: Mutex<Option<(Session, Access)>>,
+    cache: Mutex<Option<Cached>>,
+}
+
+/// The current session, its client, and when to refresh it.
+struct Cached {
+    session: Session,
+    access: Access,
+    refresh_at: SystemTime,
+}
+
+/// How long before expiry to refresh credentials that are `lifetime` long: the configured margin,
+/// but at most half the lifetime. A margin as long as the lifetime (Cognito's test doubles and
+/// some identity pools hand out credentials shorter than the 600 s default) would make every
+/// upload refresh first.
+pub fn refresh_margin(configured: Duration, lifetime: Duration) -> Duration {
+    configured.min(lifetime / 2)
 }
 
 enum Source {
@@ -50,6 +69,7 @@ impl Credentials {
         Ok(Credentials {
             source,
             margin: Duration::from_secs(cfg.refresh_margin_s),
+            clamp_reported: AtomicBool::new(false),
             region: cfg.region.clone(),
             endpoint_url: cfg.endpoint_url.clone(),
             cache: Mutex::new(None),
@@ -67,7 +87,7 @@ impl Credentials {
     /// The signed-in session (Cognito), signing in if needed; for `aws-login`.
     pub async fn session(&self) -> Result<Option<Session>, AuthError> {
         self.access().await?;
-        Ok(self.cache.lock().await.as_ref().map(|(s, _)| s.clone()))
+        Ok(self.cache.lock().await.as_ref().map(|c| c.session.clone()))
     }
 
     /// A client whose credentials are good for at least the refresh margin.
@@ -77,26 +97,37 @@ impl Credentials {
             Source::Cognito(c) => c,
         };
         let mut cache = self.cache.lock().await;
-        if let Some((session, access)) = cache.as_ref() {
-            if session.expires > SystemTime::now() + self.margin {
-                return Ok(access.clone());
+        if let Some(cached) = cache.as_ref() {
+            if SystemTime::now() < cached.refresh_at {
+                return Ok(cached.access.clone());
             }
         }
+        let now = SystemTime::now();
         let session = match cache.as_ref() {
-            Some((old, _)) => cognito.refresh(old).await?,
+            Some(old) => cognito.refresh(&old.session).await?,
             None => cognito.sign_in().await?,
         };
-        let left = session.expires.duration_since(SystemTime::now()).unwrap_or_default();
+        let left = session.expires.duration_since(now).unwrap_or_default();
+        let margin = refresh_margin(self.margin, left);
+        if margin < self.margin && !self.clamp_reported.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                refresh_margin_s = self.margin.as_secs(),
+                valid_s = left.as_secs(),
+                applied_margin_s = margin.as_secs(),
+                "upload.refresh_margin_s is longer than half the credentials' lifetime; refreshing at half their lifetime instead"
+            );
+        }
         tracing::info!(sub = %session.sub, valid_s = left.as_secs(), "AWS credentials obtained through Cognito");
         let access = Access { client: self.cognito_client(&session).await, sub: Some(session.sub.clone()) };
-        *cache = Some((session, access.clone()));
+        let refresh_at = session.expires.checked_sub(margin).unwrap_or(now);
+        *cache = Some(Cached { session, access: access.clone(), refresh_at });
         Ok(access)
     }
 
     /// Forget the cached credentials (S3 said they expired or were refused).
     pub async fn invalidate(&self) {
-        if let Some((session, _)) = self.cache.lock().await.as_mut() {
-            session.expires = SystemTime::UNIX_EPOCH;
+        if let Some(cached) = self.cache.lock().await.as_mut() {
+            cached.refresh_at = SystemTime::UNIX_EPOCH;
         }
     }
 
@@ -123,4 +154,17 @@ fn s3_client(
         b = b.credentials_provider(c);
     }
     aws_sdk_s3::Client::from_conf(b.build())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_margin_is_at_most_half_the_lifetime() {
+        let s = Duration::from_secs;
+        assert_eq!(refresh_margin(s(600), s(3600)), s(600), "hour-long credentials: as configured");
+        assert_eq!(refresh_margin(s(600), s(90)), s(45), "moto's 90 s: refreshed at half-life");
+        assert_eq!(refresh_margin(s(600), s(0)), s(0));
+    }
 }

@@ -234,7 +234,7 @@ where
     E: std::error::Error + ProvideErrorMetadata + 'static,
     R: std::fmt::Debug + 'static,
 {
-    let what = aws_sdk_s3::error::DisplayErrorContext(e).to_string();
+    let what = crate::observe::error_chain(e);
     match e.code() {
         Some(
             "ExpiredToken"

@@ -52,7 +52,33 @@ pub fn store_raw_answer(
     ts: &str,
     data: &[u8],
 ) -> (u16, Option<String>) {
-    let mut scu = associate(port, "RAWSCU", called, sop_class, ts);
+    answer_in_context(port, called, sop_class, sop_class, sop_instance, ts, data)
+}
+
+/// [`store_raw_ts`] on a presentation context of `context_class`, which a correct SCU makes the
+/// command's `sop_class` (the SCP answers 0x0122 when they differ).
+pub fn store_in_context(
+    port: u16,
+    called: &str,
+    context_class: &str,
+    sop_class: &str,
+    sop_instance: &str,
+    ts: &str,
+    data: &[u8],
+) -> u16 {
+    answer_in_context(port, called, context_class, sop_class, sop_instance, ts, data).0
+}
+
+fn answer_in_context(
+    port: u16,
+    called: &str,
+    context_class: &str,
+    sop_class: &str,
+    sop_instance: &str,
+    ts: &str,
+    data: &[u8],
+) -> (u16, Option<String>) {
+    let mut scu = associate(port, "RAWSCU", called, context_class, ts);
     send_store(&mut scu, sop_class, sop_instance, data, true);
     let answer = response(scu.receive().unwrap());
     let _ = scu.release();
