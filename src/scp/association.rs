@@ -441,10 +441,18 @@ async fn dispatch<S: Stream>(
         // what the sender waits for, but the association waits for it, so a stop cannot lose it.
         let record = who.audit(status, tally.note.reason, bytes);
         let index = node.pipeline.index().clone();
+        // A row that cannot be written (a full disk) is a gap in the trail: counted, so it shows
+        // on /metrics and the status page and not only in a log that may be full as well.
         match tokio::task::spawn_blocking(move || index.audit(record)).await {
             Ok(Ok(())) => {}
-            Ok(Err(e)) => warn!(error = %e, "cannot record the audit row"),
-            Err(e) => warn!(error = %e, "the audit task did not run"),
+            Ok(Err(e)) => {
+                METRICS.audit_rows_dropped.inc();
+                warn!(error = %e, "cannot record the audit row");
+            }
+            Err(e) => {
+                METRICS.audit_rows_dropped.inc();
+                warn!(error = %e, "the audit task did not run");
+            }
         }
     }
     sent
