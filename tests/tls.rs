@@ -216,6 +216,36 @@ fn tls_only_opens_no_plain_listener_and_a_bad_certificate_file_stops_the_start()
     }
 }
 
+#[test]
+fn a_v1_client_certificate_is_refused_with_a_reason_an_integrator_can_read() {
+    let d = tempfile::tempdir().unwrap();
+    let (c, node) = start(d.path(), "");
+    let tls = node.tls_port.expect("a TLS listener");
+    // Signed by the CA the node trusts, valid in every other way.
+    let v1 = pki::leaf_v1(&d.path().join("pki"), &c.ca, "v1-client", "modality-1");
+    let dump = std::process::Command::new("openssl")
+        .args(["x509", "-noout", "-text", "-in"])
+        .arg(&v1.cert)
+        .output()
+        .unwrap();
+    assert!(text(&dump).contains("Version: 1 (0x0)"), "not a v1 certificate: {}", text(&dump));
+
+    let refused = echo_tls(tls, "OPEN_ANON", Some(&v1), &c.ca);
+    assert!(!echoed(&refused), "a v1 certificate got in: {}", text(&refused));
+    wait_until("the handshake failure's log line", Duration::from_secs(10), || {
+        handshake_failures(&node) == 1
+    });
+    let log = node.log();
+    let line = log.lines().find(|l| l.contains("TLS handshake failed")).unwrap();
+    assert!(line.contains("client certificate is X.509 v1; DICOM TLS needs v3"), "{line}");
+    assert!(line.contains("peer=127.0.0.1:"), "the line names the peer: {line}");
+    assert!(!line.contains("UnsupportedCertVersion"), "{line}");
+    // The same client with a v3 certificate gets in.
+    let ok = echo_tls(tls, "OPEN_ANON", Some(&c.client), &c.ca);
+    assert!(echoed(&ok), "{}", text(&ok));
+    assert!(node.stop().success());
+}
+
 /// A rustls client that trusts `ca` and presents `client`.
 fn client_config(ca: &Pem, client: &Pem) -> Arc<rustls::ClientConfig> {
     use rustls::pki_types::pem::PemObject;

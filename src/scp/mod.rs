@@ -2,6 +2,7 @@
 //! Every instance goes through the [`Pipeline`] and is durable before the sender hears success.
 
 mod association;
+mod client_certificate;
 mod dimse;
 mod listener;
 mod receive;

@@ -22,7 +22,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use super::{association, Options, Routes};
+use super::{association, client_certificate, Options, Routes};
 use crate::config::TlsConfig;
 use crate::http::METRICS;
 
@@ -95,7 +95,7 @@ fn server_config(cfg: &TlsConfig) -> Result<Arc<rustls::ServerConfig>, TlsError>
                     path: ca_file.clone(),
                     detail: e.to_string(),
                 })?;
-            builder.with_client_cert_verifier(verifier)
+            builder.with_client_cert_verifier(Arc::new(client_certificate::Verifier(verifier)))
         }
         None => builder.with_no_client_auth(),
     };
@@ -206,7 +206,7 @@ pub(super) async fn establish(
     match tokio::time::timeout(timeout, options.establish_tls_async(socket)).await {
         Ok(Ok(a)) => Some(a),
         Ok(Err(e)) => {
-            let reason = chain(&e);
+            let reason = client_certificate::explained(&e).unwrap_or_else(|| chain(&e));
             if matches!(e, dicom_ul::association::Error::TlsHandshake { .. }) {
                 warn!(%peer, reason, "TLS handshake failed");
                 METRICS.connections_dropped.with_label_values(&["tls_handshake"]).inc();
