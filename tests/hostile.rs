@@ -302,6 +302,58 @@ fn exchange(s: &mut TcpStream, bytes: &[u8]) -> u8 {
     header[0]
 }
 
+/// An A-ASSOCIATE-RQ proposing Verification `n` times; past 128 the IDs wrap (1, 3, .. 255, 1, ..).
+fn request_with_contexts(n: usize) -> Vec<u8> {
+    let rq = Pdu::AssociationRQ(AssociationRQ {
+        protocol_version: 1,
+        calling_ae_title: "MANYCTX".into(),
+        called_ae_title: AE.into(),
+        application_context_name: "1.2.840.10008.3.1.1.1".into(),
+        presentation_contexts: (0..n)
+            .map(|i| PresentationContextProposed {
+                id: ((2 * i + 1) % 256) as u8,
+                abstract_syntax: VERIFICATION.into(),
+                transfer_syntaxes: vec!["1.2.840.10008.1.2".into()],
+            })
+            .collect(),
+        user_variables: vec![UserVariableItem::MaxLength(16384)],
+    });
+    let mut out = Vec::new();
+    write_pdu(&mut out, &rq).unwrap();
+    out
+}
+
+#[test]
+fn more_presentation_contexts_than_ps3_8_allows_are_refused_whole_and_128_are_all_answered() {
+    let d = tempfile::tempdir().unwrap();
+    let node = Node::start(d.path(), "", "  min_free_bytes: 0\n");
+    // 128, the most PS3.8 §9.3.2.2 allows: every one answered in the A-ASSOCIATE-AC.
+    let mut s = TcpStream::connect(("127.0.0.1", node.port)).unwrap();
+    s.write_all(&request_with_contexts(128)).unwrap();
+    let mut header = [0u8; 6];
+    s.read_exact(&mut header).unwrap();
+    let mut pdu = header.to_vec();
+    pdu.resize(6 + u32::from_be_bytes([header[2], header[3], header[4], header[5]]) as usize, 0);
+    s.read_exact(&mut pdu[6..]).unwrap();
+    match dicom_ul::pdu::read_pdu(&pdu[..], 1 << 20, false).unwrap() {
+        Some(Pdu::AssociationAC(ac)) => assert_eq!(ac.presentation_contexts.len(), 128),
+        other => panic!("128 contexts: {other:?}"),
+    }
+    assert_eq!(exchange(&mut s, &[0x05, 0, 0, 0, 0, 4, 0, 0, 0, 0]), 0x06, "A-RELEASE-RP");
+    // 129: refused with A-ASSOCIATE-RJ, and the log says how many.
+    let mut s = TcpStream::connect(("127.0.0.1", node.port)).unwrap();
+    assert_eq!(exchange(&mut s, &request_with_contexts(129)), 0x03, "A-ASSOCIATE-RJ");
+    let log = node.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("more presentation contexts than PS3.8"))
+        .unwrap_or_else(|| panic!("{log}"));
+    assert!(
+        line.contains("contexts=129") && line.contains("limit=128") && line.contains("MANYCTX"),
+        "{line}"
+    );
+}
+
 #[test]
 fn a_peer_string_cannot_forge_a_log_line() {
     let d = tempfile::tempdir().unwrap();

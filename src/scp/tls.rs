@@ -248,6 +248,11 @@ pub(super) async fn serve(
         let _ = assoc.abort().await;
         return;
     }
+    // Negotiated already (the request is inside the TLS stream): aborted, where plain TCP rejects.
+    if association::too_many_contexts(peer, assoc.peer_ae_title(), assoc.presentation_contexts().len()) {
+        let _ = assoc.abort().await;
+        return;
+    }
     let peer_max = assoc.requestor_max_pdu_length();
     if peer_max != 0 && peer_max < dicom_ul::pdu::MINIMUM_PDU_SIZE {
         warn!(%peer, max_pdu_length = peer_max, "association aborted: the peer's maximum PDU length cannot carry a response");
