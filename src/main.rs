@@ -295,6 +295,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     .with_context(|| format!("project {}", config.project.name))?;
                 node::export_tls(config)?;
             }
+            // A YAML comment, so the output stays a config file.
+            let (worst, unbounded) = projects[0].scp.worst_case_in_memory();
+            println!(
+                "# worst case of data sets in memory, node-wide: {worst} bytes (scp.max_in_memory_total_bytes; \
+                 without it, scp.max_associations x 1.5 x scp.max_in_memory_bytes would be {unbounded})"
+            );
             let many = projects.len() > 1;
             for config in &projects {
                 if many {
