@@ -142,8 +142,13 @@ pub struct RetrieveSelection {
     /// A file of accession numbers, one per line (or the first column of a CSV).
     #[arg(long)]
     pub accessions: Option<PathBuf>,
+    /// A PatientID. It shows in the process list and the shell history (PHI): prefer
+    /// --patient-id-file.
     #[arg(long)]
     pub patient_id: Option<String>,
+    /// A file holding one PatientID (surrounding whitespace trimmed), kept off the command line.
+    #[arg(long)]
+    pub patient_id_file: Option<PathBuf>,
     #[arg(long)]
     pub study_uid: Option<String>,
     /// A study date or range: 20240101-20240131, 20240101-, -20240131 or 20240115.

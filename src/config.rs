@@ -139,6 +139,10 @@ pub struct ScpConfig {
     /// The most of one data set held in memory: everything but its pixel data. A data set with
     /// more is refused with 0xA700, so no instance can take the host's memory.
     pub max_in_memory_bytes: u64,
+    /// The most of all data sets held in memory at once, node-wide: `max_in_memory_bytes` times
+    /// `max_associations` would be over 2 GiB. An instance that does not fit waits briefly for
+    /// others to finish, then is refused with 0xA700.
+    pub max_in_memory_total_bytes: u64,
     pub timeouts: Timeouts,
     /// Accepted values of Modality (0008,0060); empty: any.
     pub modalities: Vec<String>,
@@ -201,6 +205,7 @@ impl Default for ScpConfig {
             max_pdu_length: 65536,
             max_instance_bytes: 4 << 30,
             max_in_memory_bytes: 64 << 20,
+            max_in_memory_total_bytes: 256 << 20,
             timeouts: Timeouts::default(),
             modalities: Vec::new(),
             storage_classes: Vec::new(),
@@ -208,6 +213,16 @@ impl Default for ScpConfig {
             tls: None,
             tls_allowed_subjects: Vec::new(),
         }
+    }
+}
+
+impl ScpConfig {
+    /// The most of all data sets in memory at once, and what it would be without the node-wide
+    /// budget (every association at `max_in_memory_bytes`), for `check-config`.
+    pub fn worst_case_in_memory(&self) -> (u64, u64) {
+        let unbounded =
+            crate::memory_budget::cost(self.max_in_memory_bytes).saturating_mul(self.max_associations as u64);
+        (self.max_in_memory_total_bytes.min(unbounded), unbounded)
     }
 }
 
@@ -674,6 +689,14 @@ impl ScpConfig {
                 self.max_in_memory_bytes
             ));
         }
+        let largest = crate::memory_budget::cost(self.max_in_memory_bytes);
+        if self.max_in_memory_total_bytes < largest {
+            p.push(format!(
+                "scp.max_in_memory_total_bytes: {} must be at least {largest}, what one data set of \
+                 scp.max_in_memory_bytes costs in memory (1.5 times its bytes)",
+                self.max_in_memory_total_bytes
+            ));
+        }
         for (key, v) in [
             ("acse_s", self.timeouts.acse_s),
             ("dimse_s", self.timeouts.dimse_s),
@@ -755,6 +778,21 @@ mod tests {
         assert!(problems.contains("scp.tls_allowed_subjects: needs scp.tls.client_ca_file"), "{problems}");
         let c = parse("project: { name: P, site_id: '1' }\nscp: { port: 2762, tls: { cert_file: c.pem, key_file: k.pem, client_ca_file: ca.pem } }").unwrap();
         assert!(c.validate().iter().any(|p| p.starts_with("scp.tls.port")), "{:?}", c.validate());
+    }
+
+    #[test]
+    fn the_node_wide_memory_budget_bounds_the_worst_case_and_holds_the_largest_data_set() {
+        let c = parse("project: { name: P, site_id: '1' }").unwrap();
+        // 32 associations at 64 MiB (96 MiB in memory each) would be 3 GiB; the budget is 256 MiB.
+        assert_eq!(c.scp.worst_case_in_memory(), (256 << 20, 32 * (96 << 20)));
+        assert!(!c.validate().iter().any(|p| p.contains("max_in_memory")), "{:?}", c.validate());
+        let c = parse("project: { name: P, site_id: '1' }\nscp: { max_in_memory_total_bytes: 67108864 }")
+            .unwrap();
+        let problems = c.validate().join("\n");
+        assert!(
+            problems.contains("scp.max_in_memory_total_bytes: 67108864 must be at least 100663296"),
+            "{problems}"
+        );
     }
 
     #[test]

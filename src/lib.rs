@@ -10,6 +10,7 @@ pub mod export;
 pub mod file_modes;
 pub mod http;
 pub mod index;
+pub mod memory_budget;
 pub mod node;
 pub mod observe;
 pub mod offline;

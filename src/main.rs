@@ -304,6 +304,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     .with_context(|| format!("project {}", config.project.name))?;
                 node::export_tls(config)?;
             }
+            // A YAML comment, so the output stays a config file.
+            let (worst, unbounded) = projects[0].scp.worst_case_in_memory();
+            println!(
+                "# worst case of data sets in memory, node-wide: {worst} bytes (scp.max_in_memory_total_bytes; \
+                 without it, scp.max_associations x 1.5 x scp.max_in_memory_bytes would be {unbounded})"
+            );
             let many = projects.len() > 1;
             for config in &projects {
                 if many {
@@ -337,10 +343,20 @@ async fn serve(projects: Vec<Config>) -> anyhow::Result<ExitCode> {
 fn selection(select: RetrieveSelection) -> anyhow::Result<retrieve::Selection> {
     Ok(match select {
         RetrieveSelection { accessions: Some(file), .. } => retrieve::Selection::accessions_from(&file)?,
-        RetrieveSelection { patient_id: Some(id), .. } => retrieve::Selection::PatientId(id),
+        RetrieveSelection { patient_id: Some(id), .. } => {
+            // Said on every run: the ID is already in `ps` and the history by the time we start.
+            eprintln!(
+                "warning: --patient-id shows a patient identifier (PHI) in the process list and the \
+                 shell history; use --patient-id-file FILE"
+            );
+            retrieve::Selection::PatientId(id)
+        }
+        RetrieveSelection { patient_id_file: Some(file), .. } => retrieve::Selection::patient_id_from(&file)?,
         RetrieveSelection { study_uid: Some(uid), .. } => retrieve::Selection::StudyUid(uid),
         RetrieveSelection { study_date: Some(range), .. } => retrieve::Selection::study_date(&range)?,
-        _ => anyhow::bail!("give one of --accessions, --patient-id, --study-uid, --study-date"),
+        _ => anyhow::bail!(
+            "give one of --accessions, --patient-id, --patient-id-file, --study-uid, --study-date"
+        ),
     })
 }
 

@@ -20,6 +20,7 @@ use crate::durability::Durability;
 use crate::export::Exporter;
 use crate::http;
 use crate::index::{IndexError, Reader};
+use crate::memory_budget::MemoryBudget;
 use crate::observe::METRICS;
 use crate::pipeline::{Pipeline, SetupError};
 use crate::queue::SpoolError;
@@ -96,10 +97,13 @@ struct Project {
 }
 
 /// Open one project's pipeline (its own index, spool, quarantine) and its SCP view.
-fn open_project(config: Config) -> Result<Project, NodeError> {
+fn open_project(config: Config, memory: &Arc<MemoryBudget>) -> Result<Project, NodeError> {
     // First, as it takes the storage directory's lock: a second node on it stops here, before it
     // touches the first one's files.
-    let pipeline = Arc::new(Pipeline::open(&config, &config.public_dir(), Durability::EachInstance)?);
+    let pipeline = Arc::new(
+        Pipeline::open(&config, &config.public_dir(), Durability::EachInstance)?
+            .with_memory_budget(memory.clone()),
+    );
     let tmp = config.tmp_dir();
     crate::file_modes::private_dir(&tmp).map_err(io_err(format!("creating {}", tmp.display())))?;
     // Spilled data sets of a previous run were never acknowledged: their senders still have them.
@@ -164,11 +168,13 @@ pub async fn start_projects(
     };
     // A token that is configured but unreadable stops the start: the endpoint never opens unguarded.
     let token = if first.http.enabled { first.http.token()? } else { None };
+    // Node-wide, as the association limit: every project's instances draw on one budget.
+    let memory = MemoryBudget::new(first.scp.max_in_memory_total_bytes);
     let projects = configs
         .into_iter()
         .map(|config| {
             let name = config.project.name.clone();
-            open_project(config).map_err(|e| NodeError::Project { name, source: Box::new(e) })
+            open_project(config, &memory).map_err(|e| NodeError::Project { name, source: Box::new(e) })
         })
         .collect::<Result<Vec<_>, _>>()?;
     let routes = Arc::new(scp::Routes::new(projects.iter().map(|p| p.node.clone()).collect()));

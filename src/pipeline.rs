@@ -23,6 +23,7 @@ use crate::dicom::{
 };
 use crate::durability::{Barrier, Durability};
 use crate::index::{AuditRecord, Capture, Committed, Index, IndexError, InstanceRecord, Owner, Phrases};
+use crate::memory_budget::{MemoryBudget, OverBudget, Reservation};
 use crate::observe::METRICS;
 use crate::path_component::{component, ComponentError};
 use crate::queue::{Quarantine, Reason, Spill, Spool, SpoolError, StageWriter};
@@ -54,6 +55,9 @@ pub enum Outcome {
 }
 
 /// What a peer hears after a failed flush (the log says when and what the kernel said).
+/// How long an instance waits for the node-wide memory budget before it is refused (0xA700):
+/// long enough for the instances ahead of it to finish, short of a sender's DIMSE timeout.
+const MEMORY_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 const FLUSH_FAILED_TOLD: &str = "a flush to this node's storage failed; it takes nothing until restarted";
 
 /// Why an instance was not stored. [`InstanceError::fault`] says whose fault it is.
@@ -83,6 +87,9 @@ pub enum InstanceError {
     /// The in-memory part of the data set is larger than this node allows.
     #[error("{what} is {size} bytes, more than {limit} allows ({bound} bytes)")]
     TooLarge { what: &'static str, size: u64, limit: &'static str, bound: u64 },
+    /// The node-wide budget for data sets in memory stayed taken by other instances.
+    #[error(transparent)]
+    Memory(#[from] OverBudget),
     #[error(transparent)]
     Index(#[from] IndexError),
     #[error(transparent)]
@@ -115,6 +122,9 @@ impl InstanceError {
         match self {
             InstanceError::TooLarge { .. } | InstanceError::Inflate(InflateError::TooLarge { .. }) => {
                 self.to_string()
+            }
+            InstanceError::Memory(_) => {
+                "the node's memory for data sets is taken by other instances; send it again later".into()
             }
             InstanceError::Index(_) => "the node's index could not record the instance".into(),
             InstanceError::Storage(_) => "the node could not write the instance to its storage".into(),
@@ -152,6 +162,7 @@ impl InstanceError {
             InstanceError::Refused(_) => Fault::Refused,
             InstanceError::Inflate(_)
             | InstanceError::TooLarge { .. }
+            | InstanceError::Memory(_)
             | InstanceError::Index(_)
             | InstanceError::Storage(_)
             | InstanceError::Io { .. } => Environment,
@@ -220,6 +231,8 @@ pub struct Pipeline {
     over_long: Mutex<HashSet<Tag>>,
     /// The storage directory is ours (index, spool, queue) while the pipeline is open.
     _lock: StorageLock,
+    /// The node's budget for data sets in memory, shared with its other projects; none offline.
+    memory: Option<Arc<MemoryBudget>>,
 }
 
 /// What this node accepts, from `scp.max_instance_bytes` and `scp.max_in_memory_bytes`.
@@ -298,7 +311,21 @@ impl Pipeline {
             },
             over_long: Mutex::new(HashSet::new()),
             _lock: lock,
+            memory: None,
         })
+    }
+
+    /// Take the bytes of every data set read into memory from `budget` (a node's, shared by its
+    /// projects), waiting briefly when others hold it.
+    pub fn with_memory_budget(self, budget: Arc<MemoryBudget>) -> Pipeline {
+        Pipeline { memory: Some(budget), ..self }
+    }
+
+    /// What a data set of `bytes` in memory costs, from the memory budget, held until the
+    /// instance is done; nothing without a budget.
+    fn hold(&self, bytes: u64) -> Result<Option<Reservation>, InstanceError> {
+        let cost = crate::memory_budget::cost(bytes);
+        Ok(self.memory.as_ref().map(|b| b.reserve(cost, MEMORY_WAIT)).transpose()?)
     }
 
     /// The project's engine: its script, lookup table and pseudonyms, with the secret they need.
@@ -443,6 +470,7 @@ impl Pipeline {
         }
         let (path, offset) = match body {
             Body::Memory(bytes) => {
+                let _held = self.hold(bytes.len() as u64)?;
                 let ds = read_dataset(bytes, ts.encoding())?;
                 if let Some(admission) = admission {
                     admit(&ds, admission)?;
@@ -467,6 +495,7 @@ impl Pipeline {
                 bound: self.limits.in_memory,
             });
         }
+        let _held = self.hold(in_memory)?;
         let head = read_range(&mut file, offset, head_end).map_err(io_err)?;
         let tail = read_range(&mut file, tail_start, total).map_err(io_err)?;
         let mut ds = read_dataset(&head, ts.encoding())?;

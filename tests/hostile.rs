@@ -199,6 +199,62 @@ fn decompression_bombs_cost_bounded_memory() {
     assert_eq!(files_under(&node.public()).len(), 1);
 }
 
+/// A CT data set with `size` bytes of a private OB value outside its pixel data: all of it is
+/// read into memory to be anonymized.
+fn large_header(sop: &str, size: usize) -> Vec<u8> {
+    let mut body = head_of(sop);
+    body.extend(patient());
+    body.extend([0x29, 0x00, 0x10, 0x00, b'L', b'O', 4, 0, b'B', b'I', b'G', b' ']);
+    body.extend([0x29, 0x00, 0x00, 0x10, b'O', b'B', 0, 0]);
+    body.extend((size as u32).to_le_bytes());
+    body.resize(body.len() + size, 0x5A);
+    body
+}
+
+#[test]
+fn the_node_wide_memory_budget_bounds_many_large_data_sets_at_once() {
+    const BUDGET: u64 = 96 << 20;
+    const EACH: usize = 60 << 20;
+    const SENDERS: usize = 6;
+    let d = tempfile::tempdir().unwrap();
+    let scp = format!(
+        "  max_associations: 8\n  max_in_memory_bytes: {}\n  max_in_memory_total_bytes: {BUDGET}\n",
+        64 << 20
+    );
+    let node = Node::start(d.path(), &scp, "  min_free_bytes: 0\n");
+    let idle = peak_rss_bytes(node.pid());
+    // Six associations each send a data set of 60 MiB that must be held in memory (costing 90 MiB
+    // of the budget): over 400 MB at once without the budget, which lets one at a time in.
+    let statuses: Vec<u16> = std::thread::scope(|s| {
+        let senders: Vec<_> = (0..SENDERS)
+            .map(|i| {
+                let port = node.port;
+                s.spawn(move || {
+                    let sop = format!("1.2.999.777.1.1.3.{}", 100 + i);
+                    rawscu::store_raw(port, AE, "1.2.840.10008.5.1.4.1.1.2", &sop, &large_header(&sop, EACH))
+                })
+            })
+            .collect();
+        senders.into_iter().map(|t| t.join().unwrap()).collect()
+    });
+    let peak = peak_rss_bytes(node.pid());
+    println!("peak RSS {} MB (idle {} MB), statuses {statuses:04X?}", peak >> 20, idle >> 20);
+    assert_eq!(statuses, [0x0000; SENDERS], "each waited its turn and was stored; log:\n{}", node.log());
+    assert_eq!(files_under(&node.public()).len(), SENDERS);
+    // The data sets in memory stay within the budget; what the node holds anyway comes on top:
+    // its idle set, and what six associations receiving at once keep in their buffers and in
+    // the allocator's per-thread arenas (measured at 40 to 75 MB).
+    let margin = 96 << 20;
+    assert!(
+        peak < idle + BUDGET + margin,
+        "peak RSS {} MB over idle {} MB + budget {} MB + margin {} MB",
+        peak >> 20,
+        idle >> 20,
+        BUDGET >> 20,
+        margin >> 20
+    );
+}
+
 #[test]
 fn silent_connections_do_not_keep_a_real_sender_out() {
     let d = tempfile::tempdir().unwrap();
@@ -300,6 +356,58 @@ fn exchange(s: &mut TcpStream, bytes: &[u8]) -> u8 {
     let mut rest = vec![0; len as usize];
     s.read_exact(&mut rest).unwrap();
     header[0]
+}
+
+/// An A-ASSOCIATE-RQ proposing Verification `n` times; past 128 the IDs wrap (1, 3, .. 255, 1, ..).
+fn request_with_contexts(n: usize) -> Vec<u8> {
+    let rq = Pdu::AssociationRQ(AssociationRQ {
+        protocol_version: 1,
+        calling_ae_title: "MANYCTX".into(),
+        called_ae_title: AE.into(),
+        application_context_name: "1.2.840.10008.3.1.1.1".into(),
+        presentation_contexts: (0..n)
+            .map(|i| PresentationContextProposed {
+                id: ((2 * i + 1) % 256) as u8,
+                abstract_syntax: VERIFICATION.into(),
+                transfer_syntaxes: vec!["1.2.840.10008.1.2".into()],
+            })
+            .collect(),
+        user_variables: vec![UserVariableItem::MaxLength(16384)],
+    });
+    let mut out = Vec::new();
+    write_pdu(&mut out, &rq).unwrap();
+    out
+}
+
+#[test]
+fn more_presentation_contexts_than_ps3_8_allows_are_refused_whole_and_128_are_all_answered() {
+    let d = tempfile::tempdir().unwrap();
+    let node = Node::start(d.path(), "", "  min_free_bytes: 0\n");
+    // 128, the most PS3.8 §9.3.2.2 allows: every one answered in the A-ASSOCIATE-AC.
+    let mut s = TcpStream::connect(("127.0.0.1", node.port)).unwrap();
+    s.write_all(&request_with_contexts(128)).unwrap();
+    let mut header = [0u8; 6];
+    s.read_exact(&mut header).unwrap();
+    let mut pdu = header.to_vec();
+    pdu.resize(6 + u32::from_be_bytes([header[2], header[3], header[4], header[5]]) as usize, 0);
+    s.read_exact(&mut pdu[6..]).unwrap();
+    match dicom_ul::pdu::read_pdu(&pdu[..], 1 << 20, false).unwrap() {
+        Some(Pdu::AssociationAC(ac)) => assert_eq!(ac.presentation_contexts.len(), 128),
+        other => panic!("128 contexts: {other:?}"),
+    }
+    assert_eq!(exchange(&mut s, &[0x05, 0, 0, 0, 0, 4, 0, 0, 0, 0]), 0x06, "A-RELEASE-RP");
+    // 129: refused with A-ASSOCIATE-RJ, and the log says how many.
+    let mut s = TcpStream::connect(("127.0.0.1", node.port)).unwrap();
+    assert_eq!(exchange(&mut s, &request_with_contexts(129)), 0x03, "A-ASSOCIATE-RJ");
+    let log = node.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("more presentation contexts than PS3.8"))
+        .unwrap_or_else(|| panic!("{log}"));
+    assert!(
+        line.contains("contexts=129") && line.contains("limit=128") && line.contains("MANYCTX"),
+        "{line}"
+    );
 }
 
 #[test]

@@ -251,6 +251,58 @@ fn readiness_follows_free_space_while_liveness_stays() {
 }
 
 #[test]
+fn audit_rows_lost_to_a_full_disk_are_counted_and_shown() {
+    let d = tempfile::tempdir().unwrap();
+    let disk = Tmpfs::mount(&d.path().join("storage"), "16m");
+    // No minimum: instances reach the pipeline and the index on a disk with no room at all.
+    let node = Node::start(d.path(), "", "  min_free_bytes: 0\n");
+    let port = node.http_port.unwrap();
+    wait_for_code(&node, "/readyz", 200);
+    assert_eq!(value(&scrape(&node), "dicom_anon_audit_rows_dropped_total"), 0.0);
+    assert!(!get(port, "/", None).1.contains("audit-dropped"), "nothing to say yet");
+
+    // More than the tmpfs holds: write_all stops at ENOSPC with the disk full.
+    let filler = disk.0.join("filler");
+    assert!(std::fs::write(&filler, vec![0x55u8; 32 << 20]).is_err(), "the disk is full");
+    const N: u32 = 6;
+    let files: Vec<PathBuf> =
+        (0..N).map(|i| put(d.path(), &format!("{i}.dcm"), &ct(&smith(), 1, i))).collect();
+    // --no-halt: storescu goes on after a failed C-STORE, so each of the N gets its answer.
+    let out = dcmtk("storescu")
+        .args(["-v", "--no-halt", "-aet", "TESTSCU", "-aec", AE, "127.0.0.1", &node.port.to_string()])
+        .args(&files)
+        .output()
+        .unwrap();
+    let answers = text(&out).matches("Received Store Response").count();
+    assert_eq!(answers, N as usize, "{}", text(&out));
+    assert!(!text(&out).contains("Received Store Response (Success)"), "{}", text(&out));
+    // The association ends after its last audit row was tried.
+    let m = wait_for_metrics(&node, "storescu's association ended", |m| {
+        value(m, "dicom_anon_associations_ended_total{end=\"released\"}") >= 1.0
+    });
+    let dropped = value(&m, "dicom_anon_audit_rows_dropped_total");
+    assert!(dropped >= 1.0, "no audit row was lost to the full disk; log:\n{}", node.log());
+    assert!(node.log().contains("cannot record the audit row"));
+    let (_, page) = get(port, "/", None);
+    assert!(page.contains(&format!("id=\"audit-dropped\" class=\"bad\">{dropped} audit rows")), "{page}");
+
+    // With room again: every C-STORE is either a row in the trail or counted as dropped.
+    std::fs::remove_file(&filler).unwrap();
+    let config = node.config.clone();
+    assert!(node.stop().success());
+    let csv = d.path().join("audit.csv");
+    let out = binary()
+        .args(["audit", "export", "--out", csv.to_str().unwrap(), "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let rows = std::fs::read_to_string(&csv).unwrap().lines().skip(1).count();
+    assert_eq!(rows as f64 + dropped, f64::from(N), "{rows} rows and {dropped} dropped");
+    drop(disk);
+}
+
+#[test]
 fn concurrent_readiness_probes_on_a_healthy_node_all_answer_ready() {
     let d = tempfile::tempdir().unwrap();
     let node = Node::start(d.path(), "", "  min_free_bytes: 0\n");

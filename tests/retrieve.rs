@@ -220,6 +220,32 @@ fn without_a_running_node_retrieve_receives_itself_and_names_an_unreachable_pacs
     assert_eq!(mr.status.code(), Some(1), "{}", stdout(&mr));
     assert!(row(&stdout(&mr), "MRN12345").ends_with("| not found"), "{}", stdout(&mr));
 
+    // The same patient from a file (kept out of `ps` and the history) selects the same studies;
+    // the flag warns, the file does not.
+    const WARNING: &str = "warning: --patient-id shows a patient identifier (PHI) in the process list";
+    let by_flag = retrieve(&config, &["--patient-id", "MRN12345", "--dry-run"]);
+    let id_file = put(d.path(), "patient.txt", b"  MRN12345 \n");
+    let by_file = retrieve(&config, &["--patient-id-file", id_file.to_str().unwrap(), "--dry-run"]);
+    assert!(by_flag.status.success(), "{}{}", stdout(&by_flag), stderr(&by_flag));
+    assert_eq!(
+        stdout(&by_flag).lines().filter(|l| l.contains("would move")).count(),
+        2,
+        "{}",
+        stdout(&by_flag)
+    );
+    assert_eq!(stdout(&by_file), stdout(&by_flag));
+    assert!(stderr(&by_flag).contains(WARNING), "{}", stderr(&by_flag));
+    assert!(!stderr(&by_file).contains("warning"), "{}", stderr(&by_file));
+    let two = put(d.path(), "two.txt", b"MRN12345\nDE-998877\n");
+    let refused_file = retrieve(&config, &["--patient-id-file", two.to_str().unwrap()]);
+    assert_eq!(refused_file.status.code(), Some(2), "{}", stderr(&refused_file));
+    assert!(
+        stderr(&refused_file).contains("expected one patient ID on one line"),
+        "{}",
+        stderr(&refused_file)
+    );
+    assert_no_phi("a refused patient ID file's error", &refused_file.stderr);
+
     // A PACS that does not know the node as a move destination: the report and the log give its
     // status and what it means, and no patient value.
     let stranger = dcmqrscp(&d.path().join("stranger"), "PACS", "SOMEONE_ELSE", 1);

@@ -225,6 +225,120 @@ fn tls_only_opens_no_plain_listener_and_a_bad_certificate_file_stops_the_start()
     }
 }
 
+#[test]
+fn a_v1_client_certificate_is_refused_with_a_reason_an_integrator_can_read() {
+    let d = tempfile::tempdir().unwrap();
+    let (c, node) = start(d.path(), "");
+    let tls = node.tls_port.expect("a TLS listener");
+    // Signed by the CA the node trusts, valid in every other way.
+    let v1 = pki::leaf_v1(&d.path().join("pki"), &c.ca, "v1-client", "modality-1");
+    let dump = std::process::Command::new("openssl")
+        .args(["x509", "-noout", "-text", "-in"])
+        .arg(&v1.cert)
+        .output()
+        .unwrap();
+    assert!(text(&dump).contains("Version: 1 (0x0)"), "not a v1 certificate: {}", text(&dump));
+
+    let refused = echo_tls(tls, "OPEN_ANON", Some(&v1), &c.ca);
+    assert!(!echoed(&refused), "a v1 certificate got in: {}", text(&refused));
+    wait_until("the handshake failure's log line", Duration::from_secs(10), || {
+        handshake_failures(&node) == 1
+    });
+    let log = node.log();
+    let line = log.lines().find(|l| l.contains("TLS handshake failed")).unwrap();
+    assert!(line.contains("client certificate is X.509 v1; DICOM TLS needs v3"), "{line}");
+    assert!(line.contains("peer=127.0.0.1:"), "the line names the peer: {line}");
+    assert!(!line.contains("UnsupportedCertVersion"), "{line}");
+    // The same client with a v3 certificate gets in.
+    let ok = echo_tls(tls, "OPEN_ANON", Some(&c.client), &c.ca);
+    assert!(echoed(&ok), "{}", text(&ok));
+    assert!(node.stop().success());
+}
+
+/// One `openssl s_client` handshake with `args` against `port`, presenting `client`: the cipher
+/// suite it got, or what openssl said when the handshake did not complete. (The protocol line
+/// comes with the session, which a TLS 1.3 server sends after the handshake, when s_client may
+/// have left: the suite alone says TLS 1.3, whose suite names are its own.)
+fn s_client(port: u16, args: &[&str], client: &Pem, ca: &Pem) -> Result<String, String> {
+    let out = std::process::Command::new("openssl")
+        .args(["s_client", "-connect", &format!("127.0.0.1:{port}")])
+        .args(args)
+        .arg("-cert")
+        .arg(&client.cert)
+        .arg("-key")
+        .arg(&client.key)
+        .arg("-CAfile")
+        .arg(&ca.cert)
+        // No input: s_client closes once the handshake is over.
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("the openssl command runs");
+    let said = text(&out);
+    let cipher = said.lines().find_map(|l| l.split_once(", Cipher is ")).map(|(_, c)| c.trim().to_string());
+    match cipher {
+        Some(cipher) if out.status.success() && cipher != "(NONE)" => Ok(cipher),
+        _ => Err(said),
+    }
+}
+
+/// Offered by OpenSSL at security level 0 and refused by the BCP 195 profile (RFC 9325 §4.1 and
+/// §4.2): TLS 1.0 and 1.1, CBC suites, and TLS 1.2's ChaCha20 suite, which the profile's TLS 1.2
+/// list does not name.
+const REFUSED: &[&[&str]] = &[
+    &["-tls1_1", "-cipher", "DEFAULT@SECLEVEL=0"],
+    &["-tls1", "-cipher", "DEFAULT@SECLEVEL=0"],
+    &["-tls1_2", "-cipher", "ECDHE-ECDSA-AES128-SHA@SECLEVEL=0"],
+    &["-tls1_2", "-cipher", "ECDHE-ECDSA-AES256-SHA384"],
+    &["-tls1_2", "-cipher", "ECDHE-ECDSA-CHACHA20-POLY1305"],
+];
+
+#[test]
+fn the_tls_listener_refuses_tls_1_1_and_cbc_suites_and_takes_bcp_195_handshakes() {
+    let d = tempfile::tempdir().unwrap();
+    let (c, node) = start(d.path(), "");
+    let tls = node.tls_port.expect("a TLS listener");
+
+    // What the profile allows.
+    let gcm = s_client(tls, &["-tls1_2", "-cipher", "ECDHE-ECDSA-AES128-GCM-SHA256"], &c.client, &c.ca);
+    assert_eq!(gcm.as_deref(), Ok("ECDHE-ECDSA-AES128-GCM-SHA256"), "{}", node.log());
+    let tls13 = s_client(tls, &["-tls1_3"], &c.client, &c.ca);
+    assert!(tls13.as_ref().is_ok_and(|t| t.starts_with("TLS_AES_")), "{tls13:?}");
+
+    // What it does not: refused by the node, one log line each.
+    for args in REFUSED {
+        let got = s_client(tls, args, &c.client, &c.ca);
+        assert!(got.is_err(), "the node accepted {args:?}: {got:?}");
+    }
+    wait_until("a log line per refused handshake", Duration::from_secs(10), || {
+        handshake_failures(&node) == REFUSED.len()
+    });
+
+    // The same client, against an OpenSSL server that allows everything, gets each of them: so
+    // the refusals above are the node's, not this client's (Debian's OpenSSL refuses TLS 1.1 at
+    // its default security level).
+    let port = common::ports::free_port();
+    let mut control = std::process::Command::new("openssl")
+        .args(["s_server", "-accept", &format!("127.0.0.1:{port}"), "-cipher", "ALL@SECLEVEL=0", "-www"])
+        .arg("-cert")
+        .arg(&c.server.cert)
+        .arg("-key")
+        .arg(&c.server.key)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("openssl s_server starts");
+    wait_until("openssl s_server listening", Duration::from_secs(10), || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    let accepted: Vec<_> = REFUSED.iter().map(|args| s_client(port, args, &c.client, &c.ca)).collect();
+    let _ = control.kill();
+    let _ = control.wait();
+    for (args, got) in REFUSED.iter().zip(&accepted) {
+        assert!(got.is_ok(), "the control server refused {args:?}, so the probe proves nothing: {got:?}");
+    }
+    assert!(node.stop().success());
+}
+
 /// A rustls client that trusts `ca` and presents `client`.
 fn client_config(ca: &Pem, client: &Pem) -> Arc<rustls::ClientConfig> {
     use rustls::pki_types::pem::PemObject;

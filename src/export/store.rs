@@ -13,6 +13,7 @@ use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use crate::config::DicomPeer;
 use crate::dicom::{read_dataset, write_dataset, Part10, TransferSyntax};
 use crate::index::Delivery;
+use crate::scp::MAX_PRESENTATION_CONTEXTS;
 use crate::scu::{command, find, status_meaning, Association, ClientTls, Kind, ScuError, UNCOMPRESSED};
 
 /// A Part 10 file's meta group must fit in this much of its beginning.
@@ -67,7 +68,7 @@ fn prepare(public: &Path, item: &Delivery) -> Result<Prepared, String> {
 }
 
 /// The presentation contexts for these files: each (class, own syntax), and each class in the
-/// two uncompressed syntaxes as a fallback. At most 128 (PS3.8 §9.3.2.2: odd ids 1 to 255).
+/// two uncompressed syntaxes as a fallback. [`runs`] keeps them within one association's limit.
 pub fn contexts(items: &[(String, String)], check: bool) -> Vec<(String, Vec<String>)> {
     let mut out: Vec<(String, Vec<String>)> = Vec::new();
     if check {
@@ -83,7 +84,30 @@ pub fn contexts(items: &[(String, String)], check: bool) -> Vec<(String, Vec<Str
             out.push(fallback);
         }
     }
-    out.truncate(128);
+    out
+}
+
+/// `items` (class, own syntax) cut, in order, into runs whose [`contexts`] fit one association
+/// (PS3.8 §9.3.2.2: at most 128), as lengths. Each run goes on its own association, so a batch
+/// of many classes is sent whole rather than its tail refused for want of a context.
+fn runs(items: &[(String, String)], check: bool) -> Vec<usize> {
+    let mut out = Vec::new();
+    let (mut own, mut classes) = (HashSet::new(), HashSet::new());
+    let mut len = 0;
+    for (class, ts) in items {
+        // One context per distinct (class, syntax), one fallback per class, and C-FIND's.
+        let grows = usize::from(!own.contains(&(class, ts))) + usize::from(!classes.contains(class));
+        if len > 0 && usize::from(check) + own.len() + classes.len() + grows > MAX_PRESENTATION_CONTEXTS {
+            out.push(len);
+            (len, own, classes) = (0, HashSet::new(), HashSet::new());
+        }
+        own.insert((class, ts));
+        classes.insert(class);
+        len += 1;
+    }
+    if len > 0 {
+        out.push(len);
+    }
     out
 }
 
@@ -118,12 +142,38 @@ pub async fn send_batch(
     }
     let pairs: Vec<(String, String)> =
         ready.iter().map(|(i, p)| (i.sop_class_uid.clone(), p.ts.clone())).collect();
+    let mut rest = ready.into_iter();
+    for len in runs(&pairs, check) {
+        let run: Vec<_> = rest.by_ref().take(len).collect();
+        if let Some(e) = send_run(peer, tls, calling, public, timeout, check, run, &mut out).await {
+            out.extend(rest.map(|(i, _)| (i, Sent::NotTried)));
+            return (out, Some(e));
+        }
+    }
+    (out, None)
+}
+
+/// Send one run of [`runs`] on one association, each outcome into `out`; the error that ended the
+/// association early, if one did.
+#[allow(clippy::too_many_arguments)]
+async fn send_run(
+    peer: &DicomPeer,
+    tls: Option<&ClientTls>,
+    calling: &str,
+    public: &Path,
+    timeout: Duration,
+    check: bool,
+    mut ready: Vec<(Delivery, Prepared)>,
+    out: &mut Vec<(Delivery, Sent)>,
+) -> Option<ScuError> {
+    let pairs: Vec<(String, String)> =
+        ready.iter().map(|(i, p)| (i.sop_class_uid.clone(), p.ts.clone())).collect();
     let mut assoc = match Association::open_with(peer, calling, &contexts(&pairs, check), timeout, tls).await
     {
         Ok(a) => a,
         Err(e) => {
             out.extend(ready.into_iter().map(|(i, _)| (i, Sent::NotTried)));
-            return (out, Some(e));
+            return Some(e);
         }
     };
     if check {
@@ -137,7 +187,7 @@ pub async fn send_batch(
             Err(e) if e.association_lost() => {
                 out.extend(ready.into_iter().map(|(i, _)| (i, Sent::NotTried)));
                 assoc.abort().await;
-                return (out, Some(e));
+                return Some(e);
             }
             // Refused or not offered: the destination cannot say, so it gets everything.
             Err(e) => tracing::debug!(error = %e, "cannot ask the destination what it holds"),
@@ -161,7 +211,7 @@ pub async fn send_batch(
         Some(_) => assoc.abort().await,
         None => assoc.release().await,
     }
-    (out, lost)
+    lost
 }
 
 /// The anonymized SOP Instance UIDs among `ready` that the destination holds: one C-FIND per series.
@@ -264,5 +314,30 @@ mod tests {
         assert_eq!(c[0].1, ["1.2.840.10008.1.2.4.50"]);
         assert_eq!(c[1].1, ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2"]);
         assert_eq!(c[2].1, ["1.2.840.10008.1.2.1"]);
+    }
+
+    #[test]
+    fn a_batch_of_many_classes_is_cut_into_runs_whose_contexts_fit_one_association() {
+        // 100 classes, each in two syntaxes: 300 contexts, over 128.
+        let pairs: Vec<(String, String)> = (0..200)
+            .map(|i| {
+                (format!("1.2.{}", i / 2), ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2.4.50"][i % 2].into())
+            })
+            .collect();
+        for check in [false, true] {
+            let runs = super::runs(&pairs, check);
+            assert_eq!(runs.iter().sum::<usize>(), pairs.len(), "every item in one run");
+            let mut start = 0;
+            for (n, len) in runs.iter().enumerate() {
+                let c = super::contexts(&pairs[start..start + len], check);
+                assert!(c.len() <= 128, "{} contexts", c.len());
+                if n + 1 < runs.len() {
+                    assert!(c.len() > 125, "runs are full ({}), not one per class", c.len());
+                }
+                start += len;
+            }
+        }
+        assert_eq!(super::runs(&pairs[..20], false), [20], "a small batch is one run");
+        assert!(super::runs(&[], true).is_empty());
     }
 }

@@ -213,6 +213,7 @@ fn gather(ops: &Ops) -> status::Page {
         other_projects: ops.other_projects.clone(),
         listener_up: m.listener_up.get() == 1,
         flush_failure: crate::durability::failure().map(ToString::to_string),
+        audit_rows_dropped: m.audit_rows_dropped.get(),
         started: ops.started,
         now: Utc::now(),
         counts: ops.reader.counts().map_err(|e| e.to_string()),

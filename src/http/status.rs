@@ -27,6 +27,8 @@ pub struct Page {
     pub listener_up: bool,
     /// Why the node acknowledges nothing until restarted: a flush to disk failed.
     pub flush_failure: Option<String>,
+    /// C-STORE outcomes since start whose audit row could not be written.
+    pub audit_rows_dropped: u64,
     pub started: DateTime<Utc>,
     pub now: DateTime<Utc>,
     /// `Err`: why the index could not be read.
@@ -167,9 +169,19 @@ fn write_page(h: &mut String, p: &Page) -> std::fmt::Result {
     let since = if p.other_projects.is_empty() { "Since start" } else { "Since start, every project" };
     write!(
         h,
-        "<tr><th>{since}</th><td>received {} · stored {} · quarantined {} · refused {}</td></tr></table></section>",
+        "<tr><th>{since}</th><td>received {} · stored {} · quarantined {} · refused {}</td></tr>",
         p.since_start.received, p.since_start.stored, p.since_start.quarantined, p.since_start.refused
     )?;
+    // Only when it happened: a gap in the audit trail is something to act on, not a routine zero.
+    if p.audit_rows_dropped > 0 {
+        write!(
+            h,
+            "<tr><th>Audit trail</th><td id=\"audit-dropped\" class=\"bad\">{} audit rows could not be \
+             written since start (see the log: a full disk or a failing index)</td></tr>",
+            p.audit_rows_dropped
+        )?;
+    }
+    h.push_str("</table></section>");
 
     h.push_str("<section><h2>Index</h2><table>");
     match &p.counts {
@@ -363,6 +375,7 @@ mod tests {
             other_projects: vec!["B<2> (B_AE)".into()],
             listener_up: true,
             flush_failure: None,
+            audit_rows_dropped: 0,
             started: Utc::now(),
             now: Utc::now(),
             counts: Ok(Counts { patients: 1, studies: 2, series: 3, instances: 4 }),
@@ -410,6 +423,13 @@ mod tests {
         let said = html.find("id=\"flush-failure\"").expect("the failure is on the page");
         assert!(said < html.find("<h2>Node</h2>").unwrap(), "above everything else");
         assert!(html.contains("a flush to disk failed at &lt;then&gt;"));
+    }
+
+    #[test]
+    fn dropped_audit_rows_are_shown_only_when_there_are_some() {
+        assert!(!render(&page()).contains("audit-dropped"));
+        let html = render(&Page { audit_rows_dropped: 3, ..page() });
+        assert!(html.contains("id=\"audit-dropped\" class=\"bad\">3 audit rows"), "{html}");
     }
 
     #[test]

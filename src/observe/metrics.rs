@@ -79,6 +79,8 @@ pub struct Metrics {
     pub flushes: IntCounter,
     pub flush_failures: IntCounter,
     pub flush_latency: Histogram,
+    /// Audit rows that could not be written (a full disk, a failing index): the trail has a gap.
+    pub audit_rows_dropped: IntCounter,
     /// Images whose pixels were read for burned-in text, by outcome.
     pub pixel_reads: IntCounterVec,
     pub pixel_reads_in_progress: IntGauge,
@@ -186,6 +188,10 @@ impl Metrics {
                 "Group-commit flushes that failed."
             )),
             flush_latency: reg!(histogram("durability_flush_seconds", "Duration of one group-commit flush.")),
+            audit_rows_dropped: reg!(counter(
+                "audit_rows_dropped_total",
+                "C-STORE outcomes whose audit row could not be written (the audit trail has a gap)."
+            )),
             pixel_reads: reg!(counter_vec(
                 "pixel_reads_total",
                 "Images read for burned-in text, by outcome: clean, masked, held, kept_unread.",
@@ -358,6 +364,7 @@ mod tests {
             "dicom_anon_associations_rejected_total{reason=\"busy\"}",
             "dicom_anon_upload_queue_instances{state=\"queued\"}",
             "dicom_anon_instances_refused_total{status=\"0xA700\"}",
+            "dicom_anon_audit_rows_dropped_total 0",
         ] {
             assert!(text.contains(line), "{line} missing from:\n{text}");
         }

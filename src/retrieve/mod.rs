@@ -39,7 +39,10 @@ pub enum RetrieveError {
     #[error("--study-date {0:?}: expected YYYYMMDD-YYYYMMDD, YYYYMMDD, YYYYMMDD- or -YYYYMMDD")]
     BadDate(String),
     #[error("cannot read {path}: {source}")]
-    Accessions { path: String, source: std::io::Error },
+    Read { path: String, source: std::io::Error },
+    /// The file's content is PHI: the message names the file only.
+    #[error("{0}: expected one patient ID on one line")]
+    NotOnePatientId(String),
     #[error("{0}")]
     Receiver(String),
 }
@@ -58,8 +61,7 @@ impl Selection {
     /// Accession numbers from a file: one per line (or the first CSV column); blank lines and
     /// lines starting with `#` are skipped, as is a header named AccessionNumber.
     pub fn accessions_from(path: &Path) -> Result<Selection, RetrieveError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| RetrieveError::Accessions { path: path.display().to_string(), source })?;
+        let text = read(path)?;
         let mut list: Vec<String> = Vec::new();
         for line in text.lines() {
             let first = line.split([',', ';', '\t']).next().unwrap_or("").trim().trim_matches('"');
@@ -71,6 +73,17 @@ impl Selection {
             }
         }
         Ok(Selection::Accessions(list))
+    }
+
+    /// A patient ID from a file rather than the command line, where it would be in the process
+    /// list and the shell history: the file's one line, surrounding whitespace trimmed.
+    pub fn patient_id_from(path: &Path) -> Result<Selection, RetrieveError> {
+        let text = read(path)?;
+        let id = text.trim();
+        if id.is_empty() || id.contains(['\n', '\r']) {
+            return Err(RetrieveError::NotOnePatientId(path.display().to_string()));
+        }
+        Ok(Selection::PatientId(id.to_string()))
     }
 
     /// A study date range, checked before it reaches the PACS.
@@ -105,6 +118,12 @@ impl Selection {
             Selection::StudyDate(range) => vec![(range.clone(), keys(&|k| k.study_date = range.clone()))],
         }
     }
+}
+
+/// A selection file, whole.
+fn read(path: &Path) -> Result<String, RetrieveError> {
+    std::fs::read_to_string(path)
+        .map_err(|source| RetrieveError::Read { path: path.display().to_string(), source })
 }
 
 /// One run of `retrieve`.

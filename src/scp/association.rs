@@ -216,6 +216,25 @@ pub(super) fn rejected(peer: SocketAddr, calling: Option<&str>, reason: &'static
     });
 }
 
+/// Whether a request proposing `n` presentation contexts holds more than PS3.8 allows; if so it
+/// is logged with the count and counted as a protocol rejection, and the caller refuses it whole.
+/// Negotiating a subset would answer a request the peer did not make: contexts past the 128th
+/// reuse an ID or use an even one, so their P-DATA could not be told apart.
+pub(super) fn too_many_contexts(peer: SocketAddr, calling: &str, n: usize) -> bool {
+    if n <= super::MAX_PRESENTATION_CONTEXTS {
+        return false;
+    }
+    warn!(
+        %peer,
+        calling_ae = %calling.escape_debug(),
+        contexts = n,
+        limit = super::MAX_PRESENTATION_CONTEXTS,
+        "association refused: more presentation contexts than PS3.8 §9.3.2.2 allows (odd IDs 1 to 255)"
+    );
+    rejected(peer, Some(calling), "protocol");
+    true
+}
+
 /// The metrics label for why dicom-ul did not establish an association.
 pub(super) fn rejection_reason(e: &dicom_ul::association::Error) -> &'static str {
     use dicom_ul::association::Error;
@@ -446,10 +465,18 @@ async fn dispatch<S: Stream>(
         // what the sender waits for, but the association waits for it, so a stop cannot lose it.
         let record = who.audit(status, tally.note.reason, bytes);
         let index = node.pipeline.index().clone();
+        // A row that cannot be written (a full disk) is a gap in the trail: counted, so it shows
+        // on /metrics and the status page and not only in a log that may be full as well.
         match tokio::task::spawn_blocking(move || index.audit(record)).await {
             Ok(Ok(())) => {}
-            Ok(Err(e)) => warn!(error = %e, "cannot record the audit row"),
-            Err(e) => warn!(error = %e, "the audit task did not run"),
+            Ok(Err(e)) => {
+                METRICS.audit_rows_dropped.inc();
+                warn!(error = %e, "cannot record the audit row");
+            }
+            Err(e) => {
+                METRICS.audit_rows_dropped.inc();
+                warn!(error = %e, "the audit task did not run");
+            }
         }
     }
     sent

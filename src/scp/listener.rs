@@ -129,7 +129,7 @@ pub async fn serve(listeners: Listeners, routes: Arc<Routes>, shutdown: impl Fut
                 }
             };
             drop(handshake);
-            let Request { max_pdu, called, calling } = match request {
+            let Request { max_pdu, called, calling, contexts } = match request {
                 Err(_) => {
                     // Debug, not warn: a flood of these is counted (connections_dropped_total), not
                     // written line by line.
@@ -157,6 +157,11 @@ pub async fn serve(listeners: Listeners, routes: Arc<Routes>, shutdown: impl Fut
                 // reachable over TLS only, or plain TCP would go around its allow-list.
                 warn!(%peer, called_ae = %node.scp.ae_title, "association rejected: this AE title lists certificate subjects and takes TLS only");
                 association::rejected(peer, Some(&calling), "tls_only");
+                let no = AssociationRJSource::ServiceUser(AssociationRJServiceUserReason::NoReasonGiven);
+                reject(socket, AssociationRJResult::Permanent, no).await;
+                return;
+            }
+            if association::too_many_contexts(peer, &calling, contexts) {
                 let no = AssociationRJSource::ServiceUser(AssociationRJServiceUserReason::NoReasonGiven);
                 reject(socket, AssociationRJResult::Permanent, no).await;
                 return;
@@ -200,6 +205,8 @@ struct Request {
     called: String,
     /// Who asks: listed with a rejection.
     calling: String,
+    /// How many presentation contexts it proposes.
+    contexts: usize,
 }
 
 /// Wait until the whole first PDU has arrived and look at it without consuming it: it must be an
@@ -249,6 +256,7 @@ async fn peek_request(socket: &TcpStream) -> std::io::Result<Request> {
                 max_pdu,
                 called: rq.called_ae_title.trim().to_string(),
                 calling: rq.calling_ae_title.trim().to_string(),
+                contexts: rq.presentation_contexts.len(),
             })
         }
         _ => Err(invalid("the A-ASSOCIATE-RQ does not parse")),

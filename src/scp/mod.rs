@@ -2,6 +2,7 @@
 //! Every instance goes through the [`Pipeline`] and is durable before the sender hears success.
 
 mod association;
+mod client_certificate;
 mod dimse;
 mod listener;
 mod receive;
@@ -24,6 +25,10 @@ use crate::config::ScpConfig;
 use crate::pipeline::Pipeline;
 
 const VERIFICATION: &str = "1.2.840.10008.1.1";
+
+/// PS3.8 §9.3.2.2: presentation context IDs are odd integers from 1 to 255, so one association
+/// request holds at most 128 presentation contexts.
+pub const MAX_PRESENTATION_CONTEXTS: usize = 128;
 
 /// Everything an association needs, shared by all of them.
 pub struct Node {

@@ -22,7 +22,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use super::{association, Options, Routes};
+use super::{association, client_certificate, Options, Routes};
 use crate::config::TlsConfig;
 use crate::observe::METRICS;
 
@@ -95,7 +95,7 @@ fn server_config(cfg: &TlsConfig) -> Result<Arc<rustls::ServerConfig>, TlsError>
                     path: ca_file.clone(),
                     detail: e.to_string(),
                 })?;
-            builder.with_client_cert_verifier(verifier)
+            builder.with_client_cert_verifier(Arc::new(client_certificate::Verifier(verifier)))
         }
         None => builder.with_no_client_auth(),
     };
@@ -207,7 +207,7 @@ pub(super) async fn establish(
     match tokio::time::timeout(timeout, negotiation).await {
         Ok((Ok(a), _)) => Some(a),
         Ok((Err(e), calling)) => {
-            let reason = crate::observe::error_chain(&e);
+            let reason = client_certificate::explained(&e).unwrap_or_else(|| crate::observe::error_chain(&e));
             if matches!(e, dicom_ul::association::Error::TlsHandshake { .. }) {
                 warn!(%peer, reason, "TLS handshake failed");
                 METRICS.connections_dropped.with_label_values(&["tls_handshake"]).inc();
@@ -247,6 +247,11 @@ pub(super) async fn serve(
     {
         warn!(%peer, called_ae = %node.scp.ae_title, subject = %subject.as_deref().unwrap_or("(none)").escape_debug(), "association aborted: certificate subject not allowed for this AE title");
         association::rejected(peer, Some(assoc.peer_ae_title()), "tls_subject");
+        let _ = assoc.abort().await;
+        return;
+    }
+    // Negotiated already (the request is inside the TLS stream): aborted, where plain TCP rejects.
+    if association::too_many_contexts(peer, assoc.peer_ae_title(), assoc.presentation_contexts().len()) {
         let _ = assoc.abort().await;
         return;
     }

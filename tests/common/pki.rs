@@ -49,16 +49,27 @@ pub fn ca(dir: &Path, name: &str) -> Pem {
 
 /// A certificate for `cn` signed by `ca`: a server's (for 127.0.0.1 and localhost) or a client's.
 pub fn leaf(dir: &Path, ca: &Pem, name: &str, cn: &str, server: bool) -> Pem {
-    let pem = Pem { cert: dir.join(format!("{name}.pem")), key: dir.join(format!("{name}.key")) };
-    let csr = dir.join(format!("{name}.csr"));
-    let ext = dir.join(format!("{name}.ext"));
     let usage = if server {
         "extendedKeyUsage=serverAuth\nsubjectAltName=IP:127.0.0.1,DNS:localhost\n"
     } else {
         "extendedKeyUsage=clientAuth\n"
     };
+    let ext = dir.join(format!("{name}.ext"));
     std::fs::write(&ext, format!("basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\n{usage}"))
         .unwrap();
+    signed(dir, ca, name, cn, Some(&ext))
+}
+
+/// An X.509 v1 certificate for `cn` signed by `ca`: what `openssl x509 -req` makes without
+/// `-extfile`, as integrators often do.
+pub fn leaf_v1(dir: &Path, ca: &Pem, name: &str, cn: &str) -> Pem {
+    signed(dir, ca, name, cn, None)
+}
+
+/// A new key and a certificate for it signed by `ca`, with the extensions in `ext` (none: v1).
+fn signed(dir: &Path, ca: &Pem, name: &str, cn: &str, ext: Option<&Path>) -> Pem {
+    let pem = Pem { cert: dir.join(format!("{name}.pem")), key: dir.join(format!("{name}.key")) };
+    let csr = dir.join(format!("{name}.csr"));
     openssl(&[
         "req",
         "-new",
@@ -74,7 +85,7 @@ pub fn leaf(dir: &Path, ca: &Pem, name: &str, cn: &str, server: bool) -> Pem {
         "-subj",
         &format!("/O=Test/CN={cn}"),
     ]);
-    openssl(&[
+    let mut args = vec![
         "x509",
         "-req",
         "-in",
@@ -86,10 +97,12 @@ pub fn leaf(dir: &Path, ca: &Pem, name: &str, cn: &str, server: bool) -> Pem {
         "-CAcreateserial",
         "-days",
         "2",
-        "-extfile",
-        path(&ext),
         "-out",
         path(&pem.cert),
-    ]);
+    ];
+    if let Some(ext) = ext {
+        args.extend(["-extfile", path(ext)]);
+    }
+    openssl(&args);
     pem
 }
