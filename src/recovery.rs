@@ -13,7 +13,9 @@
 //! than its files: `index.db` restored without its `-wal`, a zeroed log, a lost index. Those files
 //! were acknowledged; their rows held the patients' pseudonyms, and starting would hand a known
 //! patient a second pseudonym and a new patient a number already on another patient's folder.
-//! So the start stops and names the fix, and lists the files.
+//! So the start stops and names the fix, and lists the files. The other way round, more rows than
+//! that without their file means `public/` is not what the index was written with (not mounted,
+//! another directory): the start stops before it forgets anything.
 //!
 //! Whatever else happens, a patient number already on a folder in `public/` is never handed out
 //! again: the counter is raised past every number found there.
@@ -49,6 +51,12 @@ pub enum RecoveryError {
          of {public} and have their studies sent again"
     )]
     Stale { index: String, public: String, unindexed: usize, bound: usize, list: String },
+    #[error(
+        "{missing} instances the index holds for delivery have no file in {public} (a crash leaves at most \
+         {bound}): is the storage mounted, and is storage.dir the directory this index was written with? \
+         Nothing was changed"
+    )]
+    Missing { public: String, missing: usize, bound: usize },
 }
 
 /// Compare `public/` (the spool's root) with the index and put right what a crash left.
@@ -64,7 +72,9 @@ pub fn recover(
 ) -> Result<Recovered, RecoveryError> {
     let public = spool.root();
     let temp_files = spool.sweep();
-    let forgotten_rows = index.forget_unpublished(public)?;
+    let forgotten_rows = index.forget_unpublished(public, in_flight)?.map_err(|missing| {
+        RecoveryError::Missing { public: public.display().to_string(), missing, bound: in_flight }
+    })?;
     index.reserve_patient_numbers(highest_patient_number(public, site_id))?;
 
     let known: HashSet<String> = index.paths()?.into_iter().collect();

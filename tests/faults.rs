@@ -272,3 +272,26 @@ fn an_index_older_than_its_files_stops_the_start_and_a_file_left_by_a_crash_is_h
         std::fs::read_dir(&public).unwrap().flatten().map(|e| e.file_name()).collect::<Vec<_>>()
     );
 }
+
+#[test]
+fn a_public_directory_that_is_not_there_stops_the_start_and_forgets_nothing() {
+    let d = tempfile::tempdir().unwrap();
+    let node = Node::start(d.path(), "  max_associations: 4\n", "  min_free_bytes: 0\n");
+    send_patient(&node, d.path(), &smith(), 1, 6);
+    let config = node.config.clone();
+    assert!(node.stop().success());
+    // The storage as an unmounted volume shows it: an empty public/.
+    let public = d.path().join("storage/public");
+    let away = d.path().join("public.away");
+    std::fs::rename(&public, &away).unwrap();
+    std::fs::create_dir(&public).unwrap();
+    let log = refused_start(d.path(), &config);
+    assert!(log.contains("6 instances the index holds for delivery have no file"), "{log}");
+    // Back in place: every row is still there, nothing was forgotten.
+    std::fs::remove_dir(&public).unwrap();
+    std::fs::rename(&away, &public).unwrap();
+    let status = binary().args(["queue", "status", "--config"]).arg(&config).output().unwrap();
+    assert!(text(&status).contains("queued 6") || text(&status).contains("queued: 6"), "{}", text(&status));
+    let node = Node::start_with(d.path(), &config);
+    assert!(echoscu(node.port, "TESTSCU", AE).status.success());
+}

@@ -435,22 +435,32 @@ impl Index {
     }
 
     /// Forget instances still to be delivered whose file is not in `public`: a crash between
-    /// their commit and the rename into place (they were never acknowledged). Returns how many.
-    pub fn forget_unpublished(&self, public: &Path) -> Result<usize, IndexError> {
+    /// their commit and the rename into place (they were never acknowledged). Returns how many,
+    /// or, when more than `at_most` are missing (more than a crash can leave: `public/` not
+    /// mounted, another storage directory), `Err` with how many, and nothing is forgotten.
+    pub fn forget_unpublished(
+        &self,
+        public: &Path,
+        at_most: usize,
+    ) -> Result<Result<usize, usize>, IndexError> {
         let public = public.to_path_buf();
         self.call(move |c| {
             let pending: Vec<(String, String)> = c
                 .prepare("SELECT sop_uid, path FROM instances WHERE state <> 'uploaded'")?
                 .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
                 .collect::<Result<_, _>>()?;
-            let mut forgotten = 0;
-            for (sop_uid, path) in pending {
-                if !public.join(&path).exists() {
-                    forget(c, &sop_uid)?;
-                    forgotten += 1;
-                }
+            let missing: Vec<String> = pending
+                .into_iter()
+                .filter(|(_, path)| !public.join(path).exists())
+                .map(|(sop_uid, _)| sop_uid)
+                .collect();
+            if missing.len() > at_most {
+                return Ok(Err(missing.len()));
             }
-            Ok(forgotten)
+            for sop_uid in &missing {
+                forget(c, sop_uid)?;
+            }
+            Ok(Ok(missing.len()))
         })
     }
 

@@ -139,11 +139,13 @@ impl Index {
     }
 
     /// Mark as uploaded the instances whose paths are already in the bucket (RSNA's rule: an
-    /// existing key counts as uploaded). Returns how many changed.
+    /// existing key counts as uploaded), but for one uploaded before and queued again since: its
+    /// bytes changed, and the key holds the old ones. Returns how many changed.
     pub fn mark_present(&self, paths: Vec<String>) -> Result<usize, IndexError> {
         self.call(move |c| {
             let mut stmt = c.prepare_cached(
-                "UPDATE instances SET state = 'uploaded', uploaded_at = ?2 WHERE path = ?1 AND state <> 'uploaded'",
+                "UPDATE instances SET state = 'uploaded', uploaded_at = ?2
+                 WHERE path = ?1 AND state <> 'uploaded' AND uploaded_at IS NULL",
             )?;
             let at = now();
             let mut n = 0;

@@ -304,7 +304,7 @@ impl PixelStage {
         risk: &Risk,
     ) -> Result<Cleaning, PixelError> {
         let big_endian = ts.encoding().big_endian;
-        let mut frames = decode(ds, ts, big_endian)?;
+        let mut frames = decode(ds, ts, big_endian, self.config.max_pixel_bytes)?;
         let mut cleaning = Cleaning { frames: frames.data.len(), ..Cleaning::default() };
         if let Some(regions) = self.rules.regions_for(ds, big_endian) {
             let g = &frames.geometry;
@@ -497,12 +497,23 @@ impl Crop {
     }
 }
 
-/// The frames of `ds`'s pixel data, as native samples.
-fn decode(ds: &DataSet<'_>, ts: &TransferSyntax, big_endian: bool) -> Result<Frames, PixelError> {
+/// The frames of `ds`'s pixel data, as native samples; at most `max_bytes` of them, whatever the
+/// header claims (a few KB of compressed data can claim gigabytes decoded).
+fn decode(
+    ds: &DataSet<'_>,
+    ts: &TransferSyntax,
+    big_endian: bool,
+    max_bytes: u64,
+) -> Result<Frames, PixelError> {
     let element = ds.get(PIXEL_DATA).ok_or(PixelError::Geometry("no pixel data".into()))?;
     let mut geometry = Geometry::read(ds, big_endian)?;
     let frame_len = geometry.frame_len();
     let total = geometry.total_len().ok_or(PixelError::Geometry("pixel data size overflows".into()))?;
+    if total as u64 > max_bytes {
+        return Err(PixelError::Unsupported(format!(
+            "pixel data of {total} bytes decoded is more than project.pixels.max_pixel_bytes ({max_bytes}) lets the stage read"
+        )));
+    }
     let (data, codec): (Vec<Vec<u8>>, Codec) = match &element.value {
         Value::Bytes(b) if is_ybr_422(&geometry) => {
             let packed = ybr422::packed_len(geometry.rows, geometry.cols);
@@ -556,6 +567,9 @@ fn decode(ds: &DataSet<'_>, ts: &TransferSyntax, big_endian: bool) -> Result<Fra
             let transformed = matches!(geometry.photometric.as_str(), "YBR_ICT" | "YBR_RCT");
             if geometry.samples == 3 && (is_jpeg || transformed) {
                 geometry.photometric = "RGB".into();
+            } else if geometry.photometric.starts_with("YBR_FULL_42") {
+                // Decoded to a sample per pixel: written native, 422/420 would say two bytes a pixel.
+                geometry.photometric = "YBR_FULL".into();
             }
             (decoded, Codec::Decoded)
         }
