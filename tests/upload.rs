@@ -206,6 +206,9 @@ async fn force_change_password_is_answered_only_with_a_configured_new_password()
     assert!(!out.contains(NEW_PASSWORD) && !out.contains(PASSWORD));
 }
 
+/// Mid-drain the network starts losing S3's answers: the puts arrive and are stored, the node
+/// hears nothing back. Its retries must ask the bucket first, so that no object is put twice
+/// (the SDK's own retries would send each again, blind), and nothing is lost once answers return.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_outage_in_the_middle_of_a_drain_loses_and_repeats_nothing() {
     let d = tempfile::tempdir().unwrap();
@@ -219,20 +222,23 @@ async fn an_outage_in_the_middle_of_a_drain_loses_and_repeats_nothing() {
         let (port, files) = (node.port, files.clone());
         std::thread::spawn(move || storescu(port, &files))
     };
-    // Cut the endpoint as soon as the first objects are in.
+    // Lose every answer as soon as the first objects are in.
     wait_for_objects(&moto.url(), 1, &node).await;
-    proxy.cut();
+    proxy.lose_answers();
     let out = sender.join().unwrap();
     assert!(out.status.success(), "intake is unaffected by the outage: {}", text(&out));
+    // Restore once puts whose answers were lost have failed, so the retry path is what settles them.
+    wait_until("an upload to fail during the outage", Duration::from_secs(60), || {
+        node.log().matches("upload failed").count() + node.log().matches("uploads paused").count() > 0
+    });
     let during = objects(&moto.url()).await.len();
     assert!(during < files.len(), "the outage came too late to test anything");
-    // Restore once the outage has made an upload fail, so the retry path is what delivers the rest.
-    wait_until("an upload to fail during the outage", Duration::from_secs(60), || {
-        node.log().contains("upload failed") || node.log().contains("uploads paused")
-    });
     proxy.restore();
     let objects = wait_for_objects(&moto.url(), files.len(), &node).await;
+    wait_for_queue(&node, "uploaded: 40").await;
     check_objects(&objects, &node, &aws, &moto);
+    let lost = objects.iter().filter(|(key, ..)| moto.succeeded("HEAD", key.rsplit('/').next().unwrap()) > 0);
+    assert!(lost.count() > 0, "no put lost its answer, so no retry was tested:\n{}", node.log());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

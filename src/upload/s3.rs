@@ -90,6 +90,8 @@ impl Target {
             .content_length(size as i64)
             .checksum_algorithm(ChecksumAlgorithm::Crc32)
             .body(body)
+            .customize()
+            .config_override(one_attempt())
             .send()
             .await
             .map_err(|e| classify(&e))?;
@@ -169,6 +171,8 @@ impl Target {
             .key(key)
             .upload_id(upload_id)
             .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(parts)).build())
+            .customize()
+            .config_override(one_attempt())
             .send()
             .await
             .map_err(|e| classify(&e))?;
@@ -227,6 +231,13 @@ impl Target {
         }
         Ok(keys)
     }
+}
+
+/// The calls that make an object appear are sent once: when their answer is lost the object may
+/// be there already, and only the worker's own retry asks the bucket before sending it again
+/// (the SDK's built-in retries would put it twice). Parts, heads and listings keep the SDK's.
+fn one_attempt() -> aws_sdk_s3::config::Builder {
+    aws_sdk_s3::config::Builder::new().retry_config(aws_sdk_s3::config::retry::RetryConfig::disabled())
 }
 
 fn classify<E, R>(e: &SdkError<E, R>) -> PutError

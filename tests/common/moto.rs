@@ -8,7 +8,7 @@ use super::ports::free_port;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 pub const REGION: &str = "us-east-1";
@@ -180,23 +180,27 @@ pub fn upload_yaml(aws: &Aws, url: &str, user: &str, password_file: &Path, extra
     )
 }
 
-/// A TCP proxy to moto that can be cut and restored, for outages without losing moto's state.
+/// A TCP proxy to moto whose answers can be lost: requests still reach moto (objects are stored),
+/// but the client's connection is closed when the answer comes, as when a network drops between
+/// an S3 write and its reply. The harshest outage for "nothing is sent twice".
 pub struct Proxy {
     pub port: u16,
-    upstream: u16,
-    up: Arc<AtomicBool>,
-    conns: Arc<Mutex<Vec<TcpStream>>>,
+    answers_lost: Arc<AtomicBool>,
 }
 
 impl Proxy {
     pub fn start(upstream: u16) -> Proxy {
-        let p = Proxy {
-            port: free_port(),
-            upstream,
-            up: Arc::new(AtomicBool::new(false)),
-            conns: Arc::default(),
-        };
-        p.restore();
+        let listener = TcpListener::bind(("127.0.0.1", 0)).unwrap();
+        let p = Proxy { port: listener.local_addr().unwrap().port(), answers_lost: Arc::default() };
+        let lost = p.answers_lost.clone();
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { continue };
+                let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)) else { continue };
+                pipe(client.try_clone().unwrap(), server.try_clone().unwrap(), None);
+                pipe(server, client, Some(lost.clone()));
+            }
+        });
         p
     }
 
@@ -204,48 +208,31 @@ impl Proxy {
         format!("http://127.0.0.1:{}", self.port)
     }
 
-    /// Refuse new connections and cut the open ones.
-    pub fn cut(&self) {
-        self.up.store(false, Ordering::SeqCst);
-        // Wake the accept loop so it drops its listener.
-        let _ = TcpStream::connect(("127.0.0.1", self.port));
-        for c in self.conns.lock().unwrap().drain(..) {
-            let _ = c.shutdown(Shutdown::Both);
-        }
-        std::thread::sleep(Duration::from_millis(100));
+    /// From now on every answer is lost (requests still arrive).
+    pub fn lose_answers(&self) {
+        self.answers_lost.store(true, Ordering::SeqCst);
     }
 
     pub fn restore(&self) {
-        let listener = loop {
-            match TcpListener::bind(("127.0.0.1", self.port)) {
-                Ok(l) => break l,
-                Err(_) => std::thread::sleep(Duration::from_millis(50)),
-            }
-        };
-        self.up.store(true, Ordering::SeqCst);
-        let (up, conns, upstream) = (self.up.clone(), self.conns.clone(), self.upstream);
-        std::thread::spawn(move || {
-            for client in listener.incoming() {
-                if !up.load(Ordering::SeqCst) {
-                    return;
-                }
-                let Ok(client) = client else { continue };
-                let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)) else { continue };
-                conns.lock().unwrap().extend([client.try_clone().unwrap(), server.try_clone().unwrap()]);
-                pipe(client.try_clone().unwrap(), server.try_clone().unwrap());
-                pipe(server, client);
-            }
-        });
+        self.answers_lost.store(false, Ordering::SeqCst);
     }
 }
 
-fn pipe(mut from: TcpStream, mut to: TcpStream) {
+/// Copy `from` to `to`; when `lost` is set at the time bytes arrive, they are dropped and `to` is
+/// closed instead (the rest of the answer is read and discarded, so the server finishes normally).
+fn pipe(mut from: TcpStream, mut to: TcpStream, lost: Option<Arc<AtomicBool>>) {
     std::thread::spawn(move || {
         let mut buf = [0u8; 64 * 1024];
+        let mut dropping = false;
         loop {
             match from.read(&mut buf) {
                 Ok(0) | Err(_) => break,
                 Ok(n) => {
+                    if dropping || lost.as_ref().is_some_and(|l| l.load(Ordering::SeqCst)) {
+                        dropping = true;
+                        let _ = to.shutdown(Shutdown::Both);
+                        continue;
+                    }
                     if to.write_all(&buf[..n]).is_err() {
                         break;
                     }
