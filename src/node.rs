@@ -234,9 +234,7 @@ pub async fn start_projects(
         Some(l) => {
             let http_addr = l.local_addr().map_err(io_err("the operations endpoint's address"))?;
             tracing::info!(%http_addr, token = token.is_some(), "operations endpoint listening");
-            // The status page shows the first project and names the others; metrics count every
-            // project together.
-            let p = &projects[0];
+            // Each project's index and storage, for its page, its gauges and readiness.
             let tls_state = match (&tls, tls_addr) {
                 (Some((_, state)), Some(addr)) => {
                     let mode = if state.mutual() {
@@ -248,25 +246,27 @@ pub async fn start_projects(
                 }
                 _ => "off".into(),
             };
+            let mut each = Vec::with_capacity(projects.len());
+            for p in &projects {
+                each.push(http::ProjectOps {
+                    name: p.config.project.name.clone(),
+                    site_id: p.config.project.site_id.clone(),
+                    ae_title: p.config.scp.ae_title.clone(),
+                    index: p.pipeline.index().clone(),
+                    reader: Reader::open(&p.config.index_path())?,
+                    index_path: p.config.index_path(),
+                    storage_dir: p.config.storage.dir.clone(),
+                    public_dir: p.config.public_dir(),
+                    quarantine_dir: p.config.quarantine_dir(),
+                    min_free_bytes: p.config.storage.min_free_bytes,
+                    uploader_enabled: p.config.upload.enabled,
+                    destinations: p.config.export.dicom.clone(),
+                });
+            }
             let ops = Arc::new(http::Ops {
-                project: p.config.project.name.clone(),
-                site_id: p.config.project.site_id.clone(),
-                ae_title: p.config.scp.ae_title.clone(),
                 scp_addr,
                 tls: tls_state,
-                other_projects: projects[1..]
-                    .iter()
-                    .map(|o| format!("{} ({})", o.config.project.name, o.config.scp.ae_title))
-                    .collect(),
-                index: p.pipeline.index().clone(),
-                reader: Reader::open(&p.config.index_path())?,
-                index_path: p.config.index_path(),
-                storage_dir: p.config.storage.dir.clone(),
-                public_dir: p.config.public_dir(),
-                quarantine_dir: p.config.quarantine_dir(),
-                min_free_bytes: p.config.storage.min_free_bytes,
-                uploader_enabled: p.config.upload.enabled,
-                destinations: p.config.export.dicom.clone(),
+                projects: each,
                 token,
                 started: chrono::Utc::now(),
                 readiness: http::Readiness::default(),

@@ -11,56 +11,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::http::*;
 use common::node::*;
 use common::*;
-
-/// One HTTP/1.1 GET; returns the status code and the body.
-fn get(port: u16, path: &str, token: Option<&str>) -> (u16, String) {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("the operations endpoint accepts");
-    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
-    write!(s, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{auth}Connection: close\r\n\r\n").unwrap();
-    let mut raw = String::new();
-    s.read_to_string(&mut raw).unwrap();
-    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
-    let code = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-    // Chunked bodies: the chunk size lines are short hex numbers; none of our checks depend on them.
-    (code, body.to_string())
-}
-
-/// Every sample of a scrape, by series (`name{labels}`).
-fn scrape(node: &Node) -> BTreeMap<String, f64> {
-    let (code, body) = get(node.http_port.unwrap(), "/metrics", None);
-    assert_eq!(code, 200, "{body}");
-    body.lines()
-        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
-        .filter_map(|l| {
-            let (series, value) = l.rsplit_once(' ')?;
-            Some((series.to_string(), value.parse().ok()?))
-        })
-        .collect()
-}
-
-fn value(m: &BTreeMap<String, f64>, series: &str) -> f64 {
-    *m.get(series).unwrap_or_else(|| panic!("{series} not in the scrape: {:?}", m.keys().collect::<Vec<_>>()))
-}
-
-/// Poll `/metrics` until `done` holds, at most 30 s.
-fn wait_for_metrics(
-    node: &Node,
-    what: &str,
-    done: impl Fn(&BTreeMap<String, f64>) -> bool,
-) -> BTreeMap<String, f64> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let m = scrape(node);
-        if done(&m) {
-            return m;
-        }
-        assert!(Instant::now() < deadline, "metrics never showed {what}; log:\n{}", node.log());
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
 
 /// Poll an endpoint until it answers `code`, at most 30 s; returns the body.
 fn wait_for_code(node: &Node, path: &str, code: u16) -> String {
@@ -157,10 +110,13 @@ fn each_counter_moves_by_exactly_what_was_sent() {
     assert_eq!(moved("dicom_anon_durability_flush_failures_total"), 0.0);
     assert!(moved("dicom_anon_durability_flush_seconds_count") >= 1.0);
     // Uploads are off: everything stored waits in the queue.
-    assert_eq!(value(&after, "dicom_anon_upload_queue_instances{state=\"queued\"}"), f64::from(N));
-    assert!(value(&after, "dicom_anon_upload_oldest_queued_age_seconds") >= 0.0);
-    assert!(value(&after, "dicom_anon_storage_free_bytes") > 0.0);
-    assert!(value(&after, "dicom_anon_index_size_bytes") > 0.0);
+    assert_eq!(
+        value(&after, "dicom_anon_upload_queue_instances{project=\"TEST_PROJECT\",state=\"queued\"}"),
+        f64::from(N)
+    );
+    assert!(value(&after, "dicom_anon_upload_oldest_queued_age_seconds{project=\"TEST_PROJECT\"}") >= 0.0);
+    assert!(value(&after, "dicom_anon_storage_free_bytes{project=\"TEST_PROJECT\"}") > 0.0);
+    assert!(value(&after, "dicom_anon_index_size_bytes{project=\"TEST_PROJECT\"}") > 0.0);
 
     // No PHI and no UID in any label or value of the exposition.
     let (_, raw) = get(node.http_port.unwrap(), "/metrics", None);
@@ -244,7 +200,10 @@ fn readiness_follows_free_space_while_liveness_stays() {
     let m = scrape(&node);
     assert_eq!(value(&m, "dicom_anon_instances_refused_total{status=\"0xA700\"}"), 1.0);
     assert_eq!(value(&m, "dicom_anon_instances_stored_total"), 1.0);
-    assert_eq!(value(&m, "dicom_anon_storage_min_free_bytes"), f64::from(24u32 << 20));
+    assert_eq!(
+        value(&m, "dicom_anon_storage_min_free_bytes{project=\"TEST_PROJECT\"}"),
+        f64::from(24u32 << 20)
+    );
 
     assert!(node.stop().success());
     drop(disk);
@@ -474,33 +433,6 @@ fn the_token_guards_everything_but_healthz() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     assert!(text(&out).contains("OPS_TEST_TOKEN"), "{}", text(&out));
-}
-
-fn chromium() -> PathBuf {
-    tool("/usr/bin/chromium", "chromium")
-}
-
-/// Headless Chromium on `url` with `extra` arguments, in a profile of its own under `profile`.
-fn headless(chromium: &Path, url: &str, profile: &Path, extra: &[&str]) -> std::process::Output {
-    let out = Command::new(chromium)
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--hide-scrollbars",
-        ])
-        .arg(format!("--user-data-dir={}", profile.display()))
-        .args(extra)
-        .arg(url)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "chromium failed: {}", text(&out));
-    out
 }
 
 #[test]
@@ -741,15 +673,21 @@ fn an_unreachable_destination_shows_on_the_page_and_in_its_gauges() {
     assert!(out.status.success() && !text(&out).contains("Store Failed"), "{}", text(&out));
 
     let series = |state: &str| {
-        format!("dicom_anon_export_queue_instances{{destination=\"research\",state=\"{state}\"}}")
+        format!("dicom_anon_export_queue_instances{{destination=\"research\",project=\"TEST_PROJECT\",state=\"{state}\"}}")
     };
     let m = wait_for_metrics(&node, "research unreachable with three queued", |m| {
-        m.get("dicom_anon_export_unreachable{destination=\"research\"}") == Some(&1.0)
+        m.get("dicom_anon_export_unreachable{destination=\"research\",project=\"TEST_PROJECT\"}")
+            == Some(&1.0)
             && m.get(&series("queued")) == Some(&3.0)
     });
     assert_eq!(value(&m, &series("sent")), 0.0);
-    assert!(value(&m, "dicom_anon_export_oldest_queued_age_seconds{destination=\"research\"}") >= 0.0);
-    assert_eq!(value(&m, "dicom_anon_upload_enabled"), 0.0);
+    assert!(
+        value(
+            &m,
+            "dicom_anon_export_oldest_queued_age_seconds{destination=\"research\",project=\"TEST_PROJECT\"}"
+        ) >= 0.0
+    );
+    assert_eq!(value(&m, "dicom_anon_upload_enabled{project=\"TEST_PROJECT\"}"), 0.0);
 
     let profile = tempfile::tempdir().unwrap();
     let url = format!("{}/", node.http_base());

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::time::{Duration, Instant};
 
+use common::http::*;
 use common::moto::*;
 use common::node::*;
 use common::*;
@@ -68,6 +69,63 @@ fn corpus(dir: &Path, patient: &Patient, n: u32) -> Vec<PathBuf> {
             put(dir, &format!("{i}.dcm"), &instance(patient, &shape))
         })
         .collect()
+}
+
+/// Issue 23: the status page lists both projects and shows each one's own boxes (headless
+/// Chromium), the gauges read from an index carry the project, and `/readyz` checks every
+/// project's index and disk.
+fn each_project_is_shown_by_the_operations_endpoint(node: &Node, planted: &[Vec<u8>]) {
+    let m = scrape(node);
+    for (project, n) in [("TBI", 4.0), ("STROKE", 3.0)] {
+        let rows: f64 = ["queued", "uploading", "uploaded", "failed"]
+            .iter()
+            .map(|s| {
+                value(
+                    &m,
+                    &format!("dicom_anon_upload_queue_instances{{project=\"{project}\",state=\"{s}\"}}"),
+                )
+            })
+            .sum();
+        assert_eq!(rows, n, "{project}'s upload queue");
+        assert!(value(&m, &format!("dicom_anon_index_size_bytes{{project=\"{project}\"}}")) > 0.0);
+    }
+
+    let (code, ready) = get(node.http_port.unwrap(), "/readyz", None);
+    let ready: serde_json::Value = serde_json::from_str(&ready).unwrap();
+    assert_eq!(code, 200, "{ready}");
+    let checked: Vec<&str> =
+        ready["projects"].as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap()).collect();
+    assert_eq!(checked, ["TBI", "STROKE"], "{ready}");
+    assert!(ready["projects"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|p| p["index"]["ok"] == true && p["spool"]["ok"] == true));
+
+    let chromium = chromium();
+    let profile = tempfile::tempdir().unwrap();
+    let dom = |path: &str| {
+        let url = format!("{}{path}", node.http_base());
+        String::from_utf8(headless(&chromium, &url, profile.path(), &["--dump-dom"]).stdout).unwrap()
+    };
+    let first = dom("/");
+    assert!(first.contains("id=\"projects\"") && first.contains("<b>TBI</b> (shown)"), "{first}");
+    assert!(first.contains("<a href=\"/projects/STROKE\">STROKE</a>"), "{first}");
+    assert!(first.contains("id=\"count-instances\">4<"), "TBI's own count:\n{first}");
+    let row = first.split("<tr ").find(|r| r.starts_with("id=\"project-STROKE\"")).expect("a row for STROKE");
+    assert!(row.contains("STROKE_ANON") && row.contains("<td class=\"n\">3</td>"), "{row}");
+    let stroke = dom("/projects/STROKE");
+    assert!(
+        stroke.contains("<b>STROKE</b> (shown)") && stroke.contains("id=\"count-instances\">3<"),
+        "{stroke}"
+    );
+    assert!(stroke.contains("(project STROKE)</h2>"), "the chart is STROKE's");
+    for page in [&first, &stroke] {
+        for phi in planted {
+            assert!(!contains(page.as_bytes(), phi), "{:?} on the page", String::from_utf8_lossy(phi));
+        }
+    }
+    assert_eq!(get(node.http_port.unwrap(), "/projects/NOPE", None).0, 404);
 }
 
 fn cli(args: &[&str], config: &Path) -> Output {
@@ -148,6 +206,8 @@ async fn two_projects_keep_archives_pseudonyms_indexes_and_uploads_apart() {
             assert!(!contains(bytes, phi), "{} holds {:?}", f.display(), String::from_utf8_lossy(phi));
         }
     }
+
+    each_project_is_shown_by_the_operations_endpoint(&node, &planted);
 
     // Each upload goes under its own prefix, signed in as its own user, and nowhere else.
     let deadline = Instant::now() + Duration::from_secs(90);

@@ -13,7 +13,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use axum::extract::{Request, State};
+use axum::extract::{Path, Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -28,16 +28,25 @@ use crate::export::status::Destination;
 use crate::index::{Index, Reader};
 use crate::observe::{activity, metrics, ACTIVITY, METRICS};
 
-/// What the endpoint reads: the node's identity, its storage and its index.
+/// What the endpoint reads: the node's listeners, and each project's index and storage.
 pub struct Ops {
-    pub project: String,
-    pub site_id: String,
-    pub ae_title: String,
     pub scp_addr: SocketAddr,
     /// "off", or the TLS listener's address and mode, for the status page.
     pub tls: String,
-    /// The node's other projects, "NAME (AE title)".
-    pub other_projects: Vec<String>,
+    /// Every project of the node, in config order; `/` shows the first, `/projects/NAME` each.
+    pub projects: Vec<ProjectOps>,
+    /// Required as `Authorization: Bearer <token>` when set.
+    pub token: Option<String>,
+    pub started: DateTime<Utc>,
+    /// `/readyz`'s one probe in flight.
+    pub readiness: Readiness,
+}
+
+/// One project's identity, index and storage: what the page, the gauges and readiness read.
+pub struct ProjectOps {
+    pub name: String,
+    pub site_id: String,
+    pub ae_title: String,
     /// The writer, for the writability probe only.
     pub index: Index,
     /// Counts and queue state, read beside the writer.
@@ -51,11 +60,6 @@ pub struct Ops {
     pub uploader_enabled: bool,
     /// The DICOM destinations (`export.dicom`), whose queues the page and the gauges show.
     pub destinations: Vec<crate::config::ExportDestination>,
-    /// Required as `Authorization: Bearer <token>` when set.
-    pub token: Option<String>,
-    pub started: DateTime<Utc>,
-    /// `/readyz`'s one probe in flight.
-    pub readiness: Readiness,
 }
 
 /// Serve on `listener` until `shutdown` completes; requests in progress are finished.
@@ -82,7 +86,8 @@ async fn page_work<T: Send + 'static>(
 
 fn router(ops: Arc<Ops>) -> Router {
     Router::new()
-        .route("/", get(page))
+        .route("/", get(first_project_page))
+        .route("/projects/{name}", get(project_page))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
@@ -129,8 +134,8 @@ async fn readyz(State(ops): State<Arc<Ops>>) -> Response {
     json(*code, body.clone()).into_response()
 }
 
-fn uploader_state(ops: &Ops) -> &'static str {
-    if !ops.uploader_enabled {
+fn uploader_state(project: &ProjectOps) -> &'static str {
+    if !project.uploader_enabled {
         "disabled"
     } else if METRICS.upload_paused.get() == 1 {
         "paused (no credentials)"
@@ -150,39 +155,55 @@ async fn metrics(State(ops): State<Arc<Ops>>) -> Response {
     rsp
 }
 
-/// The gauges read from the disk and the index.
+/// The gauges read from each project's disk and index, labelled with the project.
 fn refresh_gauges(ops: &Ops) -> Result<(), crate::index::IndexError> {
     let m = &*METRICS;
-    if let Ok(free) = fs4::available_space(&ops.storage_dir) {
-        m.storage_free_bytes.set(free as i64);
+    for p in &ops.projects {
+        let project = p.name.as_str();
+        if let Ok(free) = fs4::available_space(&p.storage_dir) {
+            m.storage_free_bytes.with_label_values(&[project]).set(free as i64);
+        }
+        m.storage_min_free_bytes.with_label_values(&[project]).set(p.min_free_bytes as i64);
+        m.index_size_bytes.with_label_values(&[project]).set(index_size(p) as i64);
+        let queue = p.reader.queue_status()?;
+        for state in metrics::QUEUE_STATES {
+            let n = queue.counts.iter().find(|(s, _)| s == state).map_or(0, |(_, n)| *n);
+            m.upload_queue.with_label_values(&[project, state]).set(n as i64);
+        }
+        let oldest = queue.oldest_queued.as_deref().and_then(|t| DateTime::parse_from_rfc3339(t).ok());
+        let age =
+            oldest.map_or(0.0, |t| (Utc::now() - t.with_timezone(&Utc)).num_milliseconds() as f64 / 1e3);
+        m.upload_oldest_queued_age.with_label_values(&[project]).set(age.max(0.0));
+        m.upload_enabled.with_label_values(&[project]).set(i64::from(p.uploader_enabled));
+        m.destinations(project, &destinations(p)?);
     }
-    m.storage_min_free_bytes.set(ops.min_free_bytes as i64);
-    m.index_size_bytes.set(index_size(ops) as i64);
-    let queue = ops.reader.queue_status()?;
-    for state in metrics::QUEUE_STATES {
-        let n = queue.counts.iter().find(|(s, _)| s == state).map_or(0, |(_, n)| *n);
-        m.upload_queue.with_label_values(&[state]).set(n as i64);
-    }
-    let oldest = queue.oldest_queued.as_deref().and_then(|t| DateTime::parse_from_rfc3339(t).ok());
-    let age = oldest.map_or(0.0, |t| (Utc::now() - t.with_timezone(&Utc)).num_milliseconds() as f64 / 1e3);
-    m.upload_oldest_queued_age.set(age.max(0.0));
-    m.upload_enabled.set(i64::from(ops.uploader_enabled));
-    m.destinations(&destinations(ops)?);
     Ok(())
 }
 
 /// Each DICOM destination's queue now.
-fn destinations(ops: &Ops) -> Result<Vec<Destination>, crate::index::IndexError> {
-    Ok(crate::export::status::destinations(&ops.destinations, &ops.reader.destination_status()?))
+fn destinations(p: &ProjectOps) -> Result<Vec<Destination>, crate::index::IndexError> {
+    Ok(crate::export::status::destinations(&p.destinations, &p.reader.destination_status()?))
 }
 
-fn index_size(ops: &Ops) -> u64 {
-    let wal = ops.index_path.with_extension("db-wal");
-    [&ops.index_path, &wal].iter().filter_map(|p| std::fs::metadata(p).ok()).map(|m| m.len()).sum()
+fn index_size(p: &ProjectOps) -> u64 {
+    let wal = p.index_path.with_extension("db-wal");
+    [&p.index_path, &wal].iter().filter_map(|p| std::fs::metadata(p).ok()).map(|m| m.len()).sum()
 }
 
-async fn page(State(ops): State<Arc<Ops>>) -> Response {
-    let page = page_work(move || gather(&ops)).await;
+async fn first_project_page(State(ops): State<Arc<Ops>>) -> Response {
+    page(ops, 0).await
+}
+
+async fn project_page(State(ops): State<Arc<Ops>>, Path(name): Path<String>) -> Response {
+    match ops.projects.iter().position(|p| p.name == name) {
+        Some(i) => page(ops, i).await,
+        None => (StatusCode::NOT_FOUND, "no such project on this node\n").into_response(),
+    }
+}
+
+/// The page of project number `shown`, with every project's summary.
+async fn page(ops: Arc<Ops>, shown: usize) -> Response {
+    let page = page_work(move || gather(&ops, shown)).await;
     match page {
         Ok(p) => {
             let mut rsp = status::render(&p).into_response();
@@ -200,23 +221,28 @@ async fn page(State(ops): State<Arc<Ops>>) -> Response {
     }
 }
 
-fn gather(ops: &Ops) -> status::Page {
+fn gather(ops: &Ops, shown: usize) -> status::Page {
     let m = &*METRICS;
     let quarantined = m.instances_quarantined.collect();
     let refused = m.instances_refused.collect();
+    let p = &ops.projects[shown];
     status::Page {
-        project: ops.project.clone(),
-        site_id: ops.site_id.clone(),
-        ae_title: ops.ae_title.clone(),
+        project: p.name.clone(),
+        site_id: p.site_id.clone(),
+        ae_title: p.ae_title.clone(),
         scp_addr: ops.scp_addr.to_string(),
         tls: ops.tls.clone(),
-        other_projects: ops.other_projects.clone(),
+        projects: if ops.projects.len() > 1 {
+            ops.projects.iter().map(summary).collect()
+        } else {
+            Vec::new()
+        },
         listener_up: m.listener_up.get() == 1,
         flush_failure: crate::durability::failure().map(ToString::to_string),
         audit_rows_dropped: m.audit_rows_dropped.get(),
         started: ops.started,
         now: Utc::now(),
-        counts: ops.reader.counts().map_err(|e| e.to_string()),
+        counts: p.reader.counts().map_err(|e| e.to_string()),
         since_start: status::SinceStart {
             received: m.instances_received.get(),
             stored: m.instances_stored.get(),
@@ -224,17 +250,37 @@ fn gather(ops: &Ops) -> status::Page {
             refused: total(&refused),
         },
         recent: ACTIVITY.recent(),
-        quarantine: quarantine_counts(&ops.quarantine_dir),
-        uploader: uploader_state(ops),
-        queue: ops.reader.queue_status().map_err(|e| e.to_string()),
-        destinations: destinations(ops).map_err(|e| e.to_string()),
-        free_bytes: fs4::available_space(&ops.storage_dir).ok(),
-        min_free_bytes: ops.min_free_bytes,
-        per_minute: ops
+        quarantine: quarantine_counts(&p.quarantine_dir),
+        uploader: uploader_state(p),
+        queue: p.reader.queue_status().map_err(|e| e.to_string()),
+        destinations: destinations(p).map_err(|e| e.to_string()),
+        free_bytes: fs4::available_space(&p.storage_dir).ok(),
+        min_free_bytes: p.min_free_bytes,
+        per_minute: p
             .reader
             .stored_per_minute(Utc::now(), activity::MINUTES)
             .unwrap_or_else(|_| vec![0; activity::MINUTES]),
         pixels: pixel_reads(),
+    }
+}
+
+/// One line of the projects table: read from the project's own index and quarantine.
+fn summary(p: &ProjectOps) -> status::ProjectSummary {
+    let queue = p.reader.queue_status().map_err(|e| e.to_string());
+    let waiting = |q: &crate::index::QueueStatus, states: &[&str]| {
+        q.counts.iter().filter(|(s, _)| states.contains(&s.as_str())).map(|(_, n)| *n).sum::<u64>()
+    };
+    let destinations = destinations(p).unwrap_or_default();
+    status::ProjectSummary {
+        name: p.name.clone(),
+        ae_title: p.ae_title.clone(),
+        instances: p.reader.counts().map(|c| c.instances).map_err(|e| e.to_string()),
+        upload_waiting: queue.as_ref().ok().map(|q| waiting(q, &["queued", "uploading"])),
+        upload_failed: queue.as_ref().ok().map(|q| waiting(q, &["failed"])),
+        uploader: uploader_state(p),
+        export_waiting: destinations.iter().map(|d| d.count("queued") + d.count("sending")).sum(),
+        export_failed: destinations.iter().map(|d| d.count("failed")).sum(),
+        quarantined: quarantine_counts(&p.quarantine_dir).iter().map(|(_, n)| n).sum(),
     }
 }
 

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use axum::http::StatusCode;
 use tokio::task::JoinHandle;
 
-use super::Ops;
+use super::{Ops, ProjectOps};
 use crate::observe::METRICS;
 
 /// How long a probe waits for the index writer before calling it stuck.
@@ -36,6 +36,12 @@ pub struct Readiness {
 struct State {
     /// The last answer and when it was complete.
     last: Option<(Instant, Arc<Answer>)>,
+    /// Each project's checks, in the order of [`Ops::projects`].
+    projects: Vec<ProjectChecks>,
+}
+
+#[derive(Default)]
+struct ProjectChecks {
     index: Check<Result<(), String>>,
     disk: Check<Disk>,
 }
@@ -63,10 +69,17 @@ impl Readiness {
     }
 }
 
-async fn probe(ops: &Arc<Ops>, state: &mut State) -> Answer {
-    let listener = METRICS.listener_up.get() == 1;
+/// One project's answer: its index writer, its storage disk, its `public/`.
+struct ProjectAnswer {
+    index: Result<(), String>,
+    spool: Result<(), String>,
+    free: Result<u64, String>,
+    disk_ok: bool,
+}
+
+async fn probe_project(p: &ProjectOps, checks: &mut ProjectChecks) -> ProjectAnswer {
     let index = {
-        let index = ops.index.clone();
+        let index = p.index.clone();
         // A write through the index writer, rolled into its next batch: proves the writer runs and
         // the database accepts writes.
         let write = move || {
@@ -77,41 +90,96 @@ async fn probe(ops: &Arc<Ops>, state: &mut State) -> Answer {
                 })
                 .map_err(|e| e.to_string())
         };
-        state.index.run(write, INDEX_PROBE_TIMEOUT, "the index writer").await.and_then(|r| r)
+        checks.index.run(write, INDEX_PROBE_TIMEOUT, "the index writer").await.and_then(|r| r)
     };
     let disk = {
-        let (storage, public) = (ops.storage_dir.clone(), ops.public_dir.clone());
+        let (storage, public) = (p.storage_dir.clone(), p.public_dir.clone());
         let look = move || Disk {
             free: fs4::available_space(&storage)
                 .map_err(|e| format!("cannot read the free space of {}: {e}", storage.display())),
             spool: spool_writable(&public),
         };
-        state.disk.run(look, DISK_PROBE_TIMEOUT, "the storage disk").await
+        checks.disk.run(look, DISK_PROBE_TIMEOUT, "the storage disk").await
     };
     let (free, spool) = match disk {
         Ok(Disk { free, spool }) => (free, spool),
         Err(stuck) => (Err(stuck.clone()), Err(stuck)),
     };
-    let disk_ok = matches!(free, Ok(f) if f >= ops.min_free_bytes);
+    let disk_ok = matches!(free, Ok(f) if f >= p.min_free_bytes);
+    ProjectAnswer { index, spool, free, disk_ok }
+}
+
+async fn probe(ops: &Arc<Ops>, state: &mut State) -> Answer {
+    let listener = METRICS.listener_up.get() == 1;
+    state.projects.resize_with(ops.projects.len(), ProjectChecks::default);
+    let mut answers = Vec::with_capacity(ops.projects.len());
+    for (p, checks) in ops.projects.iter().zip(&mut state.projects) {
+        answers.push(probe_project(p, checks).await);
+    }
     // A failed flush is final: the node acknowledges nothing until it is restarted.
     let flushed = crate::durability::failure().map(ToString::to_string);
-    let ready = listener && index.is_ok() && disk_ok && spool.is_ok() && flushed.is_none();
+    let all = |ok: fn(&ProjectAnswer) -> bool| answers.iter().all(ok);
+    let (index_ok, spool_ok, disk_ok) =
+        (all(|a| a.index.is_ok()), all(|a| a.spool.is_ok()), all(|a| a.disk_ok));
+    let ready = listener && index_ok && spool_ok && disk_ok && flushed.is_none();
+    // Errors name their project when there are several: each has its own index and disk.
+    let errors = |pick: fn(&ProjectAnswer) -> Option<&String>| {
+        let named = ops.projects.len() > 1;
+        let list: Vec<String> = ops
+            .projects
+            .iter()
+            .zip(&answers)
+            .filter_map(|(p, a)| {
+                pick(a).map(|e| if named { format!("project {}: {e}", p.name) } else { e.clone() })
+            })
+            .collect();
+        (!list.is_empty()).then(|| list.join("; "))
+    };
+    // The disk with the least room over its minimum speaks for all.
+    let (tightest, tight) = ops
+        .projects
+        .iter()
+        .zip(&answers)
+        .min_by_key(|(p, a)| {
+            a.free.as_ref().map_or(i128::MIN, |f| i128::from(*f) - i128::from(p.min_free_bytes))
+        })
+        .expect("a node has at least one project");
+    let projects: Vec<serde_json::Value> = ops
+        .projects
+        .iter()
+        .zip(&answers)
+        .map(|(p, a)| {
+            serde_json::json!({
+                "name": p.name,
+                "index": { "ok": a.index.is_ok(), "error": a.index.as_ref().err() },
+                "spool": { "ok": a.spool.is_ok(), "error": a.spool.as_ref().err() },
+                "disk": {
+                    "ok": a.disk_ok,
+                    "free_bytes": a.free.as_ref().ok(),
+                    "min_free_bytes": p.min_free_bytes,
+                    "error": a.free.as_ref().err(),
+                },
+                "uploader": super::uploader_state(p),
+            })
+        })
+        .collect();
     let body = serde_json::json!({
         "ready": ready,
         "checks": {
             "listener": { "ok": listener },
             "flush": { "ok": flushed.is_none(), "error": flushed },
-            "index": { "ok": index.is_ok(), "error": index.err() },
-            "spool": { "ok": spool.is_ok(), "error": spool.err() },
+            "index": { "ok": index_ok, "error": errors(|a| a.index.as_ref().err()) },
+            "spool": { "ok": spool_ok, "error": errors(|a| a.spool.as_ref().err()) },
             "disk": {
                 "ok": disk_ok,
-                "free_bytes": free.as_ref().ok(),
-                "min_free_bytes": ops.min_free_bytes,
-                "error": free.err(),
+                "free_bytes": tight.free.as_ref().ok(),
+                "min_free_bytes": tightest.min_free_bytes,
+                "error": errors(|a| a.free.as_ref().err()),
             },
         },
+        "projects": projects,
         // Uploads do not decide readiness: intake goes on while they wait.
-        "uploader": super::uploader_state(ops),
+        "uploader": super::uploader_state(&ops.projects[0]),
         // Nor does OCR: images whose senders wait for their pixels to be read, for a probe to alert on.
         "pixel_reads_in_progress": METRICS.pixel_reads_in_progress.get(),
     });

@@ -22,8 +22,8 @@ pub struct Page {
     pub scp_addr: String,
     /// "off", or where the TLS listener is and whether it asks for client certificates.
     pub tls: String,
-    /// The node's other projects, "NAME (AE title)"; their counts are not on this page.
-    pub other_projects: Vec<String>,
+    /// Every project of the node, one line each; empty on a node with one project.
+    pub projects: Vec<ProjectSummary>,
     pub listener_up: bool,
     /// Why the node acknowledges nothing until restarted: a flush to disk failed.
     pub flush_failure: Option<String>,
@@ -57,6 +57,23 @@ pub struct PixelReads {
     pub masked: u64,
     pub held: u64,
     pub kept_unread: u64,
+}
+
+/// One project at a glance, read from its own index, queue and quarantine.
+#[derive(Debug, Clone)]
+pub struct ProjectSummary {
+    pub name: String,
+    pub ae_title: String,
+    /// `Err`: why its index could not be read.
+    pub instances: Result<u64, String>,
+    /// Upload queue, queued or uploading / failed; `None` when it could not be read.
+    pub upload_waiting: Option<u64>,
+    pub upload_failed: Option<u64>,
+    pub uploader: &'static str,
+    /// Every DICOM destination together: queued or sending / failed.
+    pub export_waiting: u64,
+    pub export_failed: u64,
+    pub quarantined: u64,
 }
 
 /// Counters since this process started.
@@ -146,13 +163,6 @@ fn write_page(h: &mut String, p: &Page) -> std::fmt::Result {
         escape(&p.scp_addr),
         escape(&p.tls)
     )?;
-    if !p.other_projects.is_empty() {
-        write!(
-            h,
-            "<tr><th>Other projects</th><td>{} (their own index and queue; counts below are this project's)</td></tr>",
-            escape(&p.other_projects.join(", "))
-        )?;
-    }
     match p.free_bytes {
         Some(free) => {
             let class = if free >= p.min_free_bytes { "ok" } else { "bad" };
@@ -166,7 +176,7 @@ fn write_page(h: &mut String, p: &Page) -> std::fmt::Result {
         None => h.push_str("<tr><th>Disk free</th><td id=\"disk\" class=\"bad\">unknown</td></tr>"),
     }
     // Counted by the process, so every project's: said so beside this project's boxes.
-    let since = if p.other_projects.is_empty() { "Since start" } else { "Since start, every project" };
+    let since = if p.projects.is_empty() { "Since start" } else { "Since start, every project" };
     write!(
         h,
         "<tr><th>{since}</th><td>received {} · stored {} · quarantined {} · refused {}</td></tr>",
@@ -182,6 +192,7 @@ fn write_page(h: &mut String, p: &Page) -> std::fmt::Result {
         )?;
     }
     h.push_str("</table></section>");
+    projects(h, p)?;
 
     h.push_str("<section><h2>Index</h2><table>");
     match &p.counts {
@@ -259,7 +270,7 @@ fn write_page(h: &mut String, p: &Page) -> std::fmt::Result {
     h.push_str("</table></section></div>");
     destinations(h, &p.destinations)?;
 
-    h.push_str("<h2>Instances stored per minute, last hour (this project)</h2>");
+    write!(h, "<h2>Instances stored per minute, last hour (project {})</h2>", escape(&p.project))?;
     chart(h, &p.per_minute)?;
 
     write!(h, "<h2>Last {} associations</h2>", activity::RECENT)?;
@@ -285,6 +296,66 @@ fn write_page(h: &mut String, p: &Page) -> std::fmt::Result {
     }
     h.push_str("</table></body></html>");
     Ok(())
+}
+
+/// Every project, one row each, the one shown marked; nothing on a node with one project. Each
+/// has its own index, queue and quarantine, so the boxes beside this table are the shown one's.
+fn projects(h: &mut String, p: &Page) -> std::fmt::Result {
+    if p.projects.is_empty() {
+        return Ok(());
+    }
+    h.push_str(
+        "<section><h2>Projects</h2><table id=\"projects\"><tr><th>project</th><th>AE title</th>\
+         <th>instances</th><th>to upload</th><th>upload failed</th><th>uploader</th><th>to export</th>\
+         <th>export failed</th><th>quarantined</th></tr>",
+    );
+    let number = |n: Option<u64>| n.map_or_else(|| "?".to_string(), |n| n.to_string());
+    for (i, s) in p.projects.iter().enumerate() {
+        let name = escape(&s.name);
+        let link = if i == 0 { "/".to_string() } else { format!("/projects/{}", url_path(&s.name)) };
+        let cell = if s.name == p.project {
+            format!("<b>{name}</b> (shown)")
+        } else {
+            format!("<a href=\"{}\">{name}</a>", escape(&link))
+        };
+        let bad = |n: u64| if n > 0 { "n bad" } else { "n" };
+        let instances = match &s.instances {
+            Ok(n) => n.to_string(),
+            Err(e) => format!("<span class=\"bad\">cannot read the index: {}</span>", escape(e)),
+        };
+        write!(
+            h,
+            "<tr id=\"project-{}\"><td>{cell}</td><td>{}</td><td class=\"n\">{instances}</td>\
+             <td class=\"n\">{}</td><td class=\"{}\">{}</td><td>{}</td><td class=\"n\">{}</td>\
+             <td class=\"{}\">{}</td><td class=\"{}\">{}</td></tr>",
+            url_path(&s.name),
+            escape(&s.ae_title),
+            number(s.upload_waiting),
+            bad(s.upload_failed.unwrap_or(0)),
+            number(s.upload_failed),
+            s.uploader,
+            s.export_waiting,
+            bad(s.export_failed),
+            s.export_failed,
+            bad(s.quarantined),
+            s.quarantined,
+        )?;
+    }
+    h.push_str("</table></section>");
+    Ok(())
+}
+
+/// A project name as one URL path segment: everything but unreserved characters percent-encoded.
+fn url_path(name: &str) -> String {
+    let mut out = String::with_capacity(name.len());
+    for b in name.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(b as char);
+        } else {
+            let _ = write!(out, "%{b:02X}");
+        }
+    }
+    out
 }
 
 /// The DICOM destinations (`export.dicom`), one row each; nothing without any.
@@ -372,7 +443,7 @@ mod tests {
             ae_title: "ANON".into(),
             scp_addr: "127.0.0.1:104".into(),
             tls: "off".into(),
-            other_projects: vec!["B<2> (B_AE)".into()],
+            projects: vec![summary("P<1>"), summary("B<2> #1")],
             listener_up: true,
             flush_failure: None,
             audit_rows_dropped: 0,
@@ -405,7 +476,13 @@ mod tests {
         assert!(!html.contains("<script>"), "{html}");
         assert!(html.contains("&lt;script&gt;x&lt;/script&gt;&quot;"));
         assert!(html.contains("P&lt;1&gt;"));
-        assert!(html.contains("B&lt;2&gt; (B_AE)"), "other projects are named");
+        assert!(html.contains("<b>P&lt;1&gt;</b> (shown)"), "the shown project is marked");
+        assert!(
+            html.contains("<a href=\"/projects/B%3C2%3E%20%231\">B&lt;2&gt; #1</a>"),
+            "others link to theirs"
+        );
+        assert!(html.contains("id=\"project-B%3C2%3E%20%231\""));
+        assert!(html.contains("(project P&lt;1&gt;)</h2>"), "the chart says whose it is");
         assert!(html.contains("Since start, every project"), "process-wide counts say so");
         assert!(html.contains("id=\"tls\">off<"));
         assert!(html.contains("id=\"count-instances\">4<"));
@@ -413,6 +490,26 @@ mod tests {
         assert!(html.contains("<svg id=\"chart\""));
         assert!(html.contains("5.0 GiB"));
         assert!(html.contains("id=\"pixels-masked\">7<") && html.contains("id=\"pixels-in-progress\">1<"));
+    }
+
+    fn summary(name: &str) -> ProjectSummary {
+        ProjectSummary {
+            name: name.into(),
+            ae_title: "AE".into(),
+            instances: Ok(3),
+            upload_waiting: Some(2),
+            upload_failed: Some(1),
+            uploader: "running",
+            export_waiting: 0,
+            export_failed: 0,
+            quarantined: 0,
+        }
+    }
+
+    #[test]
+    fn one_project_has_no_projects_table() {
+        let html = render(&Page { projects: Vec::new(), ..page() });
+        assert!(!html.contains("id=\"projects\"") && html.contains("<th>Since start</th>"), "{html}");
     }
 
     #[test]

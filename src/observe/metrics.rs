@@ -9,8 +9,8 @@
 use std::sync::{LazyLock, Mutex};
 
 use prometheus::{
-    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
-    Opts, Registry, TextEncoder,
+    Encoder, GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 use crate::export::status::Destination;
@@ -89,12 +89,13 @@ pub struct Metrics {
     pub upload_bytes: IntCounter,
     /// DICOM destinations (`export.dicom[].name`, no PHI): sent, already held, failed.
     pub exports: IntCounterVec,
-    /// Read at scrape time: each destination's queue by state, and its oldest waiting instance.
+    /// Read at scrape time, per project: each destination's queue by state, and its oldest
+    /// waiting instance.
     pub export_queue: IntGaugeVec,
     pub export_oldest_queued_age: GaugeVec,
     pub export_unreachable: IntGaugeVec,
     /// 1 when `upload.enabled`: without it the upload queue's gauges wait for no one.
-    pub upload_enabled: IntGauge,
+    pub upload_enabled: IntGaugeVec,
     pub credential_failures: IntCounter,
     pub sign_ins: IntCounter,
     pub credential_refreshes: IntCounter,
@@ -102,12 +103,12 @@ pub struct Metrics {
     credentials_seen: Mutex<(u64, u64)>,
     pub upload_paused: IntGauge,
     pub listener_up: IntGauge,
-    // Read at scrape time from the index and the disk.
+    // Read at scrape time from each project's index and disk, labelled `project`.
     pub upload_queue: IntGaugeVec,
-    pub upload_oldest_queued_age: Gauge,
-    pub storage_free_bytes: IntGauge,
-    pub storage_min_free_bytes: IntGauge,
-    pub index_size_bytes: IntGauge,
+    pub upload_oldest_queued_age: GaugeVec,
+    pub storage_free_bytes: IntGaugeVec,
+    pub storage_min_free_bytes: IntGaugeVec,
+    pub index_size_bytes: IntGaugeVec,
 }
 
 impl Metrics {
@@ -124,6 +125,7 @@ impl Metrics {
         }
         let counter = |name: &str, help: &str| IntCounter::with_opts(opts(name, help));
         let gauge = |name: &str, help: &str| IntGauge::with_opts(opts(name, help));
+        let per_project = |name: &str, help: &str| IntGaugeVec::new(opts(name, help), &["project"]);
         let counter_vec =
             |name: &str, help: &str, label: &str| IntCounterVec::new(opts(name, help), &[label]);
         let histogram = |name: &str, help: &str| {
@@ -213,23 +215,23 @@ impl Metrics {
             )),
             export_queue: reg!(IntGaugeVec::new(
                 opts("export_queue_instances", "Instances in each DICOM destination's queue, by state."),
-                &["destination", "state"]
+                &["project", "destination", "state"]
             )),
             export_oldest_queued_age: reg!(GaugeVec::new(
                 opts(
                     "export_oldest_queued_age_seconds",
                     "Age of the oldest instance a DICOM destination has not yet received; 0 when none waits."
                 ),
-                &["destination"]
+                &["project", "destination"]
             )),
             export_unreachable: reg!(IntGaugeVec::new(
                 opts(
                     "export_unreachable",
                     "1 while a DICOM destination does not associate and its sends are paused."
                 ),
-                &["destination"]
+                &["project", "destination"]
             )),
-            upload_enabled: reg!(gauge(
+            upload_enabled: reg!(per_project(
                 "upload_enabled",
                 "1 when upload.enabled is true; with 0 the upload queue gauges wait for no uploader."
             )),
@@ -247,18 +249,21 @@ impl Metrics {
             listener_up: reg!(gauge("listener_up", "1 while the DICOM listener accepts associations.")),
             upload_queue: reg!(IntGaugeVec::new(
                 opts("upload_queue_instances", "Instances in the upload queue, by state."),
-                &["state"]
+                &["project", "state"]
             )),
-            upload_oldest_queued_age: reg!(Gauge::with_opts(opts(
-                "upload_oldest_queued_age_seconds",
-                "Age of the oldest instance not yet uploaded; 0 when none waits."
-            ))),
-            storage_free_bytes: reg!(gauge("storage_free_bytes", "Free bytes on the storage disk.")),
-            storage_min_free_bytes: reg!(gauge(
+            upload_oldest_queued_age: reg!(GaugeVec::new(
+                opts(
+                    "upload_oldest_queued_age_seconds",
+                    "Age of the oldest instance not yet uploaded; 0 when none waits."
+                ),
+                &["project"]
+            )),
+            storage_free_bytes: reg!(per_project("storage_free_bytes", "Free bytes on the storage disk.")),
+            storage_min_free_bytes: reg!(per_project(
                 "storage_min_free_bytes",
                 "storage.min_free_bytes: below it instances are refused and the node is not ready."
             )),
-            index_size_bytes: reg!(gauge(
+            index_size_bytes: reg!(per_project(
                 "index_size_bytes",
                 "Size of the PHI index files (database and WAL)."
             )),
@@ -283,25 +288,24 @@ impl Metrics {
         for o in UPLOAD_OUTCOMES {
             m.uploads.with_label_values(&[o]);
         }
-        for s in QUEUE_STATES {
-            m.upload_queue.with_label_values(&[s]);
-        }
         m
     }
 
-    /// Set the destinations' gauges from their queues now.
-    pub fn destinations(&self, destinations: &[Destination]) {
+    /// Set `project`'s destinations' gauges from their queues now.
+    pub fn destinations(&self, project: &str, destinations: &[Destination]) {
         let now = chrono::Utc::now();
         for d in destinations {
             for (state, n) in &d.counts {
-                self.export_queue.with_label_values(&[d.name.as_str(), state]).set(*n as i64);
+                self.export_queue.with_label_values(&[project, d.name.as_str(), state]).set(*n as i64);
             }
             let oldest =
                 d.oldest_waiting.as_deref().and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok());
             let age =
                 oldest.map_or(0.0, |t| (now - t.with_timezone(&chrono::Utc)).num_milliseconds() as f64 / 1e3);
-            self.export_oldest_queued_age.with_label_values(&[d.name.as_str()]).set(age.max(0.0));
-            self.export_unreachable.with_label_values(&[d.name.as_str()]).set(i64::from(d.unreachable));
+            self.export_oldest_queued_age.with_label_values(&[project, d.name.as_str()]).set(age.max(0.0));
+            self.export_unreachable
+                .with_label_values(&[project, d.name.as_str()])
+                .set(i64::from(d.unreachable));
         }
     }
 
@@ -362,7 +366,7 @@ mod tests {
             "# TYPE dicom_anon_ack_latency_seconds histogram",
             "dicom_anon_instances_quarantined_total{reason=\"DICOM_Read_Error\"}",
             "dicom_anon_associations_rejected_total{reason=\"busy\"}",
-            "dicom_anon_upload_queue_instances{state=\"queued\"}",
+            "dicom_anon_uploads_total{outcome=\"uploaded\"}",
             "dicom_anon_instances_refused_total{status=\"0xA700\"}",
             "dicom_anon_audit_rows_dropped_total 0",
         ] {
