@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 mod peers;
+mod projects;
 mod secret;
 
 pub use peers::{DicomPeer, ExportConfig, ExportDestination, ExportTls};
@@ -493,7 +494,7 @@ impl Config {
     /// The project called `name`, or the only one when `name` is `None`.
     pub fn load_project(path: &Path, name: Option<&str>) -> Result<Config, ConfigError> {
         let all = Config::load_all(path)?;
-        crate::projects::choose(all, name).map_err(|problem| ConfigError::Invalid {
+        projects::choose(all, name).map_err(|problem| ConfigError::Invalid {
             path: path.display().to_string(),
             problems: vec![problem],
         })
@@ -503,11 +504,11 @@ impl Config {
     pub fn load_all(path: &Path) -> Result<Vec<Config>, ConfigError> {
         let read = |source| ConfigError::Read { path: path.display().to_string(), source };
         let text = std::fs::read_to_string(path).map_err(read)?;
-        let mut configs = crate::projects::parse(&text).map_err(|e| match e {
-            crate::projects::ParseError::Yaml(source) => {
+        let mut configs = projects::parse(&text).map_err(|e| match e {
+            projects::ParseError::Yaml(source) => {
                 ConfigError::Parse { path: path.display().to_string(), source }
             }
-            crate::projects::ParseError::Invalid(problems) => {
+            projects::ParseError::Invalid(problems) => {
                 ConfigError::Invalid { path: path.display().to_string(), problems }
             }
         })?;

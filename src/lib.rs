@@ -1,5 +1,6 @@
 //! dicom-anon-gateway: a DICOM node that de-identifies every instance on receipt, queues it durably
-//! and uploads it to a research archive. See `../shared/design.md` for the data flow.
+//! and uploads it to a research archive. See `docs/architecture.md` for the data flow, the rooms
+//! and their layering, and the rules that hold everywhere.
 
 pub mod anonymize;
 pub mod cli;
@@ -16,7 +17,6 @@ pub mod observe;
 pub mod offline;
 pub mod path_component;
 pub mod pipeline;
-pub mod projects;
 pub mod queue;
 pub mod recovery;
 pub mod retrieve;

@@ -20,7 +20,7 @@ use std::collections::HashMap;
 use dicom_core::Tag;
 
 use super::lookup::{DATE_OFFSET, PATIENT_ID as PTID};
-use super::script::{Lookup, Op};
+use super::rules::{Lookup, Op};
 
 const PATIENT_NAME: Tag = Tag(0x0010, 0x0010);
 const PATIENT_ID: Tag = Tag(0x0010, 0x0020);

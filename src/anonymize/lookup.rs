@@ -16,12 +16,8 @@ use std::path::Path;
 
 use java_properties::{LineContent, PropertiesIter};
 
-use super::script::Lookups;
-
-/// The key type of the patient pseudonym (`@lookup(this,ptid)`).
-pub const PATIENT_ID: &str = "ptid";
-/// The key type RSNA 19 uses for date offsets (`@lookup(this,dateoffset)`).
-pub const DATE_OFFSET: &str = "dateoffset";
+use super::rules::Lookups;
+pub use super::rules::{DATE_OFFSET, PATIENT_ID};
 /// Longest pseudonym for PatientID (LO) and PatientName (PN component group).
 const MAX_PATIENT_ID: usize = 64;
 

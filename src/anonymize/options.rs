@@ -10,7 +10,7 @@
 use dicom_core::{Tag, VR};
 use serde::{Deserialize, Serialize};
 
-use super::script::Op;
+use super::rules::Op;
 
 /// The options, each on or off. `Default` is this gateway's shipped choice.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]

@@ -7,118 +7,15 @@
 //! keep (a silent keep passes PHI), private groups are always removed, and the engine's safety net
 //! checks every kept value.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::path::Path;
 
 use dicom_core::Tag;
-use serde::{Deserialize, Serialize};
 
 use super::ctp;
 use super::options::ProfileOptions;
+use super::rules::{DateDirection, Lookup, Lookups, Op, Semantics, UnsupportedOps};
 use super::unverifiable::Unverifiable;
-
-/// What to do with one attribute.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Op {
-    /// Blank text or `@keep`: keep the value (the safety net still checks it); a sequence's items
-    /// get the rules.
-    Keep,
-    Remove,
-    /// Zero length: how PS3.15 treats Type 2 attributes that carry PHI.
-    Empty,
-    /// A dummy value valid for the element's VR (PS3.15 action D): see `profile::dummy`.
-    Dummy,
-    /// Map through the UID pseudonym.
-    Uid,
-    /// Replace with the patient's pseudonym (PatientID and PatientName).
-    PatientId,
-    /// Replace a non-empty accession number with its hash.
-    Accession,
-    /// Shift dates by the patient's offset.
-    HashDate,
-    /// Round an age (AS) to a multiple of this many units.
-    Round(u32),
-    /// Set this literal value.
-    Set(String),
-    /// Replace the value by its entry under this key type in the lookup table.
-    Lookup(String),
-}
-
-/// What one rule takes from the lookup table (`@lookup`, see `ctp.rs`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Lookup {
-    /// The patient's pseudonym: the `ptid` entry of the PatientID.
-    PatientId,
-    /// The patient's date offset: the entry of the PatientID under this key type.
-    DateOffset(String),
-    /// The element's own value, under this key type.
-    Value(String),
-}
-
-/// Everything a script takes from the lookup table. When it looks up the patient's pseudonym or
-/// date offset anywhere, that pseudonym and offset hold for the whole instance (`@ptid` and
-/// `@hashdate` rules and the safety net's date shift too), so one instance never carries two.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Lookups {
-    pub patient_id: bool,
-    /// The key type of the date offset.
-    pub date_offset: Option<String>,
-    /// Key types of value lookups.
-    pub values: BTreeSet<String>,
-}
-
-impl Lookups {
-    pub fn any(&self) -> bool {
-        self.patient_id || self.date_offset.is_some() || !self.values.is_empty()
-    }
-
-    /// Every key type the table must have entries for.
-    pub fn keytypes(&self) -> BTreeSet<String> {
-        let mut all = self.values.clone();
-        all.extend(self.date_offset.clone());
-        if self.patient_id {
-            all.insert(super::lookup::PATIENT_ID.to_string());
-        }
-        all
-    }
-}
-
-/// What to do with an operation this engine does not implement.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum UnsupportedOps {
-    /// Refuse to load the script.
-    #[default]
-    Fail,
-    /// Treat each as `@remove()`, with one warning each.
-    Remove,
-}
-
-/// How attributes without a rule are treated.
-///
-/// Chosen by `project.script_semantics` when set; else by the root element's
-/// `semantics="rsna|ctp"`; else `ctp` when the script has a `<p>` parameter or uses a function only
-/// CTP has (`@hashuid`, `@process`, `@date`, `@hash`, `@param`, `@if`, ...), `rsna` otherwise (RSNA's
-/// own scripts use neither).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Semantics {
-    /// RSNA Anonymizer: a whitelist; an attribute without a rule is removed, at every depth.
-    Rsna,
-    /// CTP DicomAnonymizer: an attribute without a rule is kept (through the safety net), unless an
-    /// `<r>` rule removes its kind; rules apply at every depth.
-    Ctp,
-}
-
-/// Which way dates move (`project.date_shift`). Absent: backward under a profile script and in
-/// keyed mode, so that no shifted date lies after the date it was; forward otherwise, as RSNA's
-/// Anonymizer does (a study up to ten years in the future), which its script keeps.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum DateDirection {
-    Backward,
-    Forward,
-}
 
 /// Everything from the config that shapes how a script is applied.
 #[derive(Debug, Clone, Default)]

@@ -170,14 +170,33 @@ fn refresh_gauges(ops: &Ops) -> Result<(), crate::index::IndexError> {
             let n = queue.counts.iter().find(|(s, _)| s == state).map_or(0, |(_, n)| *n);
             m.upload_queue.with_label_values(&[project, state]).set(n as i64);
         }
-        let oldest = queue.oldest_queued.as_deref().and_then(|t| DateTime::parse_from_rfc3339(t).ok());
-        let age =
-            oldest.map_or(0.0, |t| (Utc::now() - t.with_timezone(&Utc)).num_milliseconds() as f64 / 1e3);
-        m.upload_oldest_queued_age.with_label_values(&[project]).set(age.max(0.0));
+        m.upload_oldest_queued_age.with_label_values(&[project]).set(age_s(queue.oldest_queued.as_deref()));
         m.upload_enabled.with_label_values(&[project]).set(i64::from(p.uploader_enabled));
-        m.destinations(project, &destinations(p)?);
+        destination_gauges(project, &destinations(p)?);
     }
     Ok(())
+}
+
+/// Set `project`'s destinations' gauges from their queues now.
+fn destination_gauges(project: &str, destinations: &[Destination]) {
+    let m = &*METRICS;
+    for d in destinations {
+        let name = d.name.as_str();
+        for (state, n) in &d.counts {
+            m.export_queue.with_label_values(&[project, name, state]).set(*n as i64);
+        }
+        m.export_oldest_queued_age
+            .with_label_values(&[project, name])
+            .set(age_s(d.oldest_waiting.as_deref()));
+        m.export_unreachable.with_label_values(&[project, name]).set(i64::from(d.unreachable));
+    }
+}
+
+/// Seconds since `oldest` (RFC 3339), or 0 when nothing waits.
+fn age_s(oldest: Option<&str>) -> f64 {
+    let oldest = oldest.and_then(|t| DateTime::parse_from_rfc3339(t).ok());
+    let age = oldest.map_or(0.0, |t| (Utc::now() - t.with_timezone(&Utc)).num_milliseconds() as f64 / 1e3);
+    age.max(0.0)
 }
 
 /// Each DICOM destination's queue now.

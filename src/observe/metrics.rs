@@ -13,7 +13,6 @@ use prometheus::{
     Registry, TextEncoder,
 };
 
-use crate::export::status::Destination;
 use crate::queue::Reason;
 
 /// Every metric name starts with this.
@@ -289,24 +288,6 @@ impl Metrics {
             m.uploads.with_label_values(&[o]);
         }
         m
-    }
-
-    /// Set `project`'s destinations' gauges from their queues now.
-    pub fn destinations(&self, project: &str, destinations: &[Destination]) {
-        let now = chrono::Utc::now();
-        for d in destinations {
-            for (state, n) in &d.counts {
-                self.export_queue.with_label_values(&[project, d.name.as_str(), state]).set(*n as i64);
-            }
-            let oldest =
-                d.oldest_waiting.as_deref().and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok());
-            let age =
-                oldest.map_or(0.0, |t| (now - t.with_timezone(&chrono::Utc)).num_milliseconds() as f64 / 1e3);
-            self.export_oldest_queued_age.with_label_values(&[project, d.name.as_str()]).set(age.max(0.0));
-            self.export_unreachable
-                .with_label_values(&[project, d.name.as_str()])
-                .set(i64::from(d.unreachable));
-        }
     }
 
     /// Everything in the Prometheus text exposition format.

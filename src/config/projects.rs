@@ -14,9 +14,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_norway::{Mapping, Value};
 
-use crate::config::{
-    Config, HttpConfig, LoggingConfig, ProjectConfig, ScpConfig, StorageConfig, UploadConfig,
-};
+use super::{Config, HttpConfig, LoggingConfig, ProjectConfig, ScpConfig, StorageConfig, UploadConfig};
 
 /// The keys of an entry that belong to the listener's per-AE settings (`scp`); the rest of
 /// `scp` (ports, TLS, limits, timeouts) is node-wide.
@@ -50,9 +48,9 @@ struct ConfigFile {
     /// Shared by every project: a PACS to retrieve from, and DICOM destinations, to which each
     /// project exports its own archive.
     #[serde(default)]
-    pacs: Vec<crate::config::DicomPeer>,
+    pacs: Vec<super::DicomPeer>,
     #[serde(default)]
-    export: crate::config::ExportConfig,
+    export: super::ExportConfig,
 }
 
 #[derive(Debug, thiserror::Error)]
