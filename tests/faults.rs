@@ -148,7 +148,8 @@ fn after_a_failed_flush_nothing_is_acknowledged_until_a_restart() {
     // Every instance acknowledged is whole on the device once it is readable again.
     device.repair();
     for f in &acknowledged {
-        let out = stored_file(&node.public(), f).unwrap_or_else(|| panic!("acknowledged {f:?} was lost"));
+        let out = stored_file(&node.public(), f)
+            .unwrap_or_else(|| panic!("acknowledged {f:?} was lost; node log:\n{}", node.log()));
         assert_eq!(pixels(&out), pixels(f), "acknowledged {f:?} lost its data ({out:?})");
     }
     drop(device);
