@@ -180,7 +180,7 @@ fn dcmtk_stores_over_mutual_tls_and_bad_clients_are_refused_cleanly() {
     let page = http("/");
     let tls_cell = format!("id=\"tls\">on 127.0.0.1:{tls} (client certificates required)<");
     assert!(page.contains(&tls_cell), "{page}");
-    assert!(page.contains("LOCKED (LOCKED_ANON)"), "{page}");
+    assert!(page.contains("<a href=\"/projects/LOCKED\">LOCKED</a></td><td>LOCKED_ANON</td>"), "{page}");
     let metrics = http("/metrics");
     assert!(
         metrics.contains("dicom_anon_connections_dropped_total{reason=\"tls_handshake\"} 3"),
