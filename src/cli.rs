@@ -86,36 +86,43 @@ pub enum Command {
     /// stdout and writes it as CSV. With several projects, they go to `--project`'s AE title.
     Retrieve {
         #[command(flatten)]
-        target: ProjectArgs,
-        /// The PACS, by its name under `pacs:`.
-        #[arg(long)]
-        from: String,
-        #[command(flatten)]
-        select: RetrieveSelection,
-        /// Only studies with this modality (ModalitiesInStudy).
-        #[arg(long)]
-        modality: Option<String>,
-        /// Move studies whose instances are all in the index already.
-        #[arg(long)]
-        again: bool,
-        /// List the studies that would be moved (PHI, on stdout only); move nothing.
-        #[arg(long)]
-        dry_run: bool,
-        /// Studies moved at once.
-        #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=16))]
-        moves: u16,
-        /// Where to write the CSV report (PHI); default: <storage.dir>/private/retrieve/<time>.csv.
-        #[arg(long)]
-        csv: Option<PathBuf>,
-        /// Seconds to wait for the PACS to associate and for each of its responses.
-        #[arg(long, default_value_t = 120)]
-        timeout_s: u64,
+        args: RetrieveArgs,
     },
     /// Validate the configuration and print each project as it takes effect (secrets are never printed).
     CheckConfig {
         #[arg(long, default_value = "config/default.yaml")]
         config: PathBuf,
     },
+}
+
+/// What `retrieve` takes: the project, the PACS, which studies, and how.
+#[derive(Debug, Args)]
+pub struct RetrieveArgs {
+    #[command(flatten)]
+    pub target: ProjectArgs,
+    /// The PACS, by its name under `pacs:`.
+    #[arg(long)]
+    pub from: String,
+    #[command(flatten)]
+    pub select: RetrieveSelection,
+    /// Only studies with this modality (ModalitiesInStudy).
+    #[arg(long)]
+    pub modality: Option<String>,
+    /// Move studies whose instances are all in the index already.
+    #[arg(long)]
+    pub again: bool,
+    /// List the studies that would be moved (PHI, on stdout only); move nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Studies moved at once.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=16))]
+    pub moves: u16,
+    /// Where to write the CSV report (PHI); default: <storage.dir>/private/retrieve/<time>.csv.
+    #[arg(long)]
+    pub csv: Option<PathBuf>,
+    /// Seconds to wait for the PACS to associate and for each of its responses.
+    #[arg(long, default_value_t = 120)]
+    pub timeout_s: u64,
 }
 
 /// The configuration file and, when it lists several projects, the one a command acts on.
