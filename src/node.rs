@@ -159,6 +159,10 @@ async fn start_uploader(p: &Project, stop: &CancellationToken) -> Result<Option<
 
 /// Start a node serving `configs` (one per project, as `Config::load_all` returns them; the
 /// node-wide sections are taken from the first). Returns once every listener is bound.
+///
+/// In steps: open every project (each takes its storage lock and recovers), bind every socket,
+/// start the operations endpoint and the workers (uploaders, exporters), then hand the listeners
+/// to the drain, which runs until `shutdown` and stops everything in order.
 pub async fn start_projects(
     configs: Vec<Config>,
     shutdown: impl Future<Output = ()> + Send + 'static,
@@ -178,9 +182,47 @@ pub async fn start_projects(
         })
         .collect::<Result<Vec<_>, _>>()?;
     let routes = Arc::new(scp::Routes::new(projects.iter().map(|p| p.node.clone()).collect()));
-    let ae_titles: Vec<&str> = projects.iter().map(|p| p.config.scp.ae_title.as_str()).collect();
-    let ae_titles = ae_titles.join(",");
+    let mut bound = bind(&first, &routes).await?;
+    METRICS.listener_up.set(1);
+    announce(&projects, &bound);
 
+    let stop = CancellationToken::new();
+    let reload =
+        tokio::spawn(scp::reload_on_sighup(bound.tls.as_ref().map(|(_, state)| state.clone()), stop.clone()));
+    let operations = match bound.http.take() {
+        Some(listener) => Some(start_operations(listener, &bound, &projects, token)?),
+        None => None,
+    };
+    let workers = start_workers(&projects).await?;
+    let (scp_addr, tls_addr) = (bound.scp_addr, bound.tls_addr);
+    let http_addr = operations.as_ref().map(|o| o.addr);
+    let pipelines: Vec<Arc<Pipeline>> = projects.into_iter().map(|p| p.pipeline).collect();
+    let listeners = scp::Listeners { plain: bound.plain, tls: bound.tls };
+    let done = tokio::spawn(async move {
+        let stopping = async {
+            shutdown.await;
+            // Not ready from the first moment of the drain.
+            METRICS.listener_up.set(0);
+        };
+        scp::serve(listeners, routes, stopping).await;
+        stop.cancel();
+        let _ = reload.await;
+        drain(workers, operations, pipelines).await
+    });
+    Ok(Handle { scp_addr, tls_addr, http_addr, done })
+}
+
+/// Every socket of the node, bound before anything is spawned: a port in use stops the start.
+struct Bound {
+    plain: Option<tokio::net::TcpListener>,
+    tls: Option<(tokio::net::TcpListener, Arc<scp::Tls>)>,
+    http: Option<tokio::net::TcpListener>,
+    /// The plain listener's address, or the TLS one's with `scp.tls.only`.
+    scp_addr: SocketAddr,
+    tls_addr: Option<SocketAddr>,
+}
+
+async fn bind(first: &Config, routes: &Arc<scp::Routes>) -> Result<Bound, NodeError> {
     let host = first.scp.host.as_str();
     let tls_only = first.scp.tls.as_ref().is_some_and(|t| t.only);
     let plain = if tls_only {
@@ -193,7 +235,7 @@ pub async fn start_projects(
     };
     let tls = match &first.scp.tls {
         Some(cfg) => {
-            let state = Arc::new(scp::Tls::new(cfg, &routes).map_err(NodeError::Tls)?);
+            let state = Arc::new(scp::Tls::new(cfg, routes).map_err(NodeError::Tls)?);
             let l = tokio::net::TcpListener::bind((host, cfg.port))
                 .await
                 .map_err(io_err(format!("cannot listen on {host}:{} (scp.host, scp.tls.port)", cfg.port)))?;
@@ -209,7 +251,7 @@ pub async fn start_projects(
         Some(l) => l.local_addr().map_err(io_err("the listener's address"))?,
         None => tls_addr.expect("TLS only means a TLS listener"),
     };
-    let http_listener = if first.http.enabled {
+    let http = if first.http.enabled {
         let l = tokio::net::TcpListener::bind(first.http.listen.as_str())
             .await
             .map_err(io_err(format!("cannot listen on {} (http.listen)", first.http.listen)))?;
@@ -217,74 +259,92 @@ pub async fn start_projects(
     } else {
         None
     };
-    METRICS.listener_up.set(1);
-    for p in &projects {
+    Ok(Bound { plain, tls, http, scp_addr, tls_addr })
+}
+
+/// The log lines that say the node is up: each project, then the listeners.
+fn announce(projects: &[Project], bound: &Bound) {
+    for p in projects {
         tracing::info!(project = %p.config.project.name, ae_title = %p.config.scp.ae_title, storage = %p.config.storage.dir.display(), "project ready");
     }
-    match tls_addr {
-        Some(tls) => tracing::info!(addr = %scp_addr, %tls, ae_titles = %ae_titles, "listening"),
-        None => tracing::info!(addr = %scp_addr, ae_titles = %ae_titles, "listening"),
+    let ae_titles: Vec<&str> = projects.iter().map(|p| p.config.scp.ae_title.as_str()).collect();
+    let ae_titles = ae_titles.join(",");
+    match bound.tls_addr {
+        Some(tls) => tracing::info!(addr = %bound.scp_addr, %tls, ae_titles = %ae_titles, "listening"),
+        None => tracing::info!(addr = %bound.scp_addr, ae_titles = %ae_titles, "listening"),
     }
+}
 
-    let stop = CancellationToken::new();
-    let reload =
-        tokio::spawn(scp::reload_on_sighup(tls.as_ref().map(|(_, state)| state.clone()), stop.clone()));
-    let http_stop = CancellationToken::new();
-    let (http_addr, http_task) = match http_listener {
-        Some(l) => {
-            let http_addr = l.local_addr().map_err(io_err("the operations endpoint's address"))?;
-            tracing::info!(%http_addr, token = token.is_some(), "operations endpoint listening");
-            // Each project's index and storage, for its page, its gauges and readiness.
-            let tls_state = match (&tls, tls_addr) {
-                (Some((_, state)), Some(addr)) => {
-                    let mode = if state.mutual() {
-                        "client certificates required"
-                    } else {
-                        "no client certificates"
-                    };
-                    format!("on {addr} ({mode})")
-                }
-                _ => "off".into(),
-            };
-            let mut each = Vec::with_capacity(projects.len());
-            for p in &projects {
-                each.push(http::ProjectOps {
-                    name: p.config.project.name.clone(),
-                    site_id: p.config.project.site_id.clone(),
-                    ae_title: p.config.scp.ae_title.clone(),
-                    index: p.pipeline.index().clone(),
-                    reader: Reader::open(&p.config.index_path())?,
-                    index_path: p.config.index_path(),
-                    storage_dir: p.config.storage.dir.clone(),
-                    public_dir: p.config.public_dir(),
-                    quarantine_dir: p.config.quarantine_dir(),
-                    min_free_bytes: p.config.storage.min_free_bytes,
-                    uploader_enabled: p.config.upload.enabled,
-                    destinations: p.config.export.dicom.clone(),
-                });
-            }
-            let ops = Arc::new(http::Ops {
-                scp_addr,
-                tls: tls_state,
-                projects: each,
-                token,
-                started: chrono::Utc::now(),
-                readiness: http::Readiness::default(),
-            });
-            (Some(http_addr), Some(tokio::spawn(http::serve(l, ops, http_stop.clone().cancelled_owned()))))
+/// The operations endpoint, running, and how to stop it.
+struct Operations {
+    addr: SocketAddr,
+    task: JoinHandle<io::Result<()>>,
+    stop: CancellationToken,
+}
+
+/// Serve the operations endpoint on `listener` over every project's index and storage.
+fn start_operations(
+    listener: tokio::net::TcpListener,
+    bound: &Bound,
+    projects: &[Project],
+    token: Option<String>,
+) -> Result<Operations, NodeError> {
+    let addr = listener.local_addr().map_err(io_err("the operations endpoint's address"))?;
+    tracing::info!(http_addr = %addr, token = token.is_some(), "operations endpoint listening");
+    let tls = match (&bound.tls, bound.tls_addr) {
+        (Some((_, state)), Some(addr)) => {
+            let mode = if state.mutual() { "client certificates required" } else { "no client certificates" };
+            format!("on {addr} ({mode})")
         }
-        None => (None, None),
+        _ => "off".into(),
     };
-
-    let uploads = CancellationToken::new();
-    let mut uploaders = Vec::new();
-    for p in &projects {
-        uploaders.extend(start_uploader(p, &uploads).await?);
+    let mut each = Vec::with_capacity(projects.len());
+    for p in projects {
+        each.push(http::ProjectOps {
+            name: p.config.project.name.clone(),
+            site_id: p.config.project.site_id.clone(),
+            ae_title: p.config.scp.ae_title.clone(),
+            index: p.pipeline.index().clone(),
+            reader: Reader::open(&p.config.index_path())?,
+            index_path: p.config.index_path(),
+            storage_dir: p.config.storage.dir.clone(),
+            public_dir: p.config.public_dir(),
+            quarantine_dir: p.config.quarantine_dir(),
+            min_free_bytes: p.config.storage.min_free_bytes,
+            uploader_enabled: p.config.upload.enabled,
+            destinations: p.config.export.dicom.clone(),
+        });
     }
-    // Each project's queue goes to every DICOM destination, each destination on its own
-    // schedule, calling as that project's AE title; the stop is the uploader's.
-    let mut exporters: Vec<JoinHandle<()>> = Vec::new();
-    for p in &projects {
+    let ops = Arc::new(http::Ops {
+        scp_addr: bound.scp_addr,
+        tls,
+        projects: each,
+        token,
+        started: chrono::Utc::now(),
+        readiness: http::Readiness::default(),
+    });
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(http::serve(listener, ops, stop.clone().cancelled_owned()));
+    Ok(Operations { addr, task, stop })
+}
+
+/// The tasks that drain each project's queue, and the token that stops them.
+struct Workers {
+    uploaders: Vec<JoinHandle<()>>,
+    exporters: Vec<JoinHandle<()>>,
+    stop: CancellationToken,
+}
+
+/// Each project's uploader (when enabled) and one exporter per DICOM destination: each project's
+/// queue goes to every destination, each on its own schedule, calling as that project's AE title.
+async fn start_workers(projects: &[Project]) -> Result<Workers, NodeError> {
+    let stop = CancellationToken::new();
+    let mut uploaders = Vec::new();
+    for p in projects {
+        uploaders.extend(start_uploader(p, &stop).await?);
+    }
+    let mut exporters = Vec::new();
+    for p in projects {
         for (destination, tls) in
             p.config.export.dicom.iter().zip(export_tls(&p.config).map_err(NodeError::Tls)?)
         {
@@ -295,55 +355,48 @@ pub async fn start_projects(
                 calling: p.config.scp.ae_title.clone(),
                 tls,
             };
-            exporters.push(tokio::spawn(exporter.run(uploads.clone())));
+            exporters.push(tokio::spawn(exporter.run(stop.clone())));
         }
     }
-    let pipelines: Vec<Arc<Pipeline>> = projects.into_iter().map(|p| p.pipeline).collect();
+    Ok(Workers { uploaders, exporters, stop })
+}
 
-    let done = tokio::spawn(async move {
-        let stopping = async {
-            shutdown.await;
-            // Not ready from the first moment of the drain.
-            METRICS.listener_up.set(0);
-        };
-        scp::serve(scp::Listeners { plain, tls }, routes, stopping).await;
-        stop.cancel();
-        let _ = reload.await;
-        uploads.cancel();
-        // Puts in flight finish; the rest stays queued for the next start.
-        let settled = futures_all(uploaders);
-        if tokio::time::timeout(UPLOAD_GRACE, settled).await.is_err() {
-            tracing::warn!("uploads still in flight after 60 s; they are queued again at the next start");
+/// After the listener has stopped: workers finish what is in flight (the rest stays queued for
+/// the next start), the operations endpoint goes last so the drain can be watched, and each
+/// project's index closes.
+async fn drain(
+    workers: Workers,
+    operations: Option<Operations>,
+    pipelines: Vec<Arc<Pipeline>>,
+) -> Result<(), NodeError> {
+    workers.stop.cancel();
+    if tokio::time::timeout(UPLOAD_GRACE, futures_all(workers.uploaders)).await.is_err() {
+        tracing::warn!("uploads still in flight after 60 s; they are queued again at the next start");
+    }
+    for task in workers.exporters {
+        if tokio::time::timeout(UPLOAD_GRACE, task).await.is_err() {
+            tracing::warn!("DICOM sends still in flight after 60 s; they are queued again at the next start");
         }
-        for task in exporters {
-            // Sends in flight finish; the rest stays queued for the next start.
-            if tokio::time::timeout(UPLOAD_GRACE, task).await.is_err() {
-                tracing::warn!(
-                    "DICOM sends still in flight after 60 s; they are queued again at the next start"
-                );
-            }
+    }
+    // It holds an index handle, which must go before close.
+    if let Some(ops) = operations {
+        ops.stop.cancel();
+        match tokio::time::timeout(HTTP_GRACE, ops.task).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(e))) => tracing::warn!(error = %e, "operations endpoint failed"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "operations endpoint task failed"),
+            Err(_) => tracing::warn!("operations endpoint still answering after 5 s"),
         }
-        // Last, so the drain can be watched; it holds an index handle, which must go before close.
-        http_stop.cancel();
-        if let Some(task) = http_task {
-            match tokio::time::timeout(HTTP_GRACE, task).await {
-                Ok(Ok(Ok(()))) => {}
-                Ok(Ok(Err(e))) => tracing::warn!(error = %e, "operations endpoint failed"),
-                Ok(Err(e)) => tracing::warn!(error = %e, "operations endpoint task failed"),
-                Err(_) => tracing::warn!("operations endpoint still answering after 5 s"),
-            }
+    }
+    for pipeline in pipelines {
+        match Arc::try_unwrap(pipeline) {
+            Ok(p) => p.close()?,
+            // An association outlived the grace period; its index writes are committed as they go.
+            Err(_) => tracing::warn!("associations still running at exit"),
         }
-        for pipeline in pipelines {
-            match Arc::try_unwrap(pipeline) {
-                Ok(p) => p.close()?,
-                // An association outlived the grace period; its index writes are committed as they go.
-                Err(_) => tracing::warn!("associations still running at exit"),
-            }
-        }
-        tracing::info!("stopped");
-        Ok(())
-    });
-    Ok(Handle { scp_addr, tls_addr, http_addr, done })
+    }
+    tracing::info!("stopped");
+    Ok(())
 }
 
 /// Wait for every task; a task that panicked has already logged.

@@ -154,7 +154,25 @@ fn write_page(h: &mut String, p: &Page) -> std::fmt::Result {
     if let Some(failure) = &p.flush_failure {
         write!(h, "<p id=\"flush-failure\" class=\"bad\">Not accepting instances: {}</p>", escape(failure))?;
     }
-    h.push_str("<div class=\"grid\"><section><h2>Node</h2><table>");
+    h.push_str("<div class=\"grid\">");
+    node(h, p)?;
+    projects(h, p)?;
+    index(h, &p.counts)?;
+    pixels(h, &p.pixels)?;
+    quarantine(h, &p.quarantine)?;
+    uploads(h, p.uploader, &p.queue)?;
+    h.push_str("</div>");
+    destinations(h, &p.destinations)?;
+    write!(h, "<h2>Instances stored per minute, last hour (project {})</h2>", escape(&p.project))?;
+    chart(h, &p.per_minute)?;
+    associations(h, &p.recent)?;
+    h.push_str("</body></html>");
+    Ok(())
+}
+
+/// The node's listeners, disk and counters since start.
+fn node(h: &mut String, p: &Page) -> std::fmt::Result {
+    h.push_str("<section><h2>Node</h2><table>");
     let (state, class) = if p.listener_up { ("accepting", "ok") } else { ("not listening", "bad") };
     write!(
         h,
@@ -192,10 +210,13 @@ fn write_page(h: &mut String, p: &Page) -> std::fmt::Result {
         )?;
     }
     h.push_str("</table></section>");
-    projects(h, p)?;
+    Ok(())
+}
 
+/// What the shown project's index holds.
+fn index(h: &mut String, counts: &Result<Counts, String>) -> std::fmt::Result {
     h.push_str("<section><h2>Index</h2><table>");
-    match &p.counts {
+    match counts {
         Ok(c) => {
             for (name, n) in [
                 ("patients", c.patients),
@@ -209,8 +230,11 @@ fn write_page(h: &mut String, p: &Page) -> std::fmt::Result {
         Err(e) => write!(h, "<tr><td class=\"bad\">cannot read the index: {}</td></tr>", escape(e))?,
     }
     h.push_str("</table></section>");
+    Ok(())
+}
 
-    let px = &p.pixels;
+/// The pixel stage since start.
+fn pixels(h: &mut String, px: &PixelReads) -> std::fmt::Result {
     write!(
         h,
         "<section><h2>Burned-in text</h2><table>\
@@ -220,13 +244,16 @@ fn write_page(h: &mut String, p: &Page) -> std::fmt::Result {
          <tr><th>held (quarantined)</th><td class=\"n\" id=\"pixels-held\">{}</td></tr>\
          <tr><th>kept unread</th><td class=\"n\" id=\"pixels-kept-unread\">{}</td></tr></table></section>",
         px.in_progress, px.clean, px.masked, px.held, px.kept_unread
-    )?;
+    )
+}
 
+/// The shown project's quarantine, by reason.
+fn quarantine(h: &mut String, held: &[(String, u64)]) -> std::fmt::Result {
     h.push_str("<section><h2>Quarantine</h2><table>");
-    if p.quarantine.is_empty() {
+    if held.is_empty() {
         h.push_str("<tr><td class=\"muted\">empty</td></tr>");
     }
-    for (reason, n) in &p.quarantine {
+    for (reason, n) in held {
         write!(
             h,
             "<tr><th>{}</th><td class=\"n\" id=\"quarantine-{}\">{n}</td></tr>",
@@ -235,10 +262,14 @@ fn write_page(h: &mut String, p: &Page) -> std::fmt::Result {
         )?;
     }
     h.push_str("</table></section>");
+    Ok(())
+}
 
+/// The shown project's S3 queue and its uploader.
+fn uploads(h: &mut String, uploader: &str, queue: &Result<QueueStatus, String>) -> std::fmt::Result {
     // Off, the queue below waits for an uploader that is not there: say so, so that it does not
     // read as a stuck one (an export-only node keeps every instance `queued` here).
-    let uploader = match p.uploader {
+    let uploader = match uploader {
         "disabled" => {
             "off (upload.enabled is false): nothing goes to S3; the counts below wait for an uploader"
         }
@@ -248,7 +279,7 @@ fn write_page(h: &mut String, p: &Page) -> std::fmt::Result {
         h,
         "<section><h2>S3 uploads</h2><table><tr><th>uploader</th><td id=\"uploader\">{uploader}</td></tr>"
     )?;
-    match &p.queue {
+    match queue {
         Ok(q) => {
             for state in metrics::QUEUE_STATES {
                 let n = q.counts.iter().find(|(s, _)| s == state).map_or(0, |(_, n)| *n);
@@ -267,21 +298,21 @@ fn write_page(h: &mut String, p: &Page) -> std::fmt::Result {
         }
         Err(e) => write!(h, "<tr><td class=\"bad\">cannot read the queue: {}</td></tr>", escape(e))?,
     }
-    h.push_str("</table></section></div>");
-    destinations(h, &p.destinations)?;
+    h.push_str("</table></section>");
+    Ok(())
+}
 
-    write!(h, "<h2>Instances stored per minute, last hour (project {})</h2>", escape(&p.project))?;
-    chart(h, &p.per_minute)?;
-
+/// The last associations, newest first.
+fn associations(h: &mut String, recent: &[AssociationRecord]) -> std::fmt::Result {
     write!(h, "<h2>Last {} associations</h2>", activity::RECENT)?;
     h.push_str(
         "<table id=\"associations\"><tr><th>ended (UTC)</th><th>calling AE</th><th>peer</th>\
          <th>instances</th><th>failures</th><th>how it ended</th></tr>",
     );
-    if p.recent.is_empty() {
+    if recent.is_empty() {
         h.push_str("<tr><td colspan=\"6\" class=\"muted\">none since start</td></tr>");
     }
-    for a in &p.recent {
+    for a in recent {
         let calling = a.calling_ae.as_deref().map_or_else(|| "—".to_string(), escape);
         let class = if a.failures > 0 { "n bad" } else { "n" };
         write!(
@@ -294,7 +325,7 @@ fn write_page(h: &mut String, p: &Page) -> std::fmt::Result {
             escape(a.end)
         )?;
     }
-    h.push_str("</table></body></html>");
+    h.push_str("</table>");
     Ok(())
 }
 

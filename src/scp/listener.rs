@@ -4,7 +4,7 @@
 //! consumed) before a slot is taken: over the limit it is rejected, not queued, and a maximum PDU
 //! length too small to carry our responses is refused then, not discovered at the first response.
 //! The called AE title in that request chooses the project; an unknown one is rejected there.
-//! TLS connections cannot be looked into before their handshake; `tls::connection` handles them.
+//! TLS connections cannot be looked into before their handshake; `tls::serve` reads theirs.
 //! Shutdown stops accepting and lets running associations finish their current instance.
 
 use std::collections::VecDeque;
@@ -63,10 +63,10 @@ async fn next(listener: Option<&TcpListener>) -> std::io::Result<(TcpStream, Soc
 }
 
 /// Serve associations on `listeners` until `shutdown` completes, each answered by the project
-/// whose AE title it calls.
+/// whose AE title it calls. Each connection gets a task of its own ([`plain`] or [`over_tls`]);
+/// shutdown stops accepting, then waits for them a grace period.
 pub async fn serve(listeners: Listeners, routes: Arc<Routes>, shutdown: impl Future<Output = ()>) {
-    let max_associations = routes.first().scp.max_associations;
-    let limit = Arc::new(Semaphore::new(max_associations));
+    let limit = Arc::new(Semaphore::new(routes.first().scp.max_associations));
     let pending = Arc::new(Pending::default());
     let tracker = TaskTracker::new();
     let stop = CancellationToken::new();
@@ -74,7 +74,7 @@ pub async fn serve(listeners: Listeners, routes: Arc<Routes>, shutdown: impl Fut
     let tls = listeners.tls.as_ref().map(|(_, t)| t.clone());
     tokio::pin!(shutdown);
     loop {
-        let (accepted, over_tls) = tokio::select! {
+        let (accepted, over_tls_listener) = tokio::select! {
             _ = &mut shutdown => break,
             a = next(listeners.plain.as_ref()) => (a, false),
             a = next(listeners.tls.as_ref().map(|(l, _)| l)) => (a, true),
@@ -94,100 +94,20 @@ pub async fn serve(listeners: Listeners, routes: Arc<Routes>, shutdown: impl Fut
         };
         // Nagle's algorithm costs ~40 ms per small PDU exchange; dicom-ul does not turn it off.
         let _ = socket.set_nodelay(true);
-        let handshake = pending.admit(peer.ip());
-        let (routes, stop, limit) = (routes.clone(), stop.clone(), limit.clone());
-        if over_tls {
+        let connection = Connection {
+            socket,
+            peer,
+            handshake: pending.admit(peer.ip()),
+            routes: routes.clone(),
+            limit: limit.clone(),
+            stop: stop.clone(),
+        };
+        if over_tls_listener {
             let tls = tls.clone().expect("a TLS connection comes from the TLS listener");
-            tracker.spawn(async move {
-                let started = std::time::Instant::now();
-                // Pending (and evictable) until negotiated, exactly as on plain TCP.
-                let assoc = tokio::select! {
-                    biased;
-                    a = tls::establish(&tls, socket, peer, HANDSHAKE_TIMEOUT) => a,
-                    () = handshake.closed_out() => {
-                        debug!(%peer, "pending TLS connection closed: newer connections are waiting");
-                        METRICS.connections_dropped.with_label_values(&["evicted"]).inc();
-                        return;
-                    }
-                };
-                drop(handshake);
-                if let Some(assoc) = assoc {
-                    tls::serve(assoc, routes, peer, limit, stop, started).await;
-                }
-            });
-            continue;
+            tracker.spawn(over_tls(tls, connection));
+        } else {
+            tracker.spawn(plain(connection));
         }
-        tracker.spawn(async move {
-            let request = tokio::select! {
-                // A request already there wins over an eviction.
-                biased;
-                r = tokio::time::timeout(HANDSHAKE_TIMEOUT, peek_request(&socket)) => r,
-                () = handshake.closed_out() => {
-                    debug!(%peer, "pending connection closed: newer connections are waiting");
-                    METRICS.connections_dropped.with_label_values(&["evicted"]).inc();
-                    return;
-                }
-            };
-            drop(handshake);
-            let Request { max_pdu, called, calling, contexts } = match request {
-                Err(_) => {
-                    // Debug, not warn: a flood of these is counted (connections_dropped_total), not
-                    // written line by line.
-                    debug!(%peer, timeout_s = HANDSHAKE_TIMEOUT.as_secs(), "connection closed: no association request in time");
-                    METRICS.connections_dropped.with_label_values(&["no_request"]).inc();
-                    return;
-                }
-                Ok(Err(e)) => {
-                    // Not an A-ASSOCIATE-RQ we can read: it never gets a slot.
-                    debug!(%peer, error = %e, "connection closed before an association");
-                    METRICS.connections_dropped.with_label_values(&["not_a_request"]).inc();
-                    return;
-                }
-                Ok(Ok(request)) => request,
-            };
-            let Some(node) = routes.get(&called).cloned() else {
-                warn!(%peer, called_ae = %called.escape_debug(), "association rejected: called AE title is none of this node's");
-                association::rejected(peer, Some(&calling), "called_ae");
-                let unknown = AssociationRJSource::ServiceUser(AssociationRJServiceUserReason::CalledAETitleNotRecognized);
-                reject(socket, AssociationRJResult::Permanent, unknown).await;
-                return;
-            };
-            if !node.scp.tls_allowed_subjects.is_empty() {
-                // Certificate subjects mean nothing without a certificate: such an AE title is
-                // reachable over TLS only, or plain TCP would go around its allow-list.
-                warn!(%peer, called_ae = %node.scp.ae_title, "association rejected: this AE title lists certificate subjects and takes TLS only");
-                association::rejected(peer, Some(&calling), "tls_only");
-                let no = AssociationRJSource::ServiceUser(AssociationRJServiceUserReason::NoReasonGiven);
-                reject(socket, AssociationRJResult::Permanent, no).await;
-                return;
-            }
-            if association::too_many_contexts(peer, &calling, contexts) {
-                let no = AssociationRJSource::ServiceUser(AssociationRJServiceUserReason::NoReasonGiven);
-                reject(socket, AssociationRJResult::Permanent, no).await;
-                return;
-            }
-            if let Some(n) = max_pdu.filter(|&n| n != 0 && n < MINIMUM_PDU_SIZE) {
-                warn!(%peer, max_pdu_length = n, minimum = MINIMUM_PDU_SIZE, "association rejected: the peer's maximum PDU length cannot carry a response");
-                association::rejected(peer, Some(&calling), "max_pdu");
-                reject(socket, AssociationRJResult::Permanent, AssociationRJSource::ServiceUser(AssociationRJServiceUserReason::NoReasonGiven)).await;
-                return;
-            }
-            match limit.try_acquire_owned() {
-                Ok(permit) => {
-                    association::run(node, socket, peer, &calling, stop).await;
-                    drop(permit);
-                }
-                Err(_) => {
-                    warn!(%peer, limit = max_associations, "association rejected: scp.max_associations reached");
-                    association::rejected(peer, Some(&calling), "busy");
-                    // Transient, service provider presentation, local limit exceeded (PS3.8 §9.3.4).
-                    let busy = AssociationRJSource::ServiceProviderPresentation(
-                        AssociationRJServiceProviderPresentationReason::LocalLimitExceeded,
-                    );
-                    reject(socket, AssociationRJResult::Transient, busy).await;
-                }
-            }
-        });
     }
     info!("shutting down: no new associations; waiting for running ones");
     stop.cancel();
@@ -195,6 +115,124 @@ pub async fn serve(listeners: Listeners, routes: Arc<Routes>, shutdown: impl Fut
     if tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait()).await.is_err() {
         warn!(grace_s = SHUTDOWN_GRACE.as_secs(), "associations still running after the grace period");
     }
+}
+
+/// One accepted connection, as its task takes it from the accept loop.
+struct Connection {
+    socket: TcpStream,
+    peer: SocketAddr,
+    /// Pending, and evictable, until its association request is in.
+    handshake: Handshake,
+    routes: Arc<Routes>,
+    /// The association slots.
+    limit: Arc<Semaphore>,
+    stop: CancellationToken,
+}
+
+/// A TLS connection: pending (and evictable) until negotiated, exactly as on plain TCP; then
+/// `tls::serve` reads its request inside the session.
+async fn over_tls(tls: Arc<Tls>, c: Connection) {
+    let Connection { socket, peer, handshake, routes, limit, stop } = c;
+    let started = std::time::Instant::now();
+    let assoc = tokio::select! {
+        biased;
+        a = tls::establish(&tls, socket, peer, HANDSHAKE_TIMEOUT) => a,
+        () = handshake.closed_out() => {
+            debug!(%peer, "pending TLS connection closed: newer connections are waiting");
+            METRICS.connections_dropped.with_label_values(&["evicted"]).inc();
+            return;
+        }
+    };
+    drop(handshake);
+    if let Some(assoc) = assoc {
+        tls::serve(assoc, routes, peer, limit, stop, started).await;
+    }
+}
+
+/// A plain TCP connection: its association request looked at (in time, evictable meanwhile),
+/// checked against the project it calls, then served under a slot or rejected with the reason.
+async fn plain(c: Connection) {
+    let Connection { socket, peer, handshake, routes, limit, stop } = c;
+    let request = tokio::select! {
+        // A request already there wins over an eviction.
+        biased;
+        r = tokio::time::timeout(HANDSHAKE_TIMEOUT, peek_request(&socket)) => r,
+        () = handshake.closed_out() => {
+            debug!(%peer, "pending connection closed: newer connections are waiting");
+            METRICS.connections_dropped.with_label_values(&["evicted"]).inc();
+            return;
+        }
+    };
+    drop(handshake);
+    let request = match request {
+        Err(_) => {
+            // Debug, not warn: a flood of these is counted (connections_dropped_total), not
+            // written line by line.
+            debug!(%peer, timeout_s = HANDSHAKE_TIMEOUT.as_secs(), "connection closed: no association request in time");
+            METRICS.connections_dropped.with_label_values(&["no_request"]).inc();
+            return;
+        }
+        Ok(Err(e)) => {
+            // Not an A-ASSOCIATE-RQ we can read: it never gets a slot.
+            debug!(%peer, error = %e, "connection closed before an association");
+            METRICS.connections_dropped.with_label_values(&["not_a_request"]).inc();
+            return;
+        }
+        Ok(Ok(request)) => request,
+    };
+    let node = match accept(&routes, peer, &request) {
+        Ok(node) => node,
+        Err((result, source)) => return reject(socket, result, source).await,
+    };
+    match limit.try_acquire_owned() {
+        Ok(permit) => {
+            association::run(node, socket, peer, &request.calling, stop).await;
+            drop(permit);
+        }
+        Err(_) => {
+            let limit = routes.first().scp.max_associations;
+            warn!(%peer, limit, "association rejected: scp.max_associations reached");
+            association::rejected(peer, Some(&request.calling), "busy");
+            // Transient, service provider presentation, local limit exceeded (PS3.8 §9.3.4).
+            let busy = AssociationRJSource::ServiceProviderPresentation(
+                AssociationRJServiceProviderPresentationReason::LocalLimitExceeded,
+            );
+            reject(socket, AssociationRJResult::Transient, busy).await;
+        }
+    }
+}
+
+/// The project a plain request calls, or why it is refused (logged and counted here).
+fn accept(
+    routes: &Routes,
+    peer: SocketAddr,
+    request: &Request,
+) -> Result<Arc<super::Node>, (AssociationRJResult, AssociationRJSource)> {
+    let Request { max_pdu, called, calling, contexts } = request;
+    let no_reason = AssociationRJSource::ServiceUser(AssociationRJServiceUserReason::NoReasonGiven);
+    let Some(node) = routes.get(called).cloned() else {
+        warn!(%peer, called_ae = %called.escape_debug(), "association rejected: called AE title is none of this node's");
+        association::rejected(peer, Some(calling), "called_ae");
+        let unknown =
+            AssociationRJSource::ServiceUser(AssociationRJServiceUserReason::CalledAETitleNotRecognized);
+        return Err((AssociationRJResult::Permanent, unknown));
+    };
+    if !node.scp.tls_allowed_subjects.is_empty() {
+        // Certificate subjects mean nothing without a certificate: such an AE title is
+        // reachable over TLS only, or plain TCP would go around its allow-list.
+        warn!(%peer, called_ae = %node.scp.ae_title, "association rejected: this AE title lists certificate subjects and takes TLS only");
+        association::rejected(peer, Some(calling), "tls_only");
+        return Err((AssociationRJResult::Permanent, no_reason));
+    }
+    if association::too_many_contexts(peer, calling, *contexts) {
+        return Err((AssociationRJResult::Permanent, no_reason));
+    }
+    if let Some(n) = max_pdu.filter(|&n| n != 0 && n < MINIMUM_PDU_SIZE) {
+        warn!(%peer, max_pdu_length = n, minimum = MINIMUM_PDU_SIZE, "association rejected: the peer's maximum PDU length cannot carry a response");
+        association::rejected(peer, Some(calling), "max_pdu");
+        return Err((AssociationRJResult::Permanent, no_reason));
+    }
+    Ok(node)
 }
 
 /// What the listener reads from an association request before it takes a slot.
