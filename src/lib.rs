@@ -20,6 +20,7 @@ pub mod pipeline;
 pub mod queue;
 pub mod recovery;
 pub mod retrieve;
+pub mod retry;
 pub mod scp;
 pub mod scu;
 pub mod storage_lock;

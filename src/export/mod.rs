@@ -23,8 +23,8 @@ use tracing::{debug, info, warn};
 use crate::config::ExportDestination;
 use crate::index::{Delivery, DeliveryRecord, Index, IndexError};
 use crate::observe::METRICS;
+use crate::retry::backoff;
 use crate::scu::ClientTls;
-use crate::upload::worker::backoff;
 
 pub use store::{contexts, Sent};
 

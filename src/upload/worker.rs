@@ -13,16 +13,10 @@ use super::credentials::{Access, Credentials};
 use super::s3::{PutError, Target};
 use crate::index::{Index, IndexError, Pending};
 use crate::observe::METRICS;
+use crate::retry::{backoff, backoff_ceiling, BACKOFF_BASE};
 
-const BACKOFF_BASE: Duration = Duration::from_secs(1);
-const BACKOFF_CAP: Duration = Duration::from_secs(300);
 /// How often an idle uploader looks for new instances.
 const POLL: Duration = Duration::from_millis(250);
-
-/// Full jitter: a random wait between 0 and min(cap, base × 2^attempt).
-pub fn backoff(attempt: u32) -> Duration {
-    backoff_ceiling(attempt).mul_f64(fastrand::f64())
-}
 
 /// The uploader's parts; `run` drives it.
 pub struct Uploader {
@@ -254,27 +248,5 @@ impl Uploader {
     ) -> Result<T, IndexError> {
         let index = self.index.clone();
         tokio::task::spawn_blocking(move || f(&index)).await.unwrap_or(Err(IndexError::Closed))
-    }
-}
-
-fn backoff_ceiling(failures: u32) -> Duration {
-    BACKOFF_BASE.saturating_mul(1u32 << failures.min(20)).min(BACKOFF_CAP)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_is_jittered_under_a_doubling_cap() {
-        for attempt in 0..30 {
-            let ceiling = backoff_ceiling(attempt);
-            for _ in 0..50 {
-                assert!(backoff(attempt) <= ceiling);
-            }
-        }
-        assert_eq!(backoff_ceiling(0), Duration::from_secs(1));
-        assert_eq!(backoff_ceiling(3), Duration::from_secs(8));
-        assert_eq!(backoff_ceiling(40), Duration::from_secs(300));
     }
 }
