@@ -30,7 +30,7 @@ use crate::queue::{Quarantine, Reason, Spill, Spool, SpoolError, StageWriter};
 use crate::recovery::{self, Recovered, RecoveryError};
 use crate::storage_lock::{LockError, StorageLock};
 
-const PIXEL_DATA: Tag = Tag(0x7FE0, 0x0010);
+use dicom_dictionary_std::tags::PIXEL_DATA;
 
 /// Data sets up to this size are held in memory whole; larger ones are worked on from a file (a
 /// spill, or the input file offline) with only the part around their pixel data in memory.

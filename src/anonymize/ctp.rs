@@ -22,9 +22,8 @@ use dicom_core::Tag;
 use super::lookup::{DATE_OFFSET, PATIENT_ID as PTID};
 use super::rules::{Lookup, Op};
 
-const PATIENT_NAME: Tag = Tag(0x0010, 0x0010);
-const PATIENT_ID: Tag = Tag(0x0010, 0x0020);
-const ACCESSION_NUMBER: Tag = Tag(0x0008, 0x0050);
+use dicom_dictionary_std::tags::{ACCESSION_NUMBER, PATIENT_ID, PATIENT_NAME};
+
 /// The instance's identity: their pseudonyms are the index's keys (and the upload's), so a value
 /// lookup may not change them behind the index's back.
 const KEY_TAGS: [Tag; 5] =

@@ -153,7 +153,8 @@ const PATIENT_CHARACTERISTICS: &[u32] = &[
     0x0038_0500,
     0x0040_0012,
 ];
-const PATIENT_AGE: Tag = Tag(0x0010, 0x1010);
+use dicom_dictionary_std::tags::PATIENT_AGE;
+
 /// RSNA's rounding of ages (`@round(this,5)`), kept so both scripts agree.
 const AGE_ROUNDING: u32 = 5;
 

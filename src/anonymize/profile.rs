@@ -154,33 +154,18 @@ pub fn is_free_text(vr: VR) -> bool {
 
 pub mod tags {
     use super::Tag;
-    pub const SPECIFIC_CHARACTER_SET: Tag = Tag(0x0008, 0x0005);
-    pub const SOP_CLASS_UID: Tag = Tag(0x0008, 0x0016);
-    pub const SOP_INSTANCE_UID: Tag = Tag(0x0008, 0x0018);
-    pub const STUDY_DATE: Tag = Tag(0x0008, 0x0020);
-    pub const ACCESSION_NUMBER: Tag = Tag(0x0008, 0x0050);
-    pub const MODALITY: Tag = Tag(0x0008, 0x0060);
-    pub const CODE_VALUE: Tag = Tag(0x0008, 0x0100);
-    pub const CODING_SCHEME_DESIGNATOR: Tag = Tag(0x0008, 0x0102);
-    pub const CODE_MEANING: Tag = Tag(0x0008, 0x0104);
-    pub const REFERENCED_SOP_INSTANCE_UID: Tag = Tag(0x0008, 0x1155);
-    pub const PATIENT_SPECIES_DESCRIPTION: Tag = Tag(0x0010, 0x2201);
+    pub use dicom_dictionary_std::tags::{
+        ACCESSION_NUMBER, BURNED_IN_ANNOTATION, CODE_MEANING, CODE_VALUE, CODING_SCHEME_DESIGNATOR,
+        DEIDENTIFICATION_METHOD, ENCAPSULATED_DOCUMENT, LONGITUDINAL_TEMPORAL_INFORMATION_MODIFIED, MODALITY,
+        PATIENT_BIRTH_DATE, PATIENT_ID, PATIENT_IDENTITY_REMOVED, PATIENT_NAME, PATIENT_SEX,
+        PATIENT_SPECIES_DESCRIPTION, REFERENCED_SOP_INSTANCE_UID, RESPONSIBLE_ORGANIZATION,
+        RESPONSIBLE_PERSON, SERIES_INSTANCE_UID, SOP_CLASS_UID, SOP_INSTANCE_UID, SPECIFIC_CHARACTER_SET,
+        STUDY_DATE, STUDY_INSTANCE_UID,
+    };
+
     pub const PATIENT_SPECIES_CODES: Tag = Tag(0x0010, 0x2202);
-    pub const RESPONSIBLE_PERSON: Tag = Tag(0x0010, 0x2297);
-    pub const RESPONSIBLE_ORGANIZATION: Tag = Tag(0x0010, 0x2299);
-    pub const PATIENT_NAME: Tag = Tag(0x0010, 0x0010);
-    pub const PATIENT_ID: Tag = Tag(0x0010, 0x0020);
-    pub const PATIENT_BIRTH_DATE: Tag = Tag(0x0010, 0x0030);
-    pub const PATIENT_SEX: Tag = Tag(0x0010, 0x0040);
-    pub const BURNED_IN_ANNOTATION: Tag = Tag(0x0028, 0x0301);
-    pub const ENCAPSULATED_DOCUMENT: Tag = Tag(0x0042, 0x0011);
     pub const OTHER_PATIENT_IDS: Tag = Tag(0x0010, 0x1000);
-    pub const PATIENT_IDENTITY_REMOVED: Tag = Tag(0x0012, 0x0062);
-    pub const DEIDENTIFICATION_METHOD: Tag = Tag(0x0012, 0x0063);
     pub const DEIDENTIFICATION_METHOD_CODES: Tag = Tag(0x0012, 0x0064);
-    pub const STUDY_INSTANCE_UID: Tag = Tag(0x0020, 0x000D);
-    pub const SERIES_INSTANCE_UID: Tag = Tag(0x0020, 0x000E);
-    pub const LONGITUDINAL_TEMPORAL_INFORMATION_MODIFIED: Tag = Tag(0x0028, 0x0303);
     pub const ITEM_PADDING: Tag = Tag(0xFFFC, 0xFFFC);
     /// RSNA's private block: creator `RSNA` in (0013,0010), site id and project name after it.
     pub const RSNA_CREATOR: Tag = Tag(0x0013, 0x0010);

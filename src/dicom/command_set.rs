@@ -12,16 +12,12 @@ use super::write::write_dataset;
 
 /// Command set attributes both sides of an association read or write (PS3.7 §E.1).
 pub mod command_tags {
-    use dicom_core::Tag;
 
-    pub const AFFECTED_SOP_CLASS_UID: Tag = Tag(0x0000, 0x0002);
-    pub const COMMAND_FIELD: Tag = Tag(0x0000, 0x0100);
-    pub const MESSAGE_ID: Tag = Tag(0x0000, 0x0110);
-    pub const MESSAGE_ID_BEING_RESPONDED_TO: Tag = Tag(0x0000, 0x0120);
-    pub const COMMAND_DATA_SET_TYPE: Tag = Tag(0x0000, 0x0800);
-    pub const STATUS: Tag = Tag(0x0000, 0x0900);
-    pub const ERROR_COMMENT: Tag = Tag(0x0000, 0x0902);
-    pub const AFFECTED_SOP_INSTANCE_UID: Tag = Tag(0x0000, 0x1000);
+    pub use dicom_dictionary_std::tags::{
+        AFFECTED_SOP_CLASS_UID, AFFECTED_SOP_INSTANCE_UID, COMMAND_DATA_SET_TYPE, COMMAND_FIELD,
+        ERROR_COMMENT, MESSAGE_ID, MESSAGE_ID_BEING_RESPONDED_TO, STATUS,
+    };
+
     /// CommandDataSetType's value for "no data set follows".
     pub const NO_DATA_SET: u16 = 0x0101;
 }

@@ -7,14 +7,14 @@
 
 use std::io::{self, BufReader, Read, Seek, SeekFrom};
 
-use dicom_core::{Tag, VR};
+use dicom_core::VR;
 
 use super::read::{
     decode_header, tag_str, Header, ReadError, ITEM, ITEM_END, MAX_DEPTH, SEQUENCE_END, UNDEFINED,
 };
 use super::syntax::Encoding;
 
-const PIXEL_DATA: Tag = Tag(0x7FE0, 0x0010);
+use dicom_dictionary_std::tags::PIXEL_DATA;
 
 /// Byte ranges of a data set split around its top-level Pixel Data element.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -6,10 +6,8 @@ use std::io::{self, Write};
 use dicom_core::{Tag, VR};
 
 use super::element::{DataSet, Value};
-use super::read::{has_long_length, tag_str, ITEM, ITEM_END, SEQUENCE_END};
+use super::read::{has_long_length, tag_str, ITEM, ITEM_END, SEQUENCE_END, UNDEFINED};
 use super::syntax::Encoding;
-
-const UNDEFINED: u32 = 0xFFFF_FFFF;
 
 #[derive(Debug, thiserror::Error)]
 pub enum WriteError {

@@ -1,7 +1,7 @@
 //! Study Root C-FIND (PS3.4 §C.6.2): the studies a selection names, and the instances of one
 //! study (SERIES, then IMAGE level, which every PACS answers, relational or not).
 
-use crate::dicom::{Tag, VR};
+use crate::dicom::VR;
 use crate::scu::find::{self, text, QUERY_RETRIEVE_LEVEL, SERIES_INSTANCE_UID};
 use crate::scu::Association;
 
@@ -9,12 +9,10 @@ use super::RetrieveError;
 
 pub use crate::scu::find::STUDY_INSTANCE_UID;
 
-const STUDY_DATE: Tag = Tag(0x0008, 0x0020);
-const ACCESSION_NUMBER: Tag = Tag(0x0008, 0x0050);
-const MODALITY: Tag = Tag(0x0008, 0x0060);
-const MODALITIES_IN_STUDY: Tag = Tag(0x0008, 0x0061);
-const PATIENT_ID: Tag = Tag(0x0010, 0x0020);
-const NUMBER_OF_STUDY_RELATED_INSTANCES: Tag = Tag(0x0020, 0x1208);
+use dicom_dictionary_std::tags::{
+    ACCESSION_NUMBER, MODALITIES_IN_STUDY, MODALITY, NUMBER_OF_STUDY_RELATED_INSTANCES, PATIENT_ID,
+    STUDY_DATE,
+};
 
 /// A study the PACS holds. PHI: it goes to the report on stdout and the CSV, never to a log.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

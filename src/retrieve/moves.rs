@@ -5,13 +5,13 @@
 use std::time::Duration;
 
 use crate::config::DicomPeer;
-use crate::dicom::{Tag, TransferSyntax, VR};
+use crate::dicom::{TransferSyntax, VR};
 use crate::scu::{command, Association, Kind, ScuError, SubOperations, UNCOMPRESSED};
 
 use super::find::STUDY_INSTANCE_UID;
 
 pub const STUDY_ROOT_MOVE: &str = "1.2.840.10008.5.1.4.1.2.2.2";
-const QUERY_RETRIEVE_LEVEL: Tag = Tag(0x0008, 0x0052);
+use dicom_dictionary_std::tags::QUERY_RETRIEVE_LEVEL;
 
 /// The final response of a C-MOVE.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -12,8 +12,8 @@ use crate::dicom::{
     DataSet, Element, Encoding, Tag, Value, VR,
 };
 
-const MOVE_DESTINATION: Tag = Tag(0x0000, 0x0600);
-const PRIORITY: Tag = Tag(0x0000, 0x0700);
+use dicom_dictionary_std::tags::{MOVE_DESTINATION, PRIORITY};
+
 const REMAINING: Tag = Tag(0x0000, 0x1020);
 const COMPLETED: Tag = Tag(0x0000, 0x1021);
 const FAILED: Tag = Tag(0x0000, 0x1022);

@@ -7,10 +7,9 @@ use crate::dicom::{read_dataset, trim_padding, DataSet, Tag, TransferSyntax, VR}
 
 pub const STUDY_ROOT_FIND: &str = "1.2.840.10008.5.1.4.1.2.2.1";
 
-pub const QUERY_RETRIEVE_LEVEL: Tag = Tag(0x0008, 0x0052);
-pub const SOP_INSTANCE_UID: Tag = Tag(0x0008, 0x0018);
-pub const STUDY_INSTANCE_UID: Tag = Tag(0x0020, 0x000D);
-pub const SERIES_INSTANCE_UID: Tag = Tag(0x0020, 0x000E);
+pub use dicom_dictionary_std::tags::{
+    QUERY_RETRIEVE_LEVEL, SERIES_INSTANCE_UID, SOP_INSTANCE_UID, STUDY_INSTANCE_UID,
+};
 
 /// The context to propose for it.
 pub fn context() -> (String, Vec<String>) {

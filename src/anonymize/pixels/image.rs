@@ -8,19 +8,14 @@ use crate::dicom::{DataSet, Tag};
 
 use super::PixelError;
 
-const SAMPLES_PER_PIXEL: Tag = Tag(0x0028, 0x0002);
+use dicom_dictionary_std::tags::{
+    BITS_ALLOCATED, BITS_STORED, COLUMNS, NUMBER_OF_FRAMES, PIXEL_REPRESENTATION, PLANAR_CONFIGURATION, ROWS,
+    SAMPLES_PER_PIXEL, WINDOW_CENTER, WINDOW_WIDTH,
+};
+
 const PHOTOMETRIC: Tag = Tag(0x0028, 0x0004);
-const PLANAR_CONFIGURATION: Tag = Tag(0x0028, 0x0006);
-const NUMBER_OF_FRAMES: Tag = Tag(0x0028, 0x0008);
-const ROWS: Tag = Tag(0x0028, 0x0010);
-const COLUMNS: Tag = Tag(0x0028, 0x0011);
-const BITS_ALLOCATED: Tag = Tag(0x0028, 0x0100);
-const BITS_STORED: Tag = Tag(0x0028, 0x0101);
-const PIXEL_REPRESENTATION: Tag = Tag(0x0028, 0x0103);
-const WINDOW_CENTER: Tag = Tag(0x0028, 0x1050);
 /// Red, green and blue palette descriptors; their data is 0x100 further on.
 const PALETTE_DESCRIPTORS: [Tag; 3] = [Tag(0x0028, 0x1101), Tag(0x0028, 0x1102), Tag(0x0028, 0x1103)];
-const WINDOW_WIDTH: Tag = Tag(0x0028, 0x1051);
 
 /// How the samples of one frame are laid out.
 #[derive(Debug, Clone, PartialEq)]

@@ -39,9 +39,10 @@ use ocr::{Grey, Ocr, Word};
 use regions::{Rules, RulesError};
 use risk::{Risk, Sampler};
 
-pub const PIXEL_DATA: Tag = Tag(0x7FE0, 0x0010);
+pub use dicom_dictionary_std::tags::PIXEL_DATA;
+use dicom_dictionary_std::tags::PLANAR_CONFIGURATION;
+
 const PHOTOMETRIC: Tag = Tag(0x0028, 0x0004);
-const PLANAR_CONFIGURATION: Tag = Tag(0x0028, 0x0006);
 const RLE_LOSSLESS: &str = "1.2.840.10008.1.2.5";
 
 /// Why an image was not cleaned. Every one holds the instance.

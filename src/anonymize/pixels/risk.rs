@@ -4,14 +4,11 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-use crate::dicom::{DataSet, Tag};
+use crate::dicom::DataSet;
 
 use super::super::profile::tags;
 
-const IMAGE_TYPE: Tag = Tag(0x0008, 0x0008);
-const CONVERSION_TYPE: Tag = Tag(0x0008, 0x0064);
-const ROWS: Tag = Tag(0x0028, 0x0010);
-const COLUMNS: Tag = Tag(0x0028, 0x0011);
+use dicom_dictionary_std::tags::{COLUMNS, CONVERSION_TYPE, IMAGE_TYPE, ROWS};
 
 /// Modalities whose images commonly carry text in their pixels: ultrasound, projection X-ray
 /// (labels), angiography and fluoroscopy (overlays), photographs and endoscopy, other.
