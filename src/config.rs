@@ -610,21 +610,9 @@ impl Config {
         p
     }
 
-    /// The project secret for keyed pseudonyms: from `secret_file`, else from `secret_env`.
+    /// The project secret for keyed pseudonyms (see [`ProjectConfig::secret`]).
     pub fn project_secret(&self) -> Result<Vec<u8>, ConfigError> {
-        let project = &self.project;
-        let source = SecretSource {
-            key: "project.secret",
-            env: Some(&project.secret_env),
-            file: project.secret_file.as_deref(),
-        };
-        let secret = source.read_at_least(16)?.ok_or_else(|| {
-            ConfigError::MissingSecret(format!(
-                "set project.secret_file, or put the secret in ${}",
-                project.secret_env
-            ))
-        })?;
-        Ok(secret.into_bytes())
+        self.project.secret()
     }
 
     /// The effective configuration as YAML, for `check-config`. Holds no secret: only where
@@ -633,15 +621,40 @@ impl Config {
         serde_norway::to_string(self).unwrap_or_default()
     }
 
-    /// Everything that holds PHI: index, quarantine, spills, retrieve reports.
+    /// Everything that holds PHI (see [`StorageConfig::private_dir`]).
     pub fn private_dir(&self) -> PathBuf {
-        self.storage.dir.join("private")
+        self.storage.private_dir()
     }
 
+    pub fn tmp_dir(&self) -> PathBuf {
+        self.storage.tmp_dir()
+    }
+
+    pub fn index_path(&self) -> PathBuf {
+        self.storage.index_path()
+    }
+
+    pub fn quarantine_dir(&self) -> PathBuf {
+        self.storage.quarantine_dir()
+    }
+
+    pub fn public_dir(&self) -> PathBuf {
+        self.storage.public_dir()
+    }
+}
+
+impl StorageConfig {
+    /// Everything that holds PHI: index, quarantine, spills, retrieve reports.
+    pub fn private_dir(&self) -> PathBuf {
+        self.dir.join("private")
+    }
+
+    /// Data sets spilled while they arrive.
     pub fn tmp_dir(&self) -> PathBuf {
         self.private_dir().join("tmp")
     }
 
+    /// The PHI index.
     pub fn index_path(&self) -> PathBuf {
         self.private_dir().join("index.db")
     }
@@ -650,8 +663,27 @@ impl Config {
         self.private_dir().join("quarantine")
     }
 
+    /// The anonymized files, the only part of the storage directory without PHI.
     pub fn public_dir(&self) -> PathBuf {
-        self.storage.dir.join("public")
+        self.dir.join("public")
+    }
+}
+
+impl ProjectConfig {
+    /// The project secret for keyed pseudonyms: from `secret_file`, else from `secret_env`.
+    pub fn secret(&self) -> Result<Vec<u8>, ConfigError> {
+        let source = SecretSource {
+            key: "project.secret",
+            env: Some(&self.secret_env),
+            file: self.secret_file.as_deref(),
+        };
+        let secret = source.read_at_least(16)?.ok_or_else(|| {
+            ConfigError::MissingSecret(format!(
+                "set project.secret_file, or put the secret in ${}",
+                self.secret_env
+            ))
+        })?;
+        Ok(secret.into_bytes())
     }
 }
 

@@ -110,7 +110,7 @@ fn open_project(config: Config, memory: &Arc<MemoryBudget>) -> Result<Project, N
     for stale in std::fs::read_dir(&tmp).map_err(io_err(format!("reading {}", tmp.display())))?.flatten() {
         let _ = std::fs::remove_file(stale.path());
     }
-    let recovered = pipeline.recover(&config, config.scp.max_associations)?;
+    let recovered = pipeline.recover(config.scp.max_associations)?;
     if recovered.temp_files > 0 {
         tracing::info!(project = %config.project.name, files = recovered.temp_files, "removed temp files an interrupted commit left in public/");
     }

@@ -15,7 +15,7 @@ use crate::anonymize::pixels::{self, Cleaning, PixelError, PixelStage};
 use crate::anonymize::{
     Engine, EngineError, Keyed, Keys, Labels, LookupTable, Original, Pseudonyms, Rsna, Script, Unverifiable,
 };
-use crate::config::{Config, PseudonymMode};
+use crate::config::{Config, ProjectConfig, PseudonymMode, StorageConfig};
 use crate::dicom::{
     check_values, check_vrs, inflate_into, locate_pixel_data, read_dataset, repair_values, write_dataset,
     write_meta, write_part10, DataSet, Element, InflateError, Part10, Part10Error, ReadError, SplitError,
@@ -227,6 +227,9 @@ pub struct Pipeline {
     /// Where Deflated data sets inflate when they are large.
     tmp: PathBuf,
     limits: Limits,
+    /// Where the index is, and whose it is: what `recover` checks the spool against.
+    index_path: PathBuf,
+    site_id: String,
     /// Tags already reported as longer than their VR allows: each is logged once per process.
     over_long: Mutex<HashSet<Tag>>,
     /// The storage directory is ours (index, spool, queue) while the pipeline is open.
@@ -235,11 +238,34 @@ pub struct Pipeline {
     memory: Option<Arc<MemoryBudget>>,
 }
 
-/// What this node accepts, from `scp.max_instance_bytes` and `scp.max_in_memory_bytes`.
+/// The sizes a data set may have, whole and held in memory rather than spilled
+/// (`scp.max_instance_bytes`, `scp.max_in_memory_bytes`).
 #[derive(Debug, Clone, Copy)]
-struct Limits {
-    instance: u64,
-    in_memory: u64,
+pub struct Limits {
+    pub instance: u64,
+    pub in_memory: u64,
+}
+
+/// The sections of the configuration the pipeline reads: the project's rules and pseudonyms,
+/// where its storage is, and the sizes a data set may have. Nothing else of the tree.
+#[derive(Debug, Clone, Copy)]
+pub struct Sections<'a> {
+    pub project: &'a ProjectConfig,
+    pub storage: &'a StorageConfig,
+    pub limits: Limits,
+}
+
+impl<'a> From<&'a Config> for Sections<'a> {
+    fn from(config: &'a Config) -> Self {
+        Sections {
+            project: &config.project,
+            storage: &config.storage,
+            limits: Limits {
+                instance: config.scp.max_instance_bytes,
+                in_memory: config.scp.max_in_memory_bytes,
+            },
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -266,11 +292,15 @@ pub enum SetupError {
 
 impl Pipeline {
     /// Build the engine, open the index and the spool rooted at `out`.
-    pub fn open(config: &Config, out: &Path, durability: Durability) -> Result<Pipeline, SetupError> {
-        let project = &config.project;
+    pub fn open<'a>(
+        sections: impl Into<Sections<'a>>,
+        out: &Path,
+        durability: Durability,
+    ) -> Result<Pipeline, SetupError> {
+        let Sections { project, storage, limits } = sections.into();
         // First: a second writer learns who holds the directory before anything else is done.
-        let lock = StorageLock::acquire(&config.storage.dir)?;
-        let engine = Self::engine(config)?;
+        let lock = StorageLock::acquire(&storage.dir)?;
+        let engine = Self::engine(project)?;
         // A batch (the offline commands) has the machine to itself: one OCR process per core. A
         // node keeps to `pixels.workers`, so that the intake beside the OCR keeps a core.
         let mut pixel_config = project.pixels.clone();
@@ -279,19 +309,20 @@ impl Pipeline {
         }
         let pixels = PixelStage::new(&pixel_config)?;
         pixels.announce();
-        let private = config.private_dir();
+        let private = storage.private_dir();
         crate::file_modes::private_dir(&private)
             .map_err(|source| SetupError::Dir { path: private.display().to_string(), source })?;
         let owner = match project.pseudonyms {
-            PseudonymMode::Keyed => Owner::keyed(&project.site_id, &config.project_secret()?),
+            PseudonymMode::Keyed => Owner::keyed(&project.site_id, &project.secret()?),
             PseudonymMode::Rsna => Owner::for_site(&project.site_id),
         };
-        let index = Index::open(&config.index_path(), &owner)?;
+        let index_path = storage.index_path();
+        let index = Index::open(&index_path, &owner)?;
         let spool = Spool::open(out, durability == Durability::EachInstance)?;
-        let tmp = config.tmp_dir();
+        let tmp = storage.tmp_dir();
         crate::file_modes::private_dir(&tmp)
             .map_err(|source| SetupError::Dir { path: tmp.display().to_string(), source })?;
-        let index_dir = config.index_path().parent().map(Path::to_path_buf).unwrap_or_default();
+        let index_dir = index_path.parent().map(Path::to_path_buf).unwrap_or_default();
         let barrier = Barrier::new(&[out, &index_dir])
             .map_err(|source| SetupError::Dir { path: out.display().to_string(), source })?;
         Ok(Pipeline {
@@ -300,15 +331,14 @@ impl Pipeline {
             unverifiable: project.unverifiable,
             index,
             spool,
-            quarantine: Quarantine::new(&config.quarantine_dir()),
+            quarantine: Quarantine::new(&storage.quarantine_dir()),
             keyed: project.pseudonyms == PseudonymMode::Keyed,
             durability,
             barrier,
             tmp,
-            limits: Limits {
-                instance: config.scp.max_instance_bytes,
-                in_memory: config.scp.max_in_memory_bytes,
-            },
+            limits,
+            index_path,
+            site_id: project.site_id.clone(),
             over_long: Mutex::new(HashSet::new()),
             _lock: lock,
             memory: None,
@@ -330,8 +360,7 @@ impl Pipeline {
 
     /// The project's engine: its script, lookup table and pseudonyms, with the secret they need.
     /// `check-config` builds it too, so that it refuses what a start would refuse.
-    pub fn engine(config: &Config) -> Result<Engine, SetupError> {
-        let project = &config.project;
+    pub fn engine(project: &ProjectConfig) -> Result<Engine, SetupError> {
         let script = Script::load(&project.script, &project.script_settings())?;
         let lookup = LookupTable::for_script(project.lookup_table.as_deref(), &script.lookups)?;
         let pseudonyms: Arc<dyn Pseudonyms> = match project.pseudonyms {
@@ -341,7 +370,7 @@ impl Pipeline {
             PseudonymMode::Keyed => Arc::new(Keyed::new(
                 &project.site_id,
                 &project.uid_root,
-                &config.project_secret()?,
+                &project.secret()?,
                 project.accession_format,
             )?),
         };
@@ -359,14 +388,14 @@ impl Pipeline {
 
     /// Put right what a crash left, or refuse an index older than its files (see `recovery`).
     /// `in_flight`: how many instances can be between commit and acknowledgement at once.
-    pub fn recover(&self, config: &Config, in_flight: usize) -> Result<Recovered, RecoveryError> {
+    pub fn recover(&self, in_flight: usize) -> Result<Recovered, RecoveryError> {
         recovery::recover(
             &self.spool,
             &self.index,
             &self.quarantine,
-            &config.index_path(),
+            &self.index_path,
             in_flight,
-            &config.project.site_id,
+            &self.site_id,
         )
     }
 

@@ -43,7 +43,7 @@ pub fn check_config(config: &Path) -> anyhow::Result<Said> {
         scp::check_tls(tls)?;
     }
     for config in &projects {
-        Pipeline::engine(config).with_context(|| format!("project {}", config.project.name))?;
+        Pipeline::engine(&config.project).with_context(|| format!("project {}", config.project.name))?;
         node::export_tls(config)?;
     }
     let mut out = String::new();
