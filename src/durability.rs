@@ -86,8 +86,11 @@ pub enum Durability {
 /// Group commit over `syncfs(2)`: `wait` returns once everything the caller wrote before calling
 /// it is on stable storage, sharing one flush with every caller that arrived meanwhile.
 pub struct Barrier {
-    /// One open directory per file system to flush.
+    /// One open probe file per file system to flush (see [`journal_alive`]): `syncfs` flushes
+    /// the file system it is on, and changing its size asks that file system's journal.
     file_systems: Vec<File>,
+    /// Their paths, removed when the barrier goes.
+    probes: Vec<std::path::PathBuf>,
     /// `syncfs` over `file_systems`; the tests put a device of their own making here.
     flush: Box<Flush>,
     state: Mutex<Epochs>,
@@ -108,20 +111,32 @@ struct Epochs {
 }
 
 impl Barrier {
-    /// A barrier over the file systems holding `dirs` (each counted once).
+    /// A barrier over the file systems holding `dirs` (each counted once), with a probe file
+    /// ([`PROBE`]) created and held open in the first directory on each.
     pub fn new(dirs: &[&Path]) -> io::Result<Barrier> {
         let mut file_systems: Vec<File> = Vec::new();
+        let mut probes = Vec::new();
         let mut devices = Vec::new();
         for dir in dirs {
-            let f = File::open(dir)?;
-            let dev = f.metadata()?.dev();
+            let dev = std::fs::metadata(dir)?.dev();
             if !devices.contains(&dev) {
                 devices.push(dev);
+                let probe = dir.join(PROBE);
+                let f = std::fs::OpenOptions::new()
+                    .write(true)
+                    .create(true)
+                    .truncate(true)
+                    .open(&probe)
+                    .map_err(|e| {
+                        io::Error::new(e.kind(), format!("cannot create {}: {e}", probe.display()))
+                    })?;
                 file_systems.push(f);
+                probes.push(probe);
             }
         }
         Ok(Barrier {
             file_systems,
+            probes,
             flush: Box::new(syncfs),
             state: Mutex::new(Epochs { next: 1, ..Epochs::default() }),
             done: Condvar::new(),
@@ -176,6 +191,14 @@ impl Barrier {
     }
 }
 
+impl Drop for Barrier {
+    fn drop(&mut self) {
+        for probe in &self.probes {
+            let _ = std::fs::remove_file(probe);
+        }
+    }
+}
+
 /// Flush each file system in turn, then make sure its journal still takes changes; the first
 /// failure stops.
 fn syncfs(file_systems: &[File]) -> io::Result<()> {
@@ -189,9 +212,9 @@ fn syncfs(file_systems: &[File]) -> io::Result<()> {
     Ok(())
 }
 
-/// The name of the file [`journal_alive`] creates and removes: a spool temp name, so one a crash
-/// leaves behind is swept at the next start.
-const PROBE: &std::ffi::CStr = c".flush-probe.part";
+/// The file each barrier holds open on each of its file systems, beside the spool and the index.
+/// Empty; it is never swept (no `.part`) and never listed (no `.dcm`).
+pub const PROBE: &str = ".flush-probe";
 
 /// Whether the file system still takes metadata changes, after a `syncfs` that returned 0.
 ///
@@ -199,34 +222,19 @@ const PROBE: &std::ffi::CStr = c".flush-probe.part";
 /// transaction that failed held renames of files waiting at this barrier. A `syncfs` that starts
 /// after the abort finds no transaction to wait for and returns 0 (Linux 6.18; seen in
 /// `tests/faults.rs` as an acknowledged file missing after the repair): nothing in `syncfs`
-/// reports a journal abort, only a data write-back error. The next metadata change does: it fails
-/// with `EROFS` and turns the file system read-only. So one is made here, a file created and
-/// removed, which costs no flush of its own (it rides in the next commit).
-fn journal_alive(dir: &File) -> io::Result<()> {
-    let flags = libc::O_CREAT | libc::O_WRONLY | libc::O_CLOEXEC | libc::O_NOFOLLOW;
-    // SAFETY: openat with an open directory descriptor and a NUL-terminated name.
-    let fd = unsafe { libc::openat(dir.as_raw_fd(), PROBE.as_ptr(), flags, 0o600) };
-    if fd < 0 {
-        return Err(unwritable(io::Error::last_os_error()));
-    }
-    // SAFETY: `fd` was just opened here and is closed once.
-    unsafe { libc::close(fd) };
-    // SAFETY: unlinkat with an open directory descriptor and a NUL-terminated name.
-    if unsafe { libc::unlinkat(dir.as_raw_fd(), PROBE.as_ptr(), 0) } != 0 {
-        let e = io::Error::last_os_error();
-        // Another barrier on the same directory removed it first: the change was made.
-        if e.raw_os_error() != Some(libc::ENOENT) {
-            return Err(unwritable(e));
-        }
-    }
-    Ok(())
-}
-
-fn unwritable(e: io::Error) -> io::Error {
-    io::Error::new(
-        e.kind(),
-        format!("the file system took no change after a flush ({e}): its journal failed, so the last writes may not be on disk"),
-    )
+/// reports a journal abort, only a data write-back error. A size change does: ext4 starts a
+/// journal handle for it and answers `EROFS` (and turns read-only) once the journal has aborted.
+/// So the held probe file is grown to one byte and cut back: no block, no inode, no directory
+/// entry and no descriptor is needed, so a full disk, a quota or a descriptor limit cannot fail
+/// it, only a file system that takes no change; and it costs no flush of its own (it rides in
+/// the next commit).
+fn journal_alive(probe: &File) -> io::Result<()> {
+    probe.set_len(1).and_then(|()| probe.set_len(0)).map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!("the file system took no change after a flush ({e}): its journal failed, so the last writes may not be on disk"),
+        )
+    })
 }
 
 #[cfg(test)]
@@ -236,18 +244,19 @@ mod tests {
     use std::sync::Arc;
 
     #[test]
-    fn the_journal_probe_passes_a_writable_directory_and_catches_one_that_takes_nothing() {
+    fn the_journal_probe_passes_a_file_system_that_takes_changes_and_leaves_the_probe_empty() {
         let d = tempfile::tempdir().unwrap();
-        let dir = File::open(d.path()).unwrap();
-        journal_alive(&dir).unwrap();
-        journal_alive(&dir).unwrap();
-        assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 0, "the probe leaves nothing");
-        // A directory that can take no new entry: removed while open.
-        let gone = d.path().join("gone");
-        std::fs::create_dir(&gone).unwrap();
-        let open = File::open(&gone).unwrap();
-        std::fs::remove_dir(&gone).unwrap();
-        let e = journal_alive(&open).unwrap_err();
+        let barrier = Barrier::new(&[d.path(), d.path()]).unwrap();
+        assert_eq!(barrier.file_systems.len(), 1, "one probe per file system");
+        barrier.wait().unwrap();
+        barrier.wait().unwrap();
+        assert_eq!(std::fs::metadata(d.path().join(PROBE)).unwrap().len(), 0);
+        let read_only = File::open(d.path().join(PROBE)).unwrap();
+        drop(barrier);
+        assert!(!d.path().join(PROBE).exists(), "the probe goes with the barrier");
+        // A descriptor that cannot change the file (as a file system that takes no change):
+        // the flush fails, and for good.
+        let e = journal_alive(&read_only).unwrap_err();
         assert!(e.to_string().contains("took no change after a flush"), "{e}");
     }
 

@@ -323,7 +323,9 @@ impl Pipeline {
         crate::file_modes::private_dir(&tmp)
             .map_err(|source| SetupError::Dir { path: tmp.display().to_string(), source })?;
         let index_dir = index_path.parent().map(Path::to_path_buf).unwrap_or_default();
-        let barrier = Barrier::new(&[out, &index_dir])
+        // The index's directory first: the probe file goes there when both share a file system,
+        // so that nothing but anonymized files is ever in `out`.
+        let barrier = Barrier::new(&[&index_dir, out])
             .map_err(|source| SetupError::Dir { path: out.display().to_string(), source })?;
         Ok(Pipeline {
             engine,

@@ -107,8 +107,9 @@ pub(super) async fn unsigned_config(cfg: &UploadConfig) -> aws_config::SdkConfig
 }
 
 impl Cognito {
-    /// Read the secrets the configuration names and build the (unsigned) Cognito clients.
-    pub async fn new(cfg: &UploadConfig) -> Result<Cognito, AuthError> {
+    /// Read the secrets the configuration names and build the (unsigned) Cognito clients on
+    /// `shared` (see [`unsigned_config`]).
+    pub fn new(cfg: &UploadConfig, shared: &aws_config::SdkConfig) -> Result<Cognito, AuthError> {
         let client_secret = client_secret(cfg)?;
         // Only needed to answer NEW_PASSWORD_REQUIRED; its absence is reported if that happens.
         let new_password = SecretSource {
@@ -118,10 +119,9 @@ impl Cognito {
         }
         .read()
         .unwrap_or_default();
-        let shared = unsigned_config(cfg).await;
         let cognito = Cognito {
-            idp: aws_sdk_cognitoidentityprovider::Client::new(&shared),
-            identity: aws_sdk_cognitoidentity::Client::new(&shared),
+            idp: aws_sdk_cognitoidentityprovider::Client::new(shared),
+            identity: aws_sdk_cognitoidentity::Client::new(shared),
             region: cfg.region.clone(),
             user_pool_id: cfg.user_pool_id.clone(),
             client_id: cfg.app_client_id.clone(),

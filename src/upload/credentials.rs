@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime};
 
 use tokio::sync::Mutex;
 
-use super::cognito::{AuthError, Cognito, Session};
+use super::cognito::{unsigned_config, AuthError, Cognito, Session};
 use crate::config::{UploadAuth, UploadConfig};
 
 /// An S3 client and the user directory (`sub`) its keys go under.
@@ -23,8 +23,11 @@ pub struct Credentials {
     margin: Duration,
     /// Whether the margin was found too long for the credentials' lifetime and said so.
     clamp_reported: AtomicBool,
-    region: String,
-    endpoint_url: Option<String>,
+    /// Region, endpoint and HTTP client, loaded once: each refresh's S3 client is built on it,
+    /// so its connections (and their TLS sessions) outlive the credentials.
+    shared: aws_config::SdkConfig,
+    /// A local endpoint (`upload.endpoint_url`): path-style addressing.
+    local_endpoint: bool,
     /// Held across a refresh, so concurrent callers wait for the one refresh in progress.
     cache: Mutex<Option<Cached>>,
 }
@@ -51,8 +54,12 @@ enum Source {
 
 impl Credentials {
     pub async fn new(cfg: &UploadConfig) -> Result<Credentials, AuthError> {
-        let source = match cfg.auth {
-            UploadAuth::Cognito => Source::Cognito(Box::new(Cognito::new(cfg).await?)),
+        let local_endpoint = cfg.endpoint_url.is_some();
+        let (source, shared) = match cfg.auth {
+            UploadAuth::Cognito => {
+                let shared = unsigned_config(cfg).await;
+                (Source::Cognito(Box::new(Cognito::new(cfg, &shared)?)), shared)
+            }
             UploadAuth::DefaultChain => {
                 let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
                     .region(aws_config::Region::new(cfg.region.clone()));
@@ -60,18 +67,16 @@ impl Credentials {
                     loader = loader.endpoint_url(url);
                 }
                 let shared = loader.load().await;
-                Source::DefaultChain(Access {
-                    client: s3_client(&shared, cfg.endpoint_url.is_some(), None),
-                    sub: None,
-                })
+                let access = Access { client: s3_client(&shared, local_endpoint, None), sub: None };
+                (Source::DefaultChain(access), shared)
             }
         };
         Ok(Credentials {
             source,
             margin: Duration::from_secs(cfg.refresh_margin_s),
             clamp_reported: AtomicBool::new(false),
-            region: cfg.region.clone(),
-            endpoint_url: cfg.endpoint_url.clone(),
+            shared,
+            local_endpoint,
             cache: Mutex::new(None),
         })
     }
@@ -118,7 +123,8 @@ impl Credentials {
             );
         }
         tracing::info!(sub = %session.sub, valid_s = left.as_secs(), "AWS credentials obtained through Cognito");
-        let access = Access { client: self.cognito_client(&session).await, sub: Some(session.sub.clone()) };
+        let client = s3_client(&self.shared, self.local_endpoint, Some(session.credentials.clone()));
+        let access = Access { client, sub: Some(session.sub.clone()) };
         let refresh_at = session.expires.checked_sub(margin).unwrap_or(now);
         *cache = Some(Cached { session, access: access.clone(), refresh_at });
         Ok(access)
@@ -129,17 +135,6 @@ impl Credentials {
         if let Some(cached) = self.cache.lock().await.as_mut() {
             cached.refresh_at = SystemTime::UNIX_EPOCH;
         }
-    }
-
-    async fn cognito_client(&self, session: &Session) -> aws_sdk_s3::Client {
-        let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
-            .no_credentials()
-            .region(aws_config::Region::new(self.region.clone()));
-        if let Some(url) = &self.endpoint_url {
-            loader = loader.endpoint_url(url);
-        }
-        let shared = loader.load().await;
-        s3_client(&shared, self.endpoint_url.is_some(), Some(session.credentials.clone()))
     }
 }
 
