@@ -954,4 +954,267 @@ mod tests {
             assert!(!e.to_string().contains(patient) || patient.is_empty(), "{e}");
         }
     }
+
+    fn read_error() -> ReadError {
+        ReadError::Truncated { offset: 8, what: "value of (0010,0010)".into(), needed: 10, available: 2 }
+    }
+
+    /// Each class of failure, and whose fault it is.
+    #[test]
+    fn every_failure_is_the_datas_a_filters_or_the_environments() {
+        use crate::anonymize::pixels::PixelError;
+        use crate::path_component::ComponentError;
+        use Fault::{Data, Environment};
+        let io = || io::Error::other("EIO");
+        let cases: Vec<(InstanceError, Fault)> = vec![
+            (Part10Error::NotDicom.into(), Data(Reason::NotDicom)),
+            (Part10Error::Meta(read_error()).into(), Data(Reason::Unreadable)),
+            (Part10Error::MetaMissing("TransferSyntaxUID (0002,0010)").into(), Data(Reason::Unreadable)),
+            (read_error().into(), Data(Reason::Unreadable)),
+            (SplitError::Malformed(ReadError::TooDeep).into(), Data(Reason::Unreadable)),
+            (InflateError::Corrupt(io()).into(), Data(Reason::Unreadable)),
+            (EngineError::MissingAttributes(vec!["SOPInstanceUID"]).into(), Data(Reason::MissingAttributes)),
+            (InstanceError::Mismatch("SOPClassUID"), Data(Reason::MissingAttributes)),
+            (EngineError::InvalidText("PatientName (0010,0010)").into(), Data(Reason::InvalidText)),
+            (
+                ValueError::Forbidden { tag: "(0010,4000)".into(), vr: "LO", byte: 0x0A }.into(),
+                Data(Reason::InvalidText),
+            ),
+            (
+                InstanceError::PathComponent { what: "PatientID", why: ComponentError::Separator },
+                Data(Reason::InvalidText),
+            ),
+            (
+                ValueError::Swallowed { tag: "(0018,1030)".into(), vr: "LO", at: 4 }.into(),
+                Data(Reason::Unreadable),
+            ),
+            (
+                ValueError::VrMismatch { tag: "(0008,1030)".into(), found: "TM", expected: "LO" }.into(),
+                Data(Reason::Unreadable),
+            ),
+            (EngineError::Unverifiable("an encapsulated document".into()).into(), Data(Reason::Unverifiable)),
+            (
+                EngineError::LookupMiss { what: "PatientID (0010,0020)".into(), keytype: "ptid".into() }
+                    .into(),
+                Data(Reason::LookupMiss),
+            ),
+            (PixelError::StillReadable(3).into(), Data(Reason::BurnedInText)),
+            (PixelError::Codec("JPEG-LS".into()).into(), Data(Reason::PixelUnverified)),
+            (PixelError::Ocr("timed out".into()).into(), Data(Reason::PixelUnverified)),
+            (IndexError::Conflict("study under two patients".into()).into(), Data(Reason::IntegrityConflict)),
+            (
+                SpoolError::Encode(WriteError::TooLong { tag: "(0008,1115)".into(), vr: "UI", len: 70_000 })
+                    .into(),
+                Data(Reason::CannotEncode),
+            ),
+            (InstanceError::Panic("index out of bounds".into()), Data(Reason::ProcessingError)),
+            (IndexError::Panicked("a bug".into()).into(), Data(Reason::ProcessingError)),
+            (InstanceError::Refused("Modality \"SR\" is not accepted".into()), Fault::Refused),
+            (InflateError::TooLarge { limit: 1 << 30 }.into(), Environment),
+            (InflateError::Io(io()).into(), Environment),
+            (
+                InstanceError::TooLarge {
+                    what: "the data set without its pixel data",
+                    size: 300 << 20,
+                    limit: "scp.max_in_memory_bytes",
+                    bound: 256 << 20,
+                },
+                Environment,
+            ),
+            (
+                OverBudget { needed: 96 << 20, limit: 256 << 20, in_use: 200 << 20, waited: MEMORY_WAIT }
+                    .into(),
+                Environment,
+            ),
+            (IndexError::Closed.into(), Environment),
+            (IndexError::Sqlite(rusqlite::Error::QueryReturnedNoRows).into(), Environment),
+            (SpoolError::Io { path: "/srv/dag/public/x.part".into(), source: io() }.into(), Environment),
+            (InstanceError::Io { path: "/srv/dag/private/tmp/1.spill".into(), source: io() }, Environment),
+            (SplitError::Io(io()).into(), Environment),
+        ];
+        for (e, fault) in &cases {
+            assert_eq!(e.fault(), *fault, "{e:?}");
+        }
+    }
+
+    /// A peer hears which part of the node failed, never where its storage is; a limit it hit is
+    /// named so that its sender can tell why.
+    #[test]
+    fn what_a_peer_is_told_of_an_environment_fault_names_no_path() {
+        let io = || io::Error::other("EIO on /srv/dag");
+        let told: Vec<(InstanceError, &str)> = vec![
+            (SpoolError::Io { path: "/srv/dag/public/x.part".into(), source: io() }.into(), "its storage"),
+            (
+                InstanceError::Io { path: "/srv/dag/private/tmp/1.spill".into(), source: io() },
+                "buffered copy",
+            ),
+            (InflateError::Io(io()).into(), "buffered copy"),
+            (IndexError::Sqlite(rusqlite::Error::QueryReturnedNoRows).into(), "index"),
+            (
+                OverBudget { needed: 1, limit: 2, in_use: 2, waited: MEMORY_WAIT }.into(),
+                "memory for data sets is taken",
+            ),
+        ];
+        for (e, says) in &told {
+            assert_eq!(e.fault(), Fault::Environment);
+            let t = e.told();
+            assert!(t.contains(says) && !t.contains("/srv"), "{e:?} told {t:?}");
+        }
+        let limit = InstanceError::TooLarge {
+            what: "the data set without its pixel data",
+            size: 300,
+            limit: "scp.max_in_memory_bytes",
+            bound: 256,
+        };
+        assert_eq!(limit.told(), limit.to_string());
+        assert!(limit.told().contains("scp.max_in_memory_bytes"), "{}", limit.told());
+        let inflated: InstanceError = InflateError::TooLarge { limit: 1000 }.into();
+        assert!(inflated.told().contains("1000"), "{}", inflated.told());
+    }
+
+    const CT: &str = "1.2.840.10008.5.1.4.1.1.2";
+
+    /// A small CT instance without pixel data, in Explicit VR Little Endian.
+    fn instance(sop: &str, modality: &str) -> Vec<u8> {
+        let mut ds = DataSet::default();
+        for (tag, vr, value) in [
+            (Tag(0x0008, 0x0016), VR::UI, CT),
+            (Tag(0x0008, 0x0018), VR::UI, sop),
+            (Tag(0x0008, 0x0060), VR::CS, modality),
+            (Tag(0x0010, 0x0010), VR::PN, "DOE^JOHN"),
+            (Tag(0x0010, 0x0020), VR::LO, "MRN-0042"),
+            (Tag(0x0020, 0x000D), VR::UI, "1.2.3.1"),
+            (Tag(0x0020, 0x000E), VR::UI, "1.2.3.1.1"),
+        ] {
+            ds.put_text(tag, vr, value);
+        }
+        let mut out = Vec::new();
+        write_dataset(&ds, crate::dicom::Encoding::EXPLICIT_LE, &mut out).unwrap();
+        out
+    }
+
+    fn open(dir: &Path, scp: &str) -> (Config, Pipeline) {
+        let yaml =
+            format!("project: {{ name: P, site_id: '99' }}\nstorage: {{ dir: '{}' }}\n{scp}", dir.display());
+        let config: Config = serde_norway::from_str(&yaml).unwrap();
+        let pipeline = Pipeline::open(&config, &config.public_dir(), Durability::AtEnd).unwrap();
+        (config, pipeline)
+    }
+
+    fn admission<'a>(sop: &'a str, modalities: &'a [String]) -> Admission<'a> {
+        Admission { sop_class_uid: CT, sop_instance_uid: sop, modalities, audit: None }
+    }
+
+    /// What `settle` makes of each class, through `process_received`.
+    #[test]
+    fn a_received_instance_is_stored_quarantined_refused_or_failed() {
+        let d = tempfile::tempdir().unwrap();
+        let (config, pipeline) = open(d.path(), "scp: { max_instance_bytes: 100000 }");
+        let ts = TransferSyntax::new(EXPLICIT_VR_LE);
+        let only_ct = ["CT".to_string()];
+
+        let body = instance("1.2.3.1.1.1", "CT");
+        match pipeline.process_received(Body::Memory(&body), &ts, &admission("1.2.3.1.1.1", &only_ct), "t") {
+            Outcome::Stored(stored) => {
+                assert_ne!(stored.keys.sop_uid, "1.2.3.1.1.1");
+                assert_eq!(stored.path.extension().and_then(|e| e.to_str()), Some("dcm"));
+                let file = std::fs::read(config.public_dir().join(&stored.path)).unwrap();
+                assert_eq!(file.len() as u64, stored.size);
+                let p10 = Part10::parse(&file).unwrap();
+                let out = read_dataset(p10.body, ts.encoding()).unwrap();
+                assert_eq!(out.text(Tag(0x0008, 0x0018)), Some(stored.keys.sop_uid.as_str()));
+                assert_ne!(out.text(Tag(0x0010, 0x0010)), Some("DOE^JOHN"));
+            }
+            other => panic!("expected Stored, got {other:?}"),
+        }
+
+        // Data faults: kept in quarantine under their reason, as received.
+        let other = instance("1.2.3.1.1.2", "CT");
+        match pipeline.process_received(Body::Memory(&other), &ts, &admission("1.2.3.1.1.9", &only_ct), "t") {
+            Outcome::Quarantined { reason, detail, path } => {
+                assert_eq!(reason, Reason::MissingAttributes);
+                assert!(detail.contains("SOPInstanceUID"), "{detail}");
+                assert!(path.starts_with(config.quarantine_dir().join("Missing_Attributes")), "{path:?}");
+                let kept = std::fs::read(&path).unwrap();
+                let p10 = Part10::parse(&kept).unwrap();
+                assert_eq!(p10.body, &other[..], "the data set as it came, behind a meta group");
+            }
+            other => panic!("expected Quarantined, got {other:?}"),
+        }
+        let cut = &body[..body.len() - 3];
+        match pipeline.process_received(Body::Memory(cut), &ts, &admission("1.2.3.1.1.1", &only_ct), "t") {
+            Outcome::Quarantined { reason, .. } => assert_eq!(reason, Reason::Unreadable),
+            other => panic!("expected Quarantined, got {other:?}"),
+        }
+
+        // A filter: refused, nothing kept.
+        let mr = instance("1.2.3.1.1.3", "MR");
+        match pipeline.process_received(Body::Memory(&mr), &ts, &admission("1.2.3.1.1.3", &only_ct), "t") {
+            Outcome::Refused(why) => assert!(why.contains("\"MR\""), "{why}"),
+            other => panic!("expected Refused, got {other:?}"),
+        }
+
+        // The environment: a Deflated data set that inflates past scp.max_instance_bytes.
+        let mut z = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::default());
+        z.write_all(&vec![0u8; 200_000]).unwrap();
+        let bomb = z.finish().unwrap();
+        let deflated = TransferSyntax::new("1.2.840.10008.1.2.1.99");
+        match pipeline.process_received(Body::Memory(&bomb), &deflated, &admission("1.2.3.1.1.4", &[]), "t") {
+            Outcome::Failed { told, .. } => assert!(told.contains("100000"), "{told}"),
+            other => panic!("expected Failed, got {other:?}"),
+        }
+        let held = Quarantine::new(&config.quarantine_dir()).list(None).unwrap();
+        assert_eq!(held.len(), 2, "only the data faults are kept");
+        pipeline.close().unwrap();
+    }
+
+    /// A data fault whose quarantine cannot be written becomes the node's fault: the sender keeps
+    /// its copy.
+    #[test]
+    fn a_data_fault_that_cannot_be_quarantined_is_an_environment_fault() {
+        let d = tempfile::tempdir().unwrap();
+        let (config, pipeline) = open(d.path(), "");
+        std::fs::write(config.quarantine_dir(), b"not a directory").unwrap();
+        let body = instance("1.2.3.1.1.2", "CT");
+        let ts = TransferSyntax::new(EXPLICIT_VR_LE);
+        match pipeline.process_received(Body::Memory(&body), &ts, &admission("1.2.3.1.1.9", &[]), "t") {
+            Outcome::Failed { detail, told } => {
+                assert!(
+                    detail.contains("SOPInstanceUID") && detail.contains("cannot be quarantined"),
+                    "{detail}"
+                );
+                assert!(told.contains("quarantine"), "{told}");
+            }
+            other => panic!("expected Failed, got {other:?}"),
+        }
+        pipeline.close().unwrap();
+    }
+
+    #[test]
+    fn admission_checks_the_announced_uids_then_the_modality_filter() {
+        let body = instance("1.2.3.1.1.1", "CT");
+        let ds = read_dataset(&body, crate::dicom::Encoding::EXPLICIT_LE).unwrap();
+        let any: [String; 0] = [];
+        let ct_mr = ["MR".to_string(), "CT".to_string()];
+        assert!(admit(&ds, &admission("1.2.3.1.1.1", &any)).is_ok());
+        assert!(admit(&ds, &admission("1.2.3.1.1.1", &ct_mr)).is_ok());
+        let wrong_class =
+            Admission { sop_class_uid: "1.2.840.10008.5.1.4.1.1.4", ..admission("1.2.3.1.1.1", &any) };
+        assert!(matches!(admit(&ds, &wrong_class), Err(InstanceError::Mismatch("SOPClassUID"))));
+        assert!(matches!(
+            admit(&ds, &admission("1.2.3.1.1.2", &any)),
+            Err(InstanceError::Mismatch("SOPInstanceUID"))
+        ));
+        let us = ["US".to_string()];
+        let e = admit(&ds, &admission("1.2.3.1.1.1", &us)).unwrap_err();
+        assert_eq!(e.fault(), Fault::Refused, "{e}");
+        // No SOP Instance UID at all: missing, not merely different.
+        let mut bare = ds.clone();
+        bare.elements.retain(|e| e.tag != Tag(0x0008, 0x0018));
+        let e = admit(&bare, &admission("1.2.3.1.1.1", &any)).unwrap_err();
+        assert!(
+            matches!(&e, InstanceError::Invalid(EngineError::MissingAttributes(m)) if m == &["SOPInstanceUID"]),
+            "{e:?}"
+        );
+    }
 }

@@ -808,3 +808,269 @@ fn value_str(e: &Element<'_>) -> String {
 fn set(e: &mut Element<'_>, text: &str) {
     e.value = Value::Bytes(Cow::Owned(pad_text(e.vr, text.as_bytes().to_vec())));
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::anonymize::pseudonym::{AccessionFormat, Rsna};
+    use crate::anonymize::script::Settings;
+
+    const ROOT: &str = "1.2.826.0.1.3680043.10.474";
+    const CT: &str = "1.2.840.10008.5.1.4.1.1.2";
+    const ANON_PATIENT: &str = "99-000001";
+
+    fn engine_with(script: Script) -> Engine {
+        let pseudonyms = Arc::new(Rsna::new("99", ROOT, AccessionFormat::Hex16).unwrap());
+        Engine::new(script, pseudonyms, Labels { project_name: "TRIAL".into(), site_id: "99".into() })
+    }
+
+    /// The shipped PS3.15 profile with the shipped options.
+    fn profile_engine() -> Engine {
+        let name = "ps315-basic-profile.script";
+        let text = crate::anonymize::shipped::script(name).unwrap();
+        engine_with(Script::parse(text, name, &Settings::default()).unwrap())
+    }
+
+    fn text(ds: &DataSet<'_>, tag: (u16, u16)) -> Option<String> {
+        ds.text(Tag(tag.0, tag.1)).map(str::to_string)
+    }
+
+    fn item(values: &[((u16, u16), VR, &str)]) -> DataSet<'static> {
+        let mut ds = DataSet::default();
+        for &(tag, vr, v) in values {
+            ds.put_text(Tag(tag.0, tag.1), vr, v);
+        }
+        ds
+    }
+
+    /// A CT instance with PHI in the usual places, and a reference to `referenced`.
+    fn instance(sop: &str, referenced: &str) -> DataSet<'static> {
+        let mut ds = item(&[
+            ((0x0008, 0x0016), VR::UI, CT),
+            ((0x0008, 0x0018), VR::UI, sop),
+            ((0x0008, 0x0020), VR::DA, "20230911"),
+            ((0x0008, 0x0050), VR::SH, "ACC123"),
+            ((0x0008, 0x0060), VR::CS, "CT"),
+            ((0x0008, 0x0080), VR::LO, "General Hospital"),
+            ((0x0008, 0x0090), VR::PN, "WELBY^MARCUS"),
+            ((0x0008, 0x1030), VR::LO, "CT head, John Doe MRN-0042"),
+            ((0x0009, 0x0010), VR::LO, "ACME 1.0"),
+            ((0x0009, 0x1001), VR::LO, "DOE^JOHN"),
+            ((0x0010, 0x0010), VR::PN, "DOE^JOHN"),
+            ((0x0010, 0x0020), VR::LO, "MRN-0042"),
+            ((0x0010, 0x0030), VR::DA, "19800115"),
+            ((0x0010, 0x0040), VR::CS, "M"),
+            ((0x0020, 0x000D), VR::UI, "1.2.3.1"),
+            ((0x0020, 0x000E), VR::UI, "1.2.3.1.1"),
+            ((0x0020, 0x0052), VR::UI, "1.2.3.9"),
+        ]);
+        let reference = item(&[((0x0008, 0x1150), VR::UI, CT), ((0x0008, 0x1155), VR::UI, referenced)]);
+        ds.put(Element { tag: Tag(0x0008, 0x1140), vr: VR::SQ, value: Value::Items(vec![reference]) });
+        ds
+    }
+
+    /// `ds` through the engine as the pipeline runs it.
+    fn anonymize(engine: &Engine, ds: &mut DataSet<'_>) -> Report {
+        let original = engine.read(ds).unwrap();
+        let keys = engine.keys(&original, ANON_PATIENT).unwrap();
+        engine.apply(ds, &original, keys).unwrap()
+    }
+
+    #[test]
+    fn the_profile_replaces_the_patients_phi_and_removes_private_data() {
+        let engine = profile_engine();
+        let mut ds = instance("1.2.3.1.1.1", "1.2.3.1.1.2");
+        let report = anonymize(&engine, &mut ds);
+        assert_eq!(text(&ds, (0x0010, 0x0010)).as_deref(), Some(ANON_PATIENT), "PatientName");
+        assert_eq!(text(&ds, (0x0010, 0x0020)).as_deref(), Some(ANON_PATIENT), "PatientID");
+        assert_eq!(text(&ds, (0x0008, 0x0080)).as_deref(), Some(""), "InstitutionName emptied");
+        assert_eq!(text(&ds, (0x0008, 0x0090)).as_deref(), Some(""), "ReferringPhysicianName emptied");
+        assert_ne!(text(&ds, (0x0010, 0x0030)).as_deref(), Some("19800115"), "birth date");
+        assert_eq!(
+            text(&ds, (0x0010, 0x0040)).as_deref(),
+            Some("M"),
+            "sex retained (patient characteristics)"
+        );
+        assert_eq!(text(&ds, (0x0008, 0x0060)).as_deref(), Some("CT"));
+        assert!(ds.get(Tag(0x0009, 0x0010)).is_none() && ds.get(Tag(0x0009, 0x1001)).is_none(), "private");
+        let accession = engine.pseudonyms().accession("ACC123");
+        assert_eq!(text(&ds, (0x0008, 0x0050)), Some(accession));
+        let description = text(&ds, (0x0008, 0x1030)).unwrap();
+        assert!(description.starts_with("CT head"), "the description is kept: {description}");
+        for phi in ["John", "Doe", "MRN-0042"] {
+            assert!(!description.contains(phi), "{phi} in {description:?}");
+        }
+        assert_eq!(report.keys.patient_id, ANON_PATIENT);
+        // Every value left: nothing of the patient's name, ID or birth date.
+        let mut out = Vec::new();
+        crate::dicom::write_dataset(&ds, crate::dicom::Encoding::EXPLICIT_LE, &mut out).unwrap();
+        for phi in [&b"DOE"[..], b"JOHN", b"MRN-0042", b"19800115", b"General", b"WELBY"] {
+            assert!(
+                !out.windows(phi.len()).any(|w| w.eq_ignore_ascii_case(phi)),
+                "{}",
+                String::from_utf8_lossy(phi)
+            );
+        }
+    }
+
+    #[test]
+    fn uids_map_to_their_pseudonyms_the_same_in_every_instance_and_reference() {
+        let engine = profile_engine();
+        let p = engine.pseudonyms();
+        let mut first = instance("1.2.3.1.1.1", "1.2.3.1.1.2");
+        let mut second = instance("1.2.3.1.1.2", "1.2.3.1.1.1");
+        let report = anonymize(&engine, &mut first);
+        anonymize(&engine, &mut second);
+        for ds in [&first, &second] {
+            assert_eq!(text(ds, (0x0008, 0x0016)).as_deref(), Some(CT), "a class UID is no instance's");
+            assert_eq!(text(ds, (0x0020, 0x000D)), Some(p.uid("1.2.3.1")));
+            assert_eq!(text(ds, (0x0020, 0x000E)), Some(p.uid("1.2.3.1.1")));
+            assert_eq!(text(ds, (0x0020, 0x0052)), Some(p.uid("1.2.3.9")), "frame of reference");
+        }
+        let referenced = |ds: &DataSet<'_>| match &ds.get(Tag(0x0008, 0x1140)).unwrap().value {
+            Value::Items(items) => (text(&items[0], (0x0008, 0x1155)), text(&items[0], (0x0008, 0x1150))),
+            _ => panic!("the reference sequence is no longer a sequence"),
+        };
+        // Each instance's reference names the other's new UID.
+        assert_eq!(referenced(&first), (text(&second, (0x0008, 0x0018)), Some(CT.into())));
+        assert_eq!(referenced(&second).0, text(&first, (0x0008, 0x0018)));
+        assert_eq!(text(&first, (0x0008, 0x0018)), Some(report.keys.sop_uid.clone()));
+        assert_ne!(report.keys.sop_uid, "1.2.3.1.1.1");
+        assert!(report.keys.sop_uid.starts_with(ROOT), "{}", report.keys.sop_uid);
+        // The report lists every UID replaced, for the index.
+        let mut mapped = report.uid_map.clone();
+        mapped.sort();
+        let want: Vec<(String, String)> = ["1.2.3.1", "1.2.3.1.1", "1.2.3.1.1.1", "1.2.3.1.1.2", "1.2.3.9"]
+            .iter()
+            .map(|u| (u.to_string(), p.uid(u)))
+            .collect();
+        assert_eq!(mapped, want);
+    }
+
+    #[test]
+    fn dates_move_by_the_patients_offset_and_say_so() {
+        let engine = profile_engine();
+        let mut ds = instance("1.2.3.1.1.1", "1.2.3.1.1.2");
+        let report = anonymize(&engine, &mut ds);
+        let offset = report.keys.date_offset.expect("a patient with an ID has an offset");
+        let p = engine.pseudonyms();
+        assert_eq!(offset, -(p.date_offset("MRN-0042") as i32) - 1, "backward under the profile");
+        let study =
+            chrono::NaiveDate::from_ymd_opt(2023, 9, 11).unwrap() + chrono::Duration::days(offset.into());
+        assert_eq!(text(&ds, (0x0008, 0x0020)), Some(study.format("%Y%m%d").to_string()));
+        assert_eq!(text(&ds, (0x0028, 0x0303)).as_deref(), Some("MODIFIED"));
+    }
+
+    #[test]
+    fn the_de_identification_attributes_say_what_was_applied_and_by_whom() {
+        let engine = profile_engine();
+        let mut ds = instance("1.2.3.1.1.1", "1.2.3.1.1.2");
+        anonymize(&engine, &mut ds);
+        assert_eq!(text(&ds, (0x0012, 0x0062)).as_deref(), Some("YES"), "PatientIdentityRemoved");
+        let method = text(&ds, (0x0012, 0x0063)).unwrap();
+        assert!(method.contains("ps315-basic-profile.script") && method.len() <= 64, "{method}");
+        let Value::Items(codes) = &ds.get(Tag(0x0012, 0x0064)).unwrap().value else {
+            panic!("DeidentificationMethodCodeSequence is no sequence")
+        };
+        let values: Vec<String> = codes.iter().filter_map(|c| text(c, (0x0008, 0x0100))).collect();
+        for code in ["113100", "113103", "113104", "113105", "113107", "113108"] {
+            assert!(values.iter().any(|v| v == code), "{code} missing from {values:?}");
+        }
+        assert!(!values.iter().any(|v| v == "113109"), "device identity is not retained");
+        assert!(codes.iter().all(|c| text(c, (0x0008, 0x0102)).as_deref() == Some("DCM")));
+        assert_eq!(text(&ds, (0x0013, 0x0010)).as_deref(), Some("RSNA"));
+        assert_eq!(text(&ds, (0x0013, 0x1001)).as_deref(), Some("99"));
+        assert_eq!(text(&ds, (0x0013, 0x1003)).as_deref(), Some("TRIAL"));
+    }
+
+    #[test]
+    fn an_instance_without_its_uids_or_with_a_document_is_refused_before_anything_changes() {
+        let engine = profile_engine();
+        let mut ds = instance("1.2.3.1.1.1", "1.2.3.1.1.2");
+        ds.elements.retain(|e| e.tag != Tag(0x0008, 0x0018) && e.tag != Tag(0x0020, 0x000E));
+        assert_eq!(
+            engine.read(&ds).unwrap_err(),
+            EngineError::MissingAttributes(vec!["SOPInstanceUID", "SeriesInstanceUID"])
+        );
+        let mut ds = instance("1.2.3.1.1.1", "1.2.3.1.1.2");
+        ds.put(Element { tag: Tag(0x0042, 0x0011), vr: VR::OB, value: Value::Bytes(Cow::Borrowed(b"%PDF")) });
+        assert!(matches!(engine.read(&ds), Err(EngineError::Unverifiable(_))), "quarantined by default");
+        let mut ds = instance("1.2.3.1.1.1", "1.2.3.1.1.2");
+        ds.put_text(tags::SPECIFIC_CHARACTER_SET, VR::CS, "ISO_IR 192");
+        ds.put(Element {
+            tag: tags::PATIENT_NAME,
+            vr: VR::PN,
+            value: Value::Bytes(Cow::Borrowed(b"DO\xFFE")),
+        });
+        assert_eq!(engine.read(&ds).unwrap_err(), EngineError::InvalidText("PatientName (0010,0010)"));
+    }
+
+    #[test]
+    fn a_patient_without_an_id_is_keyed_by_name_and_birth_date_else_by_study() {
+        let engine = profile_engine();
+        let mut ds = instance("1.2.3.1.1.1", "1.2.3.1.1.2");
+        ds.put_text(tags::PATIENT_ID, VR::LO, "  ");
+        assert_eq!(engine.read(&ds).unwrap().patient_id, "\\name\\DOE^JOHN\\19800115");
+        ds.elements.retain(|e| e.tag != tags::PATIENT_BIRTH_DATE);
+        assert_eq!(engine.read(&ds).unwrap().patient_id, "\\study\\1.2.3.1");
+    }
+
+    /// A script that keeps what it must not: the safety net changes it and reports the tag.
+    #[test]
+    fn the_safety_net_catches_phi_a_script_keeps() {
+        let script = r#"<script semantics="ctp">
+            <e en="T" t="00080018" n="SOPInstanceUID">@keep()</e>
+            <e en="T" t="00080090" n="ReferringPhysicianName">@keep()</e>
+            <e en="T" t="00081030" n="StudyDescription">@keep()</e>
+            <e en="T" t="00100010" n="PatientName">@keep()</e>
+            <e en="T" t="00100020" n="PatientID">@keep()</e>
+            <e en="T" t="0020000D" n="StudyInstanceUID">@keep()</e>
+            <e en="T" t="00080060" n="Modality">@keep()</e>
+        </script>"#;
+        let engine = engine_with(Script::parse(script, "leaky.script", &Settings::default()).unwrap());
+        let mut ds = instance("1.2.3.1.1.1", "1.2.3.1.1.2");
+        let report = anonymize(&engine, &mut ds);
+        let p = engine.pseudonyms();
+        assert_eq!(text(&ds, (0x0008, 0x0018)), Some(p.uid("1.2.3.1.1.1")), "a kept UID is mapped");
+        assert_eq!(text(&ds, (0x0010, 0x0010)).as_deref(), Some(ANON_PATIENT), "a kept PatientName");
+        assert_eq!(text(&ds, (0x0008, 0x0090)).as_deref(), Some(""), "another kept name is emptied");
+        let description = text(&ds, (0x0008, 0x1030)).unwrap();
+        assert!(!description.contains("Doe") && !description.contains("MRN-0042"), "{description}");
+        assert_eq!(text(&ds, (0x0008, 0x0060)).as_deref(), Some("CT"), "a code stays");
+        // What the script does not name is kept under CTP semantics, and checked all the same:
+        // dates move forward by the patient's offset, IDs and institutions in text are masked.
+        let offset = p.date_offset("MRN-0042") as i64;
+        assert_eq!(report.keys.date_offset, Some(offset as i32), "forward for a plain CTP script");
+        let birth = chrono::NaiveDate::from_ymd_opt(1980, 1, 15).unwrap() + chrono::Duration::days(offset);
+        assert_eq!(text(&ds, (0x0010, 0x0030)), Some(birth.format("%Y%m%d").to_string()));
+        for tag in [(0x0010, 0x0020), (0x0008, 0x0050), (0x0008, 0x0080)] {
+            let masked = text(&ds, tag).unwrap();
+            assert!(!masked.is_empty() && masked.bytes().all(|b| b == b'*'), "{tag:04X?}: {masked:?}");
+        }
+        let caught: Vec<Tag> = [
+            (0x0008, 0x0018),
+            (0x0008, 0x0020),
+            (0x0008, 0x0050),
+            (0x0008, 0x0080),
+            (0x0008, 0x0090),
+            (0x0008, 0x1030),
+            (0x0008, 0x1155),
+            (0x0010, 0x0010),
+            (0x0010, 0x0020),
+            (0x0010, 0x0030),
+            (0x0020, 0x000D),
+            (0x0020, 0x000E),
+            (0x0020, 0x0052),
+        ]
+        .map(|(g, e)| Tag(g, e))
+        .to_vec();
+        assert_eq!(report.caught, caught, "every tag the net changed, once, in order, items included");
+        // Not a profile script: it claims the Basic Profile, and modified dates since they moved.
+        let Value::Items(codes) = &ds.get(tags::DEIDENTIFICATION_METHOD_CODES).unwrap().value else {
+            panic!("no method code sequence")
+        };
+        let values: Vec<String> = codes.iter().filter_map(|c| text(c, (0x0008, 0x0100))).collect();
+        assert_eq!(values, ["113100", "113107"]);
+        assert_eq!(engine.method_codes(false), vec![BASIC_PROFILE]);
+    }
+}

@@ -187,3 +187,243 @@ pub(super) fn status(c: &Connection) -> Result<QueueStatus, IndexError> {
         .collect::<Result<_, _>>()?;
     Ok(s)
 }
+
+#[cfg(test)]
+mod tests {
+    use chrono::Duration;
+
+    use super::*;
+    use crate::index::{record, InstanceRecord, Owner};
+
+    /// An index with `n` queued instances `anon0..`, stored in that order, at `p/<i>.dcm`.
+    fn index_with_instances(n: usize) -> (tempfile::TempDir, Index) {
+        let d = tempfile::tempdir().unwrap();
+        let index = Index::open(&d.path().join("index.db"), &Owner::for_site("1")).unwrap();
+        index
+            .call(move |c| {
+                c.execute_batch(
+                    "INSERT INTO studies(study_uid, anon_study_uid, patient_id, source) VALUES ('st', 'ast', '', 'test');
+                     INSERT INTO series(series_uid, anon_series_uid, study_uid) VALUES ('s', 'as', 'st');",
+                )?;
+                for i in 0..n {
+                    c.execute(
+                        "INSERT INTO instances(sop_uid, anon_sop_uid, series_uid, sop_class_uid, path, size, stored_at, digest)
+                         VALUES (?1, ?2, 's', '1.2', ?3, ?4, ?5, 'v0')",
+                        params![
+                            format!("phi{i}"),
+                            format!("anon{i}"),
+                            format!("p/{i}.dcm"),
+                            100 + i as i64,
+                            format!("2026-01-01T00:00:{i:02}.000Z")
+                        ],
+                    )?;
+                }
+                Ok(())
+            })
+            .unwrap();
+        (d, index)
+    }
+
+    /// (state, attempts, last_error, next_try is set, etag) of `anon`.
+    fn row(index: &Index, anon: &str) -> (String, u32, Option<String>, bool, Option<String>) {
+        let anon = anon.to_string();
+        index
+            .call(move |c| {
+                Ok(c.query_row(
+                    "SELECT state, attempts, last_error, next_try IS NOT NULL, etag FROM instances
+                     WHERE anon_sop_uid = ?1",
+                    [&anon],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+                )?)
+            })
+            .unwrap()
+    }
+
+    fn state(index: &Index, anon: &str) -> String {
+        row(index, anon).0
+    }
+
+    fn uids(claimed: &[Pending]) -> Vec<&str> {
+        claimed.iter().map(|p| p.anon_sop_uid.as_str()).collect()
+    }
+
+    /// Instance `i` received again; `digest` is its anonymized file's.
+    fn resend(index: &Index, i: usize, digest: &'static str) {
+        index
+            .call(move |c| {
+                record(
+                    c,
+                    &InstanceRecord {
+                        sop_uid: format!("phi{i}"),
+                        anon_sop_uid: format!("anon{i}"),
+                        series_uid: "s".into(),
+                        sop_class_uid: "1.2".into(),
+                        path: format!("p/{i}.dcm"),
+                        size: 200,
+                        digest: digest.into(),
+                        uid_map: Vec::new(),
+                    },
+                )
+            })
+            .unwrap();
+    }
+
+    #[test]
+    fn a_claim_takes_the_oldest_queued_up_to_its_limit_and_marks_them_uploading() {
+        let (_d, index) = index_with_instances(3);
+        let first = index.claim(2).unwrap();
+        assert_eq!(
+            first[0],
+            Pending {
+                anon_sop_uid: "anon0".into(),
+                path: "p/0.dcm".into(),
+                size: 100,
+                attempts: 0,
+                generation: 0
+            }
+        );
+        assert_eq!(uids(&first), ["anon0", "anon1"]);
+        assert_eq!((state(&index, "anon0"), state(&index, "anon2")), ("uploading".into(), "queued".into()));
+        assert_eq!(uids(&index.claim(10).unwrap()), ["anon2"], "a claimed instance is not claimed twice");
+        assert!(index.claim(10).unwrap().is_empty());
+        let status = index.queue_status().unwrap();
+        assert_eq!(status.counts, [("uploading".to_string(), 3)]);
+        assert_eq!(status.oldest_queued.as_deref(), Some("2026-01-01T00:00:00.000Z"));
+        index.close();
+    }
+
+    #[test]
+    fn an_upload_recorded_is_done_once_and_keeps_its_etag() {
+        let (_d, index) = index_with_instances(2);
+        let claimed = index.claim(10).unwrap();
+        assert!(index.mark_uploaded(&claimed[0], Some("\"e1\"".into())).unwrap());
+        assert_eq!(row(&index, "anon0"), ("uploaded".into(), 0, None, false, Some("\"e1\"".into())));
+        assert!(
+            !index.mark_uploaded(&claimed[0], None).unwrap(),
+            "not uploading any more: nothing to record"
+        );
+        assert_eq!(row(&index, "anon0").4.as_deref(), Some("\"e1\""), "the second record changed nothing");
+        assert_eq!(state(&index, "anon1"), "uploading", "only the instance named");
+        let status = index.queue_status().unwrap();
+        assert_eq!(status.counts, [("uploaded".to_string(), 1), ("uploading".to_string(), 1)]);
+        assert_eq!(status.oldest_queued.as_deref(), Some("2026-01-01T00:00:01.000Z"));
+        index.close();
+    }
+
+    #[test]
+    fn a_failed_attempt_is_counted_and_waits_for_its_next_try() {
+        let (_d, index) = index_with_instances(2);
+        let claimed = index.claim(10).unwrap();
+        index.mark_failed(&claimed[0], "503 Slow Down", Utc::now() + Duration::hours(1)).unwrap();
+        assert_eq!(row(&index, "anon0"), ("failed".into(), 1, Some("503 Slow Down".into()), true, None));
+        index.unclaim(vec!["anon1".into()]).unwrap();
+        assert_eq!(
+            row(&index, "anon1"),
+            ("queued".into(), 0, None, false, None),
+            "given back, no attempt made"
+        );
+        assert_eq!(uids(&index.claim(10).unwrap()), ["anon1"], "a failure is not tried before its time");
+        let status = index.queue_status().unwrap();
+        assert_eq!(status.failed.len(), 1);
+        assert_eq!((status.failed[0].anon_sop_uid.as_str(), status.failed[0].attempts), ("anon0", 1));
+        assert_eq!(status.failed[0].last_error, "503 Slow Down");
+
+        // Its time comes: claimed again with its attempts, failed again, counted again.
+        index.retry_failed().unwrap();
+        let again = index.claim(10).unwrap();
+        assert_eq!(uids(&again), ["anon0"]);
+        assert_eq!(again[0].attempts, 1);
+        index.mark_failed(&again[0], "timeout", Utc::now() - Duration::seconds(1)).unwrap();
+        assert_eq!(row(&index, "anon0").1, 2);
+        let due = index.claim(10).unwrap();
+        assert_eq!((uids(&due), due[0].attempts), (vec!["anon0"], 2), "a failure whose time has come");
+        assert!(index.mark_uploaded(&due[0], None).unwrap());
+        assert_eq!(row(&index, "anon0"), ("uploaded".into(), 2, None, false, None), "the error is cleared");
+        index.close();
+    }
+
+    #[test]
+    fn retry_failed_queues_every_failure_for_now_and_nothing_else() {
+        let (_d, index) = index_with_instances(3);
+        let claimed = index.claim(2).unwrap();
+        let later = Utc::now() + Duration::days(1);
+        for p in &claimed {
+            index.mark_failed(p, "denied", later).unwrap();
+        }
+        assert_eq!(index.retry_failed().unwrap(), 2);
+        assert_eq!(row(&index, "anon0"), ("queued".into(), 1, Some("denied".into()), false, None));
+        assert_eq!(index.retry_failed().unwrap(), 0);
+        assert_eq!(uids(&index.claim(10).unwrap()), ["anon0", "anon1", "anon2"]);
+        index.close();
+    }
+
+    #[test]
+    fn after_a_restart_what_was_uploading_is_queued_as_an_attempt_made() {
+        let (_d, index) = index_with_instances(3);
+        let claimed = index.claim(2).unwrap();
+        assert!(index.mark_uploaded(&claimed[1], None).unwrap());
+        assert_eq!(index.requeue_interrupted().unwrap(), 1);
+        assert_eq!(row(&index, "anon0"), ("queued".into(), 1, None, false, None));
+        assert_eq!(state(&index, "anon1"), "uploaded");
+        assert_eq!(
+            row(&index, "anon2"),
+            ("queued".into(), 0, None, false, None),
+            "never claimed: no attempt"
+        );
+        assert_eq!(index.requeue_interrupted().unwrap(), 0, "nothing is uploading now");
+        let again = index.claim(10).unwrap();
+        assert_eq!(
+            again.iter().map(|p| (p.anon_sop_uid.as_str(), p.attempts)).collect::<Vec<_>>(),
+            [("anon0", 1), ("anon2", 0)]
+        );
+        index.close();
+    }
+
+    #[test]
+    fn objects_already_in_the_bucket_count_as_uploaded_but_for_a_changed_re_send() {
+        let (_d, index) = index_with_instances(4);
+        // anon1 failed once, anon2 was uploaded and then re-sent with other bytes: queued again.
+        let claimed = index.claim(3).unwrap();
+        index.mark_failed(&claimed[1], "x", Utc::now() + Duration::hours(1)).unwrap();
+        assert!(index.mark_uploaded(&claimed[2], None).unwrap());
+        resend(&index, 2, "v1");
+        assert_eq!(state(&index, "anon2"), "queued");
+        index.requeue_interrupted().unwrap();
+        let listed = ["p/0.dcm", "p/1.dcm", "p/2.dcm", "p/9.dcm"].map(String::from).to_vec();
+        assert_eq!(index.mark_present(listed.clone()).unwrap(), 2);
+        assert_eq!(state(&index, "anon0"), "uploaded");
+        assert_eq!(state(&index, "anon1"), "uploaded");
+        assert_eq!(state(&index, "anon2"), "queued", "the key holds the old bytes");
+        assert_eq!(state(&index, "anon3"), "queued", "not listed");
+        assert_eq!(index.mark_present(listed).unwrap(), 0, "nothing more to mark");
+        index.close();
+    }
+
+    #[test]
+    fn an_instance_re_sent_during_its_upload_is_not_settled_by_that_upload() {
+        let (_d, index) = index_with_instances(2);
+        let claimed = index.claim(10).unwrap();
+        assert_eq!(claimed[0].generation, 0);
+        resend(&index, 0, "v1");
+        resend(&index, 1, "v1");
+        assert_eq!(state(&index, "anon0"), "queued", "the new version waits for its own upload");
+        assert!(!index.mark_uploaded(&claimed[0], Some("old".into())).unwrap());
+        index.mark_failed(&claimed[1], "lost", Utc::now() - Duration::seconds(1)).unwrap();
+        assert_eq!(row(&index, "anon0"), ("queued".into(), 0, None, false, None));
+        assert_eq!(
+            row(&index, "anon1"),
+            ("queued".into(), 0, None, false, None),
+            "the failure of the old one"
+        );
+
+        let again = index.claim(10).unwrap();
+        assert_eq!(again.iter().map(|p| (p.size, p.generation)).collect::<Vec<_>>(), [(200, 1), (200, 1)]);
+        let anon0 = again.iter().find(|p| p.anon_sop_uid == "anon0").unwrap();
+        assert!(index.mark_uploaded(anon0, None).unwrap(), "the new version's upload settles it");
+        assert_eq!(state(&index, "anon0"), "uploaded");
+        // Re-sent with the very bytes uploaded: nothing to upload again.
+        resend(&index, 0, "v1");
+        assert_eq!(state(&index, "anon0"), "uploaded");
+        index.close();
+    }
+}
