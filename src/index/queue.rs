@@ -18,6 +18,9 @@ pub struct Pending {
     /// Which version of the instance was claimed: a re-send during the upload makes a new one,
     /// and the old upload then settles nothing.
     pub generation: i64,
+    /// SHA-256 of the anonymized file (hex), when the index has it: stored with the object, it
+    /// tells this version from an earlier one of the same size.
+    pub digest: Option<String>,
 }
 
 /// What `queue status` prints.
@@ -46,7 +49,7 @@ impl Index {
     pub fn claim(&self, limit: usize) -> Result<Vec<Pending>, IndexError> {
         self.call(move |c| {
             let mut stmt = c.prepare_cached(
-                "SELECT anon_sop_uid, path, size, attempts, generation FROM instances
+                "SELECT anon_sop_uid, path, size, attempts, generation, digest FROM instances
                  WHERE state = 'queued' OR (state = 'failed' AND next_try <= ?1)
                  ORDER BY stored_at LIMIT ?2",
             )?;
@@ -58,6 +61,7 @@ impl Index {
                         size: r.get::<_, i64>(2)? as u64,
                         attempts: r.get(3)?,
                         generation: r.get(4)?,
+                        digest: r.get(5)?,
                     })
                 })?
                 .collect::<Result<_, _>>()?;
@@ -279,7 +283,8 @@ mod tests {
                 path: "p/0.dcm".into(),
                 size: 100,
                 attempts: 0,
-                generation: 0
+                generation: 0,
+                digest: first[0].digest.clone(),
             }
         );
         assert_eq!(uids(&first), ["anon0", "anon1"]);

@@ -67,16 +67,18 @@ impl Target {
         Ok(format!("{}{rel}", self.base(sub)))
     }
 
-    /// Upload `file` to `key`; returns the ETag.
+    /// Upload `file` to `key`, with its `digest` as the object's `x-amz-meta-sha256`; returns
+    /// the ETag.
     pub async fn put(
         &self,
         client: &aws_sdk_s3::Client,
         key: &str,
         file: &Path,
         size: u64,
+        digest: Option<&str>,
     ) -> Result<Option<String>, PutError> {
         if size > self.multipart_threshold {
-            return self.put_multipart(client, key, file).await;
+            return self.put_multipart(client, key, file, digest).await;
         }
         let body = ByteStream::from_path(file).await.map_err(|e| PutError::Local {
             path: file.display().to_string(),
@@ -89,6 +91,7 @@ impl Target {
             .content_type("application/dicom")
             .content_length(size as i64)
             .checksum_algorithm(ChecksumAlgorithm::Crc32)
+            .set_metadata(metadata(digest))
             .body(body)
             .customize()
             .config_override(one_attempt())
@@ -103,6 +106,7 @@ impl Target {
         client: &aws_sdk_s3::Client,
         key: &str,
         file: &Path,
+        digest: Option<&str>,
     ) -> Result<Option<String>, PutError> {
         let created = client
             .create_multipart_upload()
@@ -110,6 +114,7 @@ impl Target {
             .key(key)
             .content_type("application/dicom")
             .checksum_algorithm(ChecksumAlgorithm::Crc32)
+            .set_metadata(metadata(digest))
             .send()
             .await
             .map_err(|e| classify(&e))?;
@@ -171,21 +176,22 @@ impl Target {
             .key(key)
             .upload_id(upload_id)
             .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(parts)).build())
-            .customize()
-            .config_override(one_attempt())
             .send()
             .await
             .map_err(|e| classify(&e))?;
         Ok(done.e_tag().map(str::to_string))
     }
 
-    /// Whether `key` already holds this file: same size, and the same CRC32 when S3 has one.
+    /// Whether `key` already holds this file: the same digest when we know it (an object without
+    /// one, or with another, is an earlier version: not there); else the same size, and the same
+    /// CRC32 when S3 has one.
     pub async fn already_there(
         &self,
         client: &aws_sdk_s3::Client,
         key: &str,
         file: &Path,
         size: u64,
+        digest: Option<&str>,
     ) -> Result<Option<Option<String>>, PutError> {
         let head = client
             .head_object()
@@ -201,6 +207,10 @@ impl Target {
         };
         if head.content_length() != Some(size as i64) {
             return Ok(None);
+        }
+        if let Some(digest) = digest {
+            let stored = head.metadata().and_then(|m| m.get(DIGEST_KEY));
+            return Ok((stored.map(String::as_str) == Some(digest)).then(|| head.e_tag().map(str::to_string)));
         }
         // A multipart object's checksum is one of part checksums, not of the file: size decides.
         let whole_object = size <= self.multipart_threshold;
@@ -233,9 +243,17 @@ impl Target {
     }
 }
 
-/// The calls that make an object appear are sent once: when their answer is lost the object may
-/// be there already, and only the worker's own retry asks the bucket before sending it again
-/// (the SDK's built-in retries would put it twice). Parts, heads and listings keep the SDK's.
+/// The object's user metadata key for the file's SHA-256 (`x-amz-meta-sha256`).
+const DIGEST_KEY: &str = "sha256";
+
+fn metadata(digest: Option<&str>) -> Option<std::collections::HashMap<String, String>> {
+    digest.map(|d| std::collections::HashMap::from([(DIGEST_KEY.to_string(), d.to_string())]))
+}
+
+/// A put is sent once: when its answer is lost the object may be there already, and only the
+/// worker's own retry asks the bucket before sending it again (the SDK's built-in retries would
+/// put it twice). Parts, completions (repeatable on one upload id), heads and listings keep the
+/// SDK's retries.
 fn one_attempt() -> aws_sdk_s3::config::Builder {
     aws_sdk_s3::config::Builder::new().retry_config(aws_sdk_s3::config::retry::RetryConfig::disabled())
 }

@@ -171,13 +171,17 @@ impl Uploader {
         let file = self.public.join(&item.path);
         // Only an object tried before can already be there (a put whose answer was lost).
         if item.attempts > 0 {
-            match self.target.already_there(&access.client, &key, &file, item.size).await {
+            match self
+                .target
+                .already_there(&access.client, &key, &file, item.size, item.digest.as_deref())
+                .await
+            {
                 Ok(Some(etag)) => return Outcome::Uploaded { etag, skipped: true },
                 Ok(None) => {}
                 Err(e) => return Outcome::Failed(e),
             }
         }
-        match self.target.put(&access.client, &key, &file, item.size).await {
+        match self.target.put(&access.client, &key, &file, item.size, item.digest.as_deref()).await {
             Ok(etag) => Outcome::Uploaded { etag, skipped: false },
             Err(e) => Outcome::Failed(e),
         }
