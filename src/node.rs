@@ -305,7 +305,10 @@ fn start_operations(
             site_id: p.config.project.site_id.clone(),
             ae_title: p.config.scp.ae_title.clone(),
             index: p.pipeline.index().clone(),
-            reader: Reader::open(&p.config.index_path())?,
+            reader: Reader::open(&p.config.index_path()).map_err(|e| NodeError::Project {
+                name: p.config.project.name.clone(),
+                source: Box::new(e.into()),
+            })?,
             index_path: p.config.index_path(),
             storage_dir: p.config.storage.dir.clone(),
             public_dir: p.config.public_dir(),

@@ -80,13 +80,11 @@ fn queue_retry(config: &Config) -> anyhow::Result<Said> {
     // The node's uploader and exporters claim from these rows: one writer at a time.
     let _lock = StorageLock::acquire(&config.storage.dir)?;
     let index = Index::open(&config.index_path(), &Owner::for_site(&config.project.site_id))?;
-    let text = format!(
-        "{} failed instances queued again\n{} failed DICOM sends queued again\n",
-        index.retry_failed()?,
-        index.retry_failed_deliveries()?
-    );
+    let uploads = format!("{} failed instances queued again\n", index.retry_failed()?);
+    // That is done whatever happens next: said before the next step's error, if it fails.
+    let sends = index.retry_failed_deliveries().inspect_err(|_| print!("{uploads}"))?;
     index.close();
-    Ok(Said::ok(text))
+    Ok(Said::ok(format!("{uploads}{sends} failed DICOM sends queued again\n")))
 }
 
 /// Counts per state, the oldest waiting, the failed with their errors; then each destination.

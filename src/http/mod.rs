@@ -137,7 +137,7 @@ async fn readyz(State(ops): State<Arc<Ops>>) -> Response {
 fn uploader_state(project: &ProjectOps) -> &'static str {
     if !project.uploader_enabled {
         "disabled"
-    } else if METRICS.upload_paused.get() == 1 {
+    } else if METRICS.upload_paused.with_label_values(&[project.name.as_str()]).get() == 1 {
         "paused (no credentials)"
     } else {
         "running"
@@ -145,18 +145,16 @@ fn uploader_state(project: &ProjectOps) -> &'static str {
 }
 
 async fn metrics(State(ops): State<Arc<Ops>>) -> Response {
-    let refreshed = page_work(move || refresh_gauges(&ops)).await;
-    if let Ok(Err(e)) = &refreshed {
-        // The rest is still worth scraping; the queue gauges keep their last values.
-        tracing::warn!(error = %e, "metrics: cannot read the upload queue");
-    }
+    // A job that did not run leaves the gauges as they were; the counters are still worth scraping.
+    let _ = page_work(move || refresh_gauges(&ops)).await;
     let mut rsp = METRICS.encode().into_response();
     rsp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(prometheus::TEXT_FORMAT));
     rsp
 }
 
-/// The gauges read from each project's disk and index, labelled with the project.
-fn refresh_gauges(ops: &Ops) -> Result<(), crate::index::IndexError> {
+/// The gauges read from each project's disk and index, labelled with the project. A project whose
+/// index cannot be read keeps its queue gauges' last values, says so, and stops no other.
+fn refresh_gauges(ops: &Ops) {
     let m = &*METRICS;
     for p in &ops.projects {
         let project = p.name.as_str();
@@ -165,15 +163,25 @@ fn refresh_gauges(ops: &Ops) -> Result<(), crate::index::IndexError> {
         }
         m.storage_min_free_bytes.with_label_values(&[project]).set(p.min_free_bytes as i64);
         m.index_size_bytes.with_label_values(&[project]).set(index_size(p) as i64);
-        let queue = p.reader.queue_status()?;
-        for state in metrics::QUEUE_STATES {
-            let n = queue.counts.iter().find(|(s, _)| s == state).map_or(0, |(_, n)| *n);
-            m.upload_queue.with_label_values(&[project, state]).set(n as i64);
-        }
-        m.upload_oldest_queued_age.with_label_values(&[project]).set(age_s(queue.oldest_queued.as_deref()));
         m.upload_enabled.with_label_values(&[project]).set(i64::from(p.uploader_enabled));
-        destination_gauges(project, &destinations(p)?);
+        if let Err(e) = queue_gauges(p) {
+            // The rest is still worth scraping.
+            tracing::warn!(project, error = %e, "metrics: cannot read the queues");
+        }
     }
+}
+
+/// One project's upload and destination queue gauges.
+fn queue_gauges(p: &ProjectOps) -> Result<(), crate::index::IndexError> {
+    let m = &*METRICS;
+    let project = p.name.as_str();
+    let queue = p.reader.queue_status()?;
+    for state in metrics::QUEUE_STATES {
+        let n = queue.counts.iter().find(|(s, _)| s == state).map_or(0, |(_, n)| *n);
+        m.upload_queue.with_label_values(&[project, state]).set(n as i64);
+    }
+    m.upload_oldest_queued_age.with_label_values(&[project]).set(age_s(queue.oldest_queued.as_deref()));
+    destination_gauges(project, &destinations(p)?);
     Ok(())
 }
 

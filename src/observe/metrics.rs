@@ -100,7 +100,7 @@ pub struct Metrics {
     pub credential_refreshes: IntCounter,
     /// The credentials' own totals when last seen, to count by difference.
     credentials_seen: Mutex<(u64, u64)>,
-    pub upload_paused: IntGauge,
+    pub upload_paused: IntGaugeVec,
     pub listener_up: IntGauge,
     // Read at scrape time from each project's index and disk, labelled `project`.
     pub upload_queue: IntGaugeVec,
@@ -244,7 +244,10 @@ impl Metrics {
                 "Cognito token and AWS credential refreshes."
             )),
             credentials_seen: Mutex::new((0, 0)),
-            upload_paused: reg!(gauge("upload_paused", "1 while uploads wait for credentials.")),
+            upload_paused: reg!(per_project(
+                "upload_paused",
+                "1 while a project's uploads wait for credentials."
+            )),
             listener_up: reg!(gauge("listener_up", "1 while the DICOM listener accepts associations.")),
             upload_queue: reg!(IntGaugeVec::new(
                 opts("upload_queue_instances", "Instances in the upload queue, by state."),

@@ -106,7 +106,7 @@ impl Uploader {
     async fn access_or_pause(&self, failures: &mut u32, stop: &CancellationToken) -> Option<Access> {
         match self.credentials.access().await {
             Ok(access) => {
-                METRICS.upload_paused.set(0);
+                METRICS.upload_paused.with_label_values(&[self.target.project.as_str()]).set(0);
                 METRICS.credentials(self.credentials.counts());
                 if *failures > 0 {
                     info!("signed in again; uploads resume");
@@ -118,7 +118,7 @@ impl Uploader {
                 let wait = backoff(*failures).max(BACKOFF_BASE);
                 *failures += 1;
                 METRICS.credential_failures.inc();
-                METRICS.upload_paused.set(1);
+                METRICS.upload_paused.with_label_values(&[self.target.project.as_str()]).set(1);
                 METRICS.credentials(self.credentials.counts());
                 warn!(error = %e, retry_in_s = format_args!("{:.1}", wait.as_secs_f32()), attempt = *failures, "uploads paused: cannot get AWS credentials");
                 tokio::select! {
