@@ -4,12 +4,12 @@ use dicom_anon_gateway::cli::ProjectArgs;
 use dicom_anon_gateway::observe;
 use dicom_anon_gateway::upload::{Credentials, SignUp};
 
-use super::{runtime, Said};
+use super::{block_on, Said};
 
 pub fn signup(target: &ProjectArgs, email: &str) -> anyhow::Result<Said> {
     let config = target.load()?;
     observe::init(&config.logging);
-    runtime()?.block_on(async {
+    block_on(async {
         let signup = SignUp::new(&config.upload, &target.config).await?;
         Ok(Said::ok(format!("{}\n", signup.sign_up(email).await?)))
     })
@@ -18,7 +18,7 @@ pub fn signup(target: &ProjectArgs, email: &str) -> anyhow::Result<Said> {
 pub fn confirm(target: &ProjectArgs, code: Option<String>, resend: bool) -> anyhow::Result<Said> {
     let config = target.load()?;
     observe::init(&config.logging);
-    runtime()?.block_on(async {
+    block_on(async {
         let signup = SignUp::new(&config.upload, &target.config).await?;
         let said = match (resend, code) {
             (true, _) => signup.resend().await?,
@@ -32,7 +32,7 @@ pub fn confirm(target: &ProjectArgs, code: Option<String>, resend: bool) -> anyh
 pub fn login(target: &ProjectArgs) -> anyhow::Result<Said> {
     let config = target.load()?;
     observe::init(&config.logging);
-    runtime()?.block_on(async {
+    block_on(async {
         let credentials = Credentials::new(&config.upload).await?;
         Ok(Said::ok(match credentials.session().await? {
             Some(s) => {

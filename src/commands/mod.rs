@@ -28,7 +28,12 @@ impl Said {
     }
 }
 
-/// A runtime for the commands that talk to the network.
-fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread().enable_all().build()
+/// Run `work` on a runtime of its own, for the commands that talk to the network. The runtime
+/// is then let go without waiting for blocking jobs still running (a name lookup that never
+/// answers, a stuck disk): what the command says comes at once, and the process exit ends them.
+fn block_on<T>(work: impl std::future::Future<Output = anyhow::Result<T>>) -> anyhow::Result<T> {
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let out = runtime.block_on(work);
+    runtime.shutdown_background();
+    out
 }

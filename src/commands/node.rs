@@ -10,14 +10,14 @@ use dicom_anon_gateway::config::Config;
 use dicom_anon_gateway::pipeline::Pipeline;
 use dicom_anon_gateway::{node, observe, scp};
 
-use super::{runtime, Said};
+use super::{block_on, Said};
 
 /// Run the node until SIGINT or SIGTERM. The lines that give the ports are printed as soon as
 /// the listeners are bound: scripts and tests wait for them.
 pub fn serve(config: &Path) -> anyhow::Result<Said> {
     let projects = Config::load_all(config)?;
     observe::init(&projects[0].logging);
-    runtime()?.block_on(async {
+    block_on(async {
         let ae_titles: Vec<String> = projects.iter().map(|c| c.scp.ae_title.clone()).collect();
         let node = node::start_projects(projects, shutdown_signal()).await?;
         println!("listening on {} as {}", node.scp_addr, ae_titles.join(","));

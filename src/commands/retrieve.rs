@@ -9,7 +9,7 @@ use dicom_anon_gateway::cli::{RetrieveArgs, RetrieveSelection};
 use dicom_anon_gateway::config::Config;
 use dicom_anon_gateway::{observe, retrieve};
 
-use super::{runtime, Said};
+use super::{block_on, Said};
 
 pub fn run(args: RetrieveArgs) -> anyhow::Result<Said> {
     let config = args.target.load()?;
@@ -29,7 +29,7 @@ pub fn run(args: RetrieveArgs) -> anyhow::Result<Said> {
         moves: usize::from(args.moves),
         timeout: std::time::Duration::from_secs(args.timeout_s),
     };
-    runtime()?.block_on(move_and_report(config, request, args.csv))
+    block_on(move_and_report(config, request, args.csv))
 }
 
 fn selection(select: RetrieveSelection) -> anyhow::Result<retrieve::Selection> {

@@ -91,7 +91,7 @@ impl Exporter {
                     let wait = backoff(down).max(Duration::from_millis(500));
                     down = down.saturating_add(1);
                     warn!(destination = %name, %peer, error = %e, attempt = down, retry_in_s = format_args!("{:.1}", wait.as_secs_f32()), "destination unreachable; sends paused");
-                    status::set_unreachable(&name, Some(e.as_str()));
+                    status::set_unreachable(&self.calling, &name, Some(e.as_str()));
                     tokio::select! {
                         _ = stop.cancelled() => break,
                         _ = tokio::time::sleep(wait) => {}
@@ -100,7 +100,7 @@ impl Exporter {
                 None => {
                     if down > 0 {
                         info!(destination = %name, "destination reachable again; sends resume");
-                        status::set_unreachable(&name, None);
+                        status::set_unreachable(&self.calling, &name, None);
                     }
                     down = 0;
                 }

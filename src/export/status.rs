@@ -8,22 +8,26 @@ use std::sync::{LazyLock, Mutex};
 use crate::config::ExportDestination;
 use crate::index::DestinationStatus;
 
-/// Destinations whose exporter cannot associate now, with the reason. Process-wide, as the
-/// metrics are: the exporters set it, the page and the gauges read it. The index cannot say it:
-/// an unreachable destination's instances stay `queued`, not tried.
-static UNREACHABLE: LazyLock<Mutex<HashMap<String, String>>> = LazyLock::new(Mutex::default);
+/// Destinations whose exporter cannot associate now, with the reason, by calling AE title (one
+/// per project) and destination name: a destination that refuses one project's AE title may take
+/// another's. Process-wide, as the metrics are: the exporters set it, the page and the gauges
+/// read it. The index cannot say it: an unreachable destination's instances stay `queued`.
+static UNREACHABLE: LazyLock<Mutex<HashMap<(String, String), String>>> = LazyLock::new(Mutex::default);
 
-/// The exporter of `name` could not associate (`Some(error)`), or can again (`None`).
-pub fn set_unreachable(name: &str, error: Option<&str>) {
+/// The exporter of `name` calling as `calling` could not associate (`Some(error)`), or can again
+/// (`None`).
+pub fn set_unreachable(calling: &str, name: &str, error: Option<&str>) {
     let mut map = UNREACHABLE.lock().unwrap_or_else(|p| p.into_inner());
+    let key = (calling.to_string(), name.to_string());
     match error {
-        Some(e) => map.insert(name.to_string(), e.to_string()),
-        None => map.remove(name),
+        Some(e) => map.insert(key, e.to_string()),
+        None => map.remove(&key),
     };
 }
 
-fn unreachable(name: &str) -> Option<String> {
-    UNREACHABLE.lock().unwrap_or_else(|p| p.into_inner()).get(name).cloned()
+fn unreachable(calling: &str, name: &str) -> Option<String> {
+    let map = UNREACHABLE.lock().unwrap_or_else(|p| p.into_inner());
+    map.get(&(calling.to_string(), name.to_string())).cloned()
 }
 
 /// One destination now.
@@ -63,14 +67,18 @@ impl Destination {
     }
 }
 
-/// Every configured destination, in the config's order (also one the index has never queued
-/// for), then any the index knows that the config no longer lists.
-pub fn destinations(configured: &[ExportDestination], status: &[DestinationStatus]) -> Vec<Destination> {
+/// Every configured destination of the project calling as `calling`, in the config's order (also
+/// one the index has never queued for), then any the index knows that the config no longer lists.
+pub fn destinations(
+    calling: &str,
+    configured: &[ExportDestination],
+    status: &[DestinationStatus],
+) -> Vec<Destination> {
     let of = |name: &str, peer: Option<String>| {
         let row = status.iter().find(|s| s.destination == name);
         let n =
             |state: &str| row.and_then(|r| r.counts.iter().find(|(s, _)| s == state)).map_or(0, |(_, n)| *n);
-        let down = unreachable(name);
+        let down = unreachable(calling, name);
         Destination {
             name: name.to_string(),
             unreachable: down.is_some(),
@@ -117,20 +125,21 @@ mod tests {
                 oldest_waiting: Some("2026-01-01T00:00:00.000Z".into()),
             },
         ];
-        let d = destinations(&configured, &status);
+        let d = destinations("ANON", &configured, &status);
         let names: Vec<(&str, &str)> = d.iter().map(|d| (d.name.as_str(), d.state())).collect();
         assert_eq!(names, [("research", "failing"), ("quiet", "idle"), ("old", "no longer configured")]);
         assert_eq!(d[0].peer.as_deref(), Some("RES@10.0.0.1:104"));
         assert_eq!((d[0].count("queued"), d[0].count("failed"), d[0].count("sent")), (5, 2, 0));
         assert_eq!(d[0].last_error.as_deref(), Some("0xA700 out of resources"));
         assert_eq!(d[2].count("sent"), 3);
-        set_unreachable("quiet", Some("connection refused"));
-        let d = destinations(&configured, &status);
+        set_unreachable("ANON", "quiet", Some("connection refused"));
+        assert_eq!(destinations("OTHER", &configured, &status)[1].state(), "idle", "another project's");
+        let d = destinations("ANON", &configured, &status);
         assert_eq!(
             (d[1].state(), d[1].last_error.as_deref()),
             ("unreachable (paused)", Some("connection refused"))
         );
-        set_unreachable("quiet", None);
-        assert_eq!(destinations(&configured, &status)[1].state(), "idle");
+        set_unreachable("ANON", "quiet", None);
+        assert_eq!(destinations("ANON", &configured, &status)[1].state(), "idle");
     }
 }

@@ -209,7 +209,7 @@ fn age_s(oldest: Option<&str>) -> f64 {
 
 /// Each DICOM destination's queue now.
 fn destinations(p: &ProjectOps) -> Result<Vec<Destination>, crate::index::IndexError> {
-    Ok(crate::export::status::destinations(&p.destinations, &p.reader.destination_status()?))
+    Ok(crate::export::status::destinations(&p.ae_title, &p.destinations, &p.reader.destination_status()?))
 }
 
 fn index_size(p: &ProjectOps) -> u64 {

@@ -158,14 +158,16 @@ fn write_page(h: &mut String, p: &Page) -> std::fmt::Result {
     node(h, p)?;
     projects(h, p)?;
     index(h, &p.counts)?;
-    pixels(h, &p.pixels)?;
+    // Counted by the process: said so on a node with several projects.
+    let every = if p.projects.is_empty() { "" } else { " (every project)" };
+    pixels(h, &p.pixels, every)?;
     quarantine(h, &p.quarantine)?;
     uploads(h, p.uploader, &p.queue)?;
     h.push_str("</div>");
     destinations(h, &p.destinations)?;
     write!(h, "<h2>Instances stored per minute, last hour (project {})</h2>", escape(&p.project))?;
     chart(h, &p.per_minute)?;
-    associations(h, &p.recent)?;
+    associations(h, &p.recent, every)?;
     h.push_str("</body></html>");
     Ok(())
 }
@@ -234,10 +236,10 @@ fn index(h: &mut String, counts: &Result<Counts, String>) -> std::fmt::Result {
 }
 
 /// The pixel stage since start.
-fn pixels(h: &mut String, px: &PixelReads) -> std::fmt::Result {
+fn pixels(h: &mut String, px: &PixelReads, every: &str) -> std::fmt::Result {
     write!(
         h,
-        "<section><h2>Burned-in text</h2><table>\
+        "<section><h2>Burned-in text{every}</h2><table>\
          <tr><th>being read now</th><td class=\"n\" id=\"pixels-in-progress\">{}</td></tr>\
          <tr><th>read, nothing found</th><td class=\"n\" id=\"pixels-clean\">{}</td></tr>\
          <tr><th>text masked</th><td class=\"n\" id=\"pixels-masked\">{}</td></tr>\
@@ -303,8 +305,8 @@ fn uploads(h: &mut String, uploader: &str, queue: &Result<QueueStatus, String>) 
 }
 
 /// The last associations, newest first.
-fn associations(h: &mut String, recent: &[AssociationRecord]) -> std::fmt::Result {
-    write!(h, "<h2>Last {} associations</h2>", activity::RECENT)?;
+fn associations(h: &mut String, recent: &[AssociationRecord], every: &str) -> std::fmt::Result {
+    write!(h, "<h2>Last {} associations{every}</h2>", activity::RECENT)?;
     h.push_str(
         "<table id=\"associations\"><tr><th>ended (UTC)</th><th>calling AE</th><th>peer</th>\
          <th>instances</th><th>failures</th><th>how it ended</th></tr>",
@@ -514,6 +516,7 @@ mod tests {
         );
         assert!(html.contains("id=\"project-B%3C2%3E%20%231\""));
         assert!(html.contains("(project P&lt;1&gt;)</h2>"), "the chart says whose it is");
+        assert!(html.contains("<h2>Burned-in text (every project)</h2>"), "node-wide boxes say so");
         assert!(html.contains("Since start, every project"), "process-wide counts say so");
         assert!(html.contains("id=\"tls\">off<"));
         assert!(html.contains("id=\"count-instances\">4<"));

@@ -99,7 +99,7 @@ pub struct Metrics {
     pub sign_ins: IntCounter,
     pub credential_refreshes: IntCounter,
     /// The credentials' own totals when last seen, to count by difference.
-    credentials_seen: Mutex<(u64, u64)>,
+    credentials_seen: Mutex<std::collections::HashMap<String, (u64, u64)>>,
     pub upload_paused: IntGaugeVec,
     pub listener_up: IntGauge,
     // Read at scrape time from each project's index and disk, labelled `project`.
@@ -243,7 +243,7 @@ impl Metrics {
                 "upload_credential_refreshes_total",
                 "Cognito token and AWS credential refreshes."
             )),
-            credentials_seen: Mutex::new((0, 0)),
+            credentials_seen: Mutex::default(),
             upload_paused: reg!(per_project(
                 "upload_paused",
                 "1 while a project's uploads wait for credentials."
@@ -315,9 +315,11 @@ impl Metrics {
         }
     }
 
-    /// The credentials' totals of sign-ins and refreshes (they count; we mirror).
-    pub fn credentials(&self, (sign_ins, refreshes): (u64, u64)) {
-        let mut seen = self.credentials_seen.lock().unwrap_or_else(|p| p.into_inner());
+    /// `project`'s credentials' totals of sign-ins and refreshes (they count; we mirror, summed
+    /// over the projects).
+    pub fn credentials(&self, project: &str, (sign_ins, refreshes): (u64, u64)) {
+        let mut all = self.credentials_seen.lock().unwrap_or_else(|p| p.into_inner());
+        let seen = all.entry(project.to_string()).or_default();
         self.sign_ins.inc_by(sign_ins.saturating_sub(seen.0));
         self.credential_refreshes.inc_by(refreshes.saturating_sub(seen.1));
         *seen = (sign_ins.max(seen.0), refreshes.max(seen.1));
@@ -336,10 +338,13 @@ mod tests {
     #[test]
     fn credential_totals_are_counted_by_difference() {
         let m = Metrics::new();
-        m.credentials((1, 0));
-        m.credentials((1, 3));
-        m.credentials((2, 3));
+        m.credentials("A", (1, 0));
+        m.credentials("A", (1, 3));
+        m.credentials("A", (2, 3));
         assert_eq!((m.sign_ins.get(), m.credential_refreshes.get()), (2, 3));
+        // Another project's totals add to them, not compete with them.
+        m.credentials("B", (1, 1));
+        assert_eq!((m.sign_ins.get(), m.credential_refreshes.get()), (3, 4));
     }
 
     #[test]

@@ -107,7 +107,7 @@ impl Uploader {
         match self.credentials.access().await {
             Ok(access) => {
                 METRICS.upload_paused.with_label_values(&[self.target.project.as_str()]).set(0);
-                METRICS.credentials(self.credentials.counts());
+                METRICS.credentials(&self.target.project, self.credentials.counts());
                 if *failures > 0 {
                     info!("signed in again; uploads resume");
                 }
@@ -119,7 +119,7 @@ impl Uploader {
                 *failures += 1;
                 METRICS.credential_failures.inc();
                 METRICS.upload_paused.with_label_values(&[self.target.project.as_str()]).set(1);
-                METRICS.credentials(self.credentials.counts());
+                METRICS.credentials(&self.target.project, self.credentials.counts());
                 warn!(error = %e, retry_in_s = format_args!("{:.1}", wait.as_secs_f32()), attempt = *failures, "uploads paused: cannot get AWS credentials");
                 tokio::select! {
                     _ = stop.cancelled() => {}
