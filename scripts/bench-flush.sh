@@ -3,6 +3,8 @@
 # 0.5 MB instance durable (file data, its rename, a 4 KiB index WAL append) by
 #   fsync:  sync_file_range + fdatasync(WAL) + rename + fdatasync(file) + fsync(directory)
 #   syncfs: rename + syncfs (everything dirty on the file system, one journal commit)
+#   probe:  syncfs as above, then the journal probe the barrier makes after each flush (a held
+#           file grown to one byte and cut back: see journal_alive in src/durability.rs)
 # first alone, then with a stranger writing to the same file system (`dd`). One instance at a time:
 # neither side gets the batching a group commit gives it under concurrent associations.
 #   scripts/bench-flush.sh [DIR]      (default: a temp directory under /tmp)
@@ -28,6 +30,7 @@ root, label = sys.argv[1], sys.argv[2]
 data = os.urandom(512 * 1024)
 d = os.open(root, os.O_RDONLY)
 wal = os.open(os.path.join(root, "wal"), os.O_CREAT | os.O_WRONLY, 0o644)
+probe = os.open(os.path.join(root, ".flush-probe"), os.O_CREAT | os.O_WRONLY, 0o600)
 def one(mode, i):
     tmp, dest = f"{root}/.{i}.part", f"{root}/{i}.dcm"
     t = time.perf_counter()
@@ -41,9 +44,11 @@ def one(mode, i):
         os.pwrite(wal, b"x" * 4096, (i % 1000) * 4096)
         os.rename(tmp, dest)
         if libc.syncfs(d) != 0: raise OSError(ctypes.get_errno(), "syncfs")
+        if mode == "probe":
+            os.ftruncate(probe, 1); os.ftruncate(probe, 0)
     os.close(fd)
     return (time.perf_counter() - t) * 1000
-times = {"fsync": [], "syncfs": []}
+times = {"fsync": [], "syncfs": [], "probe": []}
 for rnd in range(4):  # interleaved, so a drift in the machine hits both alike
     for mode in times:
         times[mode] += [one(mode, rnd * 1000 + k) for k in range(150)]

@@ -26,7 +26,7 @@ use crate::index::{AuditRecord, Capture, Committed, Index, IndexError, InstanceR
 use crate::memory_budget::{MemoryBudget, OverBudget, Reservation};
 use crate::observe::METRICS;
 use crate::path_component::{component, ComponentError};
-use crate::queue::{Quarantine, Reason, Spill, Spool, SpoolError, StageWriter};
+use crate::queue::{Quarantine, Reason, Spill, Spool, SpoolError, StageWriter, Staged};
 use crate::recovery::{self, Recovered, RecoveryError};
 use crate::storage_lock::{LockError, StorageLock};
 
@@ -499,23 +499,34 @@ impl Pipeline {
                 }
             };
         }
-        let (path, offset) = match body {
+        match body {
             Body::Memory(bytes) => {
                 let _held = self.hold(bytes.len() as u64)?;
                 let ds = read_dataset(bytes, ts.encoding())?;
                 if let Some(admission) = admission {
                     admit(&ds, admission)?;
                 }
-                return self.store(ds, ts, source, admission, write_part10);
+                self.store(ds, ts, source, admission, write_part10)
             }
-            Body::File { path, offset } => (path, offset),
-        };
+            Body::File { path, offset } => self.run_spilled(path, offset, ts, admission, source),
+        }
+    }
+
+    /// A data set spilled to `path` from `offset`: everything but its pixel data is read into
+    /// memory and anonymized; the pixel data is copied from the file into the output as it is,
+    /// unless the image is to be read for burned-in text (then all of it comes into memory).
+    fn run_spilled(
+        &self,
+        path: &Path,
+        offset: u64,
+        ts: &TransferSyntax,
+        admission: Option<&Admission<'_>>,
+        source: &str,
+    ) -> Result<Stored, InstanceError> {
         let io_err = io_error(path);
         let mut file = File::open(path).map_err(io_err)?;
         let total = file.metadata().map_err(io_err)?.len();
         let span = locate_pixel_data(&mut file, offset, ts.encoding())?;
-        // Everything but the pixel data is read into memory and anonymized; the pixel data element
-        // is copied from the file into the output as it is.
         let (head_end, tail_start) = span.map_or((total, total), |s| (s.start, s.end));
         let in_memory = (head_end - offset) + (total - tail_start);
         if in_memory > self.limits.in_memory {
@@ -617,47 +628,7 @@ impl Pipeline {
         // Pixels are read before anything of the instance is recorded: a held image leaves
         // nothing in the index.
         let cleaning = self.clean_pixels(&mut ds, ts, &original)?;
-        let pseudonyms = self.engine.pseudonyms();
-        // Computed once: the index records them and the engine writes them.
-        let assigned = self.engine.assigned_patient_id(&original)?;
-        let mut keys = self.engine.keys(&original, "")?;
-        let stateless_id = match (&assigned, self.keyed, original.patient_id.is_empty()) {
-            (Some(id), _, _) => Some(id.clone()),
-            (None, false, _) => None,
-            (None, true, true) => Some(pseudonyms.default_patient_id()),
-            (None, true, false) => pseudonyms.patient_id(&original.patient_id),
-        };
-        let capture = Capture {
-            patient_id: original.patient_id.clone(),
-            patient_name: original.patient_name.clone(),
-            sex: original.sex.clone(),
-            birth_date: original.birth_date.clone(),
-            anon_patient_id: stateless_id,
-            study_uid: original.study_uid.clone(),
-            anon_study_uid: keys.study_uid.clone(),
-            accession: original.accession.clone(),
-            anon_accession: keys.accession.clone(),
-            date_offset: keys.date_offset,
-            study_date: original.study_date.clone(),
-            source: source.to_string(),
-            series_uid: original.series_uid.clone(),
-            anon_series_uid: keys.series_uid.clone(),
-            modality: original.modality.clone(),
-            sop_uid: original.sop_uid.clone(),
-            phrases: {
-                let [names, places, institutions] = original.stated().clone();
-                Phrases { names, places, institutions }
-            },
-        };
-        let known = match self.index.known_patient(&original.patient_id) {
-            Some(known) => Ok(known),
-            // A patient new to this process: the index decides (and may number) its pseudonym.
-            None => self.index.capture(capture.clone()),
-        };
-        keys.patient_id = match &assigned {
-            Some(id) => agree(id, known)?,
-            None => known?,
-        };
+        let (capture, keys) = self.patient(&original, source)?;
         // What the patient's other instances, and any instance, stated may be typed into this
         // one's free text.
         let seen = self.index.seen(&original.patient_id)?;
@@ -698,8 +669,71 @@ impl Pipeline {
             digest: staged.digest(),
             uid_map: report.uid_map,
         };
-        let committed = self.index.commit(capture, record, audit, &keys.patient_id)?;
-        let dest = self.spool.root().join(&path);
+        self.commit(capture, record, audit, &keys.patient_id, staged, &path)?;
+        Ok(Stored { keys, path, size, caught: report.caught })
+    }
+
+    /// The instance's patient as the index knows it: what the index records of it ([`Capture`]),
+    /// and the keys the engine writes, with the patient's pseudonym settled (assigned, stateless,
+    /// or numbered by the index).
+    fn patient(&self, original: &Original, source: &str) -> Result<(Capture, Keys), InstanceError> {
+        let pseudonyms = self.engine.pseudonyms();
+        // Computed once: the index records them and the engine writes them.
+        let assigned = self.engine.assigned_patient_id(original)?;
+        let mut keys = self.engine.keys(original, "")?;
+        let stateless_id = match (&assigned, self.keyed, original.patient_id.is_empty()) {
+            (Some(id), _, _) => Some(id.clone()),
+            (None, false, _) => None,
+            (None, true, true) => Some(pseudonyms.default_patient_id()),
+            (None, true, false) => pseudonyms.patient_id(&original.patient_id),
+        };
+        let capture = Capture {
+            patient_id: original.patient_id.clone(),
+            patient_name: original.patient_name.clone(),
+            sex: original.sex.clone(),
+            birth_date: original.birth_date.clone(),
+            anon_patient_id: stateless_id,
+            study_uid: original.study_uid.clone(),
+            anon_study_uid: keys.study_uid.clone(),
+            accession: original.accession.clone(),
+            anon_accession: keys.accession.clone(),
+            date_offset: keys.date_offset,
+            study_date: original.study_date.clone(),
+            source: source.to_string(),
+            series_uid: original.series_uid.clone(),
+            anon_series_uid: keys.series_uid.clone(),
+            modality: original.modality.clone(),
+            sop_uid: original.sop_uid.clone(),
+            phrases: {
+                let [names, places, institutions] = original.stated().clone();
+                Phrases { names, places, institutions }
+            },
+        };
+        let known = match self.index.known_patient(&original.patient_id) {
+            Some(known) => Ok(known),
+            // A patient new to this process: the index decides (and may number) its pseudonym.
+            None => self.index.capture(capture.clone()),
+        };
+        keys.patient_id = match &assigned {
+            Some(id) => agree(id, known)?,
+            None => known?,
+        };
+        Ok((capture, keys))
+    }
+
+    /// Record the instance, put its file in place and, per instance, make both durable at the
+    /// barrier; whatever fails after the index row is undone.
+    fn commit(
+        &self,
+        capture: Capture,
+        record: InstanceRecord,
+        audit: Option<AuditRecord>,
+        patient_id: &str,
+        staged: Staged,
+        path: &Path,
+    ) -> Result<(), InstanceError> {
+        let committed = self.index.commit(capture, record, audit, patient_id)?;
+        let dest = self.spool.root().join(path);
         if let Err(e) = staged.publish() {
             return Err(self.undo(committed, false, &dest, e.into()));
         }
@@ -710,7 +744,7 @@ impl Pipeline {
                 return Err(self.undo(committed, true, &dest, e.into()));
             }
         }
-        Ok(Stored { keys, path, size, caught: report.caught })
+        Ok(())
     }
 
     /// The pixel stage, under the project's policy for what it cannot read.

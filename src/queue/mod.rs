@@ -8,4 +8,4 @@ pub mod spool;
 
 pub use quarantine::{Held, Quarantine, Reason};
 pub use spill::Spill;
-pub use spool::{Spool, SpoolError, StageWriter};
+pub use spool::{Spool, SpoolError, StageWriter, Staged};

@@ -7,7 +7,9 @@ use std::time::{Duration, Instant};
 
 use dicom_ul::association::server::AsyncServerAssociation;
 use dicom_ul::association::Association;
-use dicom_ul::pdu::{PDataValue, PDataValueType, Pdu, PresentationContextResultReason};
+use dicom_ul::pdu::{
+    PDataValue, PDataValueType, Pdu, PresentationContextNegotiated, PresentationContextResultReason,
+};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn, Instrument};
@@ -392,44 +394,11 @@ async fn dispatch<S: Stream>(
         }
         Command::Echo { .. } => (Status::SUCCESS, None),
         Command::Store { sop_class_uid, sop_instance_uid, .. } => {
-            let data = match message.data {
-                Some(d) => {
-                    bytes = d.received();
-                    d.finish().await
-                }
-                None => return Err(End::Abort("C-STORE without a data set")),
-            };
-            METRICS.instances_received.inc();
+            let Some(data) = message.data else { return Err(End::Abort("C-STORE without a data set")) };
+            bytes = data.received();
             let context = assoc.presentation_contexts().iter().find(|pc| pc.id == message.pc_id);
-            let outcome = match (data, context) {
-                (Err(e), _) => {
-                    warn!(error = %e, "cannot complete the spilled data set");
-                    refused(Status::OUT_OF_RESOURCES, "cannot buffer the data set")
-                }
-                (Ok(_), None) => {
-                    refused_here(Status::CANNOT_UNDERSTAND, "unknown presentation context", sop_class_uid)
-                }
-                (Ok(received), Some(pc)) => {
-                    if pc.abstract_syntax != *sop_class_uid {
-                        refused_here(
-                            Status::SOP_CLASS_NOT_SUPPORTED,
-                            "SOP class differs from the presentation context",
-                            sop_class_uid,
-                        )
-                    } else if !node.accepts(&pc.abstract_syntax, &pc.transfer_syntax) {
-                        // Negotiated for the node's projects together (TLS), outside this one's filters.
-                        refused_here(
-                            Status::SOP_CLASS_NOT_SUPPORTED,
-                            "SOP class or transfer syntax not accepted by this AE title",
-                            sop_class_uid,
-                        )
-                    } else {
-                        let ts = TransferSyntax::new(&pc.transfer_syntax);
-                        let audit = who.audit(Status::SUCCESS, None, bytes);
-                        store(node, received, ts, sop_class_uid, sop_instance_uid, who, audit, tally).await
-                    }
-                }
-            };
+            let outcome =
+                answer_store(node, data, context, sop_class_uid, sop_instance_uid, who, tally).await;
             if outcome.0 != Status::SUCCESS {
                 tally.failures += 1;
             }
@@ -458,28 +427,72 @@ async fn dispatch<S: Stream>(
         if sent.is_ok() {
             METRICS.ack_latency.observe(complete.elapsed().as_secs_f64());
         }
-        if tally.note.audited {
-            return sent;
-        }
-        // After the response (sent or not: the outcome stands): the audit row is not part of
-        // what the sender waits for, but the association waits for it, so a stop cannot lose it.
-        let record = who.audit(status, tally.note.reason, bytes);
-        let index = node.pipeline.index().clone();
-        // A row that cannot be written (a full disk) is a gap in the trail: counted, so it shows
-        // on /metrics and the status page and not only in a log that may be full as well.
-        match tokio::task::spawn_blocking(move || index.audit(record)).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                METRICS.audit_rows_dropped.inc();
-                warn!(error = %e, "cannot record the audit row");
-            }
-            Err(e) => {
-                METRICS.audit_rows_dropped.inc();
-                warn!(error = %e, "the audit task did not run");
-            }
+        if !tally.note.audited {
+            audit_after_response(node, who.audit(status, tally.note.reason, bytes)).await;
         }
     }
     sent
+}
+
+/// A C-STORE's answer: its data set completed, checked against the presentation context it came
+/// on and the AE title's filters, then stored (or refused here, with the reason).
+async fn answer_store(
+    node: &Node,
+    data: Incoming,
+    context: Option<&PresentationContextNegotiated>,
+    sop_class_uid: &str,
+    sop_instance_uid: &str,
+    who: &Who,
+    tally: &mut Tally,
+) -> (Status, Option<String>) {
+    let bytes = data.received();
+    let data = data.finish().await;
+    METRICS.instances_received.inc();
+    match (data, context) {
+        (Err(e), _) => {
+            warn!(error = %e, "cannot complete the spilled data set");
+            refused(Status::OUT_OF_RESOURCES, "cannot buffer the data set")
+        }
+        (Ok(_), None) => {
+            refused_here(Status::CANNOT_UNDERSTAND, "unknown presentation context", sop_class_uid)
+        }
+        (Ok(_), Some(pc)) if pc.abstract_syntax != sop_class_uid => refused_here(
+            Status::SOP_CLASS_NOT_SUPPORTED,
+            "SOP class differs from the presentation context",
+            sop_class_uid,
+        ),
+        // Negotiated for the node's projects together (TLS), outside this one's filters.
+        (Ok(_), Some(pc)) if !node.accepts(&pc.abstract_syntax, &pc.transfer_syntax) => refused_here(
+            Status::SOP_CLASS_NOT_SUPPORTED,
+            "SOP class or transfer syntax not accepted by this AE title",
+            sop_class_uid,
+        ),
+        (Ok(received), Some(pc)) => {
+            let ts = TransferSyntax::new(&pc.transfer_syntax);
+            let audit = who.audit(Status::SUCCESS, None, bytes);
+            store(node, received, ts, sop_class_uid, sop_instance_uid, who, audit, tally).await
+        }
+    }
+}
+
+/// The audit row of a C-STORE whose outcome the pipeline did not record, written after the
+/// response (sent or not: the outcome stands). The sender does not wait for it; the association
+/// does, so a stop cannot lose it. A row that cannot be written (a full disk) is a gap in the
+/// trail: counted, so it shows on /metrics and the status page and not only in a log that may be
+/// full as well.
+async fn audit_after_response(node: &Node, record: AuditRecord) {
+    let index = node.pipeline.index().clone();
+    match tokio::task::spawn_blocking(move || index.audit(record)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            METRICS.audit_rows_dropped.inc();
+            warn!(error = %e, "cannot record the audit row");
+        }
+        Err(e) => {
+            METRICS.audit_rows_dropped.inc();
+            warn!(error = %e, "the audit task did not run");
+        }
+    }
 }
 
 /// A C-STORE answered with a failure and nothing kept: counted by its status.
@@ -559,6 +572,11 @@ async fn store(
             told: "the node is stopping".into(),
         },
     };
+    answer(outcome, tally)
+}
+
+/// What the sender hears of the pipeline's outcome, counted and logged: the SCP only translates.
+fn answer(outcome: Outcome, tally: &mut Tally) -> (Status, Option<String>) {
     match outcome {
         Outcome::Stored(stored) => {
             tally.instances += 1;

@@ -555,24 +555,7 @@ fn decode(
         Value::Fragments(fragments)
             if jpeg::SYNTAXES.contains(&ts.uid.as_str()) || jpeg2000::SYNTAXES.contains(&ts.uid.as_str()) =>
         {
-            let is_jpeg = jpeg::SYNTAXES.contains(&ts.uid.as_str());
-            let decode: Decoder = if is_jpeg { jpeg::decode } else { jpeg2000::decode };
-            let decoded = frame_fragments(fragments, geometry.frames)?
-                .iter()
-                .map(|f| decode(f, &geometry))
-                .collect::<Result<_, _>>()?;
-            // Colour comes out by pixel: RGB from JPEG (the decoder undoes YCbCr) and from JPEG
-            // 2000's component transforms (YBR_ICT, YBR_RCT); anything else as it was coded.
-            geometry.planar = false;
-            geometry.big_endian = false;
-            let transformed = matches!(geometry.photometric.as_str(), "YBR_ICT" | "YBR_RCT");
-            if geometry.samples == 3 && (is_jpeg || transformed) {
-                geometry.photometric = "RGB".into();
-            } else if geometry.photometric.starts_with("YBR_FULL_42") {
-                // Decoded to a sample per pixel: written native, 422/420 would say two bytes a pixel.
-                geometry.photometric = "YBR_FULL".into();
-            }
-            (decoded, Codec::Decoded)
+            (decode_jpeg(fragments, ts, &mut geometry)?, Codec::Decoded)
         }
         Value::Fragments(_) => {
             return Err(PixelError::Unsupported(format!(
@@ -584,6 +567,33 @@ fn decode(
     };
     let changed = vec![false; data.len()];
     Ok(Frames { geometry, data, changed, codec })
+}
+
+/// JPEG or JPEG 2000 frames decoded, and `geometry` made to say what they are now: colour by
+/// pixel, little endian, RGB where the codec undid a colour transform.
+fn decode_jpeg(
+    fragments: &[std::borrow::Cow<'_, [u8]>],
+    ts: &TransferSyntax,
+    geometry: &mut Geometry,
+) -> Result<Vec<Vec<u8>>, PixelError> {
+    let is_jpeg = jpeg::SYNTAXES.contains(&ts.uid.as_str());
+    let decode: Decoder = if is_jpeg { jpeg::decode } else { jpeg2000::decode };
+    let decoded = frame_fragments(fragments, geometry.frames)?
+        .iter()
+        .map(|f| decode(f, geometry))
+        .collect::<Result<_, _>>()?;
+    // Colour comes out by pixel: RGB from JPEG (the decoder undoes YCbCr) and from JPEG
+    // 2000's component transforms (YBR_ICT, YBR_RCT); anything else as it was coded.
+    geometry.planar = false;
+    geometry.big_endian = false;
+    let transformed = matches!(geometry.photometric.as_str(), "YBR_ICT" | "YBR_RCT");
+    if geometry.samples == 3 && (is_jpeg || transformed) {
+        geometry.photometric = "RGB".into();
+    } else if geometry.photometric.starts_with("YBR_FULL_42") {
+        // Decoded to a sample per pixel: written native, 422/420 would say two bytes a pixel.
+        geometry.photometric = "YBR_FULL".into();
+    }
+    Ok(decoded)
 }
 
 /// Native 8-bit colour in YBR_FULL_422: two bytes per pixel, not three.
