@@ -313,6 +313,23 @@ mod tests {
     }
 
     #[test]
+    fn the_same_bytes_re_sent_during_their_send_are_left_to_it() {
+        let (_d, index) = index_with_instances(1);
+        resend(&index, 0, "v1");
+        index.enqueue_deliveries("a").unwrap();
+        let claimed = index.claim_deliveries("a", 10).unwrap();
+        // The very bytes on their way come again (a sender's retry).
+        resend(&index, 0, "v1");
+        let sent = vec![DeliveryRecord::Sent { uid: "anon0".into(), generation: claimed[0].generation }];
+        index.record_deliveries("a", sent).unwrap();
+        assert!(index.claim_deliveries("a", 10).unwrap().is_empty(), "sent once, not twice");
+        // Other bytes: a new version, sent again.
+        resend(&index, 0, "v2");
+        assert_eq!(index.claim_deliveries("a", 10).unwrap().len(), 1);
+        index.close();
+    }
+
+    #[test]
     fn an_instance_re_sent_during_its_send_is_sent_again_and_after_it_too() {
         let (_d, index) = index_with_instances(2);
         index.enqueue_deliveries("a").unwrap();

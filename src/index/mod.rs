@@ -765,7 +765,10 @@ fn forget(c: &Connection, sop_uid: &str) -> Result<(), IndexError> {
 pub(crate) fn record(tx: &Connection, r: &InstanceRecord) -> Result<(), IndexError> {
     // A re-send whose anonymized bytes are those already delivered is not queued again: a
     // sender that re-sends a study (a retry, a second route) would otherwise cost one upload and
-    // one export per instance. One whose bytes changed is queued again everywhere.
+    // one export per instance. The same bytes being uploaded now are left to that upload; after
+    // a failed attempt they are tried at once, but with the attempts counted, so that the retry
+    // asks the bucket first (the failed put may have arrived). One whose bytes changed is a new
+    // version, queued again everywhere.
     let previous: Option<Option<String>> = tx
         .prepare_cached("SELECT digest FROM instances WHERE sop_uid = ?1")?
         .query_row([&r.sop_uid], |row| row.get(0))
@@ -776,10 +779,10 @@ pub(crate) fn record(tx: &Connection, r: &InstanceRecord) -> Result<(), IndexErr
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'queued', ?7, ?8)
          ON CONFLICT(sop_uid) DO UPDATE SET path = excluded.path, size = excluded.size,
              stored_at = excluded.stored_at, digest = excluded.digest,
-             state = CASE WHEN ?9 AND state = 'uploaded' THEN state ELSE 'queued' END,
-             attempts = CASE WHEN ?9 AND state = 'uploaded' THEN attempts ELSE 0 END,
-             last_error = CASE WHEN ?9 AND state = 'uploaded' THEN last_error END,
-             next_try = CASE WHEN ?9 AND state = 'uploaded' THEN next_try END,
+             state = CASE WHEN ?9 AND state IN ('uploaded', 'uploading') THEN state ELSE 'queued' END,
+             attempts = CASE WHEN ?9 THEN attempts ELSE 0 END,
+             last_error = CASE WHEN ?9 AND state IN ('uploaded', 'uploading') THEN last_error END,
+             next_try = CASE WHEN ?9 AND state IN ('uploaded', 'uploading') THEN next_try END,
              generation = CASE WHEN ?9 THEN generation ELSE generation + 1 END",
     )?
     .execute(params![
@@ -793,12 +796,14 @@ pub(crate) fn record(tx: &Connection, r: &InstanceRecord) -> Result<(), IndexErr
         r.digest,
         unchanged
     ])?;
-    // A re-sent instance goes to every destination again, but for one that has these very bytes;
-    // a send of the version it replaces, still under way, settles nothing (see `deliveries`).
+    // A re-sent instance goes to every destination again, but for one that has these very bytes
+    // or is sending them now; a send of the version it replaces, still under way, settles
+    // nothing (see `deliveries`).
     tx.prepare_cached(
-        "UPDATE deliveries SET state = 'queued', attempts = 0, last_error = NULL, next_try = NULL,
+        "UPDATE deliveries SET state = 'queued', attempts = CASE WHEN ?2 THEN attempts ELSE 0 END,
+             last_error = NULL, next_try = NULL,
              instance_rowid = (SELECT rowid FROM instances WHERE anon_sop_uid = ?1)
-         WHERE anon_sop_uid = ?1 AND NOT (?2 AND state = 'sent')",
+         WHERE anon_sop_uid = ?1 AND NOT (?2 AND state IN ('sent', 'sending'))",
     )?
     .execute(params![r.anon_sop_uid, unchanged])?;
     let mut map = tx.prepare_cached("INSERT OR IGNORE INTO uid_map(phi_uid, anon_uid) VALUES (?1, ?2)")?;

@@ -431,4 +431,20 @@ mod tests {
         assert_eq!(state(&index, "anon0"), "uploaded");
         index.close();
     }
+
+    #[test]
+    fn the_same_bytes_re_sent_during_their_upload_are_left_to_it_and_after_a_failure_keep_their_attempts() {
+        let (_d, index) = index_with_instances(2);
+        let claimed = index.claim(10).unwrap();
+        resend(&index, 0, "v0");
+        assert_eq!(state(&index, "anon0"), "uploading", "the upload under way carries these bytes");
+        assert!(index.mark_uploaded(&claimed[0], None).unwrap(), "and settles them: no second upload");
+        index.mark_failed(&claimed[1], "lost", Utc::now() + Duration::hours(1)).unwrap();
+        resend(&index, 1, "v0");
+        let (state, attempts, ..) = row(&index, "anon1");
+        assert_eq!((state.as_str(), attempts), ("queued", 1), "tried now, but as a retry: HEAD first");
+        let again = index.claim(10).unwrap();
+        assert_eq!((again.len(), again[0].attempts, again[0].generation), (1, 1, 0));
+        index.close();
+    }
 }
