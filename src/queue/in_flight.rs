@@ -31,6 +31,14 @@ const ENTRIES: u32 = 4;
 /// Set once the kernel has refused a ring: no thread tries again.
 static UNAVAILABLE: AtomicBool = AtomicBool::new(false);
 
+/// `DICOM_ANON_IO_URING=off` in the environment: every write is synchronous, as where io_uring is
+/// unavailable. For a host where io_uring misbehaves, and to measure what it buys
+/// (`scripts/bench-ingest.sh` runs the node both ways).
+fn turned_off_by_operator() -> bool {
+    static OFF: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *OFF.get_or_init(|| std::env::var("DICOM_ANON_IO_URING").is_ok_and(|v| v.eq_ignore_ascii_case("off")))
+}
+
 thread_local! {
     static RING: RefCell<Option<Ring>> = const { RefCell::new(None) };
 }
@@ -88,7 +96,7 @@ pub unsafe fn write_at(fd: RawFd, buf: &[u8], offset: u64) -> Option<InFlight> {
     if TURNED_OFF.get() {
         return None;
     }
-    if UNAVAILABLE.load(Ordering::Relaxed) {
+    if UNAVAILABLE.load(Ordering::Relaxed) || turned_off_by_operator() {
         return None;
     }
     RING.with_borrow_mut(|slot| {
