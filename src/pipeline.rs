@@ -680,7 +680,7 @@ impl Pipeline {
         let pseudonyms = self.engine.pseudonyms();
         // Computed once: the index records them and the engine writes them.
         let assigned = self.engine.assigned_patient_id(original)?;
-        let mut keys = self.engine.keys(original, "")?;
+        let instance = self.engine.instance_keys(original)?;
         let stateless_id = match (&assigned, self.keyed, original.patient_id.is_empty()) {
             (Some(id), _, _) => Some(id.clone()),
             (None, false, _) => None,
@@ -694,14 +694,14 @@ impl Pipeline {
             birth_date: original.birth_date.clone(),
             anon_patient_id: stateless_id,
             study_uid: original.study_uid.clone(),
-            anon_study_uid: keys.study_uid.clone(),
+            anon_study_uid: instance.study_uid.clone(),
             accession: original.accession.clone(),
-            anon_accession: keys.accession.clone(),
-            date_offset: keys.date_offset,
+            anon_accession: instance.accession.clone(),
+            date_offset: instance.date_offset,
             study_date: original.study_date.clone(),
             source: source.to_string(),
             series_uid: original.series_uid.clone(),
-            anon_series_uid: keys.series_uid.clone(),
+            anon_series_uid: instance.series_uid.clone(),
             modality: original.modality.clone(),
             sop_uid: original.sop_uid.clone(),
             phrases: {
@@ -714,11 +714,11 @@ impl Pipeline {
             // A patient new to this process: the index decides (and may number) its pseudonym.
             None => self.index.capture(capture.clone()),
         };
-        keys.patient_id = match &assigned {
+        let patient_id = match &assigned {
             Some(id) => agree(id, known)?,
             None => known?,
         };
-        Ok((capture, keys))
+        Ok((capture, instance.of_patient(patient_id)))
     }
 
     /// Record the instance, put its file in place and, per instance, make both durable at the

@@ -201,6 +201,24 @@ pub struct Keys {
     pub date_offset: Option<i32>,
 }
 
+/// [`Keys`] but the patient's pseudonym, which the index may still have to decide.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstanceKeys {
+    pub study_uid: String,
+    pub series_uid: String,
+    pub sop_uid: String,
+    pub accession: Option<String>,
+    pub date_offset: Option<i32>,
+}
+
+impl InstanceKeys {
+    /// The whole keys, once the patient's pseudonym is known.
+    pub fn of_patient(self, patient_id: String) -> Keys {
+        let InstanceKeys { study_uid, series_uid, sop_uid, accession, date_offset } = self;
+        Keys { patient_id, study_uid, series_uid, sop_uid, accession, date_offset }
+    }
+}
+
 /// What one instance's anonymization produced besides the data set.
 #[derive(Debug, Clone)]
 pub struct Report {
@@ -322,6 +340,12 @@ impl Engine {
     /// The instance's keys once `anon_patient_id` is known (from the index or the keyed scheme).
     /// Fails when the script takes the date offset from the lookup table and it has none.
     pub fn keys(&self, original: &Original, anon_patient_id: &str) -> Result<Keys, EngineError> {
+        Ok(self.instance_keys(original)?.of_patient(anon_patient_id.to_string()))
+    }
+
+    /// The pseudonyms of `original`'s keys that do not depend on its patient's: the index records
+    /// them before it settles the patient's (see [`InstanceKeys::of_patient`]).
+    pub fn instance_keys(&self, original: &Original) -> Result<InstanceKeys, EngineError> {
         let p = &*self.pseudonyms;
         let date_offset = match &self.script.lookups.date_offset {
             Some(keytype) => {
@@ -338,8 +362,7 @@ impl Engine {
                 }
             }),
         };
-        Ok(Keys {
-            patient_id: anon_patient_id.to_string(),
+        Ok(InstanceKeys {
             study_uid: p.uid(&original.study_uid),
             series_uid: p.uid(&original.series_uid),
             sop_uid: p.uid(&original.sop_uid),
