@@ -2,6 +2,7 @@
 //! bench-index -- [COUNT] [THREADS]` commits COUNT instances (10 per series, 50 per patient) from
 //! THREADS threads and prints wall time, process CPU per instance, and the sizes of the index
 //! and its WAL at the end (the WAL must not grow with the count).
+use dicom_anon_gateway::anonymize::Identity;
 use dicom_anon_gateway::index::{AuditRecord, Capture, Index, InstanceRecord, Owner};
 
 fn cpu_s() -> f64 {
@@ -24,22 +25,25 @@ fn main() {
                 for i in (t..count).step_by(threads) {
                     let (patient, series) = (i / 50, i / 10);
                     let capture = Capture {
-                        patient_id: format!("MRN{patient}"),
-                        patient_name: Some("SMITH^ELIZABETH".into()),
-                        sex: Some("F".into()),
-                        birth_date: Some("19610203".into()),
+                        original: Identity {
+                            patient_id: format!("MRN{patient}"),
+                            patient_name: Some("SMITH^ELIZABETH".into()),
+                            sex: Some("F".into()),
+                            birth_date: Some("19610203".into()),
+                            study_uid: format!("1.2.3.{patient}"),
+                            series_uid: format!("1.2.3.{patient}.{series}"),
+                            sop_uid: format!("1.2.3.{patient}.{series}.{i}"),
+                            sop_class_uid: "1.2.840.10008.5.1.4.1.1.2".into(),
+                            accession: Some("ACC1".into()),
+                            study_date: Some("20220101".into()),
+                            modality: Some("CT".into()),
+                        },
                         anon_patient_id: None,
-                        study_uid: format!("1.2.3.{patient}"),
                         anon_study_uid: format!("2.25.1{patient}"),
-                        accession: Some("ACC1".into()),
                         anon_accession: Some("A1".into()),
                         date_offset: Some(12),
-                        study_date: Some("20220101".into()),
                         source: "AE 'X' at 127.0.0.1".into(),
-                        series_uid: format!("1.2.3.{patient}.{series}"),
                         anon_series_uid: format!("2.25.2{patient}{series}"),
-                        modality: Some("CT".into()),
-                        sop_uid: format!("1.2.3.{patient}.{series}.{i}"),
                         phrases: Default::default(),
                     };
                     let anon = match index.known_patient(&capture.patient_id) {

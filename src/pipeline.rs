@@ -688,22 +688,13 @@ impl Pipeline {
             (None, true, false) => pseudonyms.patient_id(&original.patient_id),
         };
         let capture = Capture {
-            patient_id: original.patient_id.clone(),
-            patient_name: original.patient_name.clone(),
-            sex: original.sex.clone(),
-            birth_date: original.birth_date.clone(),
+            original: original.identity.clone(),
             anon_patient_id: stateless_id,
-            study_uid: original.study_uid.clone(),
             anon_study_uid: instance.study_uid.clone(),
-            accession: original.accession.clone(),
             anon_accession: instance.accession.clone(),
             date_offset: instance.date_offset,
-            study_date: original.study_date.clone(),
             source: source.to_string(),
-            series_uid: original.series_uid.clone(),
             anon_series_uid: instance.series_uid.clone(),
-            modality: original.modality.clone(),
-            sop_uid: original.sop_uid.clone(),
             phrases: {
                 let [names, places, institutions] = original.stated().clone();
                 Phrases { names, places, institutions }

@@ -34,9 +34,10 @@ pub enum EngineError {
     LookupMiss { what: String, keytype: String },
 }
 
-/// The values of the original instance the index and the walk need, read before anything changes.
-#[derive(Debug, Clone)]
-pub struct Original {
+/// What identifies an instance, its study and its patient, as the instance states it (PHI):
+/// read once by [`Original::read`], recorded by the index as it is.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Identity {
     /// Stripped PatientID; empty when absent or blank.
     pub patient_id: String,
     pub patient_name: Option<String>,
@@ -49,6 +50,13 @@ pub struct Original {
     pub accession: Option<String>,
     pub study_date: Option<String>,
     pub modality: Option<String>,
+}
+
+/// The values of the original instance the index and the walk need, read before anything changes:
+/// its [`Identity`] (through `Deref`), and what its free text may be scrubbed of.
+#[derive(Debug, Clone)]
+pub struct Original {
+    pub identity: Identity,
     scrubber: Scrubber,
     /// Under a character set with ISO 2022 code extensions: its codec, and a scrubber for the
     /// instance's needles decoded (see [`text::code_extension`]).
@@ -59,6 +67,14 @@ pub struct Original {
     /// Names and whereabouts other instances stated and this one does not (see
     /// [`Original::add_seen`]).
     seen: Option<Scrubber>,
+}
+
+impl std::ops::Deref for Original {
+    type Target = Identity;
+
+    fn deref(&self) -> &Identity {
+        &self.identity
+    }
 }
 
 impl Original {
@@ -131,7 +147,7 @@ impl Original {
         let names = found.names.into_iter().chain(variants.iter().map(Vec::as_slice));
         let scrubber = Scrubber::with_phrases(names, ids, found.whereabouts);
         let plain = |tag| ds.text(tag).filter(|v| !v.is_empty()).map(str::to_string);
-        Ok(Original {
+        let identity = Identity {
             patient_id: patient_id.trim().to_string(),
             patient_name,
             sex: plain(tags::PATIENT_SEX),
@@ -143,11 +159,8 @@ impl Original {
             accession: plain(tags::ACCESSION_NUMBER),
             study_date: plain(tags::STUDY_DATE),
             modality: plain(tags::MODALITY),
-            scrubber,
-            extended,
-            stated,
-            seen: None,
-        })
+        };
+        Ok(Original { identity, scrubber, extended, stated, seen: None })
     }
 
     /// The person names, the whereabouts (institutions, addresses, telephone numbers) and,
@@ -278,7 +291,7 @@ impl Engine {
     pub fn read(&self, ds: &DataSet<'_>) -> Result<Original, EngineError> {
         let mut original = Original::read(ds)?;
         if self.script.profile && original.patient_id.is_empty() {
-            original.patient_id = original.key_without_id();
+            original.identity.patient_id = original.key_without_id();
         }
         let Some(what) = unverifiable::find(ds) else { return Ok(original) };
         match self.script.unverifiable {

@@ -15,7 +15,7 @@ mod text;
 pub mod transform;
 pub mod unverifiable;
 
-pub use engine::{Engine, EngineError, InstanceKeys, Keys, Labels, Original, Report};
+pub use engine::{Engine, EngineError, Identity, InstanceKeys, Keys, Labels, Original, Report};
 pub use lookup::{LookupError, LookupTable};
 pub use options::ProfileOptions;
 pub use pseudonym::{AccessionFormat, Keyed, Pseudonyms, Rsna};

@@ -22,6 +22,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use rusqlite::{params, Connection, OptionalExtension};
 
+use crate::anonymize::Identity;
+
 pub use audit::{export_audit, export_mapping, AuditRecord, PATIENT_ID_MAPPING, UID_MAPPING};
 pub use deliveries::{Delivery, DeliveryRecord, DestinationStatus};
 pub use export::{backup, export_csv, ExportError};
@@ -52,29 +54,29 @@ pub enum IndexError {
     Panicked(String),
 }
 
-/// What the index records about an instance's patient, study and series before it is anonymized.
+/// What the index records about an instance's patient, study and series before it is anonymized:
+/// the instance's [`Identity`] (through `Deref`) and the pseudonyms of its study and series.
 #[derive(Debug, Clone)]
 pub struct Capture {
-    pub patient_id: String,
-    pub patient_name: Option<String>,
-    pub sex: Option<String>,
-    pub birth_date: Option<String>,
+    pub original: Identity,
     /// `Some` in keyed mode (stateless pseudonym); `None` lets the index number the patient.
     pub anon_patient_id: Option<String>,
-    pub study_uid: String,
     pub anon_study_uid: String,
-    pub accession: Option<String>,
     pub anon_accession: Option<String>,
     pub date_offset: Option<i32>,
-    pub study_date: Option<String>,
     /// Where the instance came from: a file path or `AE@address`.
     pub source: String,
-    pub series_uid: String,
     pub anon_series_uid: String,
-    pub modality: Option<String>,
-    pub sop_uid: String,
     /// What the instance states that other instances' free text may name; recorded at commit.
     pub phrases: Phrases,
+}
+
+impl std::ops::Deref for Capture {
+    type Target = Identity;
+
+    fn deref(&self) -> &Identity {
+        &self.original
+    }
 }
 
 /// What an instance states that other instances' free text may name, as raw values: person
@@ -953,22 +955,19 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let index = Index::open(&d.path().join("index.db"), &Owner::for_site("1")).unwrap();
         let capture = |patient: &str, study: &str| Capture {
-            patient_id: patient.into(),
-            patient_name: None,
-            sex: None,
-            birth_date: None,
+            original: Identity {
+                patient_id: patient.into(),
+                study_uid: study.into(),
+                series_uid: format!("{study}.1"),
+                sop_uid: format!("{study}.1.1"),
+                ..Identity::default()
+            },
             anon_patient_id: Some("SHARED-48-BITS".into()),
-            study_uid: study.into(),
             anon_study_uid: format!("9.{study}"),
-            accession: None,
             anon_accession: None,
             date_offset: None,
-            study_date: None,
             source: "test".into(),
-            series_uid: format!("{study}.1"),
             anon_series_uid: format!("9.{study}.1"),
-            modality: None,
-            sop_uid: format!("{study}.1.1"),
             phrases: Phrases::default(),
         };
         assert_eq!(index.capture(capture("MRN-A", "1.1")).unwrap(), "SHARED-48-BITS");
