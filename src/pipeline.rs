@@ -22,7 +22,9 @@ use crate::dicom::{
     Tag, TransferSyntax, Value, ValueError, WriteError, EXPLICIT_VR_LE, VR,
 };
 use crate::durability::{Barrier, Durability};
-use crate::index::{AuditRecord, Capture, Committed, Index, IndexError, InstanceRecord, Owner, Phrases};
+use crate::index::{
+    AuditRecord, Caller, Capture, Committed, Index, IndexError, InstanceRecord, Owner, Phrases,
+};
 use crate::memory_budget::{MemoryBudget, OverBudget, Reservation};
 use crate::observe::METRICS;
 use crate::path_component::{component, ComponentError};
@@ -208,9 +210,9 @@ pub struct Admission<'a> {
     pub sop_instance_uid: &'a str,
     /// Accepted Modality values; empty: any.
     pub modalities: &'a [String],
-    /// The audit row this instance gets if it is stored, committed with it (its anonymized UIDs
-    /// are filled in here); other outcomes are audited by the caller.
-    pub audit: Option<&'a AuditRecord>,
+    /// Who sent it and how many bytes, for the audit row a stored instance gets, committed with
+    /// it; the caller audits every other outcome, after its response.
+    pub audit: Option<(&'a Caller, u64)>,
 }
 
 pub struct Pipeline {
@@ -651,13 +653,14 @@ impl Pipeline {
         };
         let staged = self.spool.stage(&path, |w| write(&ds, &out, w))?;
         let size = staged.size();
-        let audit = admission.and_then(|a| a.audit).map(|a| AuditRecord {
-            anon_uids: Some((keys.study_uid.clone(), keys.series_uid.clone(), keys.sop_uid.clone())),
-            pixels: cleaning
-                .as_ref()
-                .filter(|c| c.changed())
-                .map(|c| format!("frames={} regions={} words={}", c.frames, c.regions, c.words)),
-            ..a.clone()
+        let audit = admission.and_then(|a| a.audit).map(|(caller, bytes)| {
+            let masked = cleaning.as_ref().filter(|c| c.changed());
+            AuditRecord::stored(
+                caller,
+                bytes,
+                (keys.study_uid.clone(), keys.series_uid.clone(), keys.sop_uid.clone()),
+                masked.map(|c| format!("frames={} regions={} words={}", c.frames, c.regions, c.words)),
+            )
         });
         let record = InstanceRecord {
             sop_uid: original.sop_uid.clone(),

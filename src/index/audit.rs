@@ -26,6 +26,43 @@ pub struct AuditRecord {
     pub pixels: Option<String>,
 }
 
+/// Who sent an instance, as the audit trail names them: our id for the association, the calling
+/// AE title (the peer's word) and its address. No PHI.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub association: String,
+    pub calling_ae: String,
+    pub peer: String,
+}
+
+impl AuditRecord {
+    /// The row of a stored instance, committed with it: its anonymized UIDs and what the pixel
+    /// stage masked.
+    pub fn stored(
+        caller: &Caller,
+        bytes: u64,
+        anon_uids: (String, String, String),
+        pixels: Option<String>,
+    ) -> Self {
+        AuditRecord { anon_uids: Some(anon_uids), pixels, ..Self::answered(caller, "0x0000", None, bytes) }
+    }
+
+    /// The row of a C-STORE answered with `status` (`0xNNNN`) and nothing stored, quarantined as
+    /// `reason` or refused; written after the response.
+    pub fn answered(caller: &Caller, status: &str, reason: Option<&str>, bytes: u64) -> Self {
+        AuditRecord {
+            association: caller.association.clone(),
+            calling_ae: caller.calling_ae.clone(),
+            peer: caller.peer.clone(),
+            anon_uids: None,
+            status: status.to_string(),
+            reason: reason.map(str::to_string),
+            bytes,
+            pixels: None,
+        }
+    }
+}
+
 impl Index {
     /// Append an audit row; returns once it is committed.
     pub fn audit(&self, r: AuditRecord) -> Result<(), IndexError> {

@@ -24,7 +24,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 
 use crate::anonymize::Identity;
 
-pub use audit::{export_audit, export_mapping, AuditRecord, PATIENT_ID_MAPPING, UID_MAPPING};
+pub use audit::{export_audit, export_mapping, AuditRecord, Caller, PATIENT_ID_MAPPING, UID_MAPPING};
 pub use deliveries::{Delivery, DeliveryRecord, DestinationStatus};
 pub use export::{backup, export_csv, ExportError};
 pub use presence::Presence;

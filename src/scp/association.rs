@@ -18,7 +18,7 @@ use super::dimse::{response, Command, Status};
 use super::receive::{Incoming, Received};
 use super::Node;
 use crate::dicom::TransferSyntax;
-use crate::index::AuditRecord;
+use crate::index::{AuditRecord, Caller};
 use crate::observe::activity::AssociationRecord;
 use crate::observe::{ACTIVITY, METRICS};
 use crate::pipeline::{Admission, Body, Outcome};
@@ -30,8 +30,6 @@ struct Tally {
     instances: u64,
     bytes: u64,
     failures: u64,
-    /// The instance being stored, for its audit row.
-    note: Note,
     /// The last in-memory data set's buffer, emptied, for the next one: a fresh buffer per
     /// instance costs its growth copies and page faults again every time.
     spare: Vec<u8>,
@@ -39,36 +37,26 @@ struct Tally {
 
 /// Who is on the other end, for the audit trail and the logs.
 struct Who {
-    /// This process's id for the association: its start time and a counter.
-    association: String,
-    calling: String,
-    peer: SocketAddr,
+    /// Our id for the association (its start time and a counter), its calling AE, its address.
+    caller: Caller,
     /// `AE 'X' at ADDR`, as the index records an instance's source.
     source: String,
 }
 
-impl Who {
-    /// The audit row of one C-STORE from this peer, answered with `status`.
-    fn audit(&self, status: Status, reason: Option<Reason>, bytes: u64) -> AuditRecord {
-        AuditRecord {
-            association: self.association.clone(),
-            calling_ae: self.calling.clone(),
-            peer: self.peer.to_string(),
-            anon_uids: None,
-            status: status.to_string(),
-            reason: reason.map(|r| r.dir_name().to_string()),
-            bytes,
-            pixels: None,
-        }
-    }
-}
-
-/// What storing one instance produced besides its status, for the audit trail.
-#[derive(Debug, Default)]
-struct Note {
+/// What the sender hears of a message, and what its audit row needs.
+struct Answer {
+    status: Status,
+    comment: Option<String>,
+    /// Where a quarantined instance went.
     reason: Option<Reason>,
     /// Stored: the pipeline committed the audit row, with the anonymized UIDs, with the instance.
     audited: bool,
+}
+
+impl Answer {
+    fn said(status: Status, comment: Option<String>) -> Answer {
+        Answer { status, comment, reason: None, audited: false }
+    }
 }
 
 /// Association ids: unique within this process, and across restarts by the start time.
@@ -141,9 +129,7 @@ pub async fn run_established<S: Stream>(
     span.in_scope(|| debug!(called_ae = %called, contexts, classes = ?accepted, "association accepted"));
 
     let who = Who {
-        association: association_id(),
-        calling: calling.clone(),
-        peer,
+        caller: Caller { association: association_id(), calling_ae: calling.clone(), peer: peer.to_string() },
         source: format!("AE '{calling}' at {peer}"),
     };
     let mut tally = Tally::default();
@@ -385,32 +371,30 @@ async fn dispatch<S: Stream>(
 ) -> Result<(), End> {
     let Some(command) = message.command else { return Ok(()) };
     let complete = Instant::now();
-    tally.note = Note::default();
     let mut bytes = 0;
-    let (status, comment) = match &command {
+    let answer = match &command {
         Command::Cancel => {
             debug!("C-CANCEL ignored: a C-STORE cannot be cancelled");
             return Ok(());
         }
-        Command::Echo { .. } => (Status::SUCCESS, None),
+        Command::Echo { .. } => Answer::said(Status::SUCCESS, None),
         Command::Store { sop_class_uid, sop_instance_uid, .. } => {
             let Some(data) = message.data else { return Err(End::Abort("C-STORE without a data set")) };
             bytes = data.received();
             let context = assoc.presentation_contexts().iter().find(|pc| pc.id == message.pc_id);
-            let outcome =
-                answer_store(node, data, context, sop_class_uid, sop_instance_uid, who, tally).await;
-            if outcome.0 != Status::SUCCESS {
+            let answer = answer_store(node, data, context, sop_class_uid, sop_instance_uid, who, tally).await;
+            if answer.status != Status::SUCCESS {
                 tally.failures += 1;
             }
-            outcome
+            answer
         }
         Command::Other { command_field, .. } => {
             // Any data set it carried has been read with the message and is dropped.
             warn!(command_field = format!("0x{command_field:04X}"), "unsupported DIMSE command");
-            (Status::UNRECOGNIZED_OPERATION, Some("only C-ECHO and C-STORE are supported".into()))
+            Answer::said(Status::UNRECOGNIZED_OPERATION, Some("only C-ECHO and C-STORE are supported".into()))
         }
     };
-    let rsp = response(&command, status, comment.as_deref());
+    let rsp = response(&command, answer.status, answer.comment.as_deref());
     let pdu = Pdu::PData {
         data: vec![PDataValue {
             presentation_context_id: message.pc_id,
@@ -427,8 +411,10 @@ async fn dispatch<S: Stream>(
         if sent.is_ok() {
             METRICS.ack_latency.observe(complete.elapsed().as_secs_f64());
         }
-        if !tally.note.audited {
-            audit_after_response(node, who.audit(status, tally.note.reason, bytes)).await;
+        if !answer.audited {
+            let reason = answer.reason.map(|r| r.dir_name());
+            let status = answer.status.to_string();
+            audit_after_response(node, AuditRecord::answered(&who.caller, &status, reason, bytes)).await;
         }
     }
     sent
@@ -444,7 +430,7 @@ async fn answer_store(
     sop_instance_uid: &str,
     who: &Who,
     tally: &mut Tally,
-) -> (Status, Option<String>) {
+) -> Answer {
     let bytes = data.received();
     let data = data.finish().await;
     METRICS.instances_received.inc();
@@ -469,8 +455,7 @@ async fn answer_store(
         ),
         (Ok(received), Some(pc)) => {
             let ts = TransferSyntax::new(&pc.transfer_syntax);
-            let audit = who.audit(Status::SUCCESS, None, bytes);
-            store(node, received, ts, sop_class_uid, sop_instance_uid, who, audit, tally).await
+            store(node, received, ts, sop_class_uid, sop_instance_uid, who, bytes, tally).await
         }
     }
 }
@@ -498,18 +483,18 @@ async fn audit_after_response(node: &Node, record: AuditRecord) {
 /// A C-STORE answered with a failure and nothing kept: counted by its status.
 /// A refusal decided here, before the pipeline, with its log line: every failure status sent has
 /// one (the README promises it). The SOP class UID is the peer's word, so it is escaped.
-fn refused_here(status: Status, comment: &str, sop_class_uid: &str) -> (Status, Option<String>) {
+fn refused_here(status: Status, comment: &str, sop_class_uid: &str) -> Answer {
     warn!(%status, sop_class = %sop_class_uid.escape_debug(), reason = comment, "instance refused");
     refused(status, comment)
 }
 
-fn refused(status: Status, comment: &str) -> (Status, Option<String>) {
+fn refused(status: Status, comment: &str) -> Answer {
     METRICS.refused(&status.to_string());
-    (status, Some(comment.to_string()))
+    Answer::said(status, Some(comment.to_string()))
 }
 
 /// Check resources, run the pipeline on the blocking pool, and turn the outcome into a status.
-/// `audit` is the row a stored instance gets, committed with it.
+/// A stored instance's audit row (`who`, `bytes`) is committed with it by the pipeline.
 #[allow(clippy::too_many_arguments)]
 async fn store(
     node: &Node,
@@ -518,9 +503,9 @@ async fn store(
     sop_class_uid: &str,
     sop_instance_uid: &str,
     who: &Who,
-    audit: AuditRecord,
+    bytes: u64,
     tally: &mut Tally,
-) -> (Status, Option<String>) {
+) -> Answer {
     let received = match received {
         Received::TooLarge(n) => {
             warn!(
@@ -537,6 +522,7 @@ async fn store(
     let modalities = node.scp.modalities.clone();
     let (class, instance, source) =
         (sop_class_uid.to_string(), sop_instance_uid.to_string(), who.source.clone());
+    let caller = who.caller.clone();
     let job = tokio::task::spawn_blocking(move || {
         // Here rather than before the job: statvfs blocks.
         if let Some(free) = super::free_space_short(&storage_dir, min_free_bytes) {
@@ -546,7 +532,7 @@ async fn store(
             sop_class_uid: &class,
             sop_instance_uid: &instance,
             modalities: &modalities,
-            audit: Some(&audit),
+            audit: Some((&caller, bytes)),
         };
         let outcome = pipeline.process_received(body_of(&received), &ts, &admission, &source);
         (Ok(outcome), received)
@@ -576,16 +562,15 @@ async fn store(
 }
 
 /// What the sender hears of the pipeline's outcome, counted and logged: the SCP only translates.
-fn answer(outcome: Outcome, tally: &mut Tally) -> (Status, Option<String>) {
+fn answer(outcome: Outcome, tally: &mut Tally) -> Answer {
     match outcome {
         Outcome::Stored(stored) => {
             tally.instances += 1;
             tally.bytes += stored.size;
             METRICS.instances_stored.inc();
-            tally.note.audited = true;
             METRICS.stored_bytes.inc_by(stored.size);
             debug!(sop = %stored.keys.sop_uid, series = %stored.keys.series_uid, size = stored.size, "stored");
-            (Status::SUCCESS, None)
+            Answer { audited: true, ..Answer::said(Status::SUCCESS, None) }
         }
         Outcome::Quarantined { reason, detail, .. } => {
             // The sender's data is at fault (PS3.4 §B.2.3): 0xA900 when it is not the instance it
@@ -598,8 +583,7 @@ fn answer(outcome: Outcome, tally: &mut Tally) -> (Status, Option<String>) {
             // Instance errors name attributes and offsets, never values.
             warn!(status = %status, %reason, error = %detail, "instance quarantined");
             METRICS.quarantined(reason);
-            tally.note.reason = Some(reason);
-            (status, Some(detail))
+            Answer { reason: Some(reason), ..Answer::said(status, Some(detail)) }
         }
         Outcome::Refused(detail) => {
             warn!(status = %Status::NOT_AUTHORIZED, error = %detail, "instance refused by a filter");
