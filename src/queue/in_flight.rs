@@ -12,6 +12,14 @@
 //! associations unchanged (997 against 1,039 on average, within this machine's noise). Forcing
 //! each write to io_uring's worker threads (`IOSQE_ASYNC`) was no faster and cost more CPU.
 //!
+//! Measured again after the restructuring of issue 26 (same session, one release build run with
+//! and without it through `DICOM_ANON_IO_URING=off`, alternating, `bench-ingest.sh --repeat 2
+//! 1000`, two runs each): one association 315 and 329 instances/s with it against 270 and 255
+//! without (+17 % and +29 %; last byte to response 2.6 against 3.3 ms; node CPU 1.0 against 1.6 ms
+//! per instance); eight associations 415 and 454 against 437 and 453 (no difference). It still
+//! pays where an association waits for its own write, so it stays. (These rates include the
+//! pixel stage's OCR of each series' first image, about 0.2 s for each of the corpus's 10 series.)
+//!
 //! io_uring is not everywhere: Docker's default seccomp profile refuses it, and a kernel may
 //! have it turned off. Where a thread cannot set up a ring, the caller writes synchronously, as
 //! it would without this module; the node says so once.
