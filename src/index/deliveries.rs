@@ -233,30 +233,8 @@ pub(super) fn destination_status(c: &Connection) -> Result<Vec<DestinationStatus
 #[cfg(test)]
 mod tests {
     use super::DeliveryRecord;
-    use crate::index::{Index, Owner};
-
-    /// Queue rows for a destination from instances inserted straight into the table.
-    fn index_with_instances(n: usize) -> (tempfile::TempDir, Index) {
-        let d = tempfile::tempdir().unwrap();
-        let index = Index::open(&d.path().join("index.db"), &Owner::for_site("1")).unwrap();
-        index
-            .call(move |c| {
-                c.execute_batch(
-                    "INSERT INTO studies(study_uid, anon_study_uid, patient_id, source) VALUES ('st', 'ast', '', 'test');
-                     INSERT INTO series(series_uid, anon_series_uid, study_uid) VALUES ('s', 'as', 'st');",
-                )?;
-                for i in 0..n {
-                    c.execute(
-                        "INSERT INTO instances(sop_uid, anon_sop_uid, series_uid, sop_class_uid, path, size, stored_at)
-                         VALUES (?1, ?2, 's', '1.2', ?3, 10, 't')",
-                        rusqlite::params![format!("phi{i}"), format!("anon{i}"), format!("p/{i}.dcm")],
-                    )?;
-                }
-                Ok(())
-            })
-            .unwrap();
-        (d, index)
-    }
+    use crate::index::fixture::index_with_instances;
+    use crate::index::Index;
 
     #[test]
     fn each_destination_queues_every_instance_once_and_keeps_its_own_state() {

@@ -815,6 +815,44 @@ pub(crate) fn record(tx: &Connection, r: &InstanceRecord) -> Result<(), IndexErr
     Ok(())
 }
 
+/// What the index's own tests share.
+#[cfg(test)]
+pub(crate) mod fixture {
+    use rusqlite::params;
+
+    use super::{Index, Owner};
+
+    /// An index with `n` queued instances `anon0..` (originals `phi0..`) of one series, stored in
+    /// that order, at `p/<i>.dcm`, of `100 + i` bytes and digest `v0`.
+    pub(crate) fn index_with_instances(n: usize) -> (tempfile::TempDir, Index) {
+        let d = tempfile::tempdir().unwrap();
+        let index = Index::open(&d.path().join("index.db"), &Owner::for_site("1")).unwrap();
+        index
+            .call(move |c| {
+                c.execute_batch(
+                    "INSERT INTO studies(study_uid, anon_study_uid, patient_id, source) VALUES ('st', 'ast', '', 'test');
+                     INSERT INTO series(series_uid, anon_series_uid, study_uid) VALUES ('s', 'as', 'st');",
+                )?;
+                for i in 0..n {
+                    c.execute(
+                        "INSERT INTO instances(sop_uid, anon_sop_uid, series_uid, sop_class_uid, path, size, stored_at, digest)
+                         VALUES (?1, ?2, 's', '1.2', ?3, ?4, ?5, 'v0')",
+                        params![
+                            format!("phi{i}"),
+                            format!("anon{i}"),
+                            format!("p/{i}.dcm"),
+                            100 + i as i64,
+                            format!("2026-01-01T00:00:{i:02}.000Z")
+                        ],
+                    )?;
+                }
+                Ok(())
+            })
+            .unwrap();
+        (d, index)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
