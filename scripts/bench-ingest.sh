@@ -17,8 +17,9 @@
 #                                                    16 associations, sent in ten equal rounds: is the
 #                                                    last tenth as fast as the first, and RSS flat?)
 # Each of our runs also gives, from the node's /metrics (read with curl), the mean time from an
-# instance's last byte to its response (anonymize, write, index, waiting for and sharing a flush)
-# and the mean duration of one group-commit flush.
+# instance's last byte to its response (anonymize, write, index, waiting for and sharing a flush),
+# the mean duration of one group-commit flush, and the images the pixel stage read with OCR and
+# the time they took (the first image of each series: about 0.2 s each, which senders wait for).
 # With PERF_DATA=FILE set, the node is recorded with `perf record -g` during the (first) run over
 # PERF_ASSOC associations (default 8).
 # Runs inside its own network namespace (only loopback), since storescp cannot bind to 127.0.0.1.
@@ -126,6 +127,10 @@ stop_node() {
     local metrics
     metrics=$(node_metrics)
     ACK_MS=$(mean_ms ack_latency_seconds <<< "$metrics"); FLUSH_MS=$(mean_ms durability_flush_seconds <<< "$metrics")
+    # The pixel stage reads some images with OCR while their senders wait (the first of each
+    # series of a volume): its share of the run is said beside the rate, which it can dominate.
+    PIXELS=$(awk '$1 == "dicom_anon_pixel_read_seconds_sum" { s = $2 } $1 == "dicom_anon_pixel_read_seconds_count" { c = $2 }
+        END { if (c != "") printf " | OCR read %d images in %.2f s", c, s }' <<< "$metrics")
     PEAK_KB=$(grep VmHWM /proc/"$NODE_PID"/status | awk '{print $2}')
     TICKS=$(cpu_ticks)
     kill "$NODE_PID"; wait "$NODE_PID" || true; NODE_PID=""
@@ -258,6 +263,7 @@ for n in 1 8; do
             "$(rate "$TD")" "$(echo "$TD / $TO" | bc -l)" "$(per_instance "$DURABLE_TICKS")")
         # A profiled run is slowed by perf: shown, but kept out of the medians.
         if [ "$PROFILED" = 1 ]; then NOTE=" | profiled, not in the medians"; else NOTE=""; ROWS_OUT+=("$ROW"); fi
+        NOTE="${PIXELS:-}$NOTE"
         # shellcheck disable=SC2086 # the row's fields are the arguments
         printf '%d association(s): storescp %7.1f inst/s | ours (anonymized, durable) %7.1f inst/s | ratio %.2f | CPU ms/instance: storescp %.2f, ours %.2f | our peak RSS %d MB | last byte to response %s ms | one flush %s ms | durable storescp %.1f inst/s, ratio %.2f, CPU %.2f ms/instance%s\n' \
             "$n" $ROW "$NOTE"
