@@ -77,8 +77,10 @@ struct ProjectAnswer {
     disk_ok: bool,
 }
 
+/// One project's checks, its index and its disk at once: a stuck one costs its own timeout only.
 async fn probe_project(p: &ProjectOps, checks: &mut ProjectChecks) -> ProjectAnswer {
-    let index = {
+    let ProjectChecks { index: index_check, disk: disk_check } = checks;
+    let index = async {
         let index = p.index.clone();
         // A write through the index writer, rolled into its next batch: proves the writer runs and
         // the database accepts writes.
@@ -90,17 +92,18 @@ async fn probe_project(p: &ProjectOps, checks: &mut ProjectChecks) -> ProjectAns
                 })
                 .map_err(|e| e.to_string())
         };
-        checks.index.run(write, INDEX_PROBE_TIMEOUT, "the index writer").await.and_then(|r| r)
+        index_check.run(write, INDEX_PROBE_TIMEOUT, "the index writer").await.and_then(|r| r)
     };
-    let disk = {
+    let disk = async {
         let (storage, public) = (p.storage_dir.clone(), p.public_dir.clone());
         let look = move || Disk {
             free: fs4::available_space(&storage)
                 .map_err(|e| format!("cannot read the free space of {}: {e}", storage.display())),
             spool: spool_writable(&public),
         };
-        checks.disk.run(look, DISK_PROBE_TIMEOUT, "the storage disk").await
+        disk_check.run(look, DISK_PROBE_TIMEOUT, "the storage disk").await
     };
+    let (index, disk) = tokio::join!(index, disk);
     let (free, spool) = match disk {
         Ok(Disk { free, spool }) => (free, spool),
         Err(stuck) => (Err(stuck.clone()), Err(stuck)),
@@ -112,10 +115,11 @@ async fn probe_project(p: &ProjectOps, checks: &mut ProjectChecks) -> ProjectAns
 async fn probe(ops: &Arc<Ops>, state: &mut State) -> Answer {
     let listener = METRICS.listener_up.get() == 1;
     state.projects.resize_with(ops.projects.len(), ProjectChecks::default);
-    let mut answers = Vec::with_capacity(ops.projects.len());
-    for (p, checks) in ops.projects.iter().zip(&mut state.projects) {
-        answers.push(probe_project(p, checks).await);
-    }
+    // Every project at once: a stuck disk costs its timeout once, not once per project.
+    let answers = futures_util::future::join_all(
+        ops.projects.iter().zip(&mut state.projects).map(|(p, checks)| probe_project(p, checks)),
+    )
+    .await;
     // A failed flush is final: the node acknowledges nothing until it is restarted.
     let flushed = crate::durability::failure().map(ToString::to_string);
     let all = |ok: fn(&ProjectAnswer) -> bool| answers.iter().all(ok);
