@@ -424,8 +424,10 @@ impl Index {
             if !published {
                 match on_disk {
                     Some(size) if committed.replaced => {
+                        // The file on disk is the earlier version, whose digest the row no longer
+                        // has: none, so that no re-send is taken for the bytes already delivered.
                         c.execute(
-                            "UPDATE instances SET size = ?2 WHERE sop_uid = ?1",
+                            "UPDATE instances SET size = ?2, digest = NULL WHERE sop_uid = ?1",
                             params![committed.sop_uid, size as i64],
                         )?;
                     }

@@ -40,11 +40,17 @@ const ENTRIES: u32 = 4;
 static UNAVAILABLE: AtomicBool = AtomicBool::new(false);
 
 /// `DICOM_ANON_IO_URING=off` in the environment: every write is synchronous, as where io_uring is
-/// unavailable. For a host where io_uring misbehaves, and to measure what it buys
-/// (`scripts/bench-ingest.sh` runs the node both ways).
+/// unavailable; said once in the log. For a host where io_uring misbehaves, and to measure what it
+/// buys (run `scripts/bench-ingest.sh` with and without it).
 fn turned_off_by_operator() -> bool {
     static OFF: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *OFF.get_or_init(|| std::env::var("DICOM_ANON_IO_URING").is_ok_and(|v| v.eq_ignore_ascii_case("off")))
+    *OFF.get_or_init(|| {
+        let off = std::env::var("DICOM_ANON_IO_URING").is_ok_and(|v| v.eq_ignore_ascii_case("off"));
+        if off {
+            tracing::info!("io_uring turned off (DICOM_ANON_IO_URING=off): files are written synchronously");
+        }
+        off
+    })
 }
 
 thread_local! {
