@@ -128,8 +128,13 @@ impl Exporter {
             });
         }
         let mut round = Round::default();
+        // Sends whose outcome the index did not take: left `sending`, queued again below.
+        let mut unrecorded = false;
         while let Some(joined) = set.join_next().await {
-            let Ok((outcomes, error)) = joined else { continue };
+            let Ok((outcomes, error)) = joined else {
+                unrecorded = true;
+                continue;
+            };
             if let Some(e) = error {
                 round.association_error = Some(crate::observe::error_chain(&e));
             }
@@ -139,6 +144,14 @@ impl Exporter {
             // One transaction per association's worth of outcomes.
             if let Err(e) = self.blocking(move |i, d| i.record_deliveries(&d, records)).await {
                 warn!(destination = %self.name(), instances = n, error = %e, "cannot record sends; they will be sent again");
+                unrecorded = true;
+            }
+        }
+        // Every lane is done: nothing of this destination is being sent now, so what is still
+        // `sending` is an outcome lost, queued again (a failure here leaves it to the next start).
+        if unrecorded {
+            if let Err(e) = self.blocking(|i, d| i.requeue_sending(&d)).await {
+                warn!(destination = %self.name(), error = %e, "cannot queue again sends whose outcome was lost");
             }
         }
         round

@@ -48,9 +48,14 @@ impl Uploader {
         let mut auth_failures = 0u32;
         let mut last_put_warning: Option<Instant> = None;
         let mut put_failures = 0u32;
+        // Claims left `uploading` because the index could not be told what became of them.
+        let mut orphaned = false;
         loop {
             if stop.is_cancelled() {
                 break;
+            }
+            if orphaned && inflight.is_empty() {
+                orphaned = !self.requeue_orphans().await;
             }
             // The listing comes before any claim, so that nothing already there is sent again.
             if !reconciled {
@@ -70,6 +75,7 @@ impl Uploader {
                     let uids = claimed.into_iter().map(|p| p.anon_sop_uid).collect();
                     if let Err(e) = self.blocking(move |i| i.unclaim(uids)).await {
                         warn!(error = %e, "cannot return claimed uploads to the queue");
+                        orphaned = true;
                     }
                     continue;
                 };
@@ -84,9 +90,12 @@ impl Uploader {
             let idle = inflight.is_empty() || (room > 0 && inflight.len() < self.concurrency);
             tokio::select! {
                 Some(done) = inflight.join_next(), if !inflight.is_empty() => {
-                    if let Ok((item, outcome)) = done {
-                        self.settle(item, outcome, &mut put_failures, &mut last_put_warning).await;
-                    }
+                    let recorded = match done {
+                        Ok((item, outcome)) => self.settle(item, outcome, &mut put_failures, &mut last_put_warning).await,
+                        // A task that did not finish (a bug, caught): its claim is an orphan.
+                        Err(_) => false,
+                    };
+                    orphaned |= !recorded;
                 }
                 _ = tokio::time::sleep(POLL), if idle => {}
                 _ = stop.cancelled() => {}
@@ -187,13 +196,15 @@ impl Uploader {
         }
     }
 
+    /// Record what became of an upload. `false` when the index could not be told: the row is
+    /// left `uploading`, for [`Uploader::requeue_orphans`] to queue again.
     async fn settle(
         &self,
         item: Pending,
         outcome: Outcome,
         failures: &mut u32,
         last_warning: &mut Option<Instant>,
-    ) {
+    ) -> bool {
         match outcome {
             Outcome::Uploaded { etag, skipped } => {
                 *failures = 0;
@@ -207,11 +218,11 @@ impl Uploader {
                     Ok(false) => {
                         // Its file is the new version's now: kept, and uploaded in its turn.
                         info!(sop = %item.anon_sop_uid, "re-sent while it was being uploaded; the new version is queued");
-                        return;
+                        return true;
                     }
                     Err(e) => {
                         warn!(sop = %item.anon_sop_uid, error = %e, "uploaded, but cannot record it; it will be checked again");
-                        return;
+                        return false;
                     }
                 }
                 debug!(sop = %item.anon_sop_uid, size = item.size, skipped, "uploaded");
@@ -221,6 +232,7 @@ impl Uploader {
                         warn!(sop = %item.anon_sop_uid, error = %e, "cannot delete the uploaded file");
                     }
                 }
+                true
             }
             Outcome::Failed(e) => {
                 METRICS.uploads.with_label_values(&["failed"]).inc();
@@ -238,9 +250,31 @@ impl Uploader {
                 }
                 let next = chrono::Utc::now() + chrono::Duration::from_std(wait).unwrap_or_default();
                 let (claimed, error) = (item.clone(), e.to_string());
-                if let Err(e) = self.blocking(move |i| i.mark_failed(&claimed, &error, next)).await {
-                    warn!(sop = %item.anon_sop_uid, error = %e, "cannot record a failed upload");
+                match self.blocking(move |i| i.mark_failed(&claimed, &error, next)).await {
+                    Ok(()) => true,
+                    Err(e) => {
+                        warn!(sop = %item.anon_sop_uid, error = %e, "cannot record a failed upload");
+                        false
+                    }
                 }
+            }
+        }
+    }
+
+    /// Queue again what is still `uploading` while nothing is in flight: claims whose outcome the
+    /// index could not record (or whose task failed). Counted as an attempt, so that each asks the
+    /// bucket first. `true` when done.
+    async fn requeue_orphans(&self) -> bool {
+        match self.blocking(|i| i.requeue_interrupted()).await {
+            Ok(n) => {
+                if n > 0 {
+                    info!(instances = n, "uploads whose outcome could not be recorded are queued again");
+                }
+                true
+            }
+            Err(e) => {
+                warn!(error = %e, "cannot requeue uploads whose outcome could not be recorded");
+                false
             }
         }
     }
