@@ -54,13 +54,7 @@ impl Exporter {
     pub async fn run(self, stop: CancellationToken) {
         let name = self.name().to_string();
         let peer = self.destination.peer.label();
-        match self.blocking(move |i, d| i.requeue_sending(&d)).await {
-            Ok(n) if n > 0 => {
-                info!(destination = %name, instances = n, "sends interrupted by the last stop are queued again")
-            }
-            Ok(_) => {}
-            Err(e) => warn!(destination = %name, error = %e, "cannot requeue interrupted sends"),
-        }
+        self.requeue_sending("interrupted by the last stop").await;
         info!(destination = %name, %peer, associations = self.destination.associations, "exporter started");
         // Association failures in a row: the destination's own backoff.
         let mut down = 0u32;
@@ -150,11 +144,21 @@ impl Exporter {
         // Every lane is done: nothing of this destination is being sent now, so what is still
         // `sending` is an outcome lost, queued again (a failure here leaves it to the next start).
         if unrecorded {
-            if let Err(e) = self.blocking(|i, d| i.requeue_sending(&d)).await {
-                warn!(destination = %self.name(), error = %e, "cannot queue again sends whose outcome was lost");
-            }
+            self.requeue_sending("their outcome could not be recorded").await;
         }
         round
+    }
+
+    /// Queue again every send of this destination still `sending`. Only while none is under way:
+    /// at start (the last stop interrupted them), and after a round whose outcomes the index could
+    /// not take (`why` says which); a failure here leaves them to the next start.
+    async fn requeue_sending(&self, why: &'static str) {
+        let name = self.name();
+        match self.blocking(|i, d| i.requeue_sending(&d)).await {
+            Ok(0) => {}
+            Ok(n) => info!(destination = %name, instances = n, why, "sends queued again"),
+            Err(e) => warn!(destination = %name, error = %e, why, "cannot queue sends again"),
+        }
     }
 
     /// Count, log and turn an outcome into what the index records.

@@ -38,11 +38,7 @@ enum Outcome {
 impl Uploader {
     /// Run until `stop`; then finish the puts in flight and leave the rest queued.
     pub async fn run(self: Arc<Self>, stop: CancellationToken) {
-        match self.blocking(|i| i.requeue_interrupted()).await {
-            Ok(n) if n > 0 => info!(instances = n, "uploads interrupted by the last stop are queued again"),
-            Ok(_) => {}
-            Err(e) => warn!(error = %e, "cannot requeue interrupted uploads"),
-        }
+        self.requeue_claims("interrupted by the last stop").await;
         let mut reconciled = !self.reconcile_on_start;
         let mut inflight: JoinSet<(Pending, Outcome)> = JoinSet::new();
         let mut auth_failures = 0u32;
@@ -55,7 +51,7 @@ impl Uploader {
                 break;
             }
             if orphaned && inflight.is_empty() {
-                orphaned = !self.requeue_orphans().await;
+                orphaned = !self.requeue_claims("their outcome could not be recorded").await;
             }
             // The listing comes before any claim, so that nothing already there is sent again.
             if !reconciled {
@@ -197,7 +193,7 @@ impl Uploader {
     }
 
     /// Record what became of an upload. `false` when the index could not be told: the row is
-    /// left `uploading`, for [`Uploader::requeue_orphans`] to queue again.
+    /// left `uploading`, for [`Uploader::requeue_claims`] to queue again.
     async fn settle(
         &self,
         item: Pending,
@@ -261,19 +257,20 @@ impl Uploader {
         }
     }
 
-    /// Queue again what is still `uploading` while nothing is in flight: claims whose outcome the
-    /// index could not record (or whose task failed). Counted as an attempt, so that each asks the
-    /// bucket first. `true` when done.
-    async fn requeue_orphans(&self) -> bool {
+    /// Queue again every claim still `uploading`, counted as an attempt so that each asks the
+    /// bucket first. Only while nothing is in flight: at start (the last stop interrupted them),
+    /// and after the index could not be told what became of some (`why` says which). `true`
+    /// when done.
+    async fn requeue_claims(&self, why: &'static str) -> bool {
         match self.blocking(|i| i.requeue_interrupted()).await {
             Ok(n) => {
                 if n > 0 {
-                    info!(instances = n, "uploads whose outcome could not be recorded are queued again");
+                    info!(instances = n, why, "uploads queued again");
                 }
                 true
             }
             Err(e) => {
-                warn!(error = %e, "cannot requeue uploads whose outcome could not be recorded");
+                warn!(error = %e, why, "cannot queue uploads again");
                 false
             }
         }
