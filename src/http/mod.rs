@@ -253,23 +253,31 @@ fn gather(ops: &Ops, shown: usize) -> status::Page {
     let quarantined = m.instances_quarantined.collect();
     let refused = m.instances_refused.collect();
     let p = &ops.projects[shown];
+    // Each project's index and quarantine are read once: for its line in the projects table and,
+    // the shown one's, for its boxes.
+    let several = ops.projects.len() > 1;
+    let mut reads: Vec<Option<ProjectRead>> =
+        ops.projects.iter().enumerate().map(|(i, p)| (several || i == shown).then(|| read(p))).collect();
+    let projects = if several {
+        ops.projects.iter().zip(&reads).filter_map(|(p, r)| r.as_ref().map(|r| summary(p, r))).collect()
+    } else {
+        Vec::new()
+    };
+    let ProjectRead { counts, queue, destinations, quarantine } =
+        reads.swap_remove(shown).expect("the shown project is read");
     status::Page {
         project: p.name.clone(),
         site_id: p.site_id.clone(),
         ae_title: p.ae_title.clone(),
         scp_addr: ops.scp_addr.to_string(),
         tls: ops.tls.clone(),
-        projects: if ops.projects.len() > 1 {
-            ops.projects.iter().map(summary).collect()
-        } else {
-            Vec::new()
-        },
+        projects,
         listener_up: m.listener_up.get() == 1,
         flush_failure: crate::durability::failure().map(ToString::to_string),
         audit_rows_dropped: m.audit_rows_dropped.get(),
         started: ops.started,
         now: Utc::now(),
-        counts: p.reader.counts().map_err(|e| e.to_string()),
+        counts,
         since_start: status::SinceStart {
             received: m.instances_received.get(),
             stored: m.instances_stored.get(),
@@ -277,10 +285,10 @@ fn gather(ops: &Ops, shown: usize) -> status::Page {
             refused: total(&refused),
         },
         recent: ACTIVITY.recent(),
-        quarantine: quarantine_counts(&p.quarantine_dir),
+        quarantine,
         uploader: uploader_state(p),
-        queue: p.reader.queue_status().map_err(|e| e.to_string()),
-        destinations: destinations(p).map_err(|e| e.to_string()),
+        queue,
+        destinations,
         free_bytes: fs4::available_space(&p.storage_dir).ok(),
         min_free_bytes: p.min_free_bytes,
         per_minute: p
@@ -291,23 +299,40 @@ fn gather(ops: &Ops, shown: usize) -> status::Page {
     }
 }
 
-/// One line of the projects table: read from the project's own index and quarantine.
-fn summary(p: &ProjectOps) -> status::ProjectSummary {
-    let queue = p.reader.queue_status().map_err(|e| e.to_string());
+/// What the page shows of one project's index and quarantine; `Err`: why it could not be read.
+struct ProjectRead {
+    counts: Result<crate::index::Counts, String>,
+    queue: Result<crate::index::QueueStatus, String>,
+    destinations: Result<Vec<Destination>, String>,
+    quarantine: Vec<(String, u64)>,
+}
+
+fn read(p: &ProjectOps) -> ProjectRead {
+    ProjectRead {
+        counts: p.reader.counts().map_err(|e| e.to_string()),
+        queue: p.reader.queue_status().map_err(|e| e.to_string()),
+        destinations: destinations(p).map_err(|e| e.to_string()),
+        quarantine: quarantine_counts(&p.quarantine_dir),
+    }
+}
+
+/// One line of the projects table, from what was read of the project.
+fn summary(p: &ProjectOps, read: &ProjectRead) -> status::ProjectSummary {
     let waiting = |q: &crate::index::QueueStatus, states: &[&str]| {
         q.counts.iter().filter(|(s, _)| states.contains(&s.as_str())).map(|(_, n)| *n).sum::<u64>()
     };
-    let destinations = destinations(p).unwrap_or_default();
+    let queue = read.queue.as_ref().ok();
+    let destinations = read.destinations.as_deref().unwrap_or_default();
     status::ProjectSummary {
         name: p.name.clone(),
         ae_title: p.ae_title.clone(),
-        instances: p.reader.counts().map(|c| c.instances).map_err(|e| e.to_string()),
-        upload_waiting: queue.as_ref().ok().map(|q| waiting(q, &["queued", "uploading"])),
-        upload_failed: queue.as_ref().ok().map(|q| waiting(q, &["failed"])),
+        instances: read.counts.as_ref().map(|c| c.instances).map_err(Clone::clone),
+        upload_waiting: queue.map(|q| waiting(q, &["queued", "uploading"])),
+        upload_failed: queue.map(|q| waiting(q, &["failed"])),
         uploader: uploader_state(p),
         export_waiting: destinations.iter().map(|d| d.count("queued") + d.count("sending")).sum(),
         export_failed: destinations.iter().map(|d| d.count("failed")).sum(),
-        quarantined: quarantine_counts(&p.quarantine_dir).iter().map(|(_, n)| n).sum(),
+        quarantined: read.quarantine.iter().map(|(_, n)| n).sum(),
     }
 }
 
