@@ -610,11 +610,6 @@ impl Config {
         p
     }
 
-    /// The project secret for keyed pseudonyms (see [`ProjectConfig::secret`]).
-    pub fn project_secret(&self) -> Result<Vec<u8>, ConfigError> {
-        self.project.secret()
-    }
-
     /// The effective configuration as YAML, for `check-config`. Holds no secret: only where
     /// secrets come from.
     pub fn to_yaml(&self) -> String {
