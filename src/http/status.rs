@@ -378,17 +378,12 @@ fn projects(h: &mut String, p: &Page) -> std::fmt::Result {
     Ok(())
 }
 
-/// A project name as one URL path segment: everything but unreserved characters percent-encoded.
+/// A project name as one URL path segment: everything but unreserved characters (RFC 3986)
+/// percent-encoded.
 fn url_path(name: &str) -> String {
-    let mut out = String::with_capacity(name.len());
-    for b in name.bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-            out.push(b as char);
-        } else {
-            let _ = write!(out, "%{b:02X}");
-        }
-    }
-    out
+    const UNRESERVED: &percent_encoding::AsciiSet =
+        &percent_encoding::NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
+    percent_encoding::utf8_percent_encode(name, UNRESERVED).to_string()
 }
 
 /// The DICOM destinations (`export.dicom`), one row each; nothing without any.
