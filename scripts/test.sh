@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs the whole test suite on a fresh Debian machine: installs the real peers the tests talk to
-# (DCMTK, dicom3tools, Chromium for the status page, openssl for test certificates, Tesseract and
+# (DCMTK, dicom3tools, Orthanc with DICOMweb, Chromium for the status page, openssl for test certificates, Tesseract and
 # DejaVu for burned-in text, moto_server for Cognito and S3, the pip packages whose DICOM files
 # make the variety corpus), then runs cargo test. Tests never skip a missing peer: they fail loudly.
 set -euo pipefail
@@ -20,6 +20,11 @@ for tool in /usr/bin/dcmdump /usr/bin/storescu /usr/bin/echoscu /usr/bin/storesc
 [ -f /usr/share/fonts/truetype/dejavu/DejaVuSans-Bold.ttf ] || missing+=(fonts-dejavu-core)
 # JPEG 2000 test images are coded by OpenJPEG's own encoder.
 [ -x /usr/bin/opj_compress ] || missing+=(libopenjp2-tools)
+# STOW-RS is tested against Orthanc with its DICOMweb plugin, sending and receiving; curl sends
+# bodies by hand.
+[ -x /usr/sbin/Orthanc ] || missing+=(orthanc)
+[ -f /usr/share/orthanc/plugins/libOrthancDicomWeb.so ] || missing+=(orthanc-dicomweb)
+[ -x /usr/bin/curl ] || missing+=(curl)
 # tests/faults.rs builds a failing device: a loop device, ext4 and a tmpfs (mount, losetup).
 [ -x /usr/sbin/mkfs.ext4 ] || missing+=(e2fsprogs)
 [ -x /sbin/losetup ] || [ -x /usr/sbin/losetup ] || missing+=(mount)

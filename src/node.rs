@@ -316,6 +316,15 @@ fn start_operations(
             min_free_bytes: p.config.storage.min_free_bytes,
             uploader_enabled: p.config.upload.enabled,
             destinations: p.config.export.dicom.clone(),
+            receiver: Arc::new(crate::dicomweb::Receiver {
+                project: p.config.project.name.clone(),
+                pipeline: p.pipeline.clone(),
+                modalities: p.config.scp.modalities.clone(),
+                max_instance_bytes: p.config.scp.max_instance_bytes,
+                tmp: p.config.tmp_dir(),
+                storage_dir: p.config.storage.dir.clone(),
+                min_free_bytes: p.config.storage.min_free_bytes,
+            }),
         });
     }
     let ops = Arc::new(http::Ops {

@@ -105,7 +105,7 @@ fn one(pipeline: &Pipeline, input: &Input) -> Result<Done, (String, Failure)> {
             tracing::warn!(%reason, "instance quarantined");
             Err((reason.to_string(), failure(detail, Some(path))))
         }
-        Outcome::Refused(detail) | Outcome::Failed { detail, .. } => {
+        Outcome::Refused(detail) | Outcome::Conflict(detail) | Outcome::Failed { detail, .. } => {
             tracing::error!("instance not stored: this machine failed (disk, index or a limit)");
             Err(("Not_Stored".into(), failure(detail, None)))
         }
@@ -180,7 +180,7 @@ pub fn retry(pipeline: &Pipeline, quarantine: &Quarantine, reason: Option<&str>)
                 done.held.push((reason.to_string(), detail));
                 true
             }
-            Outcome::Refused(detail) | Outcome::Failed { detail, .. } => {
+            Outcome::Refused(detail) | Outcome::Conflict(detail) | Outcome::Failed { detail, .. } => {
                 done.failed.push(detail);
                 false
             }

@@ -50,6 +50,9 @@ pub enum Outcome {
     Quarantined { reason: Reason, detail: String, path: PathBuf },
     /// A filter of this node does not accept it; nothing is wrong with the data, nothing is kept.
     Refused(String),
+    /// Not the instance the request is for (a STOW-RS part of another study than its URL
+    /// names); nothing is kept.
+    Conflict(String),
     /// An environment fault: disk, index or a limit of this node. Nothing was written; the sender
     /// keeps its copy and may try again. `detail` is for the log (it names paths); `told` is
     /// what a peer may hear: what failed, in our words, never where.
@@ -86,6 +89,9 @@ pub enum InstanceError {
     /// A filter (modality) refused it.
     #[error("{0}")]
     Refused(String),
+    /// A STOW-RS request for one study sent an instance of another (PS3.18 §10.5).
+    #[error("StudyInstanceUID differs from the study the request is for")]
+    OtherStudy,
     /// The in-memory part of the data set is larger than this node allows.
     #[error("{what} is {size} bytes, more than {limit} allows ({bound} bytes)")]
     TooLarge { what: &'static str, size: u64, limit: &'static str, bound: u64 },
@@ -114,6 +120,7 @@ impl From<ReadError> for InstanceError {
 enum Fault {
     Data(Reason),
     Refused,
+    Conflict,
     Environment,
 }
 
@@ -162,6 +169,7 @@ impl InstanceError {
                 Data(Reason::ProcessingError)
             }
             InstanceError::Refused(_) => Fault::Refused,
+            InstanceError::OtherStudy => Fault::Conflict,
             InstanceError::Inflate(_)
             | InstanceError::TooLarge { .. }
             | InstanceError::Memory(_)
@@ -206,13 +214,39 @@ pub enum Body<'a> {
 
 /// What a received instance must be: what the sender announced, and the node's filters.
 pub struct Admission<'a> {
+    /// The C-STORE request's UIDs, or a Part 10 file's media storage UIDs (empty: not given).
     pub sop_class_uid: &'a str,
     pub sop_instance_uid: &'a str,
     /// Accepted Modality values; empty: any.
     pub modalities: &'a [String],
+    /// The study a STOW-RS request names in its URL: an instance of another is not stored.
+    pub study_instance_uid: Option<&'a str>,
     /// Who sent it and how many bytes, for the audit row a stored instance gets, committed with
     /// it; the caller audits every other outcome, after its response.
     pub audit: Option<(&'a Caller, u64)>,
+}
+
+/// What a Part 10 file received whole must be besides what its meta group announces: the
+/// [`Admission`] of a STOW-RS part, less the UIDs, which come from the file.
+pub struct Filters<'a> {
+    pub modalities: &'a [String],
+    pub study_instance_uid: Option<&'a str>,
+    pub audit: Option<(&'a Caller, u64)>,
+}
+
+impl<'a> Filters<'a> {
+    fn admit<'m>(&self, meta: &'m crate::dicom::FileMeta) -> Admission<'m>
+    where
+        'a: 'm,
+    {
+        Admission {
+            sop_class_uid: &meta.media_storage_sop_class_uid,
+            sop_instance_uid: &meta.media_storage_sop_instance_uid,
+            modalities: self.modalities,
+            study_instance_uid: self.study_instance_uid,
+            audit: self.audit,
+        }
+    }
 }
 
 pub struct Pipeline {
@@ -408,7 +442,7 @@ impl Pipeline {
         if let Some(failed) = self.barrier.failure() {
             return Outcome::Failed { detail: failed.to_string(), told: FLUSH_FAILED_TOLD.into() };
         }
-        let result = guarded(|| self.run_file(path, source));
+        let result = guarded(|| self.run_file(path, 0, None, source));
         self.settle(result, source, |f| io::copy(&mut File::open(path)?, f).map(drop))
     }
 
@@ -442,6 +476,31 @@ impl Pipeline {
         })
     }
 
+    /// Anonymize a Part 10 file received whole (a STOW-RS part), in memory or in a spill file:
+    /// its meta group announces its SOP class and instance, which the data set must match, as a
+    /// C-STORE's must match its request. `filters` says the rest of what it must be.
+    pub fn process_part10(&self, file: Body<'_>, filters: &Filters<'_>, source: &str) -> Outcome {
+        if let Some(failed) = self.barrier.failure() {
+            return Outcome::Failed { detail: failed.to_string(), told: FLUSH_FAILED_TOLD.into() };
+        }
+        let result = guarded(|| match file {
+            Body::Memory(bytes) => {
+                let p10 = Part10::parse(bytes)?;
+                let admission = filters.admit(&p10.meta);
+                self.run_body(Body::Memory(p10.body), &p10.meta.transfer_syntax, Some(&admission), source)
+            }
+            Body::File { path, offset } => self.run_file(path, offset, Some(filters), source),
+        });
+        self.settle(result, source, |f| match file {
+            Body::Memory(bytes) => f.write_all(bytes),
+            Body::File { path, offset } => {
+                let mut src = File::open(path)?;
+                src.seek(SeekFrom::Start(offset))?;
+                io::copy(&mut src, f).map(drop)
+            }
+        })
+    }
+
     /// Turn a result into an outcome: a data fault is quarantined with `keep`, which writes the
     /// instance as it came. A quarantine that cannot be written is an environment fault.
     fn settle(
@@ -464,24 +523,35 @@ impl Pipeline {
                 },
             },
             Fault::Refused => Outcome::Refused(detail),
+            Fault::Conflict => Outcome::Conflict(detail),
             Fault::Environment => Outcome::Failed { told: e.told(), detail },
         }
     }
 
-    fn run_file(&self, path: &Path, source: &str) -> Result<Stored, InstanceError> {
+    /// A Part 10 file from `start` in `path`: whole in memory when small, else its meta group,
+    /// and the data set read from the file. With `filters`, it is admitted as a received one.
+    fn run_file(
+        &self,
+        path: &Path,
+        start: u64,
+        filters: Option<&Filters<'_>>,
+        source: &str,
+    ) -> Result<Stored, InstanceError> {
         let io_err = io_error(path);
         let mut file = File::open(path).map_err(io_err)?;
-        let len = file.metadata().map_err(io_err)?.len();
-        let mut start = Vec::new();
+        let len = file.metadata().map_err(io_err)?.len().saturating_sub(start);
+        file.seek(SeekFrom::Start(start)).map_err(io_err)?;
+        let mut head = Vec::new();
         let want = if len <= IN_MEMORY_UP_TO as u64 { len } else { MAX_META as u64 };
-        (&mut file).take(want).read_to_end(&mut start).map_err(io_err)?;
-        let p10 = Part10::parse(&start)?;
+        (&mut file).take(want).read_to_end(&mut head).map_err(io_err)?;
+        let p10 = Part10::parse(&head)?;
         let ts = p10.meta.transfer_syntax.clone();
-        if start.len() as u64 == len {
-            return self.run_body(Body::Memory(p10.body), &ts, None, source);
+        let admission = filters.map(|f| f.admit(&p10.meta));
+        if head.len() as u64 == len {
+            return self.run_body(Body::Memory(p10.body), &ts, admission.as_ref(), source);
         }
-        let offset = p10.body_offset(&start) as u64;
-        self.run_body(Body::File { path, offset }, &ts, None, source)
+        let offset = start + p10.body_offset(&head) as u64;
+        self.run_body(Body::File { path, offset }, &ts, admission.as_ref(), source)
     }
 
     /// Read, admit and store a data set in `ts`.
@@ -927,11 +997,16 @@ fn admit(ds: &DataSet<'_>, admission: &Admission<'_>) -> Result<(), InstanceErro
     if text(tags::SOP_CLASS_UID).is_empty() || text(tags::SOP_INSTANCE_UID).is_empty() {
         Original::read(ds)?;
     }
-    if text(tags::SOP_CLASS_UID) != admission.sop_class_uid {
+    // Empty: not announced (a Part 10 file without its media storage UIDs).
+    let announced = |uid: &str| !uid.is_empty();
+    if announced(admission.sop_class_uid) && text(tags::SOP_CLASS_UID) != admission.sop_class_uid {
         return Err(InstanceError::Mismatch("SOPClassUID"));
     }
-    if text(tags::SOP_INSTANCE_UID) != admission.sop_instance_uid {
+    if announced(admission.sop_instance_uid) && text(tags::SOP_INSTANCE_UID) != admission.sop_instance_uid {
         return Err(InstanceError::Mismatch("SOPInstanceUID"));
+    }
+    if admission.study_instance_uid.is_some_and(|study| text(tags::STUDY_INSTANCE_UID) != study) {
+        return Err(InstanceError::OtherStudy);
     }
     if !admission.modalities.is_empty() {
         let modality = text(tags::MODALITY);
@@ -1130,7 +1205,13 @@ mod tests {
     }
 
     fn admission<'a>(sop: &'a str, modalities: &'a [String]) -> Admission<'a> {
-        Admission { sop_class_uid: CT, sop_instance_uid: sop, modalities, audit: None }
+        Admission {
+            sop_class_uid: CT,
+            sop_instance_uid: sop,
+            modalities,
+            study_instance_uid: None,
+            audit: None,
+        }
     }
 
     /// What `settle` makes of each class, through `process_received`.

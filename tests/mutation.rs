@@ -341,7 +341,7 @@ impl Tally {
                         .push(format!("{case}: quarantined as {reason} but {} is missing", path.display()));
                 }
             }
-            Outcome::Refused(d) | Outcome::Failed { detail: d, .. } => {
+            Outcome::Refused(d) | Outcome::Conflict(d) | Outcome::Failed { detail: d, .. } => {
                 self.problems.push(format!("{case}: an environment fault or refusal for bad data: {d}"));
             }
         }
@@ -410,6 +410,7 @@ fn run(script: &Path, seed: u64, fraction: usize) {
                 sop_class_uid: &base.sop_class,
                 sop_instance_uid: &base.sop_uid,
                 modalities: &[],
+                study_instance_uid: None,
                 audit: None,
             };
             let outcome = match entry {

@@ -80,8 +80,8 @@ fn each_counter_moves_by_exactly_what_was_sent() {
     assert_eq!(moved("dicom_anon_associations_accepted_total"), 3.0);
     assert_eq!(moved("dicom_anon_associations_ended_total{end=\"released\"}"), 3.0);
     assert_eq!(value(&after, "dicom_anon_associations_active"), 0.0);
-    assert_eq!(moved("dicom_anon_instances_received_total"), f64::from(N + 2));
-    assert_eq!(moved("dicom_anon_instances_stored_total"), f64::from(N));
+    assert_eq!(moved("dicom_anon_instances_received_total{transport=\"dimse\"}"), f64::from(N + 2));
+    assert_eq!(moved("dicom_anon_instances_stored_total{transport=\"dimse\"}"), f64::from(N));
     assert_eq!(moved("dicom_anon_instances_quarantined_total{reason=\"DICOM_Read_Error\"}"), 1.0);
     let quarantined: f64 = after
         .iter()
@@ -199,7 +199,7 @@ fn readiness_follows_free_space_while_liveness_stays() {
     assert!(out.status.success() && !text(&out).contains("Store Failed"), "{}", text(&out));
     let m = scrape(&node);
     assert_eq!(value(&m, "dicom_anon_instances_refused_total{status=\"0xA700\"}"), 1.0);
-    assert_eq!(value(&m, "dicom_anon_instances_stored_total"), 1.0);
+    assert_eq!(value(&m, "dicom_anon_instances_stored_total{transport=\"dimse\"}"), 1.0);
     assert_eq!(
         value(&m, "dicom_anon_storage_min_free_bytes{project=\"TEST_PROJECT\"}"),
         f64::from(24u32 << 20)

@@ -104,12 +104,20 @@ impl Node {
 
     /// The stored output's bytes, or a panic naming the outcome.
     fn store(&self, body: &[u8], ts: &str, sop: &str) -> Vec<u8> {
-        let admission = Admission { sop_class_uid: CT, sop_instance_uid: sop, modalities: &[], audit: None };
+        let admission = Admission {
+            sop_class_uid: CT,
+            sop_instance_uid: sop,
+            modalities: &[],
+            study_instance_uid: None,
+            audit: None,
+        };
         match self.pipeline.process_received(Body::Memory(body), &TransferSyntax::new(ts), &admission, "test")
         {
             Outcome::Stored(stored) => std::fs::read(self.out.join(&stored.path)).unwrap(),
             Outcome::Quarantined { reason, detail, .. } => panic!("quarantined as {reason}: {detail}"),
-            Outcome::Refused(d) | Outcome::Failed { detail: d, .. } => panic!("not stored: {d}"),
+            Outcome::Refused(d) | Outcome::Conflict(d) | Outcome::Failed { detail: d, .. } => {
+                panic!("not stored: {d}")
+            }
         }
     }
 }

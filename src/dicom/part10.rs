@@ -45,6 +45,9 @@ pub enum InflateError {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FileMeta {
     pub transfer_syntax: TransferSyntax,
+    /// (0002,0002) and (0002,0003), empty when absent: what the file says it holds.
+    pub media_storage_sop_class_uid: String,
+    pub media_storage_sop_instance_uid: String,
 }
 
 /// A parsed file: its meta and the (still encoded, possibly Deflated) data set bytes.
@@ -67,7 +70,12 @@ impl<'a> Part10<'a> {
             .text(Tag(0x0002, 0x0010))
             .filter(|t| !t.is_empty())
             .ok_or(Part10Error::MetaMissing("TransferSyntaxUID (0002,0010)"))?;
-        let meta = FileMeta { transfer_syntax: TransferSyntax::new(ts) };
+        let uid = |e| meta.text(Tag(0x0002, e)).unwrap_or_default().to_string();
+        let meta = FileMeta {
+            transfer_syntax: TransferSyntax::new(ts),
+            media_storage_sop_class_uid: uid(0x0002),
+            media_storage_sop_instance_uid: uid(0x0003),
+        };
         Ok(Part10 { meta, body: &rest[used..] })
     }
 

@@ -4,6 +4,7 @@
 //! without a secret. Nothing served here holds PHI: counts, our own words, anonymized values, and
 //! peers named by AE title and address, escaped.
 
+mod dicomweb;
 mod readiness;
 mod serve;
 pub mod status;
@@ -60,6 +61,8 @@ pub struct ProjectOps {
     pub uploader_enabled: bool,
     /// The DICOM destinations (`export.dicom`), whose queues the page and the gauges show.
     pub destinations: Vec<crate::config::ExportDestination>,
+    /// Where its STOW-RS requests are stored.
+    pub receiver: Arc<crate::dicomweb::Receiver>,
 }
 
 /// Serve on `listener` until `shutdown` completes; requests in progress are finished.
@@ -91,6 +94,7 @@ fn router(ops: Arc<Ops>) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .merge(dicomweb::routes())
         // On the whole router, so an unknown path tells nothing without the token either.
         .layer(axum::middleware::from_fn_with_state(ops.clone(), authorize))
         .with_state(ops)
@@ -279,8 +283,8 @@ fn gather(ops: &Ops, shown: usize) -> status::Page {
         now: Utc::now(),
         counts,
         since_start: status::SinceStart {
-            received: m.instances_received.get(),
-            stored: m.instances_stored.get(),
+            received: total(&m.instances_received.collect()),
+            stored: total(&m.instances_stored.collect()),
             quarantined: total(&quarantined),
             refused: total(&refused),
         },

@@ -6,17 +6,23 @@
 //!   holds no descriptor of ours (a permit is taken before `accept`, as in mini-redis);
 //! - a request's head must arrive within [`HEADER_TIMEOUT`], which hyper also applies to a kept-
 //!   alive connection waiting for its next request (the idle timeout);
-//! - no connection outlives [`CONNECTION_LIFETIME`], whatever it does (a client that never reads).
+//! - no connection lives [`CONNECTION_LIFETIME`] past its last sign of progress, whatever it does
+//!   (a client that never reads). Pages and metrics show none, so they get that long in all; a
+//!   STOW-RS request shows progress with every chunk of its body and every part stored, so a
+//!   study of gigabytes is not cut off while it moves, and one that stalls is.
 
 use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::Router;
+use axum::{Extension, Router};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -24,7 +30,7 @@ use tokio_util::task::TaskTracker;
 pub const MAX_CONNECTIONS: usize = 64;
 /// For a request's head, and for a kept-alive connection between requests.
 pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
-/// The longest any connection is kept.
+/// The longest any connection is kept after its last sign of progress.
 pub const CONNECTION_LIFETIME: Duration = Duration::from_secs(60);
 /// After a failed `accept` (out of descriptors, mostly): wait before the next.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
@@ -45,10 +51,10 @@ pub async fn serve(
             // The semaphore is never closed.
             permit = slots.clone().acquire_owned() => permit.expect("open semaphore"),
         };
-        let stream = tokio::select! {
+        let (stream, peer) = tokio::select! {
             () = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
+                Ok(accepted) => accepted,
                 Err(e) => {
                     tracing::warn!(error = %e, "operations endpoint: cannot accept a connection");
                     tokio::time::sleep(ACCEPT_BACKOFF).await;
@@ -56,27 +62,37 @@ pub async fn serve(
                 }
             },
         };
-        let service = TowerToHyperService::new(router.clone());
+        let connection =
+            Arc::new(Connection { peer, started: Instant::now(), progress_ms: AtomicU64::new(0) });
+        let service = TowerToHyperService::new(router.clone().layer(Extension(connection.clone())));
         let stop = stop.clone();
         connections.spawn(async move {
             let _permit = permit;
             let mut builder = hyper::server::conn::http1::Builder::new();
             builder.timer(TokioTimer::new()).header_read_timeout(HEADER_TIMEOUT);
-            let connection = builder.serve_connection(TokioIo::new(stream), service);
-            tokio::pin!(connection);
-            let served = tokio::time::timeout(CONNECTION_LIFETIME, async {
+            let served = builder.serve_connection(TokioIo::new(stream), service);
+            tokio::pin!(served);
+            let outcome = loop {
+                let deadline = connection.last_progress() + CONNECTION_LIFETIME;
                 tokio::select! {
-                    served = connection.as_mut() => served,
+                    outcome = served.as_mut() => break Some(outcome),
                     () = stop.cancelled() => {
-                        connection.as_mut().graceful_shutdown();
-                        connection.as_mut().await
+                        served.as_mut().graceful_shutdown();
+                        break tokio::time::timeout_at(deadline, served.as_mut()).await.ok();
+                    }
+                    () = tokio::time::sleep_until(deadline) => {
+                        if connection.last_progress() + CONNECTION_LIFETIME <= Instant::now() {
+                            break None;
+                        }
                     }
                 }
-            });
-            match served.await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => tracing::debug!(error = %e, "operations endpoint: connection ended"),
-                Err(_) => tracing::debug!("operations endpoint: connection closed after its lifetime"),
+            };
+            match outcome {
+                Some(Ok(())) => {}
+                Some(Err(e)) => tracing::debug!(error = %e, "operations endpoint: connection ended"),
+                None => tracing::debug!(
+                    "operations endpoint: connection closed after its lifetime without progress"
+                ),
             }
         });
     }
@@ -84,4 +100,26 @@ pub async fn serve(
     connections.close();
     connections.wait().await;
     Ok(())
+}
+
+/// One connection, as its requests see it (an extension of each): who is on the other end, and
+/// when it last showed progress.
+pub struct Connection {
+    pub peer: SocketAddr,
+    started: Instant,
+    /// Milliseconds from `started` to the last progress.
+    progress_ms: AtomicU64,
+}
+
+impl Connection {
+    fn last_progress(&self) -> Instant {
+        self.started + Duration::from_millis(self.progress_ms.load(Ordering::Relaxed))
+    }
+}
+
+impl crate::dicomweb::Progress for Connection {
+    fn touch(&self) {
+        let ms = self.started.elapsed().as_millis() as u64;
+        self.progress_ms.fetch_max(ms, Ordering::Relaxed);
+    }
 }

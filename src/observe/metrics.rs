@@ -40,7 +40,9 @@ pub const ENDS: &[&str] = &["released", "aborted_by_peer", "closed", "aborted"];
 /// Why a connection closed before it asked for an association (label `reason`).
 pub const DROPS: &[&str] = &["no_request", "not_a_request", "evicted"];
 /// Statuses of instances refused without quarantine (label `status`).
-pub const REFUSALS: &[&str] = &["0x0122", "0x0124", "0xA700", "0xC000"];
+pub const REFUSALS: &[&str] = &["0x0110", "0x0122", "0x0124", "0xA700", "0xC000"];
+/// How instances arrive (label `transport`).
+pub const TRANSPORTS: &[&str] = &["dimse", "stow-rs"];
 /// Upload outcomes (label `outcome`): `skipped` was already in the bucket.
 pub const UPLOAD_OUTCOMES: &[&str] = &["uploaded", "skipped", "failed"];
 /// Upload queue states (label `state`), as the index names them.
@@ -68,8 +70,9 @@ pub struct Metrics {
     pub associations_rejected: IntCounterVec,
     pub associations_ended: IntCounterVec,
     pub connections_dropped: IntCounterVec,
-    pub instances_received: IntCounter,
-    pub instances_stored: IntCounter,
+    /// By transport: `dimse` or `stow-rs`.
+    pub instances_received: IntCounterVec,
+    pub instances_stored: IntCounterVec,
     pub instances_quarantined: IntCounterVec,
     pub instances_refused: IntCounterVec,
     pub received_bytes: IntCounter,
@@ -153,13 +156,15 @@ impl Metrics {
                 "Connections closed before an association request, by reason.",
                 "reason"
             )),
-            instances_received: reg!(counter(
+            instances_received: reg!(counter_vec(
                 "instances_received_total",
-                "C-STORE requests whose data set arrived."
+                "Instances whose data set arrived (a C-STORE's, a STOW-RS part), by transport.",
+                "transport"
             )),
-            instances_stored: reg!(counter(
+            instances_stored: reg!(counter_vec(
                 "instances_stored_total",
-                "Instances anonymized, durable and acknowledged with 0x0000."
+                "Instances anonymized, durable and acknowledged (0x0000, or listed stored in a STOW-RS response), by transport.",
+                "transport"
             )),
             instances_quarantined: reg!(counter_vec(
                 "instances_quarantined_total",
@@ -286,6 +291,10 @@ impl Metrics {
         }
         for s in REFUSALS {
             m.instances_refused.with_label_values(&[s]);
+        }
+        for t in TRANSPORTS {
+            m.instances_received.with_label_values(&[t]);
+            m.instances_stored.with_label_values(&[t]);
         }
         for o in UPLOAD_OUTCOMES {
             m.uploads.with_label_values(&[o]);

@@ -15,9 +15,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn, Instrument};
 
 use super::dimse::{response, Command, Status};
-use super::receive::{Incoming, Received};
 use super::Node;
 use crate::dicom::TransferSyntax;
+use crate::incoming::{Incoming, Received};
 use crate::index::{AuditRecord, Caller};
 use crate::observe::activity::AssociationRecord;
 use crate::observe::{ACTIVITY, METRICS};
@@ -60,7 +60,7 @@ impl Answer {
 }
 
 /// Association ids: unique within this process, and across restarts by the start time.
-fn association_id() -> String {
+pub(crate) fn association_id() -> String {
     use std::sync::atomic::{AtomicU64, Ordering};
     static NEXT: AtomicU64 = AtomicU64::new(1);
     static START: std::sync::LazyLock<i64> = std::sync::LazyLock::new(|| chrono::Utc::now().timestamp());
@@ -433,7 +433,7 @@ async fn answer_store(
 ) -> Answer {
     let bytes = data.received();
     let data = data.finish().await;
-    METRICS.instances_received.inc();
+    METRICS.instances_received.with_label_values(&["dimse"]).inc();
     match (data, context) {
         (Err(e), _) => {
             warn!(error = %e, "cannot complete the spilled data set");
@@ -532,6 +532,7 @@ async fn store(
             sop_class_uid: &class,
             sop_instance_uid: &instance,
             modalities: &modalities,
+            study_instance_uid: None,
             audit: Some((&caller, bytes)),
         };
         let outcome = pipeline.process_received(body_of(&received), &ts, &admission, &source);
@@ -567,7 +568,7 @@ fn answer(outcome: Outcome, tally: &mut Tally) -> Answer {
         Outcome::Stored(stored) => {
             tally.instances += 1;
             tally.bytes += stored.size;
-            METRICS.instances_stored.inc();
+            METRICS.instances_stored.with_label_values(&["dimse"]).inc();
             METRICS.stored_bytes.inc_by(stored.size);
             debug!(sop = %stored.keys.sop_uid, series = %stored.keys.series_uid, size = stored.size, "stored");
             Answer { audited: true, ..Answer::said(Status::SUCCESS, None) }
@@ -585,7 +586,8 @@ fn answer(outcome: Outcome, tally: &mut Tally) -> Answer {
             METRICS.quarantined(reason);
             Answer { reason: Some(reason), ..Answer::said(status, Some(detail)) }
         }
-        Outcome::Refused(detail) => {
+        // Only a STOW-RS request names a study; a C-STORE never conflicts with its request.
+        Outcome::Conflict(detail) | Outcome::Refused(detail) => {
             warn!(status = %Status::NOT_AUTHORIZED, error = %detail, "instance refused by a filter");
             refused(Status::NOT_AUTHORIZED, &detail)
         }

@@ -5,7 +5,6 @@ mod association;
 mod client_certificate;
 mod dimse;
 mod listener;
-mod receive;
 mod routes;
 mod storage_classes;
 mod tls;
@@ -16,6 +15,7 @@ use std::sync::Arc;
 use dicom_ul::association::server::{AccessControl, DefaultNegotiation, ServerAssociationOptions};
 use dicom_ul::pdu::{AssociationRJServiceUserReason, UserIdentity};
 
+pub(crate) use association::association_id;
 pub use dimse::Status;
 pub use listener::{serve, Listeners};
 pub use routes::Routes;
@@ -69,7 +69,7 @@ impl Node {
 
 /// `Some(free bytes)` when the disk of `storage_dir` is below `min_free_bytes`. `statvfs` can
 /// block on a slow or stuck disk: call it on the blocking pool, never on an async worker.
-fn free_space_short(storage_dir: &Path, min_free_bytes: u64) -> Option<u64> {
+pub(crate) fn free_space_short(storage_dir: &Path, min_free_bytes: u64) -> Option<u64> {
     match fs4::available_space(storage_dir) {
         Ok(free) if free < min_free_bytes => Some(free),
         Ok(_) => None,

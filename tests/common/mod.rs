@@ -7,6 +7,7 @@ pub mod device;
 pub mod http;
 pub mod moto;
 pub mod node;
+pub mod orthanc;
 pub mod peers;
 pub mod pki;
 pub mod ports;

@@ -1,6 +1,6 @@
-//! Assembling one DIMSE message from P-DATA values: the command set in memory, the data set in
+//! A data set as it arrives, from P-DATA values (DIMSE) or a multipart part (STOW-RS): in
 //! memory while it is small and in a spill file under `private/tmp/` once it is not, so memory per
-//! association stays bounded whatever the instance size.
+//! association or request stays bounded whatever the instance size.
 
 use std::path::{Path, PathBuf};
 
