@@ -372,11 +372,34 @@ pub struct HttpConfig {
     pub token_env: Option<String>,
     /// File holding that token (takes precedence over `token_env`).
     pub token_file: Option<PathBuf>,
+    /// HTTPS on `listen` instead of HTTP (BCP 195, as the DICOM TLS listener); with
+    /// `client_ca_file`, clients must present a certificate, and a project's
+    /// `scp.tls_allowed_subjects` then also says who may send it studies by STOW-RS.
+    pub tls: Option<HttpTlsConfig>,
+}
+
+/// The HTTPS listener's certificates: read at start.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpTlsConfig {
+    /// PEM: our certificate chain, leaf first.
+    pub cert_file: PathBuf,
+    /// PEM: its private key.
+    pub key_file: PathBuf,
+    /// PEM: the CA(s) whose certificates clients must present; absent: none asked for.
+    #[serde(default)]
+    pub client_ca_file: Option<PathBuf>,
 }
 
 impl Default for HttpConfig {
     fn default() -> Self {
-        HttpConfig { enabled: true, listen: "127.0.0.1:8080".into(), token_env: None, token_file: None }
+        HttpConfig {
+            enabled: true,
+            listen: "127.0.0.1:8080".into(),
+            token_env: None,
+            token_file: None,
+            tls: None,
+        }
     }
 }
 
@@ -391,6 +414,16 @@ impl HttpConfig {
         }
         if matches!(&self.token_env, Some(v) if v.trim().is_empty()) {
             p.push("http.token_env: must name an environment variable".into());
+        }
+        if let Some(tls) = &self.tls {
+            for (key, path) in [("cert_file", Some(&tls.cert_file)), ("key_file", Some(&tls.key_file))]
+                .into_iter()
+                .chain([("client_ca_file", tls.client_ca_file.as_ref())])
+            {
+                if path.is_some_and(|p| p.as_os_str().is_empty()) {
+                    p.push(format!("http.tls.{key}: must name a PEM file"));
+                }
+            }
         }
         p
     }
@@ -545,6 +578,11 @@ impl Config {
         }
         at(&mut self.storage.dir);
         self.http.token_file.iter_mut().for_each(at);
+        if let Some(tls) = &mut self.http.tls {
+            at(&mut tls.cert_file);
+            at(&mut tls.key_file);
+            tls.client_ca_file.iter_mut().for_each(at);
+        }
         if let Some(tls) = &mut self.scp.tls {
             at(&mut tls.cert_file);
             at(&mut tls.key_file);
@@ -596,6 +634,13 @@ impl Config {
         p.extend(self.scp.validate());
         p.extend(self.upload.validate());
         p.extend(self.http.validate());
+        // The list is checked on whichever listener asks for client certificates: DICOM TLS for
+        // associations, HTTPS for STOW-RS requests.
+        let dicom = self.scp.tls.as_ref().is_some_and(|t| t.client_ca_file.is_some());
+        let https = self.http.tls.as_ref().is_some_and(|t| t.client_ca_file.is_some());
+        if !self.scp.tls_allowed_subjects.is_empty() && !dicom && !https {
+            p.push("scp.tls_allowed_subjects: needs client certificates, scp.tls.client_ca_file or http.tls.client_ca_file (without them there is no subject to check)".into());
+        }
         p.extend(peers::validate(self));
         let level = self.logging.level.as_str();
         let plain_level = ["trace", "debug", "info", "warn", "error", "off"].contains(&level);
@@ -753,27 +798,15 @@ impl ScpConfig {
                 p.push(format!("scp.tls_allowed_subjects[{i}]: {s:?} is not a certificate common name"));
             }
         }
-        match &self.tls {
-            Some(tls) => {
-                if tls.port != 0 && tls.port == self.port && !tls.only {
-                    p.push(format!("scp.tls.port: {} is also scp.port; the plain and TLS listeners need their own ports (or set scp.tls.only)", tls.port));
-                }
-                for (key, file) in [("cert_file", &tls.cert_file), ("key_file", &tls.key_file)] {
-                    if file.as_os_str().is_empty() {
-                        p.push(format!("scp.tls.{key}: must name a PEM file"));
-                    }
-                }
-                if !self.tls_allowed_subjects.is_empty() && tls.client_ca_file.is_none() {
-                    p.push("scp.tls_allowed_subjects: needs scp.tls.client_ca_file (without client certificates there is no subject to check)".into());
+        if let Some(tls) = &self.tls {
+            if tls.port != 0 && tls.port == self.port && !tls.only {
+                p.push(format!("scp.tls.port: {} is also scp.port; the plain and TLS listeners need their own ports (or set scp.tls.only)", tls.port));
+            }
+            for (key, file) in [("cert_file", &tls.cert_file), ("key_file", &tls.key_file)] {
+                if file.as_os_str().is_empty() {
+                    p.push(format!("scp.tls.{key}: must name a PEM file"));
                 }
             }
-            None if !self.tls_allowed_subjects.is_empty() => {
-                p.push(
-                    "scp.tls_allowed_subjects: needs scp.tls (subjects come from TLS client certificates)"
-                        .into(),
-                );
-            }
-            None => {}
         }
         p
     }
@@ -803,7 +836,10 @@ mod tests {
     fn tls_subjects_need_a_client_ca() {
         let c = parse("project: { name: P, site_id: '1' }\nscp: { tls: { cert_file: c.pem, key_file: k.pem }, tls_allowed_subjects: [pacs] }").unwrap();
         let problems = c.validate().join("\n");
-        assert!(problems.contains("scp.tls_allowed_subjects: needs scp.tls.client_ca_file"), "{problems}");
+        assert!(problems.contains("scp.tls_allowed_subjects: needs client certificates"), "{problems}");
+        let https = "project: { name: P, site_id: '1' }\nscp: { tls_allowed_subjects: [pacs] }\nhttp: { tls: { cert_file: c.pem, key_file: k.pem, client_ca_file: ca.pem } }";
+        let c = parse(https).unwrap();
+        assert!(!c.validate().iter().any(|p| p.contains("tls_allowed_subjects")), "{:?}", c.validate());
         let c = parse("project: { name: P, site_id: '1' }\nscp: { port: 2762, tls: { cert_file: c.pem, key_file: k.pem, client_ca_file: ca.pem } }").unwrap();
         assert!(c.validate().iter().any(|p| p.starts_with("scp.tls.port")), "{:?}", c.validate());
     }

@@ -290,7 +290,10 @@ fn start_operations(
     token: Option<String>,
 ) -> Result<Operations, NodeError> {
     let addr = listener.local_addr().map_err(io_err("the operations endpoint's address"))?;
-    tracing::info!(http_addr = %addr, token = token.is_some(), "operations endpoint listening");
+    let http = &projects[0].config.http;
+    // Unreadable certificates stop the start, as the DICOM TLS listener's do.
+    let https = http.tls.as_ref().map(scp::http_server_config).transpose().map_err(NodeError::Tls)?;
+    tracing::info!(http_addr = %addr, token = token.is_some(), tls = https.is_some(), "operations endpoint listening");
     let tls = match (&bound.tls, bound.tls_addr) {
         (Some((_, state)), Some(addr)) => {
             let mode = if state.mutual() { "client certificates required" } else { "no client certificates" };
@@ -324,6 +327,7 @@ fn start_operations(
                 tmp: p.config.tmp_dir(),
                 storage_dir: p.config.storage.dir.clone(),
                 min_free_bytes: p.config.storage.min_free_bytes,
+                allowed_subjects: p.config.scp.tls_allowed_subjects.clone(),
             }),
         });
     }
@@ -336,7 +340,7 @@ fn start_operations(
         readiness: http::Readiness::default(),
     });
     let stop = CancellationToken::new();
-    let task = tokio::spawn(http::serve(listener, ops, stop.clone().cancelled_owned()));
+    let task = tokio::spawn(http::serve(listener, ops, https, stop.clone().cancelled_owned()));
     Ok(Operations { addr, task, stop })
 }
 

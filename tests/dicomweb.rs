@@ -353,3 +353,91 @@ fn orthanc_sends_a_study_to_the_node_by_stow_rs() {
     assert_phi_free("the log", node.log().as_bytes(), &patients);
     orthanc.stop();
 }
+
+#[test]
+fn over_https_the_path_picks_the_project_and_its_certificate_list_applies() {
+    use common::pki;
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path().join("pki");
+    std::fs::create_dir_all(&dir).unwrap();
+    let ca = pki::ca(&dir, "hospital-ca");
+    let server = pki::leaf(&dir, &ca, "server", "gateway", true);
+    let client = pki::leaf(&dir, &ca, "client", "modality-1", false);
+    let intruder = pki::leaf(&dir, &ca, "intruder", "intruder", false);
+    let token = "0123456789abcdef-stow-token";
+    let yaml = format!(
+        "scp:\n  host: 127.0.0.1\n  port: 0\nstorage:\n  min_free_bytes: 0\n\
+         http:\n  listen: 127.0.0.1:0\n  token_env: STOW_TEST_TOKEN\n  tls:\n    cert_file: {}\n    key_file: {}\n    client_ca_file: {}\n\
+         logging:\n  level: debug\nprojects:\n\
+         \x20 - {{ name: OPEN, ae_title: OPEN_ANON, site_id: \"99.1\", uid_root: \"{ROOT}\", script: {script}, storage: {{ dir: {open} }} }}\n\
+         \x20 - {{ name: LOCKED, ae_title: LOCKED_ANON, site_id: \"99.2\", uid_root: \"{ROOT}\", script: {script}, storage: {{ dir: {locked} }},\n\
+         \x20     tls_allowed_subjects: [modality-1] }}\n",
+        server.cert.display(),
+        server.key.display(),
+        ca.cert.display(),
+        script = default_script().display(),
+        open = d.path().join("open").display(),
+        locked = d.path().join("locked").display(),
+    );
+    let config = put(d.path(), "node.yaml", yaml.as_bytes());
+    let check = binary()
+        .args(["check-config", "--config"])
+        .arg(&config)
+        .env("STOW_TEST_TOKEN", token)
+        .output()
+        .unwrap();
+    assert!(check.status.success(), "{}", text(&check));
+    let node = Node::start_env(d.path(), &config, &[("STOW_TEST_TOKEN", token)]);
+    let port = node.http_port.unwrap();
+    let body =
+        put(d.path(), "body", &multipart(&[("application/dicom", &instance(&smith(), &Shape::default()))]));
+    let send = |project: &str, cert: Option<&pki::Pem>, bearer: Option<&str>| {
+        let url = format!("https://127.0.0.1:{port}/projects/{project}/dicomweb/studies");
+        let data = format!("@{}", body.display());
+        let auth = bearer.map(|t| format!("Authorization: Bearer {t}")).unwrap_or_default();
+        let (cert_path, key_path) =
+            cert.map(|c| (c.cert.display().to_string(), c.key.display().to_string())).unwrap_or_default();
+        let mut args = vec!["-s", "--cacert", ca.cert.to_str().unwrap(), "-X", "POST", "-H", &auth];
+        args.extend([
+            "-H",
+            "Content-Type: multipart/related; type=\"application/dicom\"; boundary=dicom-anon-test-boundary",
+        ]);
+        if cert.is_some() {
+            args.extend(["--cert", &cert_path, "--key", &key_path]);
+        }
+        args.extend(["--data-binary", &data, &url]);
+        curl(&args)
+    };
+    // No client certificate: no TLS session at all (curl reports 000).
+    assert_eq!(send("OPEN", None, Some(token)).0, 0);
+    // The bearer token still guards every route.
+    assert_eq!(send("OPEN", Some(&client), None).0, 401);
+    // Any certificate of the CA for OPEN; only modality-1 for LOCKED.
+    assert_eq!(send("OPEN", Some(&intruder), Some(token)).0, 200);
+    let (code, rsp) = send("LOCKED", Some(&intruder), Some(token));
+    assert_eq!(code, 403, "{rsp}");
+    assert!(node.log().contains("certificate subject not allowed"), "{}", node.log());
+    let (code, rsp) = send("LOCKED", Some(&client), Some(token));
+    assert_eq!(code, 200, "{rsp}");
+    // Two projects: the short base path does not guess.
+    let url = format!("https://127.0.0.1:{port}/dicomweb/studies");
+    let auth = format!("Authorization: Bearer {token}");
+    let (code, _) = curl(&[
+        "-s",
+        "--cacert",
+        ca.cert.to_str().unwrap(),
+        "--cert",
+        client.cert.to_str().unwrap(),
+        "--key",
+        client.key.to_str().unwrap(),
+        "-H",
+        &auth,
+        "-X",
+        "POST",
+        &url,
+    ]);
+    assert_eq!(code, 404);
+    // Each project stored its own instance, under its own storage.
+    assert_eq!(files_under(&d.path().join("open/public")).len(), 1);
+    assert_eq!(files_under(&d.path().join("locked/public")).len(), 1);
+}

@@ -42,6 +42,9 @@ pub fn check_config(config: &Path) -> anyhow::Result<Said> {
     if let Some(tls) = &projects[0].scp.tls {
         scp::check_tls(tls)?;
     }
+    if let Some(tls) = &projects[0].http.tls {
+        scp::http_server_config(tls)?;
+    }
     for config in &projects {
         Pipeline::engine(&config.project).with_context(|| format!("project {}", config.project.name))?;
         node::export_tls(config)?;

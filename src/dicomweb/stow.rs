@@ -44,6 +44,17 @@ pub struct Receiver {
     pub tmp: PathBuf,
     pub storage_dir: PathBuf,
     pub min_free_bytes: u64,
+    /// `scp.tls_allowed_subjects`: when set, only a client certificate with one of these common
+    /// names may send (over HTTPS with client certificates; otherwise nobody may).
+    pub allowed_subjects: Vec<String>,
+}
+
+impl Receiver {
+    /// Whether a client whose certificate names `subject` may send to this project.
+    pub fn admits(&self, subject: Option<&str>) -> bool {
+        self.allowed_subjects.is_empty()
+            || subject.is_some_and(|s| self.allowed_subjects.iter().any(|a| a == s))
+    }
 }
 
 /// Something that shows the request is alive (the connection's lifetime is measured from it).

@@ -74,6 +74,14 @@ async fn stow(
     let Some(receiver) = receiver.map(|p| &p.receiver) else {
         return (StatusCode::NOT_FOUND, "no such project on this node\n").into_response();
     };
+    if !receiver.admits(connection.subject.as_deref()) {
+        tracing::warn!(peer = %connection.peer, project = %receiver.project, subject = %connection.subject.as_deref().unwrap_or("(none)").escape_debug(), "STOW-RS request refused: certificate subject not allowed for this project");
+        return (
+            StatusCode::FORBIDDEN,
+            "this project takes studies only from the clients its scp.tls_allowed_subjects names\n",
+        )
+            .into_response();
+    }
     // From the first moment of a stop, as the DICOM listener: the sender keeps its copy.
     if crate::observe::METRICS.listener_up.get() == 0 {
         return (StatusCode::SERVICE_UNAVAILABLE, "the node is stopping\n").into_response();

@@ -65,13 +65,15 @@ pub struct ProjectOps {
     pub receiver: Arc<crate::dicomweb::Receiver>,
 }
 
-/// Serve on `listener` until `shutdown` completes; requests in progress are finished.
+/// Serve on `listener` (HTTPS with `tls`) until `shutdown` completes; requests in progress are
+/// finished.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     ops: Arc<Ops>,
+    tls: Option<Arc<rustls::ServerConfig>>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    serve::serve(listener, router(ops), shutdown).await
+    serve::serve(listener, router(ops), tls, shutdown).await
 }
 
 /// The status page and the metrics each read the index and the disk on the blocking pool: this

@@ -39,8 +39,10 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 pub async fn serve(
     listener: TcpListener,
     router: Router,
+    tls: Option<Arc<rustls::ServerConfig>>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    let tls = tls.map(tokio_rustls::TlsAcceptor::from);
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let stop = CancellationToken::new();
     let connections = TaskTracker::new();
@@ -62,37 +64,32 @@ pub async fn serve(
                 }
             },
         };
-        let connection =
-            Arc::new(Connection { peer, started: Instant::now(), progress_ms: AtomicU64::new(0) });
-        let service = TowerToHyperService::new(router.clone().layer(Extension(connection.clone())));
-        let stop = stop.clone();
+        let (router, stop, tls) = (router.clone(), stop.clone(), tls.clone());
         connections.spawn(async move {
             let _permit = permit;
-            let mut builder = hyper::server::conn::http1::Builder::new();
-            builder.timer(TokioTimer::new()).header_read_timeout(HEADER_TIMEOUT);
-            let served = builder.serve_connection(TokioIo::new(stream), service);
-            tokio::pin!(served);
-            let outcome = loop {
-                let deadline = connection.last_progress() + CONNECTION_LIFETIME;
-                tokio::select! {
-                    outcome = served.as_mut() => break Some(outcome),
-                    () = stop.cancelled() => {
-                        served.as_mut().graceful_shutdown();
-                        break tokio::time::timeout_at(deadline, served.as_mut()).await.ok();
-                    }
-                    () = tokio::time::sleep_until(deadline) => {
-                        if connection.last_progress() + CONNECTION_LIFETIME <= Instant::now() {
-                            break None;
+            match tls {
+                None => serve_connection(stream, Connection::new(peer, None), router, stop).await,
+                Some(acceptor) => {
+                    // The handshake is bounded as a request's head is.
+                    let stream = match tokio::time::timeout(HEADER_TIMEOUT, acceptor.accept(stream)).await {
+                        Ok(Ok(stream)) => stream,
+                        Ok(Err(e)) => {
+                            tracing::warn!(%peer, error = %e, "operations endpoint: TLS handshake failed");
+                            return;
                         }
-                    }
+                        Err(_) => {
+                            tracing::warn!(%peer, "operations endpoint: TLS handshake not done in time");
+                            return;
+                        }
+                    };
+                    let subject = stream
+                        .get_ref()
+                        .1
+                        .peer_certificates()
+                        .and_then(|c| c.first())
+                        .and_then(|der| crate::scp::common_name(der));
+                    serve_connection(stream, Connection::new(peer, subject), router, stop).await
                 }
-            };
-            match outcome {
-                Some(Ok(())) => {}
-                Some(Err(e)) => tracing::debug!(error = %e, "operations endpoint: connection ended"),
-                None => tracing::debug!(
-                    "operations endpoint: connection closed after its lifetime without progress"
-                ),
             }
         });
     }
@@ -102,16 +99,55 @@ pub async fn serve(
     Ok(())
 }
 
+/// Serve one connection's requests until it closes, outlives its progress, or the endpoint stops.
+async fn serve_connection<I>(io: I, connection: Connection, router: Router, stop: CancellationToken)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let connection = Arc::new(connection);
+    let service = TowerToHyperService::new(router.layer(Extension(connection.clone())));
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder.timer(TokioTimer::new()).header_read_timeout(HEADER_TIMEOUT);
+    let served = builder.serve_connection(TokioIo::new(io), service);
+    tokio::pin!(served);
+    let outcome = loop {
+        let deadline = connection.last_progress() + CONNECTION_LIFETIME;
+        tokio::select! {
+            outcome = served.as_mut() => break Some(outcome),
+            () = stop.cancelled() => {
+                served.as_mut().graceful_shutdown();
+                break tokio::time::timeout_at(deadline, served.as_mut()).await.ok();
+            }
+            () = tokio::time::sleep_until(deadline) => {
+                if connection.last_progress() + CONNECTION_LIFETIME <= Instant::now() {
+                    break None;
+                }
+            }
+        }
+    };
+    match outcome {
+        Some(Ok(())) => {}
+        Some(Err(e)) => tracing::debug!(error = %e, "operations endpoint: connection ended"),
+        None => tracing::debug!("operations endpoint: connection closed after its lifetime without progress"),
+    }
+}
+
 /// One connection, as its requests see it (an extension of each): who is on the other end, and
 /// when it last showed progress.
 pub struct Connection {
     pub peer: SocketAddr,
+    /// The common name of the client's certificate, over HTTPS with client certificates.
+    pub subject: Option<String>,
     started: Instant,
     /// Milliseconds from `started` to the last progress.
     progress_ms: AtomicU64,
 }
 
 impl Connection {
+    fn new(peer: SocketAddr, subject: Option<String>) -> Connection {
+        Connection { peer, subject, started: Instant::now(), progress_ms: AtomicU64::new(0) }
+    }
+
     fn last_progress(&self) -> Instant {
         self.started + Duration::from_millis(self.progress_ms.load(Ordering::Relaxed))
     }

@@ -19,7 +19,10 @@ pub(crate) use association::association_id;
 pub use dimse::Status;
 pub use listener::{serve, Listeners};
 pub use routes::Routes;
-pub use tls::{check as check_tls, client_config as tls_client_config, reload_on_sighup, Tls, TlsError};
+pub use tls::{
+    check as check_tls, client_config as tls_client_config, common_name, http_server_config,
+    reload_on_sighup, Tls, TlsError,
+};
 
 use crate::config::ScpConfig;
 use crate::pipeline::Pipeline;

@@ -72,36 +72,50 @@ impl Tls {
 
 /// The rustls server configuration of `cfg`.
 fn server_config(cfg: &TlsConfig) -> Result<Arc<rustls::ServerConfig>, TlsError> {
-    let chain = certificates("scp.tls.cert_file", &cfg.cert_file)?;
-    let key = private_key("scp.tls.key_file", &cfg.key_file)?;
+    server_config_of("scp.tls", &cfg.cert_file, &cfg.key_file, cfg.client_ca_file.as_deref())
+}
+
+/// The HTTPS listener's rustls configuration (`http.tls`): the same versions, suites and client
+/// certificate check as DICOM TLS.
+pub fn http_server_config(cfg: &crate::config::HttpTlsConfig) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    server_config_of("http.tls", &cfg.cert_file, &cfg.key_file, cfg.client_ca_file.as_deref())
+}
+
+/// A BCP 195 server configuration from PEM files; `section` names them in errors.
+fn server_config_of(
+    section: &str,
+    cert_file: &Path,
+    key_file: &Path,
+    client_ca_file: Option<&Path>,
+) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    let chain = certificates(&format!("{section}.cert_file"), cert_file)?;
+    let key = private_key(&format!("{section}.key_file"), key_file)?;
     let provider = bcp195_provider();
     let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .map_err(|e| TlsError::Config(e.to_string()))?;
-    let builder = match &cfg.client_ca_file {
+    let builder = match client_ca_file {
         Some(ca_file) => {
+            let ca_key = format!("{section}.client_ca_file");
+            let pem = |e: &dyn std::fmt::Display| TlsError::Pem {
+                key: ca_key.clone(),
+                path: ca_file.to_path_buf(),
+                detail: e.to_string(),
+            };
             let mut roots = rustls::RootCertStore::empty();
-            for ca in certificates("scp.tls.client_ca_file", ca_file)? {
-                roots.add(ca).map_err(|e| TlsError::Pem {
-                    key: "scp.tls.client_ca_file".into(),
-                    path: ca_file.clone(),
-                    detail: e.to_string(),
-                })?;
+            for ca in certificates(&ca_key, ca_file)? {
+                roots.add(ca).map_err(|e| pem(&e))?;
             }
             let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
                 .build()
-                .map_err(|e| TlsError::Pem {
-                    key: "scp.tls.client_ca_file".into(),
-                    path: ca_file.clone(),
-                    detail: e.to_string(),
-                })?;
+                .map_err(|e| pem(&e))?;
             builder.with_client_cert_verifier(Arc::new(client_certificate::Verifier(verifier)))
         }
         None => builder.with_no_client_auth(),
     };
     let config = builder.with_single_cert(chain, key).map_err(|e| TlsError::Pem {
-        key: "scp.tls.key_file".into(),
-        path: cfg.key_file.clone(),
+        key: format!("{section}.key_file"),
+        path: key_file.to_path_buf(),
         detail: e.to_string(),
     })?;
     Ok(Arc::new(config))
@@ -280,7 +294,11 @@ fn client_subject(
     assoc: &mut dicom_ul::association::server::AsyncServerAssociation<AsyncTlsStream>,
 ) -> Option<String> {
     let (_, conn) = assoc.inner_stream().get_ref();
-    let der = conn.peer_certificates()?.first()?;
+    common_name(conn.peer_certificates()?.first()?)
+}
+
+/// The subject common name of a client's certificate: what a project's allow-list names.
+pub fn common_name(der: &CertificateDer<'_>) -> Option<String> {
     let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref()).ok()?;
     let cn = cert.subject().iter_common_name().next()?.as_str().ok()?.to_string();
     Some(cn)
