@@ -12,7 +12,7 @@ mod peers;
 mod projects;
 mod secret;
 
-pub use peers::{DicomPeer, ExportConfig, ExportDestination, ExportTls};
+pub use peers::{DicomPeer, DicomwebAuth, DicomwebDestination, ExportConfig, ExportDestination, ExportTls};
 pub use secret::SecretSource;
 
 use crate::anonymize::{
@@ -587,6 +587,13 @@ impl Config {
             at(&mut tls.cert_file);
             at(&mut tls.key_file);
             tls.client_ca_file.iter_mut().for_each(at);
+        }
+        for d in &mut self.export.dicomweb {
+            d.ca_file.iter_mut().for_each(at);
+            if let Some(auth) = &mut d.auth {
+                auth.token_file.iter_mut().for_each(at);
+                auth.basic_password_file.iter_mut().for_each(at);
+            }
         }
         for tls in self.export.dicom.iter_mut().filter_map(|d| d.tls.as_mut()) {
             at(&mut tls.ca_file);

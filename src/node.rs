@@ -17,7 +17,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, ConfigError};
 use crate::durability::Durability;
-use crate::export::Exporter;
+use crate::export::stow::StowClient;
+use crate::export::{self, Exporter};
 use crate::http;
 use crate::index::{IndexError, Reader};
 use crate::memory_budget::MemoryBudget;
@@ -53,6 +54,8 @@ pub enum NodeError {
     Task(String),
     #[error(transparent)]
     Tls(scp::TlsError),
+    #[error(transparent)]
+    Stow(crate::export::stow::StowSetupError),
     /// One project of several could not start: which one.
     #[error("project {name}: {source}")]
     Project { name: String, source: Box<NodeError> },
@@ -318,7 +321,7 @@ fn start_operations(
             quarantine_dir: p.config.quarantine_dir(),
             min_free_bytes: p.config.storage.min_free_bytes,
             uploader_enabled: p.config.upload.enabled,
-            destinations: p.config.export.dicom.clone(),
+            destinations: p.config.export.destinations(),
             receiver: Arc::new(crate::dicomweb::Receiver {
                 project: p.config.project.name.clone(),
                 pipeline: p.pipeline.clone(),
@@ -351,7 +354,7 @@ struct Workers {
     stop: CancellationToken,
 }
 
-/// Each project's uploader (when enabled) and one exporter per DICOM destination: each project's
+/// Each project's uploader (when enabled) and one exporter per destination (DICOM, STOW-RS): each project's
 /// queue goes to every destination, each on its own schedule, calling as that project's AE title.
 async fn start_workers(projects: &[Project]) -> Result<Workers, NodeError> {
     let stop = CancellationToken::new();
@@ -367,9 +370,17 @@ async fn start_workers(projects: &[Project]) -> Result<Workers, NodeError> {
             let exporter = Exporter {
                 index: p.pipeline.index().clone(),
                 public: p.config.public_dir(),
-                destination: destination.clone(),
                 calling: p.config.scp.ae_title.clone(),
-                tls,
+                target: export::Target::Dicom { destination: Box::new(destination.clone()), tls },
+            };
+            exporters.push(tokio::spawn(exporter.run(stop.clone())));
+        }
+        for client in stow_clients(&p.config)? {
+            let exporter = Exporter {
+                index: p.pipeline.index().clone(),
+                public: p.config.public_dir(),
+                calling: p.config.scp.ae_title.clone(),
+                target: export::Target::Stow(Arc::new(client)),
             };
             exporters.push(tokio::spawn(exporter.run(stop.clone())));
         }
@@ -420,6 +431,12 @@ async fn futures_all(tasks: Vec<JoinHandle<()>>) {
     for task in tasks {
         let _ = task.await;
     }
+}
+
+/// A client for each of `config`'s STOW-RS destinations, its certificates and secrets read now.
+pub fn stow_clients(config: &Config) -> Result<Vec<StowClient>, NodeError> {
+    let each = config.export.dicomweb.iter().enumerate();
+    each.map(|(i, d)| StowClient::new(&format!("export.dicomweb[{i}]"), d).map_err(NodeError::Stow)).collect()
 }
 
 /// The DICOM TLS client of each of `config`'s export destinations (`None`: plain TCP), its files

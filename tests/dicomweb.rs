@@ -441,3 +441,53 @@ fn over_https_the_path_picks_the_project_and_its_certificate_list_applies() {
     assert_eq!(files_under(&d.path().join("open/public")).len(), 1);
     assert_eq!(files_under(&d.path().join("locked/public")).len(), 1);
 }
+
+/// Every file under `dir`'s bytes.
+fn contents(dir: &Path) -> std::collections::BTreeSet<Vec<u8>> {
+    files_under(dir).iter().map(|f| std::fs::read(f).unwrap()).collect()
+}
+
+#[test]
+fn the_node_exports_to_orthanc_by_stow_rs_once_each_through_an_outage_of_orthanc() {
+    let d = tempfile::tempdir().unwrap();
+    let (files, _, _) = corpus(d.path());
+    let mut orthanc = Orthanc::start(&d.path().join("orthanc"), &[]);
+    let extra = format!(
+        "export:\n  dicomweb:\n    - {{ name: orthanc, url: \"http://127.0.0.1:{}/dicom-web/\", batch: 4, requests: 2, timeout_s: 5 }}\n",
+        orthanc.http_port
+    );
+    let node = Node::start_full(&d.path().join("node"), "", "  min_free_bytes: 0\n", &extra, &[]);
+    let (first, second) = files.split_at(8);
+    let out = storescu(node.port, first);
+    assert!(out.status.success() && !text(&out).contains("Store Failed"), "{}", text(&out));
+    wait_until("Orthanc holds the first 8", Duration::from_secs(60), || orthanc.instances().len() == 8);
+
+    // Orthanc goes away; the rest waits, paused, and goes once it is back.
+    orthanc.stop();
+    let out = storescu(node.port, second);
+    assert!(out.status.success() && !text(&out).contains("Store Failed"), "{}", text(&out));
+    common::http::wait_for_metrics(&node, "the destination paused", |m| {
+        m.get("dicom_anon_export_unreachable{destination=\"orthanc\",project=\"TEST_PROJECT\"}").copied()
+            == Some(1.0)
+    });
+    orthanc.restart(&[]);
+    wait_until("Orthanc holds all 12", Duration::from_secs(90), || orthanc.instances().len() == files.len());
+    let m = common::http::wait_for_metrics(&node, "every instance recorded sent", |m| {
+        m.get("dicom_anon_exports_total{destination=\"orthanc\",outcome=\"sent\"}").copied()
+            == Some(files.len() as f64)
+    });
+    assert_eq!(
+        m.get("dicom_anon_export_unreachable{destination=\"orthanc\",project=\"TEST_PROJECT\"}").copied(),
+        Some(0.0)
+    );
+
+    // What Orthanc holds is exactly the node's anonymized files, byte for byte.
+    let local = contents(&node.public());
+    let remote: std::collections::BTreeSet<Vec<u8>> =
+        orthanc.instances().iter().map(|id| orthanc.file(id)).collect();
+    assert_eq!(local.len(), files.len());
+    assert!(local == remote, "Orthanc's copies differ from the node's files");
+    // Each recorded sent once: nothing sent again after it was stored.
+    let status = binary().args(["queue", "status", "--config"]).arg(&node.config).output().unwrap();
+    assert!(text(&status).contains("orthanc"), "{}", text(&status));
+}

@@ -48,6 +48,7 @@ pub fn check_config(config: &Path) -> anyhow::Result<Said> {
     for config in &projects {
         Pipeline::engine(&config.project).with_context(|| format!("project {}", config.project.name))?;
         node::export_tls(config)?;
+        node::stow_clients(config)?;
     }
     let mut out = String::new();
     // A YAML comment, so the output stays a config file.

@@ -122,9 +122,11 @@ fn queue_status(config: &Config) -> anyhow::Result<Said> {
 
 /// Each configured DICOM destination's queue, and any the index knows that the config no longer lists.
 fn destinations_text(text: &mut String, config: &Config, status: &[index::DestinationStatus]) {
-    for d in
-        dicom_anon_gateway::export::status::destinations(&config.scp.ae_title, &config.export.dicom, status)
-    {
+    for d in dicom_anon_gateway::export::status::destinations(
+        &config.scp.ae_title,
+        &config.export.destinations(),
+        status,
+    ) {
         let counts: Vec<String> =
             d.counts.iter().filter(|(_, n)| *n > 0).map(|(state, n)| format!("{state} {n}")).collect();
         let counts = if counts.is_empty() { "nothing queued yet".into() } else { counts.join(", ") };

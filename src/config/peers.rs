@@ -28,6 +28,108 @@ impl DicomPeer {
 pub struct ExportConfig {
     /// DICOM destinations: every anonymized instance is sent to each, once.
     pub dicom: Vec<ExportDestination>,
+    /// DICOMweb destinations, sent by STOW-RS: every anonymized instance to each, once.
+    pub dicomweb: Vec<DicomwebDestination>,
+}
+
+impl ExportConfig {
+    /// Every destination's name and how logs and the page show where it is, DICOM first.
+    pub fn destinations(&self) -> Vec<(String, String)> {
+        let dicom = self.dicom.iter().map(|d| (d.peer.name.clone(), d.peer.label()));
+        dicom.chain(self.dicomweb.iter().map(|d| (d.name.clone(), d.label()))).collect()
+    }
+}
+
+/// A STOW-RS destination of the queue (PS3.18 §10.5): `url` is its DICOMweb base, to which
+/// `/studies` is added.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DicomwebDestination {
+    pub name: String,
+    /// `http://` or `https://`, the service's base (Orthanc: `http://host:8042/dicom-web`).
+    pub url: String,
+    #[serde(default)]
+    pub auth: Option<DicomwebAuth>,
+    /// PEM: the CA trusted for an `https://` URL (the only one).
+    #[serde(default)]
+    pub ca_file: Option<std::path::PathBuf>,
+    /// Instances per request.
+    #[serde(default = "default_batch")]
+    pub batch: usize,
+    /// Requests in flight at once.
+    #[serde(default = "default_requests")]
+    pub requests: usize,
+    /// Wait this long for a connection, and for each response.
+    #[serde(default = "default_timeout_s")]
+    pub timeout_s: u64,
+}
+
+impl DicomwebDestination {
+    /// The URL without any user information: what logs and the page show.
+    pub fn label(&self) -> String {
+        match self.url.split_once("://") {
+            Some((scheme, rest)) => {
+                let host = rest.rsplit_once('@').map_or(rest, |(_, h)| h);
+                format!("{scheme}://{host}")
+            }
+            None => self.url.clone(),
+        }
+    }
+}
+
+/// How the node signs in to a DICOMweb destination: a bearer token or HTTP basic, each secret
+/// read from a file or an environment variable, never from this file.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DicomwebAuth {
+    #[serde(default)]
+    pub token_file: Option<std::path::PathBuf>,
+    #[serde(default)]
+    pub token_env: Option<String>,
+    #[serde(default)]
+    pub basic_user: Option<String>,
+    #[serde(default)]
+    pub basic_password_file: Option<std::path::PathBuf>,
+    #[serde(default)]
+    pub basic_password_env: Option<String>,
+}
+
+impl DicomwebAuth {
+    /// The `Authorization` header value; `key` names the section in errors. Read at start: a
+    /// secret that cannot be read stops it.
+    pub fn header(&self, key: &str) -> Result<String, super::ConfigError> {
+        use super::secret::SecretSource;
+        let missing = || super::ConfigError::MissingSecret(format!("{key}: no token and no basic_user"));
+        if let Some(user) = &self.basic_user {
+            let password_key = format!("{key}.basic_password");
+            let password = SecretSource {
+                key: &password_key,
+                env: self.basic_password_env.as_deref(),
+                file: self.basic_password_file.as_deref(),
+            }
+            .read()?
+            .ok_or_else(missing)?;
+            use base64::Engine;
+            let pair = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+            return Ok(format!("Basic {pair}"));
+        }
+        let token_key = format!("{key}.token");
+        let token = SecretSource {
+            key: &token_key,
+            env: self.token_env.as_deref(),
+            file: self.token_file.as_deref(),
+        }
+        .read()?
+        .ok_or_else(missing)?;
+        Ok(format!("Bearer {token}"))
+    }
+}
+
+fn default_batch() -> usize {
+    16
+}
+fn default_requests() -> usize {
+    2
 }
 
 /// A DICOM destination of the queue.
@@ -102,6 +204,48 @@ fn duplicate_names<'a>(key: &str, names: impl Iterator<Item = &'a str>, p: &mut 
     }
 }
 
+fn dicomweb_problems(key: &str, d: &DicomwebDestination, p: &mut Vec<String>) {
+    if d.name.trim().is_empty() || d.name.chars().any(|c| c.is_control() || c == '/') {
+        p.push(format!(
+            "{key}.name: {:?} must be a non-empty name without '/' or control characters",
+            d.name
+        ));
+    }
+    let https = d.url.starts_with("https://");
+    if !(https || d.url.starts_with("http://")) || d.url.contains(char::is_whitespace) {
+        p.push(format!("{key}.url: {:?} must be an http:// or https:// URL", d.label()));
+    } else if d.url.split_once("://").is_some_and(|(_, rest)| rest.contains('@')) {
+        p.push(format!(
+            "{key}.url: holds credentials; put them in {key}.auth, read from a file or the environment"
+        ));
+    }
+    if https && d.ca_file.is_none() {
+        p.push(format!("{key}.ca_file: an https:// destination needs the CA that signed its certificate"));
+    }
+    if !(1..=1000).contains(&d.batch) {
+        p.push(format!("{key}.batch: {} must be between 1 and 1000", d.batch));
+    }
+    if !(1..=32).contains(&d.requests) {
+        p.push(format!("{key}.requests: {} must be between 1 and 32", d.requests));
+    }
+    if d.timeout_s == 0 {
+        p.push(format!("{key}.timeout_s: must be at least 1 second"));
+    }
+    if let Some(a) = &d.auth {
+        let token = a.token_file.is_some() || a.token_env.is_some();
+        let basic = a.basic_user.is_some();
+        let password = a.basic_password_file.is_some() || a.basic_password_env.is_some();
+        if token == basic {
+            p.push(format!(
+                "{key}.auth: give a token (token_file or token_env) or basic_user, not both or neither"
+            ));
+        }
+        if basic != password {
+            p.push(format!("{key}.auth: basic_user needs basic_password_file or basic_password_env"));
+        }
+    }
+}
+
 /// Problems with `pacs` and `export`, each naming its dotted key.
 pub(super) fn validate(config: &Config) -> Vec<String> {
     let mut p = Vec::new();
@@ -124,9 +268,16 @@ pub(super) fn validate(config: &Config) -> Vec<String> {
             }
         }
     }
-    duplicate_names("export.dicom", config.export.dicom.iter().map(|d| d.peer.name.as_str()), &mut p);
-    if config.upload.delete_after_upload && !config.export.dicom.is_empty() {
-        p.push("upload.delete_after_upload: cannot be true with export.dicom destinations (they still need the file)".into());
+    for (i, d) in config.export.dicomweb.iter().enumerate() {
+        dicomweb_problems(&format!("export.dicomweb[{i}]"), d, &mut p);
+    }
+    let names = config.export.destinations();
+    duplicate_names("export", names.iter().map(|(n, _)| n.as_str()), &mut p);
+    if config.upload.delete_after_upload && !names.is_empty() {
+        p.push(
+            "upload.delete_after_upload: cannot be true with export destinations (they still need the file)"
+                .into(),
+        );
     }
     p
 }

@@ -1,5 +1,6 @@
-//! DICOM destinations of the queue: a second consumer beside S3, one [`Exporter`] per
-//! `export.dicom` entry, with its own state per instance in the index (`deliveries`).
+//! Destinations of the queue besides S3: one [`Exporter`] per `export.dicom` entry (C-STORE) and
+//! per `export.dicomweb` entry (STOW-RS), each with its own state per instance in the index
+//! (`deliveries`).
 //!
 //! The shape is the uploader's: claim, send, record, back off. Instances are claimed oldest
 //! first, split over `associations` associations, and each gets its own outcome. A destination
@@ -12,6 +13,7 @@
 
 pub mod status;
 mod store;
+pub mod stow;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -38,24 +40,51 @@ pub struct Exporter {
     pub index: Index,
     /// The spool root: queue paths are relative to it.
     pub public: PathBuf,
-    pub destination: ExportDestination,
-    /// Our AE title, as the calling AE title.
+    /// Our AE title: the calling AE title of C-STOREs, and whose destination this is.
     pub calling: String,
-    /// DICOM TLS to the destination (`destination.tls`, its files read at start).
-    pub tls: Option<ClientTls>,
+    pub target: Target,
+}
+
+/// Where and how a destination is sent to.
+pub enum Target {
+    Dicom {
+        destination: Box<ExportDestination>,
+        /// DICOM TLS to the destination (`destination.tls`, its files read at start).
+        tls: Option<ClientTls>,
+    },
+    Stow(stow::Client),
 }
 
 impl Exporter {
     fn name(&self) -> &str {
-        &self.destination.peer.name
+        match &self.target {
+            Target::Dicom { destination, .. } => &destination.peer.name,
+            Target::Stow(client) => &client.name,
+        }
+    }
+
+    /// Where it is, as logs show it (no credentials).
+    fn label(&self) -> String {
+        match &self.target {
+            Target::Dicom { destination, .. } => destination.peer.label(),
+            Target::Stow(client) => client.label.clone(),
+        }
+    }
+
+    /// How many instances one round claims: a batch for every lane.
+    fn round_size(&self) -> usize {
+        match &self.target {
+            Target::Dicom { destination, .. } => PER_ASSOCIATION * destination.associations,
+            Target::Stow(client) => client.batch * client.requests,
+        }
     }
 
     /// Run until `stop`; then finish the associations in flight and leave the rest queued.
     pub async fn run(self, stop: CancellationToken) {
         let name = self.name().to_string();
-        let peer = self.destination.peer.label();
+        let peer = self.label();
         self.requeue_sending("interrupted by the last stop").await;
-        info!(destination = %name, %peer, associations = self.destination.associations, "exporter started");
+        info!(destination = %name, %peer, "exporter started");
         // Association failures in a row: the destination's own backoff.
         let mut down = 0u32;
         let (mut sent, mut failed) = (0u64, 0u64);
@@ -63,7 +92,7 @@ impl Exporter {
             if let Err(e) = self.blocking(|i, d| i.enqueue_deliveries(&d)).await {
                 warn!(destination = %name, error = %e, "cannot queue new instances");
             }
-            let limit = PER_ASSOCIATION * self.destination.associations;
+            let limit = self.round_size();
             let claimed = match self.blocking(move |i, d| i.claim_deliveries(&d, limit)).await {
                 Ok(c) => c,
                 Err(e) => {
@@ -103,23 +132,39 @@ impl Exporter {
         info!(destination = %name, sent, failed, "exporter stopped");
     }
 
-    /// Send a claim over up to `associations` associations at once and record every outcome.
+    /// Send a claim over its lanes at once (associations, or STOW-RS requests of a batch each)
+    /// and record every outcome.
     async fn send(&self, claimed: Vec<Delivery>) -> Round {
-        let lanes = self.destination.associations.min(claimed.len()).max(1);
-        let mut chunks: Vec<Vec<Delivery>> = (0..lanes).map(|_| Vec::new()).collect();
-        for (i, item) in claimed.into_iter().enumerate() {
-            chunks[i % lanes].push(item);
-        }
         let mut set = JoinSet::new();
-        for chunk in chunks {
-            let peer = self.destination.peer.clone();
-            let (calling, public) = (self.calling.clone(), self.public.clone());
-            let timeout = Duration::from_secs(self.destination.timeout_s);
-            let check = self.destination.check_existing;
-            let tls = self.tls.clone();
-            set.spawn(async move {
-                store::send_batch(&peer, tls.as_ref(), &calling, &public, timeout, check, chunk).await
-            });
+        match &self.target {
+            Target::Dicom { destination, tls } => {
+                let lanes = destination.associations.min(claimed.len()).max(1);
+                let mut chunks: Vec<Vec<Delivery>> = (0..lanes).map(|_| Vec::new()).collect();
+                for (i, item) in claimed.into_iter().enumerate() {
+                    chunks[i % lanes].push(item);
+                }
+                for chunk in chunks {
+                    let peer = destination.peer.clone();
+                    let (calling, public) = (self.calling.clone(), self.public.clone());
+                    let timeout = Duration::from_secs(destination.timeout_s);
+                    let check = destination.check_existing;
+                    let tls = tls.clone();
+                    set.spawn(async move {
+                        let (outcomes, error) =
+                            store::send_batch(&peer, tls.as_ref(), &calling, &public, timeout, check, chunk)
+                                .await;
+                        (outcomes, error.map(|e| crate::observe::error_chain(&e)))
+                    });
+                }
+            }
+            Target::Stow(client) => {
+                let mut claimed = claimed.into_iter().peekable();
+                while claimed.peek().is_some() {
+                    let batch: Vec<Delivery> = claimed.by_ref().take(client.batch).collect();
+                    let (client, public) = (client.clone(), self.public.clone());
+                    set.spawn(async move { client.send_batch(&public, batch).await });
+                }
+            }
         }
         let mut round = Round::default();
         // Sends whose outcome the index did not take: left `sending`, queued again below.
@@ -130,7 +175,7 @@ impl Exporter {
                 continue;
             };
             if let Some(e) = error {
-                round.association_error = Some(crate::observe::error_chain(&e));
+                round.association_error = Some(e);
             }
             let records: Vec<DeliveryRecord> =
                 outcomes.into_iter().map(|(item, sent)| self.settle(item, sent, &mut round)).collect();

@@ -1,11 +1,10 @@
-//! Each DICOM destination's queue as operations see it: `queue status`, the status page and the
+//! Each export destination's queue (DICOM or STOW-RS) as operations see it: `queue status`, the status page and the
 //! `/metrics` gauges all read it from here. A destination is named by its configured `name`,
 //! which is ours (never a peer's word, never PHI), so it can be a metric label.
 
 use std::collections::HashMap;
 use std::sync::{LazyLock, Mutex};
 
-use crate::config::ExportDestination;
 use crate::index::DestinationStatus;
 
 /// Destinations whose exporter cannot associate now, with the reason, by calling AE title (one
@@ -71,7 +70,7 @@ impl Destination {
 /// one the index has never queued for), then any the index knows that the config no longer lists.
 pub fn destinations(
     calling: &str,
-    configured: &[ExportDestination],
+    configured: &[(String, String)],
     status: &[DestinationStatus],
 ) -> Vec<Destination> {
     let of = |name: &str, peer: Option<String>| {
@@ -90,9 +89,9 @@ pub fn destinations(
         }
     };
     let mut out: Vec<Destination> =
-        configured.iter().map(|d| of(&d.peer.name, Some(d.peer.label()))).collect();
+        configured.iter().map(|(name, label)| of(name, Some(label.clone()))).collect();
     for s in status {
-        if !configured.iter().any(|d| d.peer.name == s.destination) {
+        if !configured.iter().any(|(name, _)| *name == s.destination) {
             out.push(of(&s.destination, None));
         }
     }
@@ -105,10 +104,12 @@ mod tests {
 
     #[test]
     fn configured_destinations_come_first_and_forgotten_ones_are_named() {
-        let configured: Vec<ExportDestination> = serde_norway::from_str(
-            "[{ name: research, ae_title: RES, host: 10.0.0.1, port: 104 }, { name: quiet, ae_title: Q, host: h, port: 1 }]",
+        let configured: crate::config::ExportConfig = serde_norway::from_str(
+            "{ dicom: [{ name: research, ae_title: RES, host: 10.0.0.1, port: 104 }], dicomweb: [{ name: quiet, url: 'http://u:p@h:1/dw' }] }",
         )
         .unwrap();
+        let configured = configured.destinations();
+        assert_eq!(configured[1].1, "http://h:1/dw", "no user information shown");
         let status = vec![
             DestinationStatus {
                 destination: "old".into(),

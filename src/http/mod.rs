@@ -59,8 +59,9 @@ pub struct ProjectOps {
     pub quarantine_dir: PathBuf,
     pub min_free_bytes: u64,
     pub uploader_enabled: bool,
-    /// The DICOM destinations (`export.dicom`), whose queues the page and the gauges show.
-    pub destinations: Vec<crate::config::ExportDestination>,
+    /// The export destinations (`export.dicom`, `export.dicomweb`) by name and where they are,
+    /// whose queues the page and the gauges show.
+    pub destinations: Vec<(String, String)>,
     /// Where its STOW-RS requests are stored.
     pub receiver: Arc<crate::dicomweb::Receiver>,
 }

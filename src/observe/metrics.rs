@@ -214,11 +214,11 @@ impl Metrics {
             uploads: reg!(counter_vec("uploads_total", "Upload attempts, by outcome.", "outcome")),
             upload_bytes: reg!(counter("upload_bytes_total", "Bytes uploaded.")),
             exports: reg!(IntCounterVec::new(
-                opts("exports_total", "C-STOREs to DICOM destinations, by destination and outcome."),
+                opts("exports_total", "Instances sent to export destinations (C-STORE, STOW-RS), by destination and outcome."),
                 &["destination", "outcome"]
             )),
             export_queue: reg!(IntGaugeVec::new(
-                opts("export_queue_instances", "Instances in each DICOM destination's queue, by state."),
+                opts("export_queue_instances", "Instances in each export destination's queue, by state."),
                 &["project", "destination", "state"]
             )),
             export_oldest_queued_age: reg!(GaugeVec::new(
