@@ -141,13 +141,11 @@ struct Run {
     study: Option<String>,
     pending: VecDeque<Pending>,
     done: Vec<PartResult>,
-    /// A spare in-memory buffer, as an association keeps.
-    spare: Vec<u8>,
 }
 
 impl Run {
     fn new(receiver: Arc<Receiver>, caller: Caller, study: Option<String>) -> Run {
-        Run { receiver, caller, study, pending: VecDeque::new(), done: Vec::new(), spare: Vec::new() }
+        Run { receiver, caller, study, pending: VecDeque::new(), done: Vec::new() }
     }
 
     /// Read every part and hand each on as it completes.
@@ -163,7 +161,7 @@ impl Run {
                 return Err(End::TooLarge(format!("more than {MAX_PARTS} parts in one request")));
             }
             let max = self.receiver.max_instance_bytes;
-            let mut incoming = Incoming::new(max, &self.receiver.tmp, std::mem::take(&mut self.spare));
+            let mut incoming = Incoming::new(max, &self.receiver.tmp, Vec::new());
             while let Some(chunk) = parts.chunk().await.map_err(End::Malformed)? {
                 progress.touch();
                 if let Err(e) = incoming.push(&chunk).await {
