@@ -113,7 +113,10 @@ fn open_project(config: Config, memory: &Arc<MemoryBudget>) -> Result<Project, N
     for stale in std::fs::read_dir(&tmp).map_err(io_err(format!("reading {}", tmp.display())))?.flatten() {
         let _ = std::fs::remove_file(stale.path());
     }
-    let recovered = pipeline.recover(config.scp.max_associations)?;
+    // Instances between commit and acknowledgement at once: an association's each, and the
+    // STOW-RS parts in the pipeline.
+    let in_flight = config.scp.max_associations + crate::dicomweb::stow::PIPELINE_SLOTS;
+    let recovered = pipeline.recover(in_flight)?;
     if recovered.temp_files > 0 {
         tracing::info!(project = %config.project.name, files = recovered.temp_files, "removed temp files an interrupted commit left in public/");
     }
@@ -408,14 +411,27 @@ async fn drain(
     // It holds an index handle, which must go before close.
     if let Some(ops) = operations {
         ops.stop.cancel();
-        match tokio::time::timeout(HTTP_GRACE, ops.task).await {
+        let mut task = ops.task;
+        match tokio::time::timeout(HTTP_GRACE, &mut task).await {
             Ok(Ok(Ok(()))) => {}
             Ok(Ok(Err(e))) => tracing::warn!(error = %e, "operations endpoint failed"),
             Ok(Err(e)) => tracing::warn!(error = %e, "operations endpoint task failed"),
-            Err(_) => tracing::warn!("operations endpoint still answering after 5 s"),
+            Err(_) => {
+                // A STOW-RS request still running holds its project's pipeline: it is cut (its
+                // sender gets no answer and keeps its copy; what it stored is durable), so the
+                // index still closes.
+                tracing::warn!("operations endpoint still answering after 5 s; its requests are cut");
+                task.abort();
+                let _ = task.await;
+            }
         }
     }
     for pipeline in pipelines {
+        // A part still in the blocking pool holds the pipeline until it is done.
+        let deadline = tokio::time::Instant::now() + HTTP_GRACE;
+        while Arc::strong_count(&pipeline) > 1 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         match Arc::try_unwrap(pipeline) {
             Ok(p) => p.close()?,
             // An association outlived the grace period; its index writes are committed as they go.

@@ -84,7 +84,9 @@ pub enum InstanceError {
     #[error("the anonymized {what} cannot name a file or directory: it {why}")]
     PathComponent { what: &'static str, why: ComponentError },
     /// The data set's UIDs differ from what the sender announced.
-    #[error("{0} in the data set differs from the C-STORE request")]
+    #[error(
+        "{0} in the data set differs from what the sender announced (the C-STORE request, or the file meta)"
+    )]
     Mismatch(&'static str),
     /// A filter (modality) refused it.
     #[error("{0}")]

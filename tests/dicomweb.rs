@@ -153,6 +153,8 @@ fn a_study_sent_by_stow_rs_is_stored_exactly_as_the_same_study_sent_by_c_store()
     assert_eq!(value(&m, "dicom_anon_instances_stored_total{transport=\"stow-rs\"}"), files.len() as f64);
     assert_eq!(value(&m, "dicom_anon_instances_received_total{transport=\"stow-rs\"}"), files.len() as f64);
     assert_eq!(value(&m, "dicom_anon_instances_stored_total{transport=\"dimse\"}"), 0.0);
+    let page = get(stow.http_port.unwrap(), "/", None).1;
+    assert!(page.contains(&format!("stored {n} (C-STORE 0, STOW-RS {n})", n = files.len())), "{page}");
     // Nothing planted comes back out: response, log, metrics. The response names each instance
     // by the UIDs its sender gave it (PS3.18), and nothing else of it.
     let without_uids = uids.iter().fold(rsp.clone(), |r, u| r.replace(u.as_str(), ""));
@@ -300,6 +302,10 @@ fn hostile_bodies_get_a_4xx_leave_nothing_behind_and_the_node_keeps_serving() {
     let (code, rsp) =
         raw_post(small.http_port.unwrap(), "/dicomweb/studies", &with(RELATED, body.len()), &body, false);
     assert_eq!(code, 413, "{rsp}");
+    let j = json(&rsp);
+    let failed = items(&j, "00081198");
+    assert_eq!(failed.len(), 1, "the part is named as failed: {rsp}");
+    assert_eq!(failed[0]["00081197"]["Value"][0], 0xA700);
 
     // 10,000 tiny parts: refused past the part limit.
     let tiny: Vec<(&str, &[u8])> = (0..10_000).map(|_| ("application/dicom", b"x".as_slice())).collect();

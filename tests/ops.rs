@@ -479,7 +479,10 @@ fn the_status_page_in_chromium_shows_the_counts_and_no_phi() {
     }
     assert!(dom.contains("id=\"quarantine-DICOM_Read_Error\">1<"), "{dom}");
     assert!(dom.contains("id=\"queue-queued\">5<"), "{dom}");
-    assert!(dom.contains("received 6 · stored 5 · quarantined 1 · refused 0"), "{dom}");
+    assert!(
+        dom.contains("received 6 · stored 5 (C-STORE 5, STOW-RS 0) · quarantined 1 · refused 0"),
+        "{dom}"
+    );
     assert!(dom.contains("TEST_PROJECT") && dom.contains("TESTSCU") && dom.contains("released"), "{dom}");
     assert!(dom.contains("<svg id=\"chart\""), "{dom}");
     // The peer's markup is text, never an element.

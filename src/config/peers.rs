@@ -219,6 +219,17 @@ fn dicomweb_problems(key: &str, d: &DicomwebDestination, p: &mut Vec<String>) {
             "{key}.url: holds credentials; put them in {key}.auth, read from a file or the environment"
         ));
     }
+    // Credentials cross the network in clear over http://, except to this machine.
+    let host = d.label().split_once("://").map(|(_, r)| r.split(['/', '?']).next().unwrap_or("").to_string());
+    let loopback = host.as_deref().is_some_and(|h| {
+        let name = h
+            .rsplit_once(':')
+            .map_or(h, |(n, port)| if port.chars().all(|c| c.is_ascii_digit()) { n } else { h });
+        matches!(name, "localhost" | "[::1]") || name.starts_with("127.")
+    });
+    if d.auth.is_some() && !https && !loopback {
+        p.push(format!("{key}.auth: would be sent in clear over http://; use an https:// URL"));
+    }
     if https && d.ca_file.is_none() {
         p.push(format!("{key}.ca_file: an https:// destination needs the CA that signed its certificate"));
     }
@@ -296,5 +307,32 @@ mod tests {
         }
         assert!(!problems.contains("pacs[0]"), "{problems}");
         assert_eq!(c.export.dicom[0].peer.label(), "DEST@127.0.0.1:104");
+    }
+
+    #[test]
+    fn dicomweb_destinations_are_checked_and_share_names_with_dicom_ones() {
+        let yaml = "project: { name: P, site_id: '1' }\n\
+                    export:\n  dicom: [{ name: a, ae_title: DEST, host: 127.0.0.1, port: 104 }]\n  dicomweb:\n\
+                    \x20   - { name: a, url: 'https://user:pw@h/dw', batch: 0, auth: { token_env: T, basic_user: u } }\n\
+                    \x20   - { name: b, url: 'ftp://h', requests: 33, auth: { basic_user: u } }\n\
+                    \x20   - { name: c, url: 'http://pacs.example.org/dw', auth: { token_env: T } }\n\
+                    \x20   - { name: ok, url: 'http://127.0.0.1:8042/dicom-web', auth: { basic_user: u, basic_password_env: P } }\n";
+        let c: super::Config = serde_norway::from_str(yaml).unwrap();
+        let problems = c.validate().join("\n");
+        for key in [
+            "export: the name \"a\" is used twice",
+            "export.dicomweb[0].url: holds credentials",
+            "export.dicomweb[0].ca_file",
+            "export.dicomweb[0].batch",
+            "export.dicomweb[0].auth: give a token",
+            "export.dicomweb[1].url",
+            "export.dicomweb[1].requests",
+            "export.dicomweb[1].auth: basic_user needs",
+            "export.dicomweb[2].auth: would be sent in clear",
+        ] {
+            assert!(problems.contains(key), "{key} missing from:\n{problems}");
+        }
+        assert!(!problems.contains("export.dicomweb[3]"), "{problems}");
+        assert!(!problems.contains("pw"), "a password in a URL is never repeated: {problems}");
     }
 }

@@ -17,7 +17,7 @@ use futures_util::Stream;
 use tokio::task::JoinHandle;
 use tracing::{debug, warn};
 
-use super::multipart::{Multipart, MultipartError, PartHeaders};
+use super::multipart::{Multipart, MultipartError};
 use super::response::{Failure, Reply, Stow};
 use crate::dicom::{is_part10, Part10};
 use crate::incoming::{Incoming, Received};
@@ -111,6 +111,9 @@ where
             warn!(project = %receiver.project, reason = %what, "STOW-RS request refused");
             stow.refusal = Some((StatusCode::PAYLOAD_TOO_LARGE, what));
         }
+        Err(End::Unavailable(what)) => {
+            stow.refusal = Some((StatusCode::SERVICE_UNAVAILABLE, what));
+        }
     }
     Reply::Stow(stow)
 }
@@ -119,27 +122,34 @@ where
 enum End {
     Malformed(MultipartError),
     TooLarge(String),
+    /// The node could not buffer a part (its disk, its tmp directory).
+    Unavailable(String),
 }
 
-/// A part on its way: stored on the blocking pool, or already answered.
-enum Pending {
-    Storing(JoinHandle<PartResult>),
-    Done(Box<PartResult>),
-}
-
-/// What became of one part: its UIDs as the sender gave them, and the outcome.
+/// What became of one part: its UIDs as the sender gave them, and whether it was stored. The
+/// outcome is judged, counted and audited by the part's own job, so a request that goes away
+/// (a client that disconnects) loses no audit row.
 struct PartResult {
     uids: Option<(String, String)>,
-    outcome: Result<Outcome, Failure>,
-    bytes: u64,
+    answer: Result<(), Failure>,
 }
+
+/// Parts in the pipeline at once, node-wide, from every STOW-RS request together: the bound
+/// crash recovery counts on (with the associations), and the blocking pool's share.
+pub const PIPELINE_SLOTS: usize = 16;
+static SLOTS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(PIPELINE_SLOTS);
+/// Bytes of body that count as a sign of progress: a client trickling a byte a minute does not
+/// keep its connection.
+const PROGRESS_BYTES: u64 = 64 << 10;
+/// While a part is in the pipeline (OCR, a flush), the request is alive: said this often.
+const WORKING: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// One request's parts, in order.
 struct Run {
     receiver: Arc<Receiver>,
     caller: Caller,
     study: Option<String>,
-    pending: VecDeque<Pending>,
+    pending: VecDeque<JoinHandle<PartResult>>,
     done: Vec<PartResult>,
 }
 
@@ -155,6 +165,7 @@ impl Run {
         E: std::fmt::Display,
     {
         let mut count = 0;
+        let mut unsaid = 0u64;
         while let Some(headers) = parts.next_part().await.map_err(End::Malformed)? {
             count += 1;
             if count > MAX_PARTS {
@@ -163,25 +174,34 @@ impl Run {
             let max = self.receiver.max_instance_bytes;
             let mut incoming = Incoming::new(max, &self.receiver.tmp, Vec::new());
             while let Some(chunk) = parts.chunk().await.map_err(End::Malformed)? {
-                progress.touch();
+                unsaid += chunk.len() as u64;
+                if unsaid >= PROGRESS_BYTES {
+                    progress.touch();
+                    unsaid = 0;
+                }
                 if let Err(e) = incoming.push(&chunk).await {
                     warn!(error = %e, "cannot spill a STOW-RS part");
-                    return Err(End::TooLarge("the node cannot buffer the part".into()));
+                    return Err(End::Unavailable("the node cannot buffer the part".into()));
+                }
+                // Past the limit: refused now, without reading the rest.
+                if incoming.received() > max {
+                    break;
                 }
             }
             METRICS.instances_received.with_label_values(&[TRANSPORT]).inc();
             let bytes = incoming.received();
             let received = incoming.finish().await.map_err(|e| {
                 warn!(error = %e, "cannot complete a spilled STOW-RS part");
-                End::TooLarge("the node cannot buffer the part".into())
+                End::Unavailable("the node cannot buffer the part".into())
             })?;
-            if let Received::TooLarge(n) = received {
-                METRICS.refused(&Failure::OUT_OF_RESOURCES.to_string());
+            let too_large = matches!(received, Received::TooLarge(_));
+            let dicom = headers.content_type.as_deref().is_none_or(is_dicom);
+            self.start(dicom, received, bytes).await;
+            if too_large {
                 return Err(End::TooLarge(format!(
-                    "a part of {n} bytes or more is larger than this node accepts (scp.max_instance_bytes: {max})"
+                    "a part of more than {max} bytes is larger than this node accepts (scp.max_instance_bytes)"
                 )));
             }
-            self.start(&headers, received, bytes);
             while self.pending.len() >= IN_FLIGHT {
                 self.finish_one(progress).await;
             }
@@ -189,123 +209,120 @@ impl Run {
         Ok(())
     }
 
-    /// Begin storing one complete part.
-    fn start(&mut self, headers: &PartHeaders, received: Received, bytes: u64) {
-        let refuse = |comment: &str| {
-            METRICS.refused(&Failure::CANNOT_UNDERSTAND.to_string());
-            Pending::Done(Box::new(PartResult {
-                uids: None,
-                outcome: Err(Failure::new(Failure::CANNOT_UNDERSTAND, comment)),
-                bytes,
-            }))
-        };
-        if headers.content_type.as_deref().is_some_and(|t| !is_dicom(t)) {
-            self.pending.push_back(refuse("the part is not application/dicom"));
-            return;
-        }
+    /// Begin storing one complete part, once a pipeline slot is free.
+    async fn start(&mut self, dicom: bool, received: Received, bytes: u64) {
+        // Never closed.
+        let slot = SLOTS.acquire().await.expect("open semaphore");
         let r = self.receiver.clone();
         let caller = self.caller.clone();
         let study = self.study.clone();
         let job = tokio::task::spawn_blocking(move || {
-            // Read here, off the runtime: a spilled part's head is read from its file.
-            let Some(uids) = announced(&received) else {
-                METRICS.refused(&Failure::CANNOT_UNDERSTAND.to_string());
-                let not_dicom =
-                    Failure::new(Failure::CANNOT_UNDERSTAND, "the part is not a DICOM Part 10 file");
-                return PartResult { uids: None, outcome: Err(not_dicom), bytes };
-            };
-            if let Some(free) = crate::scp::free_space_short(&r.storage_dir, r.min_free_bytes) {
-                warn!(
-                    free_bytes = free,
-                    min_free_bytes = r.min_free_bytes,
-                    "STOW-RS part refused: disk below storage.min_free_bytes"
-                );
-                return PartResult {
-                    uids: Some(uids),
-                    outcome: Err(Failure::new(Failure::OUT_OF_RESOURCES, "storage is full")),
+            let _slot = slot;
+            let (uids, outcome) = run_part(&r, &caller, study.as_deref(), dicom, &received, bytes);
+            let answer = answer(outcome, &r.project);
+            if let Err(failure) = &answer {
+                let reason = failure.reason.map(|r| r.dir_name());
+                if let Err(e) = r.pipeline.index().audit(AuditRecord::answered(
+                    &caller,
+                    &failure.code_text(),
+                    reason,
                     bytes,
-                };
+                )) {
+                    METRICS.audit_rows_dropped.inc();
+                    warn!(error = %e, "cannot record the audit row of a STOW-RS part");
+                }
             }
-            let filters = Filters {
-                modalities: &r.modalities,
-                study_instance_uid: study.as_deref(),
-                audit: Some((&caller, bytes)),
-            };
-            let source = format!("STOW-RS from {}", caller.peer);
-            let body = match &received {
-                Received::Memory(b) => Body::Memory(b),
-                Received::File(spill) => Body::File { path: spill.path(), offset: 0 },
-                Received::TooLarge(_) => Body::Memory(&[]),
-            };
-            let outcome = r.pipeline.process_part10(body, &filters, &source);
-            PartResult { uids: Some(uids), outcome: Ok(outcome), bytes }
+            PartResult { uids, answer }
         });
-        self.pending.push_back(Pending::Storing(job));
+        self.pending.push_back(job);
     }
 
-    /// Wait for the oldest part in flight.
+    /// Wait for the oldest part in flight (saying the request is alive while it works).
     async fn finish_one(&mut self, progress: &dyn Progress) {
-        let Some(next) = self.pending.pop_front() else { return };
-        let result = match next {
-            Pending::Done(r) => *r,
-            Pending::Storing(job) => match job.await {
-                Ok(r) => r,
-                Err(e) => PartResult {
-                    uids: None,
-                    outcome: Err(Failure::new(
-                        Failure::OUT_OF_RESOURCES,
-                        &format!("the storing task did not run: {e}"),
-                    )),
-                    bytes: 0,
-                },
-            },
+        let Some(mut job) = self.pending.pop_front() else { return };
+        let joined = loop {
+            tokio::select! {
+                joined = &mut job => break joined,
+                () = tokio::time::sleep(WORKING) => progress.touch(),
+            }
         };
+        let result = joined.unwrap_or_else(|e| PartResult {
+            uids: None,
+            answer: Err(Failure {
+                environment: true,
+                ..Failure::new(Failure::OUT_OF_RESOURCES, &format!("the storing task did not run: {e}"))
+            }),
+        });
         progress.touch();
         self.done.push(result);
     }
 
-    /// Every part's answer, once all are settled; audit rows of the parts not stored.
+    /// Every part's answer, once all are settled.
     async fn settle(mut self, progress: &dyn Progress) -> Stow {
         while !self.pending.is_empty() {
             self.finish_one(progress).await;
         }
         let mut stow = Stow::default();
-        let mut unrecorded = Vec::new();
         for part in self.done {
             let (class, instance) = part.uids.unwrap_or_default();
-            match answer(part.outcome, &self.receiver.project) {
+            match part.answer {
                 Ok(()) => stow.stored.push((class, instance)),
-                Err(failure) => {
-                    let reason = failure.reason.map(|r| r.dir_name());
-                    unrecorded.push(AuditRecord::answered(
-                        &self.caller,
-                        &failure.code_text(),
-                        reason,
-                        part.bytes,
-                    ));
-                    stow.failed.push((class, instance, failure));
-                }
-            }
-        }
-        if !unrecorded.is_empty() {
-            let index = self.receiver.pipeline.index().clone();
-            let written = tokio::task::spawn_blocking(move || {
-                unrecorded.into_iter().map(|r| index.audit(r)).filter(Result::is_err).count()
-            })
-            .await
-            .unwrap_or(usize::MAX);
-            if written > 0 {
-                METRICS.audit_rows_dropped.inc();
-                warn!("cannot record the audit rows of a STOW-RS request's failed parts");
+                Err(failure) => stow.failed.push((class, instance, failure)),
             }
         }
         stow
     }
 }
 
+/// One part through the pipeline (on the blocking pool): its announced UIDs, and its outcome or
+/// why it never reached the pipeline.
+fn run_part(
+    r: &Receiver,
+    caller: &Caller,
+    study: Option<&str>,
+    dicom: bool,
+    received: &Received,
+    bytes: u64,
+) -> (Option<(String, String)>, Result<Outcome, Failure>) {
+    if !dicom {
+        return (None, Err(Failure::new(Failure::CANNOT_UNDERSTAND, "the part is not application/dicom")));
+    }
+    if let Received::TooLarge(_) = received {
+        let why = "the part is larger than this node accepts (scp.max_instance_bytes)";
+        return (None, Err(Failure { environment: true, ..Failure::new(Failure::OUT_OF_RESOURCES, why) }));
+    }
+    // Read here, off the runtime: a spilled part's head is read from its file.
+    let Some(uids) = announced(received) else {
+        return (None, Err(Failure::new(Failure::CANNOT_UNDERSTAND, "the part is not a DICOM Part 10 file")));
+    };
+    if let Some(free) = crate::scp::free_space_short(&r.storage_dir, r.min_free_bytes) {
+        warn!(
+            free_bytes = free,
+            min_free_bytes = r.min_free_bytes,
+            "STOW-RS part refused: disk below storage.min_free_bytes"
+        );
+        let full =
+            Failure { environment: true, ..Failure::new(Failure::OUT_OF_RESOURCES, "storage is full") };
+        return (Some(uids), Err(full));
+    }
+    let filters =
+        Filters { modalities: &r.modalities, study_instance_uid: study, audit: Some((caller, bytes)) };
+    let source = format!("STOW-RS from {}", caller.peer);
+    let body = match received {
+        Received::Memory(b) => Body::Memory(b),
+        Received::File(spill) => Body::File { path: spill.path(), offset: 0 },
+        Received::TooLarge(_) => Body::Memory(&[]),
+    };
+    (Some(uids), Ok(r.pipeline.process_part10(body, &filters, &source)))
+}
+
 /// What the sender hears of one part, counted and logged as the SCP does for a C-STORE.
 fn answer(outcome: Result<Outcome, Failure>, project: &str) -> Result<(), Failure> {
-    match outcome? {
+    let outcome = outcome.inspect_err(|failure| {
+        warn!(project, status = %failure.code_text(), reason = %failure.comment, "STOW-RS part refused");
+        METRICS.refused(&failure.code_text());
+    })?;
+    match outcome {
         Outcome::Stored(stored) => {
             METRICS.instances_stored.with_label_values(&[TRANSPORT]).inc();
             METRICS.stored_bytes.inc_by(stored.size);

@@ -24,7 +24,6 @@ use super::store::Sent;
 use crate::config::{DicomwebDestination, ExportTls};
 use crate::index::Delivery;
 
-const BOUNDARY: &str = "dicom-anon-gateway-stow-7e1f2a";
 /// A response body is read up to this size (a batch's JSON is a few hundred bytes per instance).
 const MAX_RESPONSE: usize = 16 << 20;
 /// Each file is read from disk and sent in pieces of this size.
@@ -46,6 +45,8 @@ pub struct StowClient {
     pub label: String,
     host: String,
     port: u16,
+    /// `host:port` as the URL gives it (IPv6 in brackets): the Host header.
+    authority: String,
     /// The URL's path, without a trailing `/`.
     base: String,
     tls: Option<(tokio_rustls::TlsConnector, rustls::pki_types::ServerName<'static>)>,
@@ -68,6 +69,9 @@ impl StowClient {
         };
         let host = uri.host().ok_or_else(|| bad("has no host"))?.trim_matches(['[', ']']).to_string();
         let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
+        let authority =
+            uri.authority().map(|a| a.as_str().rsplit_once('@').map_or(a.as_str(), |(_, h)| h).to_string());
+        let authority = authority.ok_or_else(|| bad("has no host"))?;
         let tls = if https {
             let ca_file = d.ca_file.clone().ok_or_else(|| bad("https:// needs ca_file"))?;
             let tls = ExportTls { ca_file, cert_file: None, key_file: None, server_name: None };
@@ -93,6 +97,7 @@ impl StowClient {
             label: d.label(),
             host,
             port,
+            authority,
             base: uri.path().trim_end_matches('/').to_string(),
             tls,
             authorization,
@@ -158,30 +163,38 @@ impl StowClient {
     }
 
     /// POST the files as one multipart/related body, streamed; the status and the response body.
+    ///
+    /// The boundary is 128 random bits, new for each request, and each file is checked as it
+    /// streams not to hold its delimiter: pixel data passes through from the sender unchanged, and
+    /// a delimiter inside it would end the part there and start one the pipeline never saw.
     async fn post(&self, parts: &[(Delivery, PathBuf, u64)]) -> Result<(StatusCode, Bytes), String> {
-        let head = |_: usize| format!("--{BOUNDARY}\r\nContent-Type: application/dicom\r\n\r\n");
-        let close = format!("--{BOUNDARY}--\r\n");
+        let boundary = random_boundary()?;
+        let head = |_: usize| format!("--{boundary}\r\nContent-Type: application/dicom\r\n\r\n");
+        let close = format!("--{boundary}--\r\n");
+        let delimiter = Arc::new(format!("\r\n--{boundary}").into_bytes());
         let length: u64 =
             parts.iter().enumerate().map(|(i, (_, _, len))| head(i).len() as u64 + len + 2).sum::<u64>()
                 + close.len() as u64;
         let files: Vec<(String, PathBuf, u64)> =
             parts.iter().enumerate().map(|(i, (_, path, len))| (head(i), path.clone(), *len)).collect();
         let stream = futures_util::stream::iter(files)
-            .flat_map(|(head, path, len)| {
+            .flat_map(move |(head, path, len)| {
                 let head = futures_util::stream::once(async move { Ok(Bytes::from(head)) });
-                head.chain(file_chunks(path, len))
-                    .chain(futures_util::stream::once(async { Ok(Bytes::from_static(b"\r\n")) }))
+                let end = futures_util::stream::once(async { Ok(Bytes::from_static(b"\r\n")) });
+                head.chain(without_delimiter(file_chunks(path, len), delimiter.clone())).chain(end)
             })
             .chain(futures_util::stream::once(async move { Ok(Bytes::from(close)) }))
             .map(|chunk: Result<Bytes, std::io::Error>| chunk.map(Frame::data));
-        let content_type = format!("multipart/related; type=\"application/dicom\"; boundary={BOUNDARY}");
+        let content_type = format!("multipart/related; type=\"application/dicom\"; boundary={boundary}");
+        // Sending may take as long as the bytes need at a slow 1 MiB/s, then the answer its timeout.
+        let allowance = self.timeout + Duration::from_secs(length >> 20);
         let request = self
             .request(Method::POST, &format!("{}/studies", self.base))
             .header(CONTENT_TYPE, content_type)
             .header(CONTENT_LENGTH, length)
             .body(StreamBody::new(stream))
             .map_err(|e| e.to_string())?;
-        self.exchange(request).await
+        self.exchange(request, allowance).await
     }
 
     /// The anonymized SOP instance UIDs among `items` that the destination holds already, by a
@@ -198,7 +211,7 @@ impl StowClient {
             let Ok(request) = self.request(Method::GET, &path).body(Full::new(Bytes::new())) else {
                 continue;
             };
-            let Ok((StatusCode::OK, body)) = self.exchange(request).await else { continue };
+            let Ok((StatusCode::OK, body)) = self.exchange(request, self.timeout).await else { continue };
             let Ok(serde_json::Value::Array(found)) = serde_json::from_slice(&body) else { continue };
             held.extend(found.iter().filter_map(|o| o["00080018"]["Value"][0].as_str()).map(str::to_string));
         }
@@ -209,7 +222,7 @@ impl StowClient {
         let mut b = Request::builder()
             .method(method)
             .uri(path)
-            .header(HOST, format!("{}:{}", self.host, self.port))
+            .header(HOST, self.authority.as_str())
             .header(ACCEPT, "application/dicom+json");
         if let Some(auth) = &self.authorization {
             b = b.header(AUTHORIZATION, auth.clone());
@@ -217,9 +230,13 @@ impl StowClient {
         b
     }
 
-    /// One request on its own connection, within the timeout for connecting, and again for the
-    /// response; the status and the response body (bounded).
-    async fn exchange<B>(&self, request: Request<B>) -> Result<(StatusCode, Bytes), String>
+    /// One request on its own connection, within the timeout for connecting, and `allowance` for
+    /// sending it and reading the answer; the status and the response body (bounded).
+    async fn exchange<B>(
+        &self,
+        request: Request<B>,
+        allowance: Duration,
+    ) -> Result<(StatusCode, Bytes), String>
     where
         B: hyper::body::Body + Send + 'static,
         B::Data: Send,
@@ -233,19 +250,24 @@ impl StowClient {
             .map_err(|e| format!("cannot connect to {label}: {e}"))?;
         let _ = tcp.set_nodelay(true);
         let response = match &self.tls {
-            None => self.over(tcp, request).await,
+            None => self.over(tcp, request, allowance).await,
             Some((connector, name)) => {
                 let tls = tokio::time::timeout(self.timeout, connector.connect(name.clone(), tcp))
                     .await
                     .map_err(|_| format!("no TLS session with {label} in {} s", self.timeout.as_secs()))?
                     .map_err(|e| format!("TLS with {label} failed: {e}"))?;
-                self.over(tls, request).await
+                self.over(tls, request, allowance).await
             }
         }?;
         Ok(response)
     }
 
-    async fn over<I, B>(&self, io: I, request: Request<B>) -> Result<(StatusCode, Bytes), String>
+    async fn over<I, B>(
+        &self,
+        io: I,
+        request: Request<B>,
+        allowance: Duration,
+    ) -> Result<(StatusCode, Bytes), String>
     where
         I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
         B: hyper::body::Body + Send + 'static,
@@ -257,8 +279,6 @@ impl StowClient {
             .await
             .map_err(|e| format!("HTTP with {label} failed: {e}"))?;
         let driver = tokio::spawn(connection);
-        // The whole exchange is bounded by the timeout after the last byte sent; the body's own
-        // pace is the disk's, so the bound is on the answer.
         let answered = async {
             let response = sender.send_request(request).await.map_err(|e| format!("{label}: {e}"))?;
             let status = response.status();
@@ -268,12 +288,45 @@ impl StowClient {
                 .map_err(|e| format!("{label}: the response could not be read: {e}"))?;
             Ok::<_, String>((status, body.to_bytes()))
         };
-        let result = tokio::time::timeout(self.timeout * 10, answered)
+        let result = tokio::time::timeout(allowance, answered)
             .await
-            .unwrap_or_else(|_| Err(format!("no answer from {label} in {} s", self.timeout.as_secs() * 10)));
+            .unwrap_or_else(|_| Err(format!("no answer from {label} in {} s", allowance.as_secs())));
         driver.abort();
         result
     }
+}
+
+/// 128 bits from the system's secure random source, as hex: a boundary no file can have been
+/// made to contain.
+fn random_boundary() -> Result<String, String> {
+    let mut bits = [0u8; 16];
+    rustls::crypto::aws_lc_rs::default_provider()
+        .secure_random
+        .fill(&mut bits)
+        .map_err(|_| "no random bits for a multipart boundary".to_string())?;
+    Ok(format!("dicom-anon-gateway-{}", hex::encode(bits)))
+}
+
+/// `chunks`, failing instead of passing on a delimiter (across chunk edges too).
+fn without_delimiter(
+    chunks: impl futures_util::Stream<Item = Result<Bytes, std::io::Error>>,
+    delimiter: Arc<Vec<u8>>,
+) -> impl futures_util::Stream<Item = Result<Bytes, std::io::Error>> {
+    let mut tail: Vec<u8> = Vec::new();
+    chunks.map(move |chunk| {
+        let chunk = chunk?;
+        let keep = delimiter.len() - 1;
+        tail.extend_from_slice(&chunk[..chunk.len().min(keep)]);
+        let found = memchr::memmem::find(&tail, &delimiter).is_some()
+            || memchr::memmem::find(&chunk, &delimiter).is_some();
+        if found {
+            return Err(std::io::Error::other("a file holds the request's multipart delimiter"));
+        }
+        let from = chunk.len().saturating_sub(keep);
+        tail.clear();
+        tail.extend_from_slice(&chunk[from..]);
+        Ok(chunk)
+    })
 }
 
 /// A file's bytes in chunks, read as they are sent; an error ends the body (the request fails).
@@ -304,6 +357,8 @@ fn file_chunks(path: PathBuf, len: u64) -> impl futures_util::Stream<Item = Resu
 struct Answer {
     stored: HashSet<String>,
     failed: HashMap<String, u16>,
+    /// The body is DICOM JSON with a Referenced SOP Sequence (possibly empty).
+    is_stow: bool,
 }
 
 impl Answer {
@@ -311,6 +366,7 @@ impl Answer {
     fn read(body: &[u8]) -> Answer {
         let mut a = Answer::default();
         let Ok(j) = serde_json::from_slice::<serde_json::Value>(body) else { return a };
+        a.is_stow = j.get("00081199").is_some_and(serde_json::Value::is_object);
         let items = |tag: &str| j[tag]["Value"].as_array().cloned().unwrap_or_default();
         for item in items("00081199") {
             if let Some(uid) = item["00081155"]["Value"][0].as_str() {
@@ -330,12 +386,13 @@ impl Answer {
     }
 
     /// One instance's outcome: listed failed, listed stored, or (unlisted) stored only when the
-    /// whole request was (200).
+    /// whole request was (200) and the answer is a STOW-RS response at all; a 200 of something
+    /// else (a wrong URL, a proxy's page) confirms nothing.
     fn outcome(&self, uid: &str, status: StatusCode) -> Sent {
         if let Some(code) = self.failed.get(uid) {
             return Sent::Failed(format!("HTTP {} with failure reason 0x{code:04X}", status.as_u16()));
         }
-        if self.stored.contains(uid) || status == StatusCode::OK {
+        if self.stored.contains(uid) || (status == StatusCode::OK && self.is_stow) {
             return Sent::Stored { warning: None };
         }
         Sent::Failed(format!("HTTP {}: not confirmed stored", status.as_u16()))
@@ -361,11 +418,17 @@ mod tests {
         assert!(
             matches!(a.outcome("1.4", StatusCode::ACCEPTED), Sent::Failed(e) if e.contains("not confirmed"))
         );
-        let empty = Answer::read(b"");
         assert!(
-            matches!(empty.outcome("1.4", StatusCode::OK), Sent::Stored { .. }),
+            matches!(a.outcome("1.4", StatusCode::OK), Sent::Stored { .. }),
             "200: every instance stored"
         );
+        let empty = Answer::read(b"");
+        assert!(
+            matches!(empty.outcome("1.4", StatusCode::OK), Sent::Failed(_)),
+            "a 200 that is no STOW-RS answer"
+        );
+        let page = Answer::read(br#"{"status": "ok"}"#);
+        assert!(matches!(page.outcome("1.4", StatusCode::OK), Sent::Failed(_)));
         assert!(matches!(empty.outcome("1.4", StatusCode::CONFLICT), Sent::Failed(_)));
     }
 
@@ -381,5 +444,23 @@ mod tests {
         assert_eq!(chunks.concat(), data);
         let missing: Vec<_> = file_chunks(d.path().join("absent"), 10).collect().await;
         assert!(matches!(missing.as_slice(), [Err(_)]));
+    }
+
+    #[tokio::test]
+    async fn a_delimiter_inside_a_file_fails_the_request_even_across_chunks() {
+        let delimiter = Arc::new(b"\r\n--boundary".to_vec());
+        let pass = |parts: Vec<&'static [u8]>| {
+            let d = delimiter.clone();
+            async move {
+                let chunks = futures_util::stream::iter(parts.into_iter().map(|p| Ok(Bytes::from_static(p))));
+                without_delimiter(chunks, d).collect::<Vec<_>>().await.into_iter().all(|c| c.is_ok())
+            }
+        };
+        assert!(!pass(vec![b"\r\n--boundar", b"y-not quite"]).await, "split across chunks");
+        assert!(!pass(vec![b"x\r\n--boundary"]).await);
+        assert!(pass(vec![b"\r\n--boundar", b"Y", b"--boundary"]).await, "near misses pass");
+        let a = random_boundary().unwrap();
+        assert_ne!(a, random_boundary().unwrap());
+        assert!(a.len() <= 70, "RFC 2046's bound");
     }
 }

@@ -288,6 +288,7 @@ fn gather(ops: &Ops, shown: usize) -> status::Page {
         since_start: status::SinceStart {
             received: total(&m.instances_received.collect()),
             stored: total(&m.instances_stored.collect()),
+            stored_by_stow: m.instances_stored.with_label_values(&[crate::dicomweb::stow::TRANSPORT]).get(),
             quarantined: total(&quarantined),
             refused: total(&refused),
         },

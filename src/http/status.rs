@@ -83,6 +83,8 @@ pub struct SinceStart {
     pub stored: u64,
     pub quarantined: u64,
     pub refused: u64,
+    /// Of those stored, how many came by STOW-RS (the rest by C-STORE).
+    pub stored_by_stow: u64,
 }
 
 /// Escape text for HTML element content and quoted attribute values.
@@ -197,10 +199,16 @@ fn node(h: &mut String, p: &Page) -> std::fmt::Result {
     }
     // Counted by the process, so every project's: said so beside this project's boxes.
     let since = if p.projects.is_empty() { "Since start" } else { "Since start, every project" };
+    let s = &p.since_start;
     write!(
         h,
-        "<tr><th>{since}</th><td>received {} · stored {} · quarantined {} · refused {}</td></tr>",
-        p.since_start.received, p.since_start.stored, p.since_start.quarantined, p.since_start.refused
+        "<tr><th>{since}</th><td id=\"since-start\">received {} · stored {} (C-STORE {}, STOW-RS {}) · quarantined {} · refused {}</td></tr>",
+        s.received,
+        s.stored,
+        s.stored.saturating_sub(s.stored_by_stow),
+        s.stored_by_stow,
+        s.quarantined,
+        s.refused
     )?;
     // Only when it happened: a gap in the audit trail is something to act on, not a routine zero.
     if p.audit_rows_dropped > 0 {

@@ -164,12 +164,14 @@ impl Index {
         })
     }
 
-    /// After a restart nothing is being sent: what was is queued again. Returns how many.
+    /// After a restart nothing is being sent: what was is queued again, as an attempt (its outcome
+    /// is unknown, so the destination may hold it: a STOW-RS destination is asked before the
+    /// next send). Returns how many.
     pub fn requeue_sending(&self, destination: &str) -> Result<usize, IndexError> {
         let d = destination.to_string();
         self.call(move |c| {
             Ok(c.execute(
-                "UPDATE deliveries SET state = 'queued' WHERE destination = ?1 AND state = 'sending'",
+                "UPDATE deliveries SET state = 'queued', attempts = attempts + 1 WHERE destination = ?1 AND state = 'sending'",
                 [d],
             )?)
         })
