@@ -114,8 +114,9 @@ fn open_project(config: Config, memory: &Arc<MemoryBudget>) -> Result<Project, N
         let _ = std::fs::remove_file(stale.path());
     }
     // Instances between commit and acknowledgement at once: an association's each, and the
-    // STOW-RS parts in the pipeline.
-    let in_flight = config.scp.max_associations + crate::dicomweb::stow::PIPELINE_SLOTS;
+    // STOW-RS parts in the pipeline when the HTTP listener takes them.
+    let stow = if config.http.enabled { crate::dicomweb::stow::PIPELINE_SLOTS } else { 0 };
+    let in_flight = config.scp.max_associations + stow;
     let recovered = pipeline.recover(in_flight)?;
     if recovered.temp_files > 0 {
         tracing::info!(project = %config.project.name, files = recovered.temp_files, "removed temp files an interrupted commit left in public/");

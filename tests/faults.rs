@@ -159,6 +159,9 @@ fn acknowledged_is_empty(log: &str) -> bool {
     acknowledged(log).is_empty() && log.contains("Sending file")
 }
 
+/// The node's HTTP listener off: crash recovery's bound is then the associations alone.
+const NO_HTTP: &str = "http:\n  enabled: false\n";
+
 /// `serve` that must refuse to start: its stderr, once it has exited (killed after a minute).
 fn refused_start(dir: &Path, config: &Path) -> String {
     let mut child = binary()
@@ -198,7 +201,8 @@ fn send_patient(node: &Node, dir: &Path, patient: &Patient, study: u32, n: u32) 
 #[test]
 fn an_index_older_than_its_files_stops_the_start_and_a_file_left_by_a_crash_is_held() {
     let d = tempfile::tempdir().unwrap();
-    let node = Node::start(d.path(), "  max_associations: 4\n", "  min_free_bytes: 0\n");
+    // Without the HTTP listener (no STOW-RS parts in flight), the bound is the 4 associations.
+    let node = Node::start_full(d.path(), "  max_associations: 4\n", "  min_free_bytes: 0\n", NO_HTTP, &[]);
     send_patient(&node, d.path(), &smith(), 1, 3);
     let config = node.config.clone();
     assert!(node.stop().success());
@@ -277,7 +281,7 @@ fn an_index_older_than_its_files_stops_the_start_and_a_file_left_by_a_crash_is_h
 #[test]
 fn a_public_directory_that_is_not_there_stops_the_start_and_forgets_nothing() {
     let d = tempfile::tempdir().unwrap();
-    let node = Node::start(d.path(), "  max_associations: 4\n", "  min_free_bytes: 0\n");
+    let node = Node::start_full(d.path(), "  max_associations: 4\n", "  min_free_bytes: 0\n", NO_HTTP, &[]);
     send_patient(&node, d.path(), &smith(), 1, 6);
     let config = node.config.clone();
     assert!(node.stop().success());
