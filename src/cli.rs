@@ -18,6 +18,10 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// The node's resident OCR process (started by the node itself, speaking on its standard
+    /// input and output; see src/anonymize/pixels/ocr_worker.rs).
+    #[command(hide = true)]
+    OcrWorker,
     /// Run the DICOM node: receive, anonymize, queue.
     Serve {
         #[arg(long, default_value = "config/default.yaml")]

@@ -33,7 +33,13 @@ fn main() -> ExitCode {
     // Before anything is created: the index, quarantine, spills and exports hold PHI.
     dicom_anon_gateway::file_modes::restrict_umask();
     raise_open_files_limit();
-    match run(Cli::parse()) {
+    let cli = Cli::parse();
+    // Its standard output is a protocol: nothing else may be printed on it.
+    if let Command::OcrWorker = cli.command {
+        let code = dicom_anon_gateway::anonymize::pixels::ocr_worker::serve();
+        return ExitCode::from(u8::try_from(code).unwrap_or(1));
+    }
+    match run(cli) {
         Ok(Said { text, code }) => {
             print!("{text}");
             let _ = std::io::stdout().flush();
@@ -48,6 +54,8 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<Said> {
     match cli.command {
+        // Served by main before anything else.
+        Command::OcrWorker => unreachable!("the OCR worker is served by main"),
         Command::Serve { config } => node::serve(&config),
         Command::CheckConfig { config } => node::check_config(&config),
         Command::Anonymize { target, out, inputs } => offline::anonymize(&target, &out, &inputs),

@@ -918,6 +918,8 @@ fn the_node_masks_what_it_receives_and_its_audit_row_counts_what_was_masked() {
         .unwrap();
     assert!(ready.contains("\"pixel_reads_in_progress\":0"), "{ready}");
     let log = node.log();
+    // The node read it with its resident worker (the library loaded once), not a process per image.
+    assert!(log.contains("(resident)") && log.contains("OCR ready"), "{log}");
     assert!(node.stop().success());
     let csv = d.path().join("audit.csv");
     let export =

@@ -18,6 +18,7 @@ pub mod image;
 mod jpeg;
 mod jpeg2000;
 pub mod ocr;
+pub mod ocr_worker;
 mod phi;
 pub mod regions;
 pub mod risk;
@@ -171,6 +172,8 @@ pub struct PixelStage {
     ocr: Ocr,
     /// Why OCR cannot run on this machine, found once at start.
     ocr_missing: Option<String>,
+    /// The engine's version line (resident or per image), for the start's log line.
+    engine: String,
     rules: Rules,
     sampler: Sampler,
     keep: Vec<String>,
@@ -205,21 +208,34 @@ impl PixelStage {
             Some(path) => Rules::load(path)?,
             None => Rules::default(),
         };
-        let ocr = Ocr::new(
+        let mut ocr = Ocr::new(
             &config.tesseract,
             Duration::from_secs(config.timeout_s.max(1)),
             config.memory_mb.saturating_mul(1 << 20),
             config.workers,
         );
-        let ocr_missing = ocr.probe().err().map(|e| e.to_string());
+        let (engine, ocr_missing) = match ocr.probe() {
+            Ok(version) => (version, None),
+            Err(e) => (String::new(), Some(e.to_string())),
+        };
         let keep = config.keep_words.iter().map(|w| phi::normalize(w)).collect();
-        Ok(PixelStage { config: config.clone(), ocr, ocr_missing, rules, sampler: Sampler::default(), keep })
+        Ok(PixelStage {
+            config: config.clone(),
+            ocr,
+            engine,
+            ocr_missing,
+            rules,
+            sampler: Sampler::default(),
+            keep,
+        })
     }
 
     /// Said once at start: which engine reads pixels, or that images at risk will be held.
     pub fn announce(&self) {
         match &self.ocr_missing {
-            None => tracing::info!(regions = self.rules.len(), "burned-in text: OCR ready"),
+            None => {
+                tracing::info!(regions = self.rules.len(), engine = %self.engine, "burned-in text: OCR ready")
+            }
             Some(why) => tracing::warn!(
                 error = %why,
                 "burned-in text: no OCR engine, so every image at risk is held (install tesseract-ocr and tesseract-ocr-eng)"

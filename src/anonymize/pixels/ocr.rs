@@ -1,17 +1,28 @@
-//! Text found in an image by Tesseract, run as a separate process per image.
+//! Text found in an image by Tesseract, in a process of its own: a resident worker that reads
+//! image after image (`ocr_worker.rs`), or, without one, the command-line program once per image.
 //!
-//! Why a process and not the library: OCR reads hostile pixels with a large C++ engine. In its
-//! own process a crash, a hang or a runaway allocation costs one instance (held with a reason),
-//! never the node; the process gets an address-space limit and is killed at its time limit. The
-//! command-line program is Debian's `tesseract-ocr`, so the node needs no C++ toolchain to build.
+//! Why a process and not the library in the node: OCR reads hostile pixels with a large C++
+//! engine. In its own process a crash, a hang or a runaway allocation costs one instance (held
+//! with a reason), never the node; the process gets an address-space limit and is killed at its
+//! time limit (a killed worker is replaced for the next image). The command-line program is
+//! Debian's `tesseract-ocr`, and the worker opens its library at run time, so the node needs no
+//! C++ toolchain to build.
 
+use std::ffi::OsString;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::sync::{mpsc, Condvar, Mutex};
 use std::time::Duration;
 
+use super::ocr_worker;
 use super::PixelError;
+
+/// A worker is replaced after this many images, so whatever the engine keeps between images
+/// (caches, fragmentation) stays bounded.
+const READS_PER_WORKER: u32 = 500;
+/// How long a new worker may take to load its model and say so.
+const START_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// An 8-bit grey image, row by row.
 #[derive(Debug, Clone)]
@@ -51,15 +62,87 @@ pub struct Ocr {
     timeout: Duration,
     memory_bytes: u64,
     slots: Slots,
+    /// Resident workers, when they can run: the command that starts one, and those idle.
+    resident: Option<Resident>,
+}
+
+/// Resident workers: how one is started, and the idle ones (at most one per slot).
+struct Resident {
+    command: Vec<OsString>,
+    idle: Mutex<Vec<Worker>>,
+}
+
+/// One resident worker process.
+struct Worker {
+    child: Child,
+    stdin: ChildStdin,
+    stdout: ChildStdout,
+    reads: u32,
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 impl Ocr {
+    /// The engine `program`. The default (`tesseract`, found on PATH) is run as resident workers
+    /// of this very binary when it is the node's (`ocr-worker`), and their library opens (see
+    /// [`probe`](Self::probe)); any other program, a site's own wrapper, is run per image.
     pub fn new(program: &Path, timeout: Duration, memory_bytes: u64, workers: usize) -> Ocr {
-        Ocr { program: program.to_path_buf(), timeout, memory_bytes, slots: Slots::new(workers.max(1)) }
+        let node = std::env::current_exe()
+            .ok()
+            .filter(|exe| exe.file_name().is_some_and(|n| n == env!("CARGO_PKG_NAME")));
+        let resident = match node {
+            Some(exe) if program == Path::new("tesseract") => Some(Resident {
+                command: vec![exe.into(), "ocr-worker".into()],
+                idle: Mutex::new(Vec::new()),
+            }),
+            _ => None,
+        };
+        Ocr {
+            program: program.to_path_buf(),
+            timeout,
+            memory_bytes,
+            slots: Slots::new(workers.max(1)),
+            resident,
+        }
     }
 
-    /// The engine's version line, or why it cannot run: said once at start.
-    pub fn probe(&self) -> Result<String, PixelError> {
+    /// As [`new`](Self::new), with resident workers started by `command` (tests start stand-ins).
+    pub fn with_worker(command: Vec<OsString>, timeout: Duration, memory_bytes: u64, workers: usize) -> Ocr {
+        let resident = Some(Resident { command, idle: Mutex::new(Vec::new()) });
+        Ocr {
+            program: PathBuf::from("tesseract"),
+            timeout,
+            memory_bytes,
+            slots: Slots::new(workers.max(1)),
+            resident,
+        }
+    }
+
+    /// The engine's version line, or why it cannot run: said once at start. A resident worker
+    /// that cannot start leaves the program per image, with the reason logged.
+    pub fn probe(&mut self) -> Result<String, PixelError> {
+        if let Some(resident) = &self.resident {
+            match self.start_worker(resident) {
+                Ok((worker, version)) => {
+                    resident.idle.lock().unwrap_or_else(|p| p.into_inner()).push(worker);
+                    return Ok(version);
+                }
+                Err(e) => {
+                    tracing::info!(reason = %e, "burned-in text: no resident OCR worker; tesseract runs once per image");
+                    self.resident = None;
+                }
+            }
+        }
+        self.probe_program()
+    }
+
+    /// The command-line program's version line, or why it cannot run.
+    fn probe_program(&self) -> Result<String, PixelError> {
         let out = Command::new(&self.program)
             .arg("--version")
             .stdin(Stdio::null())
@@ -83,6 +166,51 @@ impl Ocr {
     /// the caller holds the instance.
     pub fn read(&self, image: &Grey) -> Result<Vec<Word>, PixelError> {
         let _slot = self.slots.take();
+        match &self.resident {
+            Some(resident) => self.read_resident(resident, image),
+            None => self.read_once(image),
+        }
+    }
+
+    /// A worker process, started and ready: with the version it said.
+    fn start_worker(&self, resident: &Resident) -> Result<(Worker, String), PixelError> {
+        let mut command = Command::new(&resident.command[0]);
+        command
+            .args(&resident.command[1..])
+            .env("OMP_THREAD_LIMIT", "1")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null());
+        limit(&mut command, self.memory_bytes);
+        let mut child =
+            command.spawn().map_err(|e| PixelError::Ocr(format!("cannot start the OCR worker: {e}")))?;
+        let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(PixelError::Ocr("the OCR worker has no pipes".into()));
+        };
+        let mut worker = Worker { child, stdin, stdout, reads: 0 };
+        let version = exchange(&mut worker, None, START_TIMEOUT)?;
+        Ok((worker, String::from_utf8_lossy(&version).into_owned()))
+    }
+
+    /// Read with an idle worker (or a new one); a worker that fails is not used again.
+    fn read_resident(&self, resident: &Resident, image: &Grey) -> Result<Vec<Word>, PixelError> {
+        let idle = resident.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        let mut worker = match idle {
+            Some(w) => w,
+            None => self.start_worker(resident)?.0,
+        };
+        let tsv = exchange(&mut worker, Some(image), self.timeout)?;
+        worker.reads += 1;
+        if worker.reads < READS_PER_WORKER {
+            resident.idle.lock().unwrap_or_else(|p| p.into_inner()).push(worker);
+        }
+        Ok(parse_tsv(&String::from_utf8_lossy(&tsv)))
+    }
+
+    /// Read by running the program once for this image.
+    fn read_once(&self, image: &Grey) -> Result<Vec<Word>, PixelError> {
         let mut command = Command::new(&self.program);
         // Sparse text: burned-in annotation is words scattered over an image, not a page.
         command
@@ -141,6 +269,56 @@ impl Ocr {
             Ok(parse_tsv(&String::from_utf8_lossy(&text)))
         })
     }
+}
+
+/// Send `image` to `worker` (none: only read what it says first) and read its answer within
+/// `timeout`; past it the worker is killed. An error leaves the worker unusable.
+fn exchange(worker: &mut Worker, image: Option<&Grey>, timeout: Duration) -> Result<Vec<u8>, PixelError> {
+    let pid = worker.child.id();
+    let (done, finished) = mpsc::channel();
+    let Worker { stdin, stdout, .. } = worker;
+    let answer = std::thread::scope(|s| {
+        if let Some(image) = image {
+            // From its own thread: a large image fills the pipe before the worker has read it.
+            s.spawn(move || {
+                let mut request = Vec::with_capacity(8 + image.pixels.len());
+                request.extend_from_slice(&(image.width as u32).to_le_bytes());
+                request.extend_from_slice(&(image.height as u32).to_le_bytes());
+                request.extend_from_slice(&image.pixels);
+                // A write error means the worker stopped; reading its answer says so.
+                let _ = stdin.write_all(&request).and_then(|()| stdin.flush());
+            });
+        }
+        s.spawn(move || {
+            let _ = done.send(read_answer(stdout));
+        });
+        match finished.recv_timeout(timeout) {
+            Ok(answer) => answer,
+            Err(_) => {
+                // SAFETY: kill(2) on the pid of our own child, not yet reaped (Worker's drop does).
+                unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+                Err(PixelError::Ocr(format!("OCR ran past its {} s limit", timeout.as_secs())))
+            }
+        }
+    });
+    match answer? {
+        (ocr_worker::DONE, body) => Ok(body),
+        (_, why) => Err(PixelError::Ocr(format!("the OCR worker failed: {}", String::from_utf8_lossy(&why)))),
+    }
+}
+
+/// One answer of a worker: its status and body. A worker that ends first is an error.
+fn read_answer(stdout: &mut ChildStdout) -> Result<(u8, Vec<u8>), PixelError> {
+    let lost = |e: std::io::Error| PixelError::Ocr(format!("the OCR worker stopped: {e}"));
+    let mut head = [0u8; 5];
+    stdout.read_exact(&mut head).map_err(lost)?;
+    let len = u32::from_le_bytes(head[1..].try_into().expect("4 bytes")) as usize;
+    if head[0] > ocr_worker::FAILED || len > 64 << 20 {
+        return Err(PixelError::Ocr("the OCR worker answered something else than OCR".into()));
+    }
+    let mut body = vec![0u8; len];
+    stdout.read_exact(&mut body).map_err(lost)?;
+    Ok((head[0], body))
 }
 
 /// An address-space limit for the engine process, and a lower CPU priority: intake beside it
@@ -223,6 +401,106 @@ impl Drop for Slot<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `printf` octal escapes for `bytes`: what a stand-in worker written in sh answers.
+    fn octal(bytes: &[u8]) -> String {
+        bytes.iter().map(|b| format!("\\{b:03o}")).collect()
+    }
+
+    /// An answer frame as the worker writes it.
+    fn frame(status: u8, body: &[u8]) -> Vec<u8> {
+        let mut f = vec![status];
+        f.extend_from_slice(&(body.len() as u32).to_le_bytes());
+        f.extend_from_slice(body);
+        f
+    }
+
+    /// A stand-in worker: `script` (sh) after it counts its start in `dir/starts`.
+    fn stand_in(dir: &Path, script: &str, timeout: Duration) -> Ocr {
+        let starts = dir.join("starts");
+        let script = format!("echo started >> '{}'\n{script}", starts.display());
+        let command = vec!["sh".into(), "-c".into(), script.into()];
+        Ocr::with_worker(command, timeout, 1 << 30, 1)
+    }
+
+    fn starts(dir: &Path) -> usize {
+        std::fs::read_to_string(dir.join("starts")).unwrap_or_default().lines().count()
+    }
+
+    /// A 4 x 2 image: a request of 8 + 8 bytes.
+    fn image() -> Grey {
+        Grey { width: 4, height: 2, pixels: vec![0; 8] }
+    }
+
+    #[test]
+    fn a_resident_worker_is_started_once_and_reads_image_after_image() {
+        let d = tempfile::tempdir().unwrap();
+        let tsv = "level\tpage\n5\t1\t2\t1\t1\t1\t10\t20\t30\t40\t95.5\tHELLO\n";
+        let script = format!(
+            "printf '{}'\nwhile [ \"$(head -c 16 | wc -c)\" -eq 16 ]; do printf '{}'; done",
+            octal(&frame(0, b"tesseract 5 (stand-in)")),
+            octal(&frame(0, tsv.as_bytes()))
+        );
+        let mut ocr = stand_in(d.path(), &script, Duration::from_secs(10));
+        assert_eq!(ocr.probe().unwrap(), "tesseract 5 (stand-in)");
+        for _ in 0..3 {
+            let words = ocr.read(&image()).unwrap();
+            assert_eq!((words.len(), words[0].text.as_str(), words[0].x), (1, "HELLO", 10));
+        }
+        assert_eq!(starts(d.path()), 1, "one worker read every image");
+    }
+
+    #[test]
+    fn a_worker_that_crashes_hangs_or_fails_costs_the_image_and_is_replaced() {
+        let ready = octal(&frame(0, b"tesseract"));
+        // Crashes on its first image.
+        let d = tempfile::tempdir().unwrap();
+        let mut ocr = stand_in(
+            d.path(),
+            &format!("printf '{ready}'; head -c 16 > /dev/null; kill -9 $$"),
+            Duration::from_secs(10),
+        );
+        ocr.probe().unwrap();
+        assert!(matches!(ocr.read(&image()), Err(PixelError::Ocr(e)) if e.contains("stopped")));
+        assert!(ocr.read(&image()).is_err());
+        assert_eq!(starts(d.path()), 2, "a new worker for the next image");
+
+        // Never answers: killed at the limit.
+        let d = tempfile::tempdir().unwrap();
+        let mut ocr =
+            stand_in(d.path(), &format!("printf '{ready}'; exec sleep 30"), Duration::from_millis(300));
+        ocr.probe().unwrap();
+        let started = std::time::Instant::now();
+        assert!(matches!(ocr.read(&image()), Err(PixelError::Ocr(e)) if e.contains("limit")));
+        assert!(started.elapsed() < Duration::from_secs(10), "not left to run");
+
+        // Says it failed: an error with its words, and the worker is not used again.
+        let d = tempfile::tempdir().unwrap();
+        let failed = octal(&frame(1, b"cannot read"));
+        let mut ocr = stand_in(
+            d.path(),
+            &format!("printf '{ready}'; head -c 16 > /dev/null; printf '{failed}'; exec sleep 30"),
+            Duration::from_secs(10),
+        );
+        ocr.probe().unwrap();
+        assert!(matches!(ocr.read(&image()), Err(PixelError::Ocr(e)) if e.contains("cannot read")));
+    }
+
+    #[test]
+    fn a_worker_that_cannot_start_leaves_the_program_per_image() {
+        for script in [
+            format!("printf '{}'", octal(&frame(1, b"no library"))),
+            "echo not a worker".to_string(),
+            "exit 3".into(),
+        ] {
+            let d = tempfile::tempdir().unwrap();
+            let mut ocr = stand_in(d.path(), &script, Duration::from_secs(10));
+            // The program probe then decides: Debian's tesseract is installed on the test bed.
+            let version = ocr.probe();
+            assert!(ocr.resident.is_none(), "{script}: the resident engine is dropped");
+            assert!(version.is_ok_and(|v| v.starts_with("tesseract") && !v.contains("resident")), "{script}");
+        }
+    }
 
     #[test]
     fn words_are_read_from_tesseracts_tsv() {
