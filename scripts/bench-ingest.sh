@@ -127,6 +127,7 @@ stop_node() {
     local metrics
     metrics=$(node_metrics)
     ACK_MS=$(mean_ms ack_latency_seconds <<< "$metrics"); FLUSH_MS=$(mean_ms durability_flush_seconds <<< "$metrics")
+    WAIT_MS=$(mean_ms durability_wait_seconds <<< "$metrics")
     # The pixel stage reads some images with OCR while their senders wait (the first of each
     # series of a volume): its share of the run is said beside the rate, which it can dominate.
     PIXELS=$(awk '$1 == "dicom_anon_pixel_read_seconds_sum" { s = $2 } $1 == "dicom_anon_pixel_read_seconds_count" { c = $2 }
@@ -256,25 +257,26 @@ for n in 1 8; do
             0) run_ours; run_storescp; run_durable_storescp ;;
         esac
         # One row: storescp inst/s, ours, ratio, CPU ms/instance of each, peak RSS MB, ack ms,
-        # flush ms; then durable storescp inst/s, ours/it, its CPU ms/instance.
-        ROW=$(printf '%.1f %.1f %.2f %.2f %.2f %d %s %s %.1f %.2f %.2f' "$(rate "$TS")" "$(rate "$TO")" \
+        # flush ms; then durable storescp inst/s, ours/it, its CPU ms/instance; then our mean wait
+        # at the group-commit barrier (a flush's duration plus the wait for the one running).
+        ROW=$(printf '%.1f %.1f %.2f %.2f %.2f %d %s %s %.1f %.2f %.2f %s' "$(rate "$TS")" "$(rate "$TO")" \
             "$(echo "$TS / $TO" | bc -l)" "$(per_instance "$PLAIN_TICKS")" "$(per_instance "$TICKS")" \
             $((PEAK_KB / 1024)) "$ACK_MS" "$FLUSH_MS" \
-            "$(rate "$TD")" "$(echo "$TD / $TO" | bc -l)" "$(per_instance "$DURABLE_TICKS")")
+            "$(rate "$TD")" "$(echo "$TD / $TO" | bc -l)" "$(per_instance "$DURABLE_TICKS")" "$WAIT_MS")
         # A profiled run is slowed by perf: shown, but kept out of the medians.
         if [ "$PROFILED" = 1 ]; then NOTE=" | profiled, not in the medians"; else NOTE=""; ROWS_OUT+=("$ROW"); fi
         NOTE="${PIXELS:-}$NOTE"
         # shellcheck disable=SC2086 # the row's fields are the arguments
-        printf '%d association(s): storescp %7.1f inst/s | ours (anonymized, durable) %7.1f inst/s | ratio %.2f | CPU ms/instance: storescp %.2f, ours %.2f | our peak RSS %d MB | last byte to response %s ms | one flush %s ms | durable storescp %.1f inst/s, ratio %.2f, CPU %.2f ms/instance%s\n' \
+        printf '%d association(s): storescp %7.1f inst/s | ours (anonymized, durable) %7.1f inst/s | ratio %.2f | CPU ms/instance: storescp %.2f, ours %.2f | our peak RSS %d MB | last byte to response %s ms | one flush %s ms | durable storescp %.1f inst/s, ratio %.2f, CPU %.2f ms/instance | wait at the barrier %s ms%s\n' \
             "$n" $ROW "$NOTE"
     done
     if [ "$REPEAT" -gt 1 ]; then
         RATIOS=$(column_of 3 | tr '\n' ' ')
         DURABLE_RATIOS=$(column_of 10 | tr '\n' ' ')
-        printf '%d association(s), median of %d rounds: storescp %s inst/s | ours %s inst/s | ratio %s (rounds in run order: %s) | CPU ms/instance: storescp %s, ours %s | our peak RSS %s MB | last byte to response %s ms | one flush %s ms | durable storescp %s inst/s, ratio %s (%s), CPU %s ms/instance\n' \
+        printf '%d association(s), median of %d rounds: storescp %s inst/s | ours %s inst/s | ratio %s (rounds in run order: %s) | CPU ms/instance: storescp %s, ours %s | our peak RSS %s MB | last byte to response %s ms | one flush %s ms | wait at the barrier %s ms | durable storescp %s inst/s, ratio %s (%s), CPU %s ms/instance\n' \
             "$n" "${#ROWS_OUT[@]}" "$(med_of 1 %.1f)" "$(med_of 2 %.1f)" "$(med_of 3 %.2f)" "${RATIOS% }" \
             "$(med_of 4 %.2f)" "$(med_of 5 %.2f)" "$(med_of 6 %.0f)" "$(med_of 7 %.2f)" "$(med_of 8 %.2f)" \
-            "$(med_of 9 %.1f)" "$(med_of 10 %.2f)" "${DURABLE_RATIOS% }" "$(med_of 11 %.2f)"
+            "$(med_of 12 %.2f)" "$(med_of 9 %.1f)" "$(med_of 10 %.2f)" "${DURABLE_RATIOS% }" "$(med_of 11 %.2f)"
     fi
 done
 

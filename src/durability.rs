@@ -146,6 +146,13 @@ impl Barrier {
     /// Block until everything written before this call is durable. After a failed flush, every
     /// call fails (see the module docs).
     pub fn wait(&self) -> io::Result<()> {
+        let arrived = std::time::Instant::now();
+        let waited = self.wait_for_flush();
+        crate::observe::METRICS.flush_wait.observe(arrived.elapsed().as_secs_f64());
+        waited
+    }
+
+    fn wait_for_flush(&self) -> io::Result<()> {
         let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
         // A flush already running may have started before our writes: only the next one counts.
         let mine = st.next;

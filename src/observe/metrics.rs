@@ -81,6 +81,9 @@ pub struct Metrics {
     pub flushes: IntCounter,
     pub flush_failures: IntCounter,
     pub flush_latency: Histogram,
+    /// From an instance's arrival at the barrier to its flush's end: a flush's own duration, plus
+    /// the wait for the one running (it may have started before the instance's writes).
+    pub flush_wait: Histogram,
     /// Audit rows that could not be written (a full disk, a failing index): the trail has a gap.
     pub audit_rows_dropped: IntCounter,
     /// Images whose pixels were read for burned-in text, by outcome.
@@ -194,6 +197,10 @@ impl Metrics {
                 "Group-commit flushes that failed."
             )),
             flush_latency: reg!(histogram("durability_flush_seconds", "Duration of one group-commit flush.")),
+            flush_wait: reg!(histogram(
+                "durability_wait_seconds",
+                "Time an instance waits at the group-commit barrier until a flush that covers it has ended."
+            )),
             audit_rows_dropped: reg!(counter(
                 "audit_rows_dropped_total",
                 "C-STORE outcomes whose audit row could not be written (the audit trail has a gap)."
