@@ -70,6 +70,9 @@ pub struct Ocr {
 struct Resident {
     command: Vec<OsString>,
     idle: Mutex<Vec<Worker>>,
+    /// A worker could not be started after the first: images go to the program once each, and
+    /// the log has said why (once).
+    failed_start: std::sync::atomic::AtomicBool,
 }
 
 /// One resident worker process.
@@ -82,9 +85,16 @@ struct Worker {
 
 impl Drop for Worker {
     fn drop(&mut self) {
-        let _ = self.child.kill();
+        kill_group(&self.child);
         let _ = self.child.wait();
     }
+}
+
+/// Kill a worker and the reader it may have forked: they are one process group.
+fn kill_group(child: &Child) {
+    // SAFETY: kill(2) on the process group our own child leads; the child is not reaped yet (its
+    // pid, and so the group's id, cannot have been reused).
+    unsafe { libc::kill(-(child.id() as libc::pid_t), libc::SIGKILL) };
 }
 
 impl Ocr {
@@ -95,10 +105,20 @@ impl Ocr {
         let node = std::env::current_exe()
             .ok()
             .filter(|exe| exe.file_name().is_some_and(|n| n == env!("CARGO_PKG_NAME")));
+        // The running binary itself, even after an upgrade replaced the file at its path.
+        let running = |exe: PathBuf| {
+            let own = Path::new("/proc/self/exe");
+            if own.exists() {
+                own.to_path_buf()
+            } else {
+                exe
+            }
+        };
         let resident = match node {
             Some(exe) if program == Path::new("tesseract") => Some(Resident {
-                command: vec![exe.into(), "ocr-worker".into()],
+                command: vec![running(exe).into(), "ocr-worker".into()],
                 idle: Mutex::new(Vec::new()),
+                failed_start: std::sync::atomic::AtomicBool::new(false),
             }),
             _ => None,
         };
@@ -113,7 +133,11 @@ impl Ocr {
 
     /// As [`new`](Self::new), with resident workers started by `command` (tests start stand-ins).
     pub fn with_worker(command: Vec<OsString>, timeout: Duration, memory_bytes: u64, workers: usize) -> Ocr {
-        let resident = Some(Resident { command, idle: Mutex::new(Vec::new()) });
+        let resident = Some(Resident {
+            command,
+            idle: Mutex::new(Vec::new()),
+            failed_start: std::sync::atomic::AtomicBool::new(false),
+        });
         Ocr {
             program: PathBuf::from("tesseract"),
             timeout,
@@ -167,8 +191,10 @@ impl Ocr {
     pub fn read(&self, image: &Grey) -> Result<Vec<Word>, PixelError> {
         let _slot = self.slots.take();
         match &self.resident {
-            Some(resident) => self.read_resident(resident, image),
-            None => self.read_once(image),
+            Some(r) if !r.failed_start.load(std::sync::atomic::Ordering::Relaxed) => {
+                self.read_resident(r, image)
+            }
+            _ => self.read_once(image),
         }
     }
 
@@ -182,6 +208,8 @@ impl Ocr {
             .stdout(Stdio::piped())
             .stderr(Stdio::null());
         limit(&mut command, self.memory_bytes);
+        // A group of its own, with the readers it forks: a kill at the time limit takes both.
+        std::os::unix::process::CommandExt::process_group(&mut command, 0);
         let mut child =
             command.spawn().map_err(|e| PixelError::Ocr(format!("cannot start the OCR worker: {e}")))?;
         let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
@@ -194,12 +222,25 @@ impl Ocr {
         Ok((worker, String::from_utf8_lossy(&version).into_owned()))
     }
 
-    /// Read with an idle worker (or a new one); a worker that fails is not used again.
+    /// Read with an idle worker (or a new one); a worker that fails is not used again. A worker
+    /// that cannot be started sends this image, and every later one, to the program.
     fn read_resident(&self, resident: &Resident, image: &Grey) -> Result<Vec<Word>, PixelError> {
-        let idle = resident.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        let idle = {
+            let mut idle = resident.idle.lock().unwrap_or_else(|p| p.into_inner());
+            // One that died while idle (the OOM killer, an operator) is not given the image.
+            idle.retain_mut(|w| matches!(w.child.try_wait(), Ok(None)));
+            idle.pop()
+        };
         let mut worker = match idle {
             Some(w) => w,
-            None => self.start_worker(resident)?.0,
+            None => match self.start_worker(resident) {
+                Ok((w, _)) => w,
+                Err(e) => {
+                    resident.failed_start.store(true, std::sync::atomic::Ordering::Relaxed);
+                    tracing::warn!(error = %e, "burned-in text: a resident OCR worker could not be started; tesseract now runs once per image");
+                    return self.read_once(image);
+                }
+            },
         };
         let tsv = exchange(&mut worker, Some(image), self.timeout)?;
         worker.reads += 1;
@@ -274,9 +315,9 @@ impl Ocr {
 /// Send `image` to `worker` (none: only read what it says first) and read its answer within
 /// `timeout`; past it the worker is killed. An error leaves the worker unusable.
 fn exchange(worker: &mut Worker, image: Option<&Grey>, timeout: Duration) -> Result<Vec<u8>, PixelError> {
-    let pid = worker.child.id();
     let (done, finished) = mpsc::channel();
-    let Worker { stdin, stdout, .. } = worker;
+    let Worker { stdin, stdout, child, .. } = worker;
+    let child = &*child;
     let answer = std::thread::scope(|s| {
         if let Some(image) = image {
             // From its own thread: a large image fills the pipe before the worker has read it.
@@ -295,15 +336,30 @@ fn exchange(worker: &mut Worker, image: Option<&Grey>, timeout: Duration) -> Res
         match finished.recv_timeout(timeout) {
             Ok(answer) => answer,
             Err(_) => {
-                // SAFETY: kill(2) on the pid of our own child, not yet reaped (Worker's drop does).
-                unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+                kill_group(child);
                 Err(PixelError::Ocr(format!("OCR ran past its {} s limit", timeout.as_secs())))
             }
         }
     });
+    let answer = answer.map_err(|e| match child_status(worker) {
+        Some(status) => PixelError::Ocr(format!("{e} ({status})")),
+        None => e,
+    });
     match answer? {
         (ocr_worker::DONE, body) => Ok(body),
         (_, why) => Err(PixelError::Ocr(format!("the OCR worker failed: {}", String::from_utf8_lossy(&why)))),
+    }
+}
+
+/// How a worker that stopped answering ended, if it has: a crash's signal, or its exit code.
+fn child_status(worker: &mut Worker) -> Option<String> {
+    let deadline = std::time::Instant::now() + Duration::from_millis(200);
+    loop {
+        match worker.child.try_wait() {
+            Ok(Some(status)) => return Some(format!("worker {status}")),
+            Ok(None) if std::time::Instant::now() < deadline => std::thread::sleep(Duration::from_millis(5)),
+            _ => return None,
+        }
     }
 }
 
@@ -335,6 +391,8 @@ fn limit(command: &mut Command, bytes: u64) {
             }
             // Best effort: a priority that cannot be lowered still reads the image.
             libc::setpriority(libc::PRIO_PROCESS, 0, 10);
+            // A node killed with SIGKILL cannot stop the engine at its time limit: it goes too.
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
             Ok(())
         });
     }

@@ -1,14 +1,16 @@
-//! A resident OCR process: `dicom-anon-gateway ocr-worker` loads Tesseract's library once and
-//! reads image after image from its standard input, so an image costs its recognition only, not
-//! also the engine's start and its model's load (about 80 ms of the 100-180 ms the command-line
-//! program takes per image here).
+//! A resident OCR process: `dicom-anon-gateway ocr-worker` loads Tesseract's library and model
+//! once, then reads each image in a child it forks for that image alone, so an image costs its
+//! recognition only, not also the engine's start and its model's load (about 80 ms of the
+//! 100-180 ms the command-line program takes per image here).
 //!
-//! It keeps what running `tesseract` per image gave: the engine runs in a process of its own,
-//! under the node's address-space limit, killed at the time limit, and a crash costs the image
-//! it was reading (held) and a new process for the next. The library is opened at run time
-//! (`libtesseract.so.5`, Debian's `libtesseract5`, which `tesseract-ocr` depends on), so building
-//! the node still needs no C++ toolchain or headers, and a machine without it falls back to the
-//! command-line program.
+//! It keeps what running `tesseract` per image gave. Each image is read by a fresh engine, a copy
+//! of the one just loaded: nothing an image does to the engine's memory or state (a corruption
+//! that does not crash, the adaptive classifier's learning) reaches the next image, which may be
+//! another patient's. The engine runs in processes of their own, under the node's address-space
+//! limit, killed at the time limit (the worker and its child are one process group); a crash costs
+//! the image being read, held. The library is opened at run time (`libtesseract.so.5`, Debian's
+//! `libtesseract5`, which `tesseract-ocr` depends on), so building the node still needs no C++
+//! toolchain or headers, and a machine without it falls back to the command-line program.
 //!
 //! The protocol, on the worker's standard input and output: a request is the image's width and
 //! height (u32, little endian) and its 8-bit grey pixels, row by row; an answer is a status byte
@@ -34,16 +36,18 @@ const MAX_PIXELS: u64 = 1 << 30;
 pub const DONE: u8 = 0;
 pub const FAILED: u8 = 1;
 
-/// The C API functions used, resolved from the library.
+/// The C API functions used, resolved from the library. "C-unwind": the engine is C++, and an
+/// exception (`bad_alloc` under the address-space limit) must unwind as defined behaviour, to the
+/// abort that ends the child and holds its image.
 struct Api {
     handle: *mut c_void,
-    init3: unsafe extern "C" fn(*mut c_void, *const c_char, *const c_char) -> c_int,
-    set_page_seg_mode: unsafe extern "C" fn(*mut c_void, c_int),
-    set_image: unsafe extern "C" fn(*mut c_void, *const u8, c_int, c_int, c_int, c_int),
-    set_source_resolution: unsafe extern "C" fn(*mut c_void, c_int),
-    get_tsv_text: unsafe extern "C" fn(*mut c_void, c_int) -> *mut c_char,
-    delete_text: unsafe extern "C" fn(*const c_char),
-    delete: unsafe extern "C" fn(*mut c_void),
+    init3: unsafe extern "C-unwind" fn(*mut c_void, *const c_char, *const c_char) -> c_int,
+    set_page_seg_mode: unsafe extern "C-unwind" fn(*mut c_void, c_int),
+    set_image: unsafe extern "C-unwind" fn(*mut c_void, *const u8, c_int, c_int, c_int, c_int),
+    set_source_resolution: unsafe extern "C-unwind" fn(*mut c_void, c_int),
+    get_tsv_text: unsafe extern "C-unwind" fn(*mut c_void, c_int) -> *mut c_char,
+    delete_text: unsafe extern "C-unwind" fn(*const c_char),
+    delete: unsafe extern "C-unwind" fn(*mut c_void),
 }
 
 impl Drop for Api {
@@ -79,8 +83,8 @@ impl Api {
         }
         // SAFETY: each signature below is the one tesseract/capi.h declares for the name.
         unsafe {
-            let create: unsafe extern "C" fn() -> *mut c_void = symbol(lib, "TessBaseAPICreate")?;
-            let version: unsafe extern "C" fn() -> *const c_char = symbol(lib, "TessVersion")?;
+            let create: unsafe extern "C-unwind" fn() -> *mut c_void = symbol(lib, "TessBaseAPICreate")?;
+            let version: unsafe extern "C-unwind" fn() -> *const c_char = symbol(lib, "TessVersion")?;
             let api = Api {
                 handle: create(),
                 init3: symbol(lib, "TessBaseAPIInit3")?,
@@ -159,8 +163,18 @@ fn request(input: &mut impl Read) -> io::Result<Option<(usize, usize, Vec<u8>)>>
 /// Returns the process's exit code.
 pub fn serve() -> i32 {
     let stdin = io::stdin();
-    let stdout = io::stdout();
-    let (mut input, mut output) = (stdin.lock(), stdout.lock());
+    let mut input = stdin.lock();
+    // The answers go out on a copy of standard output, and standard output itself becomes
+    // standard error before the library is loaded: whatever the engine prints (it prints
+    // warnings) can never be taken for an answer.
+    // SAFETY: dup/dup2 on the process's own standard descriptors; the copy is owned by `output`.
+    let mut output = unsafe {
+        let answers = libc::dup(1);
+        if answers < 0 || libc::dup2(2, 1) < 0 {
+            return 1;
+        }
+        io::BufWriter::new(<std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(answers))
+    };
     let api = match Api::open() {
         Ok((api, version)) => {
             if answer(&mut output, DONE, version.as_bytes()).is_err() {
@@ -176,8 +190,8 @@ pub fn serve() -> i32 {
     loop {
         let said = match request(&mut input) {
             Ok(None) => return 0,
-            Ok(Some((w, h, pixels))) => match api.read(w, h, &pixels) {
-                Ok(tsv) => answer(&mut output, DONE, &tsv),
+            Ok(Some((w, h, pixels))) => match read_in_child(&api, w, h, &pixels) {
+                Ok(frame) => output.write_all(&frame).and_then(|()| output.flush()),
                 Err(why) => answer(&mut output, FAILED, why.as_bytes()),
             },
             Err(_) => return 1,
@@ -186,4 +200,65 @@ pub fn serve() -> i32 {
             return 1;
         }
     }
+}
+
+/// Read one image in a child forked for it: a fresh copy of the loaded engine, gone with the
+/// image. Returns the child's answer frame, whole, or why there is none (it crashed, or was
+/// killed by the address-space limit: the exit status says which).
+fn read_in_child(api: &Api, width: usize, height: usize, pixels: &[u8]) -> Result<Vec<u8>, String> {
+    let mut fds = [0 as c_int; 2];
+    // SAFETY: pipe(2) into a two-element array.
+    if unsafe { libc::pipe(fds.as_mut_ptr()) } != 0 {
+        return Err(format!("no pipe for the reading: {}", io::Error::last_os_error()));
+    }
+    let (read_end, write_end) = (fds[0], fds[1]);
+    // SAFETY: the worker is single-threaded (OMP_THREAD_LIMIT=1, no thread of ours), so the child
+    // may allocate and run the engine; it leaves by _exit, running no destructor of the parent's.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        // SAFETY: closing the pipe we made.
+        unsafe {
+            libc::close(read_end);
+            libc::close(write_end);
+        }
+        return Err(format!("cannot fork a reader: {}", io::Error::last_os_error()));
+    }
+    if pid == 0 {
+        // SAFETY: in the child: dies with the worker (a kill of the worker alone must not leave
+        // it reading); its own copy of the pipe's write end, owned by `out` until _exit.
+        unsafe {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            libc::close(read_end);
+        }
+        let mut out = unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(write_end) };
+        let written = match api.read(width, height, pixels) {
+            Ok(tsv) => answer(&mut out, DONE, &tsv),
+            Err(why) => answer(&mut out, FAILED, why.as_bytes()),
+        };
+        // SAFETY: _exit ends the child without unwinding or running the parent's atexit work.
+        unsafe { libc::_exit(i32::from(written.is_err())) }
+    }
+    // SAFETY: in the worker: the child has its own write end; ours is closed so EOF comes.
+    unsafe { libc::close(write_end) };
+    let mut frame = Vec::new();
+    let mut from_child = unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(read_end) };
+    let read = from_child.read_to_end(&mut frame);
+    let mut status: c_int = 0;
+    // SAFETY: waiting for our own child.
+    let waited = unsafe { libc::waitpid(pid, &mut status, 0) };
+    let exited_cleanly = waited == pid && libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0;
+    if read.is_ok() && exited_cleanly && is_whole_frame(&frame) {
+        return Ok(frame);
+    }
+    if waited == pid && libc::WIFSIGNALED(status) {
+        return Err(format!("the engine was killed by signal {} while reading", libc::WTERMSIG(status)));
+    }
+    Err(format!("the engine stopped while reading (wait status {status})"))
+}
+
+/// Whether `frame` is exactly one answer.
+fn is_whole_frame(frame: &[u8]) -> bool {
+    frame.len() >= 5
+        && frame[0] <= FAILED
+        && u32::from_le_bytes(frame[1..5].try_into().expect("4 bytes")) as usize == frame.len() - 5
 }
