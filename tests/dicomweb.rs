@@ -497,3 +497,36 @@ fn the_node_exports_to_orthanc_by_stow_rs_once_each_through_an_outage_of_orthanc
     let status = binary().args(["queue", "status", "--config"]).arg(&node.config).output().unwrap();
     assert!(text(&status).contains("orthanc"), "{}", text(&status));
 }
+
+#[test]
+fn stow_rs_requests_past_their_share_are_told_to_retry_and_probes_still_answer() {
+    let d = tempfile::tempdir().unwrap();
+    let node = Node::start(d.path(), "", "  min_free_bytes: 0\n");
+    let port = node.http_port.unwrap();
+    let good = multipart(&[("application/dicom", &instance(&smith(), &Shape::default()))]);
+    // 48 senders (three quarters of the listener's 64 connections) that start a body and stall.
+    let stalled: Vec<TcpStream> = (0..48)
+        .map(|_| {
+            let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+            write!(s, "POST /dicomweb/studies HTTP/1.1\r\nHost: x\r\nContent-Type: {RELATED}\r\nContent-Length: {}\r\n\r\n", good.len()).unwrap();
+            s.write_all(&good[..100]).unwrap();
+            s
+        })
+        .collect();
+    let headers = format!("Content-Type: {RELATED}\r\nContent-Length: {}\r\n", good.len());
+    common::http::wait_for_metrics(&node, "48 STOW-RS requests in progress", |m| {
+        m.get("dicom_anon_stow_requests_in_progress").copied() == Some(48.0)
+    });
+    let refused = raw_post(port, "/dicomweb/studies", &headers, &good, false);
+    assert_eq!(refused.0, 503, "{}", refused.1);
+    assert!(refused.1.contains("too many STOW-RS requests"), "{}", refused.1);
+    assert!(node.log().contains("as many are being served"), "{}", node.log());
+    assert_eq!(get(port, "/healthz", None).0, 200, "probes are not starved");
+    assert_eq!(get(port, "/readyz", None).0, 200);
+    // The stalled senders go away: their share is free again.
+    drop(stalled);
+    wait_until("a STOW-RS request is served again", Duration::from_secs(30), || {
+        raw_post(port, "/dicomweb/studies", &headers, &good, false).0 == 200
+    });
+    assert!(files_under(&node.dir.join("storage/private/tmp")).is_empty());
+}

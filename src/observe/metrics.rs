@@ -89,6 +89,8 @@ pub struct Metrics {
     /// Images whose pixels were read for burned-in text, by outcome.
     pub pixel_reads: IntCounterVec,
     pub pixel_reads_in_progress: IntGauge,
+    /// STOW-RS requests being served now (at most `dicomweb`'s share of the HTTP connections).
+    pub stow_requests_in_progress: IntGauge,
     pub pixel_read_seconds: Histogram,
     pub uploads: IntCounterVec,
     pub upload_bytes: IntCounter,
@@ -209,6 +211,10 @@ impl Metrics {
                 "pixel_reads_total",
                 "Images read for burned-in text, by outcome: clean, masked, held, kept_unread.",
                 "outcome"
+            )),
+            stow_requests_in_progress: reg!(gauge(
+                "stow_requests_in_progress",
+                "STOW-RS requests being served now; past the share of the HTTP listener, a request gets 503."
             )),
             pixel_reads_in_progress: reg!(gauge(
                 "pixel_reads_in_progress",
