@@ -21,7 +21,11 @@ pub enum Command {
     /// The node's resident OCR process (started by the node itself, speaking on its standard
     /// input and output; see src/anonymize/pixels/ocr_worker.rs).
     #[command(hide = true)]
-    OcrWorker,
+    OcrWorker {
+        /// Each image's reading is killed after this long, even if the node is gone.
+        #[arg(long, default_value_t = 60)]
+        timeout_s: u64,
+    },
     /// Run the DICOM node: receive, anonymize, queue.
     Serve {
         #[arg(long, default_value = "config/default.yaml")]

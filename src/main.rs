@@ -35,8 +35,8 @@ fn main() -> ExitCode {
     raise_open_files_limit();
     let cli = Cli::parse();
     // Its standard output is a protocol: nothing else may be printed on it.
-    if let Command::OcrWorker = cli.command {
-        let code = dicom_anon_gateway::anonymize::pixels::ocr_worker::serve();
+    if let Command::OcrWorker { timeout_s } = cli.command {
+        let code = dicom_anon_gateway::anonymize::pixels::ocr_worker::serve(timeout_s);
         return ExitCode::from(u8::try_from(code).unwrap_or(1));
     }
     match run(cli) {
@@ -55,7 +55,7 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<Said> {
     match cli.command {
         // Served by main before anything else.
-        Command::OcrWorker => unreachable!("the OCR worker is served by main"),
+        Command::OcrWorker { .. } => unreachable!("the OCR worker is served by main"),
         Command::Serve { config } => node::serve(&config),
         Command::CheckConfig { config } => node::check_config(&config),
         Command::Anonymize { target, out, inputs } => offline::anonymize(&target, &out, &inputs),

@@ -116,7 +116,12 @@ impl Ocr {
         };
         let resident = match node {
             Some(exe) if program == Path::new("tesseract") => Some(Resident {
-                command: vec![running(exe).into(), "ocr-worker".into()],
+                command: vec![
+                    running(exe).into(),
+                    "ocr-worker".into(),
+                    "--timeout-s".into(),
+                    timeout.as_secs().max(1).to_string().into(),
+                ],
                 idle: Mutex::new(Vec::new()),
                 failed_start: std::sync::atomic::AtomicBool::new(false),
             }),
@@ -207,7 +212,7 @@ impl Ocr {
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::null());
-        limit(&mut command, self.memory_bytes);
+        limit(&mut command, self.memory_bytes, false);
         // A group of its own, with the readers it forks: a kill at the time limit takes both.
         std::os::unix::process::CommandExt::process_group(&mut command, 0);
         let mut child =
@@ -260,7 +265,7 @@ impl Ocr {
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        limit(&mut command, self.memory_bytes);
+        limit(&mut command, self.memory_bytes, true);
         let mut child = command
             .spawn()
             .map_err(|e| PixelError::Ocr(format!("cannot start {}: {e}", self.program.display())))?;
@@ -379,10 +384,16 @@ fn read_answer(stdout: &mut ChildStdout) -> Result<(u8, Vec<u8>), PixelError> {
 
 /// An address-space limit for the engine process, and a lower CPU priority: intake beside it
 /// (a CT stream, the sender waiting on its acknowledgement) comes first, OCR takes what is left.
-fn limit(command: &mut Command, bytes: u64) {
+///
+/// With `dies_with_spawner`, the process is killed when the thread that started it ends (Linux's
+/// PDEATHSIG follows the thread, not the process): right for a program run once per image, whose
+/// thread waits for it, so it goes when a node killed with SIGKILL cannot stop it at its time
+/// limit; wrong for a resident worker, which outlives the blocking-pool thread that started it
+/// (the worker ends with its input instead, and bounds each reading itself).
+fn limit(command: &mut Command, bytes: u64, dies_with_spawner: bool) {
     use std::os::unix::process::CommandExt;
-    // SAFETY: setrlimit and setpriority are async-signal-safe and touch only the child itself;
-    // nothing else runs between fork and exec here.
+    // SAFETY: setrlimit, setpriority and prctl are async-signal-safe and touch only the child
+    // itself; nothing else runs between fork and exec here.
     unsafe {
         command.pre_exec(move || {
             let limit = libc::rlimit { rlim_cur: bytes as libc::rlim_t, rlim_max: bytes as libc::rlim_t };
@@ -391,8 +402,9 @@ fn limit(command: &mut Command, bytes: u64) {
             }
             // Best effort: a priority that cannot be lowered still reads the image.
             libc::setpriority(libc::PRIO_PROCESS, 0, 10);
-            // A node killed with SIGKILL cannot stop the engine at its time limit: it goes too.
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            if dies_with_spawner {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            }
             Ok(())
         });
     }

@@ -159,9 +159,11 @@ fn request(input: &mut impl Read) -> io::Result<Option<(usize, usize, Vec<u8>)>>
     Ok(Some((width as usize, height as usize, pixels)))
 }
 
-/// The worker's life: start the engine, say so, then answer each request until the input ends.
-/// Returns the process's exit code.
-pub fn serve() -> i32 {
+/// The worker's life: start the engine, say so, then answer each request until the input ends
+/// (the node closed it, or is gone). Each reading is killed after `timeout_s`, so a reader stuck
+/// on a hostile image ends even when the node that would have killed it has died. Returns the
+/// process's exit code.
+pub fn serve(timeout_s: u64) -> i32 {
     let stdin = io::stdin();
     let mut input = stdin.lock();
     // The answers go out on a copy of standard output, and standard output itself becomes
@@ -190,7 +192,7 @@ pub fn serve() -> i32 {
     loop {
         let said = match request(&mut input) {
             Ok(None) => return 0,
-            Ok(Some((w, h, pixels))) => match read_in_child(&api, w, h, &pixels) {
+            Ok(Some((w, h, pixels))) => match read_in_child(&api, w, h, &pixels, timeout_s) {
                 Ok(frame) => output.write_all(&frame).and_then(|()| output.flush()),
                 Err(why) => answer(&mut output, FAILED, why.as_bytes()),
             },
@@ -205,7 +207,13 @@ pub fn serve() -> i32 {
 /// Read one image in a child forked for it: a fresh copy of the loaded engine, gone with the
 /// image. Returns the child's answer frame, whole, or why there is none (it crashed, or was
 /// killed by the address-space limit: the exit status says which).
-fn read_in_child(api: &Api, width: usize, height: usize, pixels: &[u8]) -> Result<Vec<u8>, String> {
+fn read_in_child(
+    api: &Api,
+    width: usize,
+    height: usize,
+    pixels: &[u8],
+    timeout_s: u64,
+) -> Result<Vec<u8>, String> {
     let mut fds = [0 as c_int; 2];
     // SAFETY: pipe(2) into a two-element array.
     if unsafe { libc::pipe(fds.as_mut_ptr()) } != 0 {
@@ -224,10 +232,12 @@ fn read_in_child(api: &Api, width: usize, height: usize, pixels: &[u8]) -> Resul
         return Err(format!("cannot fork a reader: {}", io::Error::last_os_error()));
     }
     if pid == 0 {
-        // SAFETY: in the child: dies with the worker (a kill of the worker alone must not leave
-        // it reading); its own copy of the pipe's write end, owned by `out` until _exit.
+        // SAFETY: in the child: dies with the worker (single-threaded, so its one thread is the
+        // worker's life) and at its time limit (SIGALRM ends it); its own copy of the pipe's write
+        // end, owned by `out` until _exit.
         unsafe {
             libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            libc::alarm(u32::try_from(timeout_s).unwrap_or(u32::MAX).max(1));
             libc::close(read_end);
         }
         let mut out = unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(write_end) };
