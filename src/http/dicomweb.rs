@@ -94,7 +94,14 @@ async fn stow(
     let reply: Reply = dicomweb::stow::store(receiver, request, &mut body).await;
     // A request refused part-way (a part too large, a malformed body) has bytes still coming.
     linger(&mut body).await;
-    reply.into_response(&parts.headers)
+    closing(reply.into_response(&parts.headers))
+}
+
+/// `rsp` with `Connection: close`: a STOW-RS client holds one of the listener's connections only
+/// while its request runs, never idle between requests, so the slots left to probes stay free.
+fn closing(mut rsp: Response) -> Response {
+    rsp.headers_mut().insert(header::CONNECTION, axum::http::HeaderValue::from_static("close"));
+    rsp
 }
 
 /// A STOW-RS request counted in `stow_requests_in_progress` while it lives.

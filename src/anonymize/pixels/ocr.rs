@@ -21,6 +21,9 @@ use super::PixelError;
 /// A worker is replaced after this many images, so whatever the engine keeps between images
 /// (caches, fragmentation) stays bounded.
 const READS_PER_WORKER: u32 = 500;
+/// After a worker fails to start, images go to the program this long before a worker is tried
+/// again.
+const START_RETRY: Duration = Duration::from_secs(60);
 /// How long a new worker may take to load its model and say so.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -70,9 +73,17 @@ pub struct Ocr {
 struct Resident {
     command: Vec<OsString>,
     idle: Mutex<Vec<Worker>>,
-    /// A worker could not be started after the first: images go to the program once each, and
-    /// the log has said why (once).
-    failed_start: std::sync::atomic::AtomicBool,
+    /// When a worker last could not be started: for [`START_RETRY`] after it, images go to the
+    /// program once each (the log says so at each failure).
+    failed_start: Mutex<Option<std::time::Instant>>,
+}
+
+impl Resident {
+    /// Whether a worker failed to start less than [`START_RETRY`] ago.
+    fn resting(&self) -> bool {
+        let failed = *self.failed_start.lock().unwrap_or_else(|p| p.into_inner());
+        failed.is_some_and(|at| at.elapsed() < START_RETRY)
+    }
 }
 
 /// One resident worker process.
@@ -85,7 +96,10 @@ struct Worker {
 
 impl Drop for Worker {
     fn drop(&mut self) {
-        kill_group(&self.child);
+        // Not if it has been reaped already (found dead while idle): its pid may be another's now.
+        if matches!(self.child.try_wait(), Ok(None)) {
+            kill_group(&self.child);
+        }
         let _ = self.child.wait();
     }
 }
@@ -123,7 +137,7 @@ impl Ocr {
                     timeout.as_secs().max(1).to_string().into(),
                 ],
                 idle: Mutex::new(Vec::new()),
-                failed_start: std::sync::atomic::AtomicBool::new(false),
+                failed_start: Mutex::new(None),
             }),
             _ => None,
         };
@@ -138,11 +152,8 @@ impl Ocr {
 
     /// As [`new`](Self::new), with resident workers started by `command` (tests start stand-ins).
     pub fn with_worker(command: Vec<OsString>, timeout: Duration, memory_bytes: u64, workers: usize) -> Ocr {
-        let resident = Some(Resident {
-            command,
-            idle: Mutex::new(Vec::new()),
-            failed_start: std::sync::atomic::AtomicBool::new(false),
-        });
+        let resident =
+            Some(Resident { command, idle: Mutex::new(Vec::new()), failed_start: Mutex::new(None) });
         Ocr {
             program: PathBuf::from("tesseract"),
             timeout,
@@ -196,9 +207,7 @@ impl Ocr {
     pub fn read(&self, image: &Grey) -> Result<Vec<Word>, PixelError> {
         let _slot = self.slots.take();
         match &self.resident {
-            Some(r) if !r.failed_start.load(std::sync::atomic::Ordering::Relaxed) => {
-                self.read_resident(r, image)
-            }
+            Some(r) if !r.resting() => self.read_resident(r, image),
             _ => self.read_once(image),
         }
     }
@@ -241,8 +250,9 @@ impl Ocr {
             None => match self.start_worker(resident) {
                 Ok((w, _)) => w,
                 Err(e) => {
-                    resident.failed_start.store(true, std::sync::atomic::Ordering::Relaxed);
-                    tracing::warn!(error = %e, "burned-in text: a resident OCR worker could not be started; tesseract now runs once per image");
+                    *resident.failed_start.lock().unwrap_or_else(|p| p.into_inner()) =
+                        Some(std::time::Instant::now());
+                    tracing::warn!(error = %e, retry_in_s = START_RETRY.as_secs(), "burned-in text: a resident OCR worker could not be started; tesseract runs once per image meanwhile");
                     return self.read_once(image);
                 }
             },
@@ -554,6 +564,26 @@ mod tests {
         );
         ocr.probe().unwrap();
         assert!(matches!(ocr.read(&image()), Err(PixelError::Ocr(e)) if e.contains("cannot read")));
+    }
+
+    #[test]
+    fn a_worker_that_cannot_be_started_again_sends_images_to_the_program_for_a_while() {
+        let d = tempfile::tempdir().unwrap();
+        let ready = octal(&frame(0, b"tesseract"));
+        // The first start works and crashes on its image; every later start fails.
+        let starts = d.path().join("starts");
+        let script = format!(
+            "[ \"$(wc -l < '{}')\" -gt 1 ] && exit 3\nprintf '{ready}'; head -c 16 > /dev/null; kill -9 $$",
+            starts.display()
+        );
+        let mut ocr = stand_in(d.path(), &script, Duration::from_secs(10));
+        ocr.probe().unwrap();
+        assert!(ocr.read(&image()).is_err(), "the crash costs its image");
+        // No worker now: the program (Debian's tesseract, on the test bed) reads it instead.
+        assert!(ocr.read(&image()).is_ok());
+        assert!(ocr.resident.as_ref().is_some_and(Resident::resting));
+        assert!(ocr.read(&image()).is_ok());
+        assert_eq!(self::starts(d.path()), 2, "no new try while resting");
     }
 
     #[test]

@@ -192,7 +192,8 @@ pub fn serve(timeout_s: u64) -> i32 {
     loop {
         let said = match request(&mut input) {
             Ok(None) => return 0,
-            Ok(Some((w, h, pixels))) => match read_in_child(&api, w, h, &pixels, timeout_s) {
+            Ok(Some((w, h, pixels))) => match read_in_child(&api, w, h, &pixels, timeout_s, output.get_ref())
+            {
                 Ok(frame) => output.write_all(&frame).and_then(|()| output.flush()),
                 Err(why) => answer(&mut output, FAILED, why.as_bytes()),
             },
@@ -213,13 +214,18 @@ fn read_in_child(
     height: usize,
     pixels: &[u8],
     timeout_s: u64,
+    answers: &std::fs::File,
 ) -> Result<Vec<u8>, String> {
+    use std::os::fd::AsRawFd;
+    let answers = answers.as_raw_fd();
     let mut fds = [0 as c_int; 2];
     // SAFETY: pipe(2) into a two-element array.
     if unsafe { libc::pipe(fds.as_mut_ptr()) } != 0 {
         return Err(format!("no pipe for the reading: {}", io::Error::last_os_error()));
     }
     let (read_end, write_end) = (fds[0], fds[1]);
+    // SAFETY: getpid has no preconditions.
+    let worker = unsafe { libc::getpid() };
     // SAFETY: the worker is single-threaded (OMP_THREAD_LIMIT=1, no thread of ours), so the child
     // may allocate and run the engine; it leaves by _exit, running no destructor of the parent's.
     let pid = unsafe { libc::fork() };
@@ -237,8 +243,15 @@ fn read_in_child(
         // end, owned by `out` until _exit.
         unsafe {
             libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            // The worker may have died before the line above took effect.
+            if libc::getppid() != worker {
+                libc::_exit(1);
+            }
             libc::alarm(u32::try_from(timeout_s).unwrap_or(u32::MAX).max(1));
+            // Only its own pipe: not the worker's input nor its answers.
             libc::close(read_end);
+            libc::close(0);
+            libc::close(answers);
         }
         let mut out = unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(write_end) };
         let written = match api.read(width, height, pixels) {
