@@ -254,6 +254,15 @@ fn each_part_is_answered_as_ps3_18_says() {
     // What was stored: the two instances, each once.
     assert_eq!(files_under(&node.public()).len(), 2, "{}", node.log());
     let m = scrape(&node);
+    // Failures counted by their reason and the transport, as over DIMSE.
+    let series = |s: &str| value(&m, &format!("dicom_anon_{s},transport=\"stow-rs\"}}"));
+    assert_eq!(series("instances_quarantined_total{reason=\"DICOM_Read_Error\""), 1.0);
+    assert_eq!(series("instances_refused_total{status=\"0xC000\""), 1.0, "the text part");
+    assert_eq!(series("instances_refused_total{status=\"0x0110\""), 1.0, "the other study");
+    assert!(
+        !m.keys().any(|k| k.contains("status=\"292\"") || k.contains("status=\"49152\"")),
+        "statuses in hex"
+    );
     assert_eq!(
         value(&m, "dicom_anon_instances_stored_total{transport=\"stow-rs\"}"),
         3.0,

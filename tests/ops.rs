@@ -82,17 +82,20 @@ fn each_counter_moves_by_exactly_what_was_sent() {
     assert_eq!(value(&after, "dicom_anon_associations_active"), 0.0);
     assert_eq!(moved("dicom_anon_instances_received_total{transport=\"dimse\"}"), f64::from(N + 2));
     assert_eq!(moved("dicom_anon_instances_stored_total{transport=\"dimse\"}"), f64::from(N));
-    assert_eq!(moved("dicom_anon_instances_quarantined_total{reason=\"DICOM_Read_Error\"}"), 1.0);
+    assert_eq!(
+        moved("dicom_anon_instances_quarantined_total{reason=\"DICOM_Read_Error\",transport=\"dimse\"}"),
+        1.0
+    );
     let quarantined: f64 = after
         .iter()
         .filter(|(k, _)| k.starts_with("dicom_anon_instances_quarantined_total"))
         .map(|(k, v)| v - before.get(k).copied().unwrap_or(0.0))
         .sum();
     assert_eq!(quarantined, 1.0, "no other reason moved");
-    assert_eq!(moved("dicom_anon_instances_refused_total{status=\"0x0124\"}"), 1.0);
+    assert_eq!(moved("dicom_anon_instances_refused_total{status=\"0x0124\",transport=\"dimse\"}"), 1.0);
     for other in ["0x0122", "0xA700", "0xC000"] {
         assert_eq!(
-            moved(&format!("dicom_anon_instances_refused_total{{status=\"{other}\"}}")),
+            moved(&format!("dicom_anon_instances_refused_total{{status=\"{other}\",transport=\"dimse\"}}")),
             0.0,
             "{other}"
         );
@@ -198,7 +201,7 @@ fn readiness_follows_free_space_while_liveness_stays() {
     let out = storescu(node.port, &[f]);
     assert!(out.status.success() && !text(&out).contains("Store Failed"), "{}", text(&out));
     let m = scrape(&node);
-    assert_eq!(value(&m, "dicom_anon_instances_refused_total{status=\"0xA700\"}"), 1.0);
+    assert_eq!(value(&m, "dicom_anon_instances_refused_total{status=\"0xA700\",transport=\"dimse\"}"), 1.0);
     assert_eq!(value(&m, "dicom_anon_instances_stored_total{transport=\"dimse\"}"), 1.0);
     assert_eq!(
         value(&m, "dicom_anon_storage_min_free_bytes{project=\"TEST_PROJECT\"}"),

@@ -40,7 +40,12 @@ impl Failure {
 
     /// `0xA700`, as the audit trail and the metrics write statuses.
     pub fn code_text(&self) -> String {
-        format!("0x{:04X}", self.code)
+        Failure::text(self.code)
+    }
+
+    /// A status `code` as the audit trail and the metrics write it.
+    pub fn text(code: u16) -> String {
+        format!("0x{code:04X}")
     }
 }
 

@@ -320,7 +320,7 @@ fn run_part(
 fn answer(outcome: Result<Outcome, Failure>, project: &str) -> Result<(), Failure> {
     let outcome = outcome.inspect_err(|failure| {
         warn!(project, status = %failure.code_text(), reason = %failure.comment, "STOW-RS part refused");
-        METRICS.refused(&failure.code_text());
+        METRICS.refused(&failure.code_text(), TRANSPORT);
     })?;
     match outcome {
         Outcome::Stored(stored) => {
@@ -336,22 +336,22 @@ fn answer(outcome: Result<Outcome, Failure>, project: &str) -> Result<(), Failur
                 Failure::CANNOT_UNDERSTAND
             };
             warn!(project, %reason, error = %detail, "STOW-RS part quarantined");
-            METRICS.quarantined(reason);
+            METRICS.quarantined(reason, TRANSPORT);
             Err(Failure { reason: Some(reason), ..Failure::new(code, &detail) })
         }
         Outcome::Refused(detail) => {
             warn!(project, error = %detail, "STOW-RS part refused by a filter");
-            METRICS.refused(&Failure::NOT_AUTHORIZED.to_string());
+            METRICS.refused(&Failure::text(Failure::NOT_AUTHORIZED), TRANSPORT);
             Err(Failure::new(Failure::NOT_AUTHORIZED, &detail))
         }
         Outcome::Conflict(detail) => {
             warn!(project, error = %detail, "STOW-RS part refused");
-            METRICS.refused(&Failure::PROCESSING_FAILURE.to_string());
+            METRICS.refused(&Failure::text(Failure::PROCESSING_FAILURE), TRANSPORT);
             Err(Failure { conflict: true, ..Failure::new(Failure::PROCESSING_FAILURE, &detail) })
         }
         Outcome::Failed { detail, told } => {
             warn!(project, error = %detail, "STOW-RS part not stored");
-            METRICS.refused(&Failure::OUT_OF_RESOURCES.to_string());
+            METRICS.refused(&Failure::text(Failure::OUT_OF_RESOURCES), TRANSPORT);
             Err(Failure { environment: true, ..Failure::new(Failure::OUT_OF_RESOURCES, &told) })
         }
     }

@@ -171,15 +171,16 @@ impl Metrics {
                 "Instances anonymized, durable and acknowledged (0x0000, or listed stored in a STOW-RS response), by transport.",
                 "transport"
             )),
-            instances_quarantined: reg!(counter_vec(
-                "instances_quarantined_total",
-                "Instances quarantined, by reason.",
-                "reason"
+            instances_quarantined: reg!(IntCounterVec::new(
+                opts("instances_quarantined_total", "Instances quarantined, by reason and transport."),
+                &["reason", "transport"]
             )),
-            instances_refused: reg!(counter_vec(
-                "instances_refused_total",
-                "Instances refused without being kept, by response status.",
-                "status"
+            instances_refused: reg!(IntCounterVec::new(
+                opts(
+                    "instances_refused_total",
+                    "Instances refused without being kept, by response status (the C-STORE status, or a STOW-RS part's failure reason) and transport."
+                ),
+                &["status", "transport"]
             )),
             received_bytes: reg!(counter(
                 "received_bytes_total",
@@ -299,11 +300,13 @@ impl Metrics {
         for d in DROPS {
             m.connections_dropped.with_label_values(&[d]);
         }
-        for r in REASONS {
-            m.instances_quarantined.with_label_values(&[r.dir_name()]);
-        }
-        for s in REFUSALS {
-            m.instances_refused.with_label_values(&[s]);
+        for t in TRANSPORTS {
+            for r in REASONS {
+                m.instances_quarantined.with_label_values(&[r.dir_name(), t]);
+            }
+            for s in REFUSALS {
+                m.instances_refused.with_label_values(&[s, t]);
+            }
         }
         for t in TRANSPORTS {
             m.instances_received.with_label_values(&[t]);
@@ -323,8 +326,8 @@ impl Metrics {
         String::from_utf8(out).unwrap_or_default()
     }
 
-    pub fn quarantined(&self, reason: Reason) {
-        self.instances_quarantined.with_label_values(&[reason.dir_name()]).inc();
+    pub fn quarantined(&self, reason: Reason, transport: &str) {
+        self.instances_quarantined.with_label_values(&[reason.dir_name(), transport]).inc();
     }
 
     /// One group-commit flush, and whether it succeeded.
@@ -348,8 +351,8 @@ impl Metrics {
     }
 
     /// `status` is one of [`REFUSALS`] or another DIMSE status, formatted `0xNNNN`.
-    pub fn refused(&self, status: &str) {
-        self.instances_refused.with_label_values(&[status]).inc();
+    pub fn refused(&self, status: &str, transport: &str) {
+        self.instances_refused.with_label_values(&[status, transport]).inc();
     }
 }
 

@@ -35,6 +35,9 @@ struct Tally {
     spare: Vec<u8>,
 }
 
+/// The transport label of what the SCP counts.
+const DIMSE: &str = "dimse";
+
 /// Who is on the other end, for the audit trail and the logs.
 struct Who {
     /// Our id for the association (its start time and a counter), its calling AE, its address.
@@ -433,7 +436,7 @@ async fn answer_store(
 ) -> Answer {
     let bytes = data.received();
     let data = data.finish().await;
-    METRICS.instances_received.with_label_values(&["dimse"]).inc();
+    METRICS.instances_received.with_label_values(&[DIMSE]).inc();
     match (data, context) {
         (Err(e), _) => {
             warn!(error = %e, "cannot complete the spilled data set");
@@ -489,7 +492,7 @@ fn refused_here(status: Status, comment: &str, sop_class_uid: &str) -> Answer {
 }
 
 fn refused(status: Status, comment: &str) -> Answer {
-    METRICS.refused(&status.to_string());
+    METRICS.refused(&status.to_string(), DIMSE);
     Answer::said(status, Some(comment.to_string()))
 }
 
@@ -568,7 +571,7 @@ fn answer(outcome: Outcome, tally: &mut Tally) -> Answer {
         Outcome::Stored(stored) => {
             tally.instances += 1;
             tally.bytes += stored.size;
-            METRICS.instances_stored.with_label_values(&["dimse"]).inc();
+            METRICS.instances_stored.with_label_values(&[DIMSE]).inc();
             METRICS.stored_bytes.inc_by(stored.size);
             debug!(sop = %stored.keys.sop_uid, series = %stored.keys.series_uid, size = stored.size, "stored");
             Answer { audited: true, ..Answer::said(Status::SUCCESS, None) }
@@ -583,7 +586,7 @@ fn answer(outcome: Outcome, tally: &mut Tally) -> Answer {
             };
             // Instance errors name attributes and offsets, never values.
             warn!(status = %status, %reason, error = %detail, "instance quarantined");
-            METRICS.quarantined(reason);
+            METRICS.quarantined(reason, DIMSE);
             Answer { reason: Some(reason), ..Answer::said(status, Some(detail)) }
         }
         // Only a STOW-RS request names a study; a C-STORE never conflicts with its request.
