@@ -378,10 +378,13 @@ mod tests {
         for line in [
             "# TYPE dicom_anon_instances_stored_total counter",
             "# TYPE dicom_anon_ack_latency_seconds histogram",
-            "dicom_anon_instances_quarantined_total{reason=\"DICOM_Read_Error\"}",
+            "dicom_anon_instances_quarantined_total{reason=\"DICOM_Read_Error\",transport=\"dimse\"}",
+            "dicom_anon_instances_quarantined_total{reason=\"DICOM_Read_Error\",transport=\"stow-rs\"}",
             "dicom_anon_associations_rejected_total{reason=\"busy\"}",
             "dicom_anon_uploads_total{outcome=\"uploaded\"}",
-            "dicom_anon_instances_refused_total{status=\"0xA700\"}",
+            "dicom_anon_instances_refused_total{status=\"0xA700\",transport=\"dimse\"}",
+            "dicom_anon_instances_refused_total{status=\"0x0110\",transport=\"stow-rs\"}",
+            "dicom_anon_instances_stored_total{transport=\"stow-rs\"} 0",
             "dicom_anon_audit_rows_dropped_total 0",
         ] {
             assert!(text.contains(line), "{line} missing from:\n{text}");
