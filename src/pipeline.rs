@@ -214,6 +214,20 @@ pub enum Body<'a> {
     },
 }
 
+impl Body<'_> {
+    /// Write the bytes as they are to `w`: an instance kept in quarantine as it came.
+    fn copy_to(&self, w: &mut impl Write) -> io::Result<()> {
+        match *self {
+            Body::Memory(bytes) => w.write_all(bytes),
+            Body::File { path, offset } => {
+                let mut src = File::open(path)?;
+                src.seek(SeekFrom::Start(offset))?;
+                io::copy(&mut src, w).map(drop)
+            }
+        }
+    }
+}
+
 /// What a received instance must be: what the sender announced, and the node's filters.
 pub struct Admission<'a> {
     /// The C-STORE request's UIDs, or a Part 10 file's media storage UIDs (empty: not given).
@@ -441,11 +455,18 @@ impl Pipeline {
 
     /// Anonymize one Part 10 file from disk. `source` (a path) goes into the index only.
     pub fn process_file(&self, path: &Path, source: &str) -> Outcome {
-        if let Some(failed) = self.barrier.failure() {
-            return Outcome::Failed { detail: failed.to_string(), told: FLUSH_FAILED_TOLD.into() };
+        if let Some(failed) = self.after_failed_flush() {
+            return failed;
         }
         let result = guarded(|| self.run_file(path, 0, None, source));
-        self.settle(result, source, |f| io::copy(&mut File::open(path)?, f).map(drop))
+        self.settle(result, source, |f| Body::File { path, offset: 0 }.copy_to(f))
+    }
+
+    /// After a failed flush nothing more is written, not even to quarantine (see durability):
+    /// what every entry point answers then.
+    fn after_failed_flush(&self) -> Option<Outcome> {
+        let failed = self.barrier.failure()?;
+        Some(Outcome::Failed { detail: failed.to_string(), told: FLUSH_FAILED_TOLD.into() })
     }
 
     /// Anonymize a data set received in `ts`, once it passes `admission`.
@@ -456,9 +477,8 @@ impl Pipeline {
         admission: &Admission<'_>,
         source: &str,
     ) -> Outcome {
-        // After a failed flush nothing more is written, not even to quarantine (see durability).
-        if let Some(failed) = self.barrier.failure() {
-            return Outcome::Failed { detail: failed.to_string(), told: FLUSH_FAILED_TOLD.into() };
+        if let Some(failed) = self.after_failed_flush() {
+            return failed;
         }
         let result = guarded(|| self.run_body(body, ts, Some(admission), source));
         // Kept as a Part 10 file, so it can be inspected and imported again as it came.
@@ -466,14 +486,7 @@ impl Pipeline {
             let mut w = BufWriter::new(f);
             write_meta(admission.sop_class_uid, admission.sop_instance_uid, ts, &mut w)
                 .map_err(io::Error::other)?;
-            match body {
-                Body::Memory(bytes) => w.write_all(bytes)?,
-                Body::File { path, offset } => {
-                    let mut src = File::open(path)?;
-                    src.seek(SeekFrom::Start(offset))?;
-                    io::copy(&mut src, &mut w)?;
-                }
-            }
+            body.copy_to(&mut w)?;
             w.flush()
         })
     }
@@ -482,8 +495,8 @@ impl Pipeline {
     /// its meta group announces its SOP class and instance, which the data set must match, as a
     /// C-STORE's must match its request. `filters` says the rest of what it must be.
     pub fn process_part10(&self, file: Body<'_>, filters: &Filters<'_>, source: &str) -> Outcome {
-        if let Some(failed) = self.barrier.failure() {
-            return Outcome::Failed { detail: failed.to_string(), told: FLUSH_FAILED_TOLD.into() };
+        if let Some(failed) = self.after_failed_flush() {
+            return failed;
         }
         let result = guarded(|| match file {
             Body::Memory(bytes) => {
@@ -493,14 +506,7 @@ impl Pipeline {
             }
             Body::File { path, offset } => self.run_file(path, offset, Some(filters), source),
         });
-        self.settle(result, source, |f| match file {
-            Body::Memory(bytes) => f.write_all(bytes),
-            Body::File { path, offset } => {
-                let mut src = File::open(path)?;
-                src.seek(SeekFrom::Start(offset))?;
-                io::copy(&mut src, f).map(drop)
-            }
-        })
+        self.settle(result, source, |f| file.copy_to(f))
     }
 
     /// Turn a result into an outcome: a data fault is quarantined with `keep`, which writes the
