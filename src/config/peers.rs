@@ -177,13 +177,15 @@ fn default_timeout_s() -> u64 {
     30
 }
 
-fn peer_problems(key: &str, peer: &DicomPeer, p: &mut Vec<String>) {
-    if peer.name.trim().is_empty() || peer.name.chars().any(|c| c.is_control() || c == '/') {
-        p.push(format!(
-            "{key}.name: {:?} must be a non-empty name without '/' or control characters",
-            peer.name
-        ));
+/// A peer's or destination's `name`: ours, shown in logs and metric labels, never a path.
+fn name_problems(key: &str, name: &str, p: &mut Vec<String>) {
+    if name.trim().is_empty() || name.chars().any(|c| c.is_control() || c == '/') {
+        p.push(format!("{key}.name: {name:?} must be a non-empty name without '/' or control characters"));
     }
+}
+
+fn peer_problems(key: &str, peer: &DicomPeer, p: &mut Vec<String>) {
+    name_problems(key, &peer.name, p);
     if !valid_ae_title(&peer.ae_title) {
         p.push(format!("{key}.ae_title: {:?} is not a valid AE title", peer.ae_title));
     }
@@ -205,12 +207,7 @@ fn duplicate_names<'a>(key: &str, names: impl Iterator<Item = &'a str>, p: &mut 
 }
 
 fn dicomweb_problems(key: &str, d: &DicomwebDestination, p: &mut Vec<String>) {
-    if d.name.trim().is_empty() || d.name.chars().any(|c| c.is_control() || c == '/') {
-        p.push(format!(
-            "{key}.name: {:?} must be a non-empty name without '/' or control characters",
-            d.name
-        ));
-    }
+    name_problems(key, &d.name, p);
     let https = d.url.starts_with("https://");
     if !(https || d.url.starts_with("http://")) || d.url.contains(char::is_whitespace) {
         p.push(format!("{key}.url: {:?} must be an http:// or https:// URL", d.label()));

@@ -78,13 +78,18 @@ impl Stow {
         }
     }
 
+    /// The Error Comment of the response as a whole: why the request was cut short, or that it
+    /// held no part.
+    fn comment(&self) -> Option<&str> {
+        let empty = self.stored.is_empty() && self.failed.is_empty();
+        self.refusal.as_ref().map(|(_, why)| why.as_str()).or(empty.then_some("the request holds no part"))
+    }
+
     /// The response data set in DICOM JSON (PS3.18 Annex F).
     pub fn json(&self) -> Value {
         let mut top = Map::new();
-        if let Some((_, why)) = &self.refusal {
+        if let Some(why) = self.comment() {
             top.insert("00000902".into(), text("LO", why));
-        } else if self.stored.is_empty() && self.failed.is_empty() {
-            top.insert("00000902".into(), text("LO", "the request holds no part"));
         }
         let failed = self.failed.iter().map(|(class, instance, f)| {
             let mut item = reference(class, instance);
@@ -103,12 +108,7 @@ impl Stow {
         let mut x = String::from(
             "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<NativeDicomModel xmlns=\"http://dicom.nema.org/PS3.19/models/NativeDICOM\">\n",
         );
-        if let Some(why) = self
-            .refusal
-            .as_ref()
-            .map(|(_, w)| w.as_str())
-            .or((self.stored.is_empty() && self.failed.is_empty()).then_some("the request holds no part"))
-        {
+        if let Some(why) = self.comment() {
             x += &xml_text("00000902", "LO", "ErrorComment", why);
         }
         let mut failed = String::new();

@@ -169,17 +169,15 @@ impl StowClient {
     /// a delimiter inside it would end the part there and start one the pipeline never saw.
     async fn post(&self, parts: &[(Delivery, PathBuf, u64)]) -> Result<(StatusCode, Bytes), String> {
         let boundary = random_boundary()?;
-        let head = |_: usize| format!("--{boundary}\r\nContent-Type: application/dicom\r\n\r\n");
+        let head = Bytes::from(format!("--{boundary}\r\nContent-Type: application/dicom\r\n\r\n"));
         let close = format!("--{boundary}--\r\n");
         let delimiter = Arc::new(format!("\r\n--{boundary}").into_bytes());
         let length: u64 =
-            parts.iter().enumerate().map(|(i, (_, _, len))| head(i).len() as u64 + len + 2).sum::<u64>()
-                + close.len() as u64;
-        let files: Vec<(String, PathBuf, u64)> =
-            parts.iter().enumerate().map(|(i, (_, path, len))| (head(i), path.clone(), *len)).collect();
+            parts.iter().map(|(_, _, len)| head.len() as u64 + len + 2).sum::<u64>() + close.len() as u64;
+        let files: Vec<(PathBuf, u64)> = parts.iter().map(|(_, path, len)| (path.clone(), *len)).collect();
         let stream = futures_util::stream::iter(files)
-            .flat_map(move |(head, path, len)| {
-                let head = futures_util::stream::once(async move { Ok(Bytes::from(head)) });
+            .flat_map(move |(path, len)| {
+                let head = futures_util::stream::once(std::future::ready(Ok(head.clone())));
                 let end = futures_util::stream::once(async { Ok(Bytes::from_static(b"\r\n")) });
                 head.chain(without_delimiter(file_chunks(path, len), delimiter.clone())).chain(end)
             })
@@ -200,12 +198,10 @@ impl StowClient {
     /// The anonymized SOP instance UIDs among `items` that the destination holds already, by a
     /// QIDO-RS query per series. A query that fails finds nothing: the instance is sent.
     async fn held(&self, items: &[&Delivery]) -> HashSet<String> {
-        let mut series: HashMap<(&str, &str), ()> = HashMap::new();
-        for i in items {
-            series.insert((&i.anon_study_uid, &i.anon_series_uid), ());
-        }
+        let series: HashSet<(&str, &str)> =
+            items.iter().map(|i| (i.anon_study_uid.as_str(), i.anon_series_uid.as_str())).collect();
         let mut held = HashSet::new();
-        for (study, series) in series.into_keys() {
+        for (study, series) in series {
             let path =
                 format!("{}/studies/{study}/series/{series}/instances?includefield=00080018", self.base);
             let Ok(request) = self.request(Method::GET, &path).body(Full::new(Bytes::new())) else {
