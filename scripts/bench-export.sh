@@ -32,11 +32,7 @@ logging: { level: warn }
 $1
 YAML
 }
-start_node() {
-    "$BIN" serve --config "$WORK/node/config.yaml" > "$WORK/node/out" 2>> "$WORK/node/log" &
-    NODE_PID=$!
-    until grep -q listening "$WORK/node/out" 2>/dev/null; do sleep 0.02; done
-}
+start_node() { bench_start_node "$WORK/node"; }
 stop_node() { kill "$NODE_PID"; wait "$NODE_PID" || true; NODE_PID=""; }
 start_storescp() {
     retire "$WORK/scp"; mkdir -p "$WORK/scp"

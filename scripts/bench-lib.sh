@@ -49,3 +49,18 @@ bench_cleanup() {
     done
     rm -rf "$WORK"
 }
+
+# bench_start_node DIR: the node serving DIR/config.yaml (its output in DIR/out, its log appended
+# to DIR/log), once every listener is bound (the start's "tls" line). Sets NODE_PID, NODE_PORT (the
+# DICOM listener on 127.0.0.1) and HTTP_ADDR (empty with http off). A node that exits instead stops
+# the benchmark with its log.
+bench_start_node() {
+    "$BIN" serve --config "$1/config.yaml" > "$1/out" 2>> "$1/log" &
+    NODE_PID=$!
+    until grep -q '^tls' "$1/out" 2>/dev/null; do
+        kill -0 "$NODE_PID" 2>/dev/null || { echo "the node did not start:" >&2; cat "$1/log" >&2; exit 1; }
+        sleep 0.02
+    done
+    NODE_PORT=$(grep -o 'listening on 127.0.0.1:[0-9]*' "$1/out" | cut -d: -f2 || true)
+    HTTP_ADDR=$(sed -n 's/^http on //p' "$1/out")
+}

@@ -48,13 +48,7 @@ done
 start_node() {
     retire "$WORK/node"; mkdir -p "$WORK/node"
     config "$WORK/node/config.yaml" "$WORK/node/storage"
-    "$BIN" serve --config "$WORK/node/config.yaml" > "$WORK/node/out" 2> "$WORK/node/log" &
-    NODE_PID=$!
-    until grep -q '^tls' "$WORK/node/out" 2>/dev/null; do
-        kill -0 "$NODE_PID" 2>/dev/null || { echo "the node did not start:" >&2; cat "$WORK/node/log" >&2; exit 1; }
-        sleep 0.05
-    done
-    NODE_PORT=$(grep -o 'listening on 127.0.0.1:[0-9]*' "$WORK/node/out" | cut -d: -f2)
+    bench_start_node "$WORK/node"
 }
 stop_node() { kill "$NODE_PID"; wait "$NODE_PID" || true; NODE_PID=""; }
 send() { TCP_NODELAY=1 /usr/bin/storescu -aec ANONYMIZER 127.0.0.1 "$NODE_PORT" "$@" > /dev/null 2>&1; }

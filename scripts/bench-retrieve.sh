@@ -72,9 +72,7 @@ http: { enabled: false }
 logging: { level: warn }
 pacs: [ { name: pacs, ae_title: PACS, host: 127.0.0.1, port: 11200 } ]
 YAML
-    "$BIN" serve --config "$WORK/node/config.yaml" > "$WORK/node/out" 2> "$WORK/node/log" &
-    NODE_PID=$!
-    until grep -q listening "$WORK/node/out" 2>/dev/null; do sleep 0.02; done
+    bench_start_node "$WORK/node"
     c0=$(ticks "$NODE_PID")
     t0=$(now)
     "$BIN" retrieve --config "$WORK/node/config.yaml" --from pacs --study-date 19000101- --moves "$moves" \

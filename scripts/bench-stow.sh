@@ -56,14 +56,7 @@ http: { listen: "127.0.0.1:0" }
 logging: { level: warn }
 $1
 YAML
-    "$BIN" serve --config "$WORK/node/config.yaml" > "$WORK/node/out" 2> "$WORK/node/log" &
-    NODE_PID=$!
-    until grep -q '^tls' "$WORK/node/out" 2>/dev/null; do
-        kill -0 "$NODE_PID" 2>/dev/null || { echo "the node did not start:" >&2; cat "$WORK/node/log" >&2; exit 1; }
-        sleep 0.05
-    done
-    NODE_PORT=$(grep -o 'listening on 127.0.0.1:[0-9]*' "$WORK/node/out" | cut -d: -f2)
-    HTTP_ADDR=$(sed -n 's/^http on //p' "$WORK/node/out")
+    bench_start_node "$WORK/node"
 }
 metrics() { curl -sf --max-time 5 "http://$HTTP_ADDR/metrics"; }
 ocr() {
@@ -159,10 +152,7 @@ drain() {
     retire "$WORK/node"; cp -a "$WORK/filled" "$WORK/node"
     printf '%s\n' "$yaml" >> "$WORK/node/config.yaml"
     t0=$(now)
-    "$BIN" serve --config "$WORK/node/config.yaml" > "$WORK/node/out" 2>> "$WORK/node/log" &
-    NODE_PID=$!
-    until grep -q '^tls' "$WORK/node/out" 2>/dev/null; do sleep 0.02; done
-    HTTP_ADDR=$(sed -n 's/^http on //p' "$WORK/node/out")
+    bench_start_node "$WORK/node"
     c0=$(ticks "$NODE_PID")
     until [ "$(metrics | awk '$1 ~ /^dicom_anon_exports_total\{destination="orthanc",outcome="sent"\}/ { print $2 }')" = "$COUNT" ]; do
         kill -0 "$NODE_PID" 2>/dev/null || { echo "the node stopped:" >&2; cat "$WORK/node/log" >&2; exit 1; }
