@@ -216,13 +216,15 @@ fn dicomweb_problems(key: &str, d: &DicomwebDestination, p: &mut Vec<String>) {
             "{key}.url: holds credentials; put them in {key}.auth, read from a file or the environment"
         ));
     }
-    // Credentials cross the network in clear over http://, except to this machine.
-    let host = d.label().split_once("://").map(|(_, r)| r.split(['/', '?']).next().unwrap_or("").to_string());
-    let loopback = host.as_deref().is_some_and(|h| {
-        let name = h
-            .rsplit_once(':')
-            .map_or(h, |(n, port)| if port.chars().all(|c| c.is_ascii_digit()) { n } else { h });
-        matches!(name, "localhost" | "[::1]") || name.starts_with("127.")
+    // Credentials cross the network in clear over http://, except to this machine: the URL's
+    // host, read as the client reads it (`StowClient::new`), is localhost or a loopback address.
+    let host = d
+        .url
+        .parse::<hyper::http::Uri>()
+        .ok()
+        .and_then(|u| u.host().map(|h| h.trim_matches(['[', ']']).to_string()));
+    let loopback = host.is_some_and(|h| {
+        h.eq_ignore_ascii_case("localhost") || h.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
     });
     if d.auth.is_some() && !https && !loopback {
         p.push(format!("{key}.auth: would be sent in clear over http://; use an https:// URL"));
@@ -313,6 +315,7 @@ mod tests {
                     \x20   - { name: a, url: 'https://user:pw@h/dw', batch: 0, auth: { token_env: T, basic_user: u } }\n\
                     \x20   - { name: b, url: 'ftp://h', requests: 33, auth: { basic_user: u } }\n\
                     \x20   - { name: c, url: 'http://pacs.example.org/dw', auth: { token_env: T } }\n\
+                    \x20   - { name: d, url: 'http://127.evil.example/dw', auth: { token_env: T } }\n\
                     \x20   - { name: ok, url: 'http://127.0.0.1:8042/dicom-web', auth: { basic_user: u, basic_password_env: P } }\n";
         let c: super::Config = serde_norway::from_str(yaml).unwrap();
         let problems = c.validate().join("\n");
@@ -326,10 +329,11 @@ mod tests {
             "export.dicomweb[1].requests",
             "export.dicomweb[1].auth: basic_user needs",
             "export.dicomweb[2].auth: would be sent in clear",
+            "export.dicomweb[3].auth: would be sent in clear",
         ] {
             assert!(problems.contains(key), "{key} missing from:\n{problems}");
         }
-        assert!(!problems.contains("export.dicomweb[3]"), "{problems}");
+        assert!(!problems.contains("export.dicomweb[4]"), "{problems}");
         assert!(!problems.contains("pw"), "a password in a URL is never repeated: {problems}");
     }
 }
