@@ -3,6 +3,7 @@
 //! node with one project. The path chooses the project, as the called AE title does for DIMSE.
 //! Here the request is only translated: `dicomweb::stow` decides what becomes of each part.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::extract::{Path, Request, State};
@@ -21,57 +22,27 @@ use crate::dicomweb::{self, Reply};
 pub const MAX_REQUESTS: usize = super::serve::MAX_CONNECTIONS * 3 / 4;
 static REQUESTS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(MAX_REQUESTS);
 
-/// The routes, to merge into the endpoint's router.
+/// The routes, to merge into the endpoint's router: one handler, the path's parameters saying
+/// which project (none: the node's only one) and which study (none: any).
 pub fn routes() -> Router<Arc<Ops>> {
     Router::new()
-        .route("/dicomweb/studies", post(only_project))
-        .route("/dicomweb/studies/{study}", post(only_project_study))
-        .route("/projects/{name}/dicomweb/studies", post(project))
-        .route("/projects/{name}/dicomweb/studies/{study}", post(project_study))
-}
-
-async fn only_project(State(ops): State<Arc<Ops>>, c: Extension<Arc<Connection>>, r: Request) -> Response {
-    stow(&ops, None, None, c, r).await
-}
-
-async fn only_project_study(
-    State(ops): State<Arc<Ops>>,
-    Path(study): Path<String>,
-    c: Extension<Arc<Connection>>,
-    r: Request,
-) -> Response {
-    stow(&ops, None, Some(study), c, r).await
-}
-
-async fn project(
-    State(ops): State<Arc<Ops>>,
-    Path(name): Path<String>,
-    c: Extension<Arc<Connection>>,
-    r: Request,
-) -> Response {
-    stow(&ops, Some(name), None, c, r).await
-}
-
-async fn project_study(
-    State(ops): State<Arc<Ops>>,
-    Path((name, study)): Path<(String, String)>,
-    c: Extension<Arc<Connection>>,
-    r: Request,
-) -> Response {
-    stow(&ops, Some(name), Some(study), c, r).await
+        .route("/dicomweb/studies", post(stow))
+        .route("/dicomweb/studies/{study}", post(stow))
+        .route("/projects/{name}/dicomweb/studies", post(stow))
+        .route("/projects/{name}/dicomweb/studies/{study}", post(stow))
 }
 
 /// Find the project, then store the request's parts through its pipeline.
 async fn stow(
-    ops: &Ops,
-    name: Option<String>,
-    study: Option<String>,
+    State(ops): State<Arc<Ops>>,
+    Path(mut params): Path<HashMap<String, String>>,
     Extension(connection): Extension<Arc<Connection>>,
     request: Request,
 ) -> Response {
+    let (name, study) = (params.remove("name"), params.remove("study"));
     let (parts, body) = request.into_parts();
     let mut body = body.into_data_stream();
-    let receiver = match admit(ops, name.as_deref(), &connection) {
+    let receiver = match admit(&ops, name.as_deref(), &connection) {
         Ok(receiver) => receiver,
         Err(refusal) => {
             linger(&mut body).await;
