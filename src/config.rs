@@ -43,6 +43,141 @@ pub struct Config {
     /// Destinations of the queue besides S3.
     #[serde(default)]
     pub export: ExportConfig,
+    /// Where the PHI index lives: SQLite in the storage directory, or a PostgreSQL database
+    /// shared by several nodes.
+    #[serde(default)]
+    pub index: IndexConfig,
+    /// This node among several on one index.
+    #[serde(default)]
+    pub node: NodeConfig,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IndexBackend {
+    /// `private/index.db` in the storage directory: one node's own.
+    #[default]
+    Sqlite,
+    /// A PostgreSQL database: several nodes, one archive (README, "Several nodes").
+    Postgres,
+}
+
+/// The PHI index's database. The connection string holds a password: it is read from a file or
+/// an environment variable, never written in the configuration or on the command line.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IndexConfig {
+    pub backend: IndexBackend,
+    /// Environment variable holding the PostgreSQL connection string
+    /// (`postgresql://user:password@host:port/database`).
+    pub url_env: Option<String>,
+    /// File holding it.
+    pub url_file: Option<PathBuf>,
+    /// The PostgreSQL schema of this project; absent: the project's name in lower case.
+    pub schema: Option<String>,
+}
+
+impl IndexConfig {
+    fn validate(&self) -> Vec<String> {
+        let mut p = Vec::new();
+        match self.backend {
+            IndexBackend::Sqlite => {
+                if self.url_env.is_some() || self.url_file.is_some() || self.schema.is_some() {
+                    p.push(
+                        "index.url_env, index.url_file, index.schema: only for index.backend: postgres"
+                            .into(),
+                    );
+                }
+            }
+            IndexBackend::Postgres => {
+                if self.url_env.is_none() == self.url_file.is_none() {
+                    p.push(
+                        "index.url_env or index.url_file: exactly one must name where the connection string is".into(),
+                    );
+                }
+                if let Some(schema) = &self.schema {
+                    if schema.is_empty() || schema.len() > 63 || schema.contains('\0') {
+                        p.push(format!("index.schema: {schema:?} must be 1 to 63 bytes"));
+                    }
+                }
+            }
+        }
+        p
+    }
+
+    /// The PostgreSQL schema of `project`.
+    pub fn schema_of(&self, project: &str) -> String {
+        self.schema.clone().unwrap_or_else(|| {
+            project
+                .chars()
+                .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '_' })
+                .collect()
+        })
+    }
+
+    /// Where the index is: reads the connection string of a PostgreSQL index.
+    pub fn location(
+        &self,
+        project: &str,
+        storage: &StorageConfig,
+        node: &NodeConfig,
+    ) -> Result<crate::index::Location, ConfigError> {
+        use crate::index::Location;
+        match self.backend {
+            IndexBackend::Sqlite => Ok(Location::Sqlite(storage.index_path())),
+            IndexBackend::Postgres => {
+                let source = secret::SecretSource {
+                    key: "index.url",
+                    env: self.url_env.as_deref(),
+                    file: self.url_file.as_deref(),
+                };
+                let url = source
+                    .read()?
+                    .ok_or_else(|| ConfigError::MissingSecret("index.url_env or index.url_file".into()))?;
+                Ok(Location::Postgres { url, schema: self.schema_of(project), node: node.id() })
+            }
+        }
+    }
+}
+
+/// Who this node is among those sharing an index.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NodeConfig {
+    /// Stamped on the instances this node stores: its upload and export queues take only
+    /// those, since the files are on its disk. Absent: the host name.
+    pub id: Option<String>,
+}
+
+impl NodeConfig {
+    pub fn id(&self) -> String {
+        self.id.clone().unwrap_or_else(host_name)
+    }
+
+    fn validate(&self) -> Vec<String> {
+        match &self.id {
+            Some(id)
+                if id.is_empty()
+                    || id.len() > 64
+                    || id.chars().any(|c| c.is_whitespace() || c.is_control()) =>
+            {
+                vec![format!("node.id: {id:?} must be 1 to 64 characters, none of them blank or control")]
+            }
+            _ => Vec::new(),
+        }
+    }
+}
+
+/// The machine's host name (`localhost` if it has none).
+fn host_name() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: gethostname writes at most `len` bytes into the buffer it is given.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    match std::str::from_utf8(&buf[..end]) {
+        Ok(name) if rc == 0 && !name.is_empty() => name.to_string(),
+        _ => "localhost".into(),
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
@@ -641,6 +776,8 @@ impl Config {
         p.extend(self.scp.validate());
         p.extend(self.upload.validate());
         p.extend(self.http.validate());
+        p.extend(self.index.validate());
+        p.extend(self.node.validate());
         // The list is checked on whichever listener asks for client certificates: DICOM TLS for
         // associations, HTTPS for STOW-RS requests.
         let dicom = self.scp.tls.as_ref().is_some_and(|t| t.client_ca_file.is_some());
@@ -679,6 +816,11 @@ impl Config {
 
     pub fn index_path(&self) -> PathBuf {
         self.storage.index_path()
+    }
+
+    /// Where this project's PHI index is (a PostgreSQL one's connection string read now).
+    pub fn index_location(&self) -> Result<crate::index::Location, ConfigError> {
+        self.index.location(&self.project.name, &self.storage, &self.node)
     }
 
     pub fn quarantine_dir(&self) -> PathBuf {

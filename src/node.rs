@@ -315,7 +315,7 @@ fn start_operations(
             site_id: p.config.project.site_id.clone(),
             ae_title: p.config.scp.ae_title.clone(),
             index: p.pipeline.index().clone(),
-            reader: Reader::open(&p.config.index_path()).map_err(|e| NodeError::Project {
+            reader: Reader::open_at(&p.config.index_location()?).map_err(|e| NodeError::Project {
                 name: p.config.project.name.clone(),
                 source: Box::new(e.into()),
             })?,

@@ -304,6 +304,8 @@ pub struct Limits {
 pub struct Sections<'a> {
     pub project: &'a ProjectConfig,
     pub storage: &'a StorageConfig,
+    pub index: &'a crate::config::IndexConfig,
+    pub node: &'a crate::config::NodeConfig,
     pub limits: Limits,
 }
 
@@ -312,6 +314,8 @@ impl<'a> From<&'a Config> for Sections<'a> {
         Sections {
             project: &config.project,
             storage: &config.storage,
+            index: &config.index,
+            node: &config.node,
             limits: Limits {
                 instance: config.scp.max_instance_bytes,
                 in_memory: config.scp.max_in_memory_bytes,
@@ -349,7 +353,7 @@ impl Pipeline {
         out: &Path,
         durability: Durability,
     ) -> Result<Pipeline, SetupError> {
-        let Sections { project, storage, limits } = sections.into();
+        let Sections { project, storage, index, node, limits } = sections.into();
         // First: a second writer learns who holds the directory before anything else is done.
         let lock = StorageLock::acquire(&storage.dir)?;
         let engine = Self::engine(project)?;
@@ -369,7 +373,7 @@ impl Pipeline {
             PseudonymMode::Rsna => Owner::for_site(&project.site_id),
         };
         let index_path = storage.index_path();
-        let index = Index::open(&index_path, &owner)?;
+        let index = Index::open_at(&index.location(&project.name, storage, node)?, &owner)?;
         let spool = Spool::open(out, durability == Durability::EachInstance)?;
         let tmp = storage.tmp_dir();
         crate::file_modes::private_dir(&tmp)
@@ -1138,7 +1142,7 @@ mod tests {
                 Environment,
             ),
             (IndexError::Closed.into(), Environment),
-            (IndexError::Sqlite(rusqlite::Error::QueryReturnedNoRows).into(), Environment),
+            (IndexError::Db(crate::index::db::DbError::NoRow).into(), Environment),
             (SpoolError::Io { path: "/srv/dag/public/x.part".into(), source: io() }.into(), Environment),
             (InstanceError::Io { path: "/srv/dag/private/tmp/1.spill".into(), source: io() }, Environment),
             (SplitError::Io(io()).into(), Environment),
@@ -1160,7 +1164,7 @@ mod tests {
                 "buffered copy",
             ),
             (InflateError::Io(io()).into(), "buffered copy"),
-            (IndexError::Sqlite(rusqlite::Error::QueryReturnedNoRows).into(), "index"),
+            (IndexError::Db(crate::index::db::DbError::NoRow).into(), "index"),
             (
                 OverBudget { needed: 1, limit: 2, in_use: 2, waited: MEMORY_WAIT }.into(),
                 "memory for data sets is taken",

@@ -25,11 +25,11 @@ pub fn index(command: IndexCommand) -> anyhow::Result<Said> {
 /// `uid_mapping.csv` and `patient_id_mapping.csv` into the directory `out`.
 fn export_mapping(target: &ProjectArgs, out: &Path) -> anyhow::Result<Said> {
     let config = target.load()?;
-    let path = config.index_path();
+    let location = config.index_location()?;
     file_modes::missing_dirs(out).with_context(|| format!("creating {}", out.display()))?;
     say_if_live(&config);
     let (uids, patients) =
-        index::export_mapping(&path, out).with_context(|| format!("exporting {}", path.display()))?;
+        index::export_mapping(&location, out).with_context(|| format!("exporting {location}"))?;
     Ok(Said::ok(format!(
         "wrote {uids} UIDs to {} and {patients} PatientIDs to {} (PHI: keep them where the index is kept)\n",
         out.join(index::UID_MAPPING).display(),
@@ -40,20 +40,19 @@ fn export_mapping(target: &ProjectArgs, out: &Path) -> anyhow::Result<Said> {
 /// RSNA's twelve columns, one row per study.
 fn export_studies(target: &ProjectArgs, out: &Path) -> anyhow::Result<Said> {
     let config = target.load()?;
-    let path = config.index_path();
+    let location = config.index_location()?;
     say_if_live(&config);
-    let rows = index::export_csv(&path, out).with_context(|| format!("exporting {}", path.display()))?;
+    let rows = index::export_csv(&location, out).with_context(|| format!("exporting {location}"))?;
     Ok(Said::ok(format!("wrote {rows} studies to {}\n", out.display())))
 }
 
 fn backup(target: &ProjectArgs, out: &Path) -> anyhow::Result<Said> {
     let config = target.load()?;
-    let path = config.index_path();
+    let location = config.index_location()?;
     say_if_live(&config);
-    let size = index::backup(&path, out).with_context(|| format!("backing up {}", path.display()))?;
+    let size = index::backup(&location, out).with_context(|| format!("backing up {location}"))?;
     Ok(Said::ok(format!(
-        "wrote a copy of {} to {} ({size} bytes; PHI: keep it where the index is kept)\n",
-        path.display(),
+        "wrote a copy of {location} to {} ({size} bytes; PHI: keep it where the index is kept)\n",
         out.display()
     )))
 }
@@ -61,10 +60,10 @@ fn backup(target: &ProjectArgs, out: &Path) -> anyhow::Result<Said> {
 pub fn audit_export(target: &ProjectArgs, out: &Path, since: Option<&str>) -> anyhow::Result<Said> {
     let config = target.load()?;
     let since = since.map(audit_since).transpose()?;
-    let path = config.index_path();
+    let location = config.index_location()?;
     say_if_live(&config);
-    let rows = index::export_audit(&path, out, since.as_deref())
-        .with_context(|| format!("exporting the audit trail of {}", path.display()))?;
+    let rows = index::export_audit(&location, out, since.as_deref())
+        .with_context(|| format!("exporting the audit trail of {location}"))?;
     Ok(Said::ok(format!("wrote {rows} audit rows to {}\n", out.display())))
 }
 
@@ -79,7 +78,7 @@ pub fn queue(command: QueueCommand) -> anyhow::Result<Said> {
 fn queue_retry(config: &Config) -> anyhow::Result<Said> {
     // The node's uploader and exporters claim from these rows: one writer at a time.
     let _lock = StorageLock::acquire(&config.storage.dir)?;
-    let index = Index::open(&config.index_path(), &Owner::for_site(&config.project.site_id))?;
+    let index = Index::open_at(&config.index_location()?, &Owner::for_site(&config.project.site_id))?;
     let uploads = format!("{} failed instances queued again\n", index.retry_failed()?);
     // That is done whatever happens next: said before the next step's error, if it fails.
     let sends = index.retry_failed_deliveries().inspect_err(|_| print!("{uploads}"))?;
@@ -89,13 +88,15 @@ fn queue_retry(config: &Config) -> anyhow::Result<Said> {
 
 /// Counts per state, the oldest waiting, the failed with their errors; then each destination.
 fn queue_status(config: &Config) -> anyhow::Result<Said> {
-    let path = config.index_path();
-    if !path.exists() {
-        return Ok(Said::ok(format!("nothing received yet (no index at {})\n", path.display())));
+    let location = config.index_location()?;
+    if let index::Location::Sqlite(path) = &location {
+        if !path.exists() {
+            return Ok(Said::ok(format!("nothing received yet (no index at {})\n", path.display())));
+        }
     }
     // Read-only, beside a running node: a writer here would race the node's commits.
     say_if_live(config);
-    let reader = index::Reader::open(&path)?;
+    let reader = index::Reader::open_at(&location)?;
     let status = reader.queue_status()?;
     let destinations = reader.destination_status()?;
     let mut text = String::new();

@@ -64,7 +64,7 @@ async fn move_and_report(
     if let Some(r) = &receiver {
         eprintln!("{}", r.describe());
     }
-    let result = retrieve::run(request, &config.index_path()).await;
+    let result = retrieve::run(request, &config.index_location()?).await;
     if let Some(r) = receiver {
         r.finish().await?;
     }

@@ -14,7 +14,10 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_norway::{Mapping, Value};
 
-use super::{Config, HttpConfig, LoggingConfig, ProjectConfig, ScpConfig, StorageConfig, UploadConfig};
+use super::{
+    Config, HttpConfig, IndexConfig, LoggingConfig, NodeConfig, ProjectConfig, ScpConfig, StorageConfig,
+    UploadConfig,
+};
 
 /// The keys of an entry that belong to the listener's per-AE settings (`scp`); the rest of
 /// `scp` (ports, TLS, limits, timeouts) is node-wide.
@@ -51,6 +54,11 @@ struct ConfigFile {
     pacs: Vec<super::DicomPeer>,
     #[serde(default)]
     export: super::ExportConfig,
+    /// Shared by the projects (each in its own PostgreSQL schema), overridable per project.
+    #[serde(default)]
+    index: IndexConfig,
+    #[serde(default)]
+    node: NodeConfig,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -74,6 +82,8 @@ pub fn parse(text: &str) -> Result<Vec<Config>, ParseError> {
         http: file.http.clone(),
         pacs: file.pacs.clone(),
         export: file.export.clone(),
+        index: file.index.clone(),
+        node: file.node.clone(),
     };
     let entries = match (file.project.clone(), file.projects.clone()) {
         (Some(project), None) => {
@@ -124,6 +134,7 @@ fn resolve(file: &ConfigFile, entry: Mapping, i: usize) -> Result<Config, Vec<St
     let mut scp = Mapping::new();
     let mut storage = Mapping::new();
     let mut upload = Mapping::new();
+    let mut index = Mapping::new();
     let mut project = Mapping::new();
     let mut problems = Vec::new();
     for (key, value) in entry {
@@ -131,15 +142,19 @@ fn resolve(file: &ConfigFile, entry: Mapping, i: usize) -> Result<Config, Vec<St
             Some(k) if SCP_KEYS.contains(&k) => {
                 scp.insert(key, value);
             }
-            Some("storage") | Some("upload") => match value {
+            Some(section @ ("storage" | "upload" | "index")) => match value {
                 Value::Mapping(m) => {
-                    let into = if key.as_str() == Some("storage") { &mut storage } else { &mut upload };
+                    let into = match section {
+                        "storage" => &mut storage,
+                        "upload" => &mut upload,
+                        _ => &mut index,
+                    };
                     into.extend(m);
                 }
                 _ => problems.push(format!("projects[{i}].{}: must be a mapping", key.as_str().unwrap_or(""))),
             },
-            Some(k) if ["scp", "logging", "http", "project", "projects"].contains(&k) => problems.push(format!(
-                "projects[{i}].{k}: node-wide; set it at the top level (a project sets ae_title, filters, storage and upload)"
+            Some(k) if ["scp", "logging", "http", "node", "project", "projects"].contains(&k) => problems.push(format!(
+                "projects[{i}].{k}: node-wide; set it at the top level (a project sets ae_title, filters, storage, upload and index)"
             )),
             _ => {
                 project.insert(key, value);
@@ -154,17 +169,23 @@ fn resolve(file: &ConfigFile, entry: Mapping, i: usize) -> Result<Config, Vec<St
         .ok();
     let upload =
         overlay(&file.upload, upload).map_err(|e| problems.push(format!("projects[{i}].upload: {e}"))).ok();
-    match (project, scp, storage, upload) {
-        (Some(project), Some(scp), Some(storage), Some(upload)) if problems.is_empty() => Ok(Config {
-            project,
-            scp,
-            upload,
-            storage,
-            logging: file.logging.clone(),
-            http: file.http.clone(),
-            pacs: file.pacs.clone(),
-            export: file.export.clone(),
-        }),
+    let index =
+        overlay(&file.index, index).map_err(|e| problems.push(format!("projects[{i}].index: {e}"))).ok();
+    match (project, scp, storage, upload, index) {
+        (Some(project), Some(scp), Some(storage), Some(upload), Some(index)) if problems.is_empty() => {
+            Ok(Config {
+                project,
+                scp,
+                upload,
+                storage,
+                logging: file.logging.clone(),
+                http: file.http.clone(),
+                pacs: file.pacs.clone(),
+                export: file.export.clone(),
+                index,
+                node: file.node.clone(),
+            })
+        }
         _ => Err(problems),
     }
 }
@@ -199,6 +220,19 @@ fn shared_nothing(configs: &[Config]) -> Vec<String> {
     check("name", |c| c.project.name.clone());
     check("site_id", |c| c.project.site_id.clone());
     check("storage.dir", |c| normalise(&c.storage.dir));
+    // Two projects in one PostgreSQL schema would share patients and numbers. (Two connection
+    // strings may name one database; the schema alone keeps them apart.)
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    for (i, c) in configs.iter().enumerate() {
+        if c.index.backend == super::IndexBackend::Postgres {
+            let schema = c.index.schema_of(&c.project.name);
+            if let Some(first) = seen.insert(schema.clone(), i) {
+                problems.push(format!(
+                    "projects[{i}].index.schema: {schema:?} is also projects[{first}]'s; projects never share it"
+                ));
+            }
+        }
+    }
     problems
 }
 

@@ -87,7 +87,10 @@ async fn probe_project(p: &ProjectOps, checks: &mut ProjectChecks) -> ProjectAns
         let write = move || {
             index
                 .call(|c| {
-                    c.execute("UPDATE meta SET value = value WHERE key = 'site_id'", [])?;
+                    c.execute(
+                        "UPDATE meta SET value = value WHERE key = 'site_id'",
+                        crate::index::db::args![],
+                    )?;
                     Ok(())
                 })
                 .map_err(|e| e.to_string())

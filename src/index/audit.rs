@@ -4,8 +4,7 @@
 
 use std::path::Path;
 
-use rusqlite::{params, Connection, OpenFlags};
-
+use super::db::{args, Db, DbError, Location};
 use super::{now, ExportError, Index, IndexError};
 
 /// One instance outcome.
@@ -84,67 +83,65 @@ const AUDIT_HEADER: [&str; 11] = [
     "pixels_masked",
 ];
 
-fn read_only(index: &Path) -> Result<Connection, ExportError> {
-    Connection::open_with_flags(index, OpenFlags::SQLITE_OPEN_READ_ONLY)
-        .map_err(|source| ExportError::Index { path: index.display().to_string(), source })
+fn reader(index: &Location) -> Result<Db, ExportError> {
+    Db::reader(index).map_err(|source| ExportError::Index { path: index.to_string(), source })
 }
 
 /// Write one audit row inside the caller's transaction; returns its id.
-pub(super) fn insert(c: &Connection, r: &AuditRecord) -> Result<i64, IndexError> {
+pub(super) fn insert(c: &mut Db, r: &AuditRecord) -> Result<i64, IndexError> {
     let (study, series, sop) = match &r.anon_uids {
         Some((a, b, c)) => (Some(a), Some(b), Some(c)),
         None => (None, None, None),
     };
-    c.prepare_cached(
+    let row = c.query_one(
         "INSERT INTO audit(at, association, calling_ae, peer, anon_study_uid, anon_series_uid,
                            anon_sop_uid, status, reason, bytes, pixels)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
-    )?
-    .execute(params![
-        now(),
-        r.association,
-        r.calling_ae,
-        r.peer,
-        study,
-        series,
-        sop,
-        r.status,
-        r.reason,
-        r.bytes as i64,
-        r.pixels
-    ])?;
-    Ok(c.last_insert_rowid())
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11) RETURNING id",
+        args![
+            now(),
+            &r.association,
+            &r.calling_ae,
+            &r.peer,
+            study,
+            series,
+            sop,
+            &r.status,
+            &r.reason,
+            r.bytes,
+            &r.pixels
+        ],
+    )?;
+    Ok(row.get(0)?)
 }
 
 /// Write the audit trail from `since` (our `YYYY-MM-DDTHH:MM:SS.mmmZ` form, or a prefix of it) on,
 /// oldest first; returns the number of rows.
-pub fn export_audit(index: &Path, out: &Path, since: Option<&str>) -> Result<usize, ExportError> {
-    let db_err = |source| ExportError::Index { path: index.display().to_string(), source };
+pub fn export_audit(index: &Location, out: &Path, since: Option<&str>) -> Result<usize, ExportError> {
+    let db_err = |source| ExportError::Index { path: index.to_string(), source };
     let csv_err = |source| ExportError::Csv { path: out.display().to_string(), source };
-    let conn = read_only(index)?;
-    let mut stmt = conn
-        .prepare(
-            "SELECT at, association, calling_ae, peer, COALESCE(anon_study_uid, ''),
-                    COALESCE(anon_series_uid, ''), COALESCE(anon_sop_uid, ''), status,
-                    COALESCE(reason, ''), bytes, COALESCE(pixels, '')
-             FROM audit WHERE at >= ?1 ORDER BY id",
-        )
-        .map_err(db_err)?;
+    let mut conn = reader(index)?;
     let file = crate::file_modes::private_file(out).map_err(|e| csv_err(e.into()))?;
     let mut w = csv::Writer::from_writer(file);
     w.write_record(AUDIT_HEADER).map_err(csv_err)?;
-    let mut rows = stmt.query([since.unwrap_or("")]).map_err(db_err)?;
     let mut n = 0;
-    while let Some(r) = rows.next().map_err(db_err)? {
-        let mut record = Vec::with_capacity(AUDIT_HEADER.len());
-        for i in 0..9 {
-            record.push(r.get::<_, String>(i).map_err(db_err)?);
-        }
-        record.push(r.get::<_, i64>(9).map_err(db_err)?.to_string());
-        record.push(r.get::<_, String>(10).map_err(db_err)?);
-        w.write_record(record.iter().map(|c| super::export::spreadsheet_safe(c))).map_err(csv_err)?;
-        n += 1;
-    }
+    conn.query_each(
+        "SELECT at, association, calling_ae, peer, COALESCE(anon_study_uid, ''),
+                COALESCE(anon_series_uid, ''), COALESCE(anon_sop_uid, ''), status,
+                COALESCE(reason, ''), bytes, COALESCE(pixels, '')
+         FROM audit WHERE at >= ?1 ORDER BY id",
+        args![since.unwrap_or("")],
+        |r| -> Result<(), ExportError> {
+            let mut record = Vec::with_capacity(AUDIT_HEADER.len());
+            for i in 0..9 {
+                record.push(r.get::<String>(i).map_err(db_err)?);
+            }
+            record.push(r.get::<i64>(9).map_err(db_err)?.to_string());
+            record.push(r.get::<String>(10).map_err(db_err)?);
+            w.write_record(record.iter().map(|c| super::export::spreadsheet_safe(c))).map_err(csv_err)?;
+            n += 1;
+            Ok(())
+        },
+    )?;
     w.flush().map_err(|e| csv_err(e.into()))?;
     Ok(n)
 }
@@ -155,16 +152,16 @@ pub const PATIENT_ID_MAPPING: &str = "patient_id_mapping.csv";
 
 /// Write `uid_mapping.csv` (every UID replaced) and `patient_id_mapping.csv` (every PatientID with
 /// a study) as `id_old,id_new` into `dir`; returns the row counts. Both hold PHI.
-pub fn export_mapping(index: &Path, dir: &Path) -> Result<(usize, usize), ExportError> {
-    let conn = read_only(index)?;
+pub fn export_mapping(index: &Location, dir: &Path) -> Result<(usize, usize), ExportError> {
+    let mut conn = reader(index)?;
     let uids = mapping(
-        &conn,
+        &mut conn,
         index,
         &dir.join(UID_MAPPING),
         "SELECT phi_uid, anon_uid FROM uid_map ORDER BY phi_uid",
     )?;
     let patients = mapping(
-        &conn,
+        &mut conn,
         index,
         &dir.join(PATIENT_ID_MAPPING),
         "SELECT p.patient_id, p.anon_patient_id FROM patients p
@@ -173,21 +170,20 @@ pub fn export_mapping(index: &Path, dir: &Path) -> Result<(usize, usize), Export
     Ok((uids, patients))
 }
 
-fn mapping(conn: &Connection, index: &Path, out: &Path, sql: &str) -> Result<usize, ExportError> {
-    let db_err = |source| ExportError::Index { path: index.display().to_string(), source };
+fn mapping(conn: &mut Db, index: &Location, out: &Path, sql: &'static str) -> Result<usize, ExportError> {
+    let db_err = |source: DbError| ExportError::Index { path: index.to_string(), source };
     let csv_err = |source| ExportError::Csv { path: out.display().to_string(), source };
-    let mut stmt = conn.prepare(sql).map_err(db_err)?;
     let file = crate::file_modes::private_file(out).map_err(|e| csv_err(e.into()))?;
     let mut w = csv::Writer::from_writer(file);
     w.write_record(["id_old", "id_new"]).map_err(csv_err)?;
-    let mut rows = stmt.query([]).map_err(db_err)?;
     let mut n = 0;
-    while let Some(r) = rows.next().map_err(db_err)? {
+    conn.query_each(sql, args![], |r| -> Result<(), ExportError> {
         let old: String = r.get(0).map_err(db_err)?;
         let new: String = r.get(1).map_err(db_err)?;
         w.write_record([old, new].iter().map(|c| super::export::spreadsheet_safe(c))).map_err(csv_err)?;
         n += 1;
-    }
+        Ok(())
+    })?;
     w.flush().map_err(|e| csv_err(e.into()))?;
     Ok(n)
 }
@@ -221,6 +217,7 @@ mod tests {
             })
             .unwrap();
         let out = d.path().join("audit.csv");
+        let path = Location::Sqlite(path);
         assert_eq!(export_audit(&path, &out, None).unwrap(), 2);
         let text = std::fs::read_to_string(&out).unwrap();
         let lines: Vec<&str> = text.lines().collect();

@@ -8,10 +8,9 @@
 //! archive. A re-sent instance keeps its rowid: recording it queues its rows again, and a send of
 //! the version it replaced, still under way, settles nothing (the instance's `generation` moved).
 
-use chrono::{DateTime, Utc};
-use rusqlite::{params, Connection};
-
+use super::db::{args, Db, DbError};
 use super::{now, Index, IndexError};
+use chrono::{DateTime, Utc};
 
 pub const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS deliveries (
@@ -79,14 +78,17 @@ impl Index {
     /// Queue for `destination` the instances recorded since the last one queued for it. Returns
     /// how many were added.
     pub fn enqueue_deliveries(&self, destination: &str) -> Result<usize, IndexError> {
-        let d = destination.to_string();
+        let (d, node) = (destination.to_string(), self.node.clone());
         self.call(move |c| {
             Ok(c.execute(
-                "INSERT OR IGNORE INTO deliveries(destination, anon_sop_uid, instance_rowid)
+                "INSERT INTO deliveries(destination, anon_sop_uid, instance_rowid)
                  SELECT ?1, anon_sop_uid, rowid FROM instances
-                 WHERE rowid > (SELECT COALESCE(MAX(instance_rowid), 0) FROM deliveries WHERE destination = ?1)
-                 ORDER BY rowid LIMIT ?2",
-                params![d, ENQUEUE_BATCH],
+                 WHERE node = ?3 AND rowid > (SELECT COALESCE(MAX(d.instance_rowid), 0) FROM deliveries d
+                                              JOIN instances i ON i.rowid = d.instance_rowid
+                                              WHERE d.destination = ?1 AND i.node = ?3)
+                 ORDER BY rowid LIMIT ?2
+                 ON CONFLICT DO NOTHING",
+                args![d, ENQUEUE_BATCH, node],
             )?)
         })
     }
@@ -94,35 +96,38 @@ impl Index {
     /// Take up to `limit` instances for `destination`, oldest first: queued ones, and failed ones
     /// whose next try has come. They become `sending`.
     pub fn claim_deliveries(&self, destination: &str, limit: usize) -> Result<Vec<Delivery>, IndexError> {
-        let d = destination.to_string();
+        let (d, node) = (destination.to_string(), self.node.clone());
         self.call(move |c| {
-            let mut stmt = c.prepare_cached(
+            let rows = c.query(
                 "SELECT d.anon_sop_uid, i.sop_class_uid, i.path, i.size, d.attempts, st.anon_study_uid, se.anon_series_uid,
                         i.generation
                  FROM deliveries d JOIN instances i ON i.rowid = d.instance_rowid
                  JOIN series se ON se.series_uid = i.series_uid JOIN studies st ON st.study_uid = se.study_uid
-                 WHERE d.destination = ?1 AND (d.state = 'queued' OR (d.state = 'failed' AND d.next_try <= ?2))
+                 WHERE d.destination = ?1 AND i.node = ?4
+                   AND (d.state = 'queued' OR (d.state = 'failed' AND d.next_try <= ?2))
                  ORDER BY d.instance_rowid LIMIT ?3",
+                args![&d, now(), limit, node],
             )?;
-            let rows: Vec<Delivery> = stmt
-                .query_map(params![d, now(), limit as i64], |r| {
+            let rows: Vec<Delivery> = rows
+                .iter()
+                .map(|r| {
                     Ok(Delivery {
                         anon_sop_uid: r.get(0)?,
                         sop_class_uid: r.get(1)?,
                         path: r.get(2)?,
-                        size: r.get::<_, i64>(3)? as u64,
+                        size: r.get(3)?,
                         attempts: r.get(4)?,
                         anon_study_uid: r.get(5)?,
                         anon_series_uid: r.get(6)?,
                         generation: r.get(7)?,
                     })
-                })?
-                .collect::<Result<_, _>>()?;
-            let mut mark = c.prepare_cached(
-                "UPDATE deliveries SET state = 'sending' WHERE destination = ?1 AND anon_sop_uid = ?2",
-            )?;
+                })
+                .collect::<Result<_, DbError>>()?;
             for p in &rows {
-                mark.execute(params![d, p.anon_sop_uid])?;
+                c.execute(
+                    "UPDATE deliveries SET state = 'sending' WHERE destination = ?1 AND anon_sop_uid = ?2",
+                    args![&d, &p.anon_sop_uid],
+                )?;
             }
             Ok(rows)
         })
@@ -137,27 +142,26 @@ impl Index {
         let d = destination.to_string();
         self.call(move |c| {
             // Only the version claimed settles its row: a re-send meanwhile queued it again.
-            let mut sent = c.prepare_cached(
-                "UPDATE deliveries SET state = 'sent', sent_at = ?3, last_error = NULL, next_try = NULL
-                 WHERE destination = ?1 AND anon_sop_uid = ?2 AND state = 'sending'
-                   AND (SELECT generation FROM instances WHERE rowid = deliveries.instance_rowid) = ?4",
-            )?;
-            let mut failed = c.prepare_cached(
-                "UPDATE deliveries SET state = 'failed', attempts = attempts + 1, last_error = ?3, next_try = ?4
-                 WHERE destination = ?1 AND anon_sop_uid = ?2 AND state = 'sending'
-                   AND (SELECT generation FROM instances WHERE rowid = deliveries.instance_rowid) = ?5",
-            )?;
-            let mut untried = c.prepare_cached(
-                "UPDATE deliveries SET state = 'queued' WHERE destination = ?1 AND anon_sop_uid = ?2 AND state = 'sending'",
-            )?;
             let at = now();
             for r in &records {
                 match r {
-                    DeliveryRecord::Sent { uid, generation } => sent.execute(params![d, uid, at, generation])?,
-                    DeliveryRecord::Failed { uid, generation, error, next_try } => {
-                        failed.execute(params![d, uid, error, time(*next_try), generation])?
-                    }
-                    DeliveryRecord::NotTried(uid) => untried.execute(params![d, uid])?,
+                    DeliveryRecord::Sent { uid, generation } => c.execute(
+                        "UPDATE deliveries SET state = 'sent', sent_at = ?3, last_error = NULL, next_try = NULL
+                         WHERE destination = ?1 AND anon_sop_uid = ?2 AND state = 'sending'
+                           AND (SELECT generation FROM instances WHERE rowid = deliveries.instance_rowid) = ?4",
+                        args![&d, uid, &at, generation],
+                    )?,
+                    DeliveryRecord::Failed { uid, generation, error, next_try } => c.execute(
+                        "UPDATE deliveries SET state = 'failed', attempts = attempts + 1, last_error = ?3, next_try = ?4
+                         WHERE destination = ?1 AND anon_sop_uid = ?2 AND state = 'sending'
+                           AND (SELECT generation FROM instances WHERE rowid = deliveries.instance_rowid) = ?5",
+                        args![&d, uid, error, time(*next_try), generation],
+                    )?,
+                    DeliveryRecord::NotTried(uid) => c.execute(
+                        "UPDATE deliveries SET state = 'queued'
+                         WHERE destination = ?1 AND anon_sop_uid = ?2 AND state = 'sending'",
+                        args![&d, uid],
+                    )?,
                 };
             }
             Ok(())
@@ -168,66 +172,70 @@ impl Index {
     /// is unknown, so the destination may hold it: a STOW-RS destination is asked before the
     /// next send). Returns how many.
     pub fn requeue_sending(&self, destination: &str) -> Result<usize, IndexError> {
-        let d = destination.to_string();
+        let (d, node) = (destination.to_string(), self.node.clone());
         self.call(move |c| {
             Ok(c.execute(
-                "UPDATE deliveries SET state = 'queued', attempts = attempts + 1 WHERE destination = ?1 AND state = 'sending'",
-                [d],
+                "UPDATE deliveries SET state = 'queued', attempts = attempts + 1
+                 WHERE destination = ?1 AND state = 'sending'
+                   AND instance_rowid IN (SELECT rowid FROM instances WHERE node = ?2)",
+                args![d, node],
             )?)
         })
     }
 
     /// Every destination's counts and failed instances, as `queue status` shows them.
     pub fn destination_status(&self) -> Result<Vec<DestinationStatus>, IndexError> {
-        self.call(destination_status)
+        let node = self.node.clone();
+        self.call(move |c| destination_status(c, &node))
     }
 
     /// Put every failed delivery back in its queue for an immediate try. Returns how many.
     pub fn retry_failed_deliveries(&self) -> Result<usize, IndexError> {
-        self.call(|c| {
+        let node = self.node.clone();
+        self.call(move |c| {
             Ok(c.execute(
-                "UPDATE deliveries SET state = 'queued', next_try = NULL WHERE state = 'failed'",
-                [],
+                "UPDATE deliveries SET state = 'queued', next_try = NULL
+                 WHERE state = 'failed' AND instance_rowid IN (SELECT rowid FROM instances WHERE node = ?1)",
+                args![node],
             )?)
         })
     }
 }
 
-pub(super) fn destination_status(c: &Connection) -> Result<Vec<DestinationStatus>, IndexError> {
+/// This node's queue of each destination.
+pub(super) fn destination_status(c: &mut Db, node: &str) -> Result<Vec<DestinationStatus>, IndexError> {
     let mut out: Vec<DestinationStatus> = Vec::new();
-    let exists: i64 = c.query_row(
-        "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = 'deliveries'",
-        [],
-        |r| r.get(0),
+    let rows = c.query(
+        "SELECT d.destination, d.state, COUNT(*) FROM deliveries d JOIN instances i ON i.rowid = d.instance_rowid
+         WHERE i.node = ?1 GROUP BY d.destination, d.state ORDER BY d.destination, d.state",
+        args![node],
     )?;
-    if exists == 0 {
-        return Ok(out);
-    }
-    let mut stmt = c.prepare(
-        "SELECT destination, state, COUNT(*) FROM deliveries GROUP BY destination, state ORDER BY destination, state",
-    )?;
-    let rows: Vec<(String, String, i64)> =
-        stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?.collect::<Result<_, _>>()?;
-    for (destination, state, n) in rows {
+    for row in rows {
+        let (destination, state, n): (String, String, u64) = (row.get(0)?, row.get(1)?, row.get(2)?);
         if out.last().is_none_or(|s| s.destination != destination) {
             out.push(DestinationStatus { destination: destination.clone(), ..Default::default() });
         }
         let last = out.last_mut().expect("pushed above");
-        last.counts.push((state, n as u64));
+        last.counts.push((state, n));
     }
-    let mut stmt = c.prepare(
-        "SELECT anon_sop_uid, attempts, COALESCE(last_error, ''), next_try FROM deliveries
-         WHERE destination = ?1 AND state = 'failed' ORDER BY instance_rowid LIMIT 100",
-    )?;
-    let mut oldest = c.prepare(
-        "SELECT MIN(i.stored_at) FROM deliveries d JOIN instances i ON i.rowid = d.instance_rowid
-         WHERE d.destination = ?1 AND d.state <> 'sent'",
-    )?;
     for s in &mut out {
-        s.failed = stmt
-            .query_map([&s.destination], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
-            .collect::<Result<_, _>>()?;
-        s.oldest_waiting = oldest.query_row([&s.destination], |r| r.get(0))?;
+        s.failed = c
+            .query(
+                "SELECT d.anon_sop_uid, d.attempts, COALESCE(d.last_error, ''), d.next_try
+                 FROM deliveries d JOIN instances i ON i.rowid = d.instance_rowid
+                 WHERE d.destination = ?1 AND d.state = 'failed' AND i.node = ?2 ORDER BY d.instance_rowid LIMIT 100",
+                args![&s.destination, node],
+            )?
+            .iter()
+            .map(|r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+            .collect::<Result<_, DbError>>()?;
+        s.oldest_waiting = c
+            .query_one(
+                "SELECT MIN(i.stored_at) FROM deliveries d JOIN instances i ON i.rowid = d.instance_rowid
+                 WHERE d.destination = ?1 AND d.state <> 'sent' AND i.node = ?2",
+                args![&s.destination, node],
+            )?
+            .get(0)?;
     }
     Ok(out)
 }
@@ -273,23 +281,7 @@ mod tests {
 
     /// Record instance `i` again, as a re-send does, its anonymized file's digest `digest`.
     fn resend(index: &Index, i: usize, digest: &'static str) {
-        index
-            .call(move |c| {
-                crate::index::record(
-                    c,
-                    &crate::index::InstanceRecord {
-                        sop_uid: format!("phi{i}"),
-                        anon_sop_uid: format!("anon{i}"),
-                        series_uid: "s".into(),
-                        sop_class_uid: "1.2".into(),
-                        path: format!("p/{i}.dcm"),
-                        size: 11,
-                        digest: digest.into(),
-                        uid_map: Vec::new(),
-                    },
-                )
-            })
-            .unwrap();
+        crate::index::fixture::resend(index, i, digest, 11);
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! with no hand-off to a writer thread and back. Each caller gets its answer after the commit.
 
 mod audit;
+pub(crate) mod db;
 mod deliveries;
 mod export;
 mod presence;
@@ -20,11 +21,11 @@ use std::path::Path;
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use rusqlite::{params, Connection, OptionalExtension};
-
 use crate::anonymize::Identity;
+use db::{args, Db, DbError};
 
 pub use audit::{export_audit, export_mapping, AuditRecord, Caller, PATIENT_ID_MAPPING, UID_MAPPING};
+pub use db::Location;
 pub use deliveries::{Delivery, DeliveryRecord, DestinationStatus};
 pub use export::{backup, export_csv, ExportError};
 pub use presence::Presence;
@@ -43,8 +44,10 @@ pub enum IndexError {
     SiteMismatch { path: String, stored: String, configured: String },
     #[error("the index at {path} was built with another project secret (fingerprint {stored}, the configured secret's is {configured}): every patient, study and UID would get new pseudonyms and the archive would split in two. Configure the secret this index was built with, or give a new archive a new storage directory")]
     SecretMismatch { path: String, stored: String, configured: String },
+    #[error("the index at {path} has schema version {found}; this node knows versions up to {known}: a newer node made it")]
+    NewerSchema { path: String, found: i64, known: i64 },
     #[error("PHI index: {0}")]
-    Sqlite(#[from] rusqlite::Error),
+    Db(#[from] DbError),
     #[error("cannot create {path}: {source}")]
     Dir { path: String, source: std::io::Error },
     #[error("the PHI index writer has stopped")]
@@ -52,6 +55,18 @@ pub enum IndexError {
     /// A bug met while running a request; only that request fails.
     #[error("internal error in a PHI index request: {0}")]
     Panicked(String),
+}
+
+impl From<rusqlite::Error> for IndexError {
+    fn from(e: rusqlite::Error) -> Self {
+        IndexError::Db(e.into())
+    }
+}
+
+impl From<postgres::Error> for IndexError {
+    fn from(e: postgres::Error) -> Self {
+        IndexError::Db(e.into())
+    }
 }
 
 /// What the index records about an instance's patient, study and series before it is anonymized:
@@ -109,22 +124,26 @@ pub struct InstanceRecord {
 }
 
 /// A unit of work: runs inside a batch transaction and says whether it succeeded; its reply goes
-/// out once the batch has committed (or failed to).
-type Job = Box<dyn FnOnce(&Connection) -> (bool, Reply) + Send>;
-type Reply = Box<dyn FnOnce(Option<&rusqlite::Error>) + Send>;
+/// out once the batch has committed (or failed to). A batch that cannot run (the database is
+/// unreachable) gives each of its jobs the error instead of the connection.
+type Job = Box<dyn FnOnce(Result<&mut Db, &DbError>) -> (bool, Reply) + Send>;
+type Reply = Box<dyn FnOnce(Option<&DbError>) + Send>;
 
 /// A handle on the index; clone it freely.
 #[derive(Clone)]
 pub struct Index {
     writer: Arc<Writer>,
     site_id: String,
+    /// The id stamped on the instances this node stores; its queues claim only those.
+    node: String,
     /// Committed patient pseudonyms (PHI PatientID to pseudonym). A mapping never changes once
-    /// committed, so this is never stale; it spares an instance of a known patient the round trip
-    /// that would otherwise have to precede its anonymization.
+    /// committed, so this is never stale, even with other nodes writing; it spares an instance
+    /// of a known patient the round trip that would otherwise have to precede its anonymization.
     known_patients: Arc<Mutex<HashMap<String, String>>>,
     /// The names and places recorded for each patient asked about (see [`Index::seen`]), and
-    /// the site's institutions, read once at open; kept up to date by commits.
-    seen: Arc<Mutex<Seen>>,
+    /// the site's institutions, read once at open; kept up to date by commits. `None` on a
+    /// shared database, where other nodes add phrases this one would not hear of.
+    seen: Option<Arc<Mutex<Seen>>>,
 }
 
 #[derive(Default)]
@@ -139,16 +158,18 @@ struct Writer {
     /// Requests waiting for the next batch.
     queue: Mutex<Vec<Job>>,
     /// Whoever holds it runs the queued requests.
-    conn: Mutex<Connection>,
-    /// Dropped with the writer: the checkpoint thread then stops.
-    _stop_checkpoints: mpsc::Sender<()>,
+    conn: Mutex<Db>,
+    /// Where to connect again when PostgreSQL closed the connection (a restart, a failover).
+    location: Location,
+    /// Dropped with the writer: the checkpoint thread (SQLite) then stops.
+    _stop_checkpoints: Option<mpsc::Sender<()>>,
 }
 
 /// The last handle closes the index: everything in the WAL goes into `index.db`, and the WAL is
 /// cut to nothing, so a copy of `index.db` alone made after a clean stop is the whole index.
 impl Drop for Writer {
     fn drop(&mut self) {
-        let conn = self.conn.get_mut().unwrap_or_else(|p| p.into_inner());
+        let Db::Sqlite(conn) = self.conn.get_mut().unwrap_or_else(|p| p.into_inner()) else { return };
         match conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get::<_, i64>(0)) {
             Ok(0) => {}
             Ok(_) => tracing::warn!(
@@ -177,7 +198,7 @@ impl Writer {
                 if batch.is_empty() {
                     break;
                 }
-                run_batch(&mut conn, batch);
+                run_batch(&mut conn, &self.location, batch);
             }
             drop(conn);
             if lock(&self.queue).is_empty() {
@@ -239,48 +260,36 @@ const WAL_BYTES_KEPT: i64 = 16 << 20;
 const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl Index {
+    /// Open, creating it if need be, the SQLite index at `path`.
     pub fn open(path: &Path, owner: &Owner) -> Result<Index, IndexError> {
-        if let Some(dir) = path.parent() {
-            crate::file_modes::missing_dirs(dir)
-                .map_err(|source| IndexError::Dir { path: dir.display().to_string(), source })?;
-        }
-        let mut conn = Connection::open(path)?;
-        conn.busy_timeout(std::time::Duration::from_secs(30))?;
-        conn.execute_batch(schema::SCHEMA)?;
-        conn.execute_batch(deliveries::SCHEMA)?;
-        migrate(&conn)?;
-        // WAL with NORMAL never corrupts; a commit becomes durable when the WAL file reaches the
-        // disk, which the caller's durability barrier (syncfs) or closing the index ensures.
-        conn.pragma_update(None, "synchronous", "NORMAL")?;
-        init(&mut conn, path, owner)?;
-        // Checkpoints run every second on a connection of their own, so commits rarely wait for
-        // one to copy the WAL back. But a passive checkpoint under constant commits never catches
-        // up with the end of the WAL, and the WAL only starts over once it has: so the writer
-        // still checkpoints itself past WAL_PAGES (copying what the background left, between
-        // two batches, when nothing else is writing), and the file is cut back after.
-        conn.pragma_update(None, "wal_autocheckpoint", WAL_PAGES)?;
-        conn.pragma_update(None, "journal_size_limit", WAL_BYTES_KEPT)?;
-        let checkpoints = Connection::open(path)?;
-        checkpoints.busy_timeout(std::time::Duration::from_secs(30))?;
-        checkpoints.pragma_update(None, "synchronous", "NORMAL")?;
-        let (stop, stopped) = mpsc::channel::<()>();
-        std::thread::Builder::new()
-            .name("phi-checkpoint".into())
-            .spawn(move || checkpoint_loop(checkpoints, stopped))
-            .map_err(|source| IndexError::Dir { path: "phi-checkpoint thread".into(), source })?;
-        let writer = Writer { queue: Mutex::default(), conn: Mutex::new(conn), _stop_checkpoints: stop };
-        let places = {
-            let conn = lock(&writer.conn);
-            let mut query = conn.prepare("SELECT DISTINCT phrase FROM seen_phrases WHERE kind = ?1")?;
-            let rows = query.query_map([INSTITUTION], |r| r.get::<_, Vec<u8>>(0))?;
-            rows.collect::<Result<Vec<_>, _>>()?
+        Index::open_at(&Location::Sqlite(path.to_path_buf()), owner)
+    }
+
+    /// Open, creating or migrating its schema if need be, the index at `location`.
+    pub fn open_at(location: &Location, owner: &Owner) -> Result<Index, IndexError> {
+        let (mut conn, stop_checkpoints) = match location {
+            Location::Sqlite(path) => open_sqlite(path, owner)?,
+            Location::Postgres { url, schema, .. } => (open_postgres(url, schema, owner, location)?, None),
         };
-        let seen = Seen { patients: HashMap::new(), institutions: places };
+        let seen = match conn.is_postgres() {
+            true => None,
+            false => {
+                let institutions = phrases_of_kind(&mut conn, INSTITUTION)?;
+                Some(Arc::new(Mutex::new(Seen { patients: HashMap::new(), institutions })))
+            }
+        };
+        let writer = Writer {
+            queue: Mutex::default(),
+            conn: Mutex::new(conn),
+            location: location.clone(),
+            _stop_checkpoints: stop_checkpoints,
+        };
         Ok(Index {
             writer: Arc::new(writer),
             site_id: owner.site_id.clone(),
+            node: location.node().to_string(),
             known_patients: Arc::default(),
-            seen: Arc::new(Mutex::new(seen)),
+            seen,
         })
     }
 
@@ -288,18 +297,21 @@ impl Index {
     /// A failing `f` rolls back only its own changes. Blocks the calling thread.
     pub fn call<T: Send + 'static>(
         &self,
-        f: impl FnOnce(&Connection) -> Result<T, IndexError> + Send + 'static,
+        f: impl FnOnce(&mut Db) -> Result<T, IndexError> + Send + 'static,
     ) -> Result<T, IndexError> {
         let (reply, answer) = mpsc::sync_channel(1);
         let job: Job = Box::new(move |conn| {
-            // A bug that panics fails this request alone; the batch and the combining thread go on.
-            let result = catch_unwind(AssertUnwindSafe(|| f(conn)))
-                .unwrap_or_else(|payload| Err(IndexError::Panicked(panic_message(&*payload))));
+            let result = match conn {
+                // A bug that panics fails this request alone; the batch and the combining thread go on.
+                Ok(conn) => catch_unwind(AssertUnwindSafe(|| f(conn)))
+                    .unwrap_or_else(|payload| Err(IndexError::Panicked(panic_message(&*payload)))),
+                Err(e) => Err(IndexError::Db(DbError::Commit(e.to_string()))),
+            };
             let ok = result.is_ok();
             let send: Reply = Box::new(move |commit_failure| {
                 let result = match commit_failure {
                     None => result,
-                    Some(e) => Err(IndexError::Sqlite(clone_error(e))),
+                    Some(e) => result.and(Err(IndexError::Db(DbError::Commit(e.to_string())))),
                 };
                 // A caller that gave up waiting has dropped its receiver; nothing to tell it.
                 let _ = reply.send(result);
@@ -312,30 +324,33 @@ impl Index {
     }
 
     /// The names and places earlier instances of `patient_id` stated, and the institutions any
-    /// instance stated: one round trip the first time a patient is asked about in this process.
+    /// instance stated: one round trip the first time a patient is asked about in this process
+    /// (every time on a shared database).
     pub fn seen(&self, patient_id: &str) -> Result<Phrases, IndexError> {
-        let cached = lock(&self.seen).patients.get(patient_id).cloned();
+        let id = patient_id.to_string();
+        let Some(memory) = &self.seen else {
+            return self.call(move |c| {
+                Ok(Phrases {
+                    names: phrases_of(c, &id, NAME)?,
+                    places: phrases_of(c, &id, PLACE)?,
+                    institutions: phrases_of_kind(c, INSTITUTION)?,
+                })
+            });
+        };
+        let cached = lock(memory).patients.get(patient_id).cloned();
         let [names, places] = match cached {
             Some(known) => known,
             None => {
-                let id = patient_id.to_string();
-                let known = self.call(move |c| {
-                    let mut query = c.prepare_cached(
-                        "SELECT phrase FROM seen_phrases WHERE patient_id = ?1 AND kind = ?2",
-                    )?;
-                    let mut of = |kind: i64| -> Result<Vec<Vec<u8>>, rusqlite::Error> {
-                        query.query_map(params![id, kind], |r| r.get::<_, Vec<u8>>(0))?.collect()
-                    };
-                    Ok([of(NAME)?, of(PLACE)?])
-                })?;
-                let mut seen = lock(&self.seen);
+                let known =
+                    self.call(move |c| Ok([phrases_of(c, &id, NAME)?, phrases_of(c, &id, PLACE)?]))?;
+                let mut seen = lock(memory);
                 if seen.patients.len() >= KNOWN_PATIENTS {
                     seen.patients.clear();
                 }
                 seen.patients.entry(patient_id.to_string()).or_insert(known).clone()
             }
         };
-        Ok(Phrases { names, places, institutions: lock(&self.seen).institutions.clone() })
+        Ok(Phrases { names, places, institutions: lock(memory).institutions.clone() })
     }
 
     /// Add what a committed instance stated to the memory of [`Index::seen`].
@@ -347,7 +362,8 @@ impl Index {
                 }
             }
         }
-        let mut seen = lock(&self.seen);
+        let Some(memory) = &self.seen else { return };
+        let mut seen = lock(memory);
         if let Some([names, places]) = seen.patients.get_mut(patient_id) {
             add(names, &phrases.names);
             add(places, &phrases.places);
@@ -385,6 +401,7 @@ impl Index {
         let patient_id = capture.patient_id.clone();
         let phrases = capture.phrases.clone();
         let expected = patient_pseudonym.to_string();
+        let node = self.node.clone();
         let committed = self.call(move |c| {
             let captured = self::capture(c, &capture, &site_id)?;
             if captured.anon_patient_id != expected {
@@ -394,7 +411,7 @@ impl Index {
                         .into(),
                 ));
             }
-            self::record(c, &record)?;
+            self::record(c, &node, &record)?;
             remember_phrases(c, &capture.patient_id, &capture.phrases)?;
             let audit_row = match &audit {
                 Some(a) => Some(audit::insert(c, a)?),
@@ -419,7 +436,7 @@ impl Index {
     ) -> Result<(), IndexError> {
         self.call(move |c| {
             if let Some(id) = committed.audit_row {
-                c.execute("DELETE FROM audit WHERE id = ?1", [id])?;
+                c.execute("DELETE FROM audit WHERE id = ?1", args![id])?;
             }
             if !published {
                 match on_disk {
@@ -428,7 +445,7 @@ impl Index {
                         // has: none, so that no re-send is taken for the bytes already delivered.
                         c.execute(
                             "UPDATE instances SET size = ?2, digest = NULL WHERE sop_uid = ?1",
-                            params![committed.sop_uid, size as i64],
+                            args![&committed.sop_uid, size],
                         )?;
                     }
                     _ => forget(c, &committed.sop_uid)?,
@@ -447,12 +464,16 @@ impl Index {
         public: &Path,
         at_most: usize,
     ) -> Result<Result<usize, usize>, IndexError> {
-        let public = public.to_path_buf();
+        let (public, node) = (public.to_path_buf(), self.node.clone());
         self.call(move |c| {
             let pending: Vec<(String, String)> = c
-                .prepare("SELECT sop_uid, path FROM instances WHERE state <> 'uploaded'")?
-                .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
-                .collect::<Result<_, _>>()?;
+                .query(
+                    "SELECT sop_uid, path FROM instances WHERE state <> 'uploaded' AND node = ?1",
+                    args![node],
+                )?
+                .iter()
+                .map(|r| Ok((r.get(0)?, r.get(1)?)))
+                .collect::<Result<_, DbError>>()?;
             let missing: Vec<String> = pending
                 .into_iter()
                 .filter(|(_, path)| !public.join(path).exists())
@@ -468,14 +489,12 @@ impl Index {
         })
     }
 
-    /// The path of every instance the index knows, relative to `public/`.
+    /// The path of every instance of this node the index knows, relative to `public/`.
     pub fn paths(&self) -> Result<Vec<String>, IndexError> {
-        self.call(|c| {
-            let paths = c
-                .prepare("SELECT path FROM instances")?
-                .query_map([], |r| r.get(0))?
-                .collect::<Result<_, _>>()?;
-            Ok(paths)
+        let node = self.node.clone();
+        self.call(move |c| {
+            let rows = c.query("SELECT path FROM instances WHERE node = ?1", args![node])?;
+            Ok(rows.iter().map(|r| r.get(0)).collect::<Result<_, _>>()?)
         })
     }
 
@@ -484,8 +503,9 @@ impl Index {
         let highest = i64::try_from(highest).unwrap_or(i64::MAX);
         self.call(move |c| {
             c.execute(
-                "UPDATE meta SET value = CAST(?1 AS TEXT) WHERE key = 'last_patient_number' AND CAST(value AS INTEGER) < ?1",
-                [highest],
+                "UPDATE meta SET value = ?1 WHERE key = 'last_patient_number'
+                 AND CAST(value AS BIGINT) < CAST(?1 AS BIGINT)",
+                args![highest.to_string()],
             )?;
             Ok(())
         })
@@ -505,8 +525,91 @@ impl Index {
     pub fn close(self) {}
 }
 
+/// The SQLite index: WAL, a checkpoint thread of its own, its schema made or migrated.
+fn open_sqlite(path: &Path, owner: &Owner) -> Result<(Db, Option<mpsc::Sender<()>>), IndexError> {
+    if let Some(dir) = path.parent() {
+        crate::file_modes::missing_dirs(dir)
+            .map_err(|source| IndexError::Dir { path: dir.display().to_string(), source })?;
+    }
+    let conn = rusqlite::Connection::open(path)?;
+    conn.busy_timeout(std::time::Duration::from_secs(30))?;
+    conn.set_prepared_statement_cache_capacity(64);
+    conn.execute_batch(schema::SCHEMA)?;
+    conn.execute_batch(deliveries::SCHEMA)?;
+    migrate(&conn)?;
+    // WAL with NORMAL never corrupts; a commit becomes durable when the WAL file reaches the
+    // disk, which the caller's durability barrier (syncfs) or closing the index ensures.
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    let mut db = Db::Sqlite(conn);
+    // IMMEDIATE: take the write lock first (waiting on busy_timeout). A deferred read that turns
+    // into a write fails at once with "database is locked" when another process (the running
+    // node, beside `queue retry`) commits in between, and no busy handler helps with that.
+    init(&mut db, "BEGIN IMMEDIATE", &path.display().to_string(), owner)?;
+    let Db::Sqlite(conn) = &db else { unreachable!("opened as SQLite") };
+    // Checkpoints run every second on a connection of their own, so commits rarely wait for
+    // one to copy the WAL back. But a passive checkpoint under constant commits never catches
+    // up with the end of the WAL, and the WAL only starts over once it has: so the writer
+    // still checkpoints itself past WAL_PAGES (copying what the background left, between
+    // two batches, when nothing else is writing), and the file is cut back after.
+    conn.pragma_update(None, "wal_autocheckpoint", WAL_PAGES)?;
+    conn.pragma_update(None, "journal_size_limit", WAL_BYTES_KEPT)?;
+    let checkpoints = rusqlite::Connection::open(path)?;
+    checkpoints.busy_timeout(std::time::Duration::from_secs(30))?;
+    checkpoints.pragma_update(None, "synchronous", "NORMAL")?;
+    let (stop, stopped) = mpsc::channel::<()>();
+    std::thread::Builder::new()
+        .name("phi-checkpoint".into())
+        .spawn(move || checkpoint_loop(checkpoints, stopped))
+        .map_err(|source| IndexError::Dir { path: "phi-checkpoint thread".into(), source })?;
+    Ok((db, Some(stop)))
+}
+
+/// The index in a PostgreSQL schema, made or migrated under a session lock, so that two nodes
+/// starting at once do not both create it.
+fn open_postgres(url: &str, schema: &str, owner: &Owner, location: &Location) -> Result<Db, IndexError> {
+    let mut db = Db::Postgres(Box::new(db::Pg::connect(url, schema)?));
+    db.batch(&format!("SELECT pg_advisory_lock({})", schema::lock_key(schema)))?;
+    let made = (|| -> Result<(), IndexError> {
+        let version: Option<i64> = {
+            db.batch(schema::PG_VERSION_TABLE)?;
+            db.query_opt("SELECT MAX(version) FROM schema_version", args![])?
+                .map(|r| r.get(0))
+                .transpose()?
+                .flatten()
+        };
+        match version {
+            Some(found) if found > schema::PG_VERSION => {
+                return Err(IndexError::NewerSchema {
+                    path: location.to_string(),
+                    found,
+                    known: schema::PG_VERSION,
+                })
+            }
+            Some(_) => {}
+            None => {
+                db.batch(schema::PG_SCHEMA)?;
+                db.execute("INSERT INTO schema_version(version) VALUES (?1)", args![schema::PG_VERSION])?;
+            }
+        }
+        init(&mut db, "BEGIN", &location.to_string(), owner)
+    })();
+    let unlocked = db.batch(&format!("SELECT pg_advisory_unlock({})", schema::lock_key(schema)));
+    made?;
+    unlocked?;
+    Ok(db)
+}
+
+/// Connect again to where the index is (PostgreSQL: the server restarted, failed over or was
+/// unreachable).
+fn reconnect(location: &Location) -> Result<Db, DbError> {
+    match location {
+        Location::Sqlite(path) => Ok(Db::Sqlite(rusqlite::Connection::open(path)?)),
+        Location::Postgres { url, schema, .. } => Ok(Db::Postgres(Box::new(db::Pg::connect(url, schema)?))),
+    }
+}
+
 /// Add columns that an index created by an earlier version lacks.
-fn migrate(conn: &Connection) -> Result<(), IndexError> {
+fn migrate(conn: &rusqlite::Connection) -> Result<(), IndexError> {
     for (table, added) in
         [("instances", schema::ADDED_INSTANCE_COLUMNS), ("audit", schema::ADDED_AUDIT_COLUMNS)]
     {
@@ -525,55 +628,69 @@ pub(crate) fn now() -> String {
     chrono::Utc::now().format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string()
 }
 
-fn init(conn: &mut Connection, path: &Path, owner: &Owner) -> Result<(), IndexError> {
-    // IMMEDIATE: take the write lock first (waiting on busy_timeout). A deferred read that turns
-    // into a write fails at once with "database is locked" when another process (the running
-    // node, beside `queue retry`) commits in between, and no busy handler helps with that.
-    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-    let stored: Option<String> =
-        tx.query_row("SELECT value FROM meta WHERE key = 'site_id'", [], |r| r.get(0)).optional()?;
-    match stored {
+/// Check (or, in a new index, record) the site and the secret's fingerprint, and make the
+/// default patient; `begin` starts a transaction that writes.
+fn init(db: &mut Db, begin: &str, location: &str, owner: &Owner) -> Result<(), IndexError> {
+    db.batch(begin)?;
+    let done = init_in_transaction(db, location, owner);
+    match done {
+        Ok(()) => db.batch("COMMIT")?,
+        Err(_) => {
+            let _ = db.batch("ROLLBACK");
+        }
+    }
+    done
+}
+
+fn init_in_transaction(db: &mut Db, location: &str, owner: &Owner) -> Result<(), IndexError> {
+    let meta = |db: &mut Db, key: &'static str| -> Result<Option<String>, IndexError> {
+        Ok(db
+            .query_opt("SELECT value FROM meta WHERE key = ?1", args![key])?
+            .map(|r| r.get(0))
+            .transpose()?)
+    };
+    match meta(db, "site_id")? {
         Some(stored) if stored != owner.site_id => {
             return Err(IndexError::SiteMismatch {
-                path: path.display().to_string(),
+                path: location.to_string(),
                 stored,
                 configured: owner.site_id.clone(),
             })
         }
         Some(_) => {}
         None => {
-            tx.execute("INSERT INTO meta(key, value) VALUES ('site_id', ?1)", [&owner.site_id])?;
-            tx.execute("INSERT INTO meta(key, value) VALUES ('last_patient_number', '0')", [])?;
+            db.execute("INSERT INTO meta(key, value) VALUES ('site_id', ?1)", args![&owner.site_id])?;
+            db.execute("INSERT INTO meta(key, value) VALUES ('last_patient_number', '0')", args![])?;
         }
     }
     if let Some(configured) = &owner.secret_fingerprint {
-        let stored: Option<String> = tx
-            .query_row("SELECT value FROM meta WHERE key = 'secret_fingerprint'", [], |r| r.get(0))
-            .optional()?;
-        match stored {
+        match meta(db, "secret_fingerprint")? {
             Some(stored) if stored != *configured => {
                 return Err(IndexError::SecretMismatch {
-                    path: path.display().to_string(),
+                    path: location.to_string(),
                     stored,
                     configured: configured.clone(),
                 })
             }
             Some(_) => {}
             None => {
-                tx.execute("INSERT INTO meta(key, value) VALUES ('secret_fingerprint', ?1)", [configured])?;
+                db.execute(
+                    "INSERT INTO meta(key, value) VALUES ('secret_fingerprint', ?1)",
+                    args![configured],
+                )?;
             }
         }
     }
-    tx.execute(
-        "INSERT OR IGNORE INTO patients(patient_id, anon_patient_id, created_at) VALUES ('', ?1, ?2)",
-        params![owner.default_patient_id, now()],
+    db.execute(
+        "INSERT INTO patients(patient_id, anon_patient_id, created_at) VALUES ('', ?1, ?2)
+         ON CONFLICT DO NOTHING",
+        args![&owner.default_patient_id, now()],
     )?;
-    tx.commit()?;
     Ok(())
 }
 
 /// Copy the WAL back into the database every [`CHECKPOINT_EVERY`] until the index closes.
-fn checkpoint_loop(conn: Connection, stopped: mpsc::Receiver<()>) {
+fn checkpoint_loop(conn: rusqlite::Connection, stopped: mpsc::Receiver<()>) {
     while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(CHECKPOINT_EVERY) {
         // PASSIVE copies what no reader still needs and never waits; the next round does the rest.
         if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
@@ -583,39 +700,48 @@ fn checkpoint_loop(conn: Connection, stopped: mpsc::Receiver<()>) {
 }
 
 /// Run a batch in one transaction, each job in its own savepoint so one failure does not undo
-/// the others; answer only after the commit.
-fn run_batch(conn: &mut Connection, batch: Vec<Job>) {
+/// the others; answer only after the commit. On PostgreSQL the batch first takes the schema's
+/// transaction lock: the nodes' batches then commit one after another, as on SQLite, so a
+/// patient number is taken by one node at a time and rowids grow in the order of commits.
+fn run_batch(db: &mut Db, location: &Location, batch: Vec<Job>) {
     let mut replies = Vec::with_capacity(batch.len());
-    let outcome = (|| -> Result<(), rusqlite::Error> {
-        let mut tx = conn.transaction()?;
-        for job in batch {
-            let sp = tx.savepoint()?;
-            let (ok, reply) = job(&sp);
-            if ok {
-                sp.commit()?;
-            } else {
-                sp.finish()?;
-            }
-            replies.push(reply);
+    let mut jobs = batch.into_iter();
+    let outcome = (|| -> Result<(), DbError> {
+        if db.is_closed() {
+            *db = reconnect(location)?;
         }
-        tx.commit()
+        match location {
+            Location::Sqlite(_) => db.batch("BEGIN")?,
+            Location::Postgres { schema, .. } => {
+                db.batch(&format!("BEGIN; SELECT pg_advisory_xact_lock({})", schema::lock_key(schema)))?
+            }
+        }
+        for job in jobs.by_ref() {
+            db.batch("SAVEPOINT job")?;
+            let (ok, reply) = job(Ok(db));
+            replies.push(reply);
+            db.batch(if ok { "RELEASE job" } else { "ROLLBACK TO job; RELEASE job" })?;
+        }
+        db.batch("COMMIT")
     })();
+    if let Err(e) = &outcome {
+        if !db.is_closed() {
+            let _ = db.batch("ROLLBACK");
+        }
+        replies.extend(jobs.map(|job| job(Err(e)).1));
+    }
     for reply in replies {
         reply(outcome.as_ref().err());
     }
 }
 
-fn clone_error(e: &rusqlite::Error) -> rusqlite::Error {
-    rusqlite::Error::ToSqlConversionFailure(e.to_string().into())
-}
-
-fn capture(tx: &Connection, c: &Capture, site_id: &str) -> Result<Captured, IndexError> {
+fn capture(tx: &mut Db, c: &Capture, site_id: &str) -> Result<Captured, IndexError> {
     let anon_patient_id = patient(tx, c, site_id)?;
 
-    let owner: Option<(String, Option<String>)> = tx
-        .prepare_cached("SELECT patient_id, accession FROM studies WHERE study_uid = ?1")?
-        .query_row([&c.study_uid], |r| Ok((r.get(0)?, r.get(1)?)))
-        .optional()?;
+    let owner =
+        tx.query_opt("SELECT patient_id, accession FROM studies WHERE study_uid = ?1", args![&c.study_uid])?;
+    let owner: Option<(String, Option<String>)> =
+        owner.map(|r| Ok::<_, DbError>((r.get(0)?, r.get(1)?))).transpose()?;
     match owner {
         Some((pid, _)) if pid != c.patient_id => {
             return Err(IndexError::Conflict("StudyInstanceUID already belongs to another PatientID".into()))
@@ -623,50 +749,50 @@ fn capture(tx: &Connection, c: &Capture, site_id: &str) -> Result<Captured, Inde
         Some((_, None)) if c.accession.is_some() => {
             tx.execute(
                 "UPDATE studies SET accession = ?2, anon_accession = ?3 WHERE study_uid = ?1",
-                params![c.study_uid, c.accession, c.anon_accession],
+                args![&c.study_uid, &c.accession, &c.anon_accession],
             )?;
         }
         Some(_) => {}
         None => {
-            tx.prepare_cached(
+            tx.execute(
                 "INSERT INTO studies(study_uid, anon_study_uid, patient_id, accession, anon_accession,
                                      date_offset, study_date, source)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-            )?
-            .execute(params![
-                c.study_uid,
-                c.anon_study_uid,
-                c.patient_id,
-                c.accession,
-                c.anon_accession,
-                c.date_offset,
-                c.study_date,
-                c.source
-            ])?;
+                args![
+                    &c.study_uid,
+                    &c.anon_study_uid,
+                    &c.patient_id,
+                    &c.accession,
+                    &c.anon_accession,
+                    c.date_offset,
+                    &c.study_date,
+                    &c.source
+                ],
+            )?;
         }
     }
 
     let study: Option<String> = tx
-        .prepare_cached("SELECT study_uid FROM series WHERE series_uid = ?1")?
-        .query_row([&c.series_uid], |r| r.get(0))
-        .optional()?;
+        .query_opt("SELECT study_uid FROM series WHERE series_uid = ?1", args![&c.series_uid])?
+        .map(|r| r.get(0))
+        .transpose()?;
     match study {
         Some(s) if s != c.study_uid => {
             return Err(IndexError::Conflict("SeriesInstanceUID already belongs to another study".into()))
         }
         Some(_) => {}
         None => {
-            tx.prepare_cached(
+            tx.execute(
                 "INSERT INTO series(series_uid, anon_series_uid, study_uid, modality) VALUES (?1, ?2, ?3, ?4)",
-            )?
-            .execute(params![c.series_uid, c.anon_series_uid, c.study_uid, c.modality])?;
+                args![&c.series_uid, &c.anon_series_uid, &c.study_uid, &c.modality],
+            )?;
         }
     }
 
     let series: Option<String> = tx
-        .prepare_cached("SELECT series_uid FROM instances WHERE sop_uid = ?1")?
-        .query_row([&c.sop_uid], |r| r.get(0))
-        .optional()?;
+        .query_opt("SELECT series_uid FROM instances WHERE sop_uid = ?1", args![&c.sop_uid])?
+        .map(|r| r.get(0))
+        .transpose()?;
     if matches!(&series, Some(s) if *s != c.series_uid) {
         return Err(IndexError::Conflict("SOPInstanceUID already belongs to another series".into()));
     }
@@ -686,59 +812,68 @@ const PSEUDONYM_TAKEN: &str =
      (two PatientIDs share a keyed pseudonym, or project.lookup_table gives one to another patient)";
 
 /// Get or create the patient. New patients in rsna mode take the next number from a counter that
-/// only grows, so a number is never handed out twice (RSNA's MAX+1 can reuse one).
-fn patient(tx: &Connection, c: &Capture, site_id: &str) -> Result<String, IndexError> {
-    if let Some(id) = tx
-        .prepare_cached("SELECT anon_patient_id FROM patients WHERE patient_id = ?1")?
-        .query_row([&c.patient_id], |r| r.get(0))
-        .optional()?
+/// only grows, so a number is never handed out twice (RSNA's MAX+1 can reuse one); on a shared
+/// database the batch's lock makes taking it one node's act at a time.
+fn patient(tx: &mut Db, c: &Capture, site_id: &str) -> Result<String, IndexError> {
+    if let Some(row) =
+        tx.query_opt("SELECT anon_patient_id FROM patients WHERE patient_id = ?1", args![&c.patient_id])?
     {
-        return Ok(id);
+        return Ok(row.get(0)?);
     }
     let anon = match &c.anon_patient_id {
         Some(id) => {
             // A keyed pseudonym is 48 bits of a hash: two PatientIDs can share one, and a lookup
             // table can be edited to give one away. Either is for someone to review, not a write
             // to retry forever.
-            let taken = tx
-                .prepare_cached("SELECT 1 FROM patients WHERE anon_patient_id = ?1")?
-                .query_row([id], |_| Ok(()))
-                .optional()?;
-            if taken.is_some() {
+            if tx.query_opt("SELECT 1 FROM patients WHERE anon_patient_id = ?1", args![id])?.is_some() {
                 return Err(IndexError::Conflict(PSEUDONYM_TAKEN.into()));
             }
             id.clone()
         }
         None => {
-            let last: i64 = tx.query_row(
-                "SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'last_patient_number'",
-                [],
-                |r| r.get(0),
-            )?;
-            tx.execute(
-                "UPDATE meta SET value = ?1 WHERE key = 'last_patient_number'",
-                [(last + 1).to_string()],
-            )?;
-            crate::anonymize::Rsna::numbered_patient_id(site_id, (last + 1) as u64)
+            let next: i64 = tx
+                .query_one(
+                    "UPDATE meta SET value = CAST(CAST(value AS BIGINT) + 1 AS TEXT)
+                     WHERE key = 'last_patient_number' RETURNING CAST(value AS BIGINT)",
+                    args![],
+                )?
+                .get(0)?;
+            crate::anonymize::Rsna::numbered_patient_id(site_id, next as u64)
         }
     };
-    tx.prepare_cached(
+    tx.execute(
         "INSERT INTO patients(patient_id, anon_patient_id, patient_name, sex, birth_date, created_at)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-    )?
-    .execute(params![c.patient_id, anon, c.patient_name, c.sex, c.birth_date, now()])?;
+        args![&c.patient_id, &anon, &c.patient_name, &c.sex, &c.birth_date, now()],
+    )?;
     Ok(anon)
 }
 
+/// The phrases of one kind recorded for a patient.
+fn phrases_of(c: &mut Db, patient_id: &str, kind: i64) -> Result<Vec<Vec<u8>>, DbError> {
+    let rows = c.query(
+        "SELECT phrase FROM seen_phrases WHERE patient_id = ?1 AND kind = ?2",
+        args![patient_id, kind],
+    )?;
+    rows.iter().map(|r| r.get(0)).collect()
+}
+
+/// The phrases of one kind recorded for any patient.
+fn phrases_of_kind(c: &mut Db, kind: i64) -> Result<Vec<Vec<u8>>, DbError> {
+    let rows = c.query("SELECT DISTINCT phrase FROM seen_phrases WHERE kind = ?1", args![kind])?;
+    rows.iter().map(|r| r.get(0)).collect()
+}
+
 /// Record the names and places an instance of `patient_id` stated.
-fn remember_phrases(tx: &Connection, patient_id: &str, phrases: &Phrases) -> Result<(), IndexError> {
-    let mut insert = tx
-        .prepare_cached("INSERT OR IGNORE INTO seen_phrases(patient_id, kind, phrase) VALUES (?1, ?2, ?3)")?;
+fn remember_phrases(tx: &mut Db, patient_id: &str, phrases: &Phrases) -> Result<(), IndexError> {
     for (kind, values) in
         [(NAME, &phrases.names), (PLACE, &phrases.places), (INSTITUTION, &phrases.institutions)]
     {
         for v in values {
-            insert.execute(params![patient_id, kind, v])?;
+            tx.execute(
+                "INSERT INTO seen_phrases(patient_id, kind, phrase) VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING",
+                args![patient_id, kind, v],
+            )?;
         }
     }
     Ok(())
@@ -754,19 +889,20 @@ pub struct Committed {
 }
 
 /// Drop an instance's row and its pending deliveries.
-fn forget(c: &Connection, sop_uid: &str) -> Result<(), IndexError> {
+fn forget(c: &mut Db, sop_uid: &str) -> Result<(), IndexError> {
     let anon: Option<String> = c
-        .query_row("SELECT anon_sop_uid FROM instances WHERE sop_uid = ?1", [sop_uid], |r| r.get(0))
-        .optional()?;
+        .query_opt("SELECT anon_sop_uid FROM instances WHERE sop_uid = ?1", args![sop_uid])?
+        .map(|r| r.get(0))
+        .transpose()?;
     if let Some(anon) = anon {
-        c.execute("DELETE FROM deliveries WHERE anon_sop_uid = ?1 AND state <> 'sent'", [&anon])?;
+        c.execute("DELETE FROM deliveries WHERE anon_sop_uid = ?1 AND state <> 'sent'", args![anon])?;
     }
-    c.execute("DELETE FROM instances WHERE sop_uid = ?1", [sop_uid])?;
+    c.execute("DELETE FROM instances WHERE sop_uid = ?1", args![sop_uid])?;
     Ok(())
 }
 
-/// Insert or replace an instance's row.
-pub(crate) fn record(tx: &Connection, r: &InstanceRecord) -> Result<(), IndexError> {
+/// Insert or replace an instance's row, stamped with the node that stored it.
+pub(crate) fn record(tx: &mut Db, node: &str, r: &InstanceRecord) -> Result<(), IndexError> {
     // A re-send whose anonymized bytes are those already delivered is not queued again: a
     // sender that re-sends a study (a retry, a second route) would otherwise cost one upload and
     // one export per instance. The same bytes being uploaded now are left to that upload; after
@@ -774,45 +910,37 @@ pub(crate) fn record(tx: &Connection, r: &InstanceRecord) -> Result<(), IndexErr
     // asks the bucket first (the failed put may have arrived). One whose bytes changed is a new
     // version, queued again everywhere.
     let previous: Option<Option<String>> = tx
-        .prepare_cached("SELECT digest FROM instances WHERE sop_uid = ?1")?
-        .query_row([&r.sop_uid], |row| row.get(0))
-        .optional()?;
+        .query_opt("SELECT digest FROM instances WHERE sop_uid = ?1", args![&r.sop_uid])?
+        .map(|row| row.get(0))
+        .transpose()?;
     let unchanged = previous.flatten().as_deref() == Some(r.digest.as_str());
-    tx.prepare_cached(
-        "INSERT INTO instances(sop_uid, anon_sop_uid, series_uid, sop_class_uid, path, size, state, stored_at, digest)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'queued', ?7, ?8)
+    tx.execute(
+        "INSERT INTO instances(sop_uid, anon_sop_uid, series_uid, sop_class_uid, path, size, state, stored_at, digest, node)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'queued', ?7, ?8, ?10)
          ON CONFLICT(sop_uid) DO UPDATE SET path = excluded.path, size = excluded.size,
-             stored_at = excluded.stored_at, digest = excluded.digest,
-             state = CASE WHEN ?9 AND state IN ('uploaded', 'uploading') THEN state ELSE 'queued' END,
-             attempts = CASE WHEN ?9 THEN attempts ELSE 0 END,
-             last_error = CASE WHEN ?9 AND state IN ('uploaded', 'uploading') THEN last_error END,
-             next_try = CASE WHEN ?9 AND state IN ('uploaded', 'uploading') THEN next_try END,
-             generation = CASE WHEN ?9 THEN generation ELSE generation + 1 END",
-    )?
-    .execute(params![
-        r.sop_uid,
-        r.anon_sop_uid,
-        r.series_uid,
-        r.sop_class_uid,
-        r.path,
-        r.size as i64,
-        now(),
-        r.digest,
-        unchanged
-    ])?;
+             stored_at = excluded.stored_at, digest = excluded.digest, node = excluded.node,
+             state = CASE WHEN ?9 AND instances.state IN ('uploaded', 'uploading') THEN instances.state ELSE 'queued' END,
+             attempts = CASE WHEN ?9 THEN instances.attempts ELSE 0 END,
+             last_error = CASE WHEN ?9 AND instances.state IN ('uploaded', 'uploading') THEN instances.last_error END,
+             next_try = CASE WHEN ?9 AND instances.state IN ('uploaded', 'uploading') THEN instances.next_try END,
+             generation = CASE WHEN ?9 THEN instances.generation ELSE instances.generation + 1 END",
+        args![&r.sop_uid, &r.anon_sop_uid, &r.series_uid, &r.sop_class_uid, &r.path, r.size, now(), &r.digest, unchanged, node],
+    )?;
     // A re-sent instance goes to every destination again, but for one that has these very bytes
     // or is sending them now; a send of the version it replaces, still under way, settles
     // nothing (see `deliveries`).
-    tx.prepare_cached(
+    tx.execute(
         "UPDATE deliveries SET state = 'queued', attempts = CASE WHEN ?2 THEN attempts ELSE 0 END,
              last_error = NULL, next_try = NULL,
              instance_rowid = (SELECT rowid FROM instances WHERE anon_sop_uid = ?1)
          WHERE anon_sop_uid = ?1 AND NOT (?2 AND state IN ('sent', 'sending'))",
-    )?
-    .execute(params![r.anon_sop_uid, unchanged])?;
-    let mut map = tx.prepare_cached("INSERT OR IGNORE INTO uid_map(phi_uid, anon_uid) VALUES (?1, ?2)")?;
+        args![&r.anon_sop_uid, unchanged],
+    )?;
     for (phi, anon) in &r.uid_map {
-        map.execute([phi, anon])?;
+        tx.execute(
+            "INSERT INTO uid_map(phi_uid, anon_uid) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
+            args![phi, anon],
+        )?;
     }
     Ok(())
 }
@@ -820,9 +948,8 @@ pub(crate) fn record(tx: &Connection, r: &InstanceRecord) -> Result<(), IndexErr
 /// What the index's own tests share.
 #[cfg(test)]
 pub(crate) mod fixture {
-    use rusqlite::params;
-
-    use super::{Index, Owner};
+    use super::db::args;
+    use super::{Index, InstanceRecord, Owner};
 
     /// An index with `n` queued instances `anon0..` (originals `phi0..`) of one series, stored in
     /// that order, at `p/<i>.dcm`, of `100 + i` bytes and digest `v0`.
@@ -831,7 +958,7 @@ pub(crate) mod fixture {
         let index = Index::open(&d.path().join("index.db"), &Owner::for_site("1")).unwrap();
         index
             .call(move |c| {
-                c.execute_batch(
+                c.batch(
                     "INSERT INTO studies(study_uid, anon_study_uid, patient_id, source) VALUES ('st', 'ast', '', 'test');
                      INSERT INTO series(series_uid, anon_series_uid, study_uid) VALUES ('s', 'as', 'st');",
                 )?;
@@ -839,7 +966,7 @@ pub(crate) mod fixture {
                     c.execute(
                         "INSERT INTO instances(sop_uid, anon_sop_uid, series_uid, sop_class_uid, path, size, stored_at, digest)
                          VALUES (?1, ?2, 's', '1.2', ?3, ?4, ?5, 'v0')",
-                        params![
+                        args![
                             format!("phi{i}"),
                             format!("anon{i}"),
                             format!("p/{i}.dcm"),
@@ -852,6 +979,28 @@ pub(crate) mod fixture {
             })
             .unwrap();
         (d, index)
+    }
+
+    /// Instance `i` of [`index_with_instances`] received again, `size` bytes with `digest`.
+    pub(crate) fn resend(index: &Index, i: usize, digest: &'static str, size: u64) {
+        index
+            .call(move |c| {
+                super::record(
+                    c,
+                    "",
+                    &InstanceRecord {
+                        sop_uid: format!("phi{i}"),
+                        anon_sop_uid: format!("anon{i}"),
+                        series_uid: "s".into(),
+                        sop_class_uid: "1.2".into(),
+                        path: format!("p/{i}.dcm"),
+                        size,
+                        digest: digest.into(),
+                        uid_map: Vec::new(),
+                    },
+                )
+            })
+            .unwrap();
     }
 }
 
@@ -872,7 +1021,7 @@ mod tests {
                         let key = format!("k{t}-{i}");
                         let got = index
                             .call(move |c| {
-                                c.execute("INSERT INTO meta(key, value) VALUES (?1, 'v')", [&key])?;
+                                c.execute("INSERT INTO meta(key, value) VALUES (?1, 'v')", args![&key])?;
                                 Ok(key)
                             })
                             .unwrap();
@@ -883,12 +1032,12 @@ mod tests {
         });
         // A failing request rolls back only itself and is answered with its error.
         let failed = index.call(|c| {
-            c.execute("INSERT INTO meta(key, value) VALUES ('k0-0', 'again')", [])?;
+            c.execute("INSERT INTO meta(key, value) VALUES ('k0-0', 'again')", args![])?;
             Ok(())
         });
         assert!(failed.is_err(), "a duplicate key must fail");
         let rows: i64 = index
-            .call(|c| Ok(c.query_row("SELECT COUNT(*) FROM meta WHERE key LIKE 'k%'", [], |r| r.get(0))?))
+            .call(|c| Ok(c.query_one("SELECT COUNT(*) FROM meta WHERE key LIKE 'k%'", args![])?.get(0)?))
             .unwrap();
         assert_eq!(rows, threads * each);
     }
@@ -899,7 +1048,7 @@ mod tests {
     fn uid_mappings_work_in_new_and_older_indexes() {
         let d = tempfile::tempdir().unwrap();
         let older = d.path().join("older.db");
-        Connection::open(&older)
+        rusqlite::Connection::open(&older)
             .unwrap()
             .execute_batch("CREATE TABLE uid_map (phi_uid TEXT PRIMARY KEY, anon_uid TEXT NOT NULL);")
             .unwrap();
@@ -907,18 +1056,20 @@ mod tests {
             let index = Index::open(&d.path().join(name), &Owner::for_site("1")).unwrap();
             let (sql, mapped) = index
                 .call(|c| {
-                    let mut map =
-                        c.prepare_cached("INSERT OR IGNORE INTO uid_map(phi_uid, anon_uid) VALUES (?1, ?2)")?;
                     for (phi, anon) in [("1.2.3", "9.1"), ("1.2.3", "9.1"), ("1.2.4", "9.2")] {
-                        map.execute([phi, anon])?;
+                        c.execute(
+                            "INSERT INTO uid_map(phi_uid, anon_uid) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
+                            args![phi, anon],
+                        )?;
                     }
-                    let sql: String =
-                        c.query_row("SELECT sql FROM sqlite_master WHERE name = 'uid_map'", [], |r| {
-                            r.get(0)
-                        })?;
-                    let mut rows = c.prepare("SELECT phi_uid, anon_uid FROM uid_map ORDER BY phi_uid")?;
-                    let mapped: Vec<(String, String)> =
-                        rows.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<Result<_, _>>()?;
+                    let sql: String = c
+                        .query_one("SELECT sql FROM sqlite_master WHERE name = 'uid_map'", args![])?
+                        .get(0)?;
+                    let mapped: Vec<(String, String)> = c
+                        .query("SELECT phi_uid, anon_uid FROM uid_map ORDER BY phi_uid", args![])?
+                        .iter()
+                        .map(|r| Ok((r.get(0)?, r.get(1)?)))
+                        .collect::<Result<_, DbError>>()?;
                     Ok((sql, mapped))
                 })
                 .unwrap();
@@ -932,12 +1083,12 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let index = Index::open(&d.path().join("index.db"), &Owner::for_site("1")).unwrap();
         let boom = index.call(|c| -> Result<(), IndexError> {
-            c.execute("INSERT INTO meta(key, value) VALUES ('half', 'done')", [])?;
+            c.execute("INSERT INTO meta(key, value) VALUES ('half', 'done')", args![])?;
             panic!("a bug");
         });
         assert!(matches!(boom, Err(IndexError::Panicked(ref m)) if m == "a bug"), "{boom:?}");
         let after: i64 = index
-            .call(|c| Ok(c.query_row("SELECT COUNT(*) FROM meta WHERE key = 'half'", [], |r| r.get(0))?))
+            .call(|c| Ok(c.query_one("SELECT COUNT(*) FROM meta WHERE key = 'half'", args![])?.get(0)?))
             .unwrap();
         assert_eq!(after, 0, "the panicking request's changes are rolled back");
     }
@@ -953,10 +1104,7 @@ mod tests {
             let value = page.clone();
             index
                 .call(move |c| {
-                    c.execute(
-                        "INSERT INTO meta(key, value) VALUES (?1, ?2)",
-                        params![format!("w{i}"), value],
-                    )?;
+                    c.execute("INSERT INTO meta(key, value) VALUES (?1, ?2)", args![format!("w{i}"), value])?;
                     Ok(())
                 })
                 .unwrap();

@@ -1,10 +1,9 @@
 //! The upload queue lives in the `instances` table: `queued → uploading → uploaded`, or `failed`
 //! with the attempt count, the last error and when to try again.
 
-use chrono::{DateTime, Utc};
-use rusqlite::{params, Connection};
-
+use super::db::{args, Db, DbError};
 use super::{now, Index, IndexError};
+use chrono::{DateTime, Utc};
 
 /// An instance to upload.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -47,28 +46,32 @@ impl Index {
     /// Take up to `limit` instances to upload, oldest first: queued ones, and failed ones whose
     /// next try has come. They become `uploading`.
     pub fn claim(&self, limit: usize) -> Result<Vec<Pending>, IndexError> {
+        let node = self.node.clone();
         self.call(move |c| {
-            let mut stmt = c.prepare_cached(
-                "SELECT anon_sop_uid, path, size, attempts, generation, digest FROM instances
-                 WHERE state = 'queued' OR (state = 'failed' AND next_try <= ?1)
-                 ORDER BY stored_at LIMIT ?2",
-            )?;
-            let rows: Vec<Pending> = stmt
-                .query_map(params![now(), limit as i64], |r| {
+            let rows: Vec<Pending> = c
+                .query(
+                    "SELECT anon_sop_uid, path, size, attempts, generation, digest FROM instances
+                     WHERE node = ?3 AND (state = 'queued' OR (state = 'failed' AND next_try <= ?1))
+                     ORDER BY stored_at LIMIT ?2",
+                    args![now(), limit, node],
+                )?
+                .iter()
+                .map(|r| {
                     Ok(Pending {
                         anon_sop_uid: r.get(0)?,
                         path: r.get(1)?,
-                        size: r.get::<_, i64>(2)? as u64,
+                        size: r.get(2)?,
                         attempts: r.get(3)?,
                         generation: r.get(4)?,
                         digest: r.get(5)?,
                     })
-                })?
-                .collect::<Result<_, _>>()?;
-            let mut mark =
-                c.prepare_cached("UPDATE instances SET state = 'uploading' WHERE anon_sop_uid = ?1")?;
+                })
+                .collect::<Result<_, DbError>>()?;
             for p in &rows {
-                mark.execute([&p.anon_sop_uid])?;
+                c.execute(
+                    "UPDATE instances SET state = 'uploading' WHERE anon_sop_uid = ?1",
+                    args![&p.anon_sop_uid],
+                )?;
             }
             Ok(rows)
         })
@@ -82,7 +85,7 @@ impl Index {
             let n = c.execute(
                 "UPDATE instances SET state = 'uploaded', etag = ?2, uploaded_at = ?3, last_error = NULL,
                  next_try = NULL WHERE anon_sop_uid = ?1 AND generation = ?4 AND state = 'uploading'",
-                params![uid, etag, now(), generation],
+                args![uid, etag, now(), generation],
             )?;
             Ok(n > 0)
         })
@@ -101,7 +104,7 @@ impl Index {
             c.execute(
                 "UPDATE instances SET state = 'failed', attempts = attempts + 1, last_error = ?2, next_try = ?3
                  WHERE anon_sop_uid = ?1 AND generation = ?4 AND state = 'uploading'",
-                params![uid, error, time(next_try), generation],
+                args![uid, error, time(next_try), generation],
             )?;
             Ok(())
         })
@@ -110,86 +113,130 @@ impl Index {
     /// Give claimed instances back untouched (the uploader could not even start on them).
     pub fn unclaim(&self, anon_sop_uids: Vec<String>) -> Result<(), IndexError> {
         self.call(move |c| {
-            let mut stmt = c.prepare_cached(
-                "UPDATE instances SET state = 'queued' WHERE anon_sop_uid = ?1 AND state = 'uploading'",
-            )?;
             for uid in &anon_sop_uids {
-                stmt.execute([uid])?;
+                c.execute(
+                    "UPDATE instances SET state = 'queued' WHERE anon_sop_uid = ?1 AND state = 'uploading'",
+                    args![uid],
+                )?;
             }
             Ok(())
         })
     }
 
-    /// After a restart nothing is uploading: what was is queued again, as an attempt made, so
-    /// that a put whose answer the crash lost is found in the bucket rather than made twice.
-    /// Returns how many.
+    /// After a restart nothing of this node is uploading: what was is queued again, as an
+    /// attempt made, so that a put whose answer the crash lost is found in the bucket rather than
+    /// made twice. Returns how many.
     pub fn requeue_interrupted(&self) -> Result<usize, IndexError> {
-        self.call(|c| {
-            Ok(c.execute(
-                "UPDATE instances SET state = 'queued', attempts = attempts + 1 WHERE state = 'uploading'",
-                [],
-            )?)
-        })
-    }
-
-    /// Put every failed instance back in the queue for an immediate try. Returns how many.
-    pub fn retry_failed(&self) -> Result<usize, IndexError> {
-        self.call(|c| {
-            Ok(c.execute(
-                "UPDATE instances SET state = 'queued', next_try = NULL WHERE state = 'failed'",
-                [],
-            )?)
-        })
-    }
-
-    /// Mark as uploaded the instances whose paths are already in the bucket (RSNA's rule: an
-    /// existing key counts as uploaded), but for one uploaded before and queued again since: its
-    /// bytes changed, and the key holds the old ones. Returns how many changed.
-    pub fn mark_present(&self, paths: Vec<String>) -> Result<usize, IndexError> {
+        let node = self.node.clone();
         self.call(move |c| {
-            let mut stmt = c.prepare_cached(
-                "UPDATE instances SET state = 'uploaded', uploaded_at = ?2
-                 WHERE path = ?1 AND state <> 'uploaded' AND uploaded_at IS NULL",
-            )?;
+            Ok(c.execute(
+                "UPDATE instances SET state = 'queued', attempts = attempts + 1 WHERE state = 'uploading' AND node = ?1",
+                args![node],
+            )?)
+        })
+    }
+
+    /// Put every failed instance of this node back in the queue for an immediate try. Returns
+    /// how many.
+    pub fn retry_failed(&self) -> Result<usize, IndexError> {
+        let node = self.node.clone();
+        self.call(move |c| {
+            Ok(c.execute(
+                "UPDATE instances SET state = 'queued', next_try = NULL WHERE state = 'failed' AND node = ?1",
+                args![node],
+            )?)
+        })
+    }
+
+    /// Mark as uploaded the instances of this node whose paths are already in the bucket (RSNA's
+    /// rule: an existing key counts as uploaded), but for one uploaded before and queued again
+    /// since: its bytes changed, and the key holds the old ones. Returns how many changed.
+    pub fn mark_present(&self, paths: Vec<String>) -> Result<usize, IndexError> {
+        let node = self.node.clone();
+        self.call(move |c| {
             let at = now();
             let mut n = 0;
             for p in &paths {
-                n += stmt.execute(params![p, at])?;
+                n += c.execute(
+                    "UPDATE instances SET state = 'uploaded', uploaded_at = ?2
+                     WHERE path = ?1 AND node = ?3 AND state <> 'uploaded' AND uploaded_at IS NULL",
+                    args![p, &at, &node],
+                )?;
             }
             Ok(n)
         })
     }
 
+    /// Take over the queues of node `from` (a dead node whose storage was moved here): its
+    /// instances become this node's, queued for upload and for every destination again where
+    /// they were under way. Returns how many instances.
+    pub fn adopt(&self, from: &str) -> Result<usize, IndexError> {
+        let (from, node) = (from.to_string(), self.node.clone());
+        self.call(move |c| {
+            let n = c.execute(
+                "UPDATE instances SET node = ?2,
+                     state = CASE WHEN state = 'uploading' THEN 'queued' ELSE state END,
+                     attempts = CASE WHEN state = 'uploading' THEN attempts + 1 ELSE attempts END
+                 WHERE node = ?1",
+                args![&from, &node],
+            )?;
+            c.execute(
+                "UPDATE deliveries SET state = 'queued', attempts = attempts + 1
+                 WHERE state = 'sending' AND instance_rowid IN (SELECT rowid FROM instances WHERE node = ?1)",
+                args![&node],
+            )?;
+            // The dead node's queue of a destination may have stopped short of instances stored
+            // before this node's last queued one: those are queued here, once.
+            c.execute(
+                "INSERT INTO deliveries(destination, anon_sop_uid, instance_rowid)
+                 SELECT d.destination, i.anon_sop_uid, i.rowid
+                 FROM (SELECT DISTINCT destination FROM deliveries) d, instances i
+                 WHERE i.node = ?1
+                   AND NOT EXISTS (SELECT 1 FROM deliveries e
+                                   WHERE e.destination = d.destination AND e.anon_sop_uid = i.anon_sop_uid)
+                 ON CONFLICT DO NOTHING",
+                args![&node],
+            )?;
+            Ok(n)
+        })
+    }
+
     pub fn queue_status(&self) -> Result<QueueStatus, IndexError> {
-        self.call(status)
+        let node = self.node.clone();
+        self.call(move |c| status(c, &node))
     }
 }
 
-pub(super) fn status(c: &Connection) -> Result<QueueStatus, IndexError> {
-    let mut s = QueueStatus::default();
-    let mut stmt = c.prepare("SELECT state, COUNT(*) FROM instances GROUP BY state ORDER BY state")?;
-    s.counts =
-        stmt.query_map([], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)))?.collect::<Result<_, _>>()?;
-    s.oldest_queued = c.query_row(
-        "SELECT MIN(stored_at) FROM instances WHERE state IN ('queued', 'failed', 'uploading')",
-        [],
-        |r| r.get(0),
-    )?;
-    let mut stmt = c.prepare(
-        "SELECT anon_sop_uid, attempts, COALESCE(last_error, ''), next_try FROM instances
-         WHERE state = 'failed' ORDER BY stored_at LIMIT 100",
-    )?;
-    s.failed = stmt
-        .query_map([], |r| {
+/// This node's upload queue.
+pub(super) fn status(c: &mut Db, node: &str) -> Result<QueueStatus, IndexError> {
+    let counts = c
+        .query("SELECT state, COUNT(*) FROM instances WHERE node = ?1 GROUP BY state ORDER BY state", args![node])?
+        .iter()
+        .map(|r| Ok((r.get(0)?, r.get(1)?)))
+        .collect::<Result<_, DbError>>()?;
+    let oldest_queued = c
+        .query_one(
+            "SELECT MIN(stored_at) FROM instances WHERE node = ?1 AND state IN ('queued', 'failed', 'uploading')",
+            args![node],
+        )?
+        .get(0)?;
+    let failed = c
+        .query(
+            "SELECT anon_sop_uid, attempts, COALESCE(last_error, ''), next_try FROM instances
+             WHERE node = ?1 AND state = 'failed' ORDER BY stored_at LIMIT 100",
+            args![node],
+        )?
+        .iter()
+        .map(|r| {
             Ok(StuckItem {
                 anon_sop_uid: r.get(0)?,
                 attempts: r.get(1)?,
                 last_error: r.get(2)?,
                 next_try: r.get(3)?,
             })
-        })?
-        .collect::<Result<_, _>>()?;
-    Ok(s)
+        })
+        .collect::<Result<_, DbError>>()?;
+    Ok(QueueStatus { counts, oldest_queued, failed })
 }
 
 #[cfg(test)]
@@ -198,19 +245,18 @@ mod tests {
 
     use super::*;
     use crate::index::fixture::index_with_instances;
-    use crate::index::{record, InstanceRecord};
 
     /// (state, attempts, last_error, next_try is set, etag) of `anon`.
     fn row(index: &Index, anon: &str) -> (String, u32, Option<String>, bool, Option<String>) {
         let anon = anon.to_string();
         index
             .call(move |c| {
-                Ok(c.query_row(
+                let r = c.query_one(
                     "SELECT state, attempts, last_error, next_try IS NOT NULL, etag FROM instances
                      WHERE anon_sop_uid = ?1",
-                    [&anon],
-                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
-                )?)
+                    args![anon],
+                )?;
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
             })
             .unwrap()
     }
@@ -225,23 +271,7 @@ mod tests {
 
     /// Instance `i` received again; `digest` is its anonymized file's.
     fn resend(index: &Index, i: usize, digest: &'static str) {
-        index
-            .call(move |c| {
-                record(
-                    c,
-                    &InstanceRecord {
-                        sop_uid: format!("phi{i}"),
-                        anon_sop_uid: format!("anon{i}"),
-                        series_uid: "s".into(),
-                        sop_class_uid: "1.2".into(),
-                        path: format!("p/{i}.dcm"),
-                        size: 200,
-                        digest: digest.into(),
-                        uid_map: Vec::new(),
-                    },
-                )
-            })
-            .unwrap();
+        crate::index::fixture::resend(index, i, digest, 200);
     }
 
     #[test]

@@ -9,6 +9,7 @@ pub const ADDED_INSTANCE_COLUMNS: &[(&str, &str)] = &[
     ("uploaded_at", "TEXT"),
     ("generation", "INTEGER NOT NULL DEFAULT 0"),
     ("digest", "TEXT"),
+    ("node", "TEXT NOT NULL DEFAULT ''"),
 ];
 
 /// Columns added to `audit` since its first version.
@@ -66,7 +67,8 @@ CREATE TABLE IF NOT EXISTS instances (
     etag          TEXT,
     uploaded_at   TEXT,
     generation    INTEGER NOT NULL DEFAULT 0,       -- grows with each re-send that changed the file
-    digest        TEXT                              -- SHA-256 of the anonymized file (hex)
+    digest        TEXT,                             -- SHA-256 of the anonymized file (hex)
+    node          TEXT NOT NULL DEFAULT ''          -- the node that stored it: '' in a node's own index
 );
 CREATE INDEX IF NOT EXISTS instances_by_series ON instances(series_uid);
 CREATE INDEX IF NOT EXISTS instances_by_state ON instances(state, stored_at);
@@ -111,3 +113,120 @@ CREATE TABLE IF NOT EXISTS uid_map (
     anon_uid TEXT NOT NULL
 ) WITHOUT ROWID;
 "#;
+
+/// The version of [`PG_SCHEMA`]; a database with a higher one was made by a newer node.
+pub const PG_VERSION: i64 = 1;
+
+/// Made first, so that the version can be read before anything else.
+pub const PG_VERSION_TABLE: &str = "CREATE TABLE IF NOT EXISTS schema_version (version BIGINT NOT NULL)";
+
+/// The same tables in PostgreSQL: integers are `BIGINT` (what the code reads and writes), blobs
+/// `BYTEA`, and `instances` and `audit` get the ascending ids SQLite gives every row: `rowid` is
+/// the order in which instances were stored (their batches commit one after another), and what a
+/// destination's queue follows.
+pub const PG_SCHEMA: &str = r#"
+CREATE TABLE meta (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+
+CREATE TABLE patients (
+    patient_id      TEXT PRIMARY KEY,
+    anon_patient_id TEXT NOT NULL UNIQUE,
+    patient_name    TEXT,
+    sex             TEXT,
+    birth_date      TEXT,
+    created_at      TEXT NOT NULL
+);
+
+CREATE TABLE studies (
+    study_uid      TEXT PRIMARY KEY,
+    anon_study_uid TEXT NOT NULL,
+    patient_id     TEXT NOT NULL REFERENCES patients(patient_id),
+    accession      TEXT,
+    anon_accession TEXT,
+    date_offset    BIGINT,
+    study_date     TEXT,
+    source         TEXT NOT NULL
+);
+
+CREATE TABLE series (
+    series_uid      TEXT PRIMARY KEY,
+    anon_series_uid TEXT NOT NULL,
+    study_uid       TEXT NOT NULL REFERENCES studies(study_uid),
+    modality        TEXT
+);
+CREATE INDEX series_by_study ON series(study_uid);
+
+CREATE TABLE instances (
+    rowid         BIGINT GENERATED ALWAYS AS IDENTITY UNIQUE,
+    sop_uid       TEXT PRIMARY KEY,
+    anon_sop_uid  TEXT NOT NULL,
+    series_uid    TEXT NOT NULL REFERENCES series(series_uid),
+    sop_class_uid TEXT NOT NULL,
+    path          TEXT NOT NULL,
+    size          BIGINT NOT NULL,
+    state         TEXT NOT NULL DEFAULT 'queued',
+    stored_at     TEXT NOT NULL,
+    attempts      BIGINT NOT NULL DEFAULT 0,
+    last_error    TEXT,
+    next_try      TEXT,
+    etag          TEXT,
+    uploaded_at   TEXT,
+    generation    BIGINT NOT NULL DEFAULT 0,
+    digest        TEXT,
+    node          TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX instances_by_series ON instances(series_uid);
+CREATE INDEX instances_by_state ON instances(node, state, stored_at);
+CREATE INDEX instances_by_anon ON instances(anon_sop_uid);
+CREATE INDEX instances_by_path ON instances(path);
+
+CREATE TABLE audit (
+    id              BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    at              TEXT NOT NULL,
+    association     TEXT NOT NULL,
+    calling_ae      TEXT NOT NULL,
+    peer            TEXT NOT NULL,
+    anon_study_uid  TEXT,
+    anon_series_uid TEXT,
+    anon_sop_uid    TEXT,
+    status          TEXT NOT NULL,
+    reason          TEXT,
+    bytes           BIGINT NOT NULL,
+    pixels          TEXT
+);
+CREATE INDEX audit_by_time ON audit(at);
+
+CREATE TABLE seen_phrases (
+    patient_id TEXT NOT NULL,
+    kind       BIGINT NOT NULL,
+    phrase     BYTEA NOT NULL,
+    PRIMARY KEY (patient_id, kind, phrase)
+);
+
+CREATE TABLE uid_map (
+    phi_uid  TEXT PRIMARY KEY,
+    anon_uid TEXT NOT NULL
+);
+
+CREATE TABLE deliveries (
+    destination    TEXT NOT NULL,
+    anon_sop_uid   TEXT NOT NULL,
+    instance_rowid BIGINT NOT NULL,
+    state          TEXT NOT NULL DEFAULT 'queued',
+    attempts       BIGINT NOT NULL DEFAULT 0,
+    last_error     TEXT,
+    next_try       TEXT,
+    sent_at        TEXT,
+    PRIMARY KEY (destination, anon_sop_uid)
+);
+CREATE INDEX deliveries_by_state ON deliveries(destination, state, instance_rowid);
+CREATE INDEX deliveries_by_rowid ON deliveries(destination, instance_rowid);
+"#;
+
+/// The advisory lock of a project's schema: held by a node while it makes the schema, and by
+/// each write batch while it runs.
+pub fn lock_key(schema: &str) -> String {
+    format!("hashtext({})", super::db::quote_literal(schema))
+}

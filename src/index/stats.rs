@@ -2,12 +2,11 @@
 //! read while the writer commits, so a status page or a scrape never waits in the writer's queue
 //! or delays an acknowledgement. They return counts and anonymized values only.
 
-use std::path::Path;
 use std::sync::Mutex;
 
 use chrono::{DateTime, NaiveDateTime, Utc};
-use rusqlite::{Connection, OpenFlags};
 
+use super::db::{args, Db, DbError, Location};
 use super::queue::QueueStatus;
 use super::IndexError;
 
@@ -20,69 +19,77 @@ pub struct Counts {
     pub instances: u64,
 }
 
-/// A read-only view of the index.
+/// A read-only view of the index. On a shared database the counts are the whole archive's and
+/// the queues this node's.
 pub struct Reader {
-    /// rusqlite connections are not `Sync`; reads are short, so they take turns.
-    conn: Mutex<Connection>,
+    /// Connections are not `Sync`; reads are short, so they take turns.
+    conn: Mutex<Db>,
+    location: Location,
 }
 
 impl Reader {
     /// Open the index at `path`, which the writer has already created.
-    pub fn open(path: &Path) -> Result<Reader, IndexError> {
-        let conn = Connection::open_with_flags(
-            path,
-            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_URI,
-        )?;
-        conn.busy_timeout(std::time::Duration::from_secs(5))?;
-        Ok(Reader { conn: Mutex::new(conn) })
+    pub fn open(path: &std::path::Path) -> Result<Reader, IndexError> {
+        Reader::open_at(&Location::Sqlite(path.to_path_buf()))
+    }
+
+    pub fn open_at(location: &Location) -> Result<Reader, IndexError> {
+        Ok(Reader { conn: Mutex::new(Db::reader(location)?), location: location.clone() })
+    }
+
+    /// Run `f` on the connection, made again first if PostgreSQL closed it.
+    fn with<T>(&self, f: impl FnOnce(&mut Db) -> Result<T, IndexError>) -> Result<T, IndexError> {
+        let mut c = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        if c.is_closed() {
+            *c = Db::reader(&self.location)?;
+        }
+        f(&mut c)
     }
 
     /// Patients with at least one study (the default patient only once it has one).
     pub fn counts(&self) -> Result<Counts, IndexError> {
-        let c = self.conn.lock().unwrap_or_else(|p| p.into_inner());
-        let n = |sql: &str| c.query_row(sql, [], |r| r.get::<_, i64>(0)).map(|v| v as u64);
-        Ok(Counts {
-            patients: n("SELECT COUNT(DISTINCT patient_id) FROM studies")?,
-            studies: n("SELECT COUNT(*) FROM studies")?,
-            series: n("SELECT COUNT(*) FROM series")?,
-            instances: n("SELECT COUNT(*) FROM instances")?,
+        self.with(|c| {
+            let mut n = |sql: &'static str| -> Result<u64, DbError> { c.query_one(sql, args![])?.get(0) };
+            Ok(Counts {
+                patients: n("SELECT COUNT(DISTINCT patient_id) FROM studies")?,
+                studies: n("SELECT COUNT(*) FROM studies")?,
+                series: n("SELECT COUNT(*) FROM series")?,
+                instances: n("SELECT COUNT(*) FROM instances")?,
+            })
         })
     }
 
     pub fn queue_status(&self) -> Result<QueueStatus, IndexError> {
-        let c = self.conn.lock().unwrap_or_else(|p| p.into_inner());
-        super::queue::status(&c)
+        self.with(|c| super::queue::status(c, self.location.node()))
     }
 
-    /// Instances the SCP stored in each of the `minutes` minutes up to `now`, oldest first, read
-    /// from the audit trail, so that the status page's chart survives a restart.
+    /// Instances this node stored in each of the `minutes` minutes up to `now`, oldest first,
+    /// read from the audit trail, so that the status page's chart survives a restart.
     pub fn stored_per_minute(&self, now: DateTime<Utc>, minutes: usize) -> Result<Vec<u64>, IndexError> {
         let last = now.timestamp().div_euclid(60);
         let first = last - minutes as i64 + 1;
         let since = DateTime::from_timestamp(first * 60, 0).unwrap_or_default();
-        let c = self.conn.lock().unwrap_or_else(|p| p.into_inner());
-        let mut stmt = c.prepare_cached(
-            "SELECT substr(at, 1, 16), COUNT(*) FROM audit WHERE at >= ?1 AND status = '0x0000' GROUP BY 1",
-        )?;
-        let rows = stmt.query_map([since.format("%Y-%m-%dT%H:%M").to_string()], |r| {
-            Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
+        let rows = self.with(|c| {
+            Ok(c.query(
+                "SELECT substr(at, 1, 16), COUNT(*) FROM audit WHERE at >= ?1 AND status = '0x0000' GROUP BY 1",
+                args![since.format("%Y-%m-%dT%H:%M").to_string()],
+            )?)
         })?;
         let mut out = vec![0; minutes];
         for row in rows {
-            let (minute, n) = row?;
+            let (minute, n): (String, u64) = (row.get(0)?, row.get(1)?);
             let Ok(t) = NaiveDateTime::parse_from_str(&minute, "%Y-%m-%dT%H:%M") else { continue };
             let at = t.and_utc().timestamp().div_euclid(60);
             if (first..=last).contains(&at) {
-                out[(at - first) as usize] = n as u64;
+                out[(at - first) as usize] = n;
             }
         }
         Ok(out)
     }
 
-    /// Each DICOM destination's queue (none in an index no exporting node has opened yet).
+    /// Each DICOM destination's queue.
     pub fn destination_status(&self) -> Result<Vec<super::DestinationStatus>, IndexError> {
-        let c = self.conn.lock().unwrap_or_else(|p| p.into_inner());
-        super::deliveries::destination_status(&c)
+        self.with(|c| super::deliveries::destination_status(c, self.location.node()))
     }
 }
 
@@ -100,8 +107,8 @@ mod tests {
         assert_eq!(reader.counts().unwrap(), Counts::default());
         assert!(reader.queue_status().unwrap().counts.is_empty());
         assert_eq!(reader.stored_per_minute(chrono::Utc::now(), 60).unwrap(), vec![0; 60]);
-        let c = reader.conn.lock().unwrap();
-        assert!(c.execute("DELETE FROM meta", []).is_err());
+        let mut c = reader.conn.lock().unwrap();
+        assert!(c.execute("DELETE FROM meta", args![]).is_err());
         drop(c);
         index.close();
     }

@@ -145,7 +145,10 @@ pub struct Request {
 
 /// Find, check against the index, move. One row per study found and per accession that matched
 /// nothing. An unreachable PACS or a failed C-FIND is an error: nothing was moved.
-pub async fn run(request: Request, index_path: &Path) -> Result<Vec<StudyReport>, RetrieveError> {
+pub async fn run(
+    request: Request,
+    index: &crate::index::Location,
+) -> Result<Vec<StudyReport>, RetrieveError> {
     let pacs = request.pacs.label();
     let contexts = [crate::scu::find::context()];
     let mut assoc = Association::open(&request.pacs, &request.ae_title, &contexts, request.timeout).await?;
@@ -167,7 +170,7 @@ pub async fn run(request: Request, index_path: &Path) -> Result<Vec<StudyReport>
         };
         return Ok(rows.into_iter().map(dry).collect());
     }
-    let presence = Presence::open(index_path)?;
+    let presence = Presence::open(index)?;
     let mut rows = rows;
     for row in rows.iter_mut() {
         let Some(study) = row.study.clone() else { continue };
@@ -190,7 +193,7 @@ pub async fn run(request: Request, index_path: &Path) -> Result<Vec<StudyReport>
     assoc.release().await;
     let rows = move_all(&request, rows).await;
     // Read the index afresh: what arrived, and under which pseudonym.
-    let presence = Presence::open(index_path)?;
+    let presence = Presence::open(index)?;
     let mut rows = rows;
     if let Some(p) = &presence {
         for row in rows.iter_mut() {

@@ -11,6 +11,7 @@ pub mod orthanc;
 pub mod peers;
 pub mod pki;
 pub mod ports;
+pub mod postgres;
 pub mod rawscu;
 pub mod research;
 

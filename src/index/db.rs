@@ -1,0 +1,458 @@
+//! One face for the two databases the index can live in: SQLite, a file beside the node's storage
+//! (the default), or PostgreSQL, shared by several nodes. The index's SQL is written once, in the
+//! dialect both accept (`?1` parameters, `ON CONFLICT`, `RETURNING`, a `rowid` column that
+//! PostgreSQL's schema declares), and values cross as [`Value`]s, so a statement cannot mean one
+//! thing on one database and another on the other.
+//!
+//! PostgreSQL is reached through `postgres`, the blocking face of `tokio-postgres`: the index is
+//! synchronous by design (its combining writer runs a batch on the caller's thread), and one
+//! writer connection per node is what makes group commit work; a pool would split the batches.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::time::Duration;
+
+use postgres::types::{to_sql_checked, IsNull, ToSql, Type};
+
+/// A database error: the statement failed, or the connection is gone.
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error(transparent)]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("{}", postgres_message(.0))]
+    Postgres(#[from] postgres::Error),
+    /// A column did not hold what the code reads it as.
+    #[error("column {column}: expected {expected}, found {found}")]
+    Type { column: usize, expected: &'static str, found: String },
+    #[error("the query returned no row")]
+    NoRow,
+    /// The batch's commit failed: each of its callers is told so.
+    #[error("the commit failed: {0}")]
+    Commit(String),
+}
+
+/// PostgreSQL's own words (`ERROR: ... DETAIL: ...`) rather than tokio-postgres's `db error`.
+fn postgres_message(e: &postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("PostgreSQL: {}: {}", db.code().code(), db.message()),
+        None => format!("PostgreSQL: {e}"),
+    }
+}
+
+/// A value written or read: the four kinds the index stores.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Value {
+    Null,
+    Int(i64),
+    Text(String),
+    Bytes(Vec<u8>),
+}
+
+macro_rules! from_int {
+    ($($t:ty),*) => {$(
+        impl From<$t> for Value {
+            fn from(v: $t) -> Value {
+                Value::Int(v as i64)
+            }
+        }
+    )*};
+}
+from_int!(i64, i32, u32, u64, usize);
+
+impl From<bool> for Value {
+    fn from(v: bool) -> Value {
+        Value::Int(v as i64)
+    }
+}
+impl From<&str> for Value {
+    fn from(v: &str) -> Value {
+        Value::Text(v.to_string())
+    }
+}
+impl From<String> for Value {
+    fn from(v: String) -> Value {
+        Value::Text(v)
+    }
+}
+impl From<&String> for Value {
+    fn from(v: &String) -> Value {
+        Value::Text(v.clone())
+    }
+}
+impl From<&Vec<u8>> for Value {
+    fn from(v: &Vec<u8>) -> Value {
+        Value::Bytes(v.clone())
+    }
+}
+impl<T: Into<Value> + Clone> From<&Option<T>> for Value {
+    fn from(v: &Option<T>) -> Value {
+        v.clone().map_or(Value::Null, Into::into)
+    }
+}
+impl<T: Into<Value>> From<Option<T>> for Value {
+    fn from(v: Option<T>) -> Value {
+        v.map_or(Value::Null, Into::into)
+    }
+}
+impl From<&i64> for Value {
+    fn from(v: &i64) -> Value {
+        Value::Int(*v)
+    }
+}
+
+/// The parameters of a statement: `args![a, b]`.
+macro_rules! args {
+    ($($v:expr),* $(,)?) => { &[$($crate::index::db::Value::from($v)),*][..] };
+}
+pub(crate) use args;
+
+impl rusqlite::ToSql for Value {
+    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+        use rusqlite::types::{ToSqlOutput, ValueRef};
+        Ok(ToSqlOutput::Borrowed(match self {
+            Value::Null => ValueRef::Null,
+            Value::Int(i) => ValueRef::Integer(*i),
+            Value::Text(s) => ValueRef::Text(s.as_bytes()),
+            Value::Bytes(b) => ValueRef::Blob(b),
+        }))
+    }
+}
+
+/// A value goes out as the type PostgreSQL inferred for its parameter: an integer into an `INT4`
+/// or a `BOOLEAN`, a number into a text column as its digits.
+impl ToSql for Value {
+    fn to_sql(
+        &self,
+        ty: &Type,
+        out: &mut bytes::BytesMut,
+    ) -> Result<IsNull, Box<dyn std::error::Error + Sync + Send>> {
+        match (self, ty) {
+            (Value::Null, _) => Ok(IsNull::Yes),
+            (Value::Int(i), &Type::BOOL) => (*i != 0).to_sql(ty, out),
+            (Value::Int(i), &Type::INT2) => i16::try_from(*i)?.to_sql(ty, out),
+            (Value::Int(i), &Type::INT4) => i32::try_from(*i)?.to_sql(ty, out),
+            (Value::Int(i), &Type::INT8) => i.to_sql(ty, out),
+            (Value::Int(i), _) => i.to_string().as_str().to_sql(ty, out),
+            (Value::Text(s), _) => s.as_str().to_sql(ty, out),
+            (Value::Bytes(b), _) => b.as_slice().to_sql(ty, out),
+        }
+    }
+
+    fn accepts(_: &Type) -> bool {
+        true
+    }
+
+    to_sql_checked!();
+}
+
+/// One row of a result.
+#[derive(Debug, Clone)]
+pub struct Row(Vec<Value>);
+
+impl Row {
+    pub fn get<T: FromValue>(&self, column: usize) -> Result<T, DbError> {
+        let v = self.0.get(column).unwrap_or(&Value::Null);
+        T::from_value(v).ok_or_else(|| DbError::Type {
+            column,
+            expected: std::any::type_name::<T>(),
+            found: format!("{v:?}").chars().take(40).collect(),
+        })
+    }
+}
+
+/// What a [`Value`] can be read as.
+pub trait FromValue: Sized {
+    fn from_value(v: &Value) -> Option<Self>;
+}
+
+impl FromValue for i64 {
+    fn from_value(v: &Value) -> Option<i64> {
+        match v {
+            Value::Int(i) => Some(*i),
+            Value::Text(s) => s.parse().ok(),
+            _ => None,
+        }
+    }
+}
+impl FromValue for u64 {
+    fn from_value(v: &Value) -> Option<u64> {
+        i64::from_value(v).and_then(|i| u64::try_from(i).ok())
+    }
+}
+impl FromValue for u32 {
+    fn from_value(v: &Value) -> Option<u32> {
+        i64::from_value(v).and_then(|i| u32::try_from(i).ok())
+    }
+}
+impl FromValue for bool {
+    fn from_value(v: &Value) -> Option<bool> {
+        i64::from_value(v).map(|i| i != 0)
+    }
+}
+impl FromValue for String {
+    fn from_value(v: &Value) -> Option<String> {
+        match v {
+            Value::Text(s) => Some(s.clone()),
+            _ => None,
+        }
+    }
+}
+impl FromValue for Vec<u8> {
+    fn from_value(v: &Value) -> Option<Vec<u8>> {
+        match v {
+            Value::Bytes(b) => Some(b.clone()),
+            Value::Text(s) => Some(s.clone().into_bytes()),
+            _ => None,
+        }
+    }
+}
+impl<T: FromValue> FromValue for Option<T> {
+    fn from_value(v: &Value) -> Option<Option<T>> {
+        match v {
+            Value::Null => Some(None),
+            v => T::from_value(v).map(Some),
+        }
+    }
+}
+
+/// Where the index lives.
+#[derive(Clone, PartialEq, Eq)]
+pub enum Location {
+    Sqlite(std::path::PathBuf),
+    /// A PostgreSQL database, in `schema` (one per project); rows this node stored carry `node`.
+    Postgres {
+        url: String,
+        schema: String,
+        node: String,
+    },
+}
+
+/// The connection string holds a password: never printed.
+impl fmt::Debug for Location {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Location::Sqlite(path) => write!(f, "Sqlite({})", path.display()),
+            Location::Postgres { schema, node, .. } => write!(f, "Postgres(schema {schema}, node {node})"),
+        }
+    }
+}
+
+impl fmt::Display for Location {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Location::Sqlite(path) => write!(f, "{}", path.display()),
+            Location::Postgres { schema, .. } => write!(f, "PostgreSQL schema {schema}"),
+        }
+    }
+}
+
+impl Location {
+    /// The id the index stamps on the rows this node stores: empty in a SQLite index, which is
+    /// one node's alone.
+    pub fn node(&self) -> &str {
+        match self {
+            Location::Sqlite(_) => "",
+            Location::Postgres { node, .. } => node,
+        }
+    }
+}
+
+/// A PostgreSQL connection with its prepared statements, so that a statement run again costs
+/// one round trip, not two.
+pub struct Pg {
+    client: postgres::Client,
+    statements: HashMap<&'static str, postgres::Statement>,
+}
+
+/// How long a connection attempt, and a request with no answer, may take before the database
+/// counts as unreachable: an instance then fails with 0xA700 rather than waiting without end.
+const PG_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl Pg {
+    pub fn connect(url: &str, schema: &str) -> Result<Pg, DbError> {
+        let mut config: postgres::Config = url.parse()?;
+        config
+            .connect_timeout(PG_TIMEOUT)
+            .keepalives(true)
+            .keepalives_idle(Duration::from_secs(10))
+            .tcp_user_timeout(PG_TIMEOUT)
+            .application_name("dicom-anon-gateway");
+        let mut client = config.connect(postgres::NoTls)?;
+        client.batch_execute(&format!(
+            "CREATE SCHEMA IF NOT EXISTS {schema}; SET search_path TO {schema}; SET synchronous_commit TO on",
+            schema = quote_ident(schema)
+        ))?;
+        Ok(Pg { client, statements: HashMap::new() })
+    }
+
+    fn statement(&mut self, sql: &'static str) -> Result<postgres::Statement, DbError> {
+        if let Some(s) = self.statements.get(sql) {
+            return Ok(s.clone());
+        }
+        let s = self.client.prepare(&dollar_parameters(sql))?;
+        self.statements.insert(sql, s.clone());
+        Ok(s)
+    }
+}
+
+/// `"name"`, with any `"` doubled: a schema name from the configuration is never SQL.
+pub fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// `'text'`, with any `'` doubled.
+pub fn quote_literal(text: &str) -> String {
+    format!("'{}'", text.replace('\'', "''"))
+}
+
+/// `?1` becomes `$1`: the index's SQL holds no `?` but in parameters.
+fn dollar_parameters(sql: &str) -> String {
+    sql.replace('?', "$")
+}
+
+/// An open connection to either database.
+pub enum Db {
+    Sqlite(rusqlite::Connection),
+    Postgres(Box<Pg>),
+}
+
+impl Db {
+    /// A connection that only reads, beside the node's writer: SQLite read-only (WAL lets it
+    /// read while the writer commits), or a PostgreSQL session of its own.
+    pub fn reader(location: &Location) -> Result<Db, DbError> {
+        match location {
+            Location::Sqlite(path) => {
+                use rusqlite::OpenFlags;
+                let conn = rusqlite::Connection::open_with_flags(
+                    path,
+                    OpenFlags::SQLITE_OPEN_READ_ONLY
+                        | OpenFlags::SQLITE_OPEN_NO_MUTEX
+                        | OpenFlags::SQLITE_OPEN_URI,
+                )?;
+                conn.busy_timeout(Duration::from_secs(5))?;
+                Ok(Db::Sqlite(conn))
+            }
+            Location::Postgres { url, schema, .. } => Ok(Db::Postgres(Box::new(Pg::connect(url, schema)?))),
+        }
+    }
+
+    pub fn is_postgres(&self) -> bool {
+        matches!(self, Db::Postgres(_))
+    }
+
+    /// Run a statement; returns how many rows it changed.
+    pub fn execute(&mut self, sql: &'static str, args: &[Value]) -> Result<usize, DbError> {
+        match self {
+            Db::Sqlite(c) => Ok(c.prepare_cached(sql)?.execute(rusqlite::params_from_iter(args))?),
+            Db::Postgres(pg) => {
+                let s = pg.statement(sql)?;
+                let params: Vec<&(dyn ToSql + Sync)> = args.iter().map(|a| a as _).collect();
+                Ok(pg.client.execute(&s, &params)? as usize)
+            }
+        }
+    }
+
+    /// Run a query; returns every row.
+    pub fn query(&mut self, sql: &'static str, args: &[Value]) -> Result<Vec<Row>, DbError> {
+        match self {
+            Db::Sqlite(c) => {
+                let mut stmt = c.prepare_cached(sql)?;
+                let width = stmt.column_count();
+                let mut rows = stmt.query(rusqlite::params_from_iter(args))?;
+                let mut out = Vec::new();
+                while let Some(r) = rows.next()? {
+                    out.push(Row((0..width).map(|i| sqlite_value(r, i)).collect::<Result<_, _>>()?));
+                }
+                Ok(out)
+            }
+            Db::Postgres(pg) => {
+                let s = pg.statement(sql)?;
+                let params: Vec<&(dyn ToSql + Sync)> = args.iter().map(|a| a as _).collect();
+                pg.client.query(&s, &params)?.iter().map(pg_row).collect()
+            }
+        }
+    }
+
+    /// Hand each row to `f` as it is read: an export of the whole audit trail is not held in
+    /// memory at once.
+    pub fn query_each<E: From<DbError>>(
+        &mut self,
+        sql: &'static str,
+        args: &[Value],
+        mut f: impl FnMut(Row) -> Result<(), E>,
+    ) -> Result<(), E> {
+        match self {
+            Db::Sqlite(c) => {
+                let mut stmt = c.prepare_cached(sql).map_err(DbError::from)?;
+                let width = stmt.column_count();
+                let mut rows = stmt.query(rusqlite::params_from_iter(args)).map_err(DbError::from)?;
+                while let Some(r) = rows.next().map_err(DbError::from)? {
+                    f(Row((0..width).map(|i| sqlite_value(r, i)).collect::<Result<_, _>>()?))?;
+                }
+                Ok(())
+            }
+            Db::Postgres(pg) => {
+                use postgres::fallible_iterator::FallibleIterator;
+                let s = pg.statement(sql)?;
+                let mut rows = pg.client.query_raw(&s, args.iter()).map_err(DbError::from)?;
+                while let Some(r) = rows.next().map_err(DbError::from)? {
+                    f(pg_row(&r)?)?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// The first row, if any.
+    pub fn query_opt(&mut self, sql: &'static str, args: &[Value]) -> Result<Option<Row>, DbError> {
+        Ok(self.query(sql, args)?.into_iter().next())
+    }
+
+    /// The first row; [`DbError::NoRow`] when there is none.
+    pub fn query_one(&mut self, sql: &'static str, args: &[Value]) -> Result<Row, DbError> {
+        self.query_opt(sql, args)?.ok_or(DbError::NoRow)
+    }
+
+    /// Statements with no parameters and no result (transactions, schema), in one round trip.
+    pub fn batch(&mut self, sql: &str) -> Result<(), DbError> {
+        match self {
+            Db::Sqlite(c) => Ok(c.execute_batch(sql)?),
+            Db::Postgres(pg) => Ok(pg.client.batch_execute(sql)?),
+        }
+    }
+
+    /// A PostgreSQL connection that the server or the network closed: it must be made again.
+    pub fn is_closed(&self) -> bool {
+        match self {
+            Db::Sqlite(_) => false,
+            Db::Postgres(pg) => pg.client.is_closed(),
+        }
+    }
+}
+
+fn sqlite_value(r: &rusqlite::Row<'_>, i: usize) -> Result<Value, DbError> {
+    use rusqlite::types::ValueRef;
+    Ok(match r.get_ref(i)? {
+        ValueRef::Null => Value::Null,
+        ValueRef::Integer(v) => Value::Int(v),
+        ValueRef::Real(v) => Value::Int(v as i64),
+        ValueRef::Text(t) => Value::Text(String::from_utf8_lossy(t).into_owned()),
+        ValueRef::Blob(b) => Value::Bytes(b.to_vec()),
+    })
+}
+
+fn pg_row(r: &postgres::Row) -> Result<Row, DbError> {
+    let mut out = Vec::with_capacity(r.len());
+    for (i, column) in r.columns().iter().enumerate() {
+        let v = match *column.type_() {
+            Type::INT2 => r.try_get::<_, Option<i16>>(i)?.map(|v| Value::Int(v.into())),
+            Type::INT4 => r.try_get::<_, Option<i32>>(i)?.map(|v| Value::Int(v.into())),
+            Type::INT8 => r.try_get::<_, Option<i64>>(i)?.map(Value::Int),
+            Type::BOOL => r.try_get::<_, Option<bool>>(i)?.map(|v| Value::Int(v.into())),
+            Type::BYTEA => r.try_get::<_, Option<Vec<u8>>>(i)?.map(Value::Bytes),
+            _ => r.try_get::<_, Option<String>>(i)?.map(Value::Text),
+        };
+        out.push(v.unwrap_or(Value::Null));
+    }
+    Ok(Row(out))
+}
