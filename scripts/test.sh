@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs the whole test suite on a fresh Debian machine: installs the real peers the tests talk to
-# (DCMTK, dicom3tools, Orthanc with DICOMweb, Chromium for the status page, openssl for test certificates, Tesseract and
+# (DCMTK, dicom3tools, Orthanc with DICOMweb, PostgreSQL and HAProxy, Chromium for the status page, openssl for test certificates, Tesseract and
 # DejaVu for burned-in text, moto_server for Cognito and S3, the pip packages whose DICOM files
 # make the variety corpus), then runs cargo test. Tests never skip a missing peer: they fail loudly.
 set -euo pipefail
@@ -25,6 +25,12 @@ for tool in /usr/bin/dcmdump /usr/bin/storescu /usr/bin/echoscu /usr/bin/storesc
 [ -x /usr/sbin/Orthanc ] || missing+=(orthanc)
 [ -f /usr/share/orthanc/plugins/libOrthancDicomWeb.so ] || missing+=(orthanc-dicomweb)
 [ -x /usr/bin/curl ] || missing+=(curl)
+# The PHI index on PostgreSQL: tests/postgres.rs starts Debian's server (as the postgres user
+# when run as root, through setpriv) in a temp directory and queries it with psql; HAProxy
+# stands in front of two nodes.
+compgen -G '/usr/lib/postgresql/*/bin/postgres' >/dev/null || missing+=(postgresql)
+[ -x /usr/bin/psql ] || missing+=(postgresql-client)
+[ -x /usr/sbin/haproxy ] || missing+=(haproxy)
 # tests/faults.rs builds a failing device: a loop device, ext4 and a tmpfs (mount, losetup).
 [ -x /usr/sbin/mkfs.ext4 ] || missing+=(e2fsprogs)
 [ -x /sbin/losetup ] || [ -x /usr/sbin/losetup ] || missing+=(mount)

@@ -10,6 +10,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::sync::mpsc;
 use std::time::Duration;
 
 use postgres::types::{to_sql_checked, IsNull, ToSql, Type};
@@ -26,6 +27,9 @@ pub enum DbError {
     Type { column: usize, expected: &'static str, found: String },
     #[error("the query returned no row")]
     NoRow,
+    /// The connection's thread is gone.
+    #[error("PostgreSQL connection: {0}")]
+    Gone(String),
     /// The batch's commit failed: each of its callers is told so.
     #[error("the commit failed: {0}")]
     Commit(String),
@@ -119,7 +123,7 @@ impl rusqlite::ToSql for Value {
 }
 
 /// A value goes out as the type PostgreSQL inferred for its parameter: an integer into an `INT4`
-/// or a `BOOLEAN`, a number into a text column as its digits.
+/// or a `BOOLEAN`, a number into a text column as its digits, digits into a number.
 impl ToSql for Value {
     fn to_sql(
         &self,
@@ -133,6 +137,11 @@ impl ToSql for Value {
             (Value::Int(i), &Type::INT4) => i32::try_from(*i)?.to_sql(ty, out),
             (Value::Int(i), &Type::INT8) => i.to_sql(ty, out),
             (Value::Int(i), _) => i.to_string().as_str().to_sql(ty, out),
+            // PostgreSQL infers one type per parameter: one used as text and as a number may
+            // be asked for as either.
+            (Value::Text(s), &Type::INT2 | &Type::INT4 | &Type::INT8) => {
+                Value::Int(s.trim().parse()?).to_sql(ty, out)
+            }
             (Value::Text(s), _) => s.as_str().to_sql(ty, out),
             (Value::Bytes(b), _) => b.as_slice().to_sql(ty, out),
         }
@@ -257,9 +266,18 @@ impl Location {
     }
 }
 
-/// A PostgreSQL connection with its prepared statements, so that a statement run again costs
-/// one round trip, not two.
+/// A PostgreSQL connection, on a thread of its own: the blocking client runs a small runtime of
+/// its own, which must never be started inside the node's (an index opened in `serve`, a probe
+/// run from an async task). Each request is handed to that thread and answered.
 pub struct Pg {
+    tasks: mpsc::Sender<Task>,
+}
+
+type Task = Box<dyn FnOnce(&mut Session) + Send>;
+
+/// The connection and its prepared statements, so that a statement run again costs one round
+/// trip, not two. Lives on the connection's thread.
+struct Session {
     client: postgres::Client,
     statements: HashMap<&'static str, postgres::Statement>,
 }
@@ -270,6 +288,50 @@ const PG_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl Pg {
     pub fn connect(url: &str, schema: &str) -> Result<Pg, DbError> {
+        let (tasks, inbox) = mpsc::channel::<Task>();
+        let (ready, connected) = mpsc::sync_channel(1);
+        let (url, schema) = (url.to_string(), schema.to_string());
+        std::thread::Builder::new()
+            .name("phi-postgres".into())
+            .spawn(move || {
+                let mut session = match Session::connect(&url, &schema) {
+                    Ok(session) => session,
+                    Err(e) => {
+                        let _ = ready.send(Err(e));
+                        return;
+                    }
+                };
+                let _ = ready.send(Ok(()));
+                // Ends when the last sender (the `Pg`) is dropped.
+                for task in inbox {
+                    task(&mut session);
+                }
+            })
+            .map_err(|e| DbError::Gone(format!("cannot start its thread: {e}")))?;
+        connected.recv().map_err(|_| DbError::Gone("its thread stopped".into()))??;
+        Ok(Pg { tasks })
+    }
+
+    /// Hand `f` to the connection's thread without waiting for it.
+    fn spawn(&self, f: impl FnOnce(&mut Session) + Send + 'static) -> Result<(), DbError> {
+        self.tasks.send(Box::new(f)).map_err(|_| DbError::Gone("its thread stopped".into()))
+    }
+
+    /// Run `f` on the connection's thread and wait for its answer.
+    fn run<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Session) -> Result<T, DbError> + Send + 'static,
+    ) -> Result<T, DbError> {
+        let (answer, answered) = mpsc::sync_channel(1);
+        self.spawn(move |session| {
+            let _ = answer.send(f(session));
+        })?;
+        answered.recv().map_err(|_| DbError::Gone("its thread stopped".into()))?
+    }
+}
+
+impl Session {
+    fn connect(url: &str, schema: &str) -> Result<Session, DbError> {
         let mut config: postgres::Config = url.parse()?;
         config
             .connect_timeout(PG_TIMEOUT)
@@ -282,7 +344,7 @@ impl Pg {
             "CREATE SCHEMA IF NOT EXISTS {schema}; SET search_path TO {schema}; SET synchronous_commit TO on",
             schema = quote_ident(schema)
         ))?;
-        Ok(Pg { client, statements: HashMap::new() })
+        Ok(Session { client, statements: HashMap::new() })
     }
 
     fn statement(&mut self, sql: &'static str) -> Result<postgres::Statement, DbError> {
@@ -292,6 +354,36 @@ impl Pg {
         let s = self.client.prepare(&dollar_parameters(sql))?;
         self.statements.insert(sql, s.clone());
         Ok(s)
+    }
+
+    fn execute(&mut self, sql: &'static str, args: &[Value]) -> Result<usize, DbError> {
+        let s = self.statement(sql)?;
+        let params: Vec<&(dyn ToSql + Sync)> = args.iter().map(|a| a as _).collect();
+        Ok(self.client.execute(&s, &params)? as usize)
+    }
+
+    fn query(&mut self, sql: &'static str, args: &[Value]) -> Result<Vec<Row>, DbError> {
+        let s = self.statement(sql)?;
+        let params: Vec<&(dyn ToSql + Sync)> = args.iter().map(|a| a as _).collect();
+        self.client.query(&s, &params)?.iter().map(pg_row).collect()
+    }
+
+    /// Send each row into `out` as it arrives; stops when nobody reads any more.
+    fn stream(
+        &mut self,
+        sql: &'static str,
+        args: &[Value],
+        out: &mpsc::SyncSender<Result<Row, DbError>>,
+    ) -> Result<(), DbError> {
+        use postgres::fallible_iterator::FallibleIterator;
+        let s = self.statement(sql)?;
+        let mut rows = self.client.query_raw(&s, args.iter())?;
+        while let Some(r) = rows.next()? {
+            if out.send(pg_row(&r)).is_err() {
+                break;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -345,9 +437,8 @@ impl Db {
         match self {
             Db::Sqlite(c) => Ok(c.prepare_cached(sql)?.execute(rusqlite::params_from_iter(args))?),
             Db::Postgres(pg) => {
-                let s = pg.statement(sql)?;
-                let params: Vec<&(dyn ToSql + Sync)> = args.iter().map(|a| a as _).collect();
-                Ok(pg.client.execute(&s, &params)? as usize)
+                let args = args.to_vec();
+                pg.run(move |s| s.execute(sql, &args))
             }
         }
     }
@@ -366,9 +457,8 @@ impl Db {
                 Ok(out)
             }
             Db::Postgres(pg) => {
-                let s = pg.statement(sql)?;
-                let params: Vec<&(dyn ToSql + Sync)> = args.iter().map(|a| a as _).collect();
-                pg.client.query(&s, &params)?.iter().map(pg_row).collect()
+                let args = args.to_vec();
+                pg.run(move |s| s.query(sql, &args))
             }
         }
     }
@@ -392,11 +482,15 @@ impl Db {
                 Ok(())
             }
             Db::Postgres(pg) => {
-                use postgres::fallible_iterator::FallibleIterator;
-                let s = pg.statement(sql)?;
-                let mut rows = pg.client.query_raw(&s, args.iter()).map_err(DbError::from)?;
-                while let Some(r) = rows.next().map_err(DbError::from)? {
-                    f(pg_row(&r)?)?;
+                let (into, rows) = mpsc::sync_channel(256);
+                let args = args.to_vec();
+                pg.spawn(move |s| {
+                    if let Err(e) = s.stream(sql, &args, &into) {
+                        let _ = into.send(Err(e));
+                    }
+                })?;
+                for row in rows {
+                    f(row?)?;
                 }
                 Ok(())
             }
@@ -417,7 +511,10 @@ impl Db {
     pub fn batch(&mut self, sql: &str) -> Result<(), DbError> {
         match self {
             Db::Sqlite(c) => Ok(c.execute_batch(sql)?),
-            Db::Postgres(pg) => Ok(pg.client.batch_execute(sql)?),
+            Db::Postgres(pg) => {
+                let sql = sql.to_string();
+                pg.run(move |s| Ok(s.client.batch_execute(&sql)?))
+            }
         }
     }
 
@@ -425,7 +522,7 @@ impl Db {
     pub fn is_closed(&self) -> bool {
         match self {
             Db::Sqlite(_) => false,
-            Db::Postgres(pg) => pg.client.is_closed(),
+            Db::Postgres(pg) => pg.run(|s| Ok(s.client.is_closed())).unwrap_or(true),
         }
     }
 }

@@ -210,7 +210,10 @@ impl Index {
 /// This node's upload queue.
 pub(super) fn status(c: &mut Db, node: &str) -> Result<QueueStatus, IndexError> {
     let counts = c
-        .query("SELECT state, COUNT(*) FROM instances WHERE node = ?1 GROUP BY state ORDER BY state", args![node])?
+        .query(
+            "SELECT state, COUNT(*) FROM instances WHERE node = ?1 GROUP BY state ORDER BY state",
+            args![node],
+        )?
         .iter()
         .map(|r| Ok((r.get(0)?, r.get(1)?)))
         .collect::<Result<_, DbError>>()?;

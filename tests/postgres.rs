@@ -1,0 +1,261 @@
+//! Several nodes, one archive: the PHI index on a real PostgreSQL server (Debian's), nodes
+//! receiving from DCMTK's storescu at the same time.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use common::node::{storescu, text, Node, SITE};
+use common::postgres::{Postgres, PASSWORD};
+use common::{binary, files_under, instance, put, Patient, Shape};
+use dicom_core::Tag;
+
+/// The schema of the test project (`TEST_PROJECT`, lower-cased).
+const SCHEMA: &str = "test_project";
+
+/// The YAML that puts a node's index in PostgreSQL.
+fn on_postgres(node_id: &str) -> String {
+    format!("index:\n  backend: postgres\n  url_env: DAG_INDEX_URL\nnode:\n  id: {node_id}\n")
+}
+
+fn start_node(dir: &Path, pg: &Postgres, node_id: &str, project: &str) -> Node {
+    std::fs::create_dir_all(dir).unwrap();
+    let config = Node::write_config(dir, "", "  min_free_bytes: 0\n", &on_postgres(node_id));
+    if !project.is_empty() {
+        let yaml = std::fs::read_to_string(&config).unwrap().replacen(
+            "project:\n",
+            &format!("project:\n{project}"),
+            1,
+        );
+        std::fs::write(&config, yaml).unwrap();
+    }
+    Node::start_env(dir, &config, &[("DAG_INDEX_URL", &pg.url())])
+}
+
+/// Patient `k` of many: ids whose byte sums differ, so that the corpus's UIDs do too.
+fn patient(k: usize) -> Patient {
+    let leak = |s: String| -> &'static str { Box::leak(s.into_boxed_str()) };
+    Patient {
+        name: leak(format!("PGTEST^PATIENT{}", "X".repeat(k))),
+        id: leak(format!("PG-{}", "7".repeat(k))),
+        birth_date: "19700101",
+        charset: None,
+        name_bytes: None,
+    }
+}
+
+/// `studies` studies of `per_study` instances for each of `patients` patients, written to `dir`.
+fn corpus(dir: &Path, patients: usize, studies: u32, per_study: u32) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    for k in 1..=patients {
+        let p = patient(k);
+        for study in 1..=studies {
+            for n in 1..=per_study {
+                let shape = Shape { study, instance: n, ..Shape::default() };
+                files.push(put(dir, &format!("p{k}-s{study}-i{n}.dcm"), &instance(&p, &shape)));
+            }
+        }
+    }
+    files
+}
+
+fn tag(obj: &dicom_object::DefaultDicomObject, t: Tag) -> String {
+    obj.element(t).unwrap().to_str().unwrap().trim_end_matches(['\0', ' ']).to_string()
+}
+
+/// (PatientID, StudyInstanceUID) of every anonymized file under `public`.
+fn stored(public: &Path) -> Vec<(String, String)> {
+    files_under(public)
+        .iter()
+        .map(|f| {
+            let obj = dicom_object::open_file(f).unwrap_or_else(|e| panic!("{f:?}: {e}"));
+            (tag(&obj, Tag(0x0010, 0x0020)), tag(&obj, Tag(0x0020, 0x000D)))
+        })
+        .collect()
+}
+
+fn count(pg: &Postgres, sql: &str) -> u64 {
+    pg.rows(sql)[0].parse().unwrap()
+}
+
+/// storescu succeeded for every file it sent.
+fn assert_all_stored(out: &std::process::Output, what: &str) {
+    let log = text(out);
+    assert!(out.status.success() && !log.contains("Failed"), "{what}: {log}");
+}
+
+#[test]
+fn two_nodes_on_one_database_give_each_patient_one_pseudonym_and_each_study_one_uid() {
+    let d = tempfile::tempdir().unwrap();
+    let pg = Postgres::start(d.path());
+    let a = start_node(&d.path().join("a"), &pg, "node-a", "");
+    let b = start_node(&d.path().join("b"), &pg, "node-b", "");
+    let files = corpus(&d.path().join("in"), 20, 2, 4);
+    // Eight senders at once, each with every eighth file: every study arrives at both nodes,
+    // interleaved, and every patient's first instance at both nearly together.
+    let senders: Vec<_> = (0..8)
+        .map(|k| {
+            let slice: Vec<PathBuf> = files.iter().skip(k).step_by(8).cloned().collect();
+            let port = if k % 2 == 0 { a.port } else { b.port };
+            std::thread::spawn(move || (k, storescu(port, &slice)))
+        })
+        .collect();
+    for s in senders {
+        let (k, out) = s.join().unwrap();
+        assert_all_stored(&out, &format!("sender {k}"));
+    }
+
+    // One pseudonym per patient, numbered 1 to 20 with none twice and none skipped.
+    let patients = pg.rows(&format!(
+        "SELECT patient_id, anon_patient_id FROM {SCHEMA}.patients WHERE patient_id <> '' ORDER BY anon_patient_id"
+    ));
+    assert_eq!(patients.len(), 20, "{patients:?}");
+    let numbers: Vec<String> = (1..=20).map(|n| format!("{SITE}-{n:06}")).collect();
+    let anon: Vec<String> = patients.iter().map(|r| r.split('|').nth(1).unwrap().to_string()).collect();
+    assert_eq!(anon, numbers);
+
+    // In both archives: each study under one patient pseudonym, one study UID per study.
+    let (on_a, on_b) = (stored(&a.public()), stored(&b.public()));
+    assert_eq!(on_a.len() + on_b.len(), 160);
+    assert!(!on_a.is_empty() && !on_b.is_empty());
+    let mut owner: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for (patient, study) in on_a.iter().chain(&on_b) {
+        owner.entry(study.clone()).or_default().insert(patient.clone());
+    }
+    assert_eq!(owner.len(), 40, "one study UID per study");
+    assert!(owner.values().all(|p| p.len() == 1), "a study under two pseudonyms: {owner:?}");
+    let studies_a: BTreeSet<&String> = on_a.iter().map(|(_, s)| s).collect();
+    let studies_b: BTreeSet<&String> = on_b.iter().map(|(_, s)| s).collect();
+    assert!(studies_a.intersection(&studies_b).count() > 0, "studies were split across the nodes");
+    let in_files: BTreeSet<&String> = on_a.iter().chain(&on_b).map(|(p, _)| p).collect();
+    assert_eq!(in_files.into_iter().cloned().collect::<Vec<_>>(), numbers);
+
+    // The index knows every instance once, each on the node that holds its file; the audit
+    // trail holds every acknowledged instance once.
+    assert_eq!(
+        count(&pg, &format!("SELECT COUNT(*) FROM {SCHEMA}.instances WHERE node = 'node-a'")),
+        on_a.len() as u64
+    );
+    assert_eq!(
+        count(&pg, &format!("SELECT COUNT(*) FROM {SCHEMA}.instances WHERE node = 'node-b'")),
+        on_b.len() as u64
+    );
+    assert_eq!(
+        count(
+            &pg,
+            &format!("SELECT COUNT(DISTINCT anon_sop_uid) FROM {SCHEMA}.audit WHERE status = '0x0000'")
+        ),
+        160
+    );
+    assert_eq!(count(&pg, &format!("SELECT COUNT(*) FROM {SCHEMA}.audit WHERE status = '0x0000'")), 160);
+
+    // Each node's queue is its own: `queue status` counts what it holds.
+    for (node, n) in [(&a, on_a.len()), (&b, on_b.len())] {
+        let out = binary()
+            .args(["queue", "status", "--config"])
+            .arg(&node.config)
+            .env("DAG_INDEX_URL", pg.url())
+            .output()
+            .unwrap();
+        let said = text(&out);
+        assert!(out.status.success() && said.contains(&format!("queued: {n}")), "{said}");
+    }
+    let (log_a, log_b) = (a.log(), b.log());
+    drop((a, b));
+    for log in [log_a, log_b] {
+        assert!(!log.contains(PASSWORD), "the connection string's password is in a log");
+        assert!(!log.contains("PG-7"), "a PatientID is in a log");
+    }
+}
+
+/// Wait until `f` holds, or fail saying `what`.
+fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn a_database_that_stops_costs_the_sender_a_retry_and_the_node_recovers_by_itself() {
+    let d = tempfile::tempdir().unwrap();
+    let mut pg = Postgres::start(d.path());
+    let node = start_node(&d.path().join("a"), &pg, "node-a", "");
+    let files = corpus(&d.path().join("in"), 3, 1, 2);
+    assert_all_stored(&storescu(node.port, &files[..2]), "before the stop");
+    let ready = |node: &Node| common::http::get(node.http_port.unwrap(), "/readyz", None).0;
+    assert_eq!(ready(&node), 200);
+
+    pg.stop();
+    // Patient 2's instances arrive while the database is down: refused with 0xA700 (the
+    // sender keeps its copy and tries again), never acknowledged.
+    let out = storescu(node.port, &files[2..4]);
+    let said = text(&out);
+    assert!(said.contains("Refused: OutOfResources"), "{said}");
+    assert!(!said.contains("Status: Success"), "an instance was acknowledged with the index down: {said}");
+    wait_until("/readyz says 503", || ready(&node) == 503);
+
+    pg.restart();
+    wait_until("/readyz says 200 again", || ready(&node) == 200);
+    assert_all_stored(&storescu(node.port, &files[2..]), "after the restart");
+
+    // Every instance once; patient 2, refused once, still took one number.
+    assert_eq!(count(&pg, &format!("SELECT COUNT(*) FROM {SCHEMA}.instances")), 6);
+    assert_eq!(files_under(&node.public()).len(), 6);
+    let anon = pg.rows(&format!(
+        "SELECT anon_patient_id FROM {SCHEMA}.patients WHERE patient_id <> '' ORDER BY anon_patient_id"
+    ));
+    assert_eq!(anon, (1..=3).map(|n| format!("{SITE}-{n:06}")).collect::<Vec<_>>());
+}
+
+#[test]
+fn two_nodes_keyed_with_different_secrets_refuse_to_share_one_database() {
+    let d = tempfile::tempdir().unwrap();
+    let pg = Postgres::start(d.path());
+    let keyed = |secret_file: &str| format!("  pseudonyms: keyed\n  secret_file: {secret_file}\n");
+    let first = d.path().join("first.key");
+    std::fs::write(&first, "the first node's secret, 32 bytes or more").unwrap();
+    let a = start_node(&d.path().join("a"), &pg, "node-a", &keyed(first.to_str().unwrap()));
+    assert_all_stored(&storescu(a.port, &corpus(&d.path().join("in"), 1, 1, 1)), "keyed node a");
+
+    let second = d.path().join("second.key");
+    std::fs::write(&second, "another secret altogether, 32 bytes or more").unwrap();
+    let dir = d.path().join("b");
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = Node::write_config(&dir, "", "  min_free_bytes: 0\n", &on_postgres("node-b"));
+    let yaml = std::fs::read_to_string(&config).unwrap().replacen(
+        "project:\n",
+        &format!("project:\n{}", keyed(second.to_str().unwrap())),
+        1,
+    );
+    std::fs::write(&config, yaml).unwrap();
+    let mut child = binary()
+        .args(["serve", "--config"])
+        .arg(&config)
+        .env("DAG_INDEX_URL", pg.url())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the node with another secret started on the shared database");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    assert!(!status.success(), "{err}");
+    assert!(err.contains("another project secret"), "{err}");
+    assert!(!err.contains(PASSWORD), "the connection string is in the error: {err}");
+    drop(a);
+}
