@@ -206,6 +206,16 @@ pub enum QueueCommand {
         #[command(flatten)]
         target: ProjectArgs,
     },
+    /// Take over the queues of node ID (on a shared PostgreSQL index): after its storage
+    /// directory's public/ files were moved into this node's, its instances become this node's,
+    /// to upload and export from here.
+    Adopt {
+        #[command(flatten)]
+        target: ProjectArgs,
+        /// The node.id of the node whose storage was moved here.
+        #[arg(long = "node")]
+        node: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -221,6 +231,16 @@ pub enum IndexCommand {
         #[arg(long)]
         mapping: bool,
     },
+    /// Copy this project's SQLite index (storage.dir/private/index.db) into the PostgreSQL
+    /// database the configuration names (index.backend: postgres), which must be empty: mappings,
+    /// patient numbering, audit and queue states. Run with the node stopped.
+    Migrate {
+        #[command(flatten)]
+        target: ProjectArgs,
+        /// The database to copy into.
+        #[arg(long, value_enum)]
+        to: MigrateTo,
+    },
     /// Copy the whole index into one file, consistent and complete without a -wal file, while
     /// the node runs. Restore by putting it in place of index.db (with no -wal or -shm beside it).
     Backup {
@@ -230,6 +250,11 @@ pub enum IndexCommand {
         #[arg(long)]
         out: PathBuf,
     },
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum MigrateTo {
+    Postgres,
 }
 
 #[derive(Debug, Subcommand)]

@@ -859,6 +859,16 @@ impl StorageConfig {
 }
 
 impl ProjectConfig {
+    /// Who the index belongs to, checked each time it opens: the site, and in keyed mode the
+    /// fingerprint of the secret (two nodes with different secrets must not share an index).
+    pub fn index_owner(&self) -> Result<crate::index::Owner, ConfigError> {
+        use crate::index::Owner;
+        Ok(match self.pseudonyms {
+            PseudonymMode::Keyed => Owner::keyed(&self.site_id, &self.secret()?),
+            PseudonymMode::Rsna => Owner::for_site(&self.site_id),
+        })
+    }
+
     /// The project secret for keyed pseudonyms: from `secret_file`, else from `secret_env`.
     pub fn secret(&self) -> Result<Vec<u8>, ConfigError> {
         let source = SecretSource {

@@ -22,9 +22,7 @@ use crate::dicom::{
     Tag, TransferSyntax, Value, ValueError, WriteError, EXPLICIT_VR_LE, VR,
 };
 use crate::durability::{Barrier, Durability};
-use crate::index::{
-    AuditRecord, Caller, Capture, Committed, Index, IndexError, InstanceRecord, Owner, Phrases,
-};
+use crate::index::{AuditRecord, Caller, Capture, Committed, Index, IndexError, InstanceRecord, Phrases};
 use crate::memory_budget::{MemoryBudget, OverBudget, Reservation};
 use crate::observe::METRICS;
 use crate::path_component::{component, ComponentError};
@@ -368,10 +366,7 @@ impl Pipeline {
         let private = storage.private_dir();
         crate::file_modes::private_dir(&private)
             .map_err(|source| SetupError::Dir { path: private.display().to_string(), source })?;
-        let owner = match project.pseudonyms {
-            PseudonymMode::Keyed => Owner::keyed(&project.site_id, &project.secret()?),
-            PseudonymMode::Rsna => Owner::for_site(&project.site_id),
-        };
+        let owner = project.index_owner()?;
         let index_path = storage.index_path();
         let index = Index::open_at(&index.location(&project.name, storage, node)?, &owner)?;
         let spool = Spool::open(out, durability == Durability::EachInstance)?;

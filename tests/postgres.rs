@@ -259,3 +259,67 @@ fn two_nodes_keyed_with_different_secrets_refuse_to_share_one_database() {
     assert!(!err.contains(PASSWORD), "the connection string is in the error: {err}");
     drop(a);
 }
+
+/// `index migrate`, run by the CLI with the project's configuration.
+fn migrate(config: &Path, pg: &Postgres) -> std::process::Output {
+    binary()
+        .args(["index", "migrate", "--to", "postgres", "--config"])
+        .arg(config)
+        .env("DAG_INDEX_URL", pg.url())
+        .output()
+        .unwrap()
+}
+
+/// PatientID of every anonymized file, by the original patient's number (`pK-...` files).
+fn pseudonyms(public: &Path) -> BTreeSet<String> {
+    stored(public).into_iter().map(|(p, _)| p).collect()
+}
+
+#[test]
+fn a_sqlite_index_migrated_to_postgres_keeps_every_pseudonym_and_the_numbering() {
+    let d = tempfile::tempdir().unwrap();
+    let pg = Postgres::start(d.path());
+    let dir = d.path().join("node");
+    std::fs::create_dir_all(&dir).unwrap();
+    let files = corpus(&d.path().join("in"), 3, 2, 2);
+    // The first studies of patients 1 and 2 on SQLite; the rest after the move.
+    let (before, rest): (Vec<PathBuf>, Vec<PathBuf>) = files.iter().cloned().partition(|f| {
+        let name = f.file_name().unwrap().to_str().unwrap();
+        name.contains("-s1-") && !name.starts_with("p3-")
+    });
+    let node = Node::start(&dir, "", "  min_free_bytes: 0\n");
+    assert_all_stored(&storescu(node.port, &before), "on SQLite");
+    let sqlite_config = node.config.clone();
+    drop(node);
+    let on_sqlite = pseudonyms(&dir.join("storage/public"));
+    assert_eq!(on_sqlite.len(), 2);
+    let uids_before = stored(&dir.join("storage/public")).len();
+
+    // The same node, its index in PostgreSQL.
+    let yaml = std::fs::read_to_string(&sqlite_config).unwrap() + &on_postgres("node-a");
+    std::fs::write(&sqlite_config, yaml).unwrap();
+    let out = migrate(&sqlite_config, &pg);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("instances: 4 rows"), "{}", text(&out));
+    assert_eq!(count(&pg, &format!("SELECT COUNT(*) FROM {SCHEMA}.instances WHERE node = 'node-a'")), 4);
+    assert!(count(&pg, &format!("SELECT COUNT(*) FROM {SCHEMA}.uid_map")) >= uids_before as u64);
+    // Once is all: the schema now holds an archive.
+    let again = migrate(&sqlite_config, &pg);
+    assert!(!again.status.success() && text(&again).contains("already holds an archive"), "{}", text(&again));
+
+    let node = Node::start_env(&dir, &sqlite_config, &[("DAG_INDEX_URL", &pg.url())]);
+    assert_all_stored(&storescu(node.port, &rest), "on PostgreSQL");
+    drop(node);
+    // Patients 1 and 2 kept their pseudonyms in their second studies; patient 3 took number 3.
+    let all = pseudonyms(&dir.join("storage/public"));
+    let expected: BTreeSet<String> = (1..=3).map(|n| format!("{SITE}-{n:06}")).collect();
+    assert_eq!(all, expected);
+    assert!(on_sqlite.is_subset(&all));
+    let owners = stored(&dir.join("storage/public"));
+    let mut by_study: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for (p, s) in &owners {
+        by_study.entry(s.clone()).or_default().insert(p.clone());
+    }
+    assert_eq!(by_study.len(), 6);
+    assert!(by_study.values().all(|p| p.len() == 1));
+}

@@ -6,10 +6,10 @@ use std::path::Path;
 
 use anyhow::Context;
 
-use dicom_anon_gateway::cli::{IndexCommand, ProjectArgs, QueueCommand};
+use dicom_anon_gateway::cli::{IndexCommand, MigrateTo, ProjectArgs, QueueCommand};
 use dicom_anon_gateway::config::Config;
 use dicom_anon_gateway::file_modes;
-use dicom_anon_gateway::index::{self, Index, Owner};
+use dicom_anon_gateway::index::{self, Index};
 use dicom_anon_gateway::storage_lock::StorageLock;
 
 use super::Said;
@@ -19,7 +19,45 @@ pub fn index(command: IndexCommand) -> anyhow::Result<Said> {
         IndexCommand::Export { target, out, mapping: true } => export_mapping(&target, &out),
         IndexCommand::Export { target, out, mapping: false } => export_studies(&target, &out),
         IndexCommand::Backup { target, out } => backup(&target, &out),
+        IndexCommand::Migrate { target, to: MigrateTo::Postgres } => migrate(&target),
     }
+}
+
+/// The project's SQLite index copied into its (empty) PostgreSQL schema.
+fn migrate(target: &ProjectArgs) -> anyhow::Result<Said> {
+    let config = target.load()?;
+    // The node must be stopped: it writes the SQLite index.
+    let _lock = StorageLock::acquire(&config.storage.dir)?;
+    let owner = config.project.index_owner()?;
+    let sqlite = config.index_path();
+    let location = config.index_location()?;
+    if !matches!(location, index::Location::Postgres { .. }) {
+        return Err(index::MigrateError::NotPostgres.into());
+    }
+    if sqlite.exists() {
+        // Brings an older file to the current columns, and checks it is this project's.
+        Index::open(&sqlite, &owner).with_context(|| format!("opening {}", sqlite.display()))?.close();
+    }
+    let index = Index::open_at(&location, &owner).with_context(|| format!("opening {location}"))?;
+    let bar = indicatif::ProgressBar::new_spinner().with_message("copying the index");
+    bar.enable_steady_tick(std::time::Duration::from_millis(200));
+    let said = bar.clone();
+    let copied = index.import_sqlite(&sqlite, &location, move |table, _| {
+        said.set_message(format!("copying the index: {table} done"));
+    });
+    bar.finish_and_clear();
+    let copied = copied.with_context(|| format!("copying {} into {location}", sqlite.display()))?;
+    index.close();
+    let mut text = String::new();
+    for (table, n) in &copied {
+        let _ = writeln!(text, "{table}: {n} rows");
+    }
+    let _ = writeln!(
+        text,
+        "copied {} into {location}; the node now runs on it (index.backend: postgres), and the file can be kept as a backup",
+        sqlite.display()
+    );
+    Ok(Said::ok(text))
 }
 
 /// `uid_mapping.csv` and `patient_id_mapping.csv` into the directory `out`.
@@ -71,14 +109,32 @@ pub fn queue(command: QueueCommand) -> anyhow::Result<Said> {
     match command {
         QueueCommand::Status { target } => queue_status(&target.load()?),
         QueueCommand::Retry { target } => queue_retry(&target.load()?),
+        QueueCommand::Adopt { target, node } => queue_adopt(&target.load()?, &node),
     }
+}
+
+/// A dead node's instances become this node's (its files were moved here).
+fn queue_adopt(config: &Config, from: &str) -> anyhow::Result<Said> {
+    let location = config.index_location()?;
+    let index::Location::Postgres { node, .. } = &location else {
+        anyhow::bail!(
+            "queue adopt is for nodes sharing a PostgreSQL index; this project's index is {location}"
+        );
+    };
+    anyhow::ensure!(node != from, "--node {from} is this node's own id");
+    let index = Index::open_at(&location, &config.project.index_owner()?)?;
+    let n = index.adopt(from)?;
+    index.close();
+    Ok(Said::ok(format!(
+        "{n} instances of node {from} are now this node's ({node}): they upload and export from here once the node runs\n"
+    )))
 }
 
 /// Failed uploads and DICOM sends queued again.
 fn queue_retry(config: &Config) -> anyhow::Result<Said> {
     // The node's uploader and exporters claim from these rows: one writer at a time.
     let _lock = StorageLock::acquire(&config.storage.dir)?;
-    let index = Index::open_at(&config.index_location()?, &Owner::for_site(&config.project.site_id))?;
+    let index = Index::open_at(&config.index_location()?, &config.project.index_owner()?)?;
     let uploads = format!("{} failed instances queued again\n", index.retry_failed()?);
     // That is done whatever happens next: said before the next step's error, if it fails.
     let sends = index.retry_failed_deliveries().inspect_err(|_| print!("{uploads}"))?;

@@ -170,7 +170,7 @@ pub fn export_mapping(index: &Location, dir: &Path) -> Result<(usize, usize), Ex
     Ok((uids, patients))
 }
 
-fn mapping(conn: &mut Db, index: &Location, out: &Path, sql: &'static str) -> Result<usize, ExportError> {
+fn mapping(conn: &mut Db, index: &Location, out: &Path, sql: &str) -> Result<usize, ExportError> {
     let db_err = |source: DbError| ExportError::Index { path: index.to_string(), source };
     let csv_err = |source| ExportError::Csv { path: out.display().to_string(), source };
     let file = crate::file_modes::private_file(out).map_err(|e| csv_err(e.into()))?;

@@ -159,6 +159,10 @@ impl ToSql for Value {
 pub struct Row(Vec<Value>);
 
 impl Row {
+    pub fn into_values(self) -> Vec<Value> {
+        self.0
+    }
+
     pub fn get<T: FromValue>(&self, column: usize) -> Result<T, DbError> {
         let v = self.0.get(column).unwrap_or(&Value::Null);
         T::from_value(v).ok_or_else(|| DbError::Type {
@@ -279,7 +283,7 @@ type Task = Box<dyn FnOnce(&mut Session) + Send>;
 /// trip, not two. Lives on the connection's thread.
 struct Session {
     client: postgres::Client,
-    statements: HashMap<&'static str, postgres::Statement>,
+    statements: HashMap<String, postgres::Statement>,
 }
 
 /// How long a connection attempt, and a request with no answer, may take before the database
@@ -347,22 +351,22 @@ impl Session {
         Ok(Session { client, statements: HashMap::new() })
     }
 
-    fn statement(&mut self, sql: &'static str) -> Result<postgres::Statement, DbError> {
+    fn statement(&mut self, sql: &str) -> Result<postgres::Statement, DbError> {
         if let Some(s) = self.statements.get(sql) {
             return Ok(s.clone());
         }
         let s = self.client.prepare(&dollar_parameters(sql))?;
-        self.statements.insert(sql, s.clone());
+        self.statements.insert(sql.to_string(), s.clone());
         Ok(s)
     }
 
-    fn execute(&mut self, sql: &'static str, args: &[Value]) -> Result<usize, DbError> {
+    fn execute(&mut self, sql: &str, args: &[Value]) -> Result<usize, DbError> {
         let s = self.statement(sql)?;
         let params: Vec<&(dyn ToSql + Sync)> = args.iter().map(|a| a as _).collect();
         Ok(self.client.execute(&s, &params)? as usize)
     }
 
-    fn query(&mut self, sql: &'static str, args: &[Value]) -> Result<Vec<Row>, DbError> {
+    fn query(&mut self, sql: &str, args: &[Value]) -> Result<Vec<Row>, DbError> {
         let s = self.statement(sql)?;
         let params: Vec<&(dyn ToSql + Sync)> = args.iter().map(|a| a as _).collect();
         self.client.query(&s, &params)?.iter().map(pg_row).collect()
@@ -371,7 +375,7 @@ impl Session {
     /// Send each row into `out` as it arrives; stops when nobody reads any more.
     fn stream(
         &mut self,
-        sql: &'static str,
+        sql: &str,
         args: &[Value],
         out: &mpsc::SyncSender<Result<Row, DbError>>,
     ) -> Result<(), DbError> {
@@ -433,18 +437,18 @@ impl Db {
     }
 
     /// Run a statement; returns how many rows it changed.
-    pub fn execute(&mut self, sql: &'static str, args: &[Value]) -> Result<usize, DbError> {
+    pub fn execute(&mut self, sql: &str, args: &[Value]) -> Result<usize, DbError> {
         match self {
             Db::Sqlite(c) => Ok(c.prepare_cached(sql)?.execute(rusqlite::params_from_iter(args))?),
             Db::Postgres(pg) => {
-                let args = args.to_vec();
-                pg.run(move |s| s.execute(sql, &args))
+                let (sql, args) = (sql.to_string(), args.to_vec());
+                pg.run(move |s| s.execute(&sql, &args))
             }
         }
     }
 
     /// Run a query; returns every row.
-    pub fn query(&mut self, sql: &'static str, args: &[Value]) -> Result<Vec<Row>, DbError> {
+    pub fn query(&mut self, sql: &str, args: &[Value]) -> Result<Vec<Row>, DbError> {
         match self {
             Db::Sqlite(c) => {
                 let mut stmt = c.prepare_cached(sql)?;
@@ -457,8 +461,8 @@ impl Db {
                 Ok(out)
             }
             Db::Postgres(pg) => {
-                let args = args.to_vec();
-                pg.run(move |s| s.query(sql, &args))
+                let (sql, args) = (sql.to_string(), args.to_vec());
+                pg.run(move |s| s.query(&sql, &args))
             }
         }
     }
@@ -467,7 +471,7 @@ impl Db {
     /// memory at once.
     pub fn query_each<E: From<DbError>>(
         &mut self,
-        sql: &'static str,
+        sql: &str,
         args: &[Value],
         mut f: impl FnMut(Row) -> Result<(), E>,
     ) -> Result<(), E> {
@@ -483,9 +487,9 @@ impl Db {
             }
             Db::Postgres(pg) => {
                 let (into, rows) = mpsc::sync_channel(256);
-                let args = args.to_vec();
+                let (sql, args) = (sql.to_string(), args.to_vec());
                 pg.spawn(move |s| {
-                    if let Err(e) = s.stream(sql, &args, &into) {
+                    if let Err(e) = s.stream(&sql, &args, &into) {
                         let _ = into.send(Err(e));
                     }
                 })?;
@@ -498,12 +502,12 @@ impl Db {
     }
 
     /// The first row, if any.
-    pub fn query_opt(&mut self, sql: &'static str, args: &[Value]) -> Result<Option<Row>, DbError> {
+    pub fn query_opt(&mut self, sql: &str, args: &[Value]) -> Result<Option<Row>, DbError> {
         Ok(self.query(sql, args)?.into_iter().next())
     }
 
     /// The first row; [`DbError::NoRow`] when there is none.
-    pub fn query_one(&mut self, sql: &'static str, args: &[Value]) -> Result<Row, DbError> {
+    pub fn query_one(&mut self, sql: &str, args: &[Value]) -> Result<Row, DbError> {
         self.query_opt(sql, args)?.ok_or(DbError::NoRow)
     }
 

@@ -9,6 +9,7 @@ mod audit;
 pub(crate) mod db;
 mod deliveries;
 mod export;
+mod migrate;
 mod presence;
 mod queue;
 mod schema;
@@ -28,6 +29,7 @@ pub use audit::{export_audit, export_mapping, AuditRecord, Caller, PATIENT_ID_MA
 pub use db::Location;
 pub use deliveries::{Delivery, DeliveryRecord, DestinationStatus};
 pub use export::{backup, export_csv, ExportError};
+pub use migrate::MigrateError;
 pub use presence::Presence;
 pub use queue::{Pending, QueueStatus, StuckItem};
 pub use stats::{Counts, Reader};

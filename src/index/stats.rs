@@ -49,7 +49,7 @@ impl Reader {
     /// Patients with at least one study (the default patient only once it has one).
     pub fn counts(&self) -> Result<Counts, IndexError> {
         self.with(|c| {
-            let mut n = |sql: &'static str| -> Result<u64, DbError> { c.query_one(sql, args![])?.get(0) };
+            let mut n = |sql: &str| -> Result<u64, DbError> { c.query_one(sql, args![])?.get(0) };
             Ok(Counts {
                 patients: n("SELECT COUNT(DISTINCT patient_id) FROM studies")?,
                 studies: n("SELECT COUNT(*) FROM studies")?,
