@@ -100,7 +100,7 @@ impl Index {
             return Err(MigrateError::NoSource(source.display().to_string()));
         }
         let (source, target_name, node) = (source.to_path_buf(), target.to_string(), self.node.clone());
-        let copied = self.call(move |to| {
+        self.call(move |to| {
             let held: u64 = to.query_one(HELD, args![])?.get(0)?;
             if held > 0 {
                 return Ok(Err(MigrateError::NotEmpty(target_name, held)));
@@ -128,7 +128,6 @@ impl Index {
                  SELECT setval(pg_get_serial_sequence('audit', 'id'), COALESCE(MAX(id), 0) + 1, false) FROM audit",
             )?;
             Ok(Ok(copied))
-        })?;
-        copied
+        })?
     }
 }
