@@ -8,7 +8,9 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use common::haproxy::Haproxy;
 use common::node::{storescu, text, Node, SITE};
+use common::peers::storescp;
 use common::postgres::{Postgres, PASSWORD};
 use common::{binary, files_under, instance, put, Patient, Shape};
 use dicom_core::Tag;
@@ -22,8 +24,14 @@ fn on_postgres(node_id: &str) -> String {
 }
 
 fn start_node(dir: &Path, pg: &Postgres, node_id: &str, project: &str) -> Node {
+    start_node_with(dir, pg, node_id, project, "")
+}
+
+/// [`start_node`] with more top-level YAML.
+fn start_node_with(dir: &Path, pg: &Postgres, node_id: &str, project: &str, extra: &str) -> Node {
     std::fs::create_dir_all(dir).unwrap();
-    let config = Node::write_config(dir, "", "  min_free_bytes: 0\n", &on_postgres(node_id));
+    let config =
+        Node::write_config(dir, "", "  min_free_bytes: 0\n", &format!("{}{extra}", on_postgres(node_id)));
     if !project.is_empty() {
         let yaml = std::fs::read_to_string(&config).unwrap().replacen(
             "project:\n",
@@ -322,4 +330,77 @@ fn a_sqlite_index_migrated_to_postgres_keeps_every_pseudonym_and_the_numbering()
     }
     assert_eq!(by_study.len(), 6);
     assert!(by_study.values().all(|p| p.len() == 1));
+}
+
+#[test]
+fn behind_haproxy_a_killed_node_costs_no_acknowledged_instance_and_each_node_ships_its_own() {
+    let d = tempfile::tempdir().unwrap();
+    let pg = Postgres::start(d.path());
+    let archive = storescp(&d.path().join("archive"), "ARCHIVE", common::ports::free_port());
+    let export = format!(
+        "export:\n  dicom:\n    - {{ name: archive, ae_title: ARCHIVE, host: 127.0.0.1, port: {}, timeout_s: 5 }}\n",
+        archive.port
+    );
+    let a = start_node_with(&d.path().join("a"), &pg, "node-a", "", &export);
+    let mut b = start_node_with(&d.path().join("b"), &pg, "node-b", "", &export);
+    let lb =
+        Haproxy::start(d.path(), &[("a", a.port, a.http_port.unwrap()), ("b", b.port, b.http_port.unwrap())]);
+    let files = corpus(&d.path().join("in"), 10, 2, 3);
+    let (first, second) = files.split_at(40);
+    let send = |files: &[PathBuf], senders: usize| {
+        let handles: Vec<_> = (0..senders)
+            .map(|k| {
+                let slice: Vec<PathBuf> = files.iter().skip(k).step_by(senders).cloned().collect();
+                let port = lb.port;
+                std::thread::spawn(move || storescu(port, &slice))
+            })
+            .collect();
+        for h in handles {
+            assert_all_stored(&h.join().unwrap(), "through HAProxy");
+        }
+    };
+    send(first, 8);
+    let (on_a, on_b) = (files_under(&a.public()).len(), files_under(&b.public()).len());
+    assert_eq!(on_a + on_b, 40);
+    assert!(on_a > 0 && on_b > 0, "HAProxy sent every association to one node: {on_a} and {on_b}");
+    // Both nodes ship what they stored, and only that: the archive holds each instance once.
+    wait_until("the archive holds the first 40", || archive.files().len() >= 40);
+
+    b.kill9();
+    // New associations go to the node that is left, from the first one on.
+    send(second, 4);
+    lb.wait_until("b is down", |up| up == ["a".to_string()]);
+    assert_eq!(files_under(&a.public()).len(), on_a + second.len());
+    assert_eq!(files_under(&b.public()).len(), on_b, "node b's acknowledged instances are on its disk");
+    assert_eq!(count(&pg, &format!("SELECT COUNT(*) FROM {SCHEMA}.instances")), 60);
+    assert_eq!(
+        count(&pg, &format!("SELECT COUNT(*) FROM {SCHEMA}.instances WHERE node = 'node-b'")),
+        on_b as u64
+    );
+
+    // b comes back on its ports: HAProxy routes to it again, and it has nothing of a's to send.
+    let yaml = std::fs::read_to_string(&b.config)
+        .unwrap()
+        .replacen("  port: 0\n", &format!("  port: {}\n", b.port), 1)
+        .replacen("listen: 127.0.0.1:0", &format!("listen: 127.0.0.1:{}", b.http_port.unwrap()), 1);
+    std::fs::write(&b.config, yaml).unwrap();
+    let b = Node::start_env(&b.dir.clone(), &b.config.clone(), &[("DAG_INDEX_URL", &pg.url())]);
+    lb.wait_until("b is up again", |up| up.len() == 2);
+    wait_until("the archive holds all 60", || archive.files().len() >= 60);
+    let out = binary()
+        .args(["queue", "status", "--config"])
+        .arg(&b.config)
+        .env("DAG_INDEX_URL", pg.url())
+        .output()
+        .unwrap();
+    assert!(
+        text(&out).contains(&format!("queued: {on_b}")) && text(&out).contains(&format!("): sent {on_b}\n")),
+        "{}",
+        text(&out)
+    );
+    // Settled, every send recorded: no copy can come late.
+    wait_until("every send is recorded", || {
+        count(&pg, &format!("SELECT COUNT(*) FROM {SCHEMA}.deliveries WHERE state = 'sent'")) == 60
+    });
+    assert_eq!(archive.files().len(), 60, "an instance reached the archive twice");
 }

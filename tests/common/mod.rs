@@ -4,6 +4,7 @@
 
 pub mod corpus;
 pub mod device;
+pub mod haproxy;
 pub mod http;
 pub mod moto;
 pub mod node;
