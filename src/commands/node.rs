@@ -51,6 +51,19 @@ pub fn check_config(config: &Path) -> anyhow::Result<Said> {
         node::stow_clients(config)?;
     }
     let mut out = String::new();
+    for config in &projects {
+        // A PostgreSQL index is reached now: a wrong password or host shows here, not at start.
+        let location = config.index_location()?;
+        if let dicom_anon_gateway::index::Location::Postgres { node, .. } = &location {
+            dicom_anon_gateway::index::Reader::open_at(&location)
+                .with_context(|| format!("project {}: the index, {location}", config.project.name))?;
+            let _ = writeln!(
+                out,
+                "# project {}: index {location} reachable; this node is {node}",
+                config.project.name
+            );
+        }
+    }
     // A YAML comment, so the output stays a config file.
     let (worst, unbounded) = projects[0].scp.worst_case_in_memory();
     let _ = writeln!(
