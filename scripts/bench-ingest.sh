@@ -12,6 +12,13 @@
 #                                                   (default 1000 CT, 512x512 16-bit, 10 patients;
 #                                                    N rounds of the three runs per association
 #                                                    count, in rotating order, then the medians)
+#   scripts/bench-ingest.sh --index postgres [--repeat N] [COUNT] [ROWS]
+#                                                   (our node with its index on PostgreSQL against
+#                                                    the same node on SQLite, 1 and 8 associations,
+#                                                    alternating; then two nodes on one database
+#                                                    against one node: inst/s, CPU per instance of
+#                                                    the nodes and of PostgreSQL; the server is
+#                                                    Debian's, started here in $WORK)
 #   scripts/bench-ingest.sh --memory                (16 associations x one 512 MB multi-frame each)
 #   scripts/bench-ingest.sh --sustained [COUNT]     (default 50,000 small CT from 5,000 patients over
 #                                                    16 associations, sent in ten equal rounds: is the
@@ -27,9 +34,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/bench-lib.sh
 bench_in_netns "$@"
-MEMORY=0; SUSTAINED=0; REPEAT=1; ARGS=()
+MEMORY=0; SUSTAINED=0; REPEAT=1; ARGS=(); INDEX=sqlite
 usage() {
-    echo "usage: scripts/bench-ingest.sh [--repeat N] [COUNT] [ROWS] | --memory | --sustained [COUNT]" >&2
+    echo "usage: scripts/bench-ingest.sh [--index postgres] [--repeat N] [COUNT] [ROWS] | --memory | --sustained [COUNT]" >&2
     exit 2
 }
 # count VALUE: a whole number (leading zeros are decimal, not octal), or the usage.
@@ -39,6 +46,7 @@ while [ $# -gt 0 ]; do
         --repeat) REPEAT=$(count "${2:-}") || exit 2; shift 2 ;;
         --memory) MEMORY=1; shift ;;
         --sustained) SUSTAINED=1; shift ;;
+        --index) [ "${2:-}" = postgres ] || usage; INDEX=postgres; shift 2 ;;
         *) ARGS+=("$(count "$1")") || exit 2; shift ;;
     esac
 done
@@ -50,8 +58,8 @@ if [ "$REPEAT" -gt 1 ] && [ $((MEMORY + SUSTAINED)) -gt 0 ]; then
     echo "--repeat applies to the throughput runs, not to --memory or --sustained" >&2; exit 2
 fi
 if [ "$SUSTAINED" = 1 ]; then COUNT=${ARGS[0]:-50000}; ROWS=32; PATIENTS=5000; else COUNT=${ARGS[0]:-1000}; ROWS=${ARGS[1]:-512}; PATIENTS=10; fi
-NODE_PID=""; SCP_PID=""
-bench_workdir ingest NODE_PID SCP_PID
+NODE_PID=""; SCP_PID=""; PG_PID=""; NODE2_PID=""
+bench_workdir ingest NODE_PID SCP_PID PG_PID NODE2_PID
 export TCP_NODELAY=1
 # BIN=path runs another build of the node (a before/after comparison in one run).
 bench_build
@@ -69,6 +77,8 @@ echo "corpus: ${#FILES[@]} files, $(du -sm "$WORK/corpus" | cut -f1) MB; $(nproc
 find "$WORK/corpus" -name "*.dcm" -exec cat {} + > /dev/null; sync
 
 now() { date +%s.%N; }
+# rate SECONDS: instances/s for the corpus sent in SECONDS.
+rate() { echo "${#FILES[@]} / $1" | bc -l; }
 # Node CPU (user + system) so far, in seconds.
 node_cpu() { awk -v hz="$(getconf CLK_TCK)" '{print ($14 + $15) / hz}' /proc/"$NODE_PID"/stat; }
 # send PORT AE N: N storescu processes, the files dealt round robin (or all N send every file
@@ -91,7 +101,8 @@ send() {
     echo "$t1 - $t0" | bc -l
 }
 
-# start_node [EXTRA]: EXTRA is added to the scp: mapping (", tls: {...}").
+# start_node [EXTRA [TOP]]: EXTRA is added to the scp: mapping (", tls: {...}"), TOP to the file
+# (an index: section).
 start_node() {
     retire "$WORK/node"; mkdir -p "$WORK/node"
     cat > "$WORK/node/config.yaml" <<YAML
@@ -99,6 +110,7 @@ project: { name: BENCH, site_id: "972149", script: $PWD/config/default-anonymize
 scp: { ae_title: ANONYMIZER, host: 127.0.0.1, port: 0, max_pdu_length: 65536, max_instance_bytes: 1073741824${1:-} }
 storage: { dir: $WORK/node/storage, min_free_bytes: 0 }
 logging: { level: warn }
+${2:-}
 YAML
     "$BIN" serve --config "$WORK/node/config.yaml" > "$WORK/node/out" 2> "$WORK/node/log" &
     NODE_PID=$!
@@ -200,6 +212,78 @@ if [ "$SUSTAINED" = 1 ]; then
     exit 0
 fi
 
+if [ "$INDEX" = postgres ]; then
+    # A PostgreSQL cluster of our own in $WORK (as the postgres user when we are root: the server
+    # refuses root), on the same host, its data on the same disk as the node's storage.
+    PGBIN=$(dirname "$(compgen -G '/usr/lib/postgresql/*/bin/postgres' | head -1)")
+    [ -x "$PGBIN/postgres" ] || { echo "install the Debian package postgresql" >&2; exit 1; }
+    as_pg() { if [ "$(id -u)" = 0 ]; then setpriv --reuid=postgres --regid=postgres --init-groups -- "$@"; else "$@"; fi; }
+    mkdir -p "$WORK/pg"; chmod 755 "$WORK"; echo -n bench > "$WORK/pg/pw"
+    [ "$(id -u)" = 0 ] && chown -R postgres:postgres "$WORK/pg"
+    as_pg "$PGBIN/initdb" -D "$WORK/pg/data" -U dag --auth=scram-sha-256 --pwfile "$WORK/pg/pw" > /dev/null
+    as_pg "$PGBIN/postgres" -D "$WORK/pg/data" -p 25439 -c listen_addresses=127.0.0.1 -c unix_socket_directories= \
+        > "$WORK/pg.log" 2>&1 &
+    PG_PID=$!
+    until PGPASSWORD=bench psql -h 127.0.0.1 -p 25439 -U dag -d postgres -Atc 'SELECT 1' > /dev/null 2>&1; do
+        kill -0 "$PG_PID" 2>/dev/null || { cat "$WORK/pg.log" >&2; exit 1; }; sleep 0.1
+    done
+    export DICOM_ANON_INDEX_URL=postgresql://dag:bench@127.0.0.1:25439/postgres
+    # PostgreSQL's CPU time so far, in ticks: the postmaster's, the backends' it has reaped, and
+    # those of the backends still running.
+    pg_ticks() {
+        local t kids=0 c
+        for c in $(pgrep -P "$PG_PID" || true); do kids=$((kids + $(awk '{print $14 + $15}' /proc/"$c"/stat 2>/dev/null || echo 0))); done
+        t=$(awk '{print $14 + $15 + $16 + $17}' /proc/"$PG_PID"/stat)
+        echo $((t + kids))
+    }
+    # A fresh schema per run, so that each run starts from an empty archive.
+    RUN=0
+    pg_yaml() { RUN=$((RUN + 1)); echo "index: { backend: postgres, url_env: DICOM_ANON_INDEX_URL, schema: run$RUN }"; }
+    ms_per() { echo "$1 * 1000 / $(getconf CLK_TCK) / ${#FILES[@]}" | bc -l; }
+    run_on() {
+        local top="" p0
+        [ "$1" = postgres ] && top=$(pg_yaml)
+        p0=$(pg_ticks)
+        start_node "" "$top"
+        T=$(send "$NODE_PORT" ANONYMIZER "$n")
+        stop_node
+        PGT=$(($(pg_ticks) - p0))
+        STORED=$(find "$WORK/node/storage/public" -name '*.dcm' | wc -l)
+        [ "$STORED" -eq "${#FILES[@]}" ] || { echo "node stored $STORED of ${#FILES[@]}" >&2; tail "$WORK/node/log" >&2; exit 1; }
+        sync
+    }
+    for n in 1 8; do
+        for ((r = 1; r <= REPEAT; r++)); do
+            if [ $((r % 2)) = 1 ]; then run_on sqlite; TS=$T; CS=$TICKS; run_on postgres; TP=$T; CP=$TICKS; PP=$PGT
+            else run_on postgres; TP=$T; CP=$TICKS; PP=$PGT; run_on sqlite; TS=$T; CS=$TICKS; fi
+            printf '%d association(s): SQLite %7.1f inst/s | PostgreSQL %7.1f inst/s | ratio %.2f (goal >= 0.8) | CPU ms/instance: node on SQLite %.2f, node on PostgreSQL %.2f, PostgreSQL %.2f\n' \
+                "$n" "$(rate "$TS")" "$(rate "$TP")" "$(echo "$TS / $TP" | bc -l)" "$(ms_per "$CS")" "$(ms_per "$CP")" "$(ms_per "$PP")"
+        done
+    done
+    # Two nodes on one database against one node, 8 associations in all (4 to each node).
+    n=8
+    run_on postgres; TONE=$T
+    TOP=$(pg_yaml)
+    p0=$(pg_ticks)
+    start_node "" "$TOP"; A_PID=$NODE_PID; A_PORT=$NODE_PORT
+    mkdir -p "$WORK/node2"
+    sed "s#$WORK/node/storage#$WORK/node2/storage#" "$WORK/node/config.yaml" > "$WORK/node2/config.yaml"
+    bench_start_node "$WORK/node2"; NODE2_PID=$NODE_PID; B_PORT=$NODE_PORT; NODE_PID=$A_PID
+    HALF=$(( ${#FILES[@]} / 2 )); ALLF=("${FILES[@]}")
+    t0=$(now)
+    FILES=("${ALLF[@]:0:$HALF}"); send "$A_PORT" ANONYMIZER 4 > "$WORK/two-a" &
+    SA=$!
+    FILES=("${ALLF[@]:$HALF}"); send "$B_PORT" ANONYMIZER 4 > "$WORK/two-b"
+    wait "$SA"
+    t1=$(now); FILES=("${ALLF[@]}")
+    TTWO=$(echo "$t1 - $t0" | bc -l)
+    kill "$NODE2_PID"; wait "$NODE2_PID" || true; NODE2_PID=""
+    stop_node
+    printf 'two nodes on one database, 8 associations (4 each): one node %7.1f inst/s | two nodes %7.1f inst/s | ratio %.2f | PostgreSQL CPU %.2f ms/instance\n' \
+        "$(rate "$TONE")" "$(rate "$TTWO")" "$(echo "$TONE / $TTWO" | bc -l)" "$(ms_per $(($(pg_ticks) - p0)))"
+    exit 0
+fi
+
 # median FORMAT: the middle of the numbers on stdin (the mean of the two middle ones for an even
 # count), printed with FORMAT; n/a where there are none.
 median() {
@@ -207,8 +291,6 @@ median() {
         awk -v f="$1" '{ v[NR] = $1 } END { if (!NR) printf "n/a"; else printf f, NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
 }
 per_instance() { echo "$1 * 1000 / $(getconf CLK_TCK) / ${#FILES[@]}" | bc -l; }
-# rate SECONDS: instances/s for the corpus sent in SECONDS.
-rate() { echo "${#FILES[@]} / $1" | bc -l; }
 run_storescp() {
     start_storescp
     TS=$(send 11113 STORESCP "$n")
