@@ -230,18 +230,21 @@ if [ "$INDEX" = postgres ]; then
     export DICOM_ANON_INDEX_URL=postgresql://dag:bench@127.0.0.1:25439/postgres
     # PostgreSQL's CPU time so far, in ticks: the postmaster's, the backends' it has reaped, and
     # those of the backends still running.
+    # ($PG_PID is the shell that started it; the postmaster's own PID is in its data directory.)
     pg_ticks() {
-        local t kids=0 c
-        for c in $(pgrep -P "$PG_PID" || true); do kids=$((kids + $(awk '{print $14 + $15}' /proc/"$c"/stat 2>/dev/null || echo 0))); done
-        t=$(awk '{print $14 + $15 + $16 + $17}' /proc/"$PG_PID"/stat)
+        local t kids=0 c master
+        master=$(head -1 "$WORK/pg/data/postmaster.pid")
+        for c in $(pgrep -P "$master" || true); do kids=$((kids + $(awk '{print $14 + $15}' /proc/"$c"/stat 2>/dev/null || echo 0))); done
+        t=$(awk '{print $14 + $15 + $16 + $17}' /proc/"$master"/stat)
         echo $((t + kids))
     }
     # A fresh schema per run, so that each run starts from an empty archive.
     RUN=0
-    pg_yaml() { RUN=$((RUN + 1)); echo "index: { backend: postgres, url_env: DICOM_ANON_INDEX_URL, schema: run$RUN }"; }
+    pg_yaml() { echo "index: { backend: postgres, url_env: DICOM_ANON_INDEX_URL, schema: run$RUN }"; }
     ms_per() { echo "$1 * 1000 / $(getconf CLK_TCK) / ${#FILES[@]}" | bc -l; }
     run_on() {
         local top="" p0
+        RUN=$((RUN + 1))
         [ "$1" = postgres ] && top=$(pg_yaml)
         p0=$(pg_ticks)
         start_node "" "$top"
@@ -256,18 +259,19 @@ if [ "$INDEX" = postgres ]; then
         for ((r = 1; r <= REPEAT; r++)); do
             if [ $((r % 2)) = 1 ]; then run_on sqlite; TS=$T; CS=$TICKS; run_on postgres; TP=$T; CP=$TICKS; PP=$PGT
             else run_on postgres; TP=$T; CP=$TICKS; PP=$PGT; run_on sqlite; TS=$T; CS=$TICKS; fi
-            printf '%d association(s): SQLite %7.1f inst/s | PostgreSQL %7.1f inst/s | ratio %.2f (goal >= 0.8) | CPU ms/instance: node on SQLite %.2f, node on PostgreSQL %.2f, PostgreSQL %.2f\n' \
+            printf '%d association(s): SQLite %7.1f inst/s | PostgreSQL %7.1f inst/s | PostgreSQL/SQLite %.2f (goal >= 0.8) | CPU ms/instance: node on SQLite %.2f, node on PostgreSQL %.2f, PostgreSQL %.2f\n' \
                 "$n" "$(rate "$TS")" "$(rate "$TP")" "$(echo "$TS / $TP" | bc -l)" "$(ms_per "$CS")" "$(ms_per "$CP")" "$(ms_per "$PP")"
         done
     done
     # Two nodes on one database against one node, 8 associations in all (4 to each node).
     n=8
     run_on postgres; TONE=$T
-    TOP=$(pg_yaml)
+    RUN=$((RUN + 1)); TOP=$(pg_yaml)
     p0=$(pg_ticks)
     start_node "" "$TOP"; A_PID=$NODE_PID; A_PORT=$NODE_PORT
     mkdir -p "$WORK/node2"
-    sed "s#$WORK/node/storage#$WORK/node2/storage#" "$WORK/node/config.yaml" > "$WORK/node2/config.yaml"
+    { sed "s#$WORK/node/storage#$WORK/node2/storage#" "$WORK/node/config.yaml"; echo "http: { listen: 127.0.0.1:0 }"; } \
+        > "$WORK/node2/config.yaml"
     bench_start_node "$WORK/node2"; NODE2_PID=$NODE_PID; B_PORT=$NODE_PORT; NODE_PID=$A_PID
     HALF=$(( ${#FILES[@]} / 2 )); ALLF=("${FILES[@]}")
     t0=$(now)
