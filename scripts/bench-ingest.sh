@@ -79,6 +79,8 @@ find "$WORK/corpus" -name "*.dcm" -exec cat {} + > /dev/null; sync
 now() { date +%s.%N; }
 # rate SECONDS: instances/s for the corpus sent in SECONDS.
 rate() { echo "${#FILES[@]} / $1" | bc -l; }
+# per_instance TICKS: CPU ms per instance of the corpus.
+per_instance() { echo "$1 * 1000 / $(getconf CLK_TCK) / ${#FILES[@]}" | bc -l; }
 # Node CPU (user + system) so far, in seconds.
 node_cpu() { awk -v hz="$(getconf CLK_TCK)" '{print ($14 + $15) / hz}' /proc/"$NODE_PID"/stat; }
 # send PORT AE N: N storescu processes, the files dealt round robin (or all N send every file
@@ -241,7 +243,6 @@ if [ "$INDEX" = postgres ]; then
     # A fresh schema per run, so that each run starts from an empty archive.
     RUN=0
     pg_yaml() { echo "index: { backend: postgres, url_env: DICOM_ANON_INDEX_URL, schema: run$RUN }"; }
-    ms_per() { echo "$1 * 1000 / $(getconf CLK_TCK) / ${#FILES[@]}" | bc -l; }
     run_on() {
         local top="" p0
         RUN=$((RUN + 1))
@@ -260,7 +261,7 @@ if [ "$INDEX" = postgres ]; then
             if [ $((r % 2)) = 1 ]; then run_on sqlite; TS=$T; CS=$TICKS; run_on postgres; TP=$T; CP=$TICKS; PP=$PGT
             else run_on postgres; TP=$T; CP=$TICKS; PP=$PGT; run_on sqlite; TS=$T; CS=$TICKS; fi
             printf '%d association(s): SQLite %7.1f inst/s | PostgreSQL %7.1f inst/s | PostgreSQL/SQLite %.2f (goal >= 0.8) | CPU ms/instance: node on SQLite %.2f, node on PostgreSQL %.2f, PostgreSQL %.2f\n' \
-                "$n" "$(rate "$TS")" "$(rate "$TP")" "$(echo "$TS / $TP" | bc -l)" "$(ms_per "$CS")" "$(ms_per "$CP")" "$(ms_per "$PP")"
+                "$n" "$(rate "$TS")" "$(rate "$TP")" "$(echo "$TS / $TP" | bc -l)" "$(per_instance "$CS")" "$(per_instance "$CP")" "$(per_instance "$PP")"
         done
     done
     # Two nodes on one database against one node, 8 associations in all (4 to each node).
@@ -284,7 +285,7 @@ if [ "$INDEX" = postgres ]; then
     kill "$NODE2_PID"; wait "$NODE2_PID" || true; NODE2_PID=""
     stop_node
     printf 'two nodes on one database, 8 associations (4 each): one node %7.1f inst/s | two nodes %7.1f inst/s | ratio %.2f | PostgreSQL CPU %.2f ms/instance\n' \
-        "$(rate "$TONE")" "$(rate "$TTWO")" "$(echo "$TONE / $TTWO" | bc -l)" "$(ms_per $(($(pg_ticks) - p0)))"
+        "$(rate "$TONE")" "$(rate "$TTWO")" "$(echo "$TONE / $TTWO" | bc -l)" "$(per_instance $(($(pg_ticks) - p0)))"
     exit 0
 fi
 
@@ -294,7 +295,6 @@ median() {
     { grep -E '^[0-9.]+$' || true; } | sort -g |
         awk -v f="$1" '{ v[NR] = $1 } END { if (!NR) printf "n/a"; else printf f, NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
 }
-per_instance() { echo "$1 * 1000 / $(getconf CLK_TCK) / ${#FILES[@]}" | bc -l; }
 run_storescp() {
     start_storescp
     TS=$(send 11113 STORESCP "$n")

@@ -85,6 +85,11 @@ fn stored(public: &Path) -> Vec<(String, String)> {
         .collect()
 }
 
+/// A command of the CLI (`args`, then `--config CONFIG`), with the database's URL in the environment.
+fn cli(args: &[&str], config: &Path, pg: &Postgres) -> std::process::Output {
+    binary().args(args).arg("--config").arg(config).env("DAG_INDEX_URL", pg.url()).output().unwrap()
+}
+
 fn count(pg: &Postgres, sql: &str) -> u64 {
     pg.rows(sql)[0].parse().unwrap()
 }
@@ -162,12 +167,7 @@ fn two_nodes_on_one_database_give_each_patient_one_pseudonym_and_each_study_one_
 
     // Each node's queue is its own: `queue status` counts what it holds.
     for (node, n) in [(&a, on_a.len()), (&b, on_b.len())] {
-        let out = binary()
-            .args(["queue", "status", "--config"])
-            .arg(&node.config)
-            .env("DAG_INDEX_URL", pg.url())
-            .output()
-            .unwrap();
+        let out = cli(&["queue", "status"], &node.config, &pg);
         let said = text(&out);
         assert!(out.status.success() && said.contains(&format!("queued: {n}")), "{said}");
     }
@@ -270,12 +270,7 @@ fn two_nodes_keyed_with_different_secrets_refuse_to_share_one_database() {
 
 /// `index migrate`, run by the CLI with the project's configuration.
 fn migrate(config: &Path, pg: &Postgres) -> std::process::Output {
-    binary()
-        .args(["index", "migrate", "--to", "postgres", "--config"])
-        .arg(config)
-        .env("DAG_INDEX_URL", pg.url())
-        .output()
-        .unwrap()
+    cli(&["index", "migrate", "--to", "postgres"], config, pg)
 }
 
 /// PatientID of every anonymized file, by the original patient's number (`pK-...` files).
@@ -387,12 +382,7 @@ fn behind_haproxy_a_killed_node_costs_no_acknowledged_instance_and_each_node_shi
     let b = Node::start_env(&b.dir.clone(), &b.config.clone(), &[("DAG_INDEX_URL", &pg.url())]);
     lb.wait_until("b is up again", |up| up.len() == 2);
     wait_until("the archive holds all 60", || archive.files().len() >= 60);
-    let out = binary()
-        .args(["queue", "status", "--config"])
-        .arg(&b.config)
-        .env("DAG_INDEX_URL", pg.url())
-        .output()
-        .unwrap();
+    let out = cli(&["queue", "status"], &b.config, &pg);
     assert!(
         text(&out).contains(&format!("queued: {on_b}")) && text(&out).contains(&format!("): sent {on_b}\n")),
         "{}",

@@ -31,6 +31,7 @@ fn migrate(target: &ProjectArgs) -> anyhow::Result<Said> {
     let owner = config.project.index_owner()?;
     let sqlite = config.index_path();
     let location = config.index_location()?;
+    // Checked before anything is opened: a SQLite target would be made in the storage directory.
     if !matches!(location, index::Location::Postgres { .. }) {
         return Err(index::MigrateError::NotPostgres.into());
     }
@@ -42,7 +43,7 @@ fn migrate(target: &ProjectArgs) -> anyhow::Result<Said> {
     let bar = indicatif::ProgressBar::new_spinner().with_message("copying the index");
     bar.enable_steady_tick(std::time::Duration::from_millis(200));
     let said = bar.clone();
-    let copied = index.import_sqlite(&sqlite, &location, move |table, _| {
+    let copied = index.import_sqlite(&sqlite, move |table, _| {
         said.set_message(format!("copying the index: {table} done"));
     });
     bar.finish_and_clear();

@@ -99,28 +99,23 @@ impl DicomwebAuth {
     /// secret that cannot be read stops it.
     pub fn header(&self, key: &str) -> Result<String, super::ConfigError> {
         use super::secret::SecretSource;
-        let missing = || super::ConfigError::MissingSecret(format!("{key}: no token and no basic_user"));
+        let read = |what: &str, env: Option<&str>, file: Option<&std::path::Path>| {
+            let secret = format!("{key}.{what}");
+            SecretSource { key: &secret, env, file }.read()?.ok_or_else(|| {
+                super::ConfigError::MissingSecret(format!("{key}: no token and no basic_user"))
+            })
+        };
         if let Some(user) = &self.basic_user {
-            let password_key = format!("{key}.basic_password");
-            let password = SecretSource {
-                key: &password_key,
-                env: self.basic_password_env.as_deref(),
-                file: self.basic_password_file.as_deref(),
-            }
-            .read()?
-            .ok_or_else(missing)?;
+            let password = read(
+                "basic_password",
+                self.basic_password_env.as_deref(),
+                self.basic_password_file.as_deref(),
+            )?;
             use base64::Engine;
             let pair = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
             return Ok(format!("Basic {pair}"));
         }
-        let token_key = format!("{key}.token");
-        let token = SecretSource {
-            key: &token_key,
-            env: self.token_env.as_deref(),
-            file: self.token_file.as_deref(),
-        }
-        .read()?
-        .ok_or_else(missing)?;
+        let token = read("token", self.token_env.as_deref(), self.token_file.as_deref())?;
         Ok(format!("Bearer {token}"))
     }
 }

@@ -205,34 +205,27 @@ fn overlay<T: Serialize + DeserializeOwned>(base: &T, over: Mapping) -> Result<T
 /// directory (its index, queue and pseudonym counter).
 fn shared_nothing(configs: &[Config]) -> Vec<String> {
     let mut problems = Vec::new();
-    let mut check = |what: &str, key: fn(&Config) -> String| {
+    // `key` is `None` for a project the rule does not concern.
+    let mut check = |what: &str, key: fn(&Config) -> Option<String>| {
         let mut seen: HashMap<String, usize> = HashMap::new();
         for (i, c) in configs.iter().enumerate() {
-            if let Some(first) = seen.insert(key(c), i) {
+            let Some(key) = key(c) else { continue };
+            if let Some(first) = seen.insert(key.clone(), i) {
                 problems.push(format!(
-                    "projects[{i}].{what}: {:?} is also projects[{first}]'s; projects never share it",
-                    key(c)
+                    "projects[{i}].{what}: {key:?} is also projects[{first}]'s; projects never share it"
                 ));
             }
         }
     };
-    check("ae_title", |c| c.scp.ae_title.trim().to_string());
-    check("name", |c| c.project.name.clone());
-    check("site_id", |c| c.project.site_id.clone());
-    check("storage.dir", |c| normalise(&c.storage.dir));
+    check("ae_title", |c| Some(c.scp.ae_title.trim().to_string()));
+    check("name", |c| Some(c.project.name.clone()));
+    check("site_id", |c| Some(c.project.site_id.clone()));
+    check("storage.dir", |c| Some(normalise(&c.storage.dir)));
     // Two projects in one PostgreSQL schema would share patients and numbers. (Two connection
     // strings may name one database; the schema alone keeps them apart.)
-    let mut seen: HashMap<String, usize> = HashMap::new();
-    for (i, c) in configs.iter().enumerate() {
-        if c.index.backend == super::IndexBackend::Postgres {
-            let schema = c.index.schema_of(&c.project.name);
-            if let Some(first) = seen.insert(schema.clone(), i) {
-                problems.push(format!(
-                    "projects[{i}].index.schema: {schema:?} is also projects[{first}]'s; projects never share it"
-                ));
-            }
-        }
-    }
+    check("index.schema", |c| {
+        (c.index.backend == super::IndexBackend::Postgres).then(|| c.index.schema_of(&c.project.name))
+    });
     problems
 }
 
@@ -327,6 +320,29 @@ projects:
         let text = problems.join("\n");
         assert!(text.contains("projects[0] (A).project.site_id"), "{text}");
         assert!(text.contains("projects[1] (B).upload.bucket"), "{text}");
+    }
+
+    /// The PostgreSQL index is shared and overridable per project; each project keeps a schema
+    /// of its own, and two that would share one are refused.
+    #[test]
+    fn projects_share_a_database_but_never_a_schema() {
+        let yaml = |b_index: &str| {
+            format!(
+                "index: {{ backend: postgres, url_env: DAG_URL }}\nprojects:
+  - {{ name: TBI, ae_title: X, site_id: '1', storage: {{ dir: a }} }}
+  - {{ name: Stroke, ae_title: Y, site_id: '2', storage: {{ dir: b }}{b_index} }}"
+            )
+        };
+        let all = parse(&yaml("")).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(all[1].index.url_env.as_deref(), Some("DAG_URL"));
+        let schemas: Vec<String> = all.iter().map(|c| c.index.schema_of(&c.project.name)).collect();
+        assert_eq!(schemas, ["tbi", "stroke"]);
+        let Err(ParseError::Invalid(problems)) = parse(&yaml(", index: { schema: tbi }")) else {
+            panic!("two projects in one schema accepted")
+        };
+        assert!(problems.iter().any(|p| p.starts_with("projects[1].index.schema: \"tbi\"")), "{problems:?}");
+        // On SQLite each project's index is in its own storage directory: no schema to share.
+        assert!(parse(&yaml("").replace("backend: postgres, url_env: DAG_URL", "backend: sqlite")).is_ok());
     }
 
     #[test]

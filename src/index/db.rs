@@ -10,7 +10,8 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
 use postgres::types::{to_sql_checked, IsNull, ToSql, Type};
@@ -20,8 +21,10 @@ use postgres::types::{to_sql_checked, IsNull, ToSql, Type};
 pub enum DbError {
     #[error(transparent)]
     Sqlite(#[from] rusqlite::Error),
+    /// Not a `source`: the driver's own text may carry a DETAIL line with the values of a row
+    /// (original UIDs), and error chains are printed whole at the edges.
     #[error("{}", postgres_message(.0))]
-    Postgres(#[from] postgres::Error),
+    Postgres(postgres::Error),
     /// A column did not hold what the code reads it as.
     #[error("column {column}: expected {expected}, found {found}")]
     Type { column: usize, expected: &'static str, found: String },
@@ -35,7 +38,14 @@ pub enum DbError {
     Commit(String),
 }
 
-/// PostgreSQL's own words (`ERROR: ... DETAIL: ...`) rather than tokio-postgres's `db error`.
+impl From<postgres::Error> for DbError {
+    fn from(e: postgres::Error) -> Self {
+        DbError::Postgres(e)
+    }
+}
+
+/// PostgreSQL's code and message, never its DETAIL (which can quote a row's values), rather than
+/// tokio-postgres's `db error`.
 fn postgres_message(e: &postgres::Error) -> String {
     match e.as_db_error() {
         Some(db) => format!("PostgreSQL: {}: {}", db.code().code(), db.message()),
@@ -275,6 +285,9 @@ impl Location {
 /// run from an async task). Each request is handed to that thread and answered.
 pub struct Pg {
     tasks: mpsc::Sender<Task>,
+    /// The connection is gone (the server or the network closed it, or its thread ended): set by
+    /// the connection's thread before it answers, so that asking costs no hand-off.
+    closed: Arc<AtomicBool>,
 }
 
 type Task = Box<dyn FnOnce(&mut Session) + Send>;
@@ -284,21 +297,35 @@ type Task = Box<dyn FnOnce(&mut Session) + Send>;
 struct Session {
     client: postgres::Client,
     statements: HashMap<String, postgres::Statement>,
+    closed: Arc<AtomicBool>,
 }
 
-/// How long a connection attempt, and a request with no answer, may take before the database
-/// counts as unreachable: an instance then fails with 0xA700 rather than waiting without end.
+/// Marks the connection closed when its thread ends, however it ends.
+struct ClosedOnExit(Arc<AtomicBool>);
+
+impl Drop for ClosedOnExit {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Release);
+    }
+}
+
+/// How long a connection attempt, and data the server's host does not acknowledge, may take
+/// before the database counts as unreachable: an instance then fails with 0xA700 rather than
+/// waiting without end. (A server process that hangs while its host acknowledges is not bounded.)
 const PG_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl Pg {
-    pub fn connect(url: &str, schema: &str) -> Result<Pg, DbError> {
+    fn connect(url: &str, schema: &str) -> Result<Pg, DbError> {
         let (tasks, inbox) = mpsc::channel::<Task>();
         let (ready, connected) = mpsc::sync_channel(1);
         let (url, schema) = (url.to_string(), schema.to_string());
+        let closed = Arc::new(AtomicBool::new(false));
+        let flag = closed.clone();
         std::thread::Builder::new()
             .name("phi-postgres".into())
             .spawn(move || {
-                let mut session = match Session::connect(&url, &schema) {
+                let _closed_on_exit = ClosedOnExit(flag.clone());
+                let mut session = match Session::connect(&url, &schema, flag) {
                     Ok(session) => session,
                     Err(e) => {
                         let _ = ready.send(Err(e));
@@ -313,7 +340,7 @@ impl Pg {
             })
             .map_err(|e| DbError::Gone(format!("cannot start its thread: {e}")))?;
         connected.recv().map_err(|_| DbError::Gone("its thread stopped".into()))??;
-        Ok(Pg { tasks })
+        Ok(Pg { tasks, closed })
     }
 
     /// Hand `f` to the connection's thread without waiting for it.
@@ -328,14 +355,16 @@ impl Pg {
     ) -> Result<T, DbError> {
         let (answer, answered) = mpsc::sync_channel(1);
         self.spawn(move |session| {
-            let _ = answer.send(f(session));
+            let result = f(session);
+            session.note_closed();
+            let _ = answer.send(result);
         })?;
         answered.recv().map_err(|_| DbError::Gone("its thread stopped".into()))?
     }
 }
 
 impl Session {
-    fn connect(url: &str, schema: &str) -> Result<Session, DbError> {
+    fn connect(url: &str, schema: &str, closed: Arc<AtomicBool>) -> Result<Session, DbError> {
         let mut config: postgres::Config = url.parse()?;
         config
             .connect_timeout(PG_TIMEOUT)
@@ -348,7 +377,11 @@ impl Session {
             "CREATE SCHEMA IF NOT EXISTS {schema}; SET search_path TO {schema}; SET synchronous_commit TO on",
             schema = quote_ident(schema)
         ))?;
-        Ok(Session { client, statements: HashMap::new() })
+        Ok(Session { client, statements: HashMap::new(), closed })
+    }
+
+    fn note_closed(&self) {
+        self.closed.store(self.client.is_closed(), Ordering::Release);
     }
 
     fn statement(&mut self, sql: &str) -> Result<postgres::Statement, DbError> {
@@ -428,12 +461,13 @@ impl Db {
                 conn.busy_timeout(Duration::from_secs(5))?;
                 Ok(Db::Sqlite(conn))
             }
-            Location::Postgres { url, schema, .. } => Ok(Db::Postgres(Box::new(Pg::connect(url, schema)?))),
+            Location::Postgres { url, schema, .. } => Db::postgres(url, schema),
         }
     }
 
-    pub fn is_postgres(&self) -> bool {
-        matches!(self, Db::Postgres(_))
+    /// A session on the PostgreSQL database at `url`, in `schema` (made if missing).
+    pub fn postgres(url: &str, schema: &str) -> Result<Db, DbError> {
+        Ok(Db::Postgres(Box::new(Pg::connect(url, schema)?)))
     }
 
     /// Run a statement; returns how many rows it changed.
@@ -489,7 +523,9 @@ impl Db {
                 let (into, rows) = mpsc::sync_channel(256);
                 let (sql, args) = (sql.to_string(), args.to_vec());
                 pg.spawn(move |s| {
-                    if let Err(e) = s.stream(&sql, &args, &into) {
+                    let streamed = s.stream(&sql, &args, &into);
+                    s.note_closed();
+                    if let Err(e) = streamed {
                         let _ = into.send(Err(e));
                     }
                 })?;
@@ -526,7 +562,7 @@ impl Db {
     pub fn is_closed(&self) -> bool {
         match self {
             Db::Sqlite(_) => false,
-            Db::Postgres(pg) => pg.run(|s| Ok(s.client.is_closed())).unwrap_or(true),
+            Db::Postgres(pg) => pg.closed.load(Ordering::Acquire),
         }
     }
 }

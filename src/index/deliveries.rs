@@ -78,7 +78,7 @@ impl Index {
     /// Queue for `destination` the instances recorded since the last one queued for it. Returns
     /// how many were added.
     pub fn enqueue_deliveries(&self, destination: &str) -> Result<usize, IndexError> {
-        let (d, node) = (destination.to_string(), self.node.clone());
+        let (d, node) = (destination.to_string(), self.node());
         self.call(move |c| {
             Ok(c.execute(
                 "INSERT INTO deliveries(destination, anon_sop_uid, instance_rowid)
@@ -96,7 +96,7 @@ impl Index {
     /// Take up to `limit` instances for `destination`, oldest first: queued ones, and failed ones
     /// whose next try has come. They become `sending`.
     pub fn claim_deliveries(&self, destination: &str, limit: usize) -> Result<Vec<Delivery>, IndexError> {
-        let (d, node) = (destination.to_string(), self.node.clone());
+        let (d, node) = (destination.to_string(), self.node());
         self.call(move |c| {
             let rows = c.query(
                 "SELECT d.anon_sop_uid, i.sop_class_uid, i.path, i.size, d.attempts, st.anon_study_uid, se.anon_series_uid,
@@ -172,7 +172,7 @@ impl Index {
     /// is unknown, so the destination may hold it: a STOW-RS destination is asked before the
     /// next send). Returns how many.
     pub fn requeue_sending(&self, destination: &str) -> Result<usize, IndexError> {
-        let (d, node) = (destination.to_string(), self.node.clone());
+        let (d, node) = (destination.to_string(), self.node());
         self.call(move |c| {
             Ok(c.execute(
                 "UPDATE deliveries SET state = 'queued', attempts = attempts + 1
@@ -185,13 +185,13 @@ impl Index {
 
     /// Every destination's counts and failed instances, as `queue status` shows them.
     pub fn destination_status(&self) -> Result<Vec<DestinationStatus>, IndexError> {
-        let node = self.node.clone();
+        let node = self.node();
         self.call(move |c| destination_status(c, &node))
     }
 
     /// Put every failed delivery back in its queue for an immediate try. Returns how many.
     pub fn retry_failed_deliveries(&self) -> Result<usize, IndexError> {
-        let node = self.node.clone();
+        let node = self.node();
         self.call(move |c| {
             Ok(c.execute(
                 "UPDATE deliveries SET state = 'queued', next_try = NULL

@@ -86,20 +86,19 @@ pub enum MigrateError {
 }
 
 impl Index {
-    /// Copy the SQLite index at `source` into this (PostgreSQL) index, which must be empty; the
+    /// Copy the SQLite index at `source` into this PostgreSQL index (the caller checks that it is
+    /// one: `MigrateError::NotPostgres`), which must be empty; the
     /// instances become this node's. `progress` hears each table's name and row count as it is
     /// done. All or nothing: one transaction. Returns the rows copied per table.
     pub fn import_sqlite(
         &self,
         source: &Path,
-        target: &Location,
         mut progress: impl FnMut(&str, u64) + Send + 'static,
     ) -> Result<Vec<(&'static str, u64)>, MigrateError> {
-        let Location::Postgres { .. } = target else { return Err(MigrateError::NotPostgres) };
         if !source.exists() {
             return Err(MigrateError::NoSource(source.display().to_string()));
         }
-        let (source, target_name, node) = (source.to_path_buf(), target.to_string(), self.node.clone());
+        let (source, target_name, node) = (source.to_path_buf(), self.location().to_string(), self.node());
         self.call(move |to| {
             let held: u64 = to.query_one(HELD, args![])?.get(0)?;
             if held > 0 {

@@ -65,12 +65,6 @@ impl From<rusqlite::Error> for IndexError {
     }
 }
 
-impl From<postgres::Error> for IndexError {
-    fn from(e: postgres::Error) -> Self {
-        IndexError::Db(e.into())
-    }
-}
-
 /// What the index records about an instance's patient, study and series before it is anonymized:
 /// the instance's [`Identity`] (through `Deref`) and the pseudonyms of its study and series.
 #[derive(Debug, Clone)]
@@ -136,8 +130,6 @@ type Reply = Box<dyn FnOnce(Option<&DbError>) + Send>;
 pub struct Index {
     writer: Arc<Writer>,
     site_id: String,
-    /// The id stamped on the instances this node stores; its queues claim only those.
-    node: String,
     /// Committed patient pseudonyms (PHI PatientID to pseudonym). A mapping never changes once
     /// committed, so this is never stale, even with other nodes writing; it spares an instance
     /// of a known patient the round trip that would otherwise have to precede its anonymization.
@@ -273,9 +265,9 @@ impl Index {
             Location::Sqlite(path) => open_sqlite(path, owner)?,
             Location::Postgres { url, schema, .. } => (open_postgres(url, schema, owner, location)?, None),
         };
-        let seen = match conn.is_postgres() {
-            true => None,
-            false => {
+        let seen = match location {
+            Location::Postgres { .. } => None,
+            Location::Sqlite(_) => {
                 let institutions = phrases_of_kind(&mut conn, INSTITUTION)?;
                 Some(Arc::new(Mutex::new(Seen { patients: HashMap::new(), institutions })))
             }
@@ -289,10 +281,19 @@ impl Index {
         Ok(Index {
             writer: Arc::new(writer),
             site_id: owner.site_id.clone(),
-            node: location.node().to_string(),
             known_patients: Arc::default(),
             seen,
         })
+    }
+
+    /// The id stamped on the instances this node stores; its queues claim only those.
+    fn node(&self) -> String {
+        self.writer.location.node().to_string()
+    }
+
+    /// Where the index is.
+    fn location(&self) -> &Location {
+        &self.writer.location
     }
 
     /// Run `f` in the next batch transaction and return its result once that batch is committed.
@@ -403,7 +404,7 @@ impl Index {
         let patient_id = capture.patient_id.clone();
         let phrases = capture.phrases.clone();
         let expected = patient_pseudonym.to_string();
-        let node = self.node.clone();
+        let node = self.node();
         let committed = self.call(move |c| {
             let captured = self::capture(c, &capture, &site_id)?;
             if captured.anon_patient_id != expected {
@@ -466,7 +467,7 @@ impl Index {
         public: &Path,
         at_most: usize,
     ) -> Result<Result<usize, usize>, IndexError> {
-        let (public, node) = (public.to_path_buf(), self.node.clone());
+        let (public, node) = (public.to_path_buf(), self.node());
         self.call(move |c| {
             let pending: Vec<(String, String)> = c
                 .query(
@@ -493,7 +494,7 @@ impl Index {
 
     /// The path of every instance of this node the index knows, relative to `public/`.
     pub fn paths(&self) -> Result<Vec<String>, IndexError> {
-        let node = self.node.clone();
+        let node = self.node();
         self.call(move |c| {
             let rows = c.query("SELECT path FROM instances WHERE node = ?1", args![node])?;
             Ok(rows.iter().map(|r| r.get(0)).collect::<Result<_, _>>()?)
@@ -542,12 +543,6 @@ fn open_sqlite(path: &Path, owner: &Owner) -> Result<(Db, Option<mpsc::Sender<()
     // WAL with NORMAL never corrupts; a commit becomes durable when the WAL file reaches the
     // disk, which the caller's durability barrier (syncfs) or closing the index ensures.
     conn.pragma_update(None, "synchronous", "NORMAL")?;
-    let mut db = Db::Sqlite(conn);
-    // IMMEDIATE: take the write lock first (waiting on busy_timeout). A deferred read that turns
-    // into a write fails at once with "database is locked" when another process (the running
-    // node, beside `queue retry`) commits in between, and no busy handler helps with that.
-    init(&mut db, "BEGIN IMMEDIATE", &path.display().to_string(), owner)?;
-    let Db::Sqlite(conn) = &db else { unreachable!("opened as SQLite") };
     // Checkpoints run every second on a connection of their own, so commits rarely wait for
     // one to copy the WAL back. But a passive checkpoint under constant commits never catches
     // up with the end of the WAL, and the WAL only starts over once it has: so the writer
@@ -555,6 +550,11 @@ fn open_sqlite(path: &Path, owner: &Owner) -> Result<(Db, Option<mpsc::Sender<()
     // two batches, when nothing else is writing), and the file is cut back after.
     conn.pragma_update(None, "wal_autocheckpoint", WAL_PAGES)?;
     conn.pragma_update(None, "journal_size_limit", WAL_BYTES_KEPT)?;
+    let mut db = Db::Sqlite(conn);
+    // IMMEDIATE: take the write lock first (waiting on busy_timeout). A deferred read that turns
+    // into a write fails at once with "database is locked" when another process (the running
+    // node, beside `queue retry`) commits in between, and no busy handler helps with that.
+    init(&mut db, "BEGIN IMMEDIATE", &path.display().to_string(), owner)?;
     let checkpoints = rusqlite::Connection::open(path)?;
     checkpoints.busy_timeout(std::time::Duration::from_secs(30))?;
     checkpoints.pragma_update(None, "synchronous", "NORMAL")?;
@@ -569,7 +569,7 @@ fn open_sqlite(path: &Path, owner: &Owner) -> Result<(Db, Option<mpsc::Sender<()
 /// The index in a PostgreSQL schema, made or migrated under a session lock, so that two nodes
 /// starting at once do not both create it.
 fn open_postgres(url: &str, schema: &str, owner: &Owner, location: &Location) -> Result<Db, IndexError> {
-    let mut db = Db::Postgres(Box::new(db::Pg::connect(url, schema)?));
+    let mut db = Db::postgres(url, schema)?;
     db.batch(&format!("SELECT pg_advisory_lock({})", schema::lock_key(schema)))?;
     let made = (|| -> Result<(), IndexError> {
         let version: Option<i64> = {
@@ -599,15 +599,6 @@ fn open_postgres(url: &str, schema: &str, owner: &Owner, location: &Location) ->
     made?;
     unlocked?;
     Ok(db)
-}
-
-/// Connect again to where the index is (PostgreSQL: the server restarted, failed over or was
-/// unreachable).
-fn reconnect(location: &Location) -> Result<Db, DbError> {
-    match location {
-        Location::Sqlite(path) => Ok(Db::Sqlite(rusqlite::Connection::open(path)?)),
-        Location::Postgres { url, schema, .. } => Ok(Db::Postgres(Box::new(db::Pg::connect(url, schema)?))),
-    }
 }
 
 /// Add columns that an index created by an earlier version lacks.
@@ -709,8 +700,8 @@ fn run_batch(db: &mut Db, location: &Location, batch: Vec<Job>) {
     let mut replies = Vec::with_capacity(batch.len());
     let mut jobs = batch.into_iter();
     let outcome = (|| -> Result<(), DbError> {
-        if db.is_closed() {
-            *db = reconnect(location)?;
+        if let (true, Location::Postgres { url, schema, .. }) = (db.is_closed(), location) {
+            *db = Db::postgres(url, schema)?;
         }
         match location {
             Location::Sqlite(_) => db.batch("BEGIN")?,

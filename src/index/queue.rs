@@ -46,7 +46,7 @@ impl Index {
     /// Take up to `limit` instances to upload, oldest first: queued ones, and failed ones whose
     /// next try has come. They become `uploading`.
     pub fn claim(&self, limit: usize) -> Result<Vec<Pending>, IndexError> {
-        let node = self.node.clone();
+        let node = self.node();
         self.call(move |c| {
             let rows: Vec<Pending> = c
                 .query(
@@ -127,7 +127,7 @@ impl Index {
     /// attempt made, so that a put whose answer the crash lost is found in the bucket rather than
     /// made twice. Returns how many.
     pub fn requeue_interrupted(&self) -> Result<usize, IndexError> {
-        let node = self.node.clone();
+        let node = self.node();
         self.call(move |c| {
             Ok(c.execute(
                 "UPDATE instances SET state = 'queued', attempts = attempts + 1 WHERE state = 'uploading' AND node = ?1",
@@ -139,7 +139,7 @@ impl Index {
     /// Put every failed instance of this node back in the queue for an immediate try. Returns
     /// how many.
     pub fn retry_failed(&self) -> Result<usize, IndexError> {
-        let node = self.node.clone();
+        let node = self.node();
         self.call(move |c| {
             Ok(c.execute(
                 "UPDATE instances SET state = 'queued', next_try = NULL WHERE state = 'failed' AND node = ?1",
@@ -152,7 +152,7 @@ impl Index {
     /// rule: an existing key counts as uploaded), but for one uploaded before and queued again
     /// since: its bytes changed, and the key holds the old ones. Returns how many changed.
     pub fn mark_present(&self, paths: Vec<String>) -> Result<usize, IndexError> {
-        let node = self.node.clone();
+        let node = self.node();
         self.call(move |c| {
             let at = now();
             let mut n = 0;
@@ -171,7 +171,7 @@ impl Index {
     /// instances become this node's, queued for upload and for every destination again where
     /// they were under way. Returns how many instances.
     pub fn adopt(&self, from: &str) -> Result<usize, IndexError> {
-        let (from, node) = (from.to_string(), self.node.clone());
+        let (from, node) = (from.to_string(), self.node());
         self.call(move |c| {
             let n = c.execute(
                 "UPDATE instances SET node = ?2,
@@ -202,7 +202,7 @@ impl Index {
     }
 
     pub fn queue_status(&self) -> Result<QueueStatus, IndexError> {
-        let node = self.node.clone();
+        let node = self.node();
         self.call(move |c| status(c, &node))
     }
 }
