@@ -86,8 +86,14 @@ struct Node {
 }
 
 fn node(script: &Path, extra: &str) -> Node {
+    node_with(script, extra, "")
+}
+
+/// [`node`] with more top-level YAML (`top`) in its configuration.
+fn node_with(script: &Path, extra: &str, top: &str) -> Node {
     let dir = tempfile::tempdir().unwrap();
     let config = config(dir.path(), "972149", "1.2.826.0.1.3680043.10.474.2", script, extra);
+    std::fs::write(&config, std::fs::read_to_string(&config).unwrap() + top).unwrap();
     let out = dir.path().join("public");
     let pipeline = Pipeline::open(&Config::load(&config).unwrap(), &out, Durability::AtEnd).unwrap();
     Node { dir, pipeline, out, config }
@@ -504,4 +510,47 @@ fn names_and_places_earlier_instances_stated_are_found() {
     assert_eq!(comment("1.2.999.19.2.4", "MRN00482913", "1.2.999.19.1"), "seen by *** at ***");
     // Another patient: the site's institution goes, the first patient's operator is no name here.
     assert_eq!(comment("1.2.999.19.2.5", "MRN777", "1.2.999.19.9"), "seen by Courtier at ***");
+}
+
+/// Class 2 on a shared PostgreSQL index: what one node stored is known to the other, which
+/// remembers nothing of its own about it.
+#[test]
+fn names_and_places_another_node_stored_are_found_on_a_shared_index() {
+    let d = tempfile::tempdir().unwrap();
+    let pg = common::postgres::Postgres::start(d.path());
+    let url = d.path().join("index-url");
+    std::fs::write(&url, pg.url()).unwrap();
+    let on_pg = |id: &str| {
+        format!("index: {{ backend: postgres, url_file: {} }}\nnode: {{ id: {id} }}\n", url.display())
+    };
+    let a = node_with(&profile_script(), "", &on_pg("a"));
+    let b = node_with(&profile_script(), "", &on_pg("b"));
+    let comment = |n: &Node, sop: &str, patient: &str, study: &str| {
+        let body = explicit_body(
+            sop,
+            vec![
+                ((0x0010, 0x0020), txt((0x0010, 0x0020), b"LO", patient)),
+                ((0x0010, 0x4000), txt((0x0010, 0x4000), b"LT", "seen by Courtier at Ziekenhuis Noord")),
+                ((0x0020, 0x000D), txt((0x0020, 0x000D), b"UI", study)),
+                ((0x0020, 0x000E), txt((0x0020, 0x000E), b"UI", &format!("{study}.1"))),
+            ],
+        );
+        let ds = parsed(&n.store(&body, EXPLICIT, sop));
+        ds.text(Tag(0x0010, 0x4000)).unwrap().to_string()
+    };
+    // Before anything was stored, the comment has nothing to find.
+    assert_eq!(
+        comment(&b, "1.2.999.19.3.1", "MRN00482913", "1.2.999.19.1"),
+        "seen by Courtier at Ziekenhuis Noord"
+    );
+    let first = explicit_body(
+        "1.2.999.19.2.3",
+        vec![
+            ((0x0008, 0x0080), txt((0x0008, 0x0080), b"LO", "Ziekenhuis Noord")),
+            ((0x0008, 0x1070), txt((0x0008, 0x1070), b"PN", "COURTIER^ANNA")),
+        ],
+    );
+    a.store(&first, EXPLICIT, "1.2.999.19.2.3");
+    assert_eq!(comment(&b, "1.2.999.19.3.2", "MRN00482913", "1.2.999.19.1"), "seen by *** at ***");
+    assert_eq!(comment(&b, "1.2.999.19.3.3", "MRN777", "1.2.999.19.9"), "seen by Courtier at ***");
 }

@@ -280,6 +280,10 @@ impl Location {
     }
 }
 
+/// The most rows [`Db::insert_rows`] puts in one statement; each count of rows is a statement of
+/// its own in the caches.
+pub const ROWS_PER_INSERT: usize = 32;
+
 /// A PostgreSQL connection, on a thread of its own: the blocking client runs a small runtime of
 /// its own, which must never be started inside the node's (an index opened in `serve`, a probe
 /// run from an async task). Each request is handed to that thread and answered.
@@ -465,6 +469,28 @@ impl Db {
         }
     }
 
+    /// Run `f` on this connection to `location`, made again first if PostgreSQL is known to have
+    /// closed it, and once more on a new session if `f` is what finds it closed (the server
+    /// restarted since the last request, which only a request tells). `f` must be safe to run
+    /// twice: a read, or the start of a transaction.
+    pub fn reconnecting<T, E: From<DbError>>(
+        &mut self,
+        location: &Location,
+        f: impl Fn(&mut Db) -> Result<T, E>,
+    ) -> Result<T, E> {
+        let Location::Postgres { url, schema, .. } = location else { return f(self) };
+        if self.is_closed() {
+            *self = Db::postgres(url, schema)?;
+        }
+        match f(self) {
+            Err(_) if self.is_closed() => {
+                *self = Db::postgres(url, schema)?;
+                f(self)
+            }
+            done => done,
+        }
+    }
+
     /// A session on the PostgreSQL database at `url`, in `schema` (made if missing).
     pub fn postgres(url: &str, schema: &str) -> Result<Db, DbError> {
         Ok(Db::Postgres(Box::new(Pg::connect(url, schema)?)))
@@ -479,6 +505,30 @@ impl Db {
                 pg.run(move |s| s.execute(&sql, &args))
             }
         }
+    }
+
+    /// Insert rows of `width` values each (`values`, row after row) as `INSERT INTO {into}
+    /// VALUES (...), (...) {tail}`, up to [`ROWS_PER_INSERT`] rows a statement: an instance's UID
+    /// mappings cost one round trip, not one per UID. Returns how many rows were inserted.
+    pub fn insert_rows(
+        &mut self,
+        into: &str,
+        tail: &str,
+        width: usize,
+        values: &[Value],
+    ) -> Result<usize, DbError> {
+        let mut inserted = 0;
+        for chunk in values.chunks(width * ROWS_PER_INSERT) {
+            let rows: Vec<String> = (0..chunk.len() / width)
+                .map(|r| {
+                    let row: Vec<String> = (1..=width).map(|c| format!("?{}", r * width + c)).collect();
+                    format!("({})", row.join(", "))
+                })
+                .collect();
+            inserted +=
+                self.execute(&format!("INSERT INTO {into} VALUES {} {tail}", rows.join(", ")), chunk)?;
+        }
+        Ok(inserted)
     }
 
     /// Run a query; returns every row.

@@ -23,7 +23,7 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::anonymize::Identity;
-use db::{args, Db, DbError};
+use db::{args, Db, DbError, Value};
 
 pub use audit::{export_audit, export_mapping, AuditRecord, Caller, PATIENT_ID_MAPPING, UID_MAPPING};
 pub use db::Location;
@@ -134,10 +134,18 @@ pub struct Index {
     /// committed, so this is never stale, even with other nodes writing; it spares an instance
     /// of a known patient the round trip that would otherwise have to precede its anonymization.
     known_patients: Arc<Mutex<HashMap<String, String>>>,
-    /// The names and places recorded for each patient asked about (see [`Index::seen`]), and
-    /// the site's institutions, read once at open; kept up to date by commits. `None` on a
-    /// shared database, where other nodes add phrases this one would not hear of.
-    seen: Option<Arc<Mutex<Seen>>>,
+    /// What earlier instances stated (see [`Index::seen`]).
+    phrases: Arc<Phrasebook>,
+}
+
+/// Where [`Index::seen`] finds what earlier instances stated.
+enum Phrasebook {
+    /// A node's own index: the names and places recorded for each patient asked about, and the
+    /// site's institutions, read once at open; kept up to date by this node's commits.
+    Remembered(Mutex<Seen>),
+    /// A shared database, where other nodes add phrases this one would not hear of: read each
+    /// time, on a session of its own, outside the writer's batches and their lock.
+    Shared { session: Mutex<Db>, location: Location },
 }
 
 #[derive(Default)]
@@ -265,11 +273,13 @@ impl Index {
             Location::Sqlite(path) => open_sqlite(path, owner)?,
             Location::Postgres { url, schema, .. } => (open_postgres(url, schema, owner, location)?, None),
         };
-        let seen = match location {
-            Location::Postgres { .. } => None,
+        let phrases = match location {
+            Location::Postgres { .. } => {
+                Phrasebook::Shared { session: Mutex::new(Db::reader(location)?), location: location.clone() }
+            }
             Location::Sqlite(_) => {
                 let institutions = phrases_of_kind(&mut conn, INSTITUTION)?;
-                Some(Arc::new(Mutex::new(Seen { patients: HashMap::new(), institutions })))
+                Phrasebook::Remembered(Mutex::new(Seen { patients: HashMap::new(), institutions }))
             }
         };
         let writer = Writer {
@@ -282,7 +292,7 @@ impl Index {
             writer: Arc::new(writer),
             site_id: owner.site_id.clone(),
             known_patients: Arc::default(),
-            seen,
+            phrases: Arc::new(phrases),
         })
     }
 
@@ -330,20 +340,17 @@ impl Index {
     /// instance stated: one round trip the first time a patient is asked about in this process
     /// (every time on a shared database).
     pub fn seen(&self, patient_id: &str) -> Result<Phrases, IndexError> {
-        let id = patient_id.to_string();
-        let Some(memory) = &self.seen else {
-            return self.call(move |c| {
-                Ok(Phrases {
-                    names: phrases_of(c, &id, NAME)?,
-                    places: phrases_of(c, &id, PLACE)?,
-                    institutions: phrases_of_kind(c, INSTITUTION)?,
-                })
-            });
+        let memory = match &*self.phrases {
+            Phrasebook::Remembered(memory) => memory,
+            Phrasebook::Shared { session, location } => {
+                return lock(session).reconnecting(location, |c| phrases_stated(c, patient_id));
+            }
         };
         let cached = lock(memory).patients.get(patient_id).cloned();
         let [names, places] = match cached {
             Some(known) => known,
             None => {
+                let id = patient_id.to_string();
                 let known =
                     self.call(move |c| Ok([phrases_of(c, &id, NAME)?, phrases_of(c, &id, PLACE)?]))?;
                 let mut seen = lock(memory);
@@ -365,7 +372,7 @@ impl Index {
                 }
             }
         }
-        let Some(memory) = &self.seen else { return };
+        let Phrasebook::Remembered(memory) = &*self.phrases else { return };
         let mut seen = lock(memory);
         if let Some([names, places]) = seen.patients.get_mut(patient_id) {
             add(names, &phrases.names);
@@ -536,7 +543,8 @@ fn open_sqlite(path: &Path, owner: &Owner) -> Result<(Db, Option<mpsc::Sender<()
     }
     let conn = rusqlite::Connection::open(path)?;
     conn.busy_timeout(std::time::Duration::from_secs(30))?;
-    conn.set_prepared_statement_cache_capacity(64);
+    // The index's statements, and one insert per row count up to db::ROWS_PER_INSERT.
+    conn.set_prepared_statement_cache_capacity(128);
     conn.execute_batch(schema::SCHEMA)?;
     conn.execute_batch(deliveries::SCHEMA)?;
     migrate(&conn)?;
@@ -698,30 +706,39 @@ fn checkpoint_loop(conn: rusqlite::Connection, stopped: mpsc::Receiver<()>) {
 /// patient number is taken by one node at a time and rowids grow in the order of commits.
 fn run_batch(db: &mut Db, location: &Location, batch: Vec<Job>) {
     let mut replies = Vec::with_capacity(batch.len());
-    let mut jobs = batch.into_iter();
+    // A job leaves `pending` only once the statement before it has run: a failure answers every
+    // job still there with the error.
+    let mut pending: std::collections::VecDeque<Job> = batch.into();
     let outcome = (|| -> Result<(), DbError> {
-        if let (true, Location::Postgres { url, schema, .. }) = (db.is_closed(), location) {
-            *db = Db::postgres(url, schema)?;
-        }
-        match location {
-            Location::Sqlite(_) => db.batch("BEGIN")?,
+        // Each boundary between jobs is one round trip: the end of one job's savepoint and the
+        // start of the next (or the commit) go together. The first starts the transaction, on a
+        // new session if the last one was closed.
+        let begin = match location {
+            Location::Sqlite(_) => "BEGIN; SAVEPOINT job".to_string(),
             Location::Postgres { schema, .. } => {
-                db.batch(&format!("BEGIN; SELECT pg_advisory_xact_lock({})", schema::lock_key(schema)))?
+                format!("BEGIN; SELECT pg_advisory_xact_lock({}); SAVEPOINT job", schema::lock_key(schema))
             }
-        }
-        for job in jobs.by_ref() {
-            db.batch("SAVEPOINT job")?;
+        };
+        let mut boundary: Option<String> = None;
+        while !pending.is_empty() {
+            match boundary.take() {
+                Some(statements) => db.batch(&statements)?,
+                None => db.reconnecting(location, |db| db.batch(&begin))?,
+            }
+            let job = pending.pop_front().expect("checked not empty");
             let (ok, reply) = job(Ok(db));
             replies.push(reply);
-            db.batch(if ok { "RELEASE job" } else { "ROLLBACK TO job; RELEASE job" })?;
+            let end = if ok { "RELEASE job" } else { "ROLLBACK TO job; RELEASE job" };
+            let then = if pending.is_empty() { "COMMIT" } else { "SAVEPOINT job" };
+            boundary = Some(format!("{end}; {then}"));
         }
-        db.batch("COMMIT")
+        boundary.map_or(Ok(()), |statements| db.batch(&statements))
     })();
     if let Err(e) = &outcome {
         if !db.is_closed() {
             let _ = db.batch("ROLLBACK");
         }
-        replies.extend(jobs.map(|job| job(Err(e)).1));
+        replies.extend(pending.drain(..).map(|job| job(Err(e)).1));
     }
     for reply in replies {
         reply(outcome.as_ref().err());
@@ -851,6 +868,26 @@ fn phrases_of(c: &mut Db, patient_id: &str, kind: i64) -> Result<Vec<Vec<u8>>, D
     rows.iter().map(|r| r.get(0)).collect()
 }
 
+/// The names and places `patient_id`'s instances stated and the institutions any instance
+/// stated, in one query.
+fn phrases_stated(c: &mut Db, patient_id: &str) -> Result<Phrases, IndexError> {
+    let rows = c.query(
+        "SELECT DISTINCT kind, phrase FROM seen_phrases
+         WHERE (patient_id = ?1 AND kind IN (?2, ?3)) OR kind = ?4",
+        args![patient_id, NAME, PLACE, INSTITUTION],
+    )?;
+    let mut phrases = Phrases::default();
+    for row in rows {
+        let (kind, phrase): (i64, Vec<u8>) = (row.get(0)?, row.get(1)?);
+        match kind {
+            NAME => phrases.names.push(phrase),
+            PLACE => phrases.places.push(phrase),
+            _ => phrases.institutions.push(phrase),
+        }
+    }
+    Ok(phrases)
+}
+
 /// The phrases of one kind recorded for any patient.
 fn phrases_of_kind(c: &mut Db, kind: i64) -> Result<Vec<Vec<u8>>, DbError> {
     let rows = c.query("SELECT DISTINCT phrase FROM seen_phrases WHERE kind = ?1", args![kind])?;
@@ -859,16 +896,15 @@ fn phrases_of_kind(c: &mut Db, kind: i64) -> Result<Vec<Vec<u8>>, DbError> {
 
 /// Record the names and places an instance of `patient_id` stated.
 fn remember_phrases(tx: &mut Db, patient_id: &str, phrases: &Phrases) -> Result<(), IndexError> {
+    let mut rows = Vec::new();
     for (kind, values) in
         [(NAME, &phrases.names), (PLACE, &phrases.places), (INSTITUTION, &phrases.institutions)]
     {
         for v in values {
-            tx.execute(
-                "INSERT INTO seen_phrases(patient_id, kind, phrase) VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING",
-                args![patient_id, kind, v],
-            )?;
+            rows.extend([Value::from(patient_id), Value::from(kind), Value::from(v)]);
         }
     }
+    tx.insert_rows("seen_phrases(patient_id, kind, phrase)", "ON CONFLICT DO NOTHING", 3, &rows)?;
     Ok(())
 }
 
@@ -929,12 +965,9 @@ pub(crate) fn record(tx: &mut Db, node: &str, r: &InstanceRecord) -> Result<(), 
          WHERE anon_sop_uid = ?1 AND NOT (?2 AND state IN ('sent', 'sending'))",
         args![&r.anon_sop_uid, unchanged],
     )?;
-    for (phi, anon) in &r.uid_map {
-        tx.execute(
-            "INSERT INTO uid_map(phi_uid, anon_uid) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
-            args![phi, anon],
-        )?;
-    }
+    let pairs: Vec<Value> =
+        r.uid_map.iter().flat_map(|(phi, anon)| [Value::from(phi), Value::from(anon)]).collect();
+    tx.insert_rows("uid_map(phi_uid, anon_uid)", "ON CONFLICT DO NOTHING", 2, &pairs)?;
     Ok(())
 }
 
@@ -1069,6 +1102,33 @@ mod tests {
             assert_eq!(sql.contains("WITHOUT ROWID"), without_rowid, "{name}: {sql}");
             assert_eq!(mapped, [("1.2.3".into(), "9.1".into()), ("1.2.4".into(), "9.2".into())], "{name}");
         }
+    }
+
+    /// Many rows go in statements of up to ROWS_PER_INSERT rows; a row met twice, even in one
+    /// statement, is kept once.
+    #[test]
+    fn rows_are_inserted_in_statements_of_many_and_a_repeated_one_is_kept_once() {
+        let d = tempfile::tempdir().unwrap();
+        let index = Index::open(&d.path().join("index.db"), &Owner::for_site("1")).unwrap();
+        let n = 2 * db::ROWS_PER_INSERT + 5;
+        let mut values: Vec<Value> =
+            (0..n).flat_map(|i| [Value::from(format!("1.2.{i}")), Value::from(format!("9.{i}"))]).collect();
+        values.extend([Value::from("1.2.0"), Value::from("9.0"), Value::from("1.2.0"), Value::from("9.0")]);
+        let (inserted, rows): (usize, Vec<(String, String)>) = index
+            .call(move |c| {
+                let inserted =
+                    c.insert_rows("uid_map(phi_uid, anon_uid)", "ON CONFLICT DO NOTHING", 2, &values)?;
+                let rows = c
+                    .query("SELECT phi_uid, anon_uid FROM uid_map", args![])?
+                    .iter()
+                    .map(|r| Ok((r.get(0)?, r.get(1)?)))
+                    .collect::<Result<_, DbError>>()?;
+                Ok((inserted, rows))
+            })
+            .unwrap();
+        assert_eq!(inserted, n);
+        assert_eq!(rows.len(), n);
+        assert!(rows.contains(&(format!("1.2.{}", n - 1), format!("9.{}", n - 1))));
     }
 
     #[test]

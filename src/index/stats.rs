@@ -37,13 +37,9 @@ impl Reader {
         Ok(Reader { conn: Mutex::new(Db::reader(location)?), location: location.clone() })
     }
 
-    /// Run `f` on the connection, made again first if PostgreSQL closed it.
-    fn with<T>(&self, f: impl FnOnce(&mut Db) -> Result<T, IndexError>) -> Result<T, IndexError> {
-        let mut c = self.conn.lock().unwrap_or_else(|p| p.into_inner());
-        if c.is_closed() {
-            *c = Db::reader(&self.location)?;
-        }
-        f(&mut c)
+    /// Run `f` on the connection, made again if PostgreSQL closed it (see [`Db::reconnecting`]).
+    fn with<T>(&self, f: impl Fn(&mut Db) -> Result<T, IndexError>) -> Result<T, IndexError> {
+        self.conn.lock().unwrap_or_else(|p| p.into_inner()).reconnecting(&self.location, f)
     }
 
     /// Patients with at least one study (the default patient only once it has one).
