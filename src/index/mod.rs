@@ -421,13 +421,17 @@ impl Index {
                         .into(),
                 ));
             }
-            self::record(c, &node, &record)?;
+            self::record(c, &node, &record, captured.previous.as_ref())?;
             remember_phrases(c, &capture.patient_id, &capture.phrases)?;
             let audit_row = match &audit {
                 Some(a) => Some(audit::insert(c, a)?),
                 None => None,
             };
-            Ok(Committed { sop_uid: record.sop_uid.clone(), replaced: captured.instance_known, audit_row })
+            Ok(Committed {
+                sop_uid: record.sop_uid.clone(),
+                replaced: captured.previous.is_some(),
+                audit_row,
+            })
         })?;
         self.learn(&patient_id, &phrases);
         self.remember(patient_id, patient_pseudonym);
@@ -745,18 +749,25 @@ fn run_batch(db: &mut Db, location: &Location, batch: Vec<Job>) {
     }
 }
 
+/// Check the instance against what the index knows, and record its patient, study and series.
 fn capture(tx: &mut Db, c: &Capture, site_id: &str) -> Result<Captured, IndexError> {
     let anon_patient_id = patient(tx, c, site_id)?;
-
-    let owner =
-        tx.query_opt("SELECT patient_id, accession FROM studies WHERE study_uid = ?1", args![&c.study_uid])?;
-    let owner: Option<(String, Option<String>)> =
-        owner.map(|r| Ok::<_, DbError>((r.get(0)?, r.get(1)?))).transpose()?;
-    match owner {
-        Some((pid, _)) if pid != c.patient_id => {
+    // What the index holds of the study, the series and the instance, in one round trip.
+    let held = tx.query_one(
+        "SELECT (SELECT patient_id FROM studies WHERE study_uid = ?1),
+                (SELECT accession FROM studies WHERE study_uid = ?1),
+                (SELECT study_uid FROM series WHERE series_uid = ?2),
+                (SELECT series_uid FROM instances WHERE sop_uid = ?3),
+                (SELECT digest FROM instances WHERE sop_uid = ?3)",
+        args![&c.study_uid, &c.series_uid, &c.sop_uid],
+    )?;
+    let (study_owner, accession): (Option<String>, Option<String>) = (held.get(0)?, held.get(1)?);
+    let (series_study, instance_series): (Option<String>, Option<String>) = (held.get(2)?, held.get(3)?);
+    match study_owner {
+        Some(pid) if pid != c.patient_id => {
             return Err(IndexError::Conflict("StudyInstanceUID already belongs to another PatientID".into()))
         }
-        Some((_, None)) if c.accession.is_some() => {
+        Some(_) if accession.is_none() && c.accession.is_some() => {
             tx.execute(
                 "UPDATE studies SET accession = ?2, anon_accession = ?3 WHERE study_uid = ?1",
                 args![&c.study_uid, &c.accession, &c.anon_accession],
@@ -781,12 +792,7 @@ fn capture(tx: &mut Db, c: &Capture, site_id: &str) -> Result<Captured, IndexErr
             )?;
         }
     }
-
-    let study: Option<String> = tx
-        .query_opt("SELECT study_uid FROM series WHERE series_uid = ?1", args![&c.series_uid])?
-        .map(|r| r.get(0))
-        .transpose()?;
-    match study {
+    match series_study {
         Some(s) if s != c.study_uid => {
             return Err(IndexError::Conflict("SeriesInstanceUID already belongs to another study".into()))
         }
@@ -798,22 +804,27 @@ fn capture(tx: &mut Db, c: &Capture, site_id: &str) -> Result<Captured, IndexErr
             )?;
         }
     }
-
-    let series: Option<String> = tx
-        .query_opt("SELECT series_uid FROM instances WHERE sop_uid = ?1", args![&c.sop_uid])?
-        .map(|r| r.get(0))
-        .transpose()?;
-    if matches!(&series, Some(s) if *s != c.series_uid) {
-        return Err(IndexError::Conflict("SOPInstanceUID already belongs to another series".into()));
-    }
-    Ok(Captured { anon_patient_id, instance_known: series.is_some() })
+    let previous = match instance_series {
+        Some(s) if s != c.series_uid => {
+            return Err(IndexError::Conflict("SOPInstanceUID already belongs to another series".into()))
+        }
+        Some(_) => Some(Previous { digest: held.get(4)? }),
+        None => None,
+    };
+    Ok(Captured { anon_patient_id, previous })
 }
 
 /// What [`capture`] found and recorded.
 struct Captured {
     anon_patient_id: String,
     /// The instance is in the index already (it was sent before).
-    instance_known: bool,
+    previous: Option<Previous>,
+}
+
+/// An instance's row from before it was sent again.
+pub(crate) struct Previous {
+    /// Of the file the row describes; `None` where it was not kept.
+    pub digest: Option<String>,
 }
 
 /// Why a new patient's pseudonym cannot be recorded.
@@ -930,19 +941,21 @@ fn forget(c: &mut Db, sop_uid: &str) -> Result<(), IndexError> {
     Ok(())
 }
 
-/// Insert or replace an instance's row, stamped with the node that stored it.
-pub(crate) fn record(tx: &mut Db, node: &str, r: &InstanceRecord) -> Result<(), IndexError> {
+/// Insert or replace an instance's row, stamped with the node that stored it; `previous` is the
+/// row it replaces, as [`capture`] found it.
+pub(crate) fn record(
+    tx: &mut Db,
+    node: &str,
+    r: &InstanceRecord,
+    previous: Option<&Previous>,
+) -> Result<(), IndexError> {
     // A re-send whose anonymized bytes are those already delivered is not queued again: a
     // sender that re-sends a study (a retry, a second route) would otherwise cost one upload and
     // one export per instance. The same bytes being uploaded now are left to that upload; after
     // a failed attempt they are tried at once, but with the attempts counted, so that the retry
     // asks the bucket first (the failed put may have arrived). One whose bytes changed is a new
     // version, queued again everywhere.
-    let previous: Option<Option<String>> = tx
-        .query_opt("SELECT digest FROM instances WHERE sop_uid = ?1", args![&r.sop_uid])?
-        .map(|row| row.get(0))
-        .transpose()?;
-    let unchanged = previous.flatten().as_deref() == Some(r.digest.as_str());
+    let unchanged = previous.and_then(|p| p.digest.as_deref()) == Some(r.digest.as_str());
     tx.execute(
         "INSERT INTO instances(sop_uid, anon_sop_uid, series_uid, sop_class_uid, path, size, state, stored_at, digest, node)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'queued', ?7, ?8, ?10)
@@ -1011,6 +1024,10 @@ pub(crate) mod fixture {
     pub(crate) fn resend(index: &Index, i: usize, digest: &'static str, size: u64) {
         index
             .call(move |c| {
+                let previous = c
+                    .query_opt("SELECT digest FROM instances WHERE sop_uid = ?1", args![format!("phi{i}")])?
+                    .map(|r| r.get(0).map(|digest| super::Previous { digest }))
+                    .transpose()?;
                 super::record(
                     c,
                     "",
@@ -1024,6 +1041,7 @@ pub(crate) mod fixture {
                         digest: digest.into(),
                         uid_map: Vec::new(),
                     },
+                    previous.as_ref(),
                 )
             })
             .unwrap();
