@@ -394,3 +394,69 @@ fn behind_haproxy_a_killed_node_costs_no_acknowledged_instance_and_each_node_shi
     });
     assert_eq!(archive.files().len(), 60, "an instance reached the archive twice");
 }
+
+/// A job's writes go out with its next request (pipelined): each job's failure is its own, even
+/// when its failing write only reaches the server with the end of the job, and the writes of the
+/// jobs it shared a batch with are committed.
+#[test]
+fn a_deferred_write_that_fails_fails_its_own_job_and_no_other() {
+    use dicom_anon_gateway::index::db::{Db, Value};
+    use dicom_anon_gateway::index::{Index, IndexError, Location, Owner};
+    let d = tempfile::tempdir().unwrap();
+    let pg = Postgres::start(d.path());
+
+    // On one session: the first failure among the deferred writes and the request is the answer.
+    let mut db = Db::postgres(&pg.url(), "deferred").unwrap();
+    db.batch("CREATE TABLE t (k INT PRIMARY KEY, v TEXT)").unwrap();
+    let insert = "INSERT INTO t VALUES (?1, ?2)";
+    let row = |k: i64| [Value::Int(k), Value::Text(format!("v{k}"))];
+    db.batch("BEGIN").unwrap();
+    for k in 1..=5 {
+        db.defer(insert, &row(k)).unwrap();
+    }
+    // Sent ahead of the query that counts them, in order.
+    assert_eq!(db.query_one("SELECT COUNT(*) FROM t", &[]).unwrap().get::<i64>(0).unwrap(), 5);
+    db.defer(insert, &row(6)).unwrap();
+    db.defer(insert, &row(6)).unwrap();
+    let e = db.query_one("SELECT COUNT(*) FROM t", &[]).unwrap_err().to_string();
+    assert!(e.contains("23505"), "not the duplicate key but {e}");
+    db.batch("ROLLBACK").unwrap();
+    db.defer(insert, &row(7)).unwrap();
+    db.discard();
+    db.defer(insert, &row(8)).unwrap();
+    db.flush().unwrap();
+    let keys: Vec<i64> =
+        db.query("SELECT k FROM t ORDER BY k", &[]).unwrap().iter().map(|r| r.get(0).unwrap()).collect();
+    assert_eq!(keys, [8], "rolled back, discarded and flushed writes");
+
+    // Through the index's combining writer, many jobs at once share batches: those whose
+    // deferred write breaks a key fail alone.
+    let location = Location::Postgres { url: pg.url(), schema: "jobs".into(), node: "a".into() };
+    let index = std::sync::Arc::new(Index::open_at(&location, &Owner::for_site("1")).unwrap());
+    let threads: Vec<_> = (0..40)
+        .map(|i: i64| {
+            let index = index.clone();
+            std::thread::spawn(move || {
+                index.call(move |c| {
+                    let key = Value::Text(format!("deferred-{i}"));
+                    c.defer("INSERT INTO meta(key, value) VALUES (?1, 'x')", std::slice::from_ref(&key))?;
+                    if i % 4 == 0 {
+                        c.defer("INSERT INTO meta(key, value) VALUES (?1, 'again')", &[key])?;
+                    }
+                    Ok(())
+                })
+            })
+        })
+        .collect();
+    for (i, t) in threads.into_iter().enumerate() {
+        match t.join().unwrap() {
+            Err(IndexError::Db(e)) if i % 4 == 0 => assert!(e.to_string().contains("23505"), "job {i}: {e}"),
+            Ok(()) if i % 4 != 0 => {}
+            other => panic!("job {i}: {other:?}"),
+        }
+    }
+    let kept = pg.rows("SELECT key FROM jobs.meta WHERE key LIKE 'deferred-%' ORDER BY key");
+    let expected: BTreeSet<String> =
+        (0..40).filter(|i| i % 4 != 0).map(|i| format!("deferred-{i}")).collect();
+    assert_eq!(kept.into_iter().collect::<BTreeSet<_>>(), expected);
+}

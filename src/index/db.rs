@@ -4,9 +4,11 @@
 //! PostgreSQL's schema declares), and values cross as [`Value`]s, so a statement cannot mean one
 //! thing on one database and another on the other.
 //!
-//! PostgreSQL is reached through `postgres`, the blocking face of `tokio-postgres`: the index is
-//! synchronous by design (its combining writer runs a batch on the caller's thread), and one
-//! writer connection per node is what makes group commit work; a pool would split the batches.
+//! PostgreSQL is reached through `tokio-postgres`, each connection driven by a small runtime on a
+//! thread of its own: the index is synchronous by design (its combining writer runs a batch on
+//! the caller's thread), and one writer connection per node is what makes group commit work; a
+//! pool would split the batches. The async client is what lets writes nobody waits for
+//! ([`Db::defer`]) travel with the next request in one round trip (pipelining).
 
 use std::collections::HashMap;
 use std::fmt;
@@ -14,7 +16,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
-use postgres::types::{to_sql_checked, IsNull, ToSql, Type};
+use futures_util::future::{join, join_all};
+use tokio_postgres::types::{to_sql_checked, IsNull, ToSql, Type};
+use tokio_postgres::{Client, Statement};
 
 /// A database error: the statement failed, or the connection is gone.
 #[derive(Debug, thiserror::Error)]
@@ -24,7 +28,7 @@ pub enum DbError {
     /// Not a `source`: the driver's own text may carry a DETAIL line with the values of a row
     /// (original UIDs), and error chains are printed whole at the edges.
     #[error("{}", postgres_message(.0))]
-    Postgres(postgres::Error),
+    Postgres(tokio_postgres::Error),
     /// A column did not hold what the code reads it as.
     #[error("column {column}: expected {expected}, found {found}")]
     Type { column: usize, expected: &'static str, found: String },
@@ -38,15 +42,15 @@ pub enum DbError {
     Commit(String),
 }
 
-impl From<postgres::Error> for DbError {
-    fn from(e: postgres::Error) -> Self {
+impl From<tokio_postgres::Error> for DbError {
+    fn from(e: tokio_postgres::Error) -> Self {
         DbError::Postgres(e)
     }
 }
 
 /// PostgreSQL's code and message, never its DETAIL (which can quote a row's values), rather than
 /// tokio-postgres's `db error`.
-fn postgres_message(e: &postgres::Error) -> String {
+fn postgres_message(e: &tokio_postgres::Error) -> String {
     match e.as_db_error() {
         Some(db) => format!("PostgreSQL: {}: {}", db.code().code(), db.message()),
         None => format!("PostgreSQL: {e}"),
@@ -280,11 +284,11 @@ impl Location {
     }
 }
 
-/// The most rows [`Db::insert_rows`] puts in one statement; each count of rows is a statement of
+/// The most rows [`Db::defer_rows`] puts in one statement; each count of rows is a statement of
 /// its own in the caches.
 pub const ROWS_PER_INSERT: usize = 32;
 
-/// A PostgreSQL connection, on a thread of its own: the blocking client runs a small runtime of
+/// A PostgreSQL connection, on a thread of its own: its client is driven by a small runtime of
 /// its own, which must never be started inside the node's (an index opened in `serve`, a probe
 /// run from an async task). Each request is handed to that thread and answered.
 pub struct Pg {
@@ -292,15 +296,24 @@ pub struct Pg {
     /// The connection is gone (the server or the network closed it, or its thread ended): set by
     /// the connection's thread before it answers, so that asking costs no hand-off.
     closed: Arc<AtomicBool>,
+    /// Writes that go out with the next request ([`Db::defer`]).
+    deferred: Vec<Deferred>,
 }
 
 type Task = Box<dyn FnOnce(&mut Session) + Send>;
 
+/// A write whose answer nobody waits for but the next request's.
+struct Deferred {
+    sql: String,
+    args: Vec<Value>,
+}
+
 /// The connection and its prepared statements, so that a statement run again costs one round
 /// trip, not two. Lives on the connection's thread.
 struct Session {
-    client: postgres::Client,
-    statements: HashMap<String, postgres::Statement>,
+    runtime: tokio::runtime::Runtime,
+    client: Client,
+    statements: HashMap<String, Statement>,
     closed: Arc<AtomicBool>,
 }
 
@@ -344,7 +357,7 @@ impl Pg {
             })
             .map_err(|e| DbError::Gone(format!("cannot start its thread: {e}")))?;
         connected.recv().map_err(|_| DbError::Gone("its thread stopped".into()))??;
-        Ok(Pg { tasks, closed })
+        Ok(Pg { tasks, closed, deferred: Vec::new() })
     }
 
     /// Hand `f` to the connection's thread without waiting for it.
@@ -352,14 +365,16 @@ impl Pg {
         self.tasks.send(Box::new(f)).map_err(|_| DbError::Gone("its thread stopped".into()))
     }
 
-    /// Run `f` on the connection's thread and wait for its answer.
+    /// Run `f` on the connection's thread, with the writes deferred until now, and wait for its
+    /// answer.
     fn run<T: Send + 'static>(
-        &self,
-        f: impl FnOnce(&mut Session) -> Result<T, DbError> + Send + 'static,
+        &mut self,
+        f: impl FnOnce(&mut Session, Vec<Deferred>) -> Result<T, DbError> + Send + 'static,
     ) -> Result<T, DbError> {
+        let deferred = std::mem::take(&mut self.deferred);
         let (answer, answered) = mpsc::sync_channel(1);
         self.spawn(move |session| {
-            let result = f(session);
+            let result = f(session, deferred);
             session.note_closed();
             let _ = answer.send(result);
         })?;
@@ -369,63 +384,118 @@ impl Pg {
 
 impl Session {
     fn connect(url: &str, schema: &str, closed: Arc<AtomicBool>) -> Result<Session, DbError> {
-        let mut config: postgres::Config = url.parse()?;
+        let mut config: tokio_postgres::Config = url.parse()?;
         config
             .connect_timeout(PG_TIMEOUT)
             .keepalives(true)
             .keepalives_idle(Duration::from_secs(10))
             .tcp_user_timeout(PG_TIMEOUT)
             .application_name("dicom-anon-gateway");
-        let mut client = config.connect(postgres::NoTls)?;
-        client.batch_execute(&format!(
-            "CREATE SCHEMA IF NOT EXISTS {schema}; SET search_path TO {schema}; SET synchronous_commit TO on",
-            schema = quote_ident(schema)
-        ))?;
-        Ok(Session { client, statements: HashMap::new(), closed })
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| DbError::Gone(format!("cannot start its runtime: {e}")))?;
+        let (client, connection) = runtime.block_on(config.connect(tokio_postgres::NoTls))?;
+        // Driven while a request is waited for (the runtime runs only then); ends with the
+        // connection, and the client then says it is closed.
+        runtime.spawn(async move {
+            let _ = connection.await;
+        });
+        let mut session = Session { runtime, client, statements: HashMap::new(), closed };
+        session.batch(
+            Vec::new(),
+            &format!(
+                "CREATE SCHEMA IF NOT EXISTS {schema}; SET search_path TO {schema}; SET synchronous_commit TO on",
+                schema = quote_ident(schema)
+            ),
+        )?;
+        Ok(session)
     }
 
     fn note_closed(&self) {
         self.closed.store(self.client.is_closed(), Ordering::Release);
     }
 
-    fn statement(&mut self, sql: &str) -> Result<postgres::Statement, DbError> {
+    fn statement(&mut self, sql: &str) -> Result<Statement, DbError> {
         if let Some(s) = self.statements.get(sql) {
             return Ok(s.clone());
         }
-        let s = self.client.prepare(&dollar_parameters(sql))?;
+        let s = self.runtime.block_on(self.client.prepare(&dollar_parameters(sql)))?;
         self.statements.insert(sql.to_string(), s.clone());
         Ok(s)
     }
 
-    fn execute(&mut self, sql: &str, args: &[Value]) -> Result<usize, DbError> {
-        let s = self.statement(sql)?;
-        let params: Vec<&(dyn ToSql + Sync)> = args.iter().map(|a| a as _).collect();
-        Ok(self.client.execute(&s, &params)? as usize)
+    /// The deferred writes, prepared (each statement once a session) so that they can be sent
+    /// together.
+    fn prepare(&mut self, deferred: Vec<Deferred>) -> Result<Vec<(Statement, Vec<Value>)>, DbError> {
+        deferred.into_iter().map(|d| Ok((self.statement(&d.sql)?, d.args))).collect()
     }
 
-    fn query(&mut self, sql: &str, args: &[Value]) -> Result<Vec<Row>, DbError> {
+    /// Run `request` with the deferred writes sent ahead of it, all at once: one round trip.
+    /// The first failure is the answer (after a failed write PostgreSQL refuses the rest of the
+    /// transaction, and the request's own error would only say so).
+    fn pipelined<'s, T>(
+        &'s mut self,
+        deferred: Vec<Deferred>,
+        request: impl FnOnce(
+            &'s Client,
+        ) -> std::pin::Pin<
+            Box<dyn std::future::Future<Output = Result<T, tokio_postgres::Error>> + 's>,
+        >,
+    ) -> Result<T, DbError> {
+        let writes = self.prepare(deferred)?;
+        let client = &self.client;
+        let sent = join_all(writes.iter().map(|(s, args)| client.execute_raw(s, args.iter())));
+        // `join` polls the writes first: requests leave in the order they are first polled.
+        let (written, answer) = self.runtime.block_on(join(sent, request(client)));
+        for w in written {
+            w?;
+        }
+        Ok(answer?)
+    }
+
+    fn execute(&mut self, deferred: Vec<Deferred>, sql: &str, args: Vec<Value>) -> Result<u64, DbError> {
         let s = self.statement(sql)?;
-        let params: Vec<&(dyn ToSql + Sync)> = args.iter().map(|a| a as _).collect();
-        self.client.query(&s, &params)?.iter().map(pg_row).collect()
+        self.pipelined(deferred, move |c| Box::pin(async move { c.execute_raw(&s, args.iter()).await }))
+    }
+
+    fn query(&mut self, deferred: Vec<Deferred>, sql: &str, args: Vec<Value>) -> Result<Vec<Row>, DbError> {
+        let s = self.statement(sql)?;
+        let rows =
+            self.pipelined(deferred, move |c| Box::pin(async move { c.query(&s, &params(&args)).await }))?;
+        rows.iter().map(pg_row).collect()
+    }
+
+    fn batch(&mut self, deferred: Vec<Deferred>, sql: &str) -> Result<(), DbError> {
+        let sql = sql.to_string();
+        self.pipelined(deferred, move |c| Box::pin(async move { c.batch_execute(&sql).await }))
     }
 
     /// Send each row into `out` as it arrives; stops when nobody reads any more.
     fn stream(
         &mut self,
+        deferred: Vec<Deferred>,
         sql: &str,
         args: &[Value],
         out: &mpsc::SyncSender<Result<Row, DbError>>,
     ) -> Result<(), DbError> {
-        use postgres::fallible_iterator::FallibleIterator;
+        use futures_util::StreamExt;
         let s = self.statement(sql)?;
-        let mut rows = self.client.query_raw(&s, args.iter())?;
-        while let Some(r) = rows.next()? {
-            if out.send(pg_row(&r)).is_err() {
+        let rows =
+            self.pipelined(deferred, |c| Box::pin(async move { c.query_raw(&s, args.iter()).await }))?;
+        let mut rows = std::pin::pin!(rows);
+        while let Some(r) = self.runtime.block_on(rows.next()) {
+            if out.send(r.map_err(DbError::from).and_then(|r| pg_row(&r))).is_err() {
                 break;
             }
         }
         Ok(())
     }
+}
+
+/// A statement's parameters as the client takes them.
+fn params(args: &[Value]) -> Vec<&(dyn ToSql + Sync)> {
+    args.iter().map(|a| a as _).collect()
 }
 
 /// `"name"`, with any `"` doubled: a schema name from the configuration is never SQL.
@@ -502,22 +572,52 @@ impl Db {
             Db::Sqlite(c) => Ok(c.prepare_cached(sql)?.execute(rusqlite::params_from_iter(args))?),
             Db::Postgres(pg) => {
                 let (sql, args) = (sql.to_string(), args.to_vec());
-                pg.run(move |s| s.execute(&sql, &args))
+                Ok(pg.run(move |s, deferred| s.execute(deferred, &sql, args))? as usize)
             }
         }
     }
 
+    /// A write whose answer nobody reads at once: run now on SQLite; on PostgreSQL sent with the
+    /// connection's next request, in the same round trip, whose answer is then the first failure
+    /// among them. Whoever defers a write makes a request or calls [`Db::flush`] before relying
+    /// on it, or [`Db::discard`]s it.
+    pub fn defer(&mut self, sql: &str, args: &[Value]) -> Result<(), DbError> {
+        match self {
+            Db::Sqlite(_) => self.execute(sql, args).map(drop),
+            Db::Postgres(pg) => {
+                pg.deferred.push(Deferred { sql: sql.to_string(), args: args.to_vec() });
+                Ok(())
+            }
+        }
+    }
+
+    /// Send the deferred writes now and wait for their answer.
+    pub fn flush(&mut self) -> Result<(), DbError> {
+        match self {
+            Db::Postgres(pg) if !pg.deferred.is_empty() => {
+                pg.run(|s, deferred| s.pipelined(deferred, |_| Box::pin(async { Ok(()) })))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Drop the deferred writes unsent (their job failed before them).
+    pub fn discard(&mut self) {
+        if let Db::Postgres(pg) = self {
+            pg.deferred.clear();
+        }
+    }
+
     /// Insert rows of `width` values each (`values`, row after row) as `INSERT INTO {into}
-    /// VALUES (...), (...) {tail}`, up to [`ROWS_PER_INSERT`] rows a statement: an instance's UID
-    /// mappings cost one round trip, not one per UID. Returns how many rows were inserted.
-    pub fn insert_rows(
+    /// VALUES (...), (...) {tail}`, deferred ([`Db::defer`]), up to [`ROWS_PER_INSERT`] rows a
+    /// statement: an instance's UID mappings cost no round trip of their own.
+    pub fn defer_rows(
         &mut self,
         into: &str,
         tail: &str,
         width: usize,
         values: &[Value],
-    ) -> Result<usize, DbError> {
-        let mut inserted = 0;
+    ) -> Result<(), DbError> {
         for chunk in values.chunks(width * ROWS_PER_INSERT) {
             let rows: Vec<String> = (0..chunk.len() / width)
                 .map(|r| {
@@ -525,10 +625,9 @@ impl Db {
                     format!("({})", row.join(", "))
                 })
                 .collect();
-            inserted +=
-                self.execute(&format!("INSERT INTO {into} VALUES {} {tail}", rows.join(", ")), chunk)?;
+            self.defer(&format!("INSERT INTO {into} VALUES {} {tail}", rows.join(", ")), chunk)?;
         }
-        Ok(inserted)
+        Ok(())
     }
 
     /// Run a query; returns every row.
@@ -546,7 +645,7 @@ impl Db {
             }
             Db::Postgres(pg) => {
                 let (sql, args) = (sql.to_string(), args.to_vec());
-                pg.run(move |s| s.query(&sql, &args))
+                pg.run(move |s, deferred| s.query(deferred, &sql, args))
             }
         }
     }
@@ -572,8 +671,9 @@ impl Db {
             Db::Postgres(pg) => {
                 let (into, rows) = mpsc::sync_channel(256);
                 let (sql, args) = (sql.to_string(), args.to_vec());
+                let deferred = std::mem::take(&mut pg.deferred);
                 pg.spawn(move |s| {
-                    let streamed = s.stream(&sql, &args, &into);
+                    let streamed = s.stream(deferred, &sql, &args, &into);
                     s.note_closed();
                     if let Err(e) = streamed {
                         let _ = into.send(Err(e));
@@ -603,7 +703,7 @@ impl Db {
             Db::Sqlite(c) => Ok(c.execute_batch(sql)?),
             Db::Postgres(pg) => {
                 let sql = sql.to_string();
-                pg.run(move |s| Ok(s.client.batch_execute(&sql)?))
+                pg.run(move |s, deferred| s.batch(deferred, &sql))
             }
         }
     }
@@ -628,7 +728,7 @@ fn sqlite_value(r: &rusqlite::Row<'_>, i: usize) -> Result<Value, DbError> {
     })
 }
 
-fn pg_row(r: &postgres::Row) -> Result<Row, DbError> {
+fn pg_row(r: &tokio_postgres::Row) -> Result<Row, DbError> {
     let mut out = Vec::with_capacity(r.len());
     for (i, column) in r.columns().iter().enumerate() {
         let v = match *column.type_() {
