@@ -120,6 +120,15 @@ impl Postgres {
         }
     }
 
+    /// Immediate shutdown (SIGQUIT): every server process quits at once, without a checkpoint,
+    /// as in a crash; the next start recovers from the WAL.
+    pub fn crash(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            unsafe { libc::kill(child.id() as i32, libc::SIGQUIT) };
+            let _ = child.wait();
+        }
+    }
+
     pub fn url(&self) -> String {
         format!("postgresql://{USER}:{PASSWORD}@127.0.0.1:{}/{DATABASE}", self.port)
     }
