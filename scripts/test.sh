@@ -27,10 +27,12 @@ for tool in /usr/bin/dcmdump /usr/bin/storescu /usr/bin/echoscu /usr/bin/storesc
 [ -x /usr/bin/curl ] || missing+=(curl)
 # The PHI index on PostgreSQL: tests/postgres.rs starts Debian's server (as the postgres user
 # when run as root, through setpriv) in a temp directory and queries it with psql; HAProxy
-# stands in front of two nodes.
+# stands in front of two nodes; docker-compose (1.29, Debian's) checks the worked example in
+# docker/several-nodes/ with `docker-compose config`, which needs no Docker daemon.
 compgen -G '/usr/lib/postgresql/*/bin/postgres' >/dev/null || missing+=(postgresql)
 [ -x /usr/bin/psql ] || missing+=(postgresql-client)
 [ -x /usr/sbin/haproxy ] || missing+=(haproxy)
+[ -x /usr/bin/docker-compose ] || missing+=(docker-compose)
 # tests/faults.rs builds a failing device: a loop device, ext4 and a tmpfs (mount, losetup).
 [ -x /usr/sbin/mkfs.ext4 ] || missing+=(e2fsprogs)
 [ -x /sbin/losetup ] || [ -x /usr/sbin/losetup ] || missing+=(mount)

@@ -515,3 +515,62 @@ fn a_deferred_write_that_fails_fails_its_own_job_and_no_other() {
         (0..40).filter(|i| i % 4 != 0).map(|i| format!("deferred-{i}")).collect();
     assert_eq!(kept.into_iter().collect::<BTreeSet<_>>(), expected);
 }
+
+/// The worked example in `docker/several-nodes/`: Docker Compose (Debian's `docker-compose`)
+/// accepts the compose file and resolves two nodes that differ only in their host name (their
+/// `node.id`), HAProxy accepts its configuration, and the nodes' configuration, with the paths the
+/// image has made local, connects to a real PostgreSQL through the URL file it names.
+#[test]
+fn the_several_nodes_example_is_accepted_by_compose_haproxy_and_the_node() {
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("docker/several-nodes");
+    let out = std::process::Command::new("docker-compose")
+        .arg("-f")
+        .arg(example.join("compose.yaml"))
+        .arg("config")
+        .output()
+        .expect("docker-compose runs (Debian docker-compose: scripts/test.sh installs it)");
+    assert!(out.status.success(), "docker-compose config: {}", text(&out));
+    let resolved: serde_norway::Value = serde_norway::from_slice(&out.stdout).unwrap();
+    let services = &resolved["services"];
+    for node in ["node-a", "node-b"] {
+        let s = &services[node];
+        assert_eq!(s["hostname"].as_str(), Some(node));
+        assert_eq!(s["secrets"][0]["source"].as_str(), Some("index_url"), "{node}: {s:?}");
+        let volumes: Vec<&str> =
+            s["volumes"].as_sequence().unwrap().iter().filter_map(|v| v.as_str()).collect();
+        assert!(
+            volumes.iter().any(|v| v.contains("node.yaml:/etc/dicom-anon-gateway/config.yaml")),
+            "{volumes:?}"
+        );
+        assert!(volumes.iter().any(|v| v.starts_with(&format!("{node}-data:/data"))), "{volumes:?}");
+    }
+    assert_eq!(services["haproxy"]["ports"][0]["published"].as_u64(), Some(11112));
+
+    let out = std::process::Command::new("haproxy")
+        .arg("-c")
+        .arg("-f")
+        .arg(example.join("haproxy.cfg"))
+        .output()
+        .expect("haproxy runs");
+    assert!(out.status.success(), "haproxy -c: {}", text(&out));
+
+    let d = tempfile::tempdir().unwrap();
+    let pg = Postgres::start(d.path());
+    let url_file = d.path().join("index_url");
+    std::fs::write(&url_file, pg.url()).unwrap();
+    let config = d.path().join("node.yaml");
+    let yaml = std::fs::read_to_string(example.join("node.yaml"))
+        .unwrap()
+        .replace("/etc/dicom-anon-gateway/", &format!("{}/config/", env!("CARGO_MANIFEST_DIR")))
+        .replace("/run/secrets/index_url", url_file.to_str().unwrap())
+        .replace("dir: /data", &format!("dir: {}", d.path().join("data").display()));
+    std::fs::write(&config, yaml).unwrap();
+    let out = binary().args(["check-config", "--config"]).arg(&config).output().unwrap();
+    assert!(out.status.success(), "check-config: {}", text(&out));
+    assert!(!text(&out).contains(PASSWORD), "the URL's password was printed");
+    // The schema is the project's name in lower case, made by the node when it connected.
+    assert_eq!(
+        pg.rows("SELECT schema_name FROM information_schema.schemata WHERE schema_name = 'my_project'"),
+        ["my_project"]
+    );
+}
