@@ -12,7 +12,7 @@ mod peers;
 mod projects;
 mod secret;
 
-pub use peers::{DicomPeer, DicomwebAuth, DicomwebDestination, ExportConfig, ExportDestination, ExportTls};
+pub use peers::{ClientTls, DicomPeer, DicomwebAuth, DicomwebDestination, ExportConfig, ExportDestination};
 pub use secret::SecretSource;
 
 use crate::anonymize::{
@@ -75,6 +75,10 @@ pub struct IndexConfig {
     pub url_file: Option<PathBuf>,
     /// The PostgreSQL schema of this project; absent: the project's name in lower case.
     pub schema: Option<String>,
+    /// TLS to PostgreSQL, the server's certificate checked against `ca_file` and the URL's host
+    /// (`hostaddr=` in the URL connects elsewhere while that name is checked); our certificate
+    /// shown if given. Absent: plain TCP.
+    pub tls: Option<ClientTls>,
 }
 
 impl IndexConfig {
@@ -82,9 +86,13 @@ impl IndexConfig {
         let mut p = Vec::new();
         match self.backend {
             IndexBackend::Sqlite => {
-                if self.url_env.is_some() || self.url_file.is_some() || self.schema.is_some() {
+                if self.url_env.is_some()
+                    || self.url_file.is_some()
+                    || self.schema.is_some()
+                    || self.tls.is_some()
+                {
                     p.push(
-                        "index.url_env, index.url_file, index.schema: only for index.backend: postgres"
+                        "index.url_env, index.url_file, index.schema, index.tls: only for index.backend: postgres"
                             .into(),
                     );
                 }
@@ -94,6 +102,15 @@ impl IndexConfig {
                     p.push(
                         "index.url_env or index.url_file: exactly one must name where the connection string is".into(),
                     );
+                }
+                if self.tls.as_ref().is_some_and(|t| t.server_name.is_some()) {
+                    p.push(
+                        "index.tls.server_name: the name checked is the URL's host; connect elsewhere with hostaddr= in the URL"
+                            .into(),
+                    );
+                }
+                if let Some(tls) = &self.tls {
+                    tls.problems("index.tls", &mut p);
                 }
                 if let Some(schema) = &self.schema {
                     if schema.is_empty() || schema.len() > 63 || schema.contains('\0') {
@@ -134,7 +151,12 @@ impl IndexConfig {
                 let url = source
                     .read()?
                     .ok_or_else(|| ConfigError::MissingSecret("index.url_env or index.url_file".into()))?;
-                Ok(Location::Postgres { url, schema: self.schema_of(project), node: node.id() })
+                Ok(Location::Postgres {
+                    url,
+                    schema: self.schema_of(project),
+                    node: node.id(),
+                    tls: self.tls.clone(),
+                })
             }
         }
     }
@@ -1001,6 +1023,27 @@ mod tests {
         assert!(!c.validate().iter().any(|p| p.contains("tls_allowed_subjects")), "{:?}", c.validate());
         let c = parse("project: { name: P, site_id: '1' }\nscp: { port: 2762, tls: { cert_file: c.pem, key_file: k.pem, client_ca_file: ca.pem } }").unwrap();
         assert!(c.validate().iter().any(|p| p.starts_with("scp.tls.port")), "{:?}", c.validate());
+    }
+
+    /// `index.tls` is for PostgreSQL only, checks the URL's host (no other name), and takes our
+    /// certificate with its key or not at all.
+    #[test]
+    fn index_tls_is_postgres_only_and_checks_the_urls_host() {
+        let problems = |index: &str| {
+            parse(&format!("project: {{ name: P, site_id: '1' }}\nindex: {index}"))
+                .unwrap()
+                .validate()
+                .join("\n")
+        };
+        let pg = "{ backend: postgres, url_env: U, tls: { ca_file: ca.pem";
+        assert!(!problems(&format!("{pg} }} }}")).contains("index."), "{}", problems(&format!("{pg} }} }}")));
+        assert!(!problems(&format!("{pg}, cert_file: c.pem, key_file: k.pem }} }}")).contains("index."));
+        assert!(
+            problems("{ tls: { ca_file: ca.pem } }").contains("index.tls: only for index.backend: postgres")
+        );
+        assert!(problems(&format!("{pg}, server_name: db }} }}")).contains("index.tls.server_name"));
+        assert!(problems(&format!("{pg}, cert_file: c.pem }} }}"))
+            .contains("index.tls: cert_file and key_file go together"));
     }
 
     #[test]

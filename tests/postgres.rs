@@ -461,7 +461,7 @@ fn a_deferred_write_that_fails_fails_its_own_job_and_no_other() {
     let pg = Postgres::start(d.path());
 
     // On one session: the first failure among the deferred writes and the request is the answer.
-    let mut db = Db::postgres(&pg.url(), "deferred").unwrap();
+    let mut db = Db::postgres(&pg.url(), "deferred", None).unwrap();
     db.batch("CREATE TABLE t (k INT PRIMARY KEY, v TEXT)").unwrap();
     let insert = "INSERT INTO t VALUES (?1, ?2)";
     let row = |k: i64| [Value::Int(k), Value::Text(format!("v{k}"))];
@@ -486,7 +486,7 @@ fn a_deferred_write_that_fails_fails_its_own_job_and_no_other() {
 
     // Through the index's combining writer, many jobs at once share batches: those whose
     // deferred write breaks a key fail alone.
-    let location = Location::Postgres { url: pg.url(), schema: "jobs".into(), node: "a".into() };
+    let location = Location::Postgres { url: pg.url(), schema: "jobs".into(), node: "a".into(), tls: None };
     let index = std::sync::Arc::new(Index::open_at(&location, &Owner::for_site("1")).unwrap());
     let threads: Vec<_> = (0..40)
         .map(|i: i64| {
@@ -572,5 +572,66 @@ fn the_several_nodes_example_is_accepted_by_compose_haproxy_and_the_node() {
     assert_eq!(
         pg.rows("SELECT schema_name FROM information_schema.schemata WHERE schema_name = 'my_project'"),
         ["my_project"]
+    );
+}
+
+/// `index.tls`: the node reaches PostgreSQL over TLS, checks the server's certificate against the
+/// CA it is given, and stores through it; a server that takes only TLS refuses the same node
+/// without `tls`, and a node given another CA refuses the server.
+#[test]
+fn the_index_over_tls_checks_the_servers_certificate() {
+    let d = tempfile::tempdir().unwrap();
+    let mut pg = Postgres::start(d.path());
+    let ca = common::pki::ca(d.path(), "index-ca");
+    pg.require_tls(&common::pki::leaf(d.path(), &ca, "index-server", "127.0.0.1", true));
+    let other_ca = common::pki::ca(d.path(), "other-ca");
+    let config = |name: &str, tls: &str| {
+        let dir = d.path().join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        let index =
+            format!("index:\n  backend: postgres\n  url_env: DAG_INDEX_URL\n{tls}node:\n  id: {name}\n");
+        Node::write_config(&dir, "", "  min_free_bytes: 0\n", &index)
+    };
+    let with_ca = |ca: &common::pki::Pem| format!("  tls: {{ ca_file: {} }}\n", ca.cert.display());
+
+    let plain = cli(&["check-config"], &config("plain", ""), &pg);
+    assert!(!plain.status.success(), "a plain connection was taken: {}", text(&plain));
+    assert!(
+        text(&plain).contains("no pg_hba.conf entry") || text(&plain).contains("28000"),
+        "{}",
+        text(&plain)
+    );
+    let wrong = cli(&["check-config"], &config("wrong", &with_ca(&other_ca)), &pg);
+    assert!(
+        !wrong.status.success(),
+        "a server with a certificate of another CA was trusted: {}",
+        text(&wrong)
+    );
+    assert!(text(&wrong).to_lowercase().contains("certificate"), "{}", text(&wrong));
+    for out in [&plain, &wrong] {
+        assert!(!text(out).contains(PASSWORD), "the URL's password was printed: {}", text(out));
+    }
+
+    let good = config("good", &with_ca(&ca));
+    let checked = cli(&["check-config"], &good, &pg);
+    assert!(checked.status.success(), "{}", text(&checked));
+    let node = Node::start_env(&d.path().join("good"), &good, &[("DAG_INDEX_URL", &pg.url())]);
+    let files = corpus(&d.path().join("in"), 2, 1, 2);
+    assert_all_stored(&storescu(node.port, &files), "over a TLS index");
+    assert_eq!(count(&pg, &format!("SELECT COUNT(*) FROM {SCHEMA}.instances")), 4);
+    // The node's sessions are encrypted, as the server sees them.
+    let sessions = count(
+        &pg,
+        "SELECT COUNT(*) FROM pg_stat_activity a JOIN pg_stat_ssl s USING (pid)
+         WHERE a.application_name = 'dicom-anon-gateway' AND s.ssl",
+    );
+    assert!(sessions >= 2, "{sessions} TLS sessions of the node");
+    assert_eq!(
+        count(
+            &pg,
+            "SELECT COUNT(*) FROM pg_stat_activity a JOIN pg_stat_ssl s USING (pid)
+             WHERE a.application_name = 'dicom-anon-gateway' AND NOT s.ssl"
+        ),
+        0
     );
 }

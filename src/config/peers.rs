@@ -146,14 +146,15 @@ pub struct ExportDestination {
     pub timeout_s: u64,
     /// DICOM TLS to this destination; plain TCP without it.
     #[serde(default)]
-    pub tls: Option<ExportTls>,
+    pub tls: Option<ClientTls>,
 }
 
-/// DICOM TLS as a client (TLS 1.2 and 1.3, the BCP 195 suites, as on the SCP).
-#[derive(Debug, Clone, Deserialize, Serialize)]
+/// TLS as a client, to a DICOM or DICOMweb destination or to the PostgreSQL index (TLS 1.2 and
+/// 1.3, the BCP 195 suites, as on the SCP).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-pub struct ExportTls {
-    /// The CA that signed the destination's certificate (PEM): the only one trusted.
+pub struct ClientTls {
+    /// The CA that signed the server's certificate (PEM): the only one trusted.
     pub ca_file: std::path::PathBuf,
     /// Our certificate and key, for a destination that asks for one (mutual TLS).
     #[serde(default)]
@@ -163,6 +164,14 @@ pub struct ExportTls {
     /// The name the destination's certificate must carry; default: `host`.
     #[serde(default)]
     pub server_name: Option<String>,
+}
+
+impl ClientTls {
+    pub(crate) fn problems(&self, key: &str, p: &mut Vec<String>) {
+        if self.cert_file.is_some() != self.key_file.is_some() {
+            p.push(format!("{key}: cert_file and key_file go together"));
+        }
+    }
 }
 
 fn default_associations() -> usize {
@@ -268,9 +277,7 @@ pub(super) fn validate(config: &Config) -> Vec<String> {
             p.push(format!("{key}.timeout_s: must be at least 1 second"));
         }
         if let Some(tls) = &d.tls {
-            if tls.cert_file.is_some() != tls.key_file.is_some() {
-                p.push(format!("{key}.tls: cert_file and key_file go together"));
-            }
+            tls.problems(&format!("{key}.tls"), &mut p);
         }
     }
     for (i, d) in config.export.dicomweb.iter().enumerate() {

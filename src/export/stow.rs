@@ -21,7 +21,7 @@ use hyper_util::rt::TokioIo;
 use tokio::io::AsyncReadExt;
 
 use super::store::Sent;
-use crate::config::{DicomwebDestination, ExportTls};
+use crate::config::{ClientTls, DicomwebDestination};
 use crate::index::Delivery;
 
 /// A response body is read up to this size (a batch's JSON is a few hundred bytes per instance).
@@ -74,7 +74,7 @@ impl StowClient {
         let authority = authority.ok_or_else(|| bad("has no host"))?;
         let tls = if https {
             let ca_file = d.ca_file.clone().ok_or_else(|| bad("https:// needs ca_file"))?;
-            let tls = ExportTls { ca_file, cert_file: None, key_file: None, server_name: None };
+            let tls = ClientTls { ca_file, cert_file: None, key_file: None, server_name: None };
             let config = crate::scp::tls_client_config(key, &tls)?;
             let name =
                 rustls::pki_types::ServerName::try_from(host.clone()).map_err(|e| bad(&e.to_string()))?;

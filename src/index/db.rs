@@ -19,6 +19,9 @@ use std::time::Duration;
 use futures_util::future::{join, join_all};
 use tokio_postgres::types::{to_sql_checked, IsNull, ToSql, Type};
 use tokio_postgres::{Client, Statement};
+use tokio_postgres_rustls::MakeRustlsConnect;
+
+use crate::config::ClientTls;
 
 /// A database error: the statement failed, or the connection is gone.
 #[derive(Debug, thiserror::Error)]
@@ -49,11 +52,21 @@ impl From<tokio_postgres::Error> for DbError {
 }
 
 /// PostgreSQL's code and message, never its DETAIL (which can quote a row's values), rather than
-/// tokio-postgres's `db error`.
+/// tokio-postgres's `db error`; the client's own errors with their causes.
 fn postgres_message(e: &tokio_postgres::Error) -> String {
     match e.as_db_error() {
         Some(db) => format!("PostgreSQL: {}: {}", db.code().code(), db.message()),
-        None => format!("PostgreSQL: {e}"),
+        // The client's own errors (TLS, network, the connection string's syntax) hold no row:
+        // their causes say what to fix (an unknown issuer, a refused connection).
+        None => {
+            let mut text = format!("PostgreSQL: {e}");
+            let mut cause = std::error::Error::source(e);
+            while let Some(c) = cause {
+                text.push_str(&format!(": {c}"));
+                cause = c.source();
+            }
+            text
+        }
     }
 }
 
@@ -251,6 +264,8 @@ pub enum Location {
         url: String,
         schema: String,
         node: String,
+        /// TLS to the server; `None`: plain TCP.
+        tls: Option<ClientTls>,
     },
 }
 
@@ -332,17 +347,17 @@ impl Drop for ClosedOnExit {
 const PG_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl Pg {
-    fn connect(url: &str, schema: &str) -> Result<Pg, DbError> {
+    fn connect(url: &str, schema: &str, tls: Option<&ClientTls>) -> Result<Pg, DbError> {
         let (tasks, inbox) = mpsc::channel::<Task>();
         let (ready, connected) = mpsc::sync_channel(1);
-        let (url, schema) = (url.to_string(), schema.to_string());
+        let (url, schema, tls) = (url.to_string(), schema.to_string(), tls.cloned());
         let closed = Arc::new(AtomicBool::new(false));
         let flag = closed.clone();
         std::thread::Builder::new()
             .name("phi-postgres".into())
             .spawn(move || {
                 let _closed_on_exit = ClosedOnExit(flag.clone());
-                let mut session = match Session::connect(&url, &schema, flag) {
+                let mut session = match Session::connect(&url, &schema, tls, flag) {
                     Ok(session) => session,
                     Err(e) => {
                         let _ = ready.send(Err(e));
@@ -383,7 +398,12 @@ impl Pg {
 }
 
 impl Session {
-    fn connect(url: &str, schema: &str, closed: Arc<AtomicBool>) -> Result<Session, DbError> {
+    fn connect(
+        url: &str,
+        schema: &str,
+        tls: Option<ClientTls>,
+        closed: Arc<AtomicBool>,
+    ) -> Result<Session, DbError> {
         let mut config: tokio_postgres::Config = url.parse()?;
         config
             .connect_timeout(PG_TIMEOUT)
@@ -395,12 +415,25 @@ impl Session {
             .enable_all()
             .build()
             .map_err(|e| DbError::Gone(format!("cannot start its runtime: {e}")))?;
-        let (client, connection) = runtime.block_on(config.connect(tokio_postgres::NoTls))?;
-        // Driven while a request is waited for (the runtime runs only then); ends with the
-        // connection, and the client then says it is closed.
-        runtime.spawn(async move {
-            let _ = connection.await;
-        });
+        // The connection is driven while a request is waited for (the runtime runs only then); it
+        // ends when the server or the network closes it, and the client then says so.
+        let client = match tls {
+            None => {
+                let (client, connection) = runtime.block_on(config.connect(tokio_postgres::NoTls))?;
+                runtime.spawn(connection);
+                client
+            }
+            Some(tls) => {
+                let rustls = crate::scp::tls_client_config("index.tls", &tls)
+                    .map_err(|e| DbError::Gone(e.to_string()))?;
+                // Required, not the URL's default "prefer": a server that offers no TLS is refused.
+                config.ssl_mode(tokio_postgres::config::SslMode::Require);
+                let connect = MakeRustlsConnect::new(rustls.as_ref().clone());
+                let (client, connection) = runtime.block_on(config.connect(connect))?;
+                runtime.spawn(connection);
+                client
+            }
+        };
         let mut session = Session { runtime, client, statements: HashMap::new(), closed };
         session.batch(
             Vec::new(),
@@ -535,7 +568,7 @@ impl Db {
                 conn.busy_timeout(Duration::from_secs(5))?;
                 Ok(Db::Sqlite(conn))
             }
-            Location::Postgres { url, schema, .. } => Db::postgres(url, schema),
+            Location::Postgres { url, schema, tls, .. } => Db::postgres(url, schema, tls.as_ref()),
         }
     }
 
@@ -548,13 +581,13 @@ impl Db {
         location: &Location,
         f: impl Fn(&mut Db) -> Result<T, E>,
     ) -> Result<T, E> {
-        let Location::Postgres { url, schema, .. } = location else { return f(self) };
+        let Location::Postgres { url, schema, tls, .. } = location else { return f(self) };
         if self.is_closed() {
-            *self = Db::postgres(url, schema)?;
+            *self = Db::postgres(url, schema, tls.as_ref())?;
         }
         match f(self) {
             Err(_) if self.is_closed() => {
-                *self = Db::postgres(url, schema)?;
+                *self = Db::postgres(url, schema, tls.as_ref())?;
                 f(self)
             }
             done => done,
@@ -562,8 +595,8 @@ impl Db {
     }
 
     /// A session on the PostgreSQL database at `url`, in `schema` (made if missing).
-    pub fn postgres(url: &str, schema: &str) -> Result<Db, DbError> {
-        Ok(Db::Postgres(Box::new(Pg::connect(url, schema)?)))
+    pub fn postgres(url: &str, schema: &str, tls: Option<&ClientTls>) -> Result<Db, DbError> {
+        Ok(Db::Postgres(Box::new(Pg::connect(url, schema, tls)?)))
     }
 
     /// Run a statement; returns how many rows it changed.

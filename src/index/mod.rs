@@ -145,7 +145,7 @@ enum Phrasebook {
     Remembered(Mutex<Seen>),
     /// A shared database, where other nodes add phrases this one would not hear of: read each
     /// time, on a session of its own, outside the writer's batches and their lock.
-    Shared { session: Mutex<Db>, location: Location },
+    Shared { session: Mutex<Db>, location: Box<Location> },
 }
 
 #[derive(Default)]
@@ -271,12 +271,15 @@ impl Index {
     pub fn open_at(location: &Location, owner: &Owner) -> Result<Index, IndexError> {
         let (mut conn, stop_checkpoints) = match location {
             Location::Sqlite(path) => open_sqlite(path, owner)?,
-            Location::Postgres { url, schema, .. } => (open_postgres(url, schema, owner, location)?, None),
+            Location::Postgres { url, schema, tls, .. } => {
+                (open_postgres(Db::postgres(url, schema, tls.as_ref())?, schema, owner, location)?, None)
+            }
         };
         let phrases = match location {
-            Location::Postgres { .. } => {
-                Phrasebook::Shared { session: Mutex::new(Db::reader(location)?), location: location.clone() }
-            }
+            Location::Postgres { .. } => Phrasebook::Shared {
+                session: Mutex::new(Db::reader(location)?),
+                location: Box::new(location.clone()),
+            },
             Location::Sqlite(_) => {
                 let institutions = phrases_of_kind(&mut conn, INSTITUTION)?;
                 Phrasebook::Remembered(Mutex::new(Seen { patients: HashMap::new(), institutions }))
@@ -591,8 +594,7 @@ fn open_sqlite(path: &Path, owner: &Owner) -> Result<(Db, Option<mpsc::Sender<()
 
 /// The index in a PostgreSQL schema, made or migrated under a session lock, so that two nodes
 /// starting at once do not both create it.
-fn open_postgres(url: &str, schema: &str, owner: &Owner, location: &Location) -> Result<Db, IndexError> {
-    let mut db = Db::postgres(url, schema)?;
+fn open_postgres(mut db: Db, schema: &str, owner: &Owner, location: &Location) -> Result<Db, IndexError> {
     db.batch(&format!("SELECT pg_advisory_lock({})", schema::lock_key(schema)))?;
     let made = (|| -> Result<(), IndexError> {
         let version: Option<i64> = {

@@ -125,7 +125,7 @@ fn server_config_of(
 /// `export.dicom[0].tls`): only `ca_file` is trusted, our certificate is shown if given.
 pub fn client_config(
     key: &str,
-    tls: &crate::config::ExportTls,
+    tls: &crate::config::ClientTls,
 ) -> Result<Arc<rustls::ClientConfig>, TlsError> {
     let mut roots = rustls::RootCertStore::empty();
     let ca_key = format!("{key}.ca_file");

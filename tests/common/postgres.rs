@@ -129,6 +129,32 @@ impl Postgres {
         }
     }
 
+    /// Restart with TLS on, showing `server`'s certificate, and refuse every connection over
+    /// TCP that is not TLS (`hostssl` only). psql's default (`sslmode=prefer`) still connects.
+    pub fn require_tls(&mut self, server: &super::pki::Pem) {
+        std::fs::copy(&server.cert, self.data.join("server.crt")).unwrap();
+        std::fs::copy(&server.key, self.data.join("server.key")).unwrap();
+        std::fs::set_permissions(self.data.join("server.key"), std::fs::Permissions::from_mode(0o600))
+            .unwrap();
+        let conf = self.data.join("postgresql.conf");
+        let mut text = std::fs::read_to_string(&conf).unwrap();
+        text.push_str("\nssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n");
+        std::fs::write(&conf, text).unwrap();
+        let hba = self.data.join("pg_hba.conf");
+        let rules: Vec<String> = std::fs::read_to_string(&hba)
+            .unwrap()
+            .lines()
+            .map(|l| match l.strip_prefix("host ") {
+                Some(rest) => format!("hostssl {rest}"),
+                None => l.to_string(),
+            })
+            .collect();
+        std::fs::write(&hba, rules.join("\n") + "\n").unwrap();
+        give_to_server_user(&self.data);
+        self.stop();
+        self.restart();
+    }
+
     pub fn url(&self) -> String {
         format!("postgresql://{USER}:{PASSWORD}@127.0.0.1:{}/{DATABASE}", self.port)
     }
