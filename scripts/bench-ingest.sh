@@ -83,11 +83,17 @@ rate() { echo "${#FILES[@]} / $1" | bc -l; }
 per_instance() { echo "$1 * 1000 / $(getconf CLK_TCK) / ${#FILES[@]}" | bc -l; }
 # Node CPU (user + system) so far, in seconds.
 node_cpu() { awk -v hz="$(getconf CLK_TCK)" '{print ($14 + $15) / hz}' /proc/"$NODE_PID"/stat; }
+# The whole machine's busy time (every process, the senders and kernel threads included, all
+# cores: user, nice, system, irq, softirq, steal), in clock ticks: where the cores are all busy,
+# the ratio of two receivers' rates is the inverse ratio of this per instance.
+busy_ticks() { awk '$1 == "cpu" { print $2 + $3 + $4 + $7 + $8 + $9 }' /proc/stat; }
+# busy_share TICKS SECONDS: the share of the cores busy, in %.
+busy_share() { echo "$1 * 100 / $(getconf CLK_TCK) / $(nproc) / $2" | bc -l; }
 # send PORT AE N: N storescu processes, the files dealt round robin (or all N send every file
 # in memory mode); prints the wall time.
 send() {
-    local port=$1 ae=$2 n=$3 pids=() t0 t1
-    t0=$(now)
+    local port=$1 ae=$2 n=$3 pids=() t0 t1 b0
+    t0=$(now); b0=$(busy_ticks)
     for ((k = 0; k < n; k++)); do
         local mine=()
         if [ "$MEMORY" = 1 ]; then mine=("${FILES[@]}"); else
@@ -99,6 +105,8 @@ send() {
     local failed=0
     for p in "${pids[@]}"; do wait "$p" || failed=1; done
     t1=$(now)
+    # Read by the caller (this runs in a subshell): the machine's busy time during the send.
+    echo $(($(busy_ticks) - b0)) > "$WORK/busy"
     if [ $failed = 1 ] || grep -qi "failed\|error" "$WORK"/send-*.log; then echo "a sender failed:" >&2; cat "$WORK"/send-*.log >&2; exit 1; fi
     echo "$t1 - $t0" | bc -l
 }
@@ -306,6 +314,7 @@ run_durable_storescp() {
     : > "$WORK/durable.count"
     DURABLE_CLOSE_COUNT=$WORK/durable.count start_storescp "$WORK/durable-close.so"
     TD=$(send 11113 STORESCP "$n")
+    BUSY_D=$(cat "$WORK/busy")
     stop_storescp
     DURABLE_TICKS=$SCP_TICKS
     # The library counts each file it made durable, and storescp writes nothing else.
@@ -321,6 +330,7 @@ run_ours() {
         perf record -g -o "$PERF_DATA" -p "$NODE_PID" 2>/dev/null & PERF_PID=$!
     fi
     TO=$(send "$NODE_PORT" ANONYMIZER "$n")
+    BUSY_O=$(cat "$WORK/busy")
     [ -n "$PERF_PID" ] && { kill -INT "$PERF_PID"; wait "$PERF_PID" || true; }
     stop_node
     STORED=$(find "$WORK/node/storage/public" -name '*.dcm' | wc -l)
@@ -344,25 +354,29 @@ for n in 1 8; do
         esac
         # One row: storescp inst/s, ours, ratio, CPU ms/instance of each, peak RSS MB, ack ms,
         # flush ms; then durable storescp inst/s, ours/it, its CPU ms/instance; then our mean wait
-        # at the group-commit barrier (a flush's duration plus the wait for the one running).
-        ROW=$(printf '%.1f %.1f %.2f %.2f %.2f %d %s %s %.1f %.2f %.2f %s' "$(rate "$TS")" "$(rate "$TO")" \
+        # at the group-commit barrier (a flush's duration plus the wait for the one running); then
+        # the machine's CPU per instance and the share of the cores busy, durable storescp's run
+        # and ours.
+        ROW=$(printf '%.1f %.1f %.2f %.2f %.2f %d %s %s %.1f %.2f %.2f %s %.2f %.2f %.0f %.0f' "$(rate "$TS")" "$(rate "$TO")" \
             "$(echo "$TS / $TO" | bc -l)" "$(per_instance "$PLAIN_TICKS")" "$(per_instance "$TICKS")" \
             $((PEAK_KB / 1024)) "$ACK_MS" "$FLUSH_MS" \
-            "$(rate "$TD")" "$(echo "$TD / $TO" | bc -l)" "$(per_instance "$DURABLE_TICKS")" "$WAIT_MS")
+            "$(rate "$TD")" "$(echo "$TD / $TO" | bc -l)" "$(per_instance "$DURABLE_TICKS")" "$WAIT_MS" \
+            "$(per_instance "$BUSY_D")" "$(per_instance "$BUSY_O")" "$(busy_share "$BUSY_D" "$TD")" "$(busy_share "$BUSY_O" "$TO")")
         # A profiled run is slowed by perf: shown, but kept out of the medians.
         if [ "$PROFILED" = 1 ]; then NOTE=" | profiled, not in the medians"; else NOTE=""; ROWS_OUT+=("$ROW"); fi
         NOTE="${PIXELS:-}$NOTE"
         # shellcheck disable=SC2086 # the row's fields are the arguments
-        printf '%d association(s): storescp %7.1f inst/s | ours (anonymized, durable) %7.1f inst/s | ratio %.2f | CPU ms/instance: storescp %.2f, ours %.2f | our peak RSS %d MB | last byte to response %s ms | one flush %s ms | durable storescp %.1f inst/s, ratio %.2f, CPU %.2f ms/instance | wait at the barrier %s ms%s\n' \
+        printf '%d association(s): storescp %7.1f inst/s | ours (anonymized, durable) %7.1f inst/s | ratio %.2f | CPU ms/instance: storescp %.2f, ours %.2f | our peak RSS %d MB | last byte to response %s ms | one flush %s ms | durable storescp %.1f inst/s, ratio %.2f, CPU %.2f ms/instance | wait at the barrier %s ms | machine CPU ms/instance (senders, kernel threads, all): durable storescp %.2f, ours %.2f, cores busy %.0f%% and %.0f%%%s\n' \
             "$n" $ROW "$NOTE"
     done
     if [ "$REPEAT" -gt 1 ]; then
         RATIOS=$(column_of 3 | tr '\n' ' ')
         DURABLE_RATIOS=$(column_of 10 | tr '\n' ' ')
-        printf '%d association(s), median of %d rounds: storescp %s inst/s | ours %s inst/s | ratio %s (rounds in run order: %s) | CPU ms/instance: storescp %s, ours %s | our peak RSS %s MB | last byte to response %s ms | one flush %s ms | wait at the barrier %s ms | durable storescp %s inst/s, ratio %s (%s), CPU %s ms/instance\n' \
+        printf '%d association(s), median of %d rounds: storescp %s inst/s | ours %s inst/s | ratio %s (rounds in run order: %s) | CPU ms/instance: storescp %s, ours %s | our peak RSS %s MB | last byte to response %s ms | one flush %s ms | wait at the barrier %s ms | durable storescp %s inst/s, ratio %s (%s), CPU %s ms/instance | machine CPU ms/instance: durable storescp %s, ours %s, cores busy %s%% and %s%%\n' \
             "$n" "${#ROWS_OUT[@]}" "$(med_of 1 %.1f)" "$(med_of 2 %.1f)" "$(med_of 3 %.2f)" "${RATIOS% }" \
             "$(med_of 4 %.2f)" "$(med_of 5 %.2f)" "$(med_of 6 %.0f)" "$(med_of 7 %.2f)" "$(med_of 8 %.2f)" \
-            "$(med_of 12 %.2f)" "$(med_of 9 %.1f)" "$(med_of 10 %.2f)" "${DURABLE_RATIOS% }" "$(med_of 11 %.2f)"
+            "$(med_of 12 %.2f)" "$(med_of 9 %.1f)" "$(med_of 10 %.2f)" "${DURABLE_RATIOS% }" "$(med_of 11 %.2f)" \
+            "$(med_of 13 %.2f)" "$(med_of 14 %.2f)" "$(med_of 15 %.0f)" "$(med_of 16 %.0f)"
     fi
 done
 
