@@ -82,7 +82,7 @@ rate() { echo "${#FILES[@]} / $1" | bc -l; }
 # per_instance TICKS: CPU ms per instance of the corpus.
 per_instance() { echo "$1 * 1000 / $(getconf CLK_TCK) / ${#FILES[@]}" | bc -l; }
 # Node CPU (user + system) so far, in seconds.
-node_cpu() { awk -v hz="$(getconf CLK_TCK)" '{print ($14 + $15) / hz}' /proc/"$NODE_PID"/stat; }
+node_cpu() { echo "$(cpu_ticks) / $(getconf CLK_TCK)" | bc -l; }
 # The whole machine's busy time (every process, the senders and kernel threads included, all
 # cores: user, nice, system, irq, softirq, steal), in clock ticks: where the cores are all busy,
 # the ratio of two receivers' rates is the inverse ratio of this per instance.
@@ -143,8 +143,17 @@ mean_ms() {
     awk -v m="dicom_anon_$1" '$1 == m "_sum" { s = $2 } $1 == m "_count" { c = $2 }
         END { if (c) printf "%.2f", s * 1000 / c; else printf "n/a" }'
 }
-# The node's CPU time so far (user + system), in clock ticks.
-cpu_ticks() { awk '{print $14 + $15}' /proc/"$NODE_PID"/stat; }
+# The node's CPU time so far (user + system), in clock ticks: its own, and that of its OCR
+# workers (children) with the readers each forks and reaped, whether or not the node has reaped
+# the worker yet.
+cpu_ticks() {
+    local t c
+    t=$(awk '{print $14 + $15 + $16 + $17}' /proc/"$NODE_PID"/stat)
+    for c in $(pgrep -P "$NODE_PID" || true); do
+        t=$((t + $(awk '{print $14 + $15 + $16 + $17}' /proc/"$c"/stat 2>/dev/null || echo 0)))
+    done
+    echo "$t"
+}
 stop_node() {
     local metrics
     metrics=$(node_metrics)
