@@ -84,11 +84,13 @@ per_instance() { echo "$1 * 1000 / $(getconf CLK_TCK) / ${#FILES[@]}" | bc -l; }
 # Node CPU (user + system) so far, in seconds.
 node_cpu() { echo "$(cpu_ticks) / $(getconf CLK_TCK)" | bc -l; }
 # The whole machine's busy time (every process, the senders and kernel threads included, all
-# cores: user, nice, system, irq, softirq, steal), in clock ticks: where the cores are all busy,
-# the ratio of two receivers' rates is the inverse ratio of this per instance.
-busy_ticks() { awk '$1 == "cpu" { print $2 + $3 + $4 + $7 + $8 + $9 }' /proc/stat; }
-# busy_share TICKS SECONDS: the share of the cores busy, in %.
-busy_share() { echo "$1 * 100 / $(getconf CLK_TCK) / $(nproc) / $2" | bc -l; }
+# online cores: user, nice, system, irq, softirq; not steal, which the hypervisor kept), in clock
+# ticks: where the cores are all busy, the ratio of two receivers' rates is the inverse ratio of
+# this per instance. (In a container /proc/stat is the host's: run this on the machine itself.)
+busy_ticks() { awk '$1 == "cpu" { print $2 + $3 + $4 + $7 + $8 }' /proc/stat; }
+# busy_share TICKS SECONDS: the share of the online cores busy, in % (nproc would follow this
+# shell's affinity; /proc/stat counts every online core).
+busy_share() { echo "$1 * 100 / $(getconf CLK_TCK) / $(grep -c '^cpu[0-9]' /proc/stat) / $2" | bc -l; }
 # send PORT AE N: N storescu processes, the files dealt round robin (or all N send every file
 # in memory mode); prints the wall time.
 send() {

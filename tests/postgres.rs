@@ -243,7 +243,8 @@ fn a_database_crash_mid_stream_loses_no_acknowledged_instance_and_takes_no_numbe
     let d = tempfile::tempdir().unwrap();
     let mut pg = Postgres::start(d.path());
     let node = start_node(&d.path().join("a"), &pg, "node-a", "");
-    let files = corpus(&d.path().join("in"), 10, 2, 5);
+    // Long enough that the crash, once 10 are stored, comes before the last (30 per patient).
+    let files = corpus(&d.path().join("in"), 10, 2, 15);
     let stored_rows = |pg: &Postgres| count(pg, &format!("SELECT COUNT(*) FROM {SCHEMA}.instances"));
     let sending = {
         let (port, files) = (node.port, files.clone());
@@ -466,13 +467,20 @@ fn a_deferred_write_that_fails_fails_its_own_job_and_no_other() {
     let insert = "INSERT INTO t VALUES (?1, ?2)";
     let row = |k: i64| [Value::Int(k), Value::Text(format!("v{k}"))];
     db.batch("BEGIN").unwrap();
-    for k in 1..=5 {
-        db.defer(insert, &row(k)).unwrap();
+    // Each write numbers its row after those before it: the rows say the writes ran in the order
+    // they were deferred, ahead of the query that reads them (more of them than `join_all`
+    // keeps in order, 30).
+    let next = "INSERT INTO t SELECT COALESCE(MAX(k), 0) + 1, ?1 FROM t";
+    for i in 1..=40 {
+        db.defer(next, &[Value::Text(format!("v{i}"))]).unwrap();
     }
-    // Sent ahead of the query that counts them, in order.
-    assert_eq!(db.query_one("SELECT COUNT(*) FROM t", &[]).unwrap().get::<i64>(0).unwrap(), 5);
-    db.defer(insert, &row(6)).unwrap();
-    db.defer(insert, &row(6)).unwrap();
+    let rows = db.query("SELECT k, v FROM t ORDER BY k", &[]).unwrap();
+    assert_eq!(rows.len(), 40);
+    for r in &rows {
+        assert_eq!(format!("v{}", r.get::<i64>(0).unwrap()), r.get::<String>(1).unwrap());
+    }
+    db.defer(insert, &row(41)).unwrap();
+    db.defer(insert, &row(41)).unwrap();
     let e = db.query_one("SELECT COUNT(*) FROM t", &[]).unwrap_err().to_string();
     assert!(e.contains("23505"), "not the duplicate key but {e}");
     db.batch("ROLLBACK").unwrap();
@@ -583,7 +591,6 @@ fn the_index_over_tls_checks_the_servers_certificate() {
     let d = tempfile::tempdir().unwrap();
     let mut pg = Postgres::start(d.path());
     let ca = common::pki::ca(d.path(), "index-ca");
-    pg.require_tls(&common::pki::leaf(d.path(), &ca, "index-server", "127.0.0.1", true));
     let other_ca = common::pki::ca(d.path(), "other-ca");
     let config = |name: &str, tls: &str| {
         let dir = d.path().join(name);
@@ -593,24 +600,26 @@ fn the_index_over_tls_checks_the_servers_certificate() {
         Node::write_config(&dir, "", "  min_free_bytes: 0\n", &index)
     };
     let with_ca = |ca: &common::pki::Pem| format!("  tls: {{ ca_file: {} }}\n", ca.cert.display());
-
-    let plain = cli(&["check-config"], &config("plain", ""), &pg);
-    assert!(!plain.status.success(), "a plain connection was taken: {}", text(&plain));
-    assert!(
-        text(&plain).contains("no pg_hba.conf entry") || text(&plain).contains("28000"),
-        "{}",
-        text(&plain)
-    );
-    let wrong = cli(&["check-config"], &config("wrong", &with_ca(&other_ca)), &pg);
-    assert!(
-        !wrong.status.success(),
-        "a server with a certificate of another CA was trusted: {}",
-        text(&wrong)
-    );
-    assert!(text(&wrong).to_lowercase().contains("certificate"), "{}", text(&wrong));
-    for out in [&plain, &wrong] {
+    let refused = |out: &std::process::Output, what: &str, why: &str| {
+        assert!(!out.status.success(), "{what}: {}", text(out));
+        assert!(text(out).contains(why), "{what}, not for {why}: {}", text(out));
         assert!(!text(out).contains(PASSWORD), "the URL's password was printed: {}", text(out));
-    }
+    };
+
+    // A server without TLS is refused, not used in the clear.
+    let out = cli(&["check-config"], &config("no-tls", &with_ca(&ca)), &pg);
+    refused(&out, "a server without TLS was used", "server does not support TLS");
+    // A certificate of the right CA for another name.
+    pg.require_tls(&common::pki::server_named(d.path(), &ca, "elsewhere", "DNS:db.example"));
+    let out = cli(&["check-config"], &config("elsewhere", &with_ca(&ca)), &pg);
+    refused(&out, "a certificate for another host was trusted", "certificate not valid for name");
+
+    pg.require_tls(&common::pki::leaf(d.path(), &ca, "index-server", "127.0.0.1", true));
+
+    let out = cli(&["check-config"], &config("plain", ""), &pg);
+    refused(&out, "a plain connection was taken", "28000");
+    let out = cli(&["check-config"], &config("wrong", &with_ca(&other_ca)), &pg);
+    refused(&out, "a certificate of another CA was trusted", "UnknownIssuer");
 
     let good = config("good", &with_ca(&ca));
     let checked = cli(&["check-config"], &good, &pg);

@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
-use futures_util::future::{join, join_all};
+use futures_util::future::join;
 use tokio_postgres::types::{to_sql_checked, IsNull, ToSql, Type};
 use tokio_postgres::{Client, Statement};
 use tokio_postgres_rustls::MakeRustlsConnect;
@@ -56,11 +56,13 @@ impl From<tokio_postgres::Error> for DbError {
 fn postgres_message(e: &tokio_postgres::Error) -> String {
     match e.as_db_error() {
         Some(db) => format!("PostgreSQL: {}: {}", db.code().code(), db.message()),
-        // The client's own errors (TLS, network, the connection string's syntax) hold no row:
-        // their causes say what to fix (an unknown issuer, a refused connection).
         None => {
             let mut text = format!("PostgreSQL: {e}");
-            let mut cause = std::error::Error::source(e);
+            // The causes say what to fix (an unknown issuer, a refused connection, a server
+            // without TLS), but for a connection string's syntax: those quote its pieces, which
+            // can be a password's.
+            let syntax = e.to_string() == "invalid connection string";
+            let mut cause = std::error::Error::source(e).filter(|_| !syntax);
             while let Some(c) = cause {
                 text.push_str(&format!(": {c}"));
                 cause = c.source();
@@ -327,9 +329,42 @@ struct Deferred {
 /// trip, not two. Lives on the connection's thread.
 struct Session {
     runtime: tokio::runtime::Runtime,
-    client: Client,
+    /// `None` only while the session is dropped.
+    client: Option<Client>,
+    /// The connection's task, driven while a request is waited for (the runtime runs only then).
+    connection: Option<tokio::task::JoinHandle<()>>,
+    /// Why the server or the network ended the connection: the requests made after that are
+    /// told only that it is closed.
+    ended: Arc<std::sync::Mutex<Option<String>>>,
     statements: HashMap<String, Statement>,
     closed: Arc<AtomicBool>,
+}
+
+/// Polled once more with no client left, a connection ends as the protocol says (Terminate, and
+/// TLS's close_notify) rather than by the socket closing under the server.
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.statements.clear();
+        drop(self.client.take());
+        if let Some(connection) = self.connection.take() {
+            let _ = self.runtime.block_on(tokio::time::timeout(Duration::from_secs(1), connection));
+        }
+    }
+}
+
+/// Drive `connection` on `runtime`, keeping why it ended in `ended`.
+fn drive(
+    runtime: &tokio::runtime::Runtime,
+    connection: impl std::future::Future<Output = Result<(), tokio_postgres::Error>> + Send + 'static,
+    ended: Arc<std::sync::Mutex<Option<String>>>,
+) -> tokio::task::JoinHandle<()> {
+    runtime.spawn(async move {
+        if let Err(e) = connection.await {
+            if let Ok(mut ended) = ended.lock() {
+                *ended = Some(postgres_message(&e));
+            }
+        }
+    })
 }
 
 /// Marks the connection closed when its thread ends, however it ends.
@@ -415,13 +450,11 @@ impl Session {
             .enable_all()
             .build()
             .map_err(|e| DbError::Gone(format!("cannot start its runtime: {e}")))?;
-        // The connection is driven while a request is waited for (the runtime runs only then); it
-        // ends when the server or the network closes it, and the client then says so.
-        let client = match tls {
+        let ended = Arc::new(std::sync::Mutex::new(None));
+        let (client, connection) = match tls {
             None => {
                 let (client, connection) = runtime.block_on(config.connect(tokio_postgres::NoTls))?;
-                runtime.spawn(connection);
-                client
+                (client, drive(&runtime, connection, ended.clone()))
             }
             Some(tls) => {
                 let rustls = crate::scp::tls_client_config("index.tls", &tls)
@@ -430,11 +463,17 @@ impl Session {
                 config.ssl_mode(tokio_postgres::config::SslMode::Require);
                 let connect = MakeRustlsConnect::new(rustls.as_ref().clone());
                 let (client, connection) = runtime.block_on(config.connect(connect))?;
-                runtime.spawn(connection);
-                client
+                (client, drive(&runtime, connection, ended.clone()))
             }
         };
-        let mut session = Session { runtime, client, statements: HashMap::new(), closed };
+        let mut session = Session {
+            runtime,
+            client: Some(client),
+            connection: Some(connection),
+            ended,
+            statements: HashMap::new(),
+            closed,
+        };
         session.batch(
             Vec::new(),
             &format!(
@@ -445,15 +484,33 @@ impl Session {
         Ok(session)
     }
 
+    fn client(&self) -> &Client {
+        self.client.as_ref().expect("a session's client is taken only when it is dropped")
+    }
+
     fn note_closed(&self) {
-        self.closed.store(self.client.is_closed(), Ordering::Release);
+        self.closed.store(self.client().is_closed(), Ordering::Release);
+    }
+
+    /// `e`, or why the connection ended where `e` says only that it is closed.
+    fn explain(&self, e: DbError) -> DbError {
+        match &e {
+            DbError::Postgres(pg) if pg.is_closed() => {
+                match self.ended.lock().ok().and_then(|ended| ended.clone()) {
+                    Some(why) => DbError::Gone(format!("closed ({why})")),
+                    None => e,
+                }
+            }
+            _ => e,
+        }
     }
 
     fn statement(&mut self, sql: &str) -> Result<Statement, DbError> {
         if let Some(s) = self.statements.get(sql) {
             return Ok(s.clone());
         }
-        let s = self.runtime.block_on(self.client.prepare(&dollar_parameters(sql)))?;
+        let prepared = self.runtime.block_on(self.client().prepare(&dollar_parameters(sql)));
+        let s = prepared.map_err(|e| self.explain(e.into()))?;
         self.statements.insert(sql.to_string(), s.clone());
         Ok(s)
     }
@@ -477,14 +534,15 @@ impl Session {
         >,
     ) -> Result<T, DbError> {
         let writes = self.prepare(deferred)?;
-        let client = &self.client;
-        let sent = join_all(writes.iter().map(|(s, args)| client.execute_raw(s, args.iter())));
+        let client = self.client();
+        let sent = in_order(writes.iter().map(|(s, args)| client.execute_raw(s, args.iter())));
         // `join` polls the writes first: requests leave in the order they are first polled.
         let (written, answer) = self.runtime.block_on(join(sent, request(client)));
-        for w in written {
-            w?;
+        let first_failure = written.into_iter().find_map(Result::err);
+        match first_failure.map_or(answer, Err) {
+            Ok(answer) => Ok(answer),
+            Err(e) => Err(self.explain(e.into())),
         }
-        Ok(answer?)
     }
 
     fn execute(&mut self, deferred: Vec<Deferred>, sql: &str, args: Vec<Value>) -> Result<u64, DbError> {
@@ -524,6 +582,29 @@ impl Session {
         }
         Ok(())
     }
+}
+
+/// Run `futures` to their end, each first polled in the order given: tokio-postgres sends a
+/// request when it is first polled, so that is the order they reach the server (`join_all`
+/// keeps it only up to 30 futures).
+async fn in_order<F: std::future::Future>(futures: impl IntoIterator<Item = F>) -> Vec<F::Output> {
+    use futures_util::future::{maybe_done, MaybeDone};
+    use std::future::Future;
+    let mut all: Vec<std::pin::Pin<Box<MaybeDone<F>>>> =
+        futures.into_iter().map(|f| Box::pin(maybe_done(f))).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for f in &mut all {
+            pending |= f.as_mut().poll(cx).is_pending();
+        }
+        if pending {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(())
+        }
+    })
+    .await;
+    all.iter_mut().map(|f| f.as_mut().take_output().expect("every future is done")).collect()
 }
 
 /// A statement's parameters as the client takes them.
@@ -582,6 +663,11 @@ impl Db {
         f: impl Fn(&mut Db) -> Result<T, E>,
     ) -> Result<T, E> {
         let Location::Postgres { url, schema, tls, .. } = location else { return f(self) };
+        // Writes waiting to go out with the request would be sent twice, or lost with the
+        // session: a request that carries them gets no second try.
+        if matches!(self, Db::Postgres(pg) if !pg.deferred.is_empty()) {
+            return f(self);
+        }
         if self.is_closed() {
             *self = Db::postgres(url, schema, tls.as_ref())?;
         }

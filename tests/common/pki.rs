@@ -60,6 +60,17 @@ pub fn leaf(dir: &Path, ca: &Pem, name: &str, cn: &str, server: bool) -> Pem {
     signed(dir, ca, name, cn, Some(&ext))
 }
 
+/// A server's certificate signed by `ca` that names only `san` (`DNS:db.example`).
+pub fn server_named(dir: &Path, ca: &Pem, name: &str, san: &str) -> Pem {
+    let ext = dir.join(format!("{name}.ext"));
+    std::fs::write(
+        &ext,
+        format!("basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\nsubjectAltName={san}\n"),
+    )
+    .unwrap();
+    signed(dir, ca, name, "server", Some(&ext))
+}
+
 /// An X.509 v1 certificate for `cn` signed by `ca`: what `openssl x509 -req` makes without
 /// `-extfile`, as integrators often do.
 pub fn leaf_v1(dir: &Path, ca: &Pem, name: &str, cn: &str) -> Pem {
