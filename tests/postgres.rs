@@ -491,6 +491,18 @@ fn a_deferred_write_that_fails_fails_its_own_job_and_no_other() {
     let keys: Vec<i64> =
         db.query("SELECT k FROM t ORDER BY k", &[]).unwrap().iter().map(|r| r.get(0).unwrap()).collect();
     assert_eq!(keys, [8], "rolled back, discarded and flushed writes");
+    // A session the server ends while it is idle: the next request says why, not only that the
+    // connection is closed.
+    let ended = pg.rows(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'dicom-anon-gateway'",
+    );
+    assert_eq!(ended, ["t"]);
+    let mut e = String::new();
+    wait_until("the session is known closed", || {
+        e = db.query("SELECT 1", &[]).unwrap_err().to_string();
+        db.is_closed()
+    });
+    assert!(e.contains("57P01"), "{e}");
 
     // Through the index's combining writer, many jobs at once share batches: those whose
     // deferred write breaks a key fail alone.
