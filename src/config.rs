@@ -103,13 +103,13 @@ impl IndexConfig {
                         "index.url_env or index.url_file: exactly one must name where the connection string is".into(),
                     );
                 }
-                if self.tls.as_ref().is_some_and(|t| t.server_name.is_some()) {
-                    p.push(
-                        "index.tls.server_name: the name checked is the URL's host; connect elsewhere with hostaddr= in the URL"
-                            .into(),
-                    );
-                }
                 if let Some(tls) = &self.tls {
+                    if tls.server_name.is_some() {
+                        p.push(
+                            "index.tls.server_name: the name checked is the URL's host; connect elsewhere with hostaddr= in the URL"
+                                .into(),
+                        );
+                    }
                     tls.problems("index.tls", &mut p);
                 }
                 if let Some(schema) = &self.schema {

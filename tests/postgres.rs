@@ -126,7 +126,7 @@ fn two_nodes_on_one_database_give_each_patient_one_pseudonym_and_each_study_one_
         "SELECT patient_id, anon_patient_id FROM {SCHEMA}.patients WHERE patient_id <> '' ORDER BY anon_patient_id"
     ));
     assert_eq!(patients.len(), 20, "{patients:?}");
-    let numbers: Vec<String> = (1..=20).map(|n| format!("{SITE}-{n:06}")).collect();
+    let numbers = numbered(20);
     let anon: Vec<String> = patients.iter().map(|r| r.split('|').nth(1).unwrap().to_string()).collect();
     assert_eq!(anon, numbers);
 
@@ -188,6 +188,28 @@ fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
     }
 }
 
+/// The node's `/readyz` status.
+fn ready(node: &Node) -> u16 {
+    common::http::get(node.http_port.unwrap(), "/readyz", None).0
+}
+
+/// How many instances the index holds, every node's.
+fn stored_instances(pg: &Postgres) -> u64 {
+    count(pg, &format!("SELECT COUNT(*) FROM {SCHEMA}.instances"))
+}
+
+/// The `rsna` pseudonyms 1..=`n` of the test site.
+fn numbered(n: usize) -> Vec<String> {
+    (1..=n).map(|n| format!("{SITE}-{n:06}")).collect()
+}
+
+/// The pseudonyms of the patients the index holds, in order.
+fn patient_pseudonyms(pg: &Postgres) -> Vec<String> {
+    pg.rows(&format!(
+        "SELECT anon_patient_id FROM {SCHEMA}.patients WHERE patient_id <> '' ORDER BY anon_patient_id"
+    ))
+}
+
 #[test]
 fn a_database_that_stops_costs_the_sender_a_retry_and_the_node_recovers_by_itself() {
     let d = tempfile::tempdir().unwrap();
@@ -195,7 +217,6 @@ fn a_database_that_stops_costs_the_sender_a_retry_and_the_node_recovers_by_itsel
     let node = start_node(&d.path().join("a"), &pg, "node-a", "");
     let files = corpus(&d.path().join("in"), 3, 1, 2);
     assert_all_stored(&storescu(node.port, &files[..2]), "before the stop");
-    let ready = |node: &Node| common::http::get(node.http_port.unwrap(), "/readyz", None).0;
     assert_eq!(ready(&node), 200);
 
     pg.stop();
@@ -212,12 +233,9 @@ fn a_database_that_stops_costs_the_sender_a_retry_and_the_node_recovers_by_itsel
     assert_all_stored(&storescu(node.port, &files[2..]), "after the restart");
 
     // Every instance once; patient 2, refused once, still took one number.
-    assert_eq!(count(&pg, &format!("SELECT COUNT(*) FROM {SCHEMA}.instances")), 6);
+    assert_eq!(stored_instances(&pg), 6);
     assert_eq!(files_under(&node.public()).len(), 6);
-    let anon = pg.rows(&format!(
-        "SELECT anon_patient_id FROM {SCHEMA}.patients WHERE patient_id <> '' ORDER BY anon_patient_id"
-    ));
-    assert_eq!(anon, (1..=3).map(|n| format!("{SITE}-{n:06}")).collect::<Vec<_>>());
+    assert_eq!(patient_pseudonyms(&pg), numbered(3));
 }
 
 /// The files storescu's verbose output says were acknowledged (0x0000).
@@ -245,12 +263,11 @@ fn a_database_crash_mid_stream_loses_no_acknowledged_instance_and_takes_no_numbe
     let node = start_node(&d.path().join("a"), &pg, "node-a", "");
     // Long enough that the crash, once 10 are stored, comes before the last (30 per patient).
     let files = corpus(&d.path().join("in"), 10, 2, 15);
-    let stored_rows = |pg: &Postgres| count(pg, &format!("SELECT COUNT(*) FROM {SCHEMA}.instances"));
     let sending = {
         let (port, files) = (node.port, files.clone());
         std::thread::spawn(move || storescu(port, &files))
     };
-    wait_until("the stream is under way", || stored_rows(&pg) >= 10);
+    wait_until("the stream is under way", || stored_instances(&pg) >= 10);
     pg.crash();
     let out = sending.join().unwrap();
     let acked = acknowledged(&out);
@@ -264,15 +281,11 @@ fn a_database_crash_mid_stream_loses_no_acknowledged_instance_and_takes_no_numbe
         let sop = tag(&dicom_object::open_file(file).unwrap(), dicom_dictionary_std::tags::SOP_INSTANCE_UID);
         assert!(rows.contains(&sop), "{file:?} was acknowledged but its row is gone after recovery");
     }
-    let ready = || common::http::get(node.http_port.unwrap(), "/readyz", None).0;
-    wait_until("/readyz says 200 again", || ready() == 200);
+    wait_until("/readyz says 200 again", || ready(&node) == 200);
     assert_all_stored(&storescu(node.port, &files), "everything, sent again");
-    assert_eq!(stored_rows(&pg), files.len() as u64);
+    assert_eq!(stored_instances(&pg), files.len() as u64);
     assert_eq!(files_under(&node.public()).len(), files.len());
-    let anon = pg.rows(&format!(
-        "SELECT anon_patient_id FROM {SCHEMA}.patients WHERE patient_id <> '' ORDER BY anon_patient_id"
-    ));
-    assert_eq!(anon, (1..=10).map(|n| format!("{SITE}-{n:06}")).collect::<Vec<_>>());
+    assert_eq!(patient_pseudonyms(&pg), numbered(10));
     assert_eq!(pseudonyms(&node.public()).len(), 10);
 }
 
@@ -371,7 +384,7 @@ fn a_sqlite_index_migrated_to_postgres_keeps_every_pseudonym_and_the_numbering()
     drop(node);
     // Patients 1 and 2 kept their pseudonyms in their second studies; patient 3 took number 3.
     let all = pseudonyms(&dir.join("storage/public"));
-    let expected: BTreeSet<String> = (1..=3).map(|n| format!("{SITE}-{n:06}")).collect();
+    let expected: BTreeSet<String> = numbered(3).into_iter().collect();
     assert_eq!(all, expected);
     assert!(on_sqlite.is_subset(&all));
     let owners = stored(&dir.join("storage/public"));
@@ -423,7 +436,7 @@ fn behind_haproxy_a_killed_node_costs_no_acknowledged_instance_and_each_node_shi
     lb.wait_until("b is down", |up| up == ["a".to_string()]);
     assert_eq!(files_under(&a.public()).len(), on_a + second.len());
     assert_eq!(files_under(&b.public()).len(), on_b, "node b's acknowledged instances are on its disk");
-    assert_eq!(count(&pg, &format!("SELECT COUNT(*) FROM {SCHEMA}.instances")), 60);
+    assert_eq!(stored_instances(&pg), 60);
     assert_eq!(
         count(&pg, &format!("SELECT COUNT(*) FROM {SCHEMA}.instances WHERE node = 'node-b'")),
         on_b as u64
@@ -585,7 +598,7 @@ fn the_several_nodes_example_is_accepted_by_compose_haproxy_and_the_node() {
         .replace("/run/secrets/index_url", url_file.to_str().unwrap())
         .replace("dir: /data", &format!("dir: {}", d.path().join("data").display()));
     std::fs::write(&config, yaml).unwrap();
-    let out = binary().args(["check-config", "--config"]).arg(&config).output().unwrap();
+    let out = cli(&["check-config"], &config, &pg);
     assert!(out.status.success(), "check-config: {}", text(&out));
     assert!(!text(&out).contains(PASSWORD), "the URL's password was printed");
     // The schema is the project's name in lower case, made by the node when it connected.
@@ -639,7 +652,7 @@ fn the_index_over_tls_checks_the_servers_certificate() {
     let node = Node::start_env(&d.path().join("good"), &good, &[("DAG_INDEX_URL", &pg.url())]);
     let files = corpus(&d.path().join("in"), 2, 1, 2);
     assert_all_stored(&storescu(node.port, &files), "over a TLS index");
-    assert_eq!(count(&pg, &format!("SELECT COUNT(*) FROM {SCHEMA}.instances")), 4);
+    assert_eq!(stored_instances(&pg), 4);
     // The node's sessions are encrypted, as the server sees them.
     let sessions = count(
         &pg,

@@ -480,6 +480,22 @@ fn names_in_iso_2022_text_are_found_decoded() {
     assert_eq!(ds.text(Tag(0x0008, 0x103E)), Some("MR ***"));
 }
 
+/// The PatientComments "seen by Courtier at Ziekenhuis Noord" of an instance of `patient` in
+/// `study`, as `n` stored it: what the scrub left of the name and the place.
+fn comment(n: &Node, sop: &str, patient: &str, study: &str) -> String {
+    let body = explicit_body(
+        sop,
+        vec![
+            ((0x0010, 0x0020), txt((0x0010, 0x0020), b"LO", patient)),
+            ((0x0010, 0x4000), txt((0x0010, 0x4000), b"LT", "seen by Courtier at Ziekenhuis Noord")),
+            ((0x0020, 0x000D), txt((0x0020, 0x000D), b"UI", study)),
+            ((0x0020, 0x000E), txt((0x0020, 0x000E), b"UI", &format!("{study}.1"))),
+        ],
+    );
+    let ds = parsed(&n.store(&body, EXPLICIT, sop));
+    ds.text(Tag(0x0010, 0x4000)).unwrap().to_string()
+}
+
 /// Class 2, the index: a name an earlier instance of the patient stated, and an institution any
 /// instance stated, are found in free text that does not state them, after a restart too.
 #[test]
@@ -494,22 +510,9 @@ fn names_and_places_earlier_instances_stated_are_found() {
     );
     n.store(&first, EXPLICIT, "1.2.999.19.2.3");
     let n = n.restarted();
-    let comment = |sop: &str, patient: &str, study: &str| {
-        let body = explicit_body(
-            sop,
-            vec![
-                ((0x0010, 0x0020), txt((0x0010, 0x0020), b"LO", patient)),
-                ((0x0010, 0x4000), txt((0x0010, 0x4000), b"LT", "seen by Courtier at Ziekenhuis Noord")),
-                ((0x0020, 0x000D), txt((0x0020, 0x000D), b"UI", study)),
-                ((0x0020, 0x000E), txt((0x0020, 0x000E), b"UI", &format!("{study}.1"))),
-            ],
-        );
-        let ds = parsed(&n.store(&body, EXPLICIT, sop));
-        ds.text(Tag(0x0010, 0x4000)).unwrap().to_string()
-    };
-    assert_eq!(comment("1.2.999.19.2.4", "MRN00482913", "1.2.999.19.1"), "seen by *** at ***");
+    assert_eq!(comment(&n, "1.2.999.19.2.4", "MRN00482913", "1.2.999.19.1"), "seen by *** at ***");
     // Another patient: the site's institution goes, the first patient's operator is no name here.
-    assert_eq!(comment("1.2.999.19.2.5", "MRN777", "1.2.999.19.9"), "seen by Courtier at ***");
+    assert_eq!(comment(&n, "1.2.999.19.2.5", "MRN777", "1.2.999.19.9"), "seen by Courtier at ***");
 }
 
 /// Class 2 on a shared PostgreSQL index: what one node stored is known to the other, which
@@ -525,19 +528,6 @@ fn names_and_places_another_node_stored_are_found_on_a_shared_index() {
     };
     let a = node_with(&profile_script(), "", &on_pg("a"));
     let b = node_with(&profile_script(), "", &on_pg("b"));
-    let comment = |n: &Node, sop: &str, patient: &str, study: &str| {
-        let body = explicit_body(
-            sop,
-            vec![
-                ((0x0010, 0x0020), txt((0x0010, 0x0020), b"LO", patient)),
-                ((0x0010, 0x4000), txt((0x0010, 0x4000), b"LT", "seen by Courtier at Ziekenhuis Noord")),
-                ((0x0020, 0x000D), txt((0x0020, 0x000D), b"UI", study)),
-                ((0x0020, 0x000E), txt((0x0020, 0x000E), b"UI", &format!("{study}.1"))),
-            ],
-        );
-        let ds = parsed(&n.store(&body, EXPLICIT, sop));
-        ds.text(Tag(0x0010, 0x4000)).unwrap().to_string()
-    };
     // Before anything was stored, the comment has nothing to find.
     assert_eq!(
         comment(&b, "1.2.999.19.3.1", "MRN00482913", "1.2.999.19.1"),

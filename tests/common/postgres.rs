@@ -114,17 +114,18 @@ impl Postgres {
 
     /// Fast shutdown (SIGINT): open sessions are cut, as when a database server restarts.
     pub fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
-            let _ = child.wait();
-        }
+        self.shut_down(libc::SIGINT);
     }
 
     /// Immediate shutdown (SIGQUIT): every server process quits at once, without a checkpoint,
     /// as in a crash; the next start recovers from the WAL.
     pub fn crash(&mut self) {
+        self.shut_down(libc::SIGQUIT);
+    }
+
+    fn shut_down(&mut self, signal: libc::c_int) {
         if let Some(mut child) = self.child.take() {
-            unsafe { libc::kill(child.id() as i32, libc::SIGQUIT) };
+            unsafe { libc::kill(child.id() as i32, signal) };
             let _ = child.wait();
         }
     }
